@@ -1,0 +1,270 @@
+"""Hugging Face BERT weights <-> jaxmech parameters, strictly.
+
+`KEY_MAP` is the whole correspondence: one row per Hugging Face tensor (``{l}`` for the layer), the jaxmech
+parameter it fills, and the reshape between torch's ``Linear`` layout ``[out, in]`` and TransformerLens's
+layout (``W_Q: [head_index, d_model, d_head]``, ``W_O: [head_index, d_head, d_model]``, ``W_in: [d_model,
+d_mlp]``). Conversion consumes every checkpoint tensor or lists it as explicitly ignored (``IGNORED``), fills
+every parameter, and checks every shape; anything else is an error naming the tensor. `to_hf_state_dict` is
+the inverse, so a round trip through ``transformers`` can be tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmech.config import EncoderConfig
+from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the model: unexpected, missing or misshapen tensors."""
+
+
+def _qkv_w(cfg):  # torch [H*dh, d] -> [H, d, dh]
+    return (lambda w: w.T.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).transpose(1, 0, 2),
+            lambda p: p.transpose(1, 0, 2).reshape(cfg.d_model, cfg.n_heads * cfg.d_head).T)
+
+
+def _qkv_b(cfg):  # [H*dh] -> [H, dh]
+    return (lambda b: b.reshape(cfg.n_heads, cfg.d_head), lambda p: p.reshape(-1))
+
+
+def _o_w(cfg):  # torch [d, H*dh] -> [H, dh, d]
+    return (lambda w: w.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model),
+            lambda p: p.reshape(cfg.n_heads * cfg.d_head, cfg.d_model).T)
+
+
+_T = (lambda w: w.T, lambda p: p.T)
+_ID = (lambda w: w, lambda p: p)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRule:
+    """One Hugging Face tensor (``{l}`` = layer) and the jaxmech parameter it fills."""
+
+    hf: str
+    param: tuple[str, ...]
+    transform: Callable[[EncoderConfig], tuple[Callable, Callable]] | tuple[Callable, Callable]
+
+    def fns(self, cfg):
+        return self.transform(cfg) if callable(self.transform) else self.transform
+
+
+_EMBED_RULES = [
+    KeyRule("embeddings.word_embeddings.weight", ("embed", "W_E"), _ID),
+    KeyRule("embeddings.position_embeddings.weight", ("embed", "W_pos"), _ID),
+    KeyRule("embeddings.token_type_embeddings.weight", ("embed", "W_token_type"), _ID),
+    KeyRule("embeddings.LayerNorm.weight", ("embed", "ln", "w"), _ID),
+    KeyRule("embeddings.LayerNorm.bias", ("embed", "ln", "b"), _ID),
+]
+_LAYER = "encoder.layer.{l}."
+_BLOCK_RULES = [
+    KeyRule(_LAYER + "attention.self.query.weight", ("blocks", "attn", "W_Q"), _qkv_w),
+    KeyRule(_LAYER + "attention.self.query.bias", ("blocks", "attn", "b_Q"), _qkv_b),
+    KeyRule(_LAYER + "attention.self.key.weight", ("blocks", "attn", "W_K"), _qkv_w),
+    KeyRule(_LAYER + "attention.self.key.bias", ("blocks", "attn", "b_K"), _qkv_b),
+    KeyRule(_LAYER + "attention.self.value.weight", ("blocks", "attn", "W_V"), _qkv_w),
+    KeyRule(_LAYER + "attention.self.value.bias", ("blocks", "attn", "b_V"), _qkv_b),
+    KeyRule(_LAYER + "attention.output.dense.weight", ("blocks", "attn", "W_O"), _o_w),
+    KeyRule(_LAYER + "attention.output.dense.bias", ("blocks", "attn", "b_O"), _ID),
+    KeyRule(_LAYER + "attention.output.LayerNorm.weight", ("blocks", "ln1", "w"), _ID),
+    KeyRule(_LAYER + "attention.output.LayerNorm.bias", ("blocks", "ln1", "b"), _ID),
+    KeyRule(_LAYER + "intermediate.dense.weight", ("blocks", "mlp", "W_in"), _T),
+    KeyRule(_LAYER + "intermediate.dense.bias", ("blocks", "mlp", "b_in"), _ID),
+    KeyRule(_LAYER + "output.dense.weight", ("blocks", "mlp", "W_out"), _T),
+    KeyRule(_LAYER + "output.dense.bias", ("blocks", "mlp", "b_out"), _ID),
+    KeyRule(_LAYER + "output.LayerNorm.weight", ("blocks", "ln2", "w"), _ID),
+    KeyRule(_LAYER + "output.LayerNorm.bias", ("blocks", "ln2", "b"), _ID),
+]
+_POOLER_RULES = [
+    KeyRule("pooler.dense.weight", ("pooler", "W"), _T),
+    KeyRule("pooler.dense.bias", ("pooler", "b"), _ID),
+]
+_CLASSIFIER_RULES = [
+    KeyRule("classifier.weight", ("classifier", "W"), _T),
+    KeyRule("classifier.bias", ("classifier", "b"), _ID),
+]
+
+# Tensors a checkpoint may carry that the port deliberately does not use.
+IGNORED = {
+    r"embeddings\.position_ids": "buffer of arange(n_ctx), recomputed",
+    r"cls\..*": "pre-training (MLM / next-sentence) head, unused by encoders",
+}
+IGNORED_FOR_BI = {r"pooler\.dense\.(weight|bias)": "BERT pooler, unused by sentence-transformers pooling"}
+_LEGACY = {".gamma": ".weight", ".beta": ".bias"}  # old TF-converted BERT LayerNorm names
+
+
+def key_map(cfg: EncoderConfig, kind: str) -> list[tuple[str, KeyRule, int | None]]:
+    """All ``(hf_key, rule, layer)`` rows for a model kind (``"cross"`` or ``"bi"``), without prefix."""
+    rows = [(r.hf, r, None) for r in _EMBED_RULES]
+    rows += [(r.hf.format(l=l), r, l) for l in range(cfg.n_layers) for r in _BLOCK_RULES]
+    if kind == "cross":
+        rows += [(r.hf, r, None) for r in _POOLER_RULES + _CLASSIFIER_RULES]
+    return rows
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion did with each tensor.
+
+    Attributes:
+        consumed: Checkpoint keys that filled a parameter.
+        ignored: Checkpoint keys deliberately unused, with the reason.
+        initialized: Parameters not in the checkpoint, freshly initialised on request (e.g. a seeded head).
+    """
+
+    consumed: list[str] = dataclasses.field(default_factory=list)
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict)
+    initialized: list[str] = dataclasses.field(default_factory=list)
+
+
+def _normalise_keys(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """Strips the ``bert.`` prefix (sequence-classification checkpoints) and renames legacy LN keys."""
+    prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    out = {}
+    for k, v in state.items():
+        if prefix and k.startswith(prefix):
+            k = k[len(prefix):]
+        for old, new in _LEGACY.items():
+            if k.endswith(old) and "LayerNorm" in k:
+                k = k[: -len(old)] + new
+        out[k] = np.asarray(v)
+    return out, prefix
+
+
+def build_model(
+    cfg: EncoderConfig,
+    kind: str = "cross",
+    *,
+    pooling: PoolingConfig | None = None,
+    score_label: int = 0,
+    seed: int = 0,
+) -> HookedEncoder:
+    """A freshly initialised `CrossEncoder` (``kind="cross"``) or `BiEncoder` (``kind="bi"``)."""
+    rngs = nnx.Rngs(seed)
+    if kind == "cross":
+        return CrossEncoder(cfg, rngs=rngs, score_label=score_label)
+    if kind == "bi":
+        return BiEncoder(cfg, rngs=rngs, pooling=pooling or PoolingConfig())
+    raise ValueError(f"unknown model kind {kind!r}; expected 'cross' or 'bi'")
+
+
+def from_hf_state_dict(
+    state: Mapping[str, np.ndarray],
+    cfg: EncoderConfig,
+    kind: str = "cross",
+    *,
+    pooling: PoolingConfig | None = None,
+    score_label: int = 0,
+    init_missing_head_seed: int | None = None,
+    source: str = "checkpoint",
+) -> tuple[HookedEncoder, ConversionReport]:
+    """Builds a jaxmech model from a Hugging Face BERT state dict.
+
+    Args:
+        state: Tensor name to array (numpy, or anything ``np.asarray`` accepts).
+        cfg: Configuration (usually `EncoderConfig.from_hf_config` of the same folder).
+        kind: ``"cross"`` (``BertForSequenceClassification``) or ``"bi"`` (``BertModel`` + pooling).
+        pooling: Pooling settings for bi-encoders.
+        score_label: See `CrossEncoder`.
+        init_missing_head_seed: For a cross-encoder built from an encoder-only checkpoint (no classifier, maybe
+            no pooler): initialise the missing head from this seed and report it, instead of failing.
+        source: Name of the checkpoint for error messages.
+
+    Returns:
+        The model (fp32) and a `ConversionReport`.
+
+    Raises:
+        ConversionError: On unexpected tensors, missing parameters or wrong shapes; the message lists all.
+    """
+    state, _ = _normalise_keys(state)
+    rows = key_map(cfg, kind)
+    ignored_patterns = dict(IGNORED, **(IGNORED_FOR_BI if kind == "bi" else {}))
+    report = ConversionReport()
+    problems: list[str] = []
+
+    template = build_model(cfg, kind, pooling=pooling, score_label=score_label, seed=init_missing_head_seed or 0) \
+        if init_missing_head_seed is not None else \
+        nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
+    graphdef, abstract = nnx.split(template, nnx.Param)
+    flat = {path: var for path, var in nnx.to_flat_state(abstract)}
+    per_layer: dict[tuple[str, ...], list] = {}
+    values: dict[tuple[str, ...], np.ndarray] = {}
+
+    for hf_key, rule, layer in rows:
+        if hf_key not in state:
+            continue
+        torch_to_jax, _ = rule.fns(cfg)
+        try:
+            value = torch_to_jax(state[hf_key].astype(np.float32))
+        except ValueError as err:
+            problems.append(f"{hf_key}: shape {state[hf_key].shape} cannot be converted ({err})")
+            continue
+        expected = flat[rule.param].get_value().shape
+        expected = expected[1:] if layer is not None else expected
+        if value.shape != tuple(expected):
+            problems.append(f"{hf_key}: converted shape {value.shape} != expected {tuple(expected)}")
+            continue
+        report.consumed.append(hf_key)
+        if layer is None:
+            values[rule.param] = value
+        else:
+            per_layer.setdefault(rule.param, [None] * cfg.n_layers)[layer] = value
+
+    expected_keys = {k for k, _, _ in rows}
+    for k in sorted(set(state) - expected_keys):
+        reason = next((why for pat, why in ignored_patterns.items() if re.fullmatch(pat, k)), None)
+        if reason is None:
+            problems.append(f"{k}: unexpected tensor (no jaxmech parameter takes it)")
+        else:
+            report.ignored[k] = reason
+
+    head_params = {("pooler", "W"), ("pooler", "b"), ("classifier", "W"), ("classifier", "b")}
+    for hf_key, rule, layer in rows:
+        if hf_key in state:
+            continue
+        if init_missing_head_seed is not None and rule.param in head_params:
+            if ".".join(rule.param) not in report.initialized:
+                report.initialized.append(".".join(rule.param))
+            continue
+        problems.append(f"{hf_key}: missing from the checkpoint (needed for {'.'.join(rule.param)})")
+    if problems:
+        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  " + "\n  ".join(problems))
+
+    for param, layers in per_layer.items():
+        values[param] = np.stack(layers)
+    new_flat = []
+    for path, var in flat.items():
+        if path in values:
+            new_flat.append((path, var.replace(jnp.asarray(values[path], jnp.float32))))
+        else:  # a freshly initialised head parameter (init_missing_head_seed)
+            new_flat.append((path, var))
+    model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
+    return model, report
+
+
+def to_hf_state_dict(model: HookedEncoder) -> dict[str, np.ndarray]:
+    """The Hugging Face state dict of a jaxmech model (inverse of `from_hf_state_dict`).
+
+    Cross-encoders get the ``bert.`` prefix of ``BertForSequenceClassification``; bi-encoders use
+    ``BertModel`` keys (no prefix, no pooler).
+    """
+    cfg = model.cfg
+    kind = "cross" if isinstance(model, CrossEncoder) else "bi"
+    flat = {path: var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    prefix = "bert." if kind == "cross" else ""
+    out = {}
+    for hf_key, rule, layer in key_map(cfg, kind):
+        _, jax_to_torch = rule.fns(cfg)
+        value = np.asarray(flat[rule.param].get_value(), np.float32)
+        if layer is not None:
+            value = value[layer]
+        key = hf_key if hf_key.startswith("classifier.") else prefix + hf_key
+        out[key] = np.ascontiguousarray(jax_to_torch(value))
+    return out

@@ -1,0 +1,384 @@
+"""Loading models: a local Hugging Face folder, or a hub id through the ``huggingface_hub`` cache.
+
+A folder needs ``config.json`` and weights (``model.safetensors``, a sharded ``model.safetensors.index.json``,
+or a legacy ``pytorch_model.bin``, which needs torch). Sentence-transformers folders (``modules.json`` with a
+``Pooling`` module) load as bi-encoders with their pooling, normalisation and similarity settings; folders
+whose config names a ``*ForSequenceClassification`` architecture load as cross-encoders.
+
+Converted parameters are cached as safetensors under ``$JAXMECH_CACHE`` (default ``~/.cache/jaxmech``), keyed
+by the weight files' paths, sizes and modification times, so a second load skips conversion (and torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from jaxmech.config import EncoderConfig
+from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
+from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+from jaxmech.tokenize import PairTokenizer
+
+CACHE_FORMAT = 1
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model folder or hub id could not be found (locally or in the hub cache)."""
+
+
+class WeightsError(ValueError):
+    """Weights are missing, unreadable or truncated."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model with everything needed to run it.
+
+    Attributes:
+        model: The `CrossEncoder` or `BiEncoder`.
+        tokenizer: Its `PairTokenizer`.
+        folder: The local folder it came from.
+        kind: ``"cross"`` or ``"bi"``.
+        report: What conversion consumed, ignored or initialised.
+        from_cache: Whether the parameters came from jaxmech's converted-parameter cache.
+    """
+
+    model: HookedEncoder
+    tokenizer: PairTokenizer
+    folder: Path
+    kind: str
+    report: ConversionReport
+    from_cache: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Locating a folder
+# --------------------------------------------------------------------------------------------------------------
+
+_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
+              "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
+              "sentence_bert_config.json", "1_Pooling/*"]
+
+
+def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
+    """A local folder for a path or a Hugging Face hub id.
+
+    Local paths win. A hub id is looked up in the ``huggingface_hub`` cache first; only if it is not cached
+    and the hub is not offline (``HF_HUB_OFFLINE``) is it downloaded, with short timeouts.
+
+    Raises:
+        ModelNotFoundError: Naming the path or id, and how to pass a local folder instead.
+    """
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p
+    text = str(path_or_id)
+    looks_local = text.startswith((".", "/", "~")) or p.suffix or text.count("/") > 1 or not text
+    if looks_local:
+        raise ModelNotFoundError(f"model folder {text!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
+        raise ModelNotFoundError(f"{text!r} is not a local folder and huggingface_hub is not installed") from err
+    how = (f"{text!r} is not a local folder and is not in the Hugging Face cache. Download it once with "
+           f"`huggingface-cli download {text}` on a machine that is online, or pass a local folder "
+           f"(--model /path/to/folder with config.json and model.safetensors).")
+    try:
+        return Path(snapshot_download(text, allow_patterns=_HUB_FILES, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any cache miss falls through to the online attempt
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelNotFoundError(how + " (HF_HUB_OFFLINE is set)")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s)))
+    try:
+        return Path(snapshot_download(text, allow_patterns=_HUB_FILES))
+    except Exception as err:  # noqa: BLE001 - network errors vary by version; the message says what failed
+        raise ModelNotFoundError(f"{how} Download failed: {type(err).__name__}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading weights and settings
+# --------------------------------------------------------------------------------------------------------------
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a folder, preferring safetensors.
+
+    Raises:
+        WeightsError: If there are none, or a shard index names a missing file.
+    """
+    single = folder / "model.safetensors"
+    if single.exists():
+        return [single]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError) as err:
+                raise WeightsError(f"{index}: malformed shard index ({err})") from None
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise WeightsError(f"{index}: shard(s) {missing} are missing from {folder}")
+            return [folder / s for s in shards]
+    if (folder / "pytorch_model.bin").exists():
+        return [folder / "pytorch_model.bin"]
+    raise WeightsError(
+        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or "
+        f"pytorch_model.bin)"
+    )
+
+
+def read_state_dict(files: list[Path]) -> dict[str, np.ndarray]:
+    """Reads tensors from safetensors or torch ``.bin`` files into numpy.
+
+    Raises:
+        WeightsError: If a file is truncated or corrupt.
+        ImportError: For ``.bin`` files when torch is not installed.
+    """
+    state: dict[str, np.ndarray] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import SafetensorError
+            from safetensors.numpy import load_file
+
+            try:
+                state.update(load_file(str(f)))
+            except (SafetensorError, OSError, ValueError) as err:
+                raise WeightsError(f"{f}: cannot read safetensors file (truncated or corrupt?): {err}") from None
+        else:
+            try:
+                import torch  # only for legacy .bin checkpoints
+            except ImportError:
+                raise ImportError(
+                    f"{f} is a PyTorch pickle; reading it needs torch (`pip install torch`), or convert the "
+                    f"folder to model.safetensors"
+                ) from None
+            try:
+                tensors = torch.load(str(f), map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+                raise WeightsError(f"{f}: cannot read PyTorch checkpoint (truncated or corrupt?): {err}") from None
+            state.update({k: v.float().numpy() for k, v in tensors.items()})
+    return state
+
+
+def read_pooling(folder: Path) -> PoolingConfig | None:
+    """Pooling settings of a sentence-transformers folder, or None if it is not one.
+
+    Raises:
+        ValueError: For pooling modes jaxmech does not implement.
+    """
+    modules_file = folder / "modules.json"
+    if not modules_file.exists():
+        return None
+    modules = json.loads(modules_file.read_text())
+    pooling = next((m for m in modules if m.get("type", "").endswith("Pooling")), None)
+    if pooling is None:
+        return None
+    cfg_file = folder / pooling.get("path", "1_Pooling") / "config.json"
+    pcfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {"pooling_mode_mean_tokens": True}
+    modes = [k[len("pooling_mode_"):] for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
+    mapping = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+    if len(modes) != 1 or modes[0] not in mapping:
+        raise ValueError(f"{cfg_file}: pooling modes {modes} are not supported (one of {list(mapping)})")
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    similarity = "cosine"
+    st_cfg = folder / "config_sentence_transformers.json"
+    if st_cfg.exists():
+        name = json.loads(st_cfg.read_text()).get("similarity_fn_name") or "cosine"
+        similarity = {"cosine": "cosine", "dot": "dot", "dot_product": "dot"}.get(name)
+        if similarity is None:
+            raise ValueError(f"{st_cfg}: similarity_fn_name={name!r} is not supported (cosine, dot)")
+    return PoolingConfig(mode=mapping[modes[0]], normalize=normalize, similarity=similarity)
+
+
+def detect_kind(folder: Path, hf_config: dict) -> str:
+    """``"cross"`` for sequence-classification configs, ``"bi"`` for sentence-transformers folders."""
+    archs = hf_config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "cross"
+    if (folder / "modules.json").exists():
+        return "bi"
+    raise ValueError(
+        f"{folder}: cannot tell whether this is a cross-encoder or a bi-encoder (architectures={archs}, no "
+        f"modules.json); pass kind='cross' (with init_missing_head_seed for an encoder-only checkpoint) or 'bi'"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Converted-parameter cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Where converted parameters are cached (``$JAXMECH_CACHE`` or ``~/.cache/jaxmech``)."""
+    return Path(os.environ.get("JAXMECH_CACHE", Path.home() / ".cache" / "jaxmech"))
+
+
+def _cache_key(files: list[Path], kind: str, extra: str) -> str:
+    h = hashlib.sha256(f"v{CACHE_FORMAT}|{kind}|{extra}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def flat_params(model: HookedEncoder) -> dict[str, np.ndarray]:
+    """Parameters as a flat ``{"blocks.attn.W_Q": array}`` dict (stacked layers keep their layer axis)."""
+    return {".".join(map(str, path)): np.asarray(var.get_value())
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> HookedEncoder:
+    """A copy of ``model`` with parameters from `flat_params` output (shapes checked)."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    new = []
+    for path, var in nnx.to_flat_state(state):
+        key = ".".join(map(str, path))
+        if key not in flat or flat[key].shape != var.get_value().shape:
+            raise WeightsError(f"cached parameters: {key} missing or misshapen")
+        new.append((path, var.replace(np.asarray(flat[key], np.float32))))
+    return nnx.merge(graphdef, nnx.from_flat_state(new))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public loaders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_model(
+    path_or_id: str | Path,
+    *,
+    kind: str = "auto",
+    init_missing_head_seed: int | None = None,
+    score_label: int = 0,
+    use_cache: bool = True,
+    max_length: int | None = None,
+    truncation: str = "longest_first",
+) -> LoadedModel:
+    """Loads a cross- or bi-encoder and its tokenizer.
+
+    Args:
+        path_or_id: A local folder or a Hugging Face hub id (resolved through the hub cache).
+        kind: ``"auto"``, ``"cross"`` or ``"bi"``.
+        init_missing_head_seed: Build a cross-encoder from an encoder-only checkpoint, initialising the
+            missing pooler/classifier from this seed (reported in ``report.initialized``).
+        score_label: See `CrossEncoder`.
+        use_cache: Read/write the converted-parameter cache.
+        max_length: Tokenizer maximum length (default: the tokenizer's, capped at 512 and ``n_ctx``).
+        truncation: See `PairTokenizer`.
+
+    Returns:
+        A `LoadedModel`.
+
+    Raises:
+        ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: With the folder or file
+            named in the message.
+    """
+    folder = resolve_model_dir(path_or_id)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    hf_config = json.loads(config_file.read_text())
+    cfg = EncoderConfig.from_hf_config(hf_config, source=str(config_file))
+    if kind == "auto":
+        kind = detect_kind(folder, hf_config)
+    pooling = read_pooling(folder) if kind == "bi" else None
+    if kind == "bi" and pooling is None:
+        pooling = PoolingConfig()
+    files = weight_files(folder)
+
+    key = _cache_key(files, kind, f"seed={init_missing_head_seed}|{cfg}")
+    cached = cache_root() / "converted" / f"{key}.safetensors"
+    report, from_cache = ConversionReport(), False
+    if use_cache and cached.exists():
+        from safetensors.numpy import load_file
+
+        try:
+            template = nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
+            model = load_flat_params(template, load_file(str(cached)))
+            from_cache = True
+        except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt below
+            cached.unlink(missing_ok=True)
+    if not from_cache:
+        state = read_state_dict(files)
+        model, report = from_hf_state_dict(
+            state, cfg, kind, pooling=pooling, score_label=score_label,
+            init_missing_head_seed=init_missing_head_seed, source=", ".join(str(f) for f in files),
+        )
+        if use_cache:
+            from safetensors.numpy import save_file
+
+            try:
+                _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
+            except OSError:
+                pass  # an unwritable cache only costs speed
+    limit = min(cfg.n_ctx, max_length or 512)
+    tokenizer = PairTokenizer.from_pretrained(folder, max_length=limit, truncation=truncation)
+    return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
+
+
+def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:
+    """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
+    loads: ``BertForSequenceClassification`` for cross-encoders, ``BertModel`` (+ sentence-transformers
+    pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
+    interrupted save never looks complete.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
+    try:
+        is_cross = isinstance(model, CrossEncoder)
+        arch = "BertForSequenceClassification" if is_cross else "BertModel"
+        (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
+        save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if isinstance(model, BiEncoder):
+            p = model.pooling
+            (tmp / "1_Pooling").mkdir()
+            (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+                "word_embedding_dimension": model.cfg.d_model,
+                "pooling_mode_cls_token": p.mode == "cls",
+                "pooling_mode_mean_tokens": p.mode == "mean",
+                "pooling_mode_max_tokens": p.mode == "max",
+            }, indent=2))
+            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+            if p.normalize:
+                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                                "type": "sentence_transformers.models.Normalize"})
+            (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+            (tmp / "config_sentence_transformers.json").write_text(
+                json.dumps({"similarity_fn_name": p.similarity}, indent=2))
+        if tokenizer is not None:
+            tokenizer.hf.save_pretrained(str(tmp))
+        if folder.exists():
+            raise FileExistsError(f"{folder} already exists; refusing to overwrite")
+        os.replace(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
