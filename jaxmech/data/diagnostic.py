@@ -1,0 +1,463 @@
+"""Builders of the paper's diagnostic datasets (Table 1; paper-notes §3) as aligned pairs.
+
+Every builder reads a `DiagnosticSource` and returns a `BuildResult` (pairs + build statistics):
+
+==================  ======================================================================================
+kind                baseline -> perturbed
+==================  ======================================================================================
+``tfc1``            passage + k fillers  ->  passage + " " + term        (k = word pieces of the term)
+``tfc1_prepend``    k fillers + passage  ->  term + " " + passage
+``stmc1``           passage + k fillers  ->  passage + " " + related word (``most_similar_synonym``)
+``tfc2``            answer with all term occurrences -> pronoun (tf 0)  ->  last k restored (k = 1..5)
+``lnc1``            first sentence  ->  first sentence + i sentences of another query's answer (i = 1..4)
+``<kind>_remove``   the reverse axiom: baseline and perturbed swapped (``tfc1_remove``: the appended term
+                    is removed, i.e. replaced by fillers; ``lnc1_remove``: the added sentences removed; ...)
+==================  ======================================================================================
+
+Positions are aligned as described in `jaxmech.data.align`: filler alignment (identity map, equal lengths)
+for the append/prepend kinds and LNC1, token diff alignment for TFC2 (or ``align="paper"``: fillers at the end
+whatever the change, the paper's inexact choice). Token types are those of `jaxmech.data.token_types`, on the
+baseline sequence.
+
+Nothing is truncated: a pair longer than the tokenizer's ``max_length`` is left out and counted in
+``stats["excluded_too_long"]`` with its ids in ``stats["excluded"]``; builds are deterministic (LNC1 partners
+come from a permutation seeded by ``seed``).
+
+Build everything in batches: all texts of a build are word-piece encoded in one call of the fast tokenizer,
+so the 10,000 TFC1 pairs of the paper take seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxmech.data.align import diff_alignment, is_prefix_extension, is_suffix_extension
+from jaxmech.data.records import AlignedPair, DataError, DiagnosticSource, term_in_query
+from jaxmech.data.token_types import WordPieces, assign_token_types, word_piece_ids, word_pieces_with_words
+
+BASE_KINDS = ("tfc1", "tfc1_prepend", "stmc1", "tfc2", "lnc1")
+KINDS = BASE_KINDS + tuple(f"{k}_remove" for k in BASE_KINDS)
+ALIGN_MODES = ("append", "prepend", "diff", "paper")
+FILLER = "a"
+
+
+@dataclasses.dataclass
+class PerturbationItem:
+    """One (baseline text, perturbed text) document pair for a query, before tokenisation.
+
+    Attributes:
+        qid: Query id.
+        doc_id: Document id.
+        query: Query text.
+        term: Selected query term (``None`` for none).
+        baseline_doc: Baseline document text (no fillers).
+        perturbed_doc: Perturbed document text.
+        meta: Details stored with the pair.
+    """
+
+    qid: str
+    doc_id: str
+    query: str
+    term: str | None
+    baseline_doc: str
+    perturbed_doc: str
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class BuildResult:
+    """Pairs of one build and its statistics.
+
+    Attributes:
+        kind: Dataset kind.
+        pairs: The built pairs.
+        stats: Counts (``items``, ``built``, ``excluded_too_long``, ...) and the ``excluded`` records.
+    """
+
+    kind: str
+    pairs: list[AlignedPair]
+    stats: dict[str, Any]
+
+    def header(self, tokenizer, source: str, **extra) -> dict[str, Any]:
+        """Header for `jaxmech.data.records.write_dataset`."""
+        return {"kind": self.kind, "tokenizer": str(getattr(tokenizer.hf, "name_or_path", "")),
+                "max_length": tokenizer.max_length, "source": source, "stats": self.stats, **extra}
+
+
+# -- the generic core ---------------------------------------------------------------------------------------
+def _tokenize_unique(tokenizer, texts: Sequence[str], *, words: bool = True) -> dict[str, WordPieces]:
+    """Tokenises each distinct text once; ``words=False`` skips the word merge (ids only)."""
+    uniq = list(dict.fromkeys(texts))
+    if words:
+        return dict(zip(uniq, word_pieces_with_words(tokenizer, uniq), strict=True))
+    return {t: WordPieces(ids, [], []) for t, ids in zip(uniq, word_piece_ids(tokenizer, uniq), strict=True)}
+
+
+def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, align: str = "append",
+                reverse: bool = False, term_match: str = "word", source: str = "<items>",
+                stats: dict[str, Any] | None = None) -> BuildResult:
+    """Tokenises and aligns perturbation items into pairs.
+
+    Args:
+        kind: Kind recorded in each pair.
+        items: Document pairs to build.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        align: ``"append"`` / ``"prepend"`` (the longer document extends the shorter at the end / start; the
+            shorter is padded with fillers there: identity map), ``"diff"`` (token diff, no padding) or
+            ``"paper"`` (fillers at the end of the shorter whatever the change).
+        reverse: Swap baseline and perturbed (reverse axioms).
+        term_match: How the term is matched to words (`jaxmech.data.token_types`).
+        source: Name for error messages.
+        stats: Counters to extend (builder-specific counts).
+
+    Returns:
+        A `BuildResult`; items whose pair would exceed ``tokenizer.max_length``, whose two sides are
+        identical, or whose tokenisation does not extend as ``align`` requires are left out and counted.
+
+    Raises:
+        DataError: On a term that is not a word of its query, or an empty query.
+    """
+    if align not in ALIGN_MODES:
+        raise ValueError(f"align={align!r}; choose one of {ALIGN_MODES}")
+    for it in items:
+        if it.term is not None and not term_in_query(it.term, it.query):
+            raise DataError(source, f"qid {it.qid}, doc {it.doc_id}",
+                            f"selected term {it.term!r} is not a word of the query {it.query!r}")
+    filler_id = tokenizer.token_id(FILLER)
+    # word strings are needed only on the baseline side (token types); the other side needs ids only
+    b_texts = [it.perturbed_doc if reverse else it.baseline_doc for it in items]
+    p_texts = [it.baseline_doc if reverse else it.perturbed_doc for it in items]
+    wp = _tokenize_unique(tokenizer, [it.query for it in items] + b_texts)
+    wp_ids = _tokenize_unique(tokenizer, [t for t in dict.fromkeys(p_texts) if t not in wp], words=False)
+    terms = _tokenize_unique(tokenizer, [it.term for it in items if it.term is not None])
+
+    stats = dict(stats or {})
+    stats.update(items=len(items), built=0, excluded_too_long=0, excluded_identical=0, excluded_not_aligned=0)
+    excluded: list[dict[str, Any]] = stats.setdefault("excluded", [])
+    pairs = []
+    for it in items:
+        q = wp[it.query]
+        if not q.ids:
+            raise DataError(source, f"qid {it.qid}", f"the query {it.query!r} is empty (no word pieces)")
+        b_text, p_text = it.baseline_doc, it.perturbed_doc
+        if reverse:
+            b_text, p_text = p_text, b_text
+        b, p = wp[b_text], (wp[p_text] if p_text in wp else wp_ids[p_text])
+        if b.ids == p.ids:
+            stats["excluded_identical"] += 1
+            excluded.append({"qid": it.qid, "doc_id": it.doc_id, "reason": "identical", **_short(it.meta)})
+            continue
+        made = _align(b, p, align, filler_id)
+        if made is None:
+            stats["excluded_not_aligned"] += 1
+            excluded.append({"qid": it.qid, "doc_id": it.doc_id, "reason": f"not an {align} extension"})
+            continue
+        b_doc, p_doc, pmap_doc, n_fill_b, n_fill_p = made
+        b_ids, b_tt = tokenizer.pair_ids(q.ids, b_doc.ids)
+        p_ids, p_tt = tokenizer.pair_ids(q.ids, p_doc.ids)
+        longest = max(len(b_ids), len(p_ids))
+        if longest > tokenizer.max_length:
+            stats["excluded_too_long"] += 1
+            excluded.append({"qid": it.qid, "doc_id": it.doc_id, "reason": "too_long", "length": longest,
+                             **_short(it.meta)})
+            continue
+        off = len(q.ids) + 2  # [CLS] q [SEP]
+        n_b, n_p = len(b_ids), len(p_ids)
+        pmap = list(range(off)) + [j + off if j >= 0 else -1 for j in pmap_doc] + [n_p - 1]
+        changed = [i - off for i in range(off, n_b - 1)
+                   if pmap[i] < 0 or p_ids[pmap[i]] != b_ids[i]]
+        term_w = terms[it.term].words if it.term is not None else None
+        types = assign_token_types(q, b_doc, term_w, changed, term_match=term_match)
+        meta = {**it.meta, "alignment": align, "fillers": n_fill_b or n_fill_p}
+        pairs.append(AlignedPair(kind, it.qid, it.doc_id, it.query, b_text, p_text, b_ids, b_tt, p_ids, p_tt,
+                                 pmap, types, it.term, meta))
+    stats["built"] = len(pairs)
+    return BuildResult(kind, pairs, stats)
+
+
+def _short(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if isinstance(v, int | str) and k in ("tf", "n_sentences")}
+
+
+def _align(b: WordPieces, p: WordPieces, mode: str, filler_id: int):
+    """Returns (baseline doc, perturbed doc, doc-level map, baseline fillers, perturbed fillers) or None."""
+    if mode in ("append", "prepend"):
+        ext = is_suffix_extension if mode == "append" else is_prefix_extension
+        short, long_ = (b, p) if len(b) <= len(p) else (p, b)
+        if not ext(short.ids, long_.ids):
+            return None
+        n = len(long_) - len(short)
+        padded = short.with_fillers(filler_id, n, FILLER, at_start=mode == "prepend")
+        b2, p2 = (padded, p) if short is b else (b, padded)
+        return b2, p2, list(range(len(b2))), n if short is b else 0, 0 if short is b else n
+    if mode == "diff":
+        return b, p, diff_alignment(b.ids, p.ids), 0, 0
+    # paper: fillers at the end of the shorter sequence, identity map
+    nb, npert = max(0, len(p) - len(b)), max(0, len(b) - len(p))
+    b2, p2 = b.with_fillers(filler_id, nb, FILLER), p.with_fillers(filler_id, npert, FILLER)
+    return b2, p2, list(range(len(b2))), nb, npert
+
+
+def _limit(items: list[PerturbationItem], limit: int | None) -> list[PerturbationItem]:
+    return items if limit is None else items[: max(0, limit)]
+
+
+def _split_kind(kind: str) -> tuple[str, bool]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+    return (kind[: -len("_remove")], True) if kind.endswith("_remove") else (kind, False)
+
+
+# -- TFC1 / STMC1 -------------------------------------------------------------------------------------------
+def _doc_items(source: DiagnosticSource, added: dict[str, str], *, prepend: bool, meta_key: str | None):
+    items = []
+    for qid, docs in source.docs.items():
+        if qid not in source.queries:
+            raise DataError(source.name, f"qid {qid}", "unknown qid (no such query loaded)")
+        if qid not in source.terms:
+            raise DataError(source.name, f"qid {qid}", "no selected term for this query")
+        word = added.get(qid)
+        if word is None:
+            raise DataError(source.name, f"qid {qid}", f"no {meta_key or 'term'} to add for this query")
+        meta = {meta_key: word} if meta_key else {}
+        for doc_id, doc in docs.items():
+            pert = f"{word} {doc}" if prepend else f"{doc} {word}"
+            items.append(PerturbationItem(qid, doc_id, source.queries[qid], source.terms[qid], doc, pert,
+                                          meta))
+    return items
+
+
+def build_tfc1(source: DiagnosticSource, tokenizer, *, prepend: bool = False, reverse: bool = False,
+               limit: int | None = None, term_match: str = "word") -> BuildResult:
+    """TFC1: the selected term appended (or prepended) to every document of its query.
+
+    Args:
+        source: Queries, terms and documents.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        prepend: Put the term before the document (``tfc1_prepend``).
+        reverse: Reverse axiom: the baseline has the term, the perturbed input has fillers instead.
+        limit: Build at most this many pairs (the first, in source order).
+        term_match: Term-to-word matching for token types.
+
+    Returns:
+        A `BuildResult` with identity position maps and equal lengths.
+    """
+    kind = ("tfc1_prepend" if prepend else "tfc1") + ("_remove" if reverse else "")
+    items = _limit(_doc_items(source, source.terms, prepend=prepend, meta_key=None), limit)
+    return build_pairs(kind, items, tokenizer, align="prepend" if prepend else "append", reverse=reverse,
+                       term_match=term_match, source=source.name)
+
+
+def build_stmc1(source: DiagnosticSource, tokenizer, *, related: dict[str, str] | None = None,
+                reverse: bool = False, limit: int | None = None, term_match: str = "word") -> BuildResult:
+    """STMC1: a word related to the selected term appended to every document of its query.
+
+    Args:
+        source: Queries, terms and documents; ``source.related`` is the default mapping.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        related: ``qid -> word`` to append instead of ``source.related``.
+        reverse: Reverse axiom (the related word removed).
+        limit: Build at most this many pairs.
+        term_match: Term-to-word matching for token types.
+
+    Raises:
+        DataError: If a query with documents has no related word.
+    """
+    items = _limit(_doc_items(source, related if related is not None else source.related, prepend=False,
+                              meta_key="synonym"), limit)
+    return build_pairs("stmc1_remove" if reverse else "stmc1", items, tokenizer, align="append",
+                       reverse=reverse, term_match=term_match, source=source.name)
+
+
+# -- TFC2 ---------------------------------------------------------------------------------------------------
+def _term_pattern(term: str) -> re.Pattern:
+    return re.compile(rf"(?<!\w){re.escape(term.lower())}(?!\w)")
+
+
+def count_occurrences(doc: str, term: str, *, whole_words: bool = False) -> int:
+    """Occurrences of the term in the lower-cased document (substrings, as the paper counts, by default)."""
+    if whole_words:
+        return len(_term_pattern(term).findall(doc.lower()))
+    return doc.lower().count(term.lower())
+
+
+def tfc2_variants(doc: str, term: str, pronoun: str, *, max_tf: int = 5,
+                  whole_words: bool = False) -> list[str]:
+    """The paper's TFC2 documents: ``[doc.lower().replace(term, pronoun, max_tf - k) for k in 0..max_tf]``.
+
+    ``replace`` substitutes the *first* ``max_tf - k`` occurrences, so variant ``k`` has its last ``k``
+    occurrences restored and variant 0 (the baseline) has none (for a document with ``max_tf`` occurrences).
+
+    Args:
+        doc: The answer text.
+        term: Selected term.
+        pronoun: Its replacement.
+        max_tf: Highest term frequency (5 in the paper).
+        whole_words: Replace only whole-word occurrences (the paper replaces substrings).
+    """
+    low, t = doc.lower(), term.lower()
+    if not whole_words:
+        return [low.replace(t, pronoun, max_tf - k) for k in range(max_tf + 1)]
+    pat = _term_pattern(term)
+    return [pat.sub(pronoun, low, count=max_tf - k) if k < max_tf else low for k in range(max_tf + 1)]
+
+
+def build_tfc2(source: DiagnosticSource, tokenizer, *, align: str = "diff", max_tf: int = 5,
+               whole_words: bool = False, reverse: bool = False, limit: int | None = None,
+               term_match: str = "word") -> BuildResult:
+    """TFC2: for each answer, pairs (tf 0, tf k) for k = 1..max_tf by pronoun replacement (notes §3.4).
+
+    Answers in which the term never occurs (the paper's two ``?`` terms) are left out and counted in
+    ``stats["excluded_no_occurrence"]``; ``stats["occurrences"]`` is the histogram of occurrence counts. Pairs
+    whose two sides are equal (fewer than ``max_tf`` occurrences) are left out too.
+
+    Args:
+        source: Queries, terms, pronouns and answers.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        align: ``"diff"`` (exact token alignment, lengths may differ) or ``"paper"`` (fillers at the end).
+        max_tf: Highest restored term frequency.
+        whole_words: Match the term as a whole word instead of a substring.
+        reverse: Reverse axiom (baseline tf k, perturbed tf 0).
+        limit: Build at most this many pairs.
+        term_match: Term-to-word matching for token types.
+
+    Raises:
+        DataError: If an answer's query has no term or pronoun.
+    """
+    if align not in ("diff", "paper"):
+        raise ValueError(f"TFC2 align={align!r}; choose 'diff' or 'paper'")
+    items: list[PerturbationItem] = []
+    hist: Counter[int] = Counter()
+    no_occ: list[dict[str, Any]] = []
+    for qid, term, pronoun, doc_id, doc in _answers(source, need_pronoun=True):
+        n = count_occurrences(doc, term, whole_words=whole_words)
+        hist[n] += 1
+        if n == 0:
+            no_occ.append({"qid": qid, "doc_id": doc_id, "reason": "no_occurrence"})
+            continue
+        variants = tfc2_variants(doc, term, pronoun, max_tf=max_tf, whole_words=whole_words)
+        base_tf = max(0, n - max_tf)
+        for k in range(1, max_tf + 1):
+            tf = n - max(0, min(n, max_tf - k))
+            items.append(PerturbationItem(qid, doc_id, source.queries[qid], term, variants[0], variants[k],
+                                          {"k": k, "tf": tf, "baseline_tf": base_tf, "occurrences": n,
+                                           "pronoun": pronoun}))
+    items = _limit(items, limit)
+    stats = {"occurrences": {str(k): v for k, v in sorted(hist.items())},
+             "excluded_no_occurrence": len(no_occ), "excluded": no_occ}
+    res = build_pairs("tfc2_remove" if reverse else "tfc2", items, tokenizer, align=align, reverse=reverse,
+                      term_match=term_match, source=source.name, stats=stats)
+    res.stats["equal_length_pairs"] = sum(p.same_length for p in res.pairs)
+    return res
+
+
+def _answers(source: DiagnosticSource, *, need_pronoun: bool):
+    for qid, answers in source.answers.items():
+        if qid not in source.queries:
+            raise DataError(source.name, f"qid {qid}", "unknown qid (answers for a query that is not loaded)")
+        if qid not in source.terms:
+            raise DataError(source.name, f"qid {qid}", "no selected term for this query")
+        if need_pronoun and qid not in source.pronouns:
+            raise DataError(source.name, f"qid {qid}", "no pronoun for this query's term")
+        for doc_id, doc in answers:
+            yield qid, source.terms[qid], source.pronouns.get(qid, ""), doc_id, doc
+
+
+# -- LNC1 ---------------------------------------------------------------------------------------------------
+def first_sentence(doc: str) -> str:
+    """The paper's LNC1 base: the first ``". "``-separated sentence, lower-cased, unquoted, with a period."""
+    return doc.lower().replace('"', "").split(". ")[0].rstrip(".") + "."
+
+
+def lnc1_documents(doc: str, other_doc: str, other_term: str, other_pronoun: str, *,
+                   n_max: int = 4) -> list[str]:
+    """LNC1 variants 0..n_max: the first sentence of ``doc`` followed by i sentences of ``other_doc``.
+
+    In ``other_doc`` (lower-cased, quotes removed) the other query's own term is replaced by its pronoun, so
+    the added text is non-relevant to both queries' terms. Variant i appends ``". ".join(first i sentences)``
+    and a final period (notes §3.5).
+    """
+    base = first_sentence(doc)
+    other = other_doc.lower().replace('"', "").replace(other_term.lower(), other_pronoun).split(". ")
+    out = [base]
+    for i in range(1, n_max + 1):
+        chunk = ". ".join(other[:i]).strip()
+        out.append(f"{base} {chunk.rstrip('.')}.")
+    return out
+
+
+def build_lnc1(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int = 4, reverse: bool = False,
+               limit: int | None = None, term_match: str = "word") -> BuildResult:
+    """LNC1: (first sentence, first sentence + i non-relevant sentences) pairs, i = 1..n_max (notes §3.5).
+
+    Each answer gets a partner answer of *another* query, chosen by a permutation seeded with ``seed`` (the
+    paper's unseeded ``random.shuffle`` made its datasets irreproducible). Variants for which the partner has
+    fewer than i sentences would repeat variant i - 1 and are left out.
+
+    Args:
+        source: Queries, terms, pronouns and answers.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        seed: Seed of the partner permutation.
+        n_max: Most sentences appended.
+        reverse: Reverse axiom (the added sentences removed).
+        limit: Build at most this many pairs.
+        term_match: Term-to-word matching for token types.
+    """
+    units = list(_answers(source, need_pronoun=True))
+    if len({u[0] for u in units}) < 2:
+        raise DataError(source.name, None, "LNC1 needs answers of at least two queries")
+    order = np.random.default_rng(seed).permutation(len(units))
+    by_unit: dict[int, list[PerturbationItem]] = {}
+    short = 0
+    for j, u in enumerate(order):
+        qid, term, _, doc_id, doc = units[u]
+        s = 1  # the next unit in the permuted cycle that belongs to another query
+        while units[order[(j + s) % len(units)]][0] == qid:
+            s += 1
+        oqid, oterm, opron, odoc_id, odoc = units[order[(j + s) % len(units)]]
+        docs = lnc1_documents(doc, odoc, oterm, opron, n_max=n_max)
+        n_other = len(odoc.lower().replace('"', "").split(". "))
+        for i in range(1, n_max + 1):
+            if i > n_other:  # the partner has run out of sentences: a duplicate of variant i - 1
+                short += 1
+                continue
+            by_unit.setdefault(int(u), []).append(PerturbationItem(
+                qid, f"{doc_id}+{odoc_id}", source.queries[qid], term, docs[0], docs[i],
+                {"n_sentences": i, "partner_qid": oqid, "term_count": count_occurrences(docs[i], term)}))
+    items = _limit([it for u in sorted(by_unit) for it in by_unit[u]], limit)  # source order
+    return build_pairs("lnc1_remove" if reverse else "lnc1", items, tokenizer, align="append",
+                       reverse=reverse, term_match=term_match, source=source.name,
+                       stats={"seed": seed, "excluded_short_partner": short})
+
+
+# -- dispatch -----------------------------------------------------------------------------------------------
+def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None = None, seed: int = 0,
+          **options) -> BuildResult:
+    """Builds any dataset kind of `KINDS` from a source.
+
+    Args:
+        kind: One of `KINDS`.
+        source: The loaded source.
+        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        limit: Build at most this many pairs.
+        seed: Seed (LNC1 partners).
+        **options: Passed to the builder (``align``, ``term_match``, ``whole_words``, ...).
+
+    Raises:
+        ValueError: On an unknown kind.
+    """
+    base, reverse = _split_kind(kind)
+    if base in ("tfc1", "tfc1_prepend"):
+        return build_tfc1(source, tokenizer, prepend=base == "tfc1_prepend", reverse=reverse, limit=limit,
+                          **options)
+    if base == "stmc1":
+        return build_stmc1(source, tokenizer, reverse=reverse, limit=limit, **options)
+    if base == "tfc2":
+        return build_tfc2(source, tokenizer, reverse=reverse, limit=limit, **options)
+    return build_lnc1(source, tokenizer, seed=seed, reverse=reverse, limit=limit, **options)
