@@ -158,7 +158,7 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
             stats["excluded_not_aligned"] += 1
             excluded.append({"qid": it.qid, "doc_id": it.doc_id, "reason": f"not an {align} extension"})
             continue
-        b_doc, p_doc, pmap_doc, n_fill_b, n_fill_p = made
+        b_doc, p_doc, pmap_doc, pad_b, pad_p = made
         b_ids, b_tt = tokenizer.pair_ids(q.ids, b_doc.ids)
         p_ids, p_tt = tokenizer.pair_ids(q.ids, p_doc.ids)
         longest = max(len(b_ids), len(p_ids))
@@ -168,13 +168,14 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
                              **_short(it.meta)})
             continue
         off = len(q.ids) + 2  # [CLS] q [SEP]
-        n_b, n_p = len(b_ids), len(p_ids)
-        pmap = list(range(off)) + [j + off if j >= 0 else -1 for j in pmap_doc] + [n_p - 1]
-        changed = [i - off for i in range(off, n_b - 1)
-                   if pmap[i] < 0 or p_ids[pmap[i]] != b_ids[i]]
+        pmap = list(range(off)) + [j + off if j >= 0 else -1 for j in pmap_doc] + [len(p_ids) - 1]
+        # Dinj: positions without a counterpart, with a different token, or facing / being an added filler
+        # (an added sentence may contain the filler word itself)
+        changed = [j for j, m in enumerate(pmap_doc)
+                   if m < 0 or p_doc.ids[m] != b_doc.ids[j] or j in pad_b or m in pad_p]
         term_w = terms[it.term].words if it.term is not None else None
         types = assign_token_types(q, b_doc, term_w, changed, term_match=term_match)
-        meta = {**it.meta, "alignment": align, "fillers": n_fill_b or n_fill_p}
+        meta = {**it.meta, "alignment": align, "fillers": len(pad_b) + len(pad_p)}
         pairs.append(AlignedPair(kind, it.qid, it.doc_id, it.query, b_text, p_text, b_ids, b_tt, p_ids, p_tt,
                                  pmap, types, it.term, meta))
     stats["built"] = len(pairs)
@@ -185,8 +186,12 @@ def _short(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if isinstance(v, int | str) and k in ("tf", "n_sentences")}
 
 
+def _pad_range(n_short: int, n: int, at_start: bool) -> set[int]:
+    return set(range(n)) if at_start else set(range(n_short, n_short + n))
+
+
 def _align(b: WordPieces, p: WordPieces, mode: str, filler_id: int):
-    """Returns (baseline doc, perturbed doc, doc-level map, baseline fillers, perturbed fillers) or None."""
+    """(baseline doc, perturbed doc, doc-level map, added-filler indices in each) or None if not aligned."""
     if mode in ("append", "prepend"):
         ext = is_suffix_extension if mode == "append" else is_prefix_extension
         short, long_ = (b, p) if len(b) <= len(p) else (p, b)
@@ -195,13 +200,14 @@ def _align(b: WordPieces, p: WordPieces, mode: str, filler_id: int):
         n = len(long_) - len(short)
         padded = short.with_fillers(filler_id, n, FILLER, at_start=mode == "prepend")
         b2, p2 = (padded, p) if short is b else (b, padded)
-        return b2, p2, list(range(len(b2))), n if short is b else 0, 0 if short is b else n
+        pads = _pad_range(len(short), n, mode == "prepend")
+        return b2, p2, list(range(len(b2))), *((pads, set()) if short is b else (set(), pads))
     if mode == "diff":
-        return b, p, diff_alignment(b.ids, p.ids), 0, 0
+        return b, p, diff_alignment(b.ids, p.ids), set(), set()
     # paper: fillers at the end of the shorter sequence, identity map
     nb, npert = max(0, len(p) - len(b)), max(0, len(b) - len(p))
     b2, p2 = b.with_fillers(filler_id, nb, FILLER), p.with_fillers(filler_id, npert, FILLER)
-    return b2, p2, list(range(len(b2))), nb, npert
+    return b2, p2, list(range(len(b2))), _pad_range(len(b), nb, False), _pad_range(len(p), npert, False)
 
 
 def _limit(items: list[PerturbationItem], limit: int | None) -> list[PerturbationItem]:

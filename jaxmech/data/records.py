@@ -325,7 +325,7 @@ def read_dataset(path: str | os.PathLike) -> tuple[dict[str, Any], list[AlignedP
                 raise DatasetFormatError(path, f"line {lineno}", f"malformed JSON: {e.msg}") from None
             pairs.append(pair_from_json(obj, source=str(path), record=f"line {lineno}"))
     if len(pairs) != head["count"]:
-        raise DatasetFormatError(path, f"line {len(pairs) + 1}",
+        raise DatasetFormatError(path, f"line {len(pairs) + 2}",  # where the next pair was expected
                                  f"header says {head['count']} pairs but the file holds {len(pairs)}")
     return head, pairs
 
