@@ -112,3 +112,17 @@ def test_lnc1_gives_up_to_four_lengthened_variants_per_query(source, tok):
 def test_prepend_and_reverse_kinds_build_all_pairs(source, tok):
     for kind in ("tfc1_prepend", "tfc1_remove"):
         assert len(build(kind, source, tok, limit=500).pairs) == 500
+
+
+def test_demo_set_shares_no_text_with_the_paper_data(source):
+    from jaxmech.data.demo import load_demo
+
+    demo = load_demo()
+    paper = "\n".join(t.lower() for d in source.docs.values() for t in d.values())
+    paper += "\n".join(t.lower() for a in source.answers.values() for _, t in a)
+    assert not {q.lower() for q in demo.queries.values()} & {q.lower() for q in source.queries.values()}
+    demo_texts = [t for d in demo.docs.values() for t in d.values()]
+    demo_texts += [t for a in demo.answers.values() for _, t in a]
+    for text in demo_texts:
+        for sentence in text.lower().split(". "):
+            assert sentence not in paper

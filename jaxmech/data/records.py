@@ -189,8 +189,8 @@ def term_in_query(term: str, query: str) -> bool:
 
 # -- dataset files ------------------------------------------------------------------------------------------
 def pair_to_json(pair: AlignedPair) -> dict[str, Any]:
-    """The JSON object of one pair."""
-    return dataclasses.asdict(pair)
+    """The JSON object of one pair (a shallow field dict; ``dataclasses.asdict`` deep-copies every list)."""
+    return {name: getattr(pair, name) for name in _PAIR_FIELDS}
 
 
 def pair_from_json(obj: Any, *, source: str = "<json>", record: str | None = None) -> AlignedPair:
