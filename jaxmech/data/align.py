@@ -16,8 +16,9 @@ Three situations occur:
   ``-1``. When term and pronoun have the same number of pieces the result is the identity and the lengths
   are equal.
 * **Paper alignment (inexact, opt-in).** The paper's code pads the shorter sequence with fillers at the end
-  and patches position by position regardless (notes §12.3 [U]); `end_filler_alignment` reproduces that for
-  comparison: identity map, positions after the first length change are misaligned.
+  and patches position by position regardless (notes §12.3 [U]); ``align="paper"`` of
+  `jaxmech.data.diagnostic.build_pairs` reproduces that for comparison: identity map, positions after the
+  first length change are misaligned.
 """
 
 from __future__ import annotations
@@ -43,21 +44,6 @@ def diff_alignment(base: Sequence[int], pert: Sequence[int]) -> list[int]:
             for k in range(i2 - i1):
                 out[i1 + k] = j1 + k
     return out
-
-
-def end_filler_alignment(base: list[int], base_types: list[int], pert: list[int], pert_types: list[int],
-                         filler_id: int) -> tuple[list[int], list[int], list[int], list[int], int, int]:
-    """Pads the shorter sequence with fillers before its final [SEP] (the paper's inexact alignment).
-
-    Returns:
-        ``(base, base_types, pert, pert_types, n_base_fillers, n_pert_fillers)`` of equal lengths.
-    """
-    nb, npert = max(0, len(pert) - len(base)), max(0, len(base) - len(pert))
-    base = base[:-1] + [filler_id] * nb + base[-1:]
-    base_types = base_types[:-1] + [1] * nb + base_types[-1:]
-    pert = pert[:-1] + [filler_id] * npert + pert[-1:]
-    pert_types = pert_types[:-1] + [1] * npert + pert_types[-1:]
-    return base, base_types, pert, pert_types, nb, npert
 
 
 def is_suffix_extension(base_doc: Sequence[int], pert_doc: Sequence[int]) -> bool:

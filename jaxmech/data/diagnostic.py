@@ -183,7 +183,7 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
 
 
 def _short(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if isinstance(v, int | str) and k in ("tf", "n_sentences")}
+    return {k: v for k, v in meta.items() if isinstance(v, int | str) and k in ("k", "tf", "n_sentences")}
 
 
 def _pad_range(n_short: int, n: int, at_start: bool) -> set[int]:
