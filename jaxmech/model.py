@@ -97,11 +97,16 @@ class LayerNorm(nnx.Module):
         self.w = nnx.Param(jnp.ones((d,), jnp.float32))
         self.b = _zeros((d,))
 
-    def __call__(self, x: Float[Array, "... d"]) -> tuple[Float[Array, "... d"], Float[Array, "... 1"]]:
-        """Returns ``(normalized, scale)`` with ``scale = sqrt(var + eps)`` (biased variance, as torch)."""
+    def __call__(
+        self, x: Float[Array, "... d"], hooks: HookPoints | None = None, scale_site: str | None = None
+    ) -> Float[Array, "... d"]:
+        """Normalises ``x``; the scale ``sqrt(var + eps)`` (biased variance, as torch) passes through the
+        hook point ``scale_site`` so it can be recorded or patched (TransformerLens's ``hook_scale``)."""
         centered = x - x.mean(-1, keepdims=True)
         scale = jnp.sqrt(jnp.mean(jnp.square(centered), -1, keepdims=True) + self.eps)
-        return centered / scale * self.w[...] + self.b[...], scale
+        if hooks is not None:
+            scale = hooks(scale_site, scale)
+        return centered / scale * self.w[...] + self.b[...]
 
 
 class Embed(nnx.Module):
@@ -121,9 +126,7 @@ class Embed(nnx.Module):
         pos_embed = hooks("pos_embed", self.W_pos[...][: tokens.shape[0]])
         tt_embed = hooks("token_type_embed", self.W_token_type[...][token_type_ids])
         total = hooks("embed_sum", embed + pos_embed + tt_embed)
-        normalized, scale = self.ln(total)
-        hooks("embed_ln_scale", scale)
-        return normalized
+        return self.ln(total, hooks, "embed_ln_scale")
 
 
 class Attention(nnx.Module):
@@ -197,13 +200,24 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
 
-    def attention(
+    def __call__(
         self, x: Float[Array, "pos d_model"], key_mask: Bool[Array, " pos"], hooks: HookPoints
     ) -> Float[Array, "pos d_model"]:
-        """From ``resid_pre`` to ``attn_out``, through every attention hook point."""
+        x = hooks("resid_pre", x)
         q = hooks("q", self.attn.project(x, "q"))
         k = hooks("k", self.attn.project(x, "k"))
         v = hooks("v", self.attn.project(x, "v"))
+        return self.after_attention(x, self.attend(q, k, v, key_mask, hooks), hooks)
+
+    def attend(
+        self,
+        q: Float[Array, "qpos head_index d_head"],
+        k: Float[Array, "kpos head_index d_head"],
+        v: Float[Array, "kpos head_index d_head"],
+        key_mask: Bool[Array, " kpos"],
+        hooks: HookPoints,
+    ) -> Float[Array, "qpos d_model"]:
+        """From queries, keys and values to ``attn_out``; ``q`` may hold a subset of the query rows."""
         scores = hooks("attn_scores", self.attn.scores(q, k, key_mask))
         pattern = hooks("pattern", jax.nn.softmax(scores, axis=-1))
         z = hooks("z", self.attn.mix(pattern, v))
@@ -221,22 +235,13 @@ class Block(nnx.Module):
     def after_attention(
         self, resid_pre: Float[Array, "pos d_model"], attn_out: Float[Array, "pos d_model"], hooks: HookPoints
     ) -> Float[Array, "pos d_model"]:
-        """From ``attn_out`` to the block output, through every later hook point (position-wise)."""
+        """From ``attn_out`` to the block output, through every later hook point. Position-wise, so it can run
+        on any subset of rows."""
         resid_mid = hooks("resid_mid", resid_pre + attn_out)
-        normalized_mid, scale1 = self.ln1(resid_mid)
-        hooks("ln1_scale", scale1)
-        normalized_mid = hooks("normalized_resid_mid", normalized_mid)
+        normalized_mid = hooks("normalized_resid_mid", self.ln1(resid_mid, hooks, "ln1_scale"))
         mlp_out = hooks("mlp_out", self.mlp(normalized_mid, hooks))
         resid_post = hooks("resid_post", normalized_mid + mlp_out)
-        normalized_post, scale2 = self.ln2(resid_post)
-        hooks("ln2_scale", scale2)
-        return hooks("normalized_resid_post", normalized_post)
-
-    def __call__(
-        self, x: Float[Array, "pos d_model"], key_mask: Bool[Array, " pos"], hooks: HookPoints
-    ) -> Float[Array, "pos d_model"]:
-        x = hooks("resid_pre", x)
-        return self.after_attention(x, self.attention(x, key_mask, hooks), hooks)
+        return hooks("normalized_resid_post", self.ln2(resid_post, hooks, "ln2_scale"))
 
 
 def stack_blocks(blocks: Sequence[Block]) -> Block:
