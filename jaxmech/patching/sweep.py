@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmech.model import BiEncoder, HookedEncoder
-from jaxmech.patching.engine import GLOBAL_SITES, _NO_HOOKS, layer_view, patched_hidden
+from jaxmech.patching.engine import _NO_HOOKS, layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.pairs import AlignmentError, PairBatch
 from jaxmech.patching.spec import PatchSpec, one_hot
@@ -121,13 +121,13 @@ class Items:
         return {"pair": self.pair, "head": self.head, "pos": self.pos}
 
 
-def enumerate_items(batch: PairBatch, family: Family, n_heads: int, chunk_size: int | None,
-                    model: HookedEncoder, n_devices: int = 1) -> Items:
-    """All ``(pair, head, position)`` items of a family; positions only where patchable."""
-    heads = np.arange(n_heads) if family.per_head else np.zeros(1, np.int64)
+def enumerate_items(batch: PairBatch, per_pos: bool, per_head: bool, model: HookedEncoder,
+                    chunk_size: int | None = None, n_devices: int = 1) -> Items:
+    """All ``(pair, head, position)`` items of a sweep; positions only where patchable (never padding)."""
+    heads = np.arange(model.cfg.n_heads) if per_head else np.zeros(1, np.int64)
     rows = []
     for p in range(batch.n_pairs):
-        positions = np.nonzero(batch.patchable[p])[0] if family.per_pos else np.zeros(1, np.int64)
+        positions = np.nonzero(batch.patchable[p])[0] if per_pos else np.zeros(1, np.int64)
         pp, hh = np.meshgrid(positions, heads, indexing="ij")
         rows.append(np.stack([np.full(pp.size, p), hh.ravel(), pp.ravel()], 1))
     flat = np.concatenate(rows).astype(np.int32)
@@ -149,40 +149,66 @@ def enumerate_items(batch: PairBatch, family: Family, n_heads: int, chunk_size: 
 # --------------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("site", "per_pos", "per_head", "extras"))
-def _sweep_program(model, cache, attention_mask, patchable, source, query_embedding, items, *,
-                   site: str, per_pos: bool, per_head: bool, extras: tuple[str, ...]):
-    """Patched scores ``[layer, chunks, chunk_size]`` for every item at every layer."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    T = attention_mask.shape[1]
-    row_patch = per_pos  # one position per item: restart on that row (or as dirty rows for resid_pre)
-    views = jax.vmap(layer_view, in_axes=(0, None, None))
+def scan_items(kernel, model: HookedEncoder, data: dict, items: dict, layers: Sequence[int] | None = None):
+    """Runs ``kernel`` on every item at every layer (or ``layers``): ``[layer, chunks, chunk_size]`` outputs.
 
+    ``kernel`` is a hashable (static) object with ``prepare(model, data, layer)`` (per-layer slices of the
+    per-pair data, computed once per layer) and ``item(model, data, prepared, layer, pair, head, pos)``.
+    """
+    layers = jnp.arange(model.cfg.n_layers) if layers is None else jnp.asarray(layers, jnp.int32)
+    return _scan_items(model, data, items, layers, kernel=kernel)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def _scan_items(model, data, items, layers, *, kernel):
     def per_layer(_, layer):
-        here_all = views(cache, layer, extras)
-        after_all = views(cache, layer + 1, ())
-        src_all = source[:, layer]
-
-        def item_score(pair, head, pos):
-            take = lambda a: a[pair]
-            here, after = jax.tree.map(take, here_all), jax.tree.map(take, after_all)
-            key_mask = attention_mask[pair].astype(bool)
-            spec = PatchSpec(
-                site,
-                source=src_all[pair][None],
-                pos_mask=one_hot(pos, T) if per_pos else patchable[pair].astype(jnp.float32),
-                head_mask=one_hot(head, H) if per_head else None,
-            )
-            rows = pos[None] if row_patch and site not in GLOBAL_SITES - {"resid_pre"} else None
-            hidden = patched_hidden(model, key_mask, layer, here, after, spec, rows)
-            return readout_score(model, hidden, attention_mask[pair], query_embedding[pair])
+        prepared = kernel.prepare(model, data, layer)
 
         def per_chunk(_, chunk):
-            return None, jax.vmap(item_score)(chunk["pair"], chunk["head"], chunk["pos"])
+            fn = lambda pair, head, pos: kernel.item(model, data, prepared, layer, pair, head, pos)
+            return None, jax.vmap(fn)(chunk["pair"], chunk["head"], chunk["pos"])
 
         return None, jax.lax.scan(per_chunk, None, items)[1]
 
-    return jax.lax.scan(per_layer, None, jnp.arange(L))[1]
+    return jax.lax.scan(per_layer, None, layers)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationKernel:
+    """One activation patch per item, restarted at its layer (`jaxmech.patching.engine.patched_hidden`).
+
+    ``data``: ``cache`` (baseline, see `baseline_cache`), ``source`` (``[pair, layer, *site_dims]`` aligned),
+    ``attention_mask``, ``patchable`` (``[pair, pos]``), ``query_embedding``.
+    """
+
+    site: str
+    per_pos: bool
+    per_head: bool
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        return () if self.site in ("resid_pre", "q", "k", "v") else (self.site,)
+
+    def prepare(self, model, data, layer):
+        views = jax.vmap(layer_view, in_axes=(0, None, None))
+        return views(data["cache"], layer, self.extras), views(data["cache"], layer + 1, ()), data["source"][:, layer]
+
+    def item(self, model, data, prepared, layer, pair, head, pos):
+        here_all, after_all, src_all = prepared
+        take = lambda a: a[pair]
+        here, after = jax.tree.map(take, here_all), jax.tree.map(take, after_all)
+        mask = data["attention_mask"][pair]
+        T, H = mask.shape[0], model.cfg.n_heads
+        spec = PatchSpec(
+            self.site,
+            source=src_all[pair][None],
+            pos_mask=one_hot(pos, T) if self.per_pos else data["patchable"][pair].astype(jnp.float32),
+            head_mask=one_hot(head, H) if self.per_head else None,
+        )
+        # One position per item: restart on that row (dirty rows for resid_pre); k and v reach every row.
+        rows = pos[None] if self.per_pos and self.site not in ("k", "v") else None
+        hidden = patched_hidden(model, mask.astype(bool), layer, here, after, spec, rows)
+        return readout_score(model, hidden, mask, data["query_embedding"][pair])
 
 
 @dataclasses.dataclass
@@ -221,6 +247,69 @@ def _canonical_to_layout(out: np.ndarray, layout: str) -> np.ndarray:
     return out.transpose(*keep, *drop).reshape(out.shape[0], *[out.shape[axes[c]] for c in layout])
 
 
+@dataclasses.dataclass
+class PreparedBatch:
+    """Baseline and perturbed runs of a batch, and the per-pair data kernels read."""
+
+    batch: PairBatch
+    baseline_score: jax.Array
+    perturbed_score: jax.Array
+    cache: dict[str, jax.Array]
+    source_cache: dict[str, jax.Array]
+    query_embedding: jax.Array
+
+    def data(self, **extra) -> dict:
+        return {"cache": self.cache, "attention_mask": jnp.asarray(self.batch.baseline[2]),
+                "patchable": jnp.asarray(self.batch.patchable), "query_embedding": self.query_embedding, **extra}
+
+    def source(self, site: str) -> jax.Array:
+        return align_source(self.source_cache[site], site, self.batch.position_map)
+
+
+def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str] = (),
+            source_sites: Sequence[str] = (), reverse: bool = False, query_embedding=None) -> PreparedBatch:
+    """Runs the baseline (with the restart cache plus ``base_sites``) and the perturbed input (capturing
+    ``source_sites``); swaps their roles first if ``reverse``."""
+    if reverse:
+        batch = reverse_batch(batch)
+    base_score, cache = baseline_cache(model, batch.baseline, base_sites)
+    src_score, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset(source_sites))
+    if isinstance(model, BiEncoder):
+        if query_embedding is None:
+            raise ValueError("bi-encoder patching needs query_embedding [pair, d_model] (the patched run is the "
+                             "document's)")
+        query_embedding = jnp.asarray(query_embedding)
+        base_score = model.similarity(query_embedding, base_score)
+        src_score = model.similarity(query_embedding, src_score)
+    elif query_embedding is None:
+        query_embedding = jnp.zeros((batch.n_pairs, model.cfg.d_model), jnp.float32)
+    return PreparedBatch(batch, base_score, src_score, dict(cache), dict(src_cache), query_embedding)
+
+
+def run_kernel(kernel, model: HookedEncoder, prep: PreparedBatch, data: dict, *, per_pos: bool, per_head: bool,
+               layers: Sequence[int] | None = None, chunk_size: int | None = None,
+               mesh: Mesh | None = None) -> np.ndarray:
+    """Runs a kernel over all items and scatters the outputs to ``[pair, layer, pos|1, head|1]`` (NaN where
+    no item ran)."""
+    mesh = mesh or local_mesh()
+    n_dev = mesh.devices.size
+    batch = prep.batch
+    items = enumerate_items(batch, per_pos, per_head, model, chunk_size, n_dev)
+    arrays = items.arrays()
+    if n_dev > 1:
+        arrays = jax.device_put(arrays, NamedSharding(mesh, P(None, "items")))
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    out = np.asarray(scan_items(kernel, model, data, arrays, layers))
+    canonical = np.full((batch.n_pairs, model.cfg.n_layers, batch.n_pos if per_pos else 1,
+                         model.cfg.n_heads if per_head else 1), np.nan, np.float32)
+    v = items.valid.ravel()
+    pair, head, pos = items.pair.ravel()[v], items.head.ravel()[v], items.pos.ravel()[v]
+    res = out.reshape(len(layers), -1)[:, v]
+    for i, layer in enumerate(layers):
+        canonical[pair, layer, pos if per_pos else 0, head if per_head else 0] = res[i]
+    return canonical
+
+
 def activation_patch(
     model: HookedEncoder,
     batch: PairBatch,
@@ -234,7 +323,7 @@ def activation_patch(
     """Exact activation patching of one family over a batch of aligned pairs.
 
     By default the baseline input is run and the perturbed run's activations are patched in (the paper's
-    direction, `reverse=False`); ``reverse=True`` patches baseline activations into the perturbed run.
+    direction); ``reverse=True`` patches baseline activations into the perturbed run.
 
     Args:
         model: A `CrossEncoder` (or a `BiEncoder`, with ``query_embedding``).
@@ -253,53 +342,23 @@ def activation_patch(
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
     fam = get_family(family) if isinstance(family, str) else family
-    if reverse:
-        batch = reverse_batch(batch)
-    if fam.needs_identity_alignment and not batch.identity.all():
-        bad = [batch.names[i] or str(i) for i in np.nonzero(~batch.identity)[0][:5]]
+    row_sites = [s for s in fam.sites if s not in ("resid_pre", "q", "k", "v")]
+    prep = prepare(model, batch, base_sites=row_sites, source_sites=fam.sites, reverse=reverse,
+                   query_embedding=query_embedding)
+    if fam.needs_identity_alignment and not prep.batch.identity.all():
+        bad = [prep.batch.names[i] or str(i) for i in np.nonzero(~prep.batch.identity)[0][:5]]
         raise AlignmentError(f"family {fam.name} patches attention patterns, which needs one-to-one aligned "
                              f"pairs of equal length; pairs {bad} are not (use filler alignment)")
-    mesh = mesh or local_mesh()
-    n_dev = mesh.devices.size
-    cfg = model.cfg
-    row_sites = [s for s in fam.sites if s not in ("resid_pre", "q", "k", "v")]
-    base_score, cache = baseline_cache(model, batch.baseline, row_sites)
-    src_score, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset(fam.sites))
-    if query_embedding is None:
-        query_embedding = jnp.zeros((batch.n_pairs, cfg.d_model), jnp.float32)
-        if isinstance(model, BiEncoder):
-            raise ValueError("bi-encoder patching needs query_embedding [pair, d_model]")
-    else:
-        base_score = model.similarity(query_embedding, base_score)
-        src_score = model.similarity(query_embedding, src_score)
-    items = enumerate_items(batch, fam, cfg.n_heads, chunk_size, model, n_dev)
-    item_arrays = items.arrays()
-    if n_dev > 1:
-        sharding = NamedSharding(mesh, P(None, "items"))
-        item_arrays = jax.device_put(item_arrays, sharding)
-
-    T = batch.n_pos
-    shape_c = (batch.n_pairs, cfg.n_layers, T if fam.per_pos else 1, cfg.n_heads if fam.per_head else 1)
-    outs = []
-    patchable = jnp.asarray(batch.patchable)
-    mask = jnp.asarray(batch.baseline[2])
+    comps = []
     for site in fam.sites:
-        source = align_source(src_cache[site], site, batch.position_map)
-        extras = (site,) if site not in ("resid_pre", "q", "k", "v") else ()
-        out = _sweep_program(model, cache, mask, patchable, source, query_embedding, item_arrays,
-                             site=site, per_pos=fam.per_pos, per_head=fam.per_head, extras=extras)
-        outs.append(out)
-    canonical = np.full((len(fam.sites), *shape_c), np.nan, np.float32)
-    v = items.valid.ravel()
-    pair, head, pos = items.pair.ravel()[v], items.head.ravel()[v], items.pos.ravel()[v]
-    for c, out in enumerate(outs):
-        res = np.asarray(out).reshape(cfg.n_layers, -1)[:, v]  # [layer, n_items]
-        for layer in range(cfg.n_layers):
-            canonical[c, pair, layer, pos if fam.per_pos else 0, head if fam.per_head else 0] = res[layer]
-    comps = [_canonical_to_layout(canonical[c], fam.layout) for c in range(len(fam.sites))]
+        data = prep.data(source=prep.source(site))
+        kernel = ActivationKernel(site, fam.per_pos, fam.per_head)
+        canonical = run_kernel(kernel, model, prep, data, per_pos=fam.per_pos, per_head=fam.per_head,
+                               chunk_size=chunk_size, mesh=mesh)
+        comps.append(_canonical_to_layout(canonical, fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
-    return SweepResult(fam.name, patched, np.asarray(base_score), np.asarray(src_score), list(batch.names),
-                       batch.lengths.copy())
+    return SweepResult(fam.name, patched, np.asarray(prep.baseline_score), np.asarray(prep.perturbed_score),
+                       list(prep.batch.names), prep.batch.lengths.copy())
 
 
 def reverse_batch(batch: PairBatch) -> PairBatch:
