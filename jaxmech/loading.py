@@ -18,6 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -245,7 +246,7 @@ def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> Hooke
         key = ".".join(map(str, path))
         if key not in flat or flat[key].shape != var.get_value().shape:
             raise WeightsError(f"cached parameters: {key} missing or misshapen")
-        new.append((path, var.replace(np.asarray(flat[key], np.float32))))
+        new.append((path, var.replace(jnp.asarray(flat[key], jnp.float32))))
     return nnx.merge(graphdef, nnx.from_flat_state(new))
 
 

@@ -164,3 +164,43 @@ def batch_pairs(pairs: Sequence[Pair], *, pad_id: int = 0, buckets: Sequence[int
     pos_map = pad([p.position_map for p in pairs], -1)
     return PairBatch(baseline, perturbed, pos_map, np.array([len(p.baseline_ids) for p in pairs], np.int32),
                      np.array([p.is_identity for p in pairs]), [p.name for p in pairs])
+
+
+def align_texts_with_filler(tokenizer: PairTokenizer, baseline_doc: str, perturbed_doc: str, *,
+                            name: str = "") -> Pair:
+    """Bi-encoder version of `align_with_filler`: ``[CLS] d [SEP]`` inputs, the shorter padded with fillers
+    before ``[SEP]``.
+
+    Raises:
+        AlignmentError: On an empty document or a pair longer than ``max_length``.
+    """
+    where = f"pair {name!r}: " if name else ""
+    b, p = tokenizer.word_pieces([baseline_doc, perturbed_doc])
+    for text, pieces, what in ((baseline_doc, b, "baseline"), (perturbed_doc, p, "perturbed")):
+        if not pieces:
+            raise AlignmentError(f"{where}the {what} document {text!r} is empty (no word pieces)")
+    n = max(len(b), len(p))
+    if n + 2 > tokenizer.max_length:
+        raise AlignmentError(f"{where}{n + 2} tokens exceed max_length={tokenizer.max_length}; the perturbation "
+                             f"would be truncated")
+    filler = tokenizer.token_id(FILLER_TOKEN)
+    wrap = lambda d: [tokenizer.cls_id, *d, *[filler] * (n - len(d)), tokenizer.sep_id]
+    b_ids, p_ids = wrap(b), wrap(p)
+    return Pair(b_ids, [0] * len(b_ids), p_ids, [0] * len(p_ids), list(range(len(b_ids))), name)
+
+
+def document_only(pair: Pair, sep_id: int) -> Pair:
+    """Turns a cross-encoder pair (``[CLS] q [SEP] d [SEP]``) into a bi-encoder document pair
+    (``[CLS] d [SEP]``), keeping the position map of the document tokens."""
+
+    def split(ids):
+        first = ids.index(sep_id)
+        return first, [ids[0], *ids[first + 1:]]
+
+    fb, b_ids = split(pair.baseline_ids)
+    fp, p_ids = split(pair.perturbed_ids)
+    pmap = [0 if pair.position_map[0] == 0 else -1]
+    for i in range(fb + 1, len(pair.baseline_ids)):
+        m = pair.position_map[i]
+        pmap.append(m - fp if m > fp else -1)
+    return Pair(b_ids, [0] * len(b_ids), p_ids, [0] * len(p_ids), pmap, pair.name)
