@@ -49,8 +49,11 @@ def _load(args):
     from jaxmech.loading import load_model
 
     path = packaged_model_path() if args.model == PACKAGED else args.model
-    return load_model(path, kind=args.kind, init_missing_head_seed=args.init_head_seed,
-                      max_length=args.max_length, truncation=getattr(args, "truncation", "longest_first"))
+    lm = load_model(path, kind=args.kind, init_missing_head_seed=args.init_head_seed,
+                    max_length=args.max_length, truncation=getattr(args, "truncation", "longest_first"))
+    if lm.tokenizer is None:
+        raise FileNotFoundError(f"{lm.folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
+    return lm
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -124,18 +124,22 @@ class ConversionReport:
     initialized: list[str] = dataclasses.field(default_factory=list)
 
 
-def _normalise_keys(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
-    """Strips the ``bert.`` prefix (sequence-classification checkpoints) and renames legacy LN keys."""
+def _normalise_keys(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Strips the ``bert.`` prefix (sequence-classification checkpoints) and renames legacy LN keys.
+
+    Returns:
+        The renamed state and the map from new names back to the checkpoint's own names.
+    """
     prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
-    out = {}
+    out, original = {}, {}
     for k, v in state.items():
-        if prefix and k.startswith(prefix):
-            k = k[len(prefix):]
-        for old, new in _LEGACY.items():
-            if k.endswith(old) and "LayerNorm" in k:
-                k = k[: -len(old)] + new
-        out[k] = np.asarray(v)
-    return out, prefix
+        new = k[len(prefix):] if prefix and k.startswith(prefix) else k
+        for old, repl in _LEGACY.items():
+            if new.endswith(old) and "LayerNorm" in new:
+                new = new[: -len(old)] + repl
+        out[new] = np.asarray(v)
+        original[new] = k
+    return out, original
 
 
 def build_model(
@@ -183,7 +187,7 @@ def from_hf_state_dict(
     Raises:
         ConversionError: On unexpected tensors, missing parameters or wrong shapes; the message lists all.
     """
-    state, _ = _normalise_keys(state)
+    state, original = _normalise_keys(state)
     rows = key_map(cfg, kind)
     ignored_patterns = dict(IGNORED, **(IGNORED_FOR_BI if kind == "bi" else {}))
     report = ConversionReport()
@@ -204,14 +208,14 @@ def from_hf_state_dict(
         try:
             value = torch_to_jax(state[hf_key].astype(np.float32))
         except ValueError as err:
-            problems.append(f"{hf_key}: shape {state[hf_key].shape} cannot be converted ({err})")
+            problems.append(f"{original[hf_key]}: shape {state[hf_key].shape} cannot be converted ({err})")
             continue
         expected = flat[rule.param].get_value().shape
         expected = expected[1:] if layer is not None else expected
         if value.shape != tuple(expected):
-            problems.append(f"{hf_key}: converted shape {value.shape} != expected {tuple(expected)}")
+            problems.append(f"{original[hf_key]}: converted shape {value.shape} != expected {tuple(expected)}")
             continue
-        report.consumed.append(hf_key)
+        report.consumed.append(original[hf_key])
         if layer is None:
             values[rule.param] = value
         else:
@@ -221,9 +225,9 @@ def from_hf_state_dict(
     for k in sorted(set(state) - expected_keys):
         reason = next((why for pat, why in ignored_patterns.items() if re.fullmatch(pat, k)), None)
         if reason is None:
-            problems.append(f"{k}: unexpected tensor (no jaxmech parameter takes it)")
+            problems.append(f"{original[k]}: unexpected tensor (no jaxmech parameter takes it)")
         else:
-            report.ignored[k] = reason
+            report.ignored[original[k]] = reason
 
     head_params = {("pooler", "W"), ("pooler", "b"), ("classifier", "W"), ("classifier", "b")}
     for hf_key, rule, layer in rows:

@@ -44,7 +44,7 @@ class LoadedModel:
 
     Attributes:
         model: The `CrossEncoder` or `BiEncoder`.
-        tokenizer: Its `PairTokenizer`.
+        tokenizer: Its `PairTokenizer`, or None if the folder has no tokenizer files (weights only).
         folder: The local folder it came from.
         kind: ``"cross"`` or ``"bi"``.
         report: What conversion consumed, ignored or initialised.
@@ -52,7 +52,7 @@ class LoadedModel:
     """
 
     model: HookedEncoder
-    tokenizer: PairTokenizer
+    tokenizer: PairTokenizer | None
     folder: Path
     kind: str
     report: ConversionReport
@@ -276,6 +276,7 @@ def load_model(
     use_cache: bool = True,
     max_length: int | None = None,
     truncation: str = "longest_first",
+    tokenizer_path: str | Path | None = None,
 ) -> LoadedModel:
     """Loads a cross- or bi-encoder and its tokenizer.
 
@@ -288,6 +289,7 @@ def load_model(
         use_cache: Read/write the converted-parameter cache.
         max_length: Tokenizer maximum length (default: the tokenizer's, capped at 512 and ``n_ctx``).
         truncation: See `PairTokenizer`.
+        tokenizer_path: Folder to take the tokenizer from (default: the model folder).
 
     Returns:
         A `LoadedModel`.
@@ -335,7 +337,11 @@ def load_model(
             except OSError:
                 pass  # an unwritable cache only costs speed
     limit = min(cfg.n_ctx, max_length or 512)
-    tokenizer = PairTokenizer.from_pretrained(folder, max_length=limit, truncation=truncation)
+    tok_dir = Path(tokenizer_path) if tokenizer_path else folder
+    has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
+    if tokenizer_path and not has_tokenizer:
+        raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
+    tokenizer = PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation) if has_tokenizer else None
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
 
 

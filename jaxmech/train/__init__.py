@@ -1,0 +1,18 @@
+"""Training cross-encoders with optax: fine-tuning, distillation, embedding-only tuning, checkpoints, export.
+
+* `config`: the TOML training config (`load_config`, `TrainConfig`).
+* `data`: candidate sets from files or the shared corpus, query splits, tokenised pair tables, the
+  deterministic group sampler.
+* `losses`: pointwise (MSE, BCE, sigmoid-MSE), pairwise (RankNet, margin) and MarginMSE losses.
+* `teachers`: cross-encoder, bi-encoder-similarity and BM25 teachers.
+* `inference`: batched, jitted scoring and embedding.
+* `idf_init`: the paper's IDF-aligned U0 initialisation (notes §9 F.2, sign convention of §6).
+* `evaluate`: nDCG@k, MRR@k and correlations on held-out queries.
+* `trainer`: the `Trainer` (jitted step, trainable subsets, orbax checkpoints, HF export).
+* `cli`: ``jaxmech train CONFIG`` and ``jaxmech train eval CONFIG``.
+"""
+
+from jaxmech.train.config import ConfigError, TrainConfig, load_config
+from jaxmech.train.trainer import Checkpoints, ResumeError, Trainer, TrainResult
+
+__all__ = ["Checkpoints", "ConfigError", "ResumeError", "TrainConfig", "TrainResult", "Trainer", "load_config"]

@@ -1,0 +1,89 @@
+"""``jaxmech train CONFIG`` and ``jaxmech train eval CONFIG``.
+
+    jaxmech train configs/train_smoke.toml --out runs/smoke          # train (fails if checkpoints exist)
+    jaxmech train configs/train_smoke.toml --out runs/smoke --resume # continue from the newest checkpoint
+    jaxmech train eval configs/train_smoke.toml --out runs/smoke     # held-out metrics of runs/smoke/export
+    jaxmech train eval configs/train_smoke.toml --model FOLDER       # ... of any cross-encoder folder
+
+The config format is described in `jaxmech.train.config`. ``train eval`` prints the held-out metrics as JSON
+(the same split, labels and reference as training). Errors in the config, the data or the run folder are
+printed as one line naming the file and the problem, with exit code 2.
+
+`register` adds the command to the main ``jaxmech`` parser; ``python -m jaxmech.train.cli`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``train`` to an ``add_subparsers()`` object; ``func`` takes the parsed args, returns an exit code."""
+    p = subparsers.add_parser(
+        "train", help="train a cross-encoder from a TOML config (or evaluate one: train eval CONFIG)",
+        description="Train a cross-encoder with optax from a TOML config (see jaxmech.train.config), or "
+                    "`train eval CONFIG` to evaluate a model folder on the config's held-out queries.")
+    p.add_argument("config", metavar="CONFIG", help="the TOML config (or the word 'eval' followed by CONFIG)")
+    p.add_argument("eval_config", nargs="?", metavar="EVAL_CONFIG", help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: [run] out_dir or runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    p.add_argument("--model", metavar="FOLDER", help="train eval: the model folder (default: <run>/export)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _fail(msg: str) -> int:
+    print(f"jaxmech train: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``train`` or ``train eval`` from parsed arguments."""
+    from jaxmech.loading import ModelNotFoundError
+    from jaxmech.train.config import load_config
+    from jaxmech.train.trainer import ResumeError, Trainer
+
+    evaluating = args.config == "eval"
+    path = args.eval_config if evaluating else args.config
+    if evaluating and path is None:
+        return _fail("train eval needs a CONFIG")
+    if not evaluating and args.eval_config is not None:
+        return _fail(f"unexpected argument {args.eval_config!r} (did you mean `train eval CONFIG`?)")
+    if args.model and not evaluating:
+        return _fail("--model is only used by `train eval`")
+    try:
+        cfg = load_config(path)
+        trainer = Trainer(cfg, out_dir=args.out)
+        if evaluating:
+            from pathlib import Path
+
+            from jaxmech.loading import load_model
+
+            folder = Path(args.model) if args.model else trainer.out_dir / "export"
+            if not folder.is_dir():
+                return _fail(f"{folder}: no such model folder (train first, or pass --model)")
+            model = load_model(folder, kind="cross").model
+            print(json.dumps(trainer.evaluate(model), indent=1))
+            return 0
+        result = trainer.fit(resume=args.resume)
+    except (ValueError, ResumeError, ModelNotFoundError, FileNotFoundError) as err:  # Config/Data/WeightsError too
+        return _fail(str(err))
+    print(json.dumps({"step": result.step, "out_dir": str(trainer.out_dir), "eval_before": result.eval_before,
+                      "eval_after": result.eval_after}, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jaxmech.train.cli train CONFIG ...``."""
+    parser = argparse.ArgumentParser(prog="jaxmech")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

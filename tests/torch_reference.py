@@ -1,0 +1,223 @@
+"""An independent PyTorch implementation of the paper's patching procedures, with forward hooks on the Hugging
+Face model: one hooked forward per patched site, batch 1, as in the authors' TransformerLens fork.
+
+It shares no code with jaxmech's patching (only the inputs), so agreement between the two is evidence that
+both implement the paper's definitions. Used by the cross-implementation tests and as the baseline of
+``benchmarks/bench_patching.py``.
+
+Hook points on ``BertForSequenceClassification`` (``transformers`` 5):
+
+* ``resid_pre[l]``: the input of ``encoder.layer[l]`` (forward pre-hook);
+* ``q``/``k``/``v``: the outputs of ``attention.self.query/key/value`` (``[T, H * d_head]``);
+* ``z``: the input of ``attention.output.dense`` (the concatenated heads, before W_O);
+* ``attn_out``: the output of ``attention.output.dense`` (W_O and b_O applied);
+* ``mlp_out``: the output of ``output.dense``;
+* ``pattern``: inside a registered attention function (``AttentionInterface``) that applies a per-module
+  hook to the softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+
+_IMPL = "jaxmech_reference"
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = torch.softmax(weights, dim=-1)
+    hook = getattr(module, "_pattern_hook", None)
+    if hook is not None:
+        weights = hook(weights)  # [batch, head, query, key]
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+AttentionInterface.register(_IMPL, _attention)
+
+
+class TorchPatcher:
+    """Hook-based patching on a Hugging Face ``BertForSequenceClassification`` (eval mode, batch 1)."""
+
+    def __init__(self, hf_model):
+        self.model = hf_model.eval()
+        self.model.set_attn_implementation(_IMPL)
+        cfg = hf_model.config
+        self.L, self.H = cfg.num_hidden_layers, cfg.num_attention_heads
+        self.dh = cfg.hidden_size // cfg.num_attention_heads
+        self.layers = hf_model.bert.encoder.layer
+
+    # -- running ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, inputs) -> float:
+        ids, tt, mask = (torch.as_tensor(np.asarray(a)).long()[None] for a in inputs)
+        return float(self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits[0, 0])
+
+    @contextlib.contextmanager
+    def hooks(self, handles_fn):
+        handles = handles_fn()
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for layer in self.layers:
+                layer.attention.self._pattern_hook = None
+
+    @torch.no_grad()
+    def cache(self, inputs) -> dict[str, list[torch.Tensor]]:
+        """Per-layer ``resid_pre``, ``v``, ``z``, ``attn_out``, ``mlp_out``, ``pattern`` of one input."""
+        out = {k: [None] * self.L for k in ("resid_pre", "v", "z", "attn_out", "mlp_out", "pattern")}
+
+        def make():
+            hs = []
+            for l, layer in enumerate(self.layers):
+                hs.append(layer.register_forward_pre_hook(
+                    lambda m, a, kw, l=l: out["resid_pre"].__setitem__(l, (a[0] if a else kw["hidden_states"]).clone()),
+                    with_kwargs=True))
+                hs.append(layer.attention.self.value.register_forward_hook(
+                    lambda m, a, o, l=l: out["v"].__setitem__(l, o.clone())))
+                hs.append(layer.attention.output.dense.register_forward_pre_hook(
+                    lambda m, a, l=l: out["z"].__setitem__(l, a[0].clone())))
+                hs.append(layer.attention.output.dense.register_forward_hook(
+                    lambda m, a, o, l=l: out["attn_out"].__setitem__(l, o.clone())))
+                hs.append(layer.output.dense.register_forward_hook(
+                    lambda m, a, o, l=l: out["mlp_out"].__setitem__(l, o.clone())))
+
+                def keep(w, l=l):
+                    out["pattern"][l] = w.clone()
+                    return w
+
+                layer.attention.self._pattern_hook = keep
+            return hs
+
+        with self.hooks(make):
+            self.score(inputs)
+        return out
+
+    # -- single-site hooks ----------------------------------------------------------------------------------------
+    def _resid_pre_hook(self, l, pos, value):
+        def pre(m, a, kw):
+            if a:
+                h = a[0].clone()
+                h[:, pos] = value[:, pos]
+                return (h, *a[1:]), kw
+            h = kw["hidden_states"].clone()
+            h[:, pos] = value[:, pos]
+            return a, {**kw, "hidden_states": h}
+
+        return self.layers[l].register_forward_pre_hook(pre, with_kwargs=True)
+
+    def _output_hook(self, module, pos, value, head=None):
+        """Replace a module's output at ``pos`` (all if None), optionally one head's slice."""
+        sl = slice(None) if head is None else slice(head * self.dh, (head + 1) * self.dh)
+        p = slice(None) if pos is None else pos
+
+        def fwd(m, a, o):
+            o = o.clone()
+            o[:, p, sl] = value[:, p, sl]
+            return o
+
+        return module.register_forward_hook(fwd)
+
+    def _z_hook(self, l, pos, head, value):
+        sl = slice(head * self.dh, (head + 1) * self.dh)
+        p = slice(None) if pos is None else pos
+
+        def pre(m, a):
+            z = a[0].clone()
+            z[:, p, sl] = value[:, p, sl]
+            return (z,)
+
+        return self.layers[l].attention.output.dense.register_forward_pre_hook(pre)
+
+    # -- the paper's experiments ----------------------------------------------------------------------------------
+    def block_every(self, base_inputs, src) -> np.ndarray:
+        """E1: ``[3, layer, pos]`` patched scores (resid_pre, attn_out, mlp_out at one position)."""
+        T = len(base_inputs[0])
+        out = np.zeros((3, self.L, T), np.float32)
+        for l in range(self.L):
+            for p in range(T):
+                makers = [
+                    lambda: [self._resid_pre_hook(l, p, src["resid_pre"][l])],
+                    lambda: [self._output_hook(self.layers[l].attention.output.dense, p, src["attn_out"][l])],
+                    lambda: [self._output_hook(self.layers[l].output.dense, p, src["mlp_out"][l])],
+                ]
+                for c, make in enumerate(makers):
+                    with self.hooks(make):
+                        out[c, l, p] = self.score(base_inputs)
+        return out
+
+    def head_all_pos(self, base_inputs, src, site: str) -> np.ndarray:
+        """E2: ``[layer, head]`` patched scores, patching one head's ``v`` (or ``z``) at every position."""
+        out = np.zeros((self.L, self.H), np.float32)
+        for l in range(self.L):
+            for h in range(self.H):
+                if site == "v":
+                    make = lambda l=l, h=h: [self._output_hook(self.layers[l].attention.self.value, None,
+                                                               src["v"][l], head=h)]
+                else:
+                    make = lambda l=l, h=h: [self._z_hook(l, None, h, src["z"][l])]
+                with self.hooks(make):
+                    out[l, h] = self.score(base_inputs)
+        return out
+
+    def head_by_pos_z(self, base_inputs, src) -> np.ndarray:
+        """E3 (z): ``[layer, pos, head]``."""
+        T = len(base_inputs[0])
+        out = np.zeros((self.L, T, self.H), np.float32)
+        for l in range(self.L):
+            for p in range(T):
+                for h in range(self.H):
+                    with self.hooks(lambda: [self._z_hook(l, p, h, src["z"][l])]):
+                        out[l, p, h] = self.score(base_inputs)
+        return out
+
+    def head_by_pos_pattern(self, base_inputs, src) -> np.ndarray:
+        """E3 (pattern rows): ``[layer, head, query_pos]``."""
+        T = len(base_inputs[0])
+        out = np.zeros((self.L, self.H, T), np.float32)
+        for l in range(self.L):
+            for h in range(self.H):
+                for p in range(T):
+                    def make(l=l, h=h, p=p):
+                        def hook(w):
+                            w = w.clone()
+                            w[:, h, p] = src["pattern"][l][:, h, p]
+                            return w
+
+                        self.layers[l].attention.self._pattern_hook = hook
+                        return []
+
+                    with self.hooks(make):
+                        out[l, h, p] = self.score(base_inputs)
+        return out
+
+    def path_to_score(self, base_inputs, base, src) -> np.ndarray:
+        """E4: ``[layer, head]``: every layer's z frozen to the baseline, the sender's from the source."""
+        out = np.zeros((self.L, self.H), np.float32)
+        for sl in range(self.L):
+            for sh in range(self.H):
+                def make(sl=sl, sh=sh):
+                    hs = []
+                    for l in range(self.L):
+                        def pre(m, a, l=l):
+                            z = base["z"][l].clone()
+                            if l == sl:
+                                cols = slice(sh * self.dh, (sh + 1) * self.dh)
+                                z[:, :, cols] = src["z"][l][:, :, cols]
+                            return (z,)
+
+                        hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+                    return hs
+
+                with self.hooks(make):
+                    out[sl, sh] = self.score(base_inputs)
+        return out
