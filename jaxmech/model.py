@@ -224,12 +224,13 @@ class Block(nnx.Module):
         return self.attn_output(z, hooks)
 
     def attn_output(self, z: Float[Array, "pos head_index d_head"], hooks: HookPoints) -> Float[Array, "pos d_model"]:
-        """``attn_out`` from ``z``; goes through per-head ``result`` only when something reads or patches it."""
+        """``attn_out`` from ``z``. Per-head ``result`` is materialised only when something reads or patches it;
+        a change to it enters as ``sum_h (result' - result)_h`` so an unchanged result leaves ``attn_out``
+        bit-identical to the fused computation."""
+        attn_out = self.attn.out(z)
         if hooks.wants("result"):
-            result = hooks("result", self.attn.result(z))
-            attn_out = result.sum(axis=-2) + self.attn.b_O[...]
-        else:
-            attn_out = self.attn.out(z)
+            result = self.attn.result(z)
+            attn_out = attn_out + (hooks("result", result) - result).sum(axis=-2)
         return hooks("attn_out", attn_out)
 
     def after_attention(

@@ -121,7 +121,8 @@ def verify_top_k(model: HookedEncoder, batch: PairBatch, estimate: SweepResult, 
     for c, site in enumerate(fam.sites):
         for p in range(b.n_pairs):
             est = estimate.patched[p] if len(fam.sites) == 1 else estimate.patched[p, c]
-            effect = np.abs(np.nan_to_num(est - estimate.baseline_score[p], nan=-np.inf))
+            effect = np.abs(est - estimate.baseline_score[p])
+            effect = np.where(np.isnan(effect), -1.0, effect)  # never-patched positions rank last
             top = np.argsort(effect.ravel())[::-1][:k]
             idx = np.stack(np.unravel_index(top, effect.shape), 1)
             get = {ch: idx[:, i] for i, ch in enumerate(fam.layout)}

@@ -270,6 +270,8 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
             source_sites: Sequence[str] = (), reverse: bool = False, query_embedding=None) -> PreparedBatch:
     """Runs the baseline (with the restart cache plus ``base_sites``) and the perturbed input (capturing
     ``source_sites``); swaps their roles first if ``reverse``."""
+    if batch.n_pos > model.cfg.n_ctx:
+        raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:
         batch = reverse_batch(batch)
     base_score, cache = baseline_cache(model, batch.baseline, base_sites)
