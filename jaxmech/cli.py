@@ -96,7 +96,10 @@ def cmd_score(args) -> int:
         qe = lm.model(*map(jnp.asarray, q.arrays)).embedding
         de = lm.model(*map(jnp.asarray, d.arrays)).embedding
         scores = np.asarray(lm.model.similarity(qe, de))
-        truncs = [t for t in d.truncations] + [t for t in q.truncations]
+        truncs = d.truncations
+        if q.truncations:
+            raise ValueError(f"the query has {q.truncations[0].original_length} tokens, more than max_length="
+                             f"{lm.tokenizer.max_length}")
     out = {
         "model": str(lm.folder),
         "kind": lm.kind,

@@ -238,7 +238,8 @@ class PairTokenizer:
         return q, d
 
     def encode_texts(self, texts: Sequence[str], *, length: int | None = None) -> EncodedBatch:
-        """Tokenises single texts as ``[CLS] t [SEP]`` (bi-encoders), truncating the end and reporting it.
+        """Tokenises single texts as ``[CLS] t [SEP]`` (bi-encoders), truncating the end and reporting it (as
+        ``doc_tokens_cut``).
 
         Raises:
             ValueError: On an empty text.
@@ -252,7 +253,7 @@ class PairTokenizer:
             if len(p) + 2 > self.max_length:
                 if self.truncation == "error":
                     raise TruncationError(f"text {i}: {len(p) + 2} tokens exceed max_length={self.max_length}")
-                truncs.append(Truncation(i, len(p) + 2 - self.max_length, 0, len(p) + 2))
+                truncs.append(Truncation(i, 0, len(p) + 2 - self.max_length, len(p) + 2))
                 p = p[: self.max_length - 2]
             ids.append([self.cls_id, *p, self.sep_id])
             types.append([0] * (len(p) + 2))

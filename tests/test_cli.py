@@ -1,0 +1,105 @@
+"""The jaxmech command line: JSON scores, patch .npz files, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import PARITY_ATOL
+from jaxmech.cli import main
+
+Q = "what is the acceptance rate at wellesley"
+D0 = "College acceptance rates in the USA are becoming more competitive."
+D1 = D0 + " wellesley"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_score_prints_raw_logits_for_a_cross_encoder(capsys, minilm_path):
+    code, out, _ = run(capsys, "score", "--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "0",
+                       "--query", Q, "--doc", D0, "--doc", D1)
+    assert code == 0
+    res = json.loads(out)
+    assert res["kind"] == "cross" and len(res["scores"]) == 2 and res["truncated"] == []
+    from jaxmech import load_model
+
+    lm = load_model(minilm_path, kind="cross", init_missing_head_seed=0)
+    enc = lm.tokenizer.encode_pairs([Q, Q], [D0, D1])
+    np.testing.assert_allclose(res["scores"], np.asarray(lm.model(*enc.arrays).score), atol=PARITY_ATOL, rtol=0)
+
+
+def test_score_reports_truncation(capsys, minilm_path):
+    code, out, _ = run(capsys, "score", "--model", "packaged", "--max-length", "16", "--query", Q,
+                       "--doc", " ".join(["word"] * 30))
+    assert code == 0
+    res = json.loads(out)
+    assert res["kind"] == "bi" and res["truncated"][0]["doc_tokens_cut"] == 30 + 2 - 16
+
+
+def test_patch_writes_transformerlens_shaped_arrays(capsys, tmp_path, minilm_path):
+    out_file = tmp_path / "r.npz"
+    code, out, err = run(capsys, "patch", "--model", "packaged", "--query", Q, "--baseline-doc", D0,
+                         "--perturbed-doc", D1, "--family", "block_every", "--family", "head_by_pos_z",
+                         "--family", "path_to_score", "--out", str(out_file))
+    assert code == 0, err
+    r = np.load(out_file)
+    T = 14  # [CLS] document [SEP] for the bi-encoder, with the filler
+    assert r["block_every"].shape == (3, 6, T)
+    assert r["head_by_pos_z"].shape == (6, T, 12)
+    assert r["path_to_score"].shape == (6, 12)
+    assert float(r["score_perturbed"]) > float(r["score_baseline"])
+    # the injected position carries the effect at layer 0 (normalized effect 1 for resid_pre)
+    np.testing.assert_allclose(r["block_every"][0, 0, T - 2], 1.0, atol=1e-4, rtol=0)
+    meta = json.loads(str(r["meta"]))
+    assert meta["metric"] == "normalized" and json.loads(out)["pairs"] == 1
+
+
+def test_patch_reads_a_triples_file_and_a_dataset_file(capsys, tmp_path, minilm_path):
+    triples = tmp_path / "t.tsv"
+    triples.write_text(f"query\tbaseline_doc\tperturbed_doc\n{Q}\t{D0}\t{D1}\nhow do tides form\tThe sea "
+                       f"rises twice a day.\tThe sea rises twice a day. tides\n")
+    out_file = tmp_path / "r.npz"
+    code, _, err = run(capsys, "patch", "--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "1",
+                       "--triples", str(triples), "--family", "head_all_pos_v", "--method", "attribution",
+                       "--out", str(out_file))
+    assert code == 0, err
+    r = np.load(out_file)
+    assert r["head_all_pos_v"].shape == (2, 6, 12) and r["lengths"].tolist() == [22, 15]
+    ds = tmp_path / "demo.jsonl"
+    assert main(["dataset", "build", "--kind", "tfc1", "--source", "demo", "--limit", "3", "--out", str(ds)]) == 0
+    code, _, err = run(capsys, "patch", "--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "1",
+                       "--dataset", str(ds), "--limit", "2", "--family", "attn_out_all_pos", "--out", str(out_file))
+    assert code == 0, err
+    assert np.load(out_file)["attn_out_all_pos"].shape == (2, 6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["patch", "--model", "packaged", "--query", Q, "--baseline-doc", D0, "--perturbed-doc", D1,
+      "--family", "head_by_pos_zz", "--out", "x.npz"], "unknown patching family 'head_by_pos_zz'"),
+    (["patch", "--model", "packaged", "--triples", "/nonexistent.tsv", "--family", "block_every",
+      "--out", "x.npz"], "/nonexistent.tsv: triples file not found"),
+    (["patch", "--model", "packaged", "--query", Q, "--family", "block_every", "--out", "x.npz"],
+     "missing: --baseline-doc, --perturbed-doc"),
+    (["score", "--model", "/nonexistent/model", "--query", Q, "--doc", D0], "does not exist"),
+    (["patch", "--model", "packaged", "--query", Q, "--baseline-doc", D0, "--perturbed-doc", D1,
+      "--family", "path_to_heads", "--out", "x.npz"], "needs --receiver"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, minilm_path, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.npz").exists(), "nothing half-written"
+
+
+def test_malformed_triples_name_the_line(capsys, tmp_path, minilm_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(f"{Q}\t{D0}\t{D1}\nonly two\tcolumns\n")
+    code, _, err = run(capsys, "patch", "--model", "packaged", "--triples", str(bad), "--family", "block_every",
+                       "--out", str(tmp_path / "x.npz"))
+    assert code == 2 and f"{bad}:2: expected 3 tab-separated columns" in err
