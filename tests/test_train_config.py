@@ -77,7 +77,7 @@ def test_required_keys_are_enforced(tmp_path):
     with pytest.raises(ConfigError, match=r"\[train\]: missing table"):
         load_config(write(tmp_path, '[run]\nname = "t"\n'))
     with pytest.raises(ConfigError, match=r"\[run\].*name is required"):
-        load_config(write(tmp_path, MINIMAL.replace('name = "t"', 'seed = 1')))
+        load_config(write(tmp_path, MINIMAL.replace('name = "t"', "seed = 1")))
 
 
 def test_shared_data_without_a_teacher_is_refused(tmp_path):
@@ -88,7 +88,9 @@ def test_shared_data_without_a_teacher_is_refused(tmp_path):
 
 def test_fingerprint_ignores_bookkeeping_but_not_the_trajectory(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
-    assert cfg.replace(run={"out_dir": "elsewhere"}, train={"log_every": 7}).fingerprint() == cfg.fingerprint()
+    assert (
+        cfg.replace(run={"out_dir": "elsewhere"}, train={"log_every": 7}).fingerprint() == cfg.fingerprint()
+    )
     assert cfg.replace(optim={"lr": 1e-3}).fingerprint() != cfg.fingerprint()
     assert cfg.replace(run={"seed": 1}).fingerprint() != cfg.fingerprint()
 

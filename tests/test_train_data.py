@@ -33,7 +33,9 @@ def tok():
 
 def test_pairs_tsv_groups_by_qid_and_reads_labels(tmp_path):
     p = tmp_path / "pairs.tsv"
-    p.write_text("q1\twhat is a cat\ta small animal\t1\nq1\twhat is a cat\ta rock\t0\nq2\tsky colour\tblue\t2\n")
+    p.write_text(
+        "q1\twhat is a cat\ta small animal\t1\nq1\twhat is a cat\ta rock\t0\nq2\tsky colour\tblue\t2\n"
+    )
     c = read_pairs_file(p)
     assert list(c.queries) == ["q1", "q2"] and len(c.docs["q1"]) == 2
     assert sorted(c.labels["q1"].values()) == [0.0, 1.0] and list(c.labels["q2"].values()) == [2.0]
@@ -42,20 +44,26 @@ def test_pairs_tsv_groups_by_qid_and_reads_labels(tmp_path):
 
 def test_pairs_jsonl_without_qids_groups_by_query_text(tmp_path):
     p = tmp_path / "pairs.jsonl"
-    rows = [{"query": "a b", "doc": "x", "label": 1}, {"query": "a b", "doc": "y", "label": 0.5},
-            {"query": "c", "doc": "z", "label": 0}]
+    rows = [
+        {"query": "a b", "doc": "x", "label": 1},
+        {"query": "a b", "doc": "y", "label": 0.5},
+        {"query": "c", "doc": "z", "label": 0},
+    ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     c = read_pairs_file(p)
     assert c.queries == {"a b": "a b", "c": "c"} and c.n_pairs() == 3
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("q\td\t1\nq\td2\n", r"pairs\.tsv: line 2: expected 3 or 4 tab-separated columns, got 2"),
-    ("q\td\tyes\n", r"pairs\.tsv: line 1: label 'yes' is not a number"),
-    ("q\td\tnan\n", r"pairs\.tsv: line 1: label 'nan' is not finite"),
-    (" \td\t1\n", r"pairs\.tsv: line 1: field 'query' must be a non-empty string"),
-    ("1\tq\td\t1\n1\tother\td\t0\n", r"pairs\.tsv: line 2: qid 1 has two query texts"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("q\td\t1\nq\td2\n", r"pairs\.tsv: line 2: expected 3 or 4 tab-separated columns, got 2"),
+        ("q\td\tyes\n", r"pairs\.tsv: line 1: label 'yes' is not a number"),
+        ("q\td\tnan\n", r"pairs\.tsv: line 1: label 'nan' is not finite"),
+        (" \td\t1\n", r"pairs\.tsv: line 1: field 'query' must be a non-empty string"),
+        ("1\tq\td\t1\n1\tother\td\t0\n", r"pairs\.tsv: line 2: qid 1 has two query texts"),
+    ],
+)
 def test_malformed_pair_rows_name_the_file_line_and_problem(tmp_path, text, problem):
     p = tmp_path / "pairs.tsv"
     p.write_text(text)

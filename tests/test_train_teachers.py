@@ -28,9 +28,14 @@ def tok():
 
 @pytest.fixture(scope="module")
 def cands():
-    return Candidates("t", {"q1": "cats and dogs", "q2": "blue sky"},
-                      {"q1": {"a": "cats purr and dogs bark", "b": "the sky is blue", "c": "dogs dogs dogs"},
-                       "q2": {"a": "cats purr and dogs bark", "d": "a blue sky at noon"}})
+    return Candidates(
+        "t",
+        {"q1": "cats and dogs", "q2": "blue sky"},
+        {
+            "q1": {"a": "cats purr and dogs bark", "b": "the sky is blue", "c": "dogs dogs dogs"},
+            "q2": {"a": "cats purr and dogs bark", "d": "a blue sky at noon"},
+        },
+    )
 
 
 def rows(c):
@@ -44,8 +49,9 @@ def test_bm25_teacher_is_document_bm25_over_the_candidate_passages(cands):
     got = BM25Teacher(cands, k1=1.2, b=0.6).score_rows(cands, qs, ds)
     texts = sorted({t for d in cands.docs.values() for t in d.values()})
     index = BM25Index(texts, k1=1.2, b=0.6)
-    want = index.score_pairs([cands.queries[q] for q in qs],
-                             [texts.index(cands.docs[q][d]) for q, d in zip(qs, ds, strict=True)])
+    want = index.score_pairs(
+        [cands.queries[q] for q in qs], [texts.index(cands.docs[q][d]) for q, d in zip(qs, ds, strict=True)]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got[2] > got[1]  # "dogs dogs dogs" beats the sky passage for "cats and dogs"
 
@@ -62,10 +68,14 @@ def test_bi_encoder_teacher_is_the_similarity_of_separately_embedded_texts(cands
 
 def test_cross_encoder_teacher_is_the_models_logit(cands, tok):
     model = build_model(TINY, "cross", seed=2)
-    teacher = CrossEncoderTeacher(LoadedModel(model, tok, Path("."), "cross", ConversionReport()), batch_size=4)
+    teacher = CrossEncoderTeacher(
+        LoadedModel(model, tok, Path("."), "cross", ConversionReport()), batch_size=4
+    )
     qs, ds = rows(cands)
     got = teacher.score_rows(cands, qs, ds)
-    enc = tok.encode_pairs([cands.queries[q] for q in qs], [cands.docs[q][d] for q, d in zip(qs, ds, strict=True)])
+    enc = tok.encode_pairs(
+        [cands.queries[q] for q in qs], [cands.docs[q][d] for q, d in zip(qs, ds, strict=True)]
+    )
     np.testing.assert_allclose(got, np.asarray(model(*enc.arrays).score), atol=1e-5)
 
 

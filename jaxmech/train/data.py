@@ -9,7 +9,8 @@ labelled pairs; one group of two per triple). Sources (``[data] source``):
 * ``demo``: the packaged demo set (35 authored queries, 3 passages + 2 answers each). No labels.
 * ``pairs``: labelled pairs, TSV ``query<TAB>doc<TAB>label`` or ``qid<TAB>query<TAB>doc<TAB>label``, or
   JSONL objects ``{"query", "doc", "label"[, "qid"]}``; grouped by qid (or query text).
-* ``triples``: TSV ``query<TAB>positive<TAB>negative`` or JSONL ``{"query", "positive", "negative"[, "qid"]}``;
+* ``triples``: TSV ``query<TAB>positive<TAB>negative`` or JSONL
+  ``{"query", "positive", "negative"[, "qid"]}``;
   labels 1 and 0.
 * ``candidates``: an MS MARCO-style collection + queries + a run or qrels file (`read_qrels` format) whose
   values become labels.
@@ -72,9 +73,13 @@ class Candidates:
         return sum(len(d) for d in self.docs.values())
 
 
-# -- readers --------------------------------------------------------------------------------------------------
-def _rows(path: Path, fields_tsv: dict[int, tuple[str, ...]], jsonl_required: tuple[str, ...],
-          jsonl_optional: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+# -- readers -------------------------------------------------------------------------------------------------
+def _rows(
+    path: Path,
+    fields_tsv: dict[int, tuple[str, ...]],
+    jsonl_required: tuple[str, ...],
+    jsonl_optional: tuple[str, ...] = (),
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yields ``(line, {field: value})`` from a TSV (by column count) or JSONL file; checks every row."""
     if not path.is_file():
         raise DataError(path, None, "file not found")
@@ -97,14 +102,17 @@ def _rows(path: Path, fields_tsv: dict[int, tuple[str, ...]], jsonl_required: tu
                 cols = line.rstrip("\n").rstrip("\r").split("\t")
                 if len(cols) not in fields_tsv:
                     want = " or ".join(str(n) for n in sorted(fields_tsv))
-                    raise DataError(path, f"line {line_no}", f"expected {want} tab-separated columns, "
-                                                             f"got {len(cols)}")
+                    raise DataError(
+                        path, f"line {line_no}", f"expected {want} tab-separated columns, got {len(cols)}"
+                    )
                 row = dict(zip(fields_tsv[len(cols)], cols, strict=True))
             for k, v in row.items():
                 if k == "label":
                     continue
                 if not isinstance(v, str) or not v.strip():
-                    raise DataError(path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}")
+                    raise DataError(
+                        path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}"
+                    )
             yield line_no, row
 
 
@@ -129,8 +137,12 @@ def read_pairs_file(path: str | os.PathLike) -> Candidates:
     queries: dict[str, str] = {}
     docs: dict[str, dict[str, str]] = {}
     labels: dict[str, dict[str, float]] = {}
-    rows = _rows(path, {3: ("query", "doc", "label"), 4: ("qid", "query", "doc", "label")},
-                 ("query", "doc", "label"), ("qid",))
+    rows = _rows(
+        path,
+        {3: ("query", "doc", "label"), 4: ("qid", "query", "doc", "label")},
+        ("query", "doc", "label"),
+        ("qid",),
+    )
     for line, row in rows:
         qid = str(row.get("qid", row["query"]))
         if queries.setdefault(qid, row["query"]) != row["query"]:
@@ -154,8 +166,9 @@ def read_triples_file(path: str | os.PathLike) -> Candidates:
     docs: dict[str, dict[str, str]] = {}
     labels: dict[str, dict[str, float]] = {}
     groups: list[tuple[str, list[str]]] = []
-    for line, row in _rows(path, {3: ("query", "positive", "negative")},
-                           ("query", "positive", "negative"), ("qid",)):
+    for line, row in _rows(
+        path, {3: ("query", "positive", "negative")}, ("query", "positive", "negative"), ("qid",)
+    ):
         qid = str(row.get("qid", row["query"]))
         if queries.setdefault(qid, row["query"]) != row["query"]:
             raise DataError(path, f"line {line}", f"qid {qid} has two query texts")
@@ -168,8 +181,9 @@ def read_triples_file(path: str | os.PathLike) -> Candidates:
     return Candidates(str(path), queries, docs, labels, groups)
 
 
-def candidates_from_files(collection: str | os.PathLike, queries: str | os.PathLike,
-                          run: str | os.PathLike) -> Candidates:
+def candidates_from_files(
+    collection: str | os.PathLike, queries: str | os.PathLike, run: str | os.PathLike
+) -> Candidates:
     """An MS MARCO-style collection + queries + run/qrels (its values are the labels).
 
     Raises:
@@ -250,7 +264,7 @@ def tasb_reference(folder: str | os.PathLike | None = None) -> dict[tuple[str, s
     return {(q, d): float(s) for q, d, s in zip(cols["qid"], cols["doc_id"], cols["og_score"], strict=True)}
 
 
-# -- split ----------------------------------------------------------------------------------------------------
+# -- split ---------------------------------------------------------------------------------------------------
 def split_queries(qids: Sequence[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Splits query ids into ``(train, heldout)`` by a permutation of the sorted ids drawn from ``seed``.
 
@@ -258,13 +272,15 @@ def split_queries(qids: Sequence[str], heldout_fraction: float, seed: int) -> tu
     """
     ordered = sorted(qids)
     perm = np.random.default_rng(seed).permutation(len(ordered))
-    n_held = 0 if heldout_fraction <= 0 else min(len(ordered) - 1, max(1, round(heldout_fraction * len(ordered))))
+    n_held = (
+        0 if heldout_fraction <= 0 else min(len(ordered) - 1, max(1, round(heldout_fraction * len(ordered))))
+    )
     held = sorted(ordered[i] for i in perm[:n_held])
     held_set = set(held)
     return [q for q in ordered if q not in held_set], held
 
 
-# -- tokenised pairs ------------------------------------------------------------------------------------------
+# -- tokenised pairs -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class PairTable:
     """Every (query, document) row of a set of queries, tokenised once.
@@ -316,11 +332,20 @@ def build_pair_table(cands: Candidates, qids: Sequence[str], tokenizer: PairToke
             dt.append(text)
     L = tokenizer.max_length
     enc = tokenizer.encode_pairs(qt, dt, length=L)
-    return PairTable(rq, rd, enc.input_ids, enc.token_type_ids, enc.attention_mask, enc.lengths,
-                     len(enc.truncations), tuple(b for b in tokenizer.buckets if b <= L), L)
+    return PairTable(
+        rq,
+        rd,
+        enc.input_ids,
+        enc.token_type_ids,
+        enc.attention_mask,
+        enc.lengths,
+        len(enc.truncations),
+        tuple(b for b in tokenizer.buckets if b <= L),
+        L,
+    )
 
 
-# -- sampling -------------------------------------------------------------------------------------------------
+# -- sampling ------------------------------------------------------------------------------------------------
 class GroupSampler:
     """Which rows each training step uses: ``queries_per_batch`` groups x ``docs_per_query`` documents.
 
@@ -331,8 +356,9 @@ class GroupSampler:
         seed: Seed of the order (see the module docstring).
     """
 
-    def __init__(self, group_rows: Sequence[Sequence[int]], queries_per_batch: int, docs_per_query: int,
-                 seed: int):
+    def __init__(
+        self, group_rows: Sequence[Sequence[int]], queries_per_batch: int, docs_per_query: int, seed: int
+    ):
         if not group_rows:
             raise ValueError("no training groups (no training queries?)")
         self.group_rows = [np.asarray(g, np.int64) for g in group_rows]
@@ -341,7 +367,9 @@ class GroupSampler:
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.group_rows))}
+            self._perm_cache = {
+                epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.group_rows))
+            }
         return self._perm_cache[epoch]
 
     def groups_at(self, step: int) -> list[int]:
@@ -391,8 +419,9 @@ class Batch:
     valid: Bool[np.ndarray, "Q G"]
 
 
-def make_batch(table: PairTable, targets: Float[np.ndarray, " rows"], rows: np.ndarray, valid: np.ndarray
-               ) -> Batch:
+def make_batch(
+    table: PairTable, targets: Float[np.ndarray, " rows"], rows: np.ndarray, valid: np.ndarray
+) -> Batch:
     """Gathers a `Batch` from a table and per-row targets."""
     ids, tt, mask = table.gather(rows)
     return Batch(ids, tt, mask, np.asarray(targets, np.float32)[rows], valid)

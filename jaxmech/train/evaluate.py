@@ -64,8 +64,11 @@ def rerank_metrics(run: Run, qrels: Qrels, k: int = 10) -> dict[str, float]:
     qs = [q for q in run if any(r > 0 for r in qrels.get(q, {}).values())]
     nd = [ndcg_at_k(run[q], qrels[q], k) for q in qs]
     mr = [mrr_at_k(run[q], qrels[q], k) for q in qs]
-    return {f"ndcg@{k}": float(np.mean(nd)) if qs else float("nan"),
-            f"mrr@{k}": float(np.mean(mr)) if qs else float("nan"), "queries": len(qs)}
+    return {
+        f"ndcg@{k}": float(np.mean(nd)) if qs else float("nan"),
+        f"mrr@{k}": float(np.mean(mr)) if qs else float("nan"),
+        "queries": len(qs),
+    }
 
 
 def labels_from_scores(run: Run, top_k: int) -> dict[str, dict[str, int]]:
@@ -96,10 +99,18 @@ def agreement(run: Run, reference: Run) -> dict[str, float]:
             per_query.append(stats.spearmanr(x, y).statistic)
     x, y = np.concatenate(xs) if xs else np.zeros(0), np.concatenate(ys) if ys else np.zeros(0)
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "spearman_per_query": float("nan"),
-                "pairs": len(x)}
-    return {"pearson": float(stats.pearsonr(x, y).statistic), "spearman": float(stats.spearmanr(x, y).statistic),
-            "spearman_per_query": float(np.mean(per_query)) if per_query else float("nan"), "pairs": len(x)}
+        return {
+            "pearson": float("nan"),
+            "spearman": float("nan"),
+            "spearman_per_query": float("nan"),
+            "pairs": len(x),
+        }
+    return {
+        "pearson": float(stats.pearsonr(x, y).statistic),
+        "spearman": float(stats.spearmanr(x, y).statistic),
+        "spearman_per_query": float(np.mean(per_query)) if per_query else float("nan"),
+        "pairs": len(x),
+    }
 
 
 def run_from_rows(qids, doc_ids, scores) -> dict[str, dict[str, float]]:
@@ -110,8 +121,15 @@ def run_from_rows(qids, doc_ids, scores) -> dict[str, dict[str, float]]:
     return out
 
 
-def evaluate_run(run: Run, *, k: int = 10, label_top_k: int = 10, teacher: Run | None = None,
-                 labels: Qrels | None = None, reference: Run | None = None) -> dict[str, dict[str, float]]:
+def evaluate_run(
+    run: Run,
+    *,
+    k: int = 10,
+    label_top_k: int = 10,
+    teacher: Run | None = None,
+    labels: Qrels | None = None,
+    reference: Run | None = None,
+) -> dict[str, dict[str, float]]:
     """Every metric the trainer reports for a run of held-out queries.
 
     Args:
@@ -127,7 +145,10 @@ def evaluate_run(run: Run, *, k: int = 10, label_top_k: int = 10, teacher: Run |
     for name, src in (("vs_teacher", teacher), ("vs_reference", reference)):
         if src is not None:
             sub = {q: {d: src[q][d] for d in run[q] if d in src.get(q, {})} for q in run}
-            out[name] = {**rerank_metrics(run, labels_from_scores(sub, label_top_k), k), **agreement(run, sub)}
+            out[name] = {
+                **rerank_metrics(run, labels_from_scores(sub, label_top_k), k),
+                **agreement(run, sub),
+            }
     if labels is not None:
         out["vs_labels"] = rerank_metrics(run, labels, k)
     return out

@@ -57,8 +57,9 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def oriented_svd(W_E: Float[np.ndarray, "vocab d"], idf: Float[np.ndarray, " vocab"], known: Bool[np.ndarray, " vocab"]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def oriented_svd(
+    W_E: Float[np.ndarray, "vocab d"], idf: Float[np.ndarray, " vocab"], known: Bool[np.ndarray, " vocab"]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Thin SVD of ``W_E`` (float64) with ``U_0`` oriented so that ``corr(U_0[known], idf[known]) <= 0``.
 
     Returns:
@@ -72,8 +73,9 @@ def oriented_svd(W_E: Float[np.ndarray, "vocab d"], idf: Float[np.ndarray, " voc
     return U, S, Vt, flipped
 
 
-def idf_aligned_u0(u0: Float[np.ndarray, " vocab"], idf: Float[np.ndarray, " vocab"], known: Bool[np.ndarray, " vocab"]
-                   ) -> Float[np.ndarray, " vocab"]:
+def idf_aligned_u0(
+    u0: Float[np.ndarray, " vocab"], idf: Float[np.ndarray, " vocab"], known: Bool[np.ndarray, " vocab"]
+) -> Float[np.ndarray, " vocab"]:
     """Steps 3-4 of the recipe: standardized ``-idf`` rescaled to ``u0``'s mean and std where ``known``."""
     x = -np.asarray(idf, np.float64)
     sd = x.std()
@@ -83,9 +85,13 @@ def idf_aligned_u0(u0: Float[np.ndarray, " vocab"], idf: Float[np.ndarray, " voc
     return np.where(known, new, u0)
 
 
-def idf_aligned_embedding(W_E: Float[np.ndarray, "vocab d"], idf: Float[np.ndarray, " vocab"], *,
-                          known: Bool[np.ndarray, " vocab"] | None = None, default: float = 1.0
-                          ) -> tuple[Float[np.ndarray, "vocab d"], IdfInitReport]:
+def idf_aligned_embedding(
+    W_E: Float[np.ndarray, "vocab d"],
+    idf: Float[np.ndarray, " vocab"],
+    *,
+    known: Bool[np.ndarray, " vocab"] | None = None,
+    default: float = 1.0,
+) -> tuple[Float[np.ndarray, "vocab d"], IdfInitReport]:
     """The IDF-aligned embedding matrix (the module's recipe).
 
     Args:
@@ -113,8 +119,14 @@ def idf_aligned_embedding(W_E: Float[np.ndarray, "vocab d"], idf: Float[np.ndarr
     delta = (new_u0 - u0) * S[0]
     W_new = W.astype(np.float64) + np.outer(delta, Vt[0])
     W_new[~known] = W[~known]
-    report = IdfInitReport(bool(flipped), _corr(u0[known], idf[known]), _corr(new_u0[known], idf[known]),
-                           int(known.sum()), float(u0.mean()), float(u0.std()))
+    report = IdfInitReport(
+        bool(flipped),
+        _corr(u0[known], idf[known]),
+        _corr(new_u0[known], idf[known]),
+        int(known.sum()),
+        float(u0.mean()),
+        float(u0.std()),
+    )
     return W_new.astype(W.dtype), report
 
 
@@ -131,8 +143,9 @@ def apply_idf_init(model, idf: Float[np.ndarray, " vocab"], *, known=None, defau
     return new, report
 
 
-def vocab_idf_vector(table: dict[str, float], tokenizer, *, granularity: str = "word", default: float = 1.0
-                     ) -> tuple[Float[np.ndarray, " vocab"], Bool[np.ndarray, " vocab"]]:
+def vocab_idf_vector(
+    table: dict[str, float], tokenizer, *, granularity: str = "word", default: float = 1.0
+) -> tuple[Float[np.ndarray, " vocab"], Bool[np.ndarray, " vocab"]]:
     """``(idf, known)`` per vocabulary id from a term table: ``idf`` holds ``default`` where the table has no
     entry. ``granularity="word"`` looks up ``tokenizer.decode([id])`` (notes §6), ``"wordpiece"`` the
     vocabulary string (``"##ing"``)."""

@@ -37,20 +37,41 @@ def _run_sorted(fn, model, ids, tt, mask, lengths, buckets, max_length, batch_si
     return out if out is not None else np.zeros((0,), np.float32)
 
 
-def score_batch(model: CrossEncoder, input_ids, token_type_ids, attention_mask) -> Float[np.ndarray, " batch"]:
+def score_batch(
+    model: CrossEncoder, input_ids, token_type_ids, attention_mask
+) -> Float[np.ndarray, " batch"]:
     """Cross-encoder scores (raw logits) of one padded batch."""
     return np.asarray(_score(model, input_ids, token_type_ids, attention_mask))
 
 
 def score_table(model: CrossEncoder, table, *, batch_size: int = 64) -> Float[np.ndarray, " rows"]:
     """Cross-encoder scores (raw logits) of every row of a `jaxmech.train.data.PairTable`."""
-    return _run_sorted(_score, model, table.input_ids, table.token_type_ids, table.attention_mask,
-                       table.lengths, table.buckets, table.max_length, batch_size)
+    return _run_sorted(
+        _score,
+        model,
+        table.input_ids,
+        table.token_type_ids,
+        table.attention_mask,
+        table.lengths,
+        table.buckets,
+        table.max_length,
+        batch_size,
+    )
 
 
-def embed_texts(model: BiEncoder, tokenizer: PairTokenizer, texts: Sequence[str], *, batch_size: int = 64
-                ) -> Float[np.ndarray, "texts d_model"]:
+def embed_texts(
+    model: BiEncoder, tokenizer: PairTokenizer, texts: Sequence[str], *, batch_size: int = 64
+) -> Float[np.ndarray, "texts d_model"]:
     """Bi-encoder embeddings (pooled, normalised as configured) of texts."""
     enc = tokenizer.encode_texts(list(texts), length=tokenizer.max_length)
-    return _run_sorted(_embed, model, enc.input_ids, enc.token_type_ids, enc.attention_mask, enc.lengths,
-                       tokenizer.buckets, tokenizer.max_length, batch_size)
+    return _run_sorted(
+        _embed,
+        model,
+        enc.input_ids,
+        enc.token_type_ids,
+        enc.attention_mask,
+        enc.lengths,
+        tokenizer.buckets,
+        tokenizer.max_length,
+        batch_size,
+    )

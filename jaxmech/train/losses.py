@@ -42,37 +42,50 @@ def _pair_valid(valid: Bool[Array, "Q G"]) -> Bool[Array, "Q G G"]:
     return valid[:, :, None] & valid[:, None, :]
 
 
-def mse(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
+def mse(
+    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
+) -> Float[Array, ""]:
     """Pointwise squared error to the targets."""
     return _masked_mean(jnp.square(scores - targets), valid)
 
 
-def bce(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
+def bce(
+    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
+) -> Float[Array, ""]:
     """Pointwise binary cross-entropy of ``sigmoid(scores)`` against targets in [0, 1]."""
     return _masked_mean(optax.losses.sigmoid_binary_cross_entropy(scores, targets), valid)
 
 
-def sigmoid_mse(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
-                ) -> Float[Array, ""]:
+def sigmoid_mse(
+    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
+) -> Float[Array, ""]:
     """Squared error between ``sigmoid(scores)`` and targets in [0, 1] (notes §9 F.2)."""
     return _masked_mean(jnp.square(jax.nn.sigmoid(scores) - targets), valid)
 
 
-def ranknet(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
+def ranknet(
+    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
+) -> Float[Array, ""]:
     """``-log sigmoid(s_i - s_j)`` over pairs of a group whose targets order them ``t_i > t_j``."""
     keep = _pair_valid(valid) & (_pair_diffs(targets) > 0)
     return _masked_mean(jax.nn.softplus(-_pair_diffs(scores)), keep)
 
 
-def margin_ranking(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"], *,
-                   margin: float = 1.0) -> Float[Array, ""]:
+def margin_ranking(
+    scores: Float[Array, "Q G"],
+    targets: Float[Array, "Q G"],
+    valid: Bool[Array, "Q G"],
+    *,
+    margin: float = 1.0,
+) -> Float[Array, ""]:
     """``max(0, margin - (s_i - s_j))`` over pairs with ``t_i > t_j``."""
     keep = _pair_valid(valid) & (_pair_diffs(targets) > 0)
     return _masked_mean(jax.nn.relu(margin - _pair_diffs(scores)), keep)
 
 
-def margin_mse(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
-               ) -> Float[Array, ""]:
+def margin_mse(
+    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
+) -> Float[Array, ""]:
     """MarginMSE: squared error between student and teacher score differences, each unordered pair once."""
     G = scores.shape[1]
     upper = jnp.triu(jnp.ones((G, G), bool), k=1)[None]
@@ -90,7 +103,11 @@ def get_loss(kind: str, *, margin: float = 1.0) -> LossFn:
         ValueError: On an unknown name.
     """
     table: dict[str, LossFn] = {
-        "mse": mse, "bce": bce, "sigmoid_mse": sigmoid_mse, "ranknet": ranknet, "margin_mse": margin_mse,
+        "mse": mse,
+        "bce": bce,
+        "sigmoid_mse": sigmoid_mse,
+        "ranknet": ranknet,
+        "margin_mse": margin_mse,
         "margin": lambda s, t, v: margin_ranking(s, t, v, margin=margin),
     }
     if kind not in table:

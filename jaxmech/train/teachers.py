@@ -40,8 +40,9 @@ class Teacher(Protocol):
 
     name: str
 
-    def score_rows(self, cands: Candidates, qids: Sequence[str], doc_ids: Sequence[str]
-                   ) -> Float[np.ndarray, " rows"]:
+    def score_rows(
+        self, cands: Candidates, qids: Sequence[str], doc_ids: Sequence[str]
+    ) -> Float[np.ndarray, " rows"]:
         """Scores of rows ``(qids[i], doc_ids[i])``."""
         ...
 
@@ -56,7 +57,9 @@ class CrossEncoderTeacher:
 
     def __init__(self, loaded, *, batch_size: int = 64):
         if loaded.kind != "cross":
-            raise ValueError(f"{loaded.folder}: a cross-encoder teacher needs a cross-encoder, got {loaded.kind}")
+            raise ValueError(
+                f"{loaded.folder}: a cross-encoder teacher needs a cross-encoder, got {loaded.kind}"
+            )
         self.loaded, self.batch_size = loaded, batch_size
         self.name = f"cross:{loaded.folder}"
 
@@ -68,8 +71,13 @@ class CrossEncoderTeacher:
         for q, d in zip(qids, doc_ids, strict=True):
             sub.docs.setdefault(q, {})[d] = cands.docs[q][d]
         table = build_pair_table(sub, list(sub.docs), self.loaded.tokenizer)
-        by_row = dict(zip(zip(table.qids, table.doc_ids, strict=True),
-                          score_table(self.loaded.model, table, batch_size=self.batch_size), strict=True))
+        by_row = dict(
+            zip(
+                zip(table.qids, table.doc_ids, strict=True),
+                score_table(self.loaded.model, table, batch_size=self.batch_size),
+                strict=True,
+            )
+        )
         return np.array([by_row[(q, d)] for q, d in zip(qids, doc_ids, strict=True)], np.float64)
 
 
@@ -92,9 +100,11 @@ class BiEncoderTeacher:
 
         q_texts = sorted({cands.queries[q] for q in qids})
         d_texts = sorted({cands.docs[q][d] for q, d in zip(qids, doc_ids, strict=True)})
-        emb = embed_texts(self.loaded.model, self.loaded.tokenizer, q_texts + d_texts, batch_size=self.batch_size)
+        emb = embed_texts(
+            self.loaded.model, self.loaded.tokenizer, q_texts + d_texts, batch_size=self.batch_size
+        )
         qe = dict(zip(q_texts, emb[: len(q_texts)], strict=True))
-        de = dict(zip(d_texts, emb[len(q_texts):], strict=True))
+        de = dict(zip(d_texts, emb[len(q_texts) :], strict=True))
         a = np.stack([qe[cands.queries[q]] for q in qids])
         b = np.stack([de[cands.docs[q][d]] for q, d in zip(qids, doc_ids, strict=True)])
         return np.asarray(self.loaded.model.similarity(a, b), np.float64)

@@ -68,7 +68,7 @@ class ResumeError(RuntimeError):
     """A run folder's checkpoints do not fit the request (exists without --resume, or another config)."""
 
 
-# -- parameters as a flat dict ----------------------------------------------------------------------------------
+# -- parameters as a flat dict -------------------------------------------------------------------------------
 def _key(path) -> str:
     return ".".join(map(str, path))
 
@@ -94,14 +94,17 @@ def trainable_keys(params: dict[str, Any], trainable: str) -> list[str]:
     return sorted(k for k in params if any(k == p or k.startswith(p) for p in prefixes))
 
 
-# -- optimiser ----------------------------------------------------------------------------------------------------
+# -- optimiser -----------------------------------------------------------------------------------------------
 def make_schedule(optim, steps: int) -> optax.Schedule:
     """Warmup (linear from 0) then linear decay to 0, cosine decay to 0, or constant."""
     warm = int(optim.warmup_fraction * steps)
     if optim.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(warm, 1) if warm else 0, steps, 0.0)
-    tail = optax.linear_schedule(optim.lr, 0.0, max(steps - warm, 1)) if optim.schedule == "linear" \
+    tail = (
+        optax.linear_schedule(optim.lr, 0.0, max(steps - warm, 1))
+        if optim.schedule == "linear"
         else optax.constant_schedule(optim.lr)
+    )
     if warm == 0:
         return tail
     return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warm), tail], [warm])
@@ -120,8 +123,9 @@ def make_optimizer(optim, steps: int) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(optim.grad_clip), core) if optim.grad_clip > 0 else core
 
 
-def make_train_step(graphdef, template, loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    trainable: list[str]) -> Callable:
+def make_train_step(
+    graphdef, template, loss_fn: Callable, optimizer: optax.GradientTransformation, trainable: list[str]
+) -> Callable:
     """A jitted ``step(params, opt_state, ids, tt, mask, targets, valid) -> (params, opt_state, metrics)``.
 
     Only ``trainable`` parameters are differentiated and updated; ``opt_state`` covers only them.
@@ -140,12 +144,12 @@ def make_train_step(graphdef, template, loss_fn: Callable, optimizer: optax.Grad
         loss, grads = jax.value_and_grad(loss_of)(train_p, frozen_p, ids, tt, mask, targets, valid)
         updates, opt_state = optimizer.update(grads, opt_state, train_p)
         train_p = optax.apply_updates(train_p, updates)
-        return {**frozen_p, **train_p}, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return {**frozen_p, **train_p}, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-# -- checkpoints --------------------------------------------------------------------------------------------------
+# -- checkpoints ---------------------------------------------------------------------------------------------
 class Checkpoints:
     """Resumable checkpoints in a folder (orbax ``CheckpointManager``; see the module docstring).
 
@@ -159,8 +163,12 @@ class Checkpoints:
 
         self.ocp = ocp
         self.directory = Path(directory).absolute()
-        self.mgr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+        self.mgr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False
+            ),
+        )
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint (incomplete, interrupted saves are not listed)."""
@@ -170,22 +178,24 @@ class Checkpoints:
         return list(self.mgr.all_steps())
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        """Writes ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step`` and waits for it."""
+        """Writes ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``; waits for it."""
         a = self.ocp.args
         self.mgr.save(step, args=a.Composite(state=a.StandardSave(state), meta=a.JsonSave(meta)), force=True)
         self.mgr.wait_until_finished()
 
     def restore(self, step: int, abstract_state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(state, meta)`` of checkpoint ``step``; ``abstract_state`` gives the tree structure, shapes and dtypes."""
+        """``(state, meta)`` of checkpoint ``step``; ``abstract_state`` gives structure, shapes, dtypes."""
         a = self.ocp.args
-        r = self.mgr.restore(step, args=a.Composite(state=a.StandardRestore(abstract_state), meta=a.JsonRestore()))
+        r = self.mgr.restore(
+            step, args=a.Composite(state=a.StandardRestore(abstract_state), meta=a.JsonRestore())
+        )
         return r.state, r.meta
 
     def close(self) -> None:
         self.mgr.close()
 
 
-# -- the trainer -------------------------------------------------------------------------------------------------
+# -- the trainer ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
     """What `Trainer.fit` returns.
@@ -226,16 +236,21 @@ class Trainer:
     ``teacher_scores`` (``{"train": ..., "heldout": ...}`` raw teacher scores or None), ``sampler``.
     """
 
-    def __init__(self, cfg: TrainConfig, *, out_dir: str | Path | None = None,
-                 log: Callable[[str], None] = _log_default):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        out_dir: str | Path | None = None,
+        log: Callable[[str], None] = _log_default,
+    ):
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir is not None else cfg.out_dir
         self.log = log
         self._ready = False
 
-    # -- setup ---------------------------------------------------------------------------------------------------
+    # -- setup -----------------------------------------------------------------------------------------------
     def load_student(self):
-        """``(model, tokenizer)``: the cross-encoder to train (pretrained, or fresh for ``[model.random]``)."""
+        """``(model, tokenizer)``: the cross-encoder to train (pretrained, or fresh: ``[model.random]``)."""
         from jaxmech.config import EncoderConfig
         from jaxmech.convert import build_model
         from jaxmech.loading import load_model
@@ -247,10 +262,14 @@ class Trainer:
             ecfg = EncoderConfig(**m.random)
             tok = PairTokenizer.from_pretrained(path, max_length=min(m.max_length, ecfg.n_ctx))
             if len(tok.hf) > ecfg.d_vocab:
-                raise ValueError(f"[model.random] d_vocab={ecfg.d_vocab} is smaller than the tokenizer's "
-                                 f"vocabulary ({len(tok.hf)}) of {path}")
+                raise ValueError(
+                    f"[model.random] d_vocab={ecfg.d_vocab} is smaller than the tokenizer's "
+                    f"vocabulary ({len(tok.hf)}) of {path}"
+                )
             return build_model(ecfg, "cross", seed=self.cfg.run.seed), tok
-        loaded = load_model(path, kind="cross", init_missing_head_seed=m.init_head_seed, max_length=m.max_length)
+        loaded = load_model(
+            path, kind="cross", init_missing_head_seed=m.init_head_seed, max_length=m.max_length
+        )
         if loaded.report.initialized:
             self.log(f"initialised from seed {m.init_head_seed}: {', '.join(loaded.report.initialized)}")
         return loaded.model, loaded.tokenizer
@@ -263,16 +282,19 @@ class Trainer:
         t0 = time.perf_counter()
         self.model, self.tokenizer = self.load_student()
         self.candidates = load_candidates(cfg.data)
-        self.train_qids, held = split_queries(list(self.candidates.queries), cfg.data.heldout_fraction,
-                                              cfg.data.split_seed)
+        self.train_qids, held = split_queries(
+            list(self.candidates.queries), cfg.data.heldout_fraction, cfg.data.split_seed
+        )
         if cfg.data.max_train_queries is not None:
             self.train_qids = self.train_qids[: cfg.data.max_train_queries]
         self.heldout_qids = held[: cfg.eval.max_queries] if cfg.eval.max_queries is not None else held
         self.train_table = build_pair_table(self.candidates, self.train_qids, self.tokenizer)
         self.heldout_table = build_pair_table(self.candidates, self.heldout_qids, self.tokenizer)
-        self.log(f"data: {len(self.train_qids)} train queries ({len(self.train_table)} pairs, "
-                 f"{self.train_table.n_truncated} truncated to {self.tokenizer.max_length}), "
-                 f"{len(self.heldout_qids)} held-out queries ({len(self.heldout_table)} pairs)")
+        self.log(
+            f"data: {len(self.train_qids)} train queries ({len(self.train_table)} pairs, "
+            f"{self.train_table.n_truncated} truncated to {self.tokenizer.max_length}), "
+            f"{len(self.heldout_qids)} held-out queries ({len(self.heldout_table)} pairs)"
+        )
         self.teacher_scores = self._teacher_scores()
         self.train_targets = self._targets()
         index = self.train_table.row_index()
@@ -283,12 +305,18 @@ class Trainer:
         self.graphdef, self.template, params = split_params(self.model)
         self.trainable = trainable_keys(params, cfg.optim.trainable)
         self.optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-        self.step_fn = make_train_step(self.graphdef, self.template,
-                                       get_loss(cfg.loss.kind, margin=cfg.loss.margin), self.optimizer,
-                                       self.trainable)
+        self.step_fn = make_train_step(
+            self.graphdef,
+            self.template,
+            get_loss(cfg.loss.kind, margin=cfg.loss.margin),
+            self.optimizer,
+            self.trainable,
+        )
         n_train = sum(int(np.prod(params[k].shape)) for k in self.trainable)
-        self.log(f"model: {sum(int(np.prod(v.shape)) for v in params.values()):,} parameters, {n_train:,} "
-                 f"trainable ({cfg.optim.trainable}); setup {time.perf_counter() - t0:.1f} s")
+        self.log(
+            f"model: {sum(int(np.prod(v.shape)) for v in params.values()):,} parameters, {n_train:,} "
+            f"trainable ({cfg.optim.trainable}); setup {time.perf_counter() - t0:.1f} s"
+        )
         self._ready = True
         return self
 
@@ -308,10 +336,18 @@ class Trainer:
         if scores is None:
             t = time.perf_counter()
             scores = np.asarray(teacher.score_rows(self.candidates, qids, docs), np.float64)
-            self.log(f"teacher scores: {len(scores)} rows from {teacher.name} in {time.perf_counter() - t:.1f} s")
+            self.log(
+                f"teacher scores: {len(scores)} rows from {teacher.name} in {time.perf_counter() - t:.1f} s"
+            )
             self.out_dir.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, teacher=np.array(teacher.name), qids=np.array(qids), doc_ids=np.array(docs), scores=scores)
+            np.savez(
+                tmp,
+                teacher=np.array(teacher.name),
+                qids=np.array(qids),
+                doc_ids=np.array(docs),
+                scores=scores,
+            )
             tmp.replace(cache)
         n = len(self.train_table)
         return {"train": scores[:n], "heldout": scores[n:], "name": teacher.name}
@@ -329,11 +365,15 @@ class Trainer:
             return 1.0 / (1.0 + np.exp(-t)) if cfg.loss.kind in POINTWISE_PROBABILITY_LOSSES else t
         labels = self._labels(self.train_table)
         if labels is None:
-            raise ValueError(f"{cfg.source}: [teacher] kind='none' but the data ({self.candidates.name}) has no "
-                             "labels; choose a teacher")
+            raise ValueError(
+                f"{cfg.source}: [teacher] kind='none' but the data ({self.candidates.name}) has no "
+                "labels; choose a teacher"
+            )
         if cfg.loss.kind in POINTWISE_PROBABILITY_LOSSES and ((labels < 0) | (labels > 1)).any():
-            raise ValueError(f"{cfg.source}: [loss] kind={cfg.loss.kind!r} needs labels in [0, 1]; "
-                             f"{self.candidates.name} has labels in [{labels.min()}, {labels.max()}]")
+            raise ValueError(
+                f"{cfg.source}: [loss] kind={cfg.loss.kind!r} needs labels in [0, 1]; "
+                f"{self.candidates.name} has labels in [{labels.min()}, {labels.max()}]"
+            )
         return labels
 
     def _idf_init(self, model):
@@ -344,21 +384,28 @@ class Trainer:
         if c.idf_file:
             table = load_idf_tsv(c.idf_file)
         else:
-            texts = sorted({self.candidates.docs[q][d] for q in self.train_qids for d in self.candidates.docs[q]})
+            texts = sorted(
+                {self.candidates.docs[q][d] for q in self.train_qids for d in self.candidates.docs[q]}
+            )
             fn = word_idf if c.granularity == "word" else wordpiece_idf
             table = fn(texts, self.tokenizer, formula=c.formula)
         idf, known = vocab_idf_vector(table, self.tokenizer, granularity=c.granularity, default=c.default)
         pad = model.cfg.d_vocab - len(idf)
         if pad > 0:  # vocabulary rows the tokenizer never produces
-            idf, known = np.concatenate([idf, np.full(pad, c.default)]), np.concatenate([known, np.zeros(pad, bool)])
+            idf, known = (
+                np.concatenate([idf, np.full(pad, c.default)]),
+                np.concatenate([known, np.zeros(pad, bool)]),
+            )
         model, report = apply_idf_init(model, idf, known=known, default=c.default)
-        self.log(f"idf_init: U0 replaced for {report.n_replaced} ids; corr(U0, idf) {report.corr_before:+.3f} -> "
-                 f"{report.corr_after:+.3f} (flipped={report.flipped})")
+        self.log(
+            f"idf_init: U0 replaced for {report.n_replaced} ids; corr(U0, idf) {report.corr_before:+.3f} -> "
+            f"{report.corr_after:+.3f} (flipped={report.flipped})"
+        )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "idf_init.json").write_text(json.dumps(dataclasses.asdict(report), indent=1))
         return model
 
-    # -- evaluation ------------------------------------------------------------------------------------------------
+    # -- evaluation ------------------------------------------------------------------------------------------
     def reference_scores(self) -> dict[str, dict[str, float]] | None:
         """Independent reference scores of ``[eval] reference`` as a run (``qid -> {doc: score}``)."""
         ref = self.cfg.eval.reference
@@ -383,24 +430,35 @@ class Trainer:
             teacher = run_from_rows(t.qids, t.doc_ids, self.teacher_scores["heldout"])
         labels_arr = self._labels(t)
         labels = run_from_rows(t.qids, t.doc_ids, labels_arr) if labels_arr is not None else None
-        out = evaluate_run(run, k=self.cfg.eval.k, label_top_k=self.cfg.eval.label_top_k, teacher=teacher,
-                           labels=labels, reference=self.reference_scores())
+        out = evaluate_run(
+            run,
+            k=self.cfg.eval.k,
+            label_top_k=self.cfg.eval.label_top_k,
+            teacher=teacher,
+            labels=labels,
+            reference=self.reference_scores(),
+        )
         out["queries"] = len(run)
         out["pairs"] = len(t)
         return out
 
-    # -- checkpoint helpers -------------------------------------------------------------------------------------
+    # -- checkpoint helpers ----------------------------------------------------------------------------------
     def _meta(self, step: int) -> dict[str, Any]:
-        return {"step": step, "seed": self.cfg.run.seed, "fingerprint": self.cfg.fingerprint(),
-                "epoch": self.sampler.epoch_of(step), "config": self.cfg.to_dict(),
-                "teacher": self.teacher_scores["name"] if self.teacher_scores else None}
+        return {
+            "step": step,
+            "seed": self.cfg.run.seed,
+            "fingerprint": self.cfg.fingerprint(),
+            "epoch": self.sampler.epoch_of(step),
+            "config": self.cfg.to_dict(),
+            "teacher": self.teacher_scores["name"] if self.teacher_scores else None,
+        }
 
     def _abstract_state(self, params) -> dict[str, Any]:
         opt_state = jax.eval_shape(self.optimizer.init, {k: params[k] for k in self.trainable})
         state = {"params": params, "opt_state": opt_state, "step": np.int64(0)}
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), state)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
 
-    # -- training ----------------------------------------------------------------------------------------------
+    # -- training --------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False, max_steps: int | None = None) -> TrainResult:
         """Trains to ``[train] steps`` (or stops after ``max_steps``, checkpointing there).
 
@@ -426,19 +484,28 @@ class Trainer:
         latest = ckpt.latest_step()
         result = TrainResult(step=0, params={})
         if latest is not None and not resume:
-            raise ResumeError(f"{ckpt.directory} already holds checkpoint(s) up to step {latest}; pass --resume "
-                              "to continue, or choose another --out")
+            raise ResumeError(
+                f"{ckpt.directory} already holds checkpoint(s) up to step {latest}; pass --resume "
+                "to continue, or choose another --out"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(
-            {"source": cfg.source, "fingerprint": cfg.fingerprint(), **cfg.to_dict()}, indent=1))
+        (self.out_dir / "config.json").write_text(
+            json.dumps({"source": cfg.source, "fingerprint": cfg.fingerprint(), **cfg.to_dict()}, indent=1)
+        )
         if latest is not None:
             state, meta = ckpt.restore(latest, self._abstract_state(params))
             if meta.get("fingerprint") != cfg.fingerprint():
                 old = meta.get("config", {})
-                diffs = [f"[{s}] {k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, sec in cfg.to_dict().items()
-                         for k, v in sec.items() if old.get(s, {}).get(k) != v]
-                raise ResumeError(f"{ckpt.directory}: checkpoints were written with another config; differences: "
-                                  + "; ".join(diffs))
+                diffs = [
+                    f"[{s}] {k}: {old.get(s, {}).get(k)!r} -> {v!r}"
+                    for s, sec in cfg.trajectory_settings().items()
+                    for k, v in sec.items()
+                    if old.get(s, {}).get(k) != v
+                ]
+                raise ResumeError(
+                    f"{ckpt.directory}: checkpoints were written with another config; differences: "
+                    + "; ".join(diffs)
+                )
             params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
             result.resumed_from = start
             self.log(f"resumed from step {start} ({ckpt.directory})")
@@ -458,8 +525,9 @@ class Trainer:
                 rows, valid = self.sampler.indices(step)
                 b = make_batch(self.train_table, self.train_targets, rows, valid)
                 t = time.perf_counter()
-                params, opt_state, m = self.step_fn(params, opt_state, b.input_ids, b.token_type_ids,
-                                                    b.attention_mask, b.targets, b.valid)
+                params, opt_state, m = self.step_fn(
+                    params, opt_state, b.input_ids, b.token_type_ids, b.attention_mask, b.targets, b.valid
+                )
                 loss = float(m["loss"])  # blocks until the step is done
                 dt = time.perf_counter() - t
                 if b.input_ids.shape in seen_shapes:
@@ -467,20 +535,33 @@ class Trainer:
                 seen_shapes.add(b.input_ids.shape)
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == stop:
-                    rec = {"step": done, "loss": loss, "grad_norm": float(m["grad_norm"]), "seq_len": b.input_ids.shape[1],
-                           "step_s": round(dt, 4), "epoch": self.sampler.epoch_of(step)}
+                    rec = {
+                        "step": done,
+                        "loss": loss,
+                        "grad_norm": float(m["grad_norm"]),
+                        "seq_len": b.input_ids.shape[1],
+                        "step_s": round(dt, 4),
+                        "epoch": self.sampler.epoch_of(step),
+                    }
                     metrics_file.write(json.dumps(rec) + "\n")
                     metrics_file.flush()
-                    self.log(f"step {done}/{cfg.train.steps} loss {loss:.4f} |g| {rec['grad_norm']:.3f} "
-                             f"T={rec['seq_len']} {dt:.2f} s/step")
+                    self.log(
+                        f"step {done}/{cfg.train.steps} loss {loss:.4f} |g| {rec['grad_norm']:.3f} "
+                        f"T={rec['seq_len']} {dt:.2f} s/step"
+                    )
                 if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < stop:
-                    ckpt.save(done, {"params": params, "opt_state": opt_state, "step": np.int64(done)},
-                              self._meta(done))
+                    ckpt.save(
+                        done,
+                        {"params": params, "opt_state": opt_state, "step": np.int64(done)},
+                        self._meta(done),
+                    )
                     saved_at = done
         finally:
             metrics_file.close()
         if saved_at != stop:
-            ckpt.save(stop, {"params": params, "opt_state": opt_state, "step": np.int64(stop)}, self._meta(stop))
+            ckpt.save(
+                stop, {"params": params, "opt_state": opt_state, "step": np.int64(stop)}, self._meta(stop)
+            )
         result.step = stop
         result.params = {k: np.asarray(v) for k, v in params.items()}
         result.pairs_per_s = steady_pairs / steady_time if steady_time > 0 else None
@@ -496,10 +577,17 @@ class Trainer:
             before = result.eval_before
             if before is None and (self.out_dir / "eval_before.json").exists():
                 before = json.loads((self.out_dir / "eval_before.json").read_text())
-            self._write_json("summary.json", {"steps": stop, "fingerprint": cfg.fingerprint(),
-                                              "pairs_per_s_this_session": result.pairs_per_s,
-                                              "eval_before": before, "eval_after": result.eval_after,
-                                              "export_dir": str(result.export_dir) if result.export_dir else None})
+            self._write_json(
+                "summary.json",
+                {
+                    "steps": stop,
+                    "fingerprint": cfg.fingerprint(),
+                    "pairs_per_s_this_session": result.pairs_per_s,
+                    "eval_before": before,
+                    "eval_after": result.eval_after,
+                    "export_dir": str(result.export_dir) if result.export_dir else None,
+                },
+            )
         return result
 
     def export(self, model: CrossEncoder, folder: str | Path) -> Path:
@@ -532,12 +620,16 @@ class Trainer:
 
 def candidates_summary(cands: Candidates) -> dict[str, int]:
     """Counts for logs and reports."""
-    return {"queries": len(cands.queries), "pairs": cands.n_pairs(),
-            "groups": len(cands.group_list())}
+    return {"queries": len(cands.queries), "pairs": cands.n_pairs(), "groups": len(cands.group_list())}
 
 
-def transformers_parity(folder: str | Path, input_ids: np.ndarray, token_type_ids: np.ndarray,
-                        attention_mask: np.ndarray, expected: np.ndarray) -> float:
+def transformers_parity(
+    folder: str | Path,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    expected: np.ndarray,
+) -> float:
     """Max |logit difference| between ``transformers``' ``BertForSequenceClassification`` loaded from
     ``folder`` and ``expected`` (jaxmech's logits) on the given batch. Needs torch."""
     import torch
@@ -545,7 +637,9 @@ def transformers_parity(folder: str | Path, input_ids: np.ndarray, token_type_id
 
     hf = BertForSequenceClassification.from_pretrained(str(folder)).eval()
     with torch.no_grad():
-        out = hf(input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long),
-                 token_type_ids=torch.as_tensor(np.asarray(token_type_ids), dtype=torch.long),
-                 attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)).logits
+        out = hf(
+            input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long),
+            token_type_ids=torch.as_tensor(np.asarray(token_type_ids), dtype=torch.long),
+            attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long),
+        ).logits
     return float(np.abs(out[:, 0].numpy() - np.asarray(expected)).max())
