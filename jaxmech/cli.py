@@ -313,7 +313,8 @@ def cmd_families(args) -> int:
         print(f"{f.name:32s} {'+'.join(f.sites):28s} {f.description}")
     print(f"{'path_to_score':32s} {'z (frozen attention)':28s} sender heads to the score (paper E4)")
     print(f"{'path_to_heads':32s} {'z -> q|k|v':28s} sender heads to receiver heads' inputs (E5)")
-    print(f"{'path_components_to_heads':32s} {'resid_pre+attn_out+mlp_out':28s} components by position to receivers (E6)")
+    print(f"{'path_components_to_heads':32s} {'resid_pre+attn_out+mlp_out':28s} "
+          "components by position to receivers (E6)")
     return 0
 
 

@@ -230,7 +230,7 @@ def from_hf_state_dict(
             report.ignored[original[k]] = reason
 
     head_params = {("pooler", "W"), ("pooler", "b"), ("classifier", "W"), ("classifier", "b")}
-    for hf_key, rule, layer in rows:
+    for hf_key, rule, _ in rows:
         if hf_key in state:
             continue
         if init_missing_head_seed is not None and rule.param in head_params:
@@ -239,7 +239,8 @@ def from_hf_state_dict(
             continue
         problems.append(f"{hf_key}: missing from the checkpoint (needed for {'.'.join(rule.param)})")
     if problems:
-        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  " + "\n  ".join(problems))
+        listing = "\n  ".join(problems)
+        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  {listing}")
 
     for param, layers in per_layer.items():
         values[param] = np.stack(layers)

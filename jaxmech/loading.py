@@ -11,6 +11,7 @@ by the weight files' paths, sizes and modification times, so a second load skips
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -332,16 +333,15 @@ def load_model(
         if use_cache:
             from safetensors.numpy import save_file
 
-            try:
+            with contextlib.suppress(OSError):  # an unwritable cache only costs speed
                 _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
-            except OSError:
-                pass  # an unwritable cache only costs speed
     limit = min(cfg.n_ctx, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
     has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
     if tokenizer_path and not has_tokenizer:
         raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
-    tokenizer = PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation) if has_tokenizer else None
+    tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
+                 if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
 
 

@@ -104,11 +104,11 @@ def tiny_cross_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cross_dir):
     """A tiny cross-encoder with odd sizes and large random weights (non-trivial patching effects)."""
+    import json
+
     from jaxmech.config import EncoderConfig
     from jaxmech.convert import from_hf_state_dict
     from jaxmech.loading import read_state_dict, weight_files
-
-    import json
 
     cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
     model, _ = from_hf_state_dict(read_state_dict(weight_files(tiny_cross_dir)), cfg, "cross")

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import PARITY_ATOL
+
 from jaxmech.cli import main
 
 Q = "what is the acceptance rate at wellesley"

@@ -8,9 +8,9 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY_ATOL, TINY_ODD, hf_checkpoint
 from safetensors.numpy import load_file, save_file
 
-from conftest import PARITY_ATOL, TINY_ODD, hf_checkpoint
 from jaxmech import (
     ConversionError,
     EncoderConfig,

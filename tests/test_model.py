@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ENGINE_ATOL
 from flax import nnx
 
-from conftest import ENGINE_ATOL
 from jaxmech import MINILM_L6_H384, MINILM_L12_H384, EncoderConfig, UnknownSiteError, build_model, parse_tl_name
 from jaxmech.model import BiEncoder, CrossEncoder, PoolingConfig
 from jaxmech.sites import LAYER_SITES, SITES, get_site, site_table_markdown

@@ -12,8 +12,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import MINILM_L12_SHAPES, PARITY_ATOL, TINY_ODD, hf_checkpoint
+
 from jaxmech.loading import load_model
 
 torch = pytest.importorskip("torch")

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ENGINE_ATOL, REPO, random_pairs
+
 from jaxmech.patching import (
     FAMILIES,
     AlignmentError,
@@ -28,7 +28,7 @@ from jaxmech.patching import (
     reverse_batch,
 )
 from jaxmech.patching.sweep import run_cached
-from jaxmech.sites import LAYER_SITES, BLOCK_ORDER
+from jaxmech.sites import BLOCK_ORDER, LAYER_SITES
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_jit_equals_eager(tiny_model, batch):
 
 
 def test_a_patch_at_layer_l_leaves_everything_before_it_unchanged(tiny_model, batch):
-    L, T = tiny_model.cfg.n_layers, batch.n_pos
+    L = tiny_model.cfg.n_layers
     src = _source(tiny_model, batch, ["mlp_pre"])
     capture = frozenset(LAYER_SITES)
     _, clean = _forward(tiny_model, *_inputs(batch, 0), [], capture)
@@ -127,7 +127,8 @@ def _loop_reference(model, batch, family):
             for layer in range(cfg.n_layers):
                 for pos in (np.nonzero(batch.patchable[p])[0] if fam.per_pos else [None]):
                     for h in (range(cfg.n_heads) if fam.per_head else [None]):
-                        pm = one_hot(pos, batch.n_pos) if pos is not None else jnp.asarray(batch.patchable[p], jnp.float32)
+                        pm = (one_hot(pos, batch.n_pos) if pos is not None
+                              else jnp.asarray(batch.patchable[p], jnp.float32))
                         hm = one_hot(h, cfg.n_heads) if h is not None else None
                         spec = PatchSpec(site, src[site][p], one_hot(layer, cfg.n_layers), pm, hm)
                         score, _ = _forward(model, *inputs, [spec])

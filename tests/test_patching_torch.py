@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import PARITY_ATOL, random_pairs
+
 from jaxmech.patching import activation_patch, batch_pairs, path_to_score
 
 torch = pytest.importorskip("torch")
@@ -15,9 +15,8 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def setup(tiny_cross_dir, tiny_model):
-    from transformers import BertForSequenceClassification
-
     from torch_reference import TorchPatcher
+    from transformers import BertForSequenceClassification
 
     patcher = TorchPatcher(BertForSequenceClassification.from_pretrained(tiny_cross_dir))
     pair = random_pairs(1, tiny_model.cfg.d_vocab, seed=11, d_len=(8, 9))[0]
@@ -65,3 +64,13 @@ def test_path_patching_to_the_score_matches_the_hook_implementation(setup, tiny_
     ref = patcher.path_to_score(base_inputs, base, src)
     np.testing.assert_allclose(ours, ref, atol=PARITY_ATOL, rtol=0)
     assert np.abs(ref - patcher.score(base_inputs)).max() > 1e-3, "senders must have visible effects"
+
+
+def test_path_patching_to_receiver_heads_matches_the_hook_implementation(setup, tiny_model):
+    from jaxmech.patching import path_to_heads
+
+    patcher, batch, base_inputs, base, src, _ = setup
+    receivers = [(2, 1), (2, 3)]
+    ours = path_to_heads(tiny_model, batch, receivers, "k").patched[0]
+    ref = patcher.path_to_heads(base_inputs, base, src, receivers, "k")
+    np.testing.assert_allclose(ours, ref, atol=PARITY_ATOL, rtol=0)

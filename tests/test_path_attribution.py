@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ENGINE_ATOL, random_pairs
+
 from jaxmech.patching import (
     PatchSpec,
     activation_patch,

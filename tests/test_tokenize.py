@@ -56,7 +56,8 @@ def test_truncation_is_reported_and_matches_hf(minilm_path):
 
 def test_truncation_error_mode_refuses(minilm_path):
     tok = PairTokenizer.from_pretrained(minilm_path, max_length=16, truncation="error")
-    with pytest.raises(TruncationError, match=r"pair 0: 21 tokens \(7 query \+ 11 document \+ 3 special\) exceed max_length=16"):
+    with pytest.raises(TruncationError, match=r"pair 0: 21 tokens \(7 query \+ 11 document \+ 3 special\) exceed "
+                       r"max_length=16"):
         tok.encode_pairs([QUERIES[0]], [DOCS[1][:40] + " and more and more"])
     with pytest.raises(TruncationError, match="text 0"):
         tok.encode_texts([DOCS[1]])

@@ -139,85 +139,122 @@ class TorchPatcher:
         return self.layers[l].attention.output.dense.register_forward_pre_hook(pre)
 
     # -- the paper's experiments ----------------------------------------------------------------------------------
-    def block_every(self, base_inputs, src) -> np.ndarray:
+    @staticmethod
+    def _sites(shape, sites):
+        """Every index of a result of ``shape``, or only ``sites`` (for timing samples)."""
+        return list(np.ndindex(*shape)) if sites is None else [tuple(s) for s in sites]
+
+    def block_every(self, base_inputs, src, sites=None) -> np.ndarray:
         """E1: ``[3, layer, pos]`` patched scores (resid_pre, attn_out, mlp_out at one position)."""
         T = len(base_inputs[0])
-        out = np.zeros((3, self.L, T), np.float32)
-        for l in range(self.L):
-            for p in range(T):
-                makers = [
-                    lambda: [self._resid_pre_hook(l, p, src["resid_pre"][l])],
-                    lambda: [self._output_hook(self.layers[l].attention.output.dense, p, src["attn_out"][l])],
-                    lambda: [self._output_hook(self.layers[l].output.dense, p, src["mlp_out"][l])],
-                ]
-                for c, make in enumerate(makers):
-                    with self.hooks(make):
-                        out[c, l, p] = self.score(base_inputs)
+        out = np.full((3, self.L, T), np.nan, np.float32)
+        for c, l, p in self._sites(out.shape, sites):
+            make = [
+                lambda: [self._resid_pre_hook(l, p, src["resid_pre"][l])],
+                lambda: [self._output_hook(self.layers[l].attention.output.dense, p, src["attn_out"][l])],
+                lambda: [self._output_hook(self.layers[l].output.dense, p, src["mlp_out"][l])],
+            ][c]
+            with self.hooks(make):
+                out[c, l, p] = self.score(base_inputs)
         return out
 
-    def head_all_pos(self, base_inputs, src, site: str) -> np.ndarray:
+    def head_all_pos(self, base_inputs, src, site: str, sites=None) -> np.ndarray:
         """E2: ``[layer, head]`` patched scores, patching one head's ``v`` (or ``z``) at every position."""
-        out = np.zeros((self.L, self.H), np.float32)
-        for l in range(self.L):
-            for h in range(self.H):
-                if site == "v":
-                    make = lambda l=l, h=h: [self._output_hook(self.layers[l].attention.self.value, None,
-                                                               src["v"][l], head=h)]
-                else:
-                    make = lambda l=l, h=h: [self._z_hook(l, None, h, src["z"][l])]
-                with self.hooks(make):
-                    out[l, h] = self.score(base_inputs)
+        out = np.full((self.L, self.H), np.nan, np.float32)
+        for l, h in self._sites(out.shape, sites):
+            if site == "v":
+                make = lambda l=l, h=h: [self._output_hook(self.layers[l].attention.self.value, None,
+                                                           src["v"][l], head=h)]
+            else:
+                make = lambda l=l, h=h: [self._z_hook(l, None, h, src["z"][l])]
+            with self.hooks(make):
+                out[l, h] = self.score(base_inputs)
         return out
 
-    def head_by_pos_z(self, base_inputs, src) -> np.ndarray:
+    def head_by_pos_z(self, base_inputs, src, sites=None) -> np.ndarray:
         """E3 (z): ``[layer, pos, head]``."""
         T = len(base_inputs[0])
-        out = np.zeros((self.L, T, self.H), np.float32)
-        for l in range(self.L):
-            for p in range(T):
-                for h in range(self.H):
-                    with self.hooks(lambda: [self._z_hook(l, p, h, src["z"][l])]):
-                        out[l, p, h] = self.score(base_inputs)
+        out = np.full((self.L, T, self.H), np.nan, np.float32)
+        for l, p, h in self._sites(out.shape, sites):
+            with self.hooks(lambda: [self._z_hook(l, p, h, src["z"][l])]):
+                out[l, p, h] = self.score(base_inputs)
         return out
 
-    def head_by_pos_pattern(self, base_inputs, src) -> np.ndarray:
+    def head_by_pos_pattern(self, base_inputs, src, sites=None) -> np.ndarray:
         """E3 (pattern rows): ``[layer, head, query_pos]``."""
         T = len(base_inputs[0])
-        out = np.zeros((self.L, self.H, T), np.float32)
-        for l in range(self.L):
-            for h in range(self.H):
-                for p in range(T):
-                    def make(l=l, h=h, p=p):
-                        def hook(w):
-                            w = w.clone()
-                            w[:, h, p] = src["pattern"][l][:, h, p]
-                            return w
+        out = np.full((self.L, self.H, T), np.nan, np.float32)
+        for l, h, p in self._sites(out.shape, sites):
+            def make(l=l, h=h, p=p):
+                def hook(w):
+                    w = w.clone()
+                    w[:, h, p] = src["pattern"][l][:, h, p]
+                    return w
 
-                        self.layers[l].attention.self._pattern_hook = hook
-                        return []
+                self.layers[l].attention.self._pattern_hook = hook
+                return []
 
-                    with self.hooks(make):
-                        out[l, h, p] = self.score(base_inputs)
+            with self.hooks(make):
+                out[l, h, p] = self.score(base_inputs)
         return out
 
-    def path_to_score(self, base_inputs, base, src) -> np.ndarray:
+    def path_to_score(self, base_inputs, base, src, sites=None) -> np.ndarray:
         """E4: ``[layer, head]``: every layer's z frozen to the baseline, the sender's from the source."""
-        out = np.zeros((self.L, self.H), np.float32)
-        for sl in range(self.L):
-            for sh in range(self.H):
-                def make(sl=sl, sh=sh):
-                    hs = []
-                    for l in range(self.L):
-                        def pre(m, a, l=l):
-                            z = base["z"][l].clone()
-                            if l == sl:
-                                cols = slice(sh * self.dh, (sh + 1) * self.dh)
-                                z[:, :, cols] = src["z"][l][:, :, cols]
-                            return (z,)
+        out = np.full((self.L, self.H), np.nan, np.float32)
+        for sl, sh in self._sites(out.shape, sites):
+            def make(sl=sl, sh=sh):
+                hs = []
+                for l in range(self.L):
+                    def pre(m, a, l=l):
+                        z = base["z"][l].clone()
+                        if l == sl:
+                            cols = slice(sh * self.dh, (sh + 1) * self.dh)
+                            z[:, :, cols] = src["z"][l][:, :, cols]
+                        return (z,)
 
-                        hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
-                    return hs
+                    hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+                return hs
 
-                with self.hooks(make):
-                    out[sl, sh] = self.score(base_inputs)
+            with self.hooks(make):
+                out[sl, sh] = self.score(base_inputs)
+        return out
+
+    def path_to_heads(self, base_inputs, base, src, receivers, receiver_input: str = "k", sites=None) -> np.ndarray:
+        """E5: ``[max_receiver_layer, head]``. Step 2: z frozen except the sender, cache the receivers'
+        ``q``/``k``/``v``; step 3: a fresh baseline run with only those receiver inputs replaced."""
+        r_max = max(r for r, _ in receivers)
+        linear = {"q": "query", "k": "key", "v": "value"}[receiver_input]
+        out = np.full((r_max, self.H), np.nan, np.float32)
+        for sl, sh in self._sites(out.shape, sites):
+            cached = {}
+
+            def freeze(sl=sl, sh=sh):
+                hs = []
+                for l in range(self.L):
+                    def pre(m, a, l=l):
+                        z = base["z"][l].clone()
+                        if l == sl:
+                            cols = slice(sh * self.dh, (sh + 1) * self.dh)
+                            z[:, :, cols] = src["z"][l][:, :, cols]
+                        return (z,)
+
+                    hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+                for r in {r for r, _ in receivers}:
+                    module = getattr(self.layers[r].attention.self, linear)
+                    hs.append(module.register_forward_hook(
+                        lambda m, a, o, r=r: cached.__setitem__(r, o.clone())))
+                return hs
+
+            with self.hooks(freeze):
+                self.score(base_inputs)
+
+            def patch_receivers():
+                hs = []
+                for r, h in receivers:
+                    module = getattr(self.layers[r].attention.self, linear)
+                    hs.append(self._output_hook(module, None, cached[r], head=h))
+                return hs
+
+            with self.hooks(patch_receivers):
+                out[sl, sh] = self.score(base_inputs)
         return out

@@ -218,10 +218,7 @@ def patched_hidden(
     if spec.site in GLOBAL_SITES:
         x = here.resid_pre
         if spec.site == "resid_pre":
-            if rows is None:
-                x = spec.apply(x, 0)
-            else:
-                x = x.at[rows].set(spec.apply(x[rows], 0, rows))
+            x = spec.apply(x, 0) if rows is None else x.at[rows].set(spec.apply(x[rows], 0, rows))
             return finish(model, x, layer, here, key_mask, rows, stop_layer=stop_layer)
         out = entry_block(layer_slice(model.blocks, layer), here, spec, key_mask, None)
         return finish(model, out, layer + 1, after, key_mask, None, stop_layer=stop_layer)

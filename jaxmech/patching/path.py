@@ -232,9 +232,12 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
 
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                             query_embedding=None) -> SweepResult:
+                             query_embedding=None, positions=None) -> SweepResult:
     """Path patching from ``resid_pre``/``attn_out``/``mlp_out`` at each layer and position to receiver
     heads' inputs (E6, without the reference code's double patch; see the module docstring).
+
+    Args:
+        positions: Patch only these positions (others stay NaN).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
@@ -249,7 +252,7 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     for site in COMPONENTS:
         out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep,
                          prep.data(source=prep.source(site)), per_pos=True, per_head=False,
-                         layers=range(r_max), chunk_size=chunk_size, mesh=mesh)
+                         layers=range(r_max), chunk_size=chunk_size, mesh=mesh, positions=positions)
         comps.append(out[:, :r_max, :, 0])
     return SweepResult(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1),
                        np.asarray(prep.baseline_score), np.asarray(prep.perturbed_score), list(prep.batch.names),

@@ -122,13 +122,18 @@ class Items:
 
 
 def enumerate_items(batch: PairBatch, per_pos: bool, per_head: bool, model: HookedEncoder,
-                    chunk_size: int | None = None, n_devices: int = 1) -> Items:
-    """All ``(pair, head, position)`` items of a sweep; positions only where patchable (never padding)."""
+                    chunk_size: int | None = None, n_devices: int = 1, positions=None) -> Items:
+    """All ``(pair, head, position)`` items of a sweep; positions only where patchable (never padding), and
+    only among ``positions`` if given."""
     heads = np.arange(model.cfg.n_heads) if per_head else np.zeros(1, np.int64)
+    allowed = np.ones(batch.n_pos, bool)
+    if positions is not None:
+        allowed[:] = False
+        allowed[np.asarray(positions, int)] = True
     rows = []
     for p in range(batch.n_pairs):
-        positions = np.nonzero(batch.patchable[p])[0] if per_pos else np.zeros(1, np.int64)
-        pp, hh = np.meshgrid(positions, heads, indexing="ij")
+        positions_p = np.nonzero(batch.patchable[p] & allowed)[0] if per_pos else np.zeros(1, np.int64)
+        pp, hh = np.meshgrid(positions_p, heads, indexing="ij")
         rows.append(np.stack([np.full(pp.size, p), hh.ravel(), pp.ravel()], 1))
     flat = np.concatenate(rows).astype(np.int32)
     n = len(flat)
@@ -290,13 +295,13 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
 
 def run_kernel(kernel, model: HookedEncoder, prep: PreparedBatch, data: dict, *, per_pos: bool, per_head: bool,
                layers: Sequence[int] | None = None, chunk_size: int | None = None,
-               mesh: Mesh | None = None) -> np.ndarray:
+               mesh: Mesh | None = None, positions: Sequence[int] | None = None) -> np.ndarray:
     """Runs a kernel over all items and scatters the outputs to ``[pair, layer, pos|1, head|1]`` (NaN where
     no item ran)."""
     mesh = mesh or local_mesh()
     n_dev = mesh.devices.size
     batch = prep.batch
-    items = enumerate_items(batch, per_pos, per_head, model, chunk_size, n_dev)
+    items = enumerate_items(batch, per_pos, per_head, model, chunk_size, n_dev, positions)
     arrays = items.arrays()
     if n_dev > 1:
         arrays = jax.device_put(arrays, NamedSharding(mesh, P(None, "items")))
@@ -321,6 +326,7 @@ def activation_patch(
     chunk_size: int | None = None,
     mesh: Mesh | None = None,
     query_embedding=None,
+    positions: Sequence[int] | None = None,
 ) -> SweepResult:
     """Exact activation patching of one family over a batch of aligned pairs.
 
@@ -336,6 +342,7 @@ def activation_patch(
         mesh: Devices to shard items over (default: every local device).
         query_embedding: ``[pair, d_model]`` query embeddings for bi-encoders (the patched run is the
             document's).
+        positions: For per-position families, patch only these positions (others stay NaN).
 
     Returns:
         A `SweepResult` with TransformerLens-shaped results per pair.
@@ -356,7 +363,7 @@ def activation_patch(
         data = prep.data(source=prep.source(site))
         kernel = ActivationKernel(site, fam.per_pos, fam.per_head)
         canonical = run_kernel(kernel, model, prep, data, per_pos=fam.per_pos, per_head=fam.per_head,
-                               chunk_size=chunk_size, mesh=mesh)
+                               chunk_size=chunk_size, mesh=mesh, positions=positions)
         comps.append(_canonical_to_layout(canonical, fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
     return SweepResult(fam.name, patched, np.asarray(prep.baseline_score), np.asarray(prep.perturbed_score),
