@@ -169,18 +169,26 @@ def _pairs_from_args(args, lm):
     bi = lm.kind == "bi"
     queries: list[str] = []
     pairs = []
+    token_types: list[list[str]] | None = None
     if args.dataset:
         from jaxmech.data import read_dataset
 
         _, records = read_dataset(args.dataset)
         from jaxmech.patching.pairs import Pair
 
+        token_types = []
         for r in records[: args.limit]:
             p = Pair(r.baseline_ids, r.baseline_token_type_ids, r.perturbed_ids, r.perturbed_token_type_ids,
                      r.position_map, f"{r.qid}/{r.doc_id}")
-            pairs.append(document_only(p, lm.tokenizer.sep_id) if bi else p)
+            types = list(r.token_types)
+            if bi:  # [CLS] q [SEP] d [SEP] -> [CLS] d [SEP]
+                p = document_only(p, lm.tokenizer.sep_id)
+                first_sep = r.baseline_ids.index(lm.tokenizer.sep_id)
+                types = [types[0], *types[first_sep + 1:]]
+            pairs.append(p)
+            token_types.append(types)
             queries.append(r.query)
-        return pairs, queries
+        return pairs, queries, token_types
     if args.triples:
         triples = _read_triples(Path(args.triples))[: args.limit]
     else:
@@ -195,7 +203,7 @@ def _pairs_from_args(args, lm):
         else:
             pairs.append(align_with_filler(lm.tokenizer, q, b, p, name=name))
         queries.append(q)
-    return pairs, queries
+    return pairs, queries, token_types
 
 
 def _run_family(lm, batch, family, args, query_embedding):
@@ -221,6 +229,7 @@ def _run_family(lm, batch, family, args, query_embedding):
 def cmd_patch(args) -> int:
     import jax.numpy as jnp
 
+    from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
     from jaxmech.patching.families import get_family
     from jaxmech.patching.metrics import apply_metric
     from jaxmech.patching.pairs import batch_pairs
@@ -231,7 +240,7 @@ def cmd_patch(args) -> int:
             get_family(fam)
     out_path = Path(args.out)
     lm = _load(args)
-    pairs, queries = _pairs_from_args(args, lm)
+    pairs, queries, token_types = _pairs_from_args(args, lm)
     tok = lm.tokenizer
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -280,6 +289,17 @@ def cmd_patch(args) -> int:
                   meta=np.array(json.dumps({"model": str(lm.folder), "kind": lm.kind, "metric": args.metric,
                                             "method": args.method, "reverse": args.reverse,
                                             "receivers": args.receiver, "receiver_input": args.receiver_input})))
+    summary_extra: dict = {}
+    for fam in args.family:
+        layout = _layout(fam)
+        if layout == "lh":  # rank heads by their mean effect over pairs
+            summary_extra.setdefault("top_heads", {})[fam] = [
+                [name, round(v, 4)] for name, v in top_heads(results[fam], 5)]
+        if token_types is not None and "p" in layout:
+            mean, count = mean_by_token_type(results[fam], token_types, pos_axis=1 + layout.index("p"))
+            arrays[f"by_type:{fam}"] = mean.astype(np.float32)
+            arrays["token_type_names"] = np.array(TOKEN_TYPE_ORDER)
+            arrays["token_type_pair_counts"] = count
     _atomic_savez(out_path, arrays)
     summary = {
         "out": str(out_path),
@@ -289,6 +309,7 @@ def cmd_patch(args) -> int:
         "score_perturbed": [float(s) for s in score_p[:5]],
         "flagged_near_zero_denominator": int(flagged.sum()),
         "seconds": round(elapsed, 2),
+        **summary_extra,
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,0 +1,79 @@
+"""Aggregating patching results over pairs: by the paper's token types, and ranking heads.
+
+The paper aggregates position-resolved results over its 10,000 TFC1 pairs by token type (CLS, SEP, Qplus,
+Qsub, Dinj, Dplus, Dsub, Dother; notes §4), because positions differ from pair to pair while types do not.
+`mean_by_token_type` does that for any result with a position axis; `top_heads` ranks heads of a
+``[layer, head]`` result (e.g. ``path_to_score``) by their mean effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+TOKEN_TYPE_ORDER = ("CLS", "SEP1", "SEP2", "Qplus", "Qsub", "Dinj", "Dplus", "Dsub", "Dother")
+
+
+def mean_by_token_type(
+    values: np.ndarray,
+    token_types: Sequence[Sequence[str]],
+    *,
+    pos_axis: int = -1,
+    types: Sequence[str] = TOKEN_TYPE_ORDER,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Averages a per-position result over the positions of each token type, then over pairs.
+
+    Args:
+        values: ``[pair, ..., pos, ...]`` effects (NaN where nothing was patched).
+        token_types: Per pair, the type of each position (shorter than ``pos`` for padded pairs).
+        pos_axis: The position axis of ``values``.
+        types: Type names, in the order of the output's last axis.
+
+    Returns:
+        ``(mean, count)``: ``mean`` is ``[..., n_types]`` (position axis replaced by types, pair axis
+        averaged, NaN for a type no pair has); ``count`` is ``[n_types]`` pairs that have each type.
+    """
+    values = np.moveaxis(np.asarray(values, np.float64), pos_axis, -1)
+    n_pairs, T = values.shape[0], values.shape[-1]
+    if len(token_types) != n_pairs:
+        raise ValueError(f"{len(token_types)} token-type lists for {n_pairs} pairs")
+    per_pair = np.full((n_pairs, *values.shape[1:-1], len(types)), np.nan)
+    for p, labels in enumerate(token_types):
+        labels = np.asarray(list(labels) + [""] * (T - len(labels)))[:T]
+        for t, name in enumerate(types):
+            sel = labels == name
+            if sel.any():
+                chunk = values[p][..., sel]
+                ok = np.isfinite(chunk)
+                mean_t = np.where(ok, chunk, 0).sum(-1) / np.maximum(ok.sum(-1), 1)
+                per_pair[p, ..., t] = np.where(ok.any(-1), mean_t, np.nan)
+    count = np.isfinite(per_pair.reshape(n_pairs, -1, len(types))).any(1).sum(0)
+    with _no_empty_warnings():
+        mean = np.nanmean(per_pair, axis=0)
+    return mean, count
+
+
+@contextlib.contextmanager
+def _no_empty_warnings():
+    """Silences numpy's mean-of-empty-slice warnings (types or heads never patched stay NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def top_heads(effect: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+    """The ``k`` heads with the largest mean effect, as ``("layer.head", value)``.
+
+    Args:
+        effect: ``[layer, head]`` or ``[pair, layer, head]`` (averaged over pairs, ignoring NaN).
+    """
+    effect = np.asarray(effect, np.float64)
+    if effect.ndim == 3:
+        with _no_empty_warnings():
+            effect = np.nanmean(effect, axis=0)
+    flat = np.where(np.isnan(effect), -np.inf, effect).ravel()
+    order = np.argsort(flat)[::-1][:k]
+    return [(f"{i // effect.shape[1]}.{i % effect.shape[1]}", float(flat[i])) for i in order]
