@@ -68,9 +68,7 @@ def test_malformed_training_file_is_exit_2_naming_file_and_line(tmp_path, capsys
     data.write_text("q\td\t1\nq\td2\tmaybe\n")
     cfg = tmp_path / "pairs.toml"
     cfg.write_text(
-        SMOKE.replace('source = "demo"', f'source = "pairs"\npath = "{data}"').replace(
-            'kind = "bm25"', 'kind = "none"'
-        )
+        SMOKE.replace('source = "demo"', f'source = "pairs"\npath = "{data}"').replace('kind = "bm25"', 'kind = "none"')
     )
     assert main(["train", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "pairs.tsv: line 2: label 'maybe' is not a number" in capsys.readouterr().err

@@ -88,9 +88,7 @@ def test_shared_data_without_a_teacher_is_refused(tmp_path):
 
 def test_fingerprint_ignores_bookkeeping_but_not_the_trajectory(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
-    assert (
-        cfg.replace(run={"out_dir": "elsewhere"}, train={"log_every": 7}).fingerprint() == cfg.fingerprint()
-    )
+    assert cfg.replace(run={"out_dir": "elsewhere"}, train={"log_every": 7}).fingerprint() == cfg.fingerprint()
     assert cfg.replace(optim={"lr": 1e-3}).fingerprint() != cfg.fingerprint()
     assert cfg.replace(run={"seed": 1}).fingerprint() != cfg.fingerprint()
 

@@ -33,9 +33,7 @@ def tok():
 
 def test_pairs_tsv_groups_by_qid_and_reads_labels(tmp_path):
     p = tmp_path / "pairs.tsv"
-    p.write_text(
-        "q1\twhat is a cat\ta small animal\t1\nq1\twhat is a cat\ta rock\t0\nq2\tsky colour\tblue\t2\n"
-    )
+    p.write_text("q1\twhat is a cat\ta small animal\t1\nq1\twhat is a cat\ta rock\t0\nq2\tsky colour\tblue\t2\n")
     c = read_pairs_file(p)
     assert list(c.queries) == ["q1", "q2"] and len(c.docs["q1"]) == 2
     assert sorted(c.labels["q1"].values()) == [0.0, 1.0] and list(c.labels["q2"].values()) == [2.0]

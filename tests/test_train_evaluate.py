@@ -79,9 +79,7 @@ def test_metrics_match_pytrec_eval_on_random_graded_runs():
         qrels[f"q{i}"] = {d: int(rng.choice([0, 0, 0, 1, 2])) for d in docs[:20]}
     ev = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank"})
     ref = ev.evaluate(run)
-    top10 = {
-        q: dict(sorted(s.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]) for q, s in run.items()
-    }
+    top10 = {q: dict(sorted(s.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]) for q, s in run.items()}
     ref_rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
     for q in run:
         if not any(qrels[q].values()):

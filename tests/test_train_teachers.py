@@ -68,14 +68,10 @@ def test_bi_encoder_teacher_is_the_similarity_of_separately_embedded_texts(cands
 
 def test_cross_encoder_teacher_is_the_models_logit(cands, tok):
     model = build_model(TINY, "cross", seed=2)
-    teacher = CrossEncoderTeacher(
-        LoadedModel(model, tok, Path("."), "cross", ConversionReport()), batch_size=4
-    )
+    teacher = CrossEncoderTeacher(LoadedModel(model, tok, Path("."), "cross", ConversionReport()), batch_size=4)
     qs, ds = rows(cands)
     got = teacher.score_rows(cands, qs, ds)
-    enc = tok.encode_pairs(
-        [cands.queries[q] for q in qs], [cands.docs[q][d] for q, d in zip(qs, ds, strict=True)]
-    )
+    enc = tok.encode_pairs([cands.queries[q] for q in qs], [cands.docs[q][d] for q, d in zip(qs, ds, strict=True)])
     np.testing.assert_allclose(got, np.asarray(model(*enc.arrays).score), atol=1e-5)
 
 

@@ -32,9 +32,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG", help="the TOML config (or the word 'eval' followed by CONFIG)")
     p.add_argument("eval_config", nargs="?", metavar="EVAL_CONFIG", help=argparse.SUPPRESS)
     p.add_argument("--out", metavar="DIR", help="run folder (default: [run] out_dir or runs/<name>)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in the run folder"
-    )
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--model", metavar="FOLDER", help="train eval: the model folder (default: <run>/export)")
     p.set_defaults(func=run)
     return p

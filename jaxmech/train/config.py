@@ -368,15 +368,12 @@ class TrainConfig:
     def trajectory_settings(self) -> dict[str, dict[str, Any]]:
         """`to_dict` without the settings that do not change the trajectory (see `_NOT_FINGERPRINTED`)."""
         return {
-            s: {k: v for k, v in sec.items() if (s, k) not in _NOT_FINGERPRINTED}
-            for s, sec in self.to_dict().items()
+            s: {k: v for k, v in sec.items() if (s, k) not in _NOT_FINGERPRINTED} for s, sec in self.to_dict().items()
         }
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the training trajectory (`trajectory_settings`)."""
-        return hashlib.sha256(json.dumps(self.trajectory_settings(), sort_keys=True).encode()).hexdigest()[
-            :16
-        ]
+        return hashlib.sha256(json.dumps(self.trajectory_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, **sections: dict[str, Any]) -> TrainConfig:
         """A copy with some keys changed, e.g. ``cfg.replace(train={"steps": 5})`` (checked like a file)."""

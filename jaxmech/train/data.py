@@ -102,17 +102,13 @@ def _rows(
                 cols = line.rstrip("\n").rstrip("\r").split("\t")
                 if len(cols) not in fields_tsv:
                     want = " or ".join(str(n) for n in sorted(fields_tsv))
-                    raise DataError(
-                        path, f"line {line_no}", f"expected {want} tab-separated columns, got {len(cols)}"
-                    )
+                    raise DataError(path, f"line {line_no}", f"expected {want} tab-separated columns, got {len(cols)}")
                 row = dict(zip(fields_tsv[len(cols)], cols, strict=True))
             for k, v in row.items():
                 if k == "label":
                     continue
                 if not isinstance(v, str) or not v.strip():
-                    raise DataError(
-                        path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}"
-                    )
+                    raise DataError(path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}")
             yield line_no, row
 
 
@@ -166,9 +162,7 @@ def read_triples_file(path: str | os.PathLike) -> Candidates:
     docs: dict[str, dict[str, str]] = {}
     labels: dict[str, dict[str, float]] = {}
     groups: list[tuple[str, list[str]]] = []
-    for line, row in _rows(
-        path, {3: ("query", "positive", "negative")}, ("query", "positive", "negative"), ("qid",)
-    ):
+    for line, row in _rows(path, {3: ("query", "positive", "negative")}, ("query", "positive", "negative"), ("qid",)):
         qid = str(row.get("qid", row["query"]))
         if queries.setdefault(qid, row["query"]) != row["query"]:
             raise DataError(path, f"line {line}", f"qid {qid} has two query texts")
@@ -272,9 +266,7 @@ def split_queries(qids: Sequence[str], heldout_fraction: float, seed: int) -> tu
     """
     ordered = sorted(qids)
     perm = np.random.default_rng(seed).permutation(len(ordered))
-    n_held = (
-        0 if heldout_fraction <= 0 else min(len(ordered) - 1, max(1, round(heldout_fraction * len(ordered))))
-    )
+    n_held = 0 if heldout_fraction <= 0 else min(len(ordered) - 1, max(1, round(heldout_fraction * len(ordered))))
     held = sorted(ordered[i] for i in perm[:n_held])
     held_set = set(held)
     return [q for q in ordered if q not in held_set], held
@@ -356,9 +348,7 @@ class GroupSampler:
         seed: Seed of the order (see the module docstring).
     """
 
-    def __init__(
-        self, group_rows: Sequence[Sequence[int]], queries_per_batch: int, docs_per_query: int, seed: int
-    ):
+    def __init__(self, group_rows: Sequence[Sequence[int]], queries_per_batch: int, docs_per_query: int, seed: int):
         if not group_rows:
             raise ValueError("no training groups (no training queries?)")
         self.group_rows = [np.asarray(g, np.int64) for g in group_rows]
@@ -367,9 +357,7 @@ class GroupSampler:
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
-            self._perm_cache = {
-                epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.group_rows))
-            }
+            self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.group_rows))}
         return self._perm_cache[epoch]
 
     def groups_at(self, step: int) -> list[int]:
@@ -419,9 +407,7 @@ class Batch:
     valid: Bool[np.ndarray, "Q G"]
 
 
-def make_batch(
-    table: PairTable, targets: Float[np.ndarray, " rows"], rows: np.ndarray, valid: np.ndarray
-) -> Batch:
+def make_batch(table: PairTable, targets: Float[np.ndarray, " rows"], rows: np.ndarray, valid: np.ndarray) -> Batch:
     """Gathers a `Batch` from a table and per-row targets."""
     ids, tt, mask = table.gather(rows)
     return Batch(ids, tt, mask, np.asarray(targets, np.float32)[rows], valid)

@@ -37,9 +37,7 @@ def _run_sorted(fn, model, ids, tt, mask, lengths, buckets, max_length, batch_si
     return out if out is not None else np.zeros((0,), np.float32)
 
 
-def score_batch(
-    model: CrossEncoder, input_ids, token_type_ids, attention_mask
-) -> Float[np.ndarray, " batch"]:
+def score_batch(model: CrossEncoder, input_ids, token_type_ids, attention_mask) -> Float[np.ndarray, " batch"]:
     """Cross-encoder scores (raw logits) of one padded batch."""
     return np.asarray(_score(model, input_ids, token_type_ids, attention_mask))
 

@@ -42,16 +42,12 @@ def _pair_valid(valid: Bool[Array, "Q G"]) -> Bool[Array, "Q G G"]:
     return valid[:, :, None] & valid[:, None, :]
 
 
-def mse(
-    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
-) -> Float[Array, ""]:
+def mse(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
     """Pointwise squared error to the targets."""
     return _masked_mean(jnp.square(scores - targets), valid)
 
 
-def bce(
-    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
-) -> Float[Array, ""]:
+def bce(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
     """Pointwise binary cross-entropy of ``sigmoid(scores)`` against targets in [0, 1]."""
     return _masked_mean(optax.losses.sigmoid_binary_cross_entropy(scores, targets), valid)
 
@@ -63,9 +59,7 @@ def sigmoid_mse(
     return _masked_mean(jnp.square(jax.nn.sigmoid(scores) - targets), valid)
 
 
-def ranknet(
-    scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]
-) -> Float[Array, ""]:
+def ranknet(scores: Float[Array, "Q G"], targets: Float[Array, "Q G"], valid: Bool[Array, "Q G"]) -> Float[Array, ""]:
     """``-log sigmoid(s_i - s_j)`` over pairs of a group whose targets order them ``t_i > t_j``."""
     keep = _pair_valid(valid) & (_pair_diffs(targets) > 0)
     return _masked_mean(jax.nn.softplus(-_pair_diffs(scores)), keep)

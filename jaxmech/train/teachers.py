@@ -40,9 +40,7 @@ class Teacher(Protocol):
 
     name: str
 
-    def score_rows(
-        self, cands: Candidates, qids: Sequence[str], doc_ids: Sequence[str]
-    ) -> Float[np.ndarray, " rows"]:
+    def score_rows(self, cands: Candidates, qids: Sequence[str], doc_ids: Sequence[str]) -> Float[np.ndarray, " rows"]:
         """Scores of rows ``(qids[i], doc_ids[i])``."""
         ...
 
@@ -57,9 +55,7 @@ class CrossEncoderTeacher:
 
     def __init__(self, loaded, *, batch_size: int = 64):
         if loaded.kind != "cross":
-            raise ValueError(
-                f"{loaded.folder}: a cross-encoder teacher needs a cross-encoder, got {loaded.kind}"
-            )
+            raise ValueError(f"{loaded.folder}: a cross-encoder teacher needs a cross-encoder, got {loaded.kind}")
         self.loaded, self.batch_size = loaded, batch_size
         self.name = f"cross:{loaded.folder}"
 
@@ -100,9 +96,7 @@ class BiEncoderTeacher:
 
         q_texts = sorted({cands.queries[q] for q in qids})
         d_texts = sorted({cands.docs[q][d] for q, d in zip(qids, doc_ids, strict=True)})
-        emb = embed_texts(
-            self.loaded.model, self.loaded.tokenizer, q_texts + d_texts, batch_size=self.batch_size
-        )
+        emb = embed_texts(self.loaded.model, self.loaded.tokenizer, q_texts + d_texts, batch_size=self.batch_size)
         qe = dict(zip(q_texts, emb[: len(q_texts)], strict=True))
         de = dict(zip(d_texts, emb[len(q_texts) :], strict=True))
         a = np.stack([qe[cands.queries[q]] for q in qids])

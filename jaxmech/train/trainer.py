@@ -48,7 +48,6 @@ from flax import nnx
 from jaxmech.model import CrossEncoder
 from jaxmech.train.config import TrainConfig
 from jaxmech.train.data import (
-    Candidates,
     GroupSampler,
     PairTable,
     build_pair_table,
@@ -165,9 +164,7 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         self.mgr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
-            ),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:
@@ -186,9 +183,7 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(state, meta)`` of checkpoint ``step``; ``abstract_state`` gives structure, shapes, dtypes."""
         a = self.ocp.args
-        r = self.mgr.restore(
-            step, args=a.Composite(state=a.StandardRestore(abstract_state), meta=a.JsonRestore())
-        )
+        r = self.mgr.restore(step, args=a.Composite(state=a.StandardRestore(abstract_state), meta=a.JsonRestore()))
         return r.state, r.meta
 
     def close(self) -> None:
@@ -267,9 +262,7 @@ class Trainer:
                     f"vocabulary ({len(tok.hf)}) of {path}"
                 )
             return build_model(ecfg, "cross", seed=self.cfg.run.seed), tok
-        loaded = load_model(
-            path, kind="cross", init_missing_head_seed=m.init_head_seed, max_length=m.max_length
-        )
+        loaded = load_model(path, kind="cross", init_missing_head_seed=m.init_head_seed, max_length=m.max_length)
         if loaded.report.initialized:
             self.log(f"initialised from seed {m.init_head_seed}: {', '.join(loaded.report.initialized)}")
         return loaded.model, loaded.tokenizer
@@ -336,9 +329,7 @@ class Trainer:
         if scores is None:
             t = time.perf_counter()
             scores = np.asarray(teacher.score_rows(self.candidates, qids, docs), np.float64)
-            self.log(
-                f"teacher scores: {len(scores)} rows from {teacher.name} in {time.perf_counter() - t:.1f} s"
-            )
+            self.log(f"teacher scores: {len(scores)} rows from {teacher.name} in {time.perf_counter() - t:.1f} s")
             self.out_dir.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
             np.savez(
@@ -384,9 +375,7 @@ class Trainer:
         if c.idf_file:
             table = load_idf_tsv(c.idf_file)
         else:
-            texts = sorted(
-                {self.candidates.docs[q][d] for q in self.train_qids for d in self.candidates.docs[q]}
-            )
+            texts = sorted({self.candidates.docs[q][d] for q in self.train_qids for d in self.candidates.docs[q]})
             fn = word_idf if c.granularity == "word" else wordpiece_idf
             table = fn(texts, self.tokenizer, formula=c.formula)
         idf, known = vocab_idf_vector(table, self.tokenizer, granularity=c.granularity, default=c.default)
@@ -503,8 +492,7 @@ class Trainer:
                     if old.get(s, {}).get(k) != v
                 ]
                 raise ResumeError(
-                    f"{ckpt.directory}: checkpoints were written with another config; differences: "
-                    + "; ".join(diffs)
+                    f"{ckpt.directory}: checkpoints were written with another config; differences: " + "; ".join(diffs)
                 )
             params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
             result.resumed_from = start
@@ -559,9 +547,7 @@ class Trainer:
         finally:
             metrics_file.close()
         if saved_at != stop:
-            ckpt.save(
-                stop, {"params": params, "opt_state": opt_state, "step": np.int64(stop)}, self._meta(stop)
-            )
+            ckpt.save(stop, {"params": params, "opt_state": opt_state, "step": np.int64(stop)}, self._meta(stop))
         result.step = stop
         result.params = {k: np.asarray(v) for k, v in params.items()}
         result.pairs_per_s = steady_pairs / steady_time if steady_time > 0 else None
@@ -616,11 +602,6 @@ class Trainer:
     def _write_json(self, name: str, obj: Any) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / name).write_text(json.dumps(obj, indent=1))
-
-
-def candidates_summary(cands: Candidates) -> dict[str, int]:
-    """Counts for logs and reports."""
-    return {"queries": len(cands.queries), "pairs": cands.n_pairs(), "groups": len(cands.group_list())}
 
 
 def transformers_parity(
