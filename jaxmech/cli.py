@@ -347,7 +347,8 @@ def cmd_bench(args) -> int:
                                 "(git clone the repository and pip install -e '.[test]')")
     import runpy
 
-    sys.argv = [str(script), *args.bench_args]
+    rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    sys.argv = [str(script), *rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -413,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     from jaxmech.loading import ModelNotFoundError, WeightsError
     from jaxmech.sites import UnknownSiteError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
+        rest = argv[1:]
+        argv = ["bench", "--", *(rest[1:] if rest[:1] == ["--"] else rest)]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
