@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -113,6 +115,14 @@ def tiny_model(tiny_cross_dir):
     cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
     model, _ = from_hf_state_dict(read_state_dict(weight_files(tiny_cross_dir)), cfg, "cross")
     return model
+
+
+@functools.partial(jax.jit, static_argnames=("capture",))
+def forward_jit(model, ids, tt, mask, interventions, capture=frozenset()):
+    """One example's forward with interventions, jitted: ``(score, cache)`` (the definition that the
+    restarted engine is checked against)."""
+    out = model.forward_one(ids, tt, mask, interventions=interventions, capture=capture)
+    return out.score, out.cache
 
 
 def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len=(5, 12), inject: int = 2):

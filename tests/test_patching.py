@@ -3,7 +3,6 @@ jit = eager, causality, alignment and padding, several devices = one device."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ENGINE_ATOL, REPO, random_pairs
+from conftest import forward_jit as _forward
 
 from jaxmech.patching import (
     FAMILIES,
@@ -34,12 +34,6 @@ from jaxmech.sites import BLOCK_ORDER, LAYER_SITES
 @pytest.fixture(scope="module")
 def batch(tiny_model):
     return batch_pairs(random_pairs(2, tiny_model.cfg.d_vocab, seed=1), buckets=(24, 32), max_length=48)
-
-
-@functools.partial(jax.jit, static_argnames=("capture",))
-def _forward(model, ids, tt, mask, interventions, capture=frozenset()):
-    out = model.forward_one(ids, tt, mask, interventions=interventions, capture=capture)
-    return out.score, out.cache
 
 
 def _inputs(batch, p, which="baseline"):

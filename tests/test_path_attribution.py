@@ -3,13 +3,12 @@ against the exact derivative and exact patches."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ENGINE_ATOL, random_pairs
+from conftest import forward_jit as _forward
 
 from jaxmech.patching import (
     PatchSpec,
@@ -31,12 +30,6 @@ RECEIVERS = ["2.1", "1.3"]
 @pytest.fixture(scope="module")
 def batch(tiny_model):
     return batch_pairs(random_pairs(2, tiny_model.cfg.d_vocab, seed=2), buckets=(24, 32), max_length=48)
-
-
-@functools.partial(jax.jit, static_argnames=("capture",))
-def _forward(model, ids, tt, mask, interventions, capture=frozenset()):
-    out = model.forward_one(ids, tt, mask, interventions=interventions, capture=capture)
-    return out.score, out.cache
 
 
 def _caches(model, batch):

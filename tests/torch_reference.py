@@ -198,24 +198,25 @@ class TorchPatcher:
                 out[l, h, p] = self.score(base_inputs)
         return out
 
+    def _freeze_z_hooks(self, base, src, sender_layer, sender_head):
+        """Every layer's z set to the baseline's, then the sender head's z to the source's."""
+        hs = []
+        for l in range(self.L):
+            def pre(m, a, l=l):
+                z = base["z"][l].clone()
+                if l == sender_layer:
+                    cols = slice(sender_head * self.dh, (sender_head + 1) * self.dh)
+                    z[:, :, cols] = src["z"][l][:, :, cols]
+                return (z,)
+
+            hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+        return hs
+
     def path_to_score(self, base_inputs, base, src, sites=None) -> np.ndarray:
         """E4: ``[layer, head]``: every layer's z frozen to the baseline, the sender's from the source."""
         out = np.full((self.L, self.H), np.nan, np.float32)
         for sl, sh in self._sites(out.shape, sites):
-            def make(sl=sl, sh=sh):
-                hs = []
-                for l in range(self.L):
-                    def pre(m, a, l=l):
-                        z = base["z"][l].clone()
-                        if l == sl:
-                            cols = slice(sh * self.dh, (sh + 1) * self.dh)
-                            z[:, :, cols] = src["z"][l][:, :, cols]
-                        return (z,)
-
-                    hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
-                return hs
-
-            with self.hooks(make):
+            with self.hooks(lambda: self._freeze_z_hooks(base, src, sl, sh)):
                 out[sl, sh] = self.score(base_inputs)
         return out
 
@@ -229,16 +230,7 @@ class TorchPatcher:
             cached = {}
 
             def freeze(sl=sl, sh=sh):
-                hs = []
-                for l in range(self.L):
-                    def pre(m, a, l=l):
-                        z = base["z"][l].clone()
-                        if l == sl:
-                            cols = slice(sh * self.dh, (sh + 1) * self.dh)
-                            z[:, :, cols] = src["z"][l][:, :, cols]
-                        return (z,)
-
-                    hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+                hs = self._freeze_z_hooks(base, src, sl, sh)
                 for r in {r for r, _ in receivers}:
                     module = getattr(self.layers[r].attention.self, linear)
                     hs.append(module.register_forward_hook(

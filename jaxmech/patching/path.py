@@ -106,20 +106,29 @@ def _stage2(model, kernel, data, pair, new_inputs):
     return readout_score(model, hidden, mask, data["query_embedding"][pair])
 
 
-@dataclasses.dataclass(frozen=True)
-class PathToScoreKernel:
-    """Sender head ``z`` (all positions) with every other ``z`` frozen, read at the score."""
+class _SenderKernel:
+    """Per-layer views for sender heads: the baseline at the sender's layer (with its ``z``) and the source ``z``."""
 
     def prepare(self, model, data, layer):
         views = jax.vmap(layer_view, in_axes=(0, None, None))
         return views(data["cache"], layer, ("z",)), data["source"][:, layer]
 
-    def item(self, model, data, prepared, layer, pair, head, pos):
+    @staticmethod
+    def sender(model, data, prepared, pair, head):
+        """The pair's baseline view, mask, and the spec replacing the sender head's ``z`` at every position."""
         here_all, src_all = prepared
         here = jax.tree.map(lambda a: a[pair], here_all)
-        mask = data["attention_mask"][pair]
         spec = PatchSpec("z", source=src_all[pair][None], pos_mask=data["patchable"][pair].astype(jnp.float32),
                          head_mask=one_hot(head, model.cfg.n_heads))
+        return here, data["attention_mask"][pair], spec
+
+
+@dataclasses.dataclass(frozen=True)
+class PathToScoreKernel(_SenderKernel):
+    """Sender head ``z`` (all positions) with every other ``z`` frozen, read at the score."""
+
+    def item(self, model, data, prepared, layer, pair, head, pos):
+        here, mask, spec = self.sender(model, data, prepared, pair, head)
         final = data["cache"]["resid_pre"][pair, -1]
         if model.readout_uses_cls_only:
             rows = jnp.zeros((1,), jnp.int32)
@@ -133,22 +142,14 @@ class PathToScoreKernel:
 
 
 @dataclasses.dataclass(frozen=True)
-class PathToHeadsKernel:
+class PathToHeadsKernel(_SenderKernel):
     """Sender head ``z`` with every other ``z`` frozen, read at receiver heads' inputs (stage 2 restart)."""
 
     by_layer: tuple[tuple[int, tuple[int, ...]], ...]
     receiver_input: str
 
-    def prepare(self, model, data, layer):
-        views = jax.vmap(layer_view, in_axes=(0, None, None))
-        return views(data["cache"], layer, ("z",)), data["source"][:, layer]
-
     def item(self, model, data, prepared, layer, pair, head, pos):
-        here_all, src_all = prepared
-        here = jax.tree.map(lambda a: a[pair], here_all)
-        mask = data["attention_mask"][pair]
-        spec = PatchSpec("z", source=src_all[pair][None], pos_mask=data["patchable"][pair].astype(jnp.float32),
-                         head_mask=one_hot(head, model.cfg.n_heads))
+        here, mask, spec = self.sender(model, data, prepared, pair, head)
         new_inputs = {}
         for r, _ in self.by_layer:
             x_r = frozen_attention_hidden(model, mask.astype(bool), layer, here, data["cache"]["attn_out"][pair],
