@@ -6,8 +6,8 @@
     jaxmech train eval configs/train_smoke.toml --model FOLDER       # ... of any cross-encoder folder
 
 The config format is described in `jaxmech.train.config`. ``train eval`` prints the held-out metrics as JSON
-(the same split, labels and reference as training). Errors in the config, the data or the run folder are
-printed as one line naming the file and the problem, with exit code 2.
+(the same split, labels and reference as training). Progress goes to stderr, results (JSON) to stdout. Errors
+in the config, the data or the run folder are printed as one line naming the file and the problem, exit code 2.
 
 `register` adds the command to the main ``jaxmech`` parser; ``python -m jaxmech.train.cli`` runs it alone.
 """
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--model is only used by `train eval`")
     try:
         cfg = load_config(path)
-        trainer = Trainer(cfg, out_dir=args.out)
+        trainer = Trainer(cfg, out_dir=args.out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if evaluating:
             from pathlib import Path
 
