@@ -23,22 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from jaxmech.device import cpu_name
+
 SETTINGS = [
     {"seq_len": 128, "batch": 16, "trainable": "all"},
     {"seq_len": 256, "batch": 16, "trainable": "all"},
     {"seq_len": 256, "batch": 32, "trainable": "all"},
     {"seq_len": 128, "batch": 16, "trainable": "embeddings"},
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def one(seq_len: int, batch: int, trainable: str, steps: int) -> dict:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from jaxmech.device import cpu_name
+
 LABELS = {
     "vs_teacher": "binary labels: the teacher's top-{k} of the 100 candidates of each held-out query are "
     "relevant; correlations are with the teacher's raw scores on the same pairs",
@@ -30,16 +32,6 @@ LABELS = {
     "data (og_score of tfc1_add_append_target_qids_scores.csv), a relevance-trained model "
     "independent of the teacher; correlations are with og_score",
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

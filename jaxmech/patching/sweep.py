@@ -96,7 +96,9 @@ def _memory_budget() -> int:
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(0.4 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
-    return 1 << 30  # CPU: 1 GiB of live activations per step
+    # CPU: measured on 2 cores with MiniLM at 128 tokens, steps of 8-16 items (~64 MiB of activations) run
+    # 1.4-2x faster per site than steps of 24-128 items, whose working set falls out of cache.
+    return 64 << 20
 
 
 def auto_chunk_size(model: HookedEncoder, n_pos: int, n_items: int, n_devices: int = 1) -> int:
@@ -138,6 +140,9 @@ def enumerate_items(batch: PairBatch, per_pos: bool, per_head: bool, model: Hook
     flat = np.concatenate(rows).astype(np.int32)
     n = len(flat)
     b = chunk_size or auto_chunk_size(model, batch.n_pos, n, n_devices)
+    n_chunks = -(-n // b)
+    if chunk_size is None:  # balance the chunks so that the last one is not mostly padding
+        b = -(-n // n_chunks)
     b = max(n_devices, -(-b // n_devices) * n_devices)
     n_chunks = -(-n // b)
     padded = np.zeros((n_chunks * b, 3), np.int32)
