@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from jaxmech.data.records import DataError
+from jaxmech.data.records import DataError, iter_tsv
 
 IDF_FORMULAS = ("lucene", "robertson", "log", "smooth")
 
@@ -124,23 +124,16 @@ def load_idf_tsv(path: str | os.PathLike) -> dict[str, float]:
         DataError: Naming the line, on a row without two columns, a non-numeric IDF or a repeated term.
     """
     path, out = Path(path), {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line:
-                continue
-            cols = line.split("\t")
-            if len(cols) != 2:
-                raise DataError(path, f"line {n}", f"expected 'term<TAB>idf', got {len(cols)} column(s)")
-            if n == 1 and cols == ["term", "idf"]:
-                continue
-            try:
-                v = float(cols[1])
-            except ValueError:
-                raise DataError(path, f"line {n}", f"IDF {cols[1]!r} is not a number") from None
-            if cols[0] in out:
-                raise DataError(path, f"line {n}", f"term {cols[0]!r} appears twice")
-            out[cols[0]] = v
+    for n, cols in iter_tsv(path, (2,), "'term<TAB>idf' columns"):
+        if n == 1 and cols == ["term", "idf"]:
+            continue
+        try:
+            v = float(cols[1])
+        except ValueError:
+            raise DataError(path, f"line {n}", f"IDF {cols[1]!r} is not a number") from None
+        if cols[0] in out:
+            raise DataError(path, f"line {n}", f"term {cols[0]!r} appears twice")
+        out[cols[0]] = v
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.data.records import DataError, DiagnosticSource, term_in_query
+from jaxmech.data.records import DataError, DiagnosticSource, iter_jsonl, iter_tsv, term_in_query
 
 SHARED_ENV = "JAXMECH_SHARED_DATA"
 PAPER_FILES = {
@@ -292,38 +292,15 @@ def load_paper_source(folder: str | os.PathLike | None = None) -> DiagnosticSour
 _ID_KEYS = ("_id", "id", "doc_id", "docid", "docno", "pid", "qid", "query_id")
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {line_no}", f"malformed JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, f"line {line_no}", "expected a JSON object")
-            yield line_no, obj
-
-
 def _tsv(path: Path, n_min: int, n_max: int) -> Iterator[tuple[int, list[str]]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line:
-                continue
-            cols = line.split("\t")
-            if not n_min <= len(cols) <= n_max:
-                want = n_min if n_min == n_max else f"{n_min}-{n_max}"
-                raise DataError(path, f"line {line_no}",
-                                f"expected {want} tab-separated columns, got {len(cols)}")
-            yield line_no, cols
+    want = n_min if n_min == n_max else f"{n_min}-{n_max}"
+    return iter_tsv(path, range(n_min, n_max + 1), f"{want} tab-separated columns")
 
 
 def _read_texts(path: str | os.PathLike, *, with_title: bool) -> dict[str, str]:
     path, out = Path(path), {}
     if path.suffix == ".jsonl":
-        for line, obj in _jsonl(path):
+        for line, obj in iter_jsonl(path):
             key = next((k for k in _ID_KEYS if k in obj), None)
             text = obj.get("text")
             if key is None or not isinstance(text, str):

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,42 @@ class DataError(ValueError):
         self.source, self.record, self.problem = str(source), record, problem
         where = f"{self.source}: {record}" if record else self.source
         super().__init__(f"{where}: {problem}")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        DataError: Naming the line, on malformed JSON or a value that is not an object.
+    """
+    with Path(path).open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"line {line_no}", f"malformed JSON: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, f"line {line_no}", "expected a JSON object")
+            yield line_no, obj
+
+
+def iter_tsv(path: Path, counts: Collection[int], expected: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, columns)`` for each non-empty line of a TSV file with ``counts`` columns.
+
+    Raises:
+        DataError: Naming the line, ``expected {expected}, got N`` for a wrong column count.
+    """
+    with Path(path).open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line:
+                continue
+            cols = line.split("\t")
+            if len(cols) not in counts:
+                raise DataError(path, f"line {line_no}", f"expected {expected}, got {len(cols)}")
+            yield line_no, cols
 
 
 class DatasetFormatError(DataError):

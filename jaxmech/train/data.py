@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from jaxmech.data.records import DataError
+from jaxmech.data.records import DataError, iter_jsonl, iter_tsv
 from jaxmech.tokenize import PairTokenizer, bucket_length
 
 
@@ -83,33 +82,25 @@ def _rows(
     """Yields ``(line, {field: value})`` from a TSV (by column count) or JSONL file; checks every row."""
     if not path.is_file():
         raise DataError(path, None, "file not found")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    if path.suffix == ".jsonl":
+        lines = iter_jsonl(path)
+    else:
+        want = " or ".join(str(n) for n in sorted(fields_tsv))
+        lines = iter_tsv(path, fields_tsv, f"{want} tab-separated columns")
+    for line_no, values in lines:
+        if isinstance(values, dict):
+            missing = [k for k in jsonl_required if k not in values]
+            if missing:
+                raise DataError(path, f"line {line_no}", f"missing field(s) {missing}")
+            row = {k: values[k] for k in (*jsonl_required, *jsonl_optional) if k in values}
+        else:
+            row = dict(zip(fields_tsv[len(values)], values, strict=True))
+        for k, v in row.items():
+            if k == "label":
                 continue
-            if path.suffix == ".jsonl":
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, f"line {line_no}", f"malformed JSON: {e.msg}") from None
-                if not isinstance(obj, dict):
-                    raise DataError(path, f"line {line_no}", "expected a JSON object")
-                missing = [k for k in jsonl_required if k not in obj]
-                if missing:
-                    raise DataError(path, f"line {line_no}", f"missing field(s) {missing}")
-                row = {k: obj[k] for k in (*jsonl_required, *jsonl_optional) if k in obj}
-            else:
-                cols = line.rstrip("\n").rstrip("\r").split("\t")
-                if len(cols) not in fields_tsv:
-                    want = " or ".join(str(n) for n in sorted(fields_tsv))
-                    raise DataError(path, f"line {line_no}", f"expected {want} tab-separated columns, got {len(cols)}")
-                row = dict(zip(fields_tsv[len(cols)], cols, strict=True))
-            for k, v in row.items():
-                if k == "label":
-                    continue
-                if not isinstance(v, str) or not v.strip():
-                    raise DataError(path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}")
-            yield line_no, row
+            if not isinstance(v, str) or not v.strip():
+                raise DataError(path, f"line {line_no}", f"field {k!r} must be a non-empty string, got {v!r}")
+        yield line_no, row
 
 
 def _label(path: Path, line: int, value) -> float:
