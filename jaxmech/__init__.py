@@ -7,6 +7,16 @@ from jaxmech.config import MINILM_L6_H384, MINILM_L12_H384, EncoderConfig, Unsup
 from jaxmech.convert import ConversionError, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.loading import LoadedModel, ModelNotFoundError, WeightsError, load_model, save_pretrained
 from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, HookPoints, Output, PoolingConfig
+from jaxmech.patching import (
+    PatchSpec,
+    activation_patch,
+    align_with_filler,
+    attribution_patch,
+    batch_pairs,
+    path_components_to_heads,
+    path_to_heads,
+    path_to_score,
+)
 from jaxmech.sites import SITES, Site, UnknownSiteError, get_site, parse_tl_name
 from jaxmech.tokenize import EncodedBatch, PairTokenizer, Truncation, TruncationError
 
@@ -27,6 +37,7 @@ __all__ = [
     "ModelNotFoundError",
     "Output",
     "PairTokenizer",
+    "PatchSpec",
     "PoolingConfig",
     "Site",
     "Truncation",
@@ -34,11 +45,18 @@ __all__ = [
     "UnknownSiteError",
     "UnsupportedConfigError",
     "WeightsError",
+    "activation_patch",
+    "align_with_filler",
+    "attribution_patch",
+    "batch_pairs",
     "build_model",
     "from_hf_state_dict",
     "get_site",
     "load_model",
     "parse_tl_name",
+    "path_components_to_heads",
+    "path_to_heads",
+    "path_to_score",
     "save_pretrained",
     "to_hf_state_dict",
 ]
