@@ -264,7 +264,6 @@ def torch_rate(patcher, family, base_inputs, base_cache, src_cache, L, H, n_site
 
 
 def bench_setup(name: str, args) -> dict:
-    import torch
     from torch_reference import TorchPatcher
 
     model, hf, pair, desc = setup(name)
@@ -342,7 +341,6 @@ def bench_setup(name: str, args) -> dict:
             "seconds": dt,
         }
         print(json.dumps(out["attribution_head_by_pos_z"]), flush=True)
-    del torch
     return out
 
 

@@ -82,7 +82,7 @@ def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Pat
     if p.is_dir():
         return p
     text = str(path_or_id)
-    looks_local = text.startswith((".", "/", "~")) or p.suffix or text.count("/") > 1 or not text
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or not text
     if looks_local:
         raise ModelNotFoundError(f"model folder {text!r} does not exist")
     try:

@@ -224,3 +224,12 @@ def test_bi_encoder_settings_are_read_from_the_folder(minilm_path):
     p = lm.model.pooling
     assert (p.mode, p.normalize, p.similarity) == ("mean", True, "cosine")
     assert set(lm.report.ignored) == {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
+
+
+def test_hub_ids_with_dots_are_looked_up_as_ids(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache"):
+        load_model("someone/reranker-v2.5")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_model("./local/model-v2.5")

@@ -60,15 +60,6 @@ class Pair:
         if bad:
             raise AlignmentError(f"{where}position_map entries {bad[:5]} are outside [-1, {npert})")
 
-    def reversed(self) -> Pair:
-        """The same pair with the roles swapped (patch baseline activations into the perturbed run)."""
-        inv = [-1] * len(self.perturbed_ids)
-        for i, m in enumerate(self.position_map):
-            if m >= 0:
-                inv[m] = i
-        return Pair(self.perturbed_ids, self.perturbed_token_type_ids, self.baseline_ids,
-                    self.baseline_token_type_ids, inv, self.name)
-
     @property
     def is_identity(self) -> bool:
         """Whether the inputs have equal length and align one to one."""

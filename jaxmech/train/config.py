@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmech.config import EncoderConfig
+from jaxmech.data.idf import IDF_FORMULAS
 
 
 class ConfigError(ValueError):
@@ -176,7 +177,7 @@ class TeacherSection:
 
     def __post_init__(self):
         _choice("teacher", "kind", self.kind, TEACHER_KINDS)
-        _choice("teacher", "idf", self.idf, ("lucene", "robertson", "log", "smooth"))
+        _choice("teacher", "idf", self.idf, IDF_FORMULAS)
 
 
 LOSS_KINDS = ("mse", "bce", "sigmoid_mse", "ranknet", "margin", "margin_mse")
