@@ -3,6 +3,7 @@
 The public API is re-exported here; see the README for the architecture.
 """
 
+from jaxmech import runtime
 from jaxmech.config import MINILM_L6_H384, MINILM_L12_H384, EncoderConfig, UnsupportedConfigError
 from jaxmech.convert import ConversionError, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.loading import LoadedModel, ModelNotFoundError, WeightsError, load_model, save_pretrained
@@ -19,6 +20,9 @@ from jaxmech.patching import (
 )
 from jaxmech.sites import SITES, Site, UnknownSiteError, get_site, parse_tl_name
 from jaxmech.tokenize import EncodedBatch, PairTokenizer, Truncation, TruncationError
+
+runtime.quiet_transformers()  # before anything imports transformers (none of the imports above does)
+runtime.enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
 
 __version__ = "0.1.0"
 
@@ -57,6 +61,7 @@ __all__ = [
     "path_components_to_heads",
     "path_to_heads",
     "path_to_score",
+    "runtime",
     "save_pretrained",
     "to_hf_state_dict",
 ]

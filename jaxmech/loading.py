@@ -26,6 +26,7 @@ from flax import nnx
 from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+from jaxmech.runtime import cache_root
 from jaxmech.tokenize import PairTokenizer
 
 CACHE_FORMAT = 1
@@ -218,11 +219,6 @@ def detect_kind(folder: Path, hf_config: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Converted-parameter cache
 # --------------------------------------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where converted parameters are cached (``$JAXMECH_CACHE`` or ``~/.cache/jaxmech``)."""
-    return Path(os.environ.get("JAXMECH_CACHE", Path.home() / ".cache" / "jaxmech"))
 
 
 def _cache_key(files: list[Path], kind: str, extra: str) -> str:
