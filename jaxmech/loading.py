@@ -6,7 +6,12 @@ or a legacy ``pytorch_model.bin``, which needs torch). Sentence-transformers fol
 whose config names a ``*ForSequenceClassification`` architecture load as cross-encoders.
 
 Converted parameters are cached as safetensors under ``$JAXMECH_CACHE`` (default ``~/.cache/jaxmech``), keyed
-by the weight files' paths, sizes and modification times, so a second load skips conversion (and torch).
+by the weight files' paths, sizes and modification times, so a second load skips conversion (and torch). The
+conversion report travels with them (safetensors metadata), so a cached load still says which parameters were
+initialised rather than read (e.g. a seeded classifier head).
+
+Files and folders written here get the usual permissions under the process umask (not the private ones of
+temporary files), so colleagues can read exported models.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
 from jaxmech.runtime import cache_root
 from jaxmech.tokenize import PairTokenizer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
+_REPORT_KEY = "jaxmech_conversion_report"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -247,12 +253,26 @@ def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> Hooke
     return nnx.merge(graphdef, nnx.from_flat_state(new))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Gives a folder tree the permissions of newly created files and folders under the umask."""
+    mask = _umask()
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -312,13 +332,17 @@ def load_model(
     cached = cache_root() / "converted" / f"{key}.safetensors"
     report, from_cache = ConversionReport(), False
     if use_cache and cached.exists():
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
         try:
+            with safe_open(str(cached), framework="numpy") as f:
+                report = ConversionReport(**json.loads((f.metadata() or {})[_REPORT_KEY]))
             template = nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
             model = load_flat_params(template, load_file(str(cached)))
             from_cache = True
         except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt below
+            report = ConversionReport()
             cached.unlink(missing_ok=True)
     if not from_cache:
         state = read_state_dict(files)
@@ -330,7 +354,8 @@ def load_model(
             from safetensors.numpy import save_file
 
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
-                _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
+                meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
+                _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
     limit = min(cfg.n_ctx, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
     has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
@@ -345,7 +370,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
     loads: ``BertForSequenceClassification`` for cross-encoders, ``BertModel`` (+ sentence-transformers
     pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
-    interrupted save never looks complete.
+    interrupted save never looks complete; the folder gets the usual permissions under the umask.
     """
     from safetensors.numpy import save_file
 
@@ -378,6 +403,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
             tokenizer.hf.save_pretrained(str(tmp))
         if folder.exists():
             raise FileExistsError(f"{folder} already exists; refusing to overwrite")
+        _usual_permissions(tmp)  # mkdtemp (and safetensors) make them private
         os.replace(tmp, folder)
     except BaseException:
         import shutil

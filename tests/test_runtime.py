@@ -29,10 +29,15 @@ def _dot_lines(fn, *args) -> list[str]:
     [
         ("fp32", "precision = [HIGHEST, HIGHEST]"),
         ("tf32", "precision = [HIGH, HIGH]"),
-        ("bf16", "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, "
-                 "lhs_component_count = 1"),
-        ("bf16x3", "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, "
-                   "lhs_component_count = 1, rhs_component_count = 1, num_primitive_operations = 3"),
+        (
+            "bf16",
+            "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, lhs_component_count = 1",
+        ),
+        (
+            "bf16x3",
+            "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, "
+            "lhs_component_count = 1, rhs_component_count = 1, num_primitive_operations = 3",
+        ),
     ],
 )
 def test_precision_name_sets_the_lowered_dot_precision(name, expected):
@@ -70,9 +75,8 @@ def test_precision_changes_the_jit_cache_key_not_the_result_on_cpu():
 
 @pytest.mark.parametrize("bad", ["fp16", "highest", "", "FP32", 32])
 def test_unknown_precision_is_refused_listing_the_valid_names(bad):
-    with pytest.raises(ValueError) as err:
-        with runtime.precision(bad):
-            pass
+    with pytest.raises(ValueError) as err, runtime.precision(bad):
+        pass
     msg = str(err.value)
     assert repr(bad) in msg and "valid: fp32, tf32, bf16x3, bf16" in msg
     with pytest.raises(ValueError, match=r"^--precision: unknown precision"):
@@ -166,8 +170,13 @@ _QUIET_CHILD = textwrap.dedent(
 def test_transformers_messages_that_do_not_apply_are_silenced(minilm_path, first):
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     env.pop("TRANSFORMERS_NO_ADVISORY_WARNINGS", None)
-    out = subprocess.run([sys.executable, "-c", _QUIET_CHILD, first, str(minilm_path)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _QUIET_CHILD, first, str(minilm_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
     seen = ("PyTorch was not found" in out.stderr, "Token indices sequence length is longer" in out.stderr)
     # without jaxmech, transformers prints both (the check can fail); with jaxmech imported first, neither
