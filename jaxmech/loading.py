@@ -71,9 +71,19 @@ class LoadedModel:
 # Locating a folder
 # --------------------------------------------------------------------------------------------------------------
 
-_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
-              "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
-              "sentence_bert_config.json", "1_Pooling/*"]
+_HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model.bin",
+    "*.txt",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "1_Pooling/*",
+]
 
 
 def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
@@ -96,9 +106,11 @@ def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Pat
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
         raise ModelNotFoundError(f"{text!r} is not a local folder and huggingface_hub is not installed") from err
-    how = (f"{text!r} is not a local folder and is not in the Hugging Face cache. Download it once with "
-           f"`huggingface-cli download {text}` on a machine that is online, or pass a local folder "
-           f"(--model /path/to/folder with config.json and model.safetensors).")
+    how = (
+        f"{text!r} is not a local folder and is not in the Hugging Face cache. Download it once with "
+        f"`huggingface-cli download {text}` on a machine that is online, or pass a local folder "
+        f"(--model /path/to/folder with config.json and model.safetensors)."
+    )
     try:
         return Path(snapshot_download(text, allow_patterns=_HUB_FILES, local_files_only=True))
     except Exception:  # noqa: BLE001 - any cache miss falls through to the online attempt
@@ -141,8 +153,7 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / "pytorch_model.bin").exists():
         return [folder / "pytorch_model.bin"]
     raise WeightsError(
-        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or "
-        f"pytorch_model.bin)"
+        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
     )
 
 
@@ -194,7 +205,7 @@ def read_pooling(folder: Path) -> PoolingConfig | None:
         return None
     cfg_file = folder / pooling.get("path", "1_Pooling") / "config.json"
     pcfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {"pooling_mode_mean_tokens": True}
-    modes = [k[len("pooling_mode_"):] for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
+    modes = [k[len("pooling_mode_") :] for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
     mapping = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
     if len(modes) != 1 or modes[0] not in mapping:
         raise ValueError(f"{cfg_file}: pooling modes {modes} are not supported (one of {list(mapping)})")
@@ -237,8 +248,10 @@ def _cache_key(files: list[Path], kind: str, extra: str) -> str:
 
 def flat_params(model: HookedEncoder) -> dict[str, np.ndarray]:
     """Parameters as a flat ``{"blocks.attn.W_Q": array}`` dict (stacked layers keep their layer axis)."""
-    return {".".join(map(str, path)): np.asarray(var.get_value())
-            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        ".".join(map(str, path)): np.asarray(var.get_value())
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> HookedEncoder:
@@ -347,8 +360,13 @@ def load_model(
     if not from_cache:
         state = read_state_dict(files)
         model, report = from_hf_state_dict(
-            state, cfg, kind, pooling=pooling, score_label=score_label,
-            init_missing_head_seed=init_missing_head_seed, source=", ".join(str(f) for f in files),
+            state,
+            cfg,
+            kind,
+            pooling=pooling,
+            score_label=score_label,
+            init_missing_head_seed=init_missing_head_seed,
+            source=", ".join(str(f) for f in files),
         )
         if use_cache:
             from safetensors.numpy import save_file
@@ -361,8 +379,9 @@ def load_model(
     has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
     if tokenizer_path and not has_tokenizer:
         raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
-    tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
-                 if has_tokenizer else None)
+    tokenizer = (
+        PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation) if has_tokenizer else None
+    )
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
 
 
@@ -385,20 +404,29 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
         if isinstance(model, BiEncoder):
             p = model.pooling
             (tmp / "1_Pooling").mkdir()
-            (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
-                "word_embedding_dimension": model.cfg.d_model,
-                "pooling_mode_cls_token": p.mode == "cls",
-                "pooling_mode_mean_tokens": p.mode == "mean",
-                "pooling_mode_max_tokens": p.mode == "max",
-            }, indent=2))
-            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+            (tmp / "1_Pooling" / "config.json").write_text(
+                json.dumps(
+                    {
+                        "word_embedding_dimension": model.cfg.d_model,
+                        "pooling_mode_cls_token": p.mode == "cls",
+                        "pooling_mode_mean_tokens": p.mode == "mean",
+                        "pooling_mode_max_tokens": p.mode == "max",
+                    },
+                    indent=2,
+                )
+            )
+            modules = [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
             if p.normalize:
-                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                                "type": "sentence_transformers.models.Normalize"})
+                modules.append(
+                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+                )
             (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
             (tmp / "config_sentence_transformers.json").write_text(
-                json.dumps({"similarity_fn_name": p.similarity}, indent=2))
+                json.dumps({"similarity_fn_name": p.similarity}, indent=2)
+            )
         if tokenizer is not None:
             tokenizer.hf.save_pretrained(str(tmp))
         if folder.exists():
