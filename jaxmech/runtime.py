@@ -1,16 +1,19 @@
 """Runtime settings: matmul precision, JAX's persistent compilation cache, and what a run ran on.
 
-Precision is an explicit setting with four names (`PRECISIONS`), each mapped to a value of JAX's
-``jax_default_matmul_precision``:
+Precision is an explicit setting with four names, each mapped to a value of JAX's
+``jax_default_matmul_precision`` (`jax_precision`):
 
 * ``"fp32"`` (the default): JAX ``"highest"``, full fp32 matmuls on every device. On GPUs JAX's own default
   runs fp32 matmuls in TF32, which is too coarse for patching effects of ~1e-3; jaxmech never uses it
   silently.
-* ``"tf32"``: JAX ``"tensorfloat32"`` (TF32 tensor cores on NVIDIA GPUs; one bf16 pass on TPU).
-* ``"bf16x3"``: the ``BF16_BF16_F32_X3`` dot algorithm (three bf16 products, close to fp32).
-* ``"bf16"``: the ``BF16_BF16_F32`` dot algorithm (bf16 inputs, fp32 accumulation).
+* ``"tf32"``: JAX ``"tensorfloat32"`` (TF32 tensor cores on NVIDIA GPUs).
+* ``"bf16x3"``: on GPUs the ``BF16_BF16_F32_X3`` dot algorithm (three bf16 products, close to fp32); on TPUs
+  the ``"high"`` level (the same three passes).
+* ``"bf16"``: on GPUs the ``BF16_BF16_F32`` dot algorithm (bf16 inputs, fp32 accumulation); on TPUs the
+  ``"bfloat16"`` level (one pass).
 
-On CPU, XLA computes every mode in fp32: the fast modes equal ``"fp32"`` there.
+On CPU, XLA computes every mode in fp32 (and has no bf16 dot algorithms for batched products, so the
+levels are used there): the fast modes equal ``"fp32"`` on CPU.
 
 The setting is part of JAX's trace context and jit cache key, so ``with precision("tf32"): f(x)`` retraces
 ``f`` with TF32 matmuls and the fp32 program stays cached beside it.
@@ -37,12 +40,19 @@ import jax
 
 Precision = Literal["fp32", "tf32", "bf16x3", "bf16"]
 
-#: jaxmech precision name -> value of ``jax_default_matmul_precision``.
+#: jaxmech precision name -> value of ``jax_default_matmul_precision`` on GPUs.
 PRECISIONS: dict[str, str] = {
     "fp32": "highest",
     "tf32": "tensorfloat32",
     "bf16x3": "BF16_BF16_F32_X3",
     "bf16": "BF16_BF16_F32",
+}
+#: The same on platforms without dot algorithms for every product (CPU, TPU): precision levels.
+PRECISION_LEVELS: dict[str, str] = {
+    "fp32": "highest",
+    "tf32": "tensorfloat32",
+    "bf16x3": "high",
+    "bf16": "bfloat16",
 }
 DEFAULT_PRECISION: Precision = "fp32"
 
@@ -74,9 +84,12 @@ def check_precision(name: str | None, *, where: str = "precision") -> Precision:
     return name  # type: ignore[return-value]
 
 
-def jax_precision(name: str | None) -> str:
-    """The ``jax_default_matmul_precision`` value of a jaxmech precision name (validated)."""
-    return PRECISIONS[check_precision(name)]
+def jax_precision(name: str | None, platform: str | None = None) -> str:
+    """The ``jax_default_matmul_precision`` value of a jaxmech precision name (validated) on ``platform``
+    (``"gpu"``, ``"cpu"``, ``"tpu"``; default: JAX's default backend)."""
+    checked = check_precision(name)
+    platform = platform or jax.default_backend()
+    return (PRECISIONS if platform in ("gpu", "cuda", "rocm") else PRECISION_LEVELS)[checked]
 
 
 @contextlib.contextmanager
@@ -97,7 +110,7 @@ def precision(name: str | None = DEFAULT_PRECISION) -> Iterator[Precision]:
         ...     res = activation_patch(model, batch, "head_by_pos_z")
     """
     checked = check_precision(name)
-    with jax.default_matmul_precision(PRECISIONS[checked]):
+    with jax.default_matmul_precision(jax_precision(checked)):
         yield checked
 
 
@@ -107,7 +120,7 @@ def current_precision() -> str:
     value = jax.config.jax_default_matmul_precision
     if value in (None, "default"):
         return "default"
-    by_value = {v: k for k, v in PRECISIONS.items()}
+    by_value = {v: k for k, v in (*PRECISION_LEVELS.items(), *PRECISIONS.items())}
     by_value["float32"] = "fp32"
     return by_value.get(value, value)
 

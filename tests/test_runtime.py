@@ -24,30 +24,51 @@ def _dot_lines(fn, *args) -> list[str]:
     return [line for line in text.splitlines() if "dot_general" in line]
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("fp32", "precision = [HIGHEST, HIGHEST]"),
-        ("tf32", "precision = [HIGH, HIGH]"),
-        (
-            "bf16",
-            "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, lhs_component_count = 1",
-        ),
-        (
-            "bf16x3",
-            "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, "
-            "lhs_component_count = 1, rhs_component_count = 1, num_primitive_operations = 3",
-        ),
-    ],
-)
-def test_precision_name_sets_the_lowered_dot_precision(name, expected):
+GPU_LOWERED = {
+    "fp32": "precision = [HIGHEST, HIGHEST]",
+    "tf32": "precision = [HIGH, HIGH]",
+    "bf16": "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, lhs_component_count = 1",
+    "bf16x3": "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32, "
+    "lhs_component_count = 1, rhs_component_count = 1, num_primitive_operations = 3",
+}
+LEVEL_LOWERED = {
+    "highest": "[HIGHEST, HIGHEST]",
+    "tensorfloat32": "[HIGH, HIGH]",
+    "high": "[HIGH, HIGH]",
+    "bfloat16": "[DEFAULT, DEFAULT]",
+}
+
+
+@pytest.mark.parametrize("name", list(runtime.PRECISIONS))
+def test_precision_name_sets_the_lowered_dot_precision(name):
     a = jnp.ones((8, 8), jnp.float32)
     with runtime.precision(name) as checked:
-        assert checked == name and runtime.current_precision() == name
+        assert checked == name
         lines = _dot_lines(lambda x: x @ x, a)
+    value = runtime.jax_precision(name)
+    expected = GPU_LOWERED[name] if jax.default_backend() == "gpu" else LEVEL_LOWERED[value]
     assert lines and all(expected in line for line in lines), lines
-    # outside the context, JAX's own default again
-    assert not any(expected in line for line in _dot_lines(lambda x: x @ x, a))
+    if name != "bf16" or jax.default_backend() == "gpu":  # on CPU, bf16 is JAX's DEFAULT level
+        assert runtime.current_precision() != name  # outside the context, JAX's own default again
+        assert not any(expected in line for line in _dot_lines(lambda x: x @ x, a))
+
+
+@pytest.mark.parametrize("name", list(runtime.PRECISIONS))
+def test_gpu_precision_values_lower_to_the_named_dot_algorithm(name):
+    """What `precision` sets on a GPU (lowering does not need one)."""
+    a = jnp.ones((8, 8), jnp.float32)
+    with jax.default_matmul_precision(runtime.jax_precision(name, "gpu")):
+        lines = _dot_lines(lambda x: x @ x, a)
+    assert lines and all(GPU_LOWERED[name] in line for line in lines), lines
+    assert runtime.jax_precision(name, "cpu") == runtime.PRECISION_LEVELS[name]
+
+
+def test_current_precision_names_the_mode_inside_the_context():
+    for name in runtime.PRECISIONS:
+        with runtime.precision(name):
+            got = runtime.current_precision()
+        # on CPU/TPU, tf32 and bf16x3 share a level ("tensorfloat32" = "high" = HIGH); names stay distinct
+        assert got == name or {got, name} <= {"tf32", "bf16x3"}
 
 
 def test_default_precision_is_fp32_highest_in_a_real_model_forward(tiny_model):
@@ -60,17 +81,18 @@ def test_default_precision_is_fp32_highest_in_a_real_model_forward(tiny_model):
     assert all("precision = [HIGHEST, HIGHEST]" in line for line in lines)
 
 
-def test_precision_changes_the_jit_cache_key_not_the_result_on_cpu():
-    f = jax.jit(lambda x: x @ x)
-    a = jnp.asarray(np.random.RandomState(0).randn(16, 16).astype(np.float32))
-    with runtime.precision("fp32"):
-        ref = np.asarray(f(a))
-    with runtime.precision("bf16"):
-        txt = f.lower(a).as_text()
-        out = np.asarray(f(a))
-    assert "bf16" in txt
-    if jax.devices()[0].platform == "cpu":  # XLA:CPU computes every mode in fp32 (documented)
-        np.testing.assert_array_equal(out, ref)
+def test_every_mode_runs_a_model_forward_and_equals_fp32_on_cpu(tiny_model):
+    """Each mode compiles for the model's batched products; on CPU, XLA computes them all in fp32."""
+    ids = jnp.asarray(np.arange(1, 13).reshape(2, 6) % 200)
+    tt, mask = jnp.zeros_like(ids), jnp.ones_like(ids)
+    f = jax.jit(lambda m, ids: m(ids, tt, mask).score)
+    scores = {}
+    for name in runtime.PRECISIONS:
+        with runtime.precision(name):
+            scores[name] = np.asarray(f(tiny_model, ids))
+    if jax.default_backend() == "cpu":
+        for name, s in scores.items():
+            np.testing.assert_array_equal(s, scores["fp32"], err_msg=name)
 
 
 @pytest.mark.parametrize("bad", ["fp16", "highest", "", "FP32", 32])
