@@ -41,8 +41,15 @@ if str(REPO) not in sys.path:
 from benchmarks.common import fresh_out_dir, write_json  # noqa: E402
 
 T = 128
-FAMILIES = ["block_every", "head_all_pos_v", "head_by_pos_z", "head_by_pos_pattern", "path_to_score",
-            "path_to_heads", "attribution:head_by_pos_z"]
+FAMILIES = [
+    "block_every",
+    "head_all_pos_v",
+    "head_by_pos_z",
+    "head_by_pos_pattern",
+    "path_to_score",
+    "path_to_heads",
+    "attribution:head_by_pos_z",
+]
 EVENTS = {
     "/jax/core/compile/jaxpr_trace_duration": "jaxpr_trace",
     "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
@@ -99,13 +106,13 @@ def _opcode(line: str) -> str | None:
     m = re.match(r"\s*(?:ROOT\s+)?%?[\w.\-]+ = ", line)
     if not m:
         return None
-    rest = line[m.end():]
+    rest = line[m.end() :]
     if rest.startswith("("):  # a tuple type: skip to its closing parenthesis
         depth = 0
         for i, c in enumerate(rest):
             depth += {"(": 1, ")": -1}.get(c, 0)
             if depth == 0:
-                rest = rest[i + 1:]
+                rest = rest[i + 1 :]
                 break
     else:
         rest = rest.split(" ", 1)[1] if " " in rest else ""
@@ -119,16 +126,27 @@ def _count_hlo(dump: Path) -> dict:
     for f in sorted(dump.glob("*after_optimizations.txt")):
         text = f.read_text()
         ops = collections.Counter(op for line in text.splitlines() if (op := _opcode(line)))
-        gemm_calls = len(re.findall(r'custom_call_target="(?:__cublas\$gemm|__cublas\$lt\$matmul|__onednn\$matmul)',
-                                    text))
+        gemm_calls = len(
+            re.findall(r'custom_call_target="(?:__cublas\$gemm|__cublas\$lt\$matmul|__onednn\$matmul)', text)
+        )
         triton_gemm = len(re.findall(r'"kind":"__triton_gemm"', text))
         name = re.sub(r"^module_\d+\.", "", f.name)
         name = re.sub(r"\.[\w.]*after_optimizations\.txt$", "", name)
-        programs.append({"program": name, "instructions": sum(ops.values()), "dots": ops.get("dot", 0) + gemm_calls
-                         + triton_gemm, "fusions": ops.get("fusion", 0), "while_loops": ops.get("while", 0),
-                         "conditionals": ops.get("conditional", 0)})
-    return {"programs": programs, "instructions": sum(p["instructions"] for p in programs),
-            "dots": sum(p["dots"] for p in programs)}
+        programs.append(
+            {
+                "program": name,
+                "instructions": sum(ops.values()),
+                "dots": ops.get("dot", 0) + gemm_calls + triton_gemm,
+                "fusions": ops.get("fusion", 0),
+                "while_loops": ops.get("while", 0),
+                "conditionals": ops.get("conditional", 0),
+            }
+        )
+    return {
+        "programs": programs,
+        "instructions": sum(p["instructions"] for p in programs),
+        "dots": sum(p["dots"] for p in programs),
+    }
 
 
 def child(args) -> None:
@@ -145,7 +163,8 @@ def child(args) -> None:
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(
-        lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+        lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
+    )
 
     from jaxmech import runtime
     from jaxmech.patching import batch_pairs
@@ -195,28 +214,52 @@ def child(args) -> None:
 def run_child(setup: str, family: str, cache_dir: Path, args, dump: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAXMECH_CACHE": str(cache_dir)}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--setup", setup, "--family", family,
-           "--stride", str(args.stride), "--precision", args.precision]
+    if args.xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--setup",
+        setup,
+        "--family",
+        family,
+        "--stride",
+        str(args.stride),
+        "--precision",
+        args.precision,
+    ]
     with tempfile.TemporaryDirectory() as d:
         if dump:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_dump_to={d} --xla_dump_hlo_as_text "
-                                "--xla_dump_hlo_pass_re=^$").strip()
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + f" --xla_dump_to={d} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$"
+            ).strip()
             cmd += ["--dump", d]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{setup}/{family}: child failed (rc={out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--setups", default="l6")
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--stride", type=int, default=None, help="positions of per-position families (default 32 on "
-                   "CPU, 1 elsewhere; compile time does not depend on it)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="positions of per-position families (default 32 on CPU, 1 elsewhere; compile time does not depend on it)",
+    )
     p.add_argument("--precision", default="fp32")
     p.add_argument("--no-warm", action="store_true", help="skip the rerun over a warm compilation cache")
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        help="extra XLA_FLAGS for the measured processes (e.g. --xla_gpu_autotune_level=0), recorded in the JSON",
+    )
+    p.add_argument("--tag", default="", help="suffix of the JSON file name (for variants)")
     p.add_argument("--out", default=None, help="folder for the JSON (default: a new benchmarks/results/runs/<time>)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -235,6 +278,16 @@ def main(argv=None) -> None:
         args.stride = 32 if device["platform"] == "cpu" else 1
     out_dir = fresh_out_dir(args.out)
     rows = []
+    result = {
+        "benchmark": "compile_time",
+        "device": device,
+        "precision": args.precision,
+        "tokens": T,
+        "stride": args.stride,
+        "xla_flags": args.xla_flags,
+        "rows": rows,
+    }
+    path = out_dir / f"bench_compile_{device['platform']}{'_' + args.tag if args.tag else ''}.json"
     for setup in args.setups.split(","):
         for family in args.families.split(","):
             with tempfile.TemporaryDirectory() as cache:
@@ -242,18 +295,26 @@ def main(argv=None) -> None:
                 warm = None if args.no_warm else run_child(setup, family, Path(cache), args, dump=False)
             row = {"setup": setup, "family": family, "cold": cold, "warm": warm}
             rows.append(row)
-            brief = {"setup": setup, "family": family, "first_call_s": round(cold["first_call_s"], 2),
-                     "trace_s": round(cold["trace_s"], 2), "lower_s": round(cold["lower_s"], 2),
-                     "compile_s": round(cold["compile_s"], 2), "programs": cold["programs_compiled"],
-                     "hlo_instructions": cold["hlo"]["instructions"], "dots": cold["hlo"]["dots"],
-                     "steady_s": round(cold["steady_s"], 2)}
+            brief = {
+                "setup": setup,
+                "family": family,
+                "first_call_s": round(cold["first_call_s"], 2),
+                "trace_s": round(cold["trace_s"], 2),
+                "lower_s": round(cold["lower_s"], 2),
+                "compile_s": round(cold["compile_s"], 2),
+                "programs": cold["programs_compiled"],
+                "hlo_instructions": cold["hlo"]["instructions"],
+                "dots": cold["hlo"]["dots"],
+                "steady_s": round(cold["steady_s"], 2),
+            }
             if warm:
-                brief.update(warm_first_call_s=round(warm["first_call_s"], 2), warm_compile_s=round(
-                    warm["compile_s"], 2), warm_cache_hits=warm["cache_hits"])
+                brief.update(
+                    warm_first_call_s=round(warm["first_call_s"], 2),
+                    warm_compile_s=round(warm["compile_s"], 2),
+                    warm_cache_hits=warm["cache_hits"],
+                )
             print(json.dumps(brief), flush=True)
-    result = {"benchmark": "compile_time", "device": device, "precision": args.precision, "tokens": T,
-              "stride": args.stride, "rows": rows}
-    path = write_json(out_dir / f"bench_compile_{device['platform']}.json", result)
+            write_json(path, result)  # after every row, so a run stopped early keeps what it measured
     print(f"wrote {path}")
 
 

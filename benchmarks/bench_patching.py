@@ -77,8 +77,7 @@ from jaxmech.patching import (  # noqa: E402
 from jaxmech.patching.pairs import Pair  # noqa: E402
 
 T = 128
-ALL_FAMILIES = ("block_every,head_all_pos_v,head_all_pos_z,head_by_pos_z,head_by_pos_pattern,path_to_score,"
-                "path_to_heads")
+ALL_FAMILIES = "block_every,head_all_pos_v,head_all_pos_z,head_by_pos_z,head_by_pos_pattern,path_to_score,path_to_heads"
 SMALL_SAMPLE_S = 2.0  # a PyTorch timing shorter than this (or of fewer than 32 sites) is flagged as noisy
 
 
@@ -91,7 +90,7 @@ def layer_flops(c: EncoderConfig, rows: int, key_rows: int, qkv_rows: int) -> fl
     """One block: q/k/v projections for ``qkv_rows`` rows (keys/values of every key row), attention and
     everything after it for ``rows`` query rows."""
     d, f = c.d_model, c.d_mlp
-    return (2 * 3 * qkv_rows * d * d + 2 * 2 * rows * key_rows * d + 2 * rows * d * d + 2 * 2 * rows * d * f)
+    return 2 * 3 * qkv_rows * d * d + 2 * 2 * rows * key_rows * d + 2 * rows * d * d + 2 * 2 * rows * d * f
 
 
 def full_forward_flops(c: EncoderConfig, n: int) -> float:
@@ -145,8 +144,14 @@ def path_to_heads_flops(c: EncoderConfig, n: int, layer: int, receiver_layer: in
     return stage1 + (c.n_layers - receiver_layer) * layer_flops(c, n, n, n) + 2 * d * d
 
 
-FAMILY_KIND = {"block_every": ("dirty", "row", "row"), "head_all_pos_v": ("global",), "head_all_pos_z": ("global",),
-               "head_by_pos_z": ("row",), "head_by_pos_pattern": ("row",), "path_to_score": ("frozen",)}
+FAMILY_KIND = {
+    "block_every": ("dirty", "row", "row"),
+    "head_all_pos_v": ("global",),
+    "head_all_pos_z": ("global",),
+    "head_by_pos_z": ("row",),
+    "head_by_pos_pattern": ("row",),
+    "path_to_score": ("frozen",),
+}
 
 
 def family_flops(c: EncoderConfig, n: int, family: str, result: np.ndarray) -> float:
@@ -353,8 +358,10 @@ def torch_rate(call, n_sites: int, repeats: int, torch_device: str, label: str, 
     rates = [n_sites / t for t in times]
     res = {"sites_timed": n_sites, "seconds": spread(times), "sites_per_s": spread(rates)}
     if np.median(times) < SMALL_SAMPLE_S or n_sites < 32:
-        msg = (f"{label}: small PyTorch sample ({n_sites} sites, {np.median(times):.2f} s per timing); its rate "
-               f"is noisy (raise --torch-sites)")
+        msg = (
+            f"{label}: small PyTorch sample ({n_sites} sites, {np.median(times):.2f} s per timing); its rate "
+            f"is noisy (raise --torch-sites)"
+        )
         res["warning"] = msg
         notes.append(msg)
         warnings.warn(msg, stacklevel=2)
@@ -382,8 +389,14 @@ def normalized(res) -> np.ndarray:
     return (np.asarray(res.patched[0], np.float64) - float(res.baseline_score[0])) / denom
 
 
-HEAD_AXIS = {"head_all_pos_v": 1, "head_all_pos_z": 1, "head_by_pos_z": 2, "head_by_pos_pattern": 1,
-             "path_to_score": 1, "path_to_heads": 1}
+HEAD_AXIS = {
+    "head_all_pos_v": 1,
+    "head_all_pos_z": 1,
+    "head_by_pos_z": 2,
+    "head_by_pos_pattern": 1,
+    "path_to_score": 1,
+    "path_to_heads": 1,
+}
 
 
 def top_heads(effect: np.ndarray, family: str, k: int = 10) -> set:
@@ -401,13 +414,19 @@ def precision_error(ours, ref, family: str) -> dict:
     e, r = normalized(ours), normalized(ref)
     m = np.isfinite(e) & np.isfinite(r)
     top_r, top_e = top_heads(r, family), top_heads(e, family)
-    return {"max_abs_normalized_effect_error": float(np.abs(e[m] - r[m]).max()),
-            "mean_abs_normalized_effect_error": float(np.abs(e[m] - r[m]).mean()),
-            "top10_agreement": len(top_r & top_e) / len(top_r),
-            "max_abs_normalized_effect_fp32": float(np.abs(r[m]).max())}
+    return {
+        "max_abs_normalized_effect_error": float(np.abs(e[m] - r[m]).max()),
+        "mean_abs_normalized_effect_error": float(np.abs(e[m] - r[m]).mean()),
+        "top10_agreement": len(top_r & top_e) / len(top_r),
+        "max_abs_normalized_effect_fp32": float(np.abs(r[m]).max()),
+    }
 
 
-def bench_setup(name: str, args, torch_device: str, rates: dict, notes: list) -> dict:
+def bench_setup(
+    name: str, args, torch_device: str, rates: dict, notes: list, setups: list, checkpoint=lambda: None
+) -> None:
+    """Every row of one setup, appended to ``setups`` as it is measured; ``checkpoint()`` is called after
+    each row (the caller writes what it has, so a run stopped early keeps its rows)."""
     from benchmarks.baselines.torch_hooks import BatchedTorchPatcher, TorchPatcher, torch_precision
 
     model, hf, pair, desc = setup(name, torch_device)
@@ -432,6 +451,17 @@ def bench_setup(name: str, args, torch_device: str, rates: dict, notes: list) ->
     }
     rows, fp32_results = [], {}
     attribution = {}
+    setups.append(
+        {
+            "setup": name,
+            "description": desc,
+            "n_layers": L,
+            "tokens": T,
+            "stride": args.stride,
+            "rows": rows,
+            "attribution_head_by_pos_z": attribution,
+        }
+    )
 
     def _bench_precision(precision, torch_mode, families):
         base_cache, src_cache = loop.cache(base_inputs), loop.cache(pert_inputs)
@@ -446,42 +476,62 @@ def bench_setup(name: str, args, torch_device: str, rates: dict, notes: list) ->
             n_sites = int(np.isfinite(result.patched).sum())
             jax_rates = [n_sites / t for t in times]
             steady = float(np.median(times))
-            row = {"family": family, "precision": precision, "torch_precision": torch_mode, "sites": n_sites,
-                   "jaxmech_sites_per_s": spread(jax_rates), "jaxmech_seconds": spread(times),
-                   "compile_s": max(first[0] - steady, 0.0), "first_call_s": first[0]}
+            row = {
+                "family": family,
+                "precision": precision,
+                "torch_precision": torch_mode,
+                "sites": n_sites,
+                "jaxmech_sites_per_s": spread(jax_rates),
+                "jaxmech_seconds": spread(times),
+                "compile_s": max(first[0] - steady, 0.0),
+                "first_call_s": first[0],
+            }
             r_max = receivers[0][0]
             sites = sample_sites(family, L, H, T, args.torch_sites, rng, r_max)
-            row["torch_loop"] = torch_rate(torch_call(loop, family, base_inputs, base_cache, src_cache,
-                                                      receivers, sites), len(sites), args.repeats,
-                                           torch_device, f"{label} loop", notes)
+            row["torch_loop"] = torch_rate(
+                torch_call(loop, family, base_inputs, base_cache, src_cache, receivers, sites),
+                len(sites),
+                args.repeats,
+                torch_device,
+                f"{label} loop",
+                notes,
+            )
             row["torch_batched"] = {}
             for b, p in batched.items():
                 bsites = sample_sites(family, L, H, T, b, rng, r_max)
                 row["torch_batched"][str(b)] = torch_rate(
-                    torch_call(p, family, base_inputs, base_cache, src_cache, receivers, bsites), len(bsites),
-                    args.repeats, torch_device, f"{label} batched B={b}", notes)
+                    torch_call(p, family, base_inputs, base_cache, src_cache, receivers, bsites),
+                    len(bsites),
+                    args.repeats,
+                    torch_device,
+                    f"{label} batched B={b}",
+                    notes,
+                )
             jr = row["jaxmech_sites_per_s"]["median"]
             row["speedup_over_loop"] = jr / row["torch_loop"]["sites_per_s"]["median"]
-            row["speedup_over_batched"] = {b: jr / v["sites_per_s"]["median"]
-                                           for b, v in row["torch_batched"].items()}
+            row["speedup_over_batched"] = {b: jr / v["sites_per_s"]["median"] for b, v in row["torch_batched"].items()}
             torch_per_site = fwd_flops * (2 if family == "path_to_heads" else 1)
             row["torch_flops_per_site"] = torch_per_site
             if family == "path_to_heads":
-                total = sum(np.isfinite(result.patched[0][layer]).sum()
-                            * path_to_heads_flops(cfg, T, layer, r_max) for layer in range(r_max))
+                total = sum(
+                    np.isfinite(result.patched[0][layer]).sum() * path_to_heads_flops(cfg, T, layer, r_max)
+                    for layer in range(r_max)
+                )
             else:
                 total = family_flops(cfg, T, family, result.patched[0])
             row["jaxmech_flops_per_site"] = total / n_sites
             row["flop_ratio_torch_over_jaxmech"] = torch_per_site / (total / n_sites)
             row["jaxmech_achieved_flops"] = total / steady
             row["jaxmech_fraction_of_matmul_rate"] = total / steady / rates[precision]["jax_best_flops"]
-            best_b = max(row["torch_batched"], key=lambda b: row["torch_batched"][b]["sites_per_s"]["median"],
-                         default=None)
+            best_b = max(
+                row["torch_batched"], key=lambda b: row["torch_batched"][b]["sites_per_s"]["median"], default=None
+            )
             if best_b is not None:
                 t_rate = row["torch_batched"][best_b]["sites_per_s"]["median"]
                 row["torch_batched_achieved_flops"] = t_rate * torch_per_site
-                row["torch_batched_fraction_of_matmul_rate"] = (t_rate * torch_per_site
-                                                                / rates[precision]["torch_best_flops"])
+                row["torch_batched_fraction_of_matmul_rate"] = (
+                    t_rate * torch_per_site / rates[precision]["torch_best_flops"]
+                )
             row["memory"] = peak_memory()
             if precision == "fp32":
                 fp32_results[family] = result
@@ -489,10 +539,21 @@ def bench_setup(name: str, args, torch_device: str, rates: dict, notes: list) ->
                 row["error_vs_fp32"] = precision_error(result, fp32_results[family], family)
             rows.append(row)
             print(json.dumps(brief(name, row)), flush=True)
+            checkpoint()
         if "head_by_pos_z" in families:
             attribution[precision] = attribution_row(model, batch, runs["head_by_pos_z"], args.repeats)
-            print(json.dumps({"setup": name, "precision": precision, "attribution_head_by_pos_z": {
-                k: v for k, v in attribution[precision].items() if k != "seconds"}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "setup": name,
+                        "precision": precision,
+                        "attribution_head_by_pos_z": {
+                            k: v for k, v in attribution[precision].items() if k != "seconds"
+                        },
+                    }
+                ),
+                flush=True,
+            )
 
     for precision in args.precisions:
         families = args.families if precision == "fp32" else [f for f in args.families if f in args.fast_families]
@@ -504,8 +565,7 @@ def bench_setup(name: str, args, torch_device: str, rates: dict, notes: list) ->
             notes.append(msg)
             rows.append({"precision": precision, "error": msg})
             print(msg, flush=True)
-    return {"setup": name, "description": desc, "n_layers": L, "tokens": T, "stride": args.stride, "rows": rows,
-            "attribution_head_by_pos_z": attribution}
+            checkpoint()
 
 
 def attribution_row(model, batch, exact_run, repeats: int) -> dict:
@@ -517,21 +577,30 @@ def attribution_row(model, batch, exact_run, repeats: int) -> dict:
     rate = n_all / float(np.median(times))
     n_exact = int(np.isfinite(exact.patched).sum())
     m = np.isfinite(exact.patched)
-    return {"sites": n_all, "sites_per_s": rate, "seconds": spread(times),
-            "speedup_over_exact_head_by_pos": rate / (n_exact / exact_times[0]),
-            "pearson_with_exact": float(np.corrcoef(est.patched[m], exact.patched[m])[0, 1])}
+    return {
+        "sites": n_all,
+        "sites_per_s": rate,
+        "seconds": spread(times),
+        "speedup_over_exact_head_by_pos": rate / (n_exact / exact_times[0]),
+        "pearson_with_exact": float(np.corrcoef(est.patched[m], exact.patched[m])[0, 1]),
+    }
 
 
 def brief(setup_name: str, row: dict) -> dict:
     """One printed line per row."""
-    out = {"setup": setup_name, "family": row["family"], "precision": row["precision"], "sites": row["sites"],
-           "jaxmech_sites_per_s": round(row["jaxmech_sites_per_s"]["median"], 1),
-           "spread": round(row["jaxmech_sites_per_s"]["rel_spread"] or 0, 3),
-           "loop_sites_per_s": round(row["torch_loop"]["sites_per_s"]["median"], 1),
-           "x_loop": round(row["speedup_over_loop"], 2),
-           "x_batched": {b: round(v, 2) for b, v in row["speedup_over_batched"].items()},
-           "compile_s": round(row["compile_s"], 2),
-           "frac_matmul": round(row["jaxmech_fraction_of_matmul_rate"], 3)}
+    out = {
+        "setup": setup_name,
+        "family": row["family"],
+        "precision": row["precision"],
+        "sites": row["sites"],
+        "jaxmech_sites_per_s": round(row["jaxmech_sites_per_s"]["median"], 1),
+        "spread": round(row["jaxmech_sites_per_s"]["rel_spread"] or 0, 3),
+        "loop_sites_per_s": round(row["torch_loop"]["sites_per_s"]["median"], 1),
+        "x_loop": round(row["speedup_over_loop"], 2),
+        "x_batched": {b: round(v, 2) for b, v in row["speedup_over_batched"].items()},
+        "compile_s": round(row["compile_s"], 2),
+        "frac_matmul": round(row["jaxmech_fraction_of_matmul_rate"], 3),
+    }
     if "error_vs_fp32" in row:
         out["err"] = {k: round(v, 6) for k, v in row["error_vs_fp32"].items()}
     return out
@@ -540,9 +609,13 @@ def brief(setup_name: str, row: dict) -> dict:
 def device_info() -> dict:
     import torch
 
-    return {**runtime.describe_device(), "load_average_1min": os.getloadavg()[0],
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "torch_cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        **runtime.describe_device(),
+        "load_average_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def main(argv=None):
@@ -550,17 +623,27 @@ def main(argv=None):
     p.add_argument("--setups", default="l12,l6")
     p.add_argument("--families", default=ALL_FAMILIES)
     p.add_argument("--precisions", default="fp32,tf32,bf16x3,bf16", help="fp32 always runs first")
-    p.add_argument("--fast-families", default="head_by_pos_z,head_all_pos_v",
-                   help="families measured in the fast precisions")
-    p.add_argument("--stride", type=int, default=None,
-                   help="patch every STRIDE-th position in per-position families (default 32 on CPU, 1 on GPU)")
-    p.add_argument("--torch-sites", type=int, default=None, help="sites timed for the PyTorch loop (default 48 on "
-                   "CPU, 400 on GPU)")
-    p.add_argument("--batch-sizes", default=None, help="B of the batched PyTorch baseline, comma-separated "
-                   "(default 128 on CPU, 128,512 on GPU)")
+    p.add_argument(
+        "--fast-families", default="head_by_pos_z,head_all_pos_v", help="families measured in the fast precisions"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="patch every STRIDE-th position in per-position families (default 32 on CPU, 1 on GPU)",
+    )
+    p.add_argument(
+        "--torch-sites", type=int, default=None, help="sites timed for the PyTorch loop (default 48 on CPU, 400 on GPU)"
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="B of the batched PyTorch baseline, comma-separated (default 128 on CPU, 128,512 on GPU)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timings per measurement (median and spread reported)")
-    p.add_argument("--big-matmul", type=int, default=None, help="cube side of the matmul rate (default 2048 on "
-                   "CPU, 8192 on GPU)")
+    p.add_argument(
+        "--big-matmul", type=int, default=None, help="cube side of the matmul rate (default 2048 on CPU, 8192 on GPU)"
+    )
     p.add_argument("--out", default=None, help="folder for the JSON (default: a new benchmarks/results/runs/<time>)")
     args = p.parse_args(argv)
     info = device_info()
@@ -586,12 +669,21 @@ def main(argv=None):
     info["torch_device"] = torch_device
     rates = {q: matmul_rates(q, torch_device, args.big_matmul or (8192 if gpu else 2048)) for q in args.precisions}
     print(json.dumps(info), json.dumps(rates), flush=True)
-    result = {"benchmark": "patch_throughput", "device": info, "matmul": rates, "notes": notes,
-              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "setups": []}
+    result = {
+        "benchmark": "patch_throughput",
+        "device": info,
+        "matmul": rates,
+        "notes": notes,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "setups": [],
+    }
+    path = out_dir / f"bench_patching_{info['platform']}.json"
     for name in args.setups.split(","):
-        result["setups"].append(bench_setup(name, args, torch_device, rates, notes))
+        bench_setup(
+            name, args, torch_device, rates, notes, result["setups"], checkpoint=lambda: write_json(path, result)
+        )
     result["load_average_1min_end"] = os.getloadavg()[0]
-    path = write_json(out_dir / f"bench_patching_{info['platform']}.json", result)
+    write_json(path, result)
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {path}")

@@ -46,8 +46,13 @@ def write_json(path: Path, obj) -> Path:
 def spread(values: list[float]) -> dict:
     """Median, min, max and relative spread ((max - min) / median) of repeated measurements."""
     med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values), "n": len(values),
-            "rel_spread": (max(values) - min(values)) / med if med else None}
+    return {
+        "median": med,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "rel_spread": (max(values) - min(values)) / med if med else None,
+    }
 
 
 def repeat(fn: Callable[[], object], n: int) -> tuple[object, list[float]]:
