@@ -4,13 +4,18 @@
     python benchmarks/bench_compile.py --setups l6,l12 --families head_by_pos_z,block_every
     python benchmarks/bench_compile.py --out benchmarks/results  # the committed results (explicitly)
 
-Each (setup, family) runs in a fresh Python process so that nothing is compiled beforehand, first with an
-empty persistent compilation cache (``cold``: what a user's first call costs) and then again in a new process
-over the same cache folder (``warm``: what a rerun costs). The child process records JAX's own compile events
-per program (``jaxpr_trace``: Python tracing to a jaxpr; ``lower``: jaxpr to StableHLO; ``compile``: XLA
-compilation, or loading from the cache) and the cache hits, dumps the XLA programs after optimisation
-(``--xla_dump_to``) and counts their instructions, dots (matmuls, including library calls) and fusions, and
-times the first call (everything) and the second (steady state).
+Each (setup, family) runs in fresh Python processes so that nothing is compiled beforehand: first with an
+empty persistent compilation cache (``cold``: what a user's first call costs), then again over the same cache
+folder (``warm``: what a rerun costs), then once more without the cache and with XLA's dumps on (``hlo``:
+only for counting the instructions, dots (matmuls, including library calls) and fusions of every program
+XLA compiled; its times include the dumping and are not reported). The measured processes record JAX's own
+compile events per program (``jaxpr_trace``: Python tracing to a jaxpr; ``lower``: jaxpr to StableHLO;
+``compile``: XLA compilation, or loading from the cache) and the cache hits, and time the first call
+(everything) and the second (steady state).
+
+``--baseline-checkout DIR`` measures another checkout's jaxmech (e.g. an older commit, extracted with
+``git archive``) the same way, each of its runs right after the current one's, so that both see the same
+machine load; rows then carry ``baseline`` results beside the current ones.
 
 Setups: ``l6`` (MiniLM-L6-H384 shapes) and ``l12`` (the exact ms-marco-MiniLM-L-12-v2 shapes); random weights
 (compile time does not depend on values), one TFC1-shaped pair of 128 tokens. ``--precision`` compiles in one
@@ -37,6 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if os.environ.get("BENCH_JAXMECH_PATH"):  # a child measuring another checkout's jaxmech (--baseline-checkout)
+    sys.path.insert(0, os.environ["BENCH_JAXMECH_PATH"])
 
 from benchmarks.common import fresh_out_dir, write_json  # noqa: E402
 
@@ -149,6 +156,16 @@ def _count_hlo(dump: Path) -> dict:
     }
 
 
+def _runtime():
+    """`jaxmech.runtime` of this checkout (a measured older checkout may not have it; it needs only jax)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_runtime", REPO / "jaxmech" / "runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def child(args) -> None:
     import jax
 
@@ -166,7 +183,9 @@ def child(args) -> None:
         lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
     )
 
-    from jaxmech import runtime
+    runtime = _runtime()
+    if os.environ.get("JAXMECH_COMPILATION_CACHE", "1") != "0":  # the same cache settings for any checkout
+        runtime.enable_compilation_cache(Path(os.environ["JAXMECH_CACHE"]) / "xla")
     from jaxmech.patching import batch_pairs
 
     model = _model(args.setup)
@@ -211,8 +230,11 @@ def child(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_child(setup: str, family: str, cache_dir: Path, args, dump: bool) -> dict:
+def run_child(setup: str, family: str, cache_dir: Path, args, dump: bool, jaxmech_path: Path = REPO) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAXMECH_CACHE": str(cache_dir)}
+    env["BENCH_JAXMECH_PATH"] = str(jaxmech_path)
+    if dump:
+        env["JAXMECH_COMPILATION_CACHE"] = "0"
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if args.xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
@@ -260,6 +282,12 @@ def main(argv=None) -> None:
         help="extra XLA_FLAGS for the measured processes (e.g. --xla_gpu_autotune_level=0), recorded in the JSON",
     )
     p.add_argument("--tag", default="", help="suffix of the JSON file name (for variants)")
+    p.add_argument(
+        "--baseline-checkout",
+        default=None,
+        help="another checkout whose jaxmech is measured the same "
+        "way, interleaved (before/after comparisons under the same load)",
+    )
     p.add_argument("--out", default=None, help="folder for the JSON (default: a new benchmarks/results/runs/<time>)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -288,32 +316,45 @@ def main(argv=None) -> None:
         "rows": rows,
     }
     path = out_dir / f"bench_compile_{device['platform']}{'_' + args.tag if args.tag else ''}.json"
+    checkouts = {"current": REPO}
+    if args.baseline_checkout:
+        checkouts["baseline"] = Path(args.baseline_checkout).resolve()
+        result["baseline_checkout"] = str(checkouts["baseline"])
     for setup in args.setups.split(","):
         for family in args.families.split(","):
-            with tempfile.TemporaryDirectory() as cache:
-                cold = run_child(setup, family, Path(cache), args, dump=True)
-                warm = None if args.no_warm else run_child(setup, family, Path(cache), args, dump=False)
-            row = {"setup": setup, "family": family, "cold": cold, "warm": warm}
+            row = {"setup": setup, "family": family}
+            for which, root in checkouts.items():
+                with tempfile.TemporaryDirectory() as cache:
+                    cold = run_child(setup, family, Path(cache), args, dump=False, jaxmech_path=root)
+                    warm = (
+                        None
+                        if args.no_warm
+                        else run_child(setup, family, Path(cache), args, dump=False, jaxmech_path=root)
+                    )
+                with tempfile.TemporaryDirectory() as cache:
+                    hlo = run_child(setup, family, Path(cache), args, dump=True, jaxmech_path=root)["hlo"]
+                row[which] = {"cold": cold, "warm": warm, "hlo": hlo}
+                brief = {
+                    "setup": setup,
+                    "family": family,
+                    "jaxmech": which,
+                    "first_call_s": round(cold["first_call_s"], 2),
+                    "trace_s": round(cold["trace_s"], 2),
+                    "lower_s": round(cold["lower_s"], 2),
+                    "compile_s": round(cold["compile_s"], 2),
+                    "programs": cold["programs_compiled"],
+                    "hlo_instructions": hlo["instructions"],
+                    "dots": hlo["dots"],
+                    "steady_s": round(cold["steady_s"], 2),
+                }
+                if warm:
+                    brief.update(
+                        warm_first_call_s=round(warm["first_call_s"], 2),
+                        warm_compile_s=round(warm["compile_s"], 2),
+                        warm_cache_hits=warm["cache_hits"],
+                    )
+                print(json.dumps(brief), flush=True)
             rows.append(row)
-            brief = {
-                "setup": setup,
-                "family": family,
-                "first_call_s": round(cold["first_call_s"], 2),
-                "trace_s": round(cold["trace_s"], 2),
-                "lower_s": round(cold["lower_s"], 2),
-                "compile_s": round(cold["compile_s"], 2),
-                "programs": cold["programs_compiled"],
-                "hlo_instructions": cold["hlo"]["instructions"],
-                "dots": cold["hlo"]["dots"],
-                "steady_s": round(cold["steady_s"], 2),
-            }
-            if warm:
-                brief.update(
-                    warm_first_call_s=round(warm["first_call_s"], 2),
-                    warm_compile_s=round(warm["compile_s"], 2),
-                    warm_cache_hits=warm["cache_hits"],
-                )
-            print(json.dumps(brief), flush=True)
             write_json(path, result)  # after every row, so a run stopped early keeps what it measured
     print(f"wrote {path}")
 
