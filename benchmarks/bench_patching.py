@@ -644,9 +644,26 @@ def main(argv=None):
     p.add_argument(
         "--big-matmul", type=int, default=None, help="cube side of the matmul rate (default 2048 on CPU, 8192 on GPU)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for both libraries (PyTorch's "
+        "set_num_threads; 1 also makes XLA:CPU single-threaded); default: each library's own. On a "
+        "machine busy with other work, PyTorch's default OpenMP threads slow down many-fold while "
+        "XLA's do not; --threads 1 keeps the comparison like for like there",
+    )
     p.add_argument("--out", default=None, help="folder for the JSON (default: a new benchmarks/results/runs/<time>)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.threads == 1:  # before JAX starts its CPU backend
+            flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
     info = device_info()
+    info["threads"] = args.threads
     gpu = info["platform"] != "cpu"
     args.families = args.families.split(",")
     args.fast_families = args.fast_families.split(",")
@@ -666,6 +683,13 @@ def main(argv=None):
     notes = [warning] if warning else []
     if not gpu:
         notes.append("CPU: XLA and PyTorch compute every precision mode in fp32, so the fast modes equal fp32 here")
+        if info["load_average_1min"] > (info["cpu_count"] or 1) and args.threads is None:
+            msg = (
+                f"the machine is busy (load average {info['load_average_1min']:.1f} on {info['cpu_count']} "
+                "cores): PyTorch's default threads slow down many-fold under contention; use --threads 1"
+            )
+            notes.append(msg)
+            warnings.warn(msg, stacklevel=1)
     info["torch_device"] = torch_device
     rates = {q: matmul_rates(q, torch_device, args.big_matmul or (8192 if gpu else 2048)) for q in args.precisions}
     print(json.dumps(info), json.dumps(rates), flush=True)
