@@ -29,10 +29,11 @@ This module never imports torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -92,12 +93,26 @@ def jax_precision(name: str | None, platform: str | None = None) -> str:
     return (PRECISIONS if platform in ("gpu", "cuda", "rocm") else PRECISION_LEVELS)[checked]
 
 
+def resolve_precision(name: str | None) -> Precision:
+    """A precision name, or for None the one in effect: an enclosing `precision` context's (or a jaxmech
+    name set through JAX's own configuration), else the default ``"fp32"`` (never JAX's unset default,
+    which is TF32 on GPUs).
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if name is not None:
+        return check_precision(name)
+    current = current_precision()
+    return current if current in PRECISIONS else DEFAULT_PRECISION  # type: ignore[return-value]
+
+
 @contextlib.contextmanager
 def precision(name: str | None = DEFAULT_PRECISION) -> Iterator[Precision]:
     """Runs the enclosed JAX code (tracing and compilation) with this matmul precision.
 
     Args:
-        name: A name from `PRECISIONS` (None: the default, ``"fp32"``).
+        name: A name from `PRECISIONS` (None: the one in effect, see `resolve_precision`).
 
     Yields:
         The validated name.
@@ -109,9 +124,23 @@ def precision(name: str | None = DEFAULT_PRECISION) -> Iterator[Precision]:
         >>> with precision("tf32"):
         ...     res = activation_patch(model, batch, "head_by_pos_z")
     """
-    checked = check_precision(name)
+    checked = resolve_precision(name)
     with jax.default_matmul_precision(jax_precision(checked)):
         yield checked
+
+
+def with_precision(fn: Callable) -> Callable:
+    """Gives a JAX entry point a ``precision`` keyword: a name from `PRECISIONS`, or None (the default) for
+    the one in effect (`resolve_precision`: an enclosing call's, else ``"fp32"``). The name is checked before
+    anything runs, and the call is traced and compiled with that matmul precision."""
+    _context = precision
+
+    @functools.wraps(fn)
+    def wrapper(*args, precision: str | None = None, **kwargs):
+        with _context(precision):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def current_precision() -> str:

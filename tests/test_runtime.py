@@ -95,6 +95,31 @@ def test_every_mode_runs_a_model_forward_and_equals_fp32_on_cpu(tiny_model):
             np.testing.assert_array_equal(s, scores["fp32"], err_msg=name)
 
 
+def test_with_precision_sets_checks_and_inherits():
+    calls = []
+
+    @runtime.with_precision
+    def entry(x):
+        """An entry point."""
+        calls.append(runtime.current_precision())
+        return _dot_lines(lambda a: a @ a, x)
+
+    @runtime.with_precision
+    def outer(x):
+        return entry(x)  # no precision given: inherits the caller's
+
+    a = jnp.ones((4, 4), jnp.float32)
+    assert all("[HIGHEST, HIGHEST]" in line for line in entry(a))  # default fp32, not JAX's default
+    assert all("[HIGHEST, HIGHEST]" in line for line in entry(a, precision="fp32"))
+    level = runtime.jax_precision("tf32")
+    expected = GPU_LOWERED["tf32"] if jax.default_backend() == "gpu" else LEVEL_LOWERED[level]
+    assert all(expected in line for line in outer(a, precision="tf32"))
+    assert calls == ["fp32", "fp32", "tf32"] and entry.__doc__ == "An entry point."
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        entry(a, precision="fp16")
+    assert len(calls) == 3  # refused before the entry point ran
+
+
 @pytest.mark.parametrize("bad", ["fp16", "highest", "", "FP32", 32])
 def test_unknown_precision_is_refused_listing_the_valid_names(bad):
     with pytest.raises(ValueError) as err, runtime.precision(bad):
