@@ -210,7 +210,7 @@ class ComponentsToHeadsKernel(Kernel):
 
 
 def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, chunk_size: int | None = None,
-                  mesh=None, query_embedding=None) -> SweepResult:
+                  mesh=None, query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head to the score (E4). Result ``[pair, layer, head]``.
 
     Args:
@@ -220,11 +220,12 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         chunk_size: Items per vmapped step.
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
     """
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
     out = run_kernel(PathToScoreKernel(), model, prep, prep.data("z"), per_pos=False, per_head=True,
-                     chunk_size=chunk_size, mesh=mesh)
+                     chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     return SweepResult.from_prepared("path_to_score", out[:, :, 0, :], prep)
 
 
@@ -236,7 +237,7 @@ def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
 
 def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                   reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                  query_embedding=None) -> SweepResult:
+                  query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head below the last receiver layer to receiver heads' ``q``/``k``/``v`` (E5).
 
     Args:
@@ -248,6 +249,7 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
         chunk_size: Items per vmapped step.
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
@@ -256,13 +258,15 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
     out = run_kernel(PathToHeadsKernel(by_layer, receiver_input), model, prep, prep.data("z"), per_pos=False,
-                     per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh)
+                     per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+                     steps_per_call=steps_per_call)
     return SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
 
 
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                             query_embedding=None, positions=None) -> SweepResult:
+                             query_embedding=None, positions=None, steps_per_call: int | None = None
+                             ) -> SweepResult:
     """Path patching from ``resid_pre``/``attn_out``/``mlp_out`` at each layer and position to receiver
     heads' inputs (E6, without the reference code's double patch; see the module docstring).
 
@@ -276,6 +280,7 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
         positions: Patch only these positions (others stay NaN).
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
@@ -287,7 +292,7 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     for site in COMPONENTS:
         out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep, prep.data(site),
                          per_pos=True, per_head=False, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
-                         positions=positions)
+                         positions=positions, steps_per_call=steps_per_call)
         comps.append(out[:, :r_max, :, 0])
     return SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
 
@@ -296,21 +301,24 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
 
 
 def run_path_to_score(model, batch, family: Family, *, reverse=False, chunk_size=None, query_embedding=None,
-                      mesh=None, **_options) -> SweepResult:
+                      mesh=None, steps_per_call=None, **_options) -> SweepResult:
     """Runner of ``path_to_score`` (receiver options are not used)."""
     return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                         query_embedding=query_embedding)
+                         query_embedding=query_embedding, steps_per_call=steps_per_call)
 
 
 def run_path_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                      chunk_size=None, query_embedding=None, mesh=None, **_options) -> SweepResult:
+                      chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                      **_options) -> SweepResult:
     """Runner of ``path_to_heads``."""
     return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
-                         mesh=mesh, query_embedding=query_embedding)
+                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call)
 
 
 def run_path_components_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                                 chunk_size=None, query_embedding=None, mesh=None, **_options) -> SweepResult:
+                                 chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                                 **_options) -> SweepResult:
     """Runner of ``path_components_to_heads``."""
     return path_components_to_heads(model, batch, receivers, receiver_input, reverse=reverse,
-                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding)
+                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding,
+                                    steps_per_call=steps_per_call)

@@ -101,6 +101,7 @@ def run_patching(
     chunk_size: int | None = None,
     min_denominator: float = 1e-3,
     pairs_per_chunk: int | None = None,
+    steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
     mesh=None,
 ) -> PatchingResult:
@@ -123,8 +124,12 @@ def run_patching(
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         chunk_size: Sites per vmapped step (default: from free device memory).
         min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this.
-        pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket; smaller chunks
-            give more progress calls and may round differently in the last bits).
+        pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
+            bucket then has exactly this many pairs (the last filled with inert pairs that run nothing), so
+            with ``steps_per_call`` each family compiles once per bucket. Smaller chunks give more progress
+            calls and may round differently in the last bits.
+        steps_per_call: Run sites in calls of a fixed ``steps_per_call x chunk_size`` (see
+            `jaxmech.patching.program.run_kernel`).
         progress: Called with a `Progress` after each chunk.
         mesh: Devices to shard sites over (default: every local device).
 
@@ -162,26 +167,30 @@ def run_patching(
     flagged = np.zeros(len(pairs), bool)
     done = np.zeros(len(pairs), bool)
     options = dict(method=method, reverse=reverse, chunk_size=chunk_size, receivers=receivers,
-                   receiver_input=receiver_input, mesh=mesh)
+                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call)
     metric_kw = {"min_denominator": min_denominator} if metric == "normalized" else {}
     t0 = time.perf_counter()
     stopped = False
     for k, (T, idx) in enumerate(chunks):
-        batch = batch_pairs([pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=T)
+        batch = batch_pairs([pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=T,
+                            n_pairs=pairs_per_chunk)
+        n = len(idx)
         qe = None
         if not model.pair_input:  # the patched run is the document's; the score compares with the query's
-            enc = tok.encode_texts([pairs[i].query for i in idx])
+            queries = [pairs[i].query for i in idx]
+            enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
         for fam in fams:
             res = fam.run(model, batch, query_embedding=qe, **options)
-            values = apply_metric(metric, res.patched, res.baseline_score, res.perturbed_score, **metric_kw)
-            for store, v in ((effects, values.values), (raw, res.patched)):
+            patched, base, pert = res.patched[:n], res.baseline_score[:n], res.perturbed_score[:n]
+            values = apply_metric(metric, patched, base, pert, **metric_kw)
+            for store, v in ((effects, values.values), (raw, patched)):
                 if fam.name not in store:
                     shape = [T_max if c == "p" else s for c, s in zip(fam.full_layout, v.shape[1:], strict=True)]
                     store[fam.name] = np.full((len(pairs), *shape), np.nan, np.float32)
                 sl = tuple(slice(0, s) for s in v.shape[1:])
                 store[fam.name][(np.asarray(idx), *sl)] = v
-            score_b[idx], score_p[idx] = res.baseline_score, res.perturbed_score
+            score_b[idx], score_p[idx] = base, pert
             flagged[idx] |= values.flagged
         done[idx] = True
         if progress is not None:
