@@ -143,7 +143,7 @@ BAD_BEFORE_LOADING = [
     (["--family", "block_every", "--out", "."], "is a directory"),
     (["--family", "block_every", "--out", "afile/x.npz"], "afile is a file, not a folder"),
     (["--family", "block_every", "--out", "exists.npz"], "exists.npz exists; pass --overwrite"),
-    (["--family", "block_every", "--dataset", "missing.jsonl"], "--dataset missing.jsonl: file not found"),
+    (["--family", "block_every", "--dataset", "missing.jsonl"], "missing.jsonl: dataset file not found"),
     (["--out", "x.npz"], "the following arguments are required: --family"),
 ]
 

@@ -384,9 +384,9 @@ def patch(
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input") if k in options})
     if out is not None:
         check_output(out, overwrite=overwrite)
-    for name, path in (("--dataset", dataset), ("--triples", triples)):
+    for what, path in (("dataset", dataset), ("triples", triples)):
         if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{name} {path}: file not found")
+            raise FileNotFoundError(f"{path}: {what} file not found")
     from jaxmech.loading import load_model
     from jaxmech.patching.inputs import read_pairs
 
