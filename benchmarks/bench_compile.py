@@ -82,7 +82,10 @@ def _model(setup: str):
 def _pair(vocab: int, n: int = T):
     import numpy as np
 
-    from jaxmech.patching.pairs import Pair
+    try:
+        from jaxmech.data.records import AlignedPair as Pair
+    except ImportError:  # a checkout from before the one pair type (--baseline-checkout)
+        from jaxmech.patching.pairs import Pair
 
     rng = np.random.RandomState(0)
     q = list(rng.randint(1000, vocab, 6))

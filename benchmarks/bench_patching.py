@@ -67,6 +67,7 @@ from benchmarks.common import fresh_out_dir, repeat, spread, write_json  # noqa:
 from jaxmech import runtime  # noqa: E402
 from jaxmech.config import EncoderConfig  # noqa: E402
 from jaxmech.convert import from_hf_state_dict  # noqa: E402
+from jaxmech.data.records import AlignedPair as Pair  # noqa: E402
 from jaxmech.patching import (  # noqa: E402
     activation_patch,
     attribution_patch,
@@ -74,7 +75,6 @@ from jaxmech.patching import (  # noqa: E402
     path_to_heads,
     path_to_score,
 )
-from jaxmech.patching.pairs import Pair  # noqa: E402
 
 T = 128
 ALL_FAMILIES = "block_every,head_all_pos_v,head_all_pos_z,head_by_pos_z,head_by_pos_pattern,path_to_score,path_to_heads"
@@ -230,7 +230,7 @@ def setup(name: str, torch_device: str):
 
     from jaxmech.config import MINILM_L12_H384
     from jaxmech.loading import load_model
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     tok_path = packaged_path()
     tokenizer = PairTokenizer.from_pretrained(tok_path) if tok_path is not None else None

@@ -30,9 +30,10 @@ from flax import nnx
 
 from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
-from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+from jaxmech.io import atomic_write, resolve_model_path
+from jaxmech.model import HookedEncoder, PoolingConfig
 from jaxmech.runtime import cache_root
-from jaxmech.tokenize import PairTokenizer
+from jaxmech.tokenizer import PairTokenizer
 
 CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
 _REPORT_KEY = "jaxmech_conversion_report"
@@ -71,19 +72,9 @@ class LoadedModel:
 # Locating a folder
 # --------------------------------------------------------------------------------------------------------------
 
-_HUB_FILES = [
-    "config.json",
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model.bin",
-    "*.txt",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "modules.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "1_Pooling/*",
-]
+_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
+              "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
+              "sentence_bert_config.json", "1_Pooling/*"]
 
 
 def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
@@ -106,11 +97,9 @@ def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Pat
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
         raise ModelNotFoundError(f"{text!r} is not a local folder and huggingface_hub is not installed") from err
-    how = (
-        f"{text!r} is not a local folder and is not in the Hugging Face cache. Download it once with "
-        f"`huggingface-cli download {text}` on a machine that is online, or pass a local folder "
-        f"(--model /path/to/folder with config.json and model.safetensors)."
-    )
+    how = (f"{text!r} is not a local folder and is not in the Hugging Face cache. Download it once with "
+           f"`huggingface-cli download {text}` on a machine that is online, or pass a local folder "
+           f"(--model /path/to/folder with config.json and model.safetensors).")
     try:
         return Path(snapshot_download(text, allow_patterns=_HUB_FILES, local_files_only=True))
     except Exception:  # noqa: BLE001 - any cache miss falls through to the online attempt
@@ -153,7 +142,8 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / "pytorch_model.bin").exists():
         return [folder / "pytorch_model.bin"]
     raise WeightsError(
-        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or "
+        f"pytorch_model.bin)"
     )
 
 
@@ -205,7 +195,7 @@ def read_pooling(folder: Path) -> PoolingConfig | None:
         return None
     cfg_file = folder / pooling.get("path", "1_Pooling") / "config.json"
     pcfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {"pooling_mode_mean_tokens": True}
-    modes = [k[len("pooling_mode_") :] for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
+    modes = [k[len("pooling_mode_"):] for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
     mapping = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
     if len(modes) != 1 or modes[0] not in mapping:
         raise ValueError(f"{cfg_file}: pooling modes {modes} are not supported (one of {list(mapping)})")
@@ -248,10 +238,8 @@ def _cache_key(files: list[Path], kind: str, extra: str) -> str:
 
 def flat_params(model: HookedEncoder) -> dict[str, np.ndarray]:
     """Parameters as a flat ``{"blocks.attn.W_Q": array}`` dict (stacked layers keep their layer axis)."""
-    return {
-        ".".join(map(str, path)): np.asarray(var.get_value())
-        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
+    return {".".join(map(str, path)): np.asarray(var.get_value())
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> HookedEncoder:
@@ -266,30 +254,12 @@ def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> Hooke
     return nnx.merge(graphdef, nnx.from_flat_state(new))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _usual_permissions(folder: Path) -> None:
     """Gives a folder tree the permissions of newly created files and folders under the umask."""
-    mask = _umask()
+    mask = os.umask(0)
+    os.umask(mask)
     for p in [folder, *folder.rglob("*")]:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,6 +277,7 @@ def load_model(
     max_length: int | None = None,
     truncation: str = "longest_first",
     tokenizer_path: str | Path | None = None,
+    require_tokenizer: bool = False,
 ) -> LoadedModel:
     """Loads a cross- or bi-encoder and its tokenizer.
 
@@ -320,6 +291,7 @@ def load_model(
         max_length: Tokenizer maximum length (default: the tokenizer's, capped at 512 and ``n_ctx``).
         truncation: See `PairTokenizer`.
         tokenizer_path: Folder to take the tokenizer from (default: the model folder).
+        require_tokenizer: Fail if there is no tokenizer (instead of returning ``tokenizer=None``).
 
     Returns:
         A `LoadedModel`.
@@ -328,7 +300,7 @@ def load_model(
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: With the folder or file
             named in the message.
     """
-    folder = resolve_model_dir(path_or_id)
+    folder = resolve_model_dir(resolve_model_path(path_or_id))
     config_file = folder / "config.json"
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
@@ -360,28 +332,24 @@ def load_model(
     if not from_cache:
         state = read_state_dict(files)
         model, report = from_hf_state_dict(
-            state,
-            cfg,
-            kind,
-            pooling=pooling,
-            score_label=score_label,
-            init_missing_head_seed=init_missing_head_seed,
-            source=", ".join(str(f) for f in files),
+            state, cfg, kind, pooling=pooling, score_label=score_label,
+            init_missing_head_seed=init_missing_head_seed, source=", ".join(str(f) for f in files),
         )
         if use_cache:
             from safetensors.numpy import save_file
 
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
                 meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
-                _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
+                atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
     limit = min(cfg.n_ctx, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
     has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
     if tokenizer_path and not has_tokenizer:
         raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
-    tokenizer = (
-        PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation) if has_tokenizer else None
-    )
+    if require_tokenizer and not has_tokenizer:
+        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
+    tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
+                 if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
 
 
@@ -397,36 +365,26 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        is_cross = isinstance(model, CrossEncoder)
-        arch = "BertForSequenceClassification" if is_cross else "BertModel"
+        arch = "BertForSequenceClassification" if model.kind == "cross" else "BertModel"
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if isinstance(model, BiEncoder):
+        if model.kind == "bi":
             p = model.pooling
             (tmp / "1_Pooling").mkdir()
-            (tmp / "1_Pooling" / "config.json").write_text(
-                json.dumps(
-                    {
-                        "word_embedding_dimension": model.cfg.d_model,
-                        "pooling_mode_cls_token": p.mode == "cls",
-                        "pooling_mode_mean_tokens": p.mode == "mean",
-                        "pooling_mode_max_tokens": p.mode == "max",
-                    },
-                    indent=2,
-                )
-            )
-            modules = [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            ]
+            (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+                "word_embedding_dimension": model.cfg.d_model,
+                "pooling_mode_cls_token": p.mode == "cls",
+                "pooling_mode_mean_tokens": p.mode == "mean",
+                "pooling_mode_max_tokens": p.mode == "max",
+            }, indent=2))
+            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
             if p.normalize:
-                modules.append(
-                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-                )
+                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                                "type": "sentence_transformers.models.Normalize"})
             (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
             (tmp / "config_sentence_transformers.json").write_text(
-                json.dumps({"similarity_fn_name": p.similarity}, indent=2)
-            )
+                json.dumps({"similarity_fn_name": p.similarity}, indent=2))
         if tokenizer is not None:
             tokenizer.hf.save_pretrained(str(tmp))
         if folder.exists():

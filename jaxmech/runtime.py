@@ -23,7 +23,7 @@ The persistent compilation cache (`enable_compilation_cache`) stores compiled XL
 program loads it instead of compiling. ``import jaxmech`` turns it on unless ``JAXMECH_COMPILATION_CACHE=0``
 is set or the user has configured JAX's own cache directory.
 
-This module never imports torch.
+This module imports neither torch nor (at import time) JAX, so ``import jaxmech`` stays light.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import functools
 import logging
 import os
 import platform
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
-
-import jax
 
 Precision = Literal["fp32", "tf32", "bf16x3", "bf16"]
 
@@ -88,6 +87,8 @@ def check_precision(name: str | None, *, where: str = "precision") -> Precision:
 def jax_precision(name: str | None, platform: str | None = None) -> str:
     """The ``jax_default_matmul_precision`` value of a jaxmech precision name (validated) on ``platform``
     (``"gpu"``, ``"cpu"``, ``"tpu"``; default: JAX's default backend)."""
+    import jax
+
     checked = check_precision(name)
     platform = platform or jax.default_backend()
     return (PRECISIONS if platform in ("gpu", "cuda", "rocm") else PRECISION_LEVELS)[checked]
@@ -124,6 +125,8 @@ def precision(name: str | None = DEFAULT_PRECISION) -> Iterator[Precision]:
         >>> with precision("tf32"):
         ...     res = activation_patch(model, batch, "head_by_pos_z")
     """
+    import jax
+
     checked = resolve_precision(name)
     with jax.default_matmul_precision(jax_precision(checked)):
         yield checked
@@ -146,6 +149,8 @@ def with_precision(fn: Callable) -> Callable:
 def current_precision() -> str:
     """The jaxmech name of JAX's current default matmul precision, or JAX's raw value if it is not one
     of `PRECISIONS` (``"default"`` when unset: TF32 on NVIDIA GPUs, fp32 on CPU)."""
+    import jax
+
     value = jax.config.jax_default_matmul_precision
     if value in (None, "default"):
         return "default"
@@ -195,6 +200,8 @@ def enable_compilation_cache(path: str | Path | None = None, enabled: bool = Tru
     Raises:
         OSError: If ``path`` cannot be created (naming it).
     """
+    import jax
+
     if not enabled:
         jax.config.update("jax_enable_compilation_cache", False)
         _reset_jax_cache()
@@ -214,6 +221,8 @@ def enable_compilation_cache(path: str | Path | None = None, enabled: bool = Tru
 
 def compilation_cache_status() -> dict:
     """Whether the persistent compilation cache is on, and where (for run metadata)."""
+    import jax
+
     on = bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
     return {"enabled": on, "path": jax.config.jax_compilation_cache_dir if on else None}
 
@@ -221,15 +230,31 @@ def compilation_cache_status() -> dict:
 def enable_default_compilation_cache() -> Path | None:
     """What ``import jaxmech`` does: the cache under `compilation_cache_dir`, unless
     ``JAXMECH_COMPILATION_CACHE`` is ``0``/``off`` or JAX's cache folder is already configured (then the
-    user's setting stands). An unwritable folder leaves the cache off (it only costs compile time)."""
+    user's setting stands). It does not import JAX: if JAX is not imported yet, it sets the environment
+    variables JAX reads when it is (``JAX_COMPILATION_CACHE_DIR`` and the two thresholds, which child
+    processes inherit). An unwritable folder leaves the cache off (it only costs compile time)."""
     if os.environ.get("JAXMECH_COMPILATION_CACHE", "1").strip().lower() in _OFF:
         return None
-    if jax.config.jax_compilation_cache_dir:
-        return Path(jax.config.jax_compilation_cache_dir)
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.config.jax_compilation_cache_dir:
+            return Path(jax.config.jax_compilation_cache_dir)
+        try:
+            return enable_compilation_cache()
+        except OSError:
+            return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    folder = compilation_cache_dir()
     try:
-        return enable_compilation_cache()
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    return folder
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,6 +311,7 @@ def describe_device() -> dict:
         ``memory_bytes`` (device memory limit where JAX reports it, else None), ``cpu``, ``cpu_count``,
         ``jax`` and ``jaxlib`` versions, ``python``, and ``matmul_precision`` (see `current_precision`).
     """
+    import jax
     import jaxlib
 
     dev = jax.devices()[0]

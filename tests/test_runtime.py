@@ -142,11 +142,14 @@ def test_describe_device_names_the_device():
 _CACHE_CHILD = textwrap.dedent(
     """
     import json, sys
+    if sys.argv[1] == "jaxmech-first":
+        import jaxmech  # turns the cache on without importing JAX
+        assert "jax" not in sys.modules
     import jax
     hits = []
     jax.monitoring.register_event_listener(
         lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
-    import jaxmech  # turns the cache on
+    import jaxmech  # turns the cache on (JAX already imported)
     import jax.numpy as jnp
     from jaxmech import runtime
     y = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() * 3.0)(jnp.ones((5, 7)))
@@ -155,21 +158,29 @@ _CACHE_CHILD = textwrap.dedent(
 )
 
 
-def _child(env_extra: dict) -> dict:
+def _child(env_extra: dict, order: str = "jax-first") -> dict:
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **env_extra}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, "-c", _CACHE_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    for k in (
+        "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+    ):
+        env.pop(k, None)
+    out = subprocess.run(
+        [sys.executable, "-c", _CACHE_CHILD, order], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_second_process_loads_programs_from_the_compilation_cache(tmp_path):
+@pytest.mark.parametrize("order", ["jax-first", "jaxmech-first"])
+def test_a_second_process_loads_programs_from_the_compilation_cache(tmp_path, order):
     env = {"JAXMECH_CACHE": str(tmp_path / "cache")}
-    first = _child(env)
+    first = _child(env, order)
     assert first["status"] == {"enabled": True, "path": str(tmp_path / "cache" / "xla")}
     assert first["hits"] == 0
     assert list((tmp_path / "cache" / "xla").iterdir())  # a small program is cached too (thresholds at 0)
-    second = _child(env)
+    second = _child(env, order)
     assert second["hits"] >= 1 and second["y"] == first["y"]
 
 
