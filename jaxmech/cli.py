@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register_train(sub)
+    from jaxmech.plot import cli as plot_cli  # temporary hook (report engineer) until the lead wires these in
+    from jaxmech.report import cli as report_cli
+
+    plot_cli.register(sub), report_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,308 @@
+"""What the figures and the report read: labelled arrays and a small results-source protocol.
+
+Two kinds of results exist: a run directory of the sweeps results store (``jaxmech.results.open``; NOTES.md
+contract: ``run.meta``, ``run.families``, ``run[family]`` with ``.dims``, ``run.pairs``, ``run.analyses``) and
+the ``.npz`` that ``jaxmech patch`` writes (one array per family, TransformerLens shapes, ``by_type:<family>``
+token-type means, ``meta`` JSON). `open_results` turns either into a `ResultsSource`; any object with the
+store's attributes (an in-memory fake in the tests) is wrapped by `StoreSource`.
+
+Axis names follow the patching results: ``pair``, ``component``, ``layer``, ``pos``, ``head``; aggregating
+positions by the paper's token types replaces ``pos`` with ``token_type``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# Result axes after the pair axis, by family layout letter.
+_AXIS = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+_PATH_LAYOUTS = {"path_to_score": "lh", "path_to_heads": "lh", "path_components_to_heads": "clp"}
+_PATH_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
+
+
+class ResultsError(ValueError):
+    """Results that cannot be read: a missing family or analysis, a malformed file (the message names it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeled:
+    """An array with named axes and optional labels along them.
+
+    Attributes:
+        values: The array.
+        dims: One name per axis (``"pair"``, ``"component"``, ``"layer"``, ``"pos"``, ``"head"``,
+            ``"token_type"``, ...).
+        coords: Labels along some axes (``{"component": ("resid_pre", ...), "token_type": ("CLS", ...)}``).
+        name: What it is (the family name).
+        metric: The value's meaning, shown on colour bars (``"normalized"``, ``"difference"``, ``"raw"``).
+    """
+
+    values: np.ndarray
+    dims: tuple[str, ...]
+    coords: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    name: str = ""
+    metric: str = "normalized"
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.values)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "dims", tuple(self.dims))
+        if values.ndim != len(self.dims):
+            raise ResultsError(f"{self.name or 'array'}: {values.ndim} axes {values.shape} but dims {self.dims}")
+        for dim, labels in self.coords.items():
+            if dim in self.dims and len(labels) != values.shape[self.dims.index(dim)]:
+                raise ResultsError(f"{self.name or 'array'}: {len(labels)} labels for axis {dim!r} of length "
+                                   f"{values.shape[self.dims.index(dim)]}")
+
+    def axis(self, dim: str) -> int:
+        """Index of the axis named ``dim``.
+
+        Raises:
+            ResultsError: If there is no such axis.
+        """
+        if dim not in self.dims:
+            raise ResultsError(f"{self.name or 'array'} has no axis {dim!r} (axes: {self.dims})")
+        return self.dims.index(dim)
+
+    def labels(self, dim: str) -> list[str]:
+        """Labels along ``dim`` (its coords, else ``0..n-1``)."""
+        n = self.values.shape[self.axis(dim)]
+        given = self.coords.get(dim)
+        return [str(x) for x in given] if given is not None else [str(i) for i in range(n)]
+
+    def mean_over(self, dim: str) -> Labeled:
+        """Averages over ``dim``, ignoring NaN (all-NaN stays NaN)."""
+        ax = self.axis(dim)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = np.nanmean(np.asarray(self.values, np.float64), axis=ax)
+        return dataclasses.replace(self, values=values, dims=self.dims[:ax] + self.dims[ax + 1:],
+                                   coords={k: v for k, v in self.coords.items() if k != dim})
+
+    def select(self, dim: str, index: int | str) -> Labeled:
+        """One slice along ``dim``, by position or by label."""
+        ax = self.axis(dim)
+        if isinstance(index, str):
+            labels = self.labels(dim)
+            if index not in labels:
+                raise ResultsError(f"{self.name or 'array'}: no {dim} {index!r} (have {labels})")
+            index = labels.index(index)
+        return dataclasses.replace(self, values=np.take(self.values, index, axis=ax),
+                                   dims=self.dims[:ax] + self.dims[ax + 1:],
+                                   coords={k: v for k, v in self.coords.items() if k != dim})
+
+
+def family_dims(family: str) -> tuple[str, ...]:
+    """Axis names of a family's per-pair result (without the pair axis), from its layout.
+
+    Raises:
+        ResultsError: For an unknown family name.
+    """
+    if family in _PATH_LAYOUTS:
+        layout = _PATH_LAYOUTS[family]
+    else:
+        from jaxmech.patching.families import UnknownFamilyError, get_family
+
+        try:
+            fam = get_family(family)
+        except UnknownFamilyError as err:
+            raise ResultsError(str(err)) from None
+        layout = ("c" if len(fam.sites) > 1 else "") + fam.layout
+    return tuple(_AXIS[c] for c in layout)
+
+
+def family_components(family: str) -> tuple[str, ...] | None:
+    """Names along a family's component axis (``block_every``: resid_pre, attn_out, mlp_out), or None."""
+    if family == "path_components_to_heads":
+        return _PATH_COMPONENTS
+    if family in _PATH_LAYOUTS:
+        return None
+    from jaxmech.patching.families import FAMILIES
+
+    fam = FAMILIES.get(family)
+    return tuple(fam.sites) if fam is not None and len(fam.sites) > 1 else None
+
+
+def _coords_for(family: str, dims: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    comps = family_components(family)
+    return {"component": comps} if comps is not None and "component" in dims else {}
+
+
+@runtime_checkable
+class ResultsSource(Protocol):
+    """What the figures and the report read from a run."""
+
+    path: Path
+    meta: dict
+    families: list[str]
+    pairs: dict[str, Any]
+    analyses: dict[str, dict]
+
+    def array(self, family: str) -> Labeled:
+        """The family's per-pair effects with a leading ``pair`` axis."""
+        ...
+
+    def by_token_type(self, family: str) -> Labeled | None:
+        """Pair-averaged effects with ``pos`` replaced by ``token_type``, or None when types are unknown."""
+        ...
+
+
+def _missing_family(path: Path, family: str, have: Sequence[str]) -> ResultsError:
+    return ResultsError(f"{path}: no results for family {family!r} (this run has: {', '.join(have) or 'none'})")
+
+
+class StoreSource:
+    """A `ResultsSource` over a results-store run object (``jaxmech.results.open`` or anything shaped like it)."""
+
+    def __init__(self, run: Any, path: str | Path | None = None):
+        self._run = run
+        self.path = Path(path if path is not None else getattr(run, "path", getattr(run, "run_dir", "<run>")))
+        self.meta = dict(getattr(run, "meta", {}) or {})
+        self.families = list(getattr(run, "families", []) or [])
+        self.pairs = dict(getattr(run, "pairs", {}) or {})
+        self.analyses = dict(getattr(run, "analyses", {}) or {})
+
+    def array(self, family: str) -> Labeled:
+        """The family's effects ``[pair, ...]`` with the store's axis names.
+
+        Raises:
+            ResultsError: If the run has no such family or its axes do not match its shape.
+        """
+        if family not in self.families:
+            raise _missing_family(self.path, family, self.families)
+        arr = self._run[family]
+        values = np.asarray(arr, np.float64)
+        dims = tuple(getattr(arr, "dims", None) or ("pair", *family_dims(family)))
+        if len(dims) != values.ndim:
+            raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape} but axes {dims}")
+        return Labeled(values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric",
+                                                                                                 "normalized"))
+
+    def by_token_type(self, family: str) -> Labeled | None:
+        """Token-type means from the per-pair ``token_types`` column (None when the run has none)."""
+        from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
+
+        types = self.pairs.get("token_types")
+        full = self.array(family)
+        if types is None or "pos" not in full.dims:
+            return None
+        mean, _ = mean_by_token_type(full.values, [list(t) for t in types], pos_axis=full.axis("pos"))
+        dims = tuple(d for d in full.dims if d not in ("pair", "pos")) + ("token_type",)
+        coords = {**{k: v for k, v in full.coords.items() if k in dims}, "token_type": TOKEN_TYPE_ORDER}
+        # mean_by_token_type moves the position axis last; other axes keep their order.
+        return Labeled(mean, dims, coords, name=family, metric=full.metric)
+
+
+class NpzSource:
+    """A `ResultsSource` over the ``.npz`` written by ``jaxmech patch``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ResultsError(f"{self.path}: results file not found")
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                self._arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise ResultsError(f"{self.path}: not a readable .npz ({err})") from None
+        try:
+            self.meta = json.loads(str(self._arrays["meta"])) if "meta" in self._arrays else {}
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{self.path}: malformed meta JSON ({err})") from None
+        reserved = {"score_baseline", "score_perturbed", "lengths", "names", "flagged", "meta",
+                    "token_type_names", "token_type_pair_counts"}
+        self.families = [k for k in self._arrays if ":" not in k and k not in reserved]
+        sb = np.atleast_1d(self._arrays.get("score_baseline", np.zeros(0)))
+        self._single = np.ndim(self._arrays.get("score_baseline", np.zeros(0))) == 0
+        self.pairs = {"name": np.atleast_1d(self._arrays.get("names", np.arange(len(sb)).astype(str))),
+                      "score_baseline": sb,
+                      "score_perturbed": np.atleast_1d(self._arrays.get("score_perturbed", np.zeros(0))),
+                      "length": np.atleast_1d(self._arrays.get("lengths", np.zeros(0, int))),
+                      "flagged": np.atleast_1d(self._arrays.get("flagged", np.zeros(len(sb), bool)))}
+        self.analyses: dict[str, dict] = {}
+
+    def array(self, family: str) -> Labeled:
+        """The family's effects ``[pair, ...]`` (a single-triple file gets a pair axis of length 1).
+
+        Raises:
+            ResultsError: If the file has no such family.
+        """
+        if family not in self.families:
+            raise _missing_family(self.path, family, self.families)
+        values = np.asarray(self._arrays[family], np.float64)
+        dims = family_dims(family)
+        if self._single:
+            values = values[None]
+        dims = ("pair", *dims)
+        if len(dims) != values.ndim:
+            raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape}, expected axes {dims}")
+        return Labeled(values, dims, _coords_for(family, dims), name=family,
+                       metric=self.meta.get("metric", "normalized"))
+
+    def by_token_type(self, family: str) -> Labeled | None:
+        """The ``by_type:<family>`` means ``jaxmech patch`` stored (None when it had no token types)."""
+        key = f"by_type:{family}"
+        if key not in self._arrays:
+            if family not in self.families:
+                raise _missing_family(self.path, family, self.families)
+            return None
+        names = tuple(str(n) for n in self._arrays["token_type_names"])
+        dims = tuple(d for d in family_dims(family) if d != "pos") + ("token_type",)
+        return Labeled(self._arrays[key], dims, {**_coords_for(family, dims), "token_type": names},
+                       name=family, metric=self.meta.get("metric", "normalized"))
+
+
+def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
+    """Opens results for plotting: a `ResultsSource`, a store run object, a run directory or a ``.npz``.
+
+    Args:
+        results: A ``jaxmech patch`` ``.npz``, a run directory of the results store, a run object, or a source.
+
+    Raises:
+        ResultsError: If the path does not exist or is neither kind.
+    """
+    if isinstance(results, (NpzSource, StoreSource)):
+        return results
+    if not isinstance(results, (str, Path)):
+        if hasattr(results, "families") and hasattr(results, "__getitem__"):
+            return StoreSource(results)
+        raise ResultsError(f"cannot read results from a {type(results).__name__}")
+    path = Path(results)
+    if not path.exists():
+        raise ResultsError(f"{path}: no such results file or run directory")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ResultsError(f"{path}: expected a .npz from `jaxmech patch` or a run directory")
+        return NpzSource(path)
+    try:
+        from jaxmech import results as store
+    except ImportError:
+        raise ResultsError(f"{path}: reading a run directory needs the results store (jaxmech.results), "
+                           "which this installation lacks") from None
+    try:
+        run = store.open(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ResultsError(f"{path}: not a readable run directory ({type(err).__name__}: {err})") from None
+    return StoreSource(run, path)
+
+
+def read_analysis(source: ResultsSource, name: str) -> dict:
+    """One analysis JSON of a run, checked for the ``analysis`` key.
+
+    Raises:
+        ResultsError: If it is missing or not a JSON object.
+    """
+    if name not in source.analyses:
+        raise ResultsError(f"{source.path}: no analysis {name!r} (analyses/{name}.json; this run has: "
+                           f"{', '.join(sorted(source.analyses)) or 'none'})")
+    obj = source.analyses[name]
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{source.path}: analyses/{name}.json is not a JSON object")
+    return obj
