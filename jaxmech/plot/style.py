@@ -32,9 +32,7 @@ METRIC_LABELS = {
 
 def diverging_cmap() -> matplotlib.colors.Colormap:
     """RdBu reversed, with NaN drawn light grey."""
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("#d9d9d9")
-    return cmap
+    return matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
 
 
 def symmetric_norm(*arrays: np.ndarray, floor: float = 1e-6) -> Normalize:

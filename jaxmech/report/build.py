@@ -377,7 +377,7 @@ def render_html(summary: dict, comparisons: list[Comparison], circuit: tuple[lis
                  f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
                  f'<div class="crit">{_e(c.criterion)}</div></td></tr>')
     h.append("</tbody></table>")
-    h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">From {_e(origin)}.</p>')
+    h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
     if rows:
         paper_col = summary["same_model_as_paper"]
         h.append("<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
@@ -390,7 +390,7 @@ def render_html(summary: dict, comparisons: list[Comparison], circuit: tuple[lis
         h.append("</tbody></table>")
     h.append('<h2 id="figures">Figures</h2><p class="muted">Hover a heatmap cell for its value, layer, head and '
              "token type. Colour scales are symmetric about zero (white: no effect; red: restores the perturbed "
-             "score; blue: moves away from it).</p>")
+             "score; blue: moves away from it; grey: not patched, or a token type the pairs do not have).</p>")
     section = None
     for entry, svg in figures:
         if entry.section != section:
@@ -430,7 +430,7 @@ def render_markdown(summary: dict, comparisons: list[Comparison], circuit: tuple
     for c in comparisons:
         md.append("| " + " | ".join(_md_cell(x) for x in (c.item, c.paper, c.ours, f"**{c.verdict}**", c.criterion))
                   + " |")
-    md += ["", "## Circuit", "", f"From {origin}.", ""]
+    md += ["", "## Circuit", "", f"Source: {origin}.", ""]
     if rows:
         md += ["| head | role | effect | figures |", "|---|---|---|---|"]
         for r in rows:

@@ -366,6 +366,14 @@ def _trend(mean: Sequence[float]) -> tuple[float, bool]:
     return float(m[-1] - m[0]), bool(saturating)
 
 
+def _ci_halfwidth(d: dict) -> float:
+    """Mean half-width of a curve's confidence band at its two ends (0 without a band)."""
+    if "lo" not in d or "hi" not in d:
+        return 0.0
+    lo, hi = np.asarray(d["lo"], np.float64), np.asarray(d["hi"], np.float64)
+    return float(np.mean([(hi[0] - lo[0]) / 2, (hi[-1] - lo[-1]) / 2]))
+
+
 def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
     """Soft-TF: TFC2 attention rises and saturates; LNC1 attention falls with length."""
     fig = "fig-soft_tf"
@@ -383,11 +391,13 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
         if not trends:
             out.append(Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig))
             continue
-        good = [h for h, (delta, sat) in trends.items() if sign * delta > 0 and (sat or sign < 0)]
+        margin = {h: _ci_halfwidth(heads[h]) for h in trends}
+        good = [h for h, (delta, sat) in trends.items() if sign * delta > margin[h] and (sat or sign < 0)]
         frac = len(good) / len(trends)
         verdict = "agrees" if frac > 0.5 else "partly agrees" if good else "disagrees"
         crit = (f"share of heads whose mean {'rises and saturates (last step < first)' if sign > 0 else 'falls'} "
-                "from the first to the last condition: >50% agrees, any partly")
+                "from the first to the last condition by more than its confidence half-width: >50% agrees, "
+                "any partly")
         if not same_model(source.meta):
             verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict,
                                                                                                   "differs in kind")
@@ -423,8 +433,16 @@ def compare_edit(source: ResultsSource) -> Comparison:
                       "scale (agrees); one of them (partly)", fig, {"score_change": deltas, "attention_change": att_d})
 
 
-def compare_all(source: ResultsSource, demo_scores: dict | None = None) -> list[Comparison]:
-    """Every comparison the run allows, in the order of the paper's checklist (notes §11)."""
+def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) -> list[Comparison]:
+    """Every comparison the run allows, in the order of the paper's checklist (notes §11).
+
+    Args:
+        source: Results (a `ResultsSource`, run object, run directory or ``.npz``).
+        demo_scores: The run's model on the demo pair (`jaxmech.report.demo.score_demo_pair`), or None.
+    """
+    from jaxmech.plot.source import open_results
+
+    source = open_results(source)
     L, _ = model_shape(source)
     out = [compare_demo(demo_scores, source.meta), compare_block(source, L),
            compare_top_heads(source, "path_to_score", L), compare_top_heads(source, "head_all_pos_v", L),

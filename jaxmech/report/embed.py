@@ -55,7 +55,7 @@ def figure_svg(fig: Figure, *, dpi: int = 100, label: str = "") -> tuple[str, by
     W, H = fig.bbox.width, fig.bbox.height
     data = base64.b64encode(png).decode("ascii")
     parts = [f'<svg class="fig" viewBox="0 0 {W:.0f} {H:.0f}" width="{W:.0f}" height="{H:.0f}" role="img" '
-             f'aria-label="{html.escape(label)}" xmlns="http://www.w3.org/2000/svg">',
+             f'aria-label="{html.escape(label)}">',
              f'<image width="{W:.0f}" height="{H:.0f}" href="data:image/png;base64,{data}"/>']
     for x, y, w, h, title in cell_rects(fig):
         if not all(np.isfinite((x, y, w, h))):
