@@ -72,7 +72,8 @@ def test_block_patching_by_position_from_a_plain_array():
     cells = jp.heatmap_cells(fig)
     assert cells[1].values[2, 5] == 0.7 and cells[1].panel == "attn_out"
     assert axes_with_images(fig)[0].get_xlabel() == "position"
-    assert "layer 2" in cells[1].label(2, 5) and "position 5" in cells[1].label(2, 5) and "0.7000" in cells[1].label(2, 5)
+    label = cells[1].label(2, 5)
+    assert "layer 2" in label and "position 5" in label and "0.7000" in label
     with pytest.raises(ResultsError, match="dims"):
         jp.block_patching(values, dims=("layer", "pos"))
 
@@ -117,8 +118,10 @@ def test_path_patching_families(run):
         jp.path_patching(run, family="block_every")
 
 
-@pytest.mark.parametrize("name, n_panels", [("soft_tf", 3), ("idf_svd", 1), ("idf_svd_scatter", 1),
-                                            ("edit_idf", 2), ("linear_bm25", 1), ("circuit", 1)])
+@pytest.mark.parametrize(
+    "name, n_panels",
+    [("soft_tf", 3), ("idf_svd", 1), ("idf_svd_scatter", 1), ("edit_idf", 2), ("linear_bm25", 1), ("circuit", 1)],
+)
 def test_analysis_figures(run, name, n_panels):
     fig = jp.plot(run, name)
     assert_image(fig)
@@ -158,12 +161,16 @@ def write_patch_npz(path, *, single: bool):
     rng = np.random.default_rng(0)
     n, L, T, H = (1 if single else 3), 6, 9, 12
     block = rng.normal(0, 0.1, (n, 3, L, T))
-    arrays = {"block_every": block[0] if single else block,
-              "path_to_score": rng.normal(0, 0.1, (L, H)) if single else rng.normal(0, 0.1, (n, L, H)),
-              "score_baseline": np.float32(-1) if single else np.zeros(n, np.float32),
-              "score_perturbed": np.float32(2) if single else np.ones(n, np.float32),
-              "lengths": np.full(n, T), "names": np.array([str(i) for i in range(n)]), "flagged": np.zeros(n, bool),
-              "meta": np.array(json.dumps({"model": "some/model", "kind": "cross", "metric": "normalized"}))}
+    arrays = {
+        "block_every": block[0] if single else block,
+        "path_to_score": rng.normal(0, 0.1, (L, H)) if single else rng.normal(0, 0.1, (n, L, H)),
+        "score_baseline": np.float32(-1) if single else np.zeros(n, np.float32),
+        "score_perturbed": np.float32(2) if single else np.ones(n, np.float32),
+        "lengths": np.full(n, T),
+        "names": np.array([str(i) for i in range(n)]),
+        "flagged": np.zeros(n, bool),
+        "meta": np.array(json.dumps({"model": "some/model", "kind": "cross", "metric": "normalized"})),
+    }
     if not single:
         arrays["by_type:block_every"] = rng.normal(0, 0.1, (3, L, len(TOKEN_TYPE_ORDER)))
         arrays["token_type_names"] = np.array(TOKEN_TYPE_ORDER)

@@ -15,8 +15,20 @@ from jaxmech.report.build import build_report
 from jaxmech.report.compare import PAPER, compare_all
 from jaxmech.report.synthetic import synthetic_run
 
-NUMBERS_KEYS = {"jaxmech_report_version", "generated", "run", "paper", "demo_scores", "comparisons", "verdicts",
-                "circuit", "families", "analyses", "figures", "not_drawn"}
+NUMBERS_KEYS = {
+    "jaxmech_report_version",
+    "generated",
+    "run",
+    "paper",
+    "demo_scores",
+    "comparisons",
+    "verdicts",
+    "circuit",
+    "families",
+    "analyses",
+    "figures",
+    "not_drawn",
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +69,19 @@ def test_planted_agreement_gives_agrees(agree_report):
 def test_planted_disagreement_is_found():
     run = synthetic_run(n_pairs=4, seq=12, agree=False)
     v = {c.key: c.verdict for c in compare_all(run, {"score_baseline": 1.0, "score_perturbed": 0.5, "kind": "cross"})}
-    for key in ("demo_logits", "scoring_heads", "head_all_pos_v", "head_10_1", "matching_heads", "u0_idf",
-                "edit_idf", "linear_r", "bm25_r", "soft_tf_tfc2", "soft_tf_lnc1"):
+    for key in (
+        "demo_logits",
+        "scoring_heads",
+        "head_all_pos_v",
+        "head_10_1",
+        "matching_heads",
+        "u0_idf",
+        "edit_idf",
+        "linear_r",
+        "bm25_r",
+        "soft_tf_tfc2",
+        "soft_tf_lnc1",
+    ):
         assert v[key] == "disagrees", (key, v[key])
     # the block check fails at [CLS] only: partly
     assert v["block_every"] == "partly agrees"
@@ -76,12 +99,16 @@ def test_a_different_model_is_said_plainly_and_judged_in_kind(tmp_path):
     run = synthetic_run(n_pairs=3, seq=10, n_layers=6, model="my/minilm-l6-cross")
     page = build_report(run, tmp_path, score_demo=False)
     text = page.read_text()
-    assert "Different model: this run used my/minilm-l6-cross (cross-encoder, 6 layers × 12 heads), not the " \
-           "paper&#x27;s cross-encoder/ms-marco-MiniLM-L-12-v2" in text
+    assert (
+        "Different model: this run used my/minilm-l6-cross (cross-encoder, 6 layers × 12 heads), not the "
+        "paper&#x27;s cross-encoder/ms-marco-MiniLM-L-12-v2" in text
+    )
     v = verdicts(json.loads((tmp_path / "numbers.json").read_text()))
     assert v["head_10_1"] == "not comparable"
-    assert all(x in ("agrees in kind", "differs in kind", "partly agrees in kind", "not comparable",
-                     "not in this run") for x in v.values()), v
+    assert all(
+        x in ("agrees in kind", "differs in kind", "partly agrees in kind", "not comparable", "not in this run")
+        for x in v.values()
+    ), v
     # planted heads 10.x wrap to layer 4 of 6 (the last two layers) with most of the effect
     assert v["scoring_heads"] == "agrees in kind"
 
@@ -126,11 +153,28 @@ def packaged_npz(tmp_path_factory, minilm_path):
     d = tmp_path_factory.mktemp("patch")
     ds, out = d / "demo.jsonl", d / "r.npz"
     assert main(["dataset", "build", "--kind", "tfc1", "--source", "demo", "--limit", "2", "--out", str(ds)]) == 0
-    assert main(["patch", "--model", "packaged", "--dataset", str(ds), "--family", "block_every", "--family",
-                 "path_to_score", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "patch",
+                "--model",
+                "packaged",
+                "--dataset",
+                str(ds),
+                "--family",
+                "block_every",
+                "--family",
+                "path_to_score",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
+@pytest.mark.slow  # one real patch sweep of the packaged model (~15 s alone; a minute on a busy 2-core machine)
 def test_report_of_a_real_patch_run(packaged_npz, capsys):
     from jaxmech.cli import main
 

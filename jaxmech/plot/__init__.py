@@ -15,14 +15,28 @@ import importlib
 
 # Names are imported on first use, so `jaxmech.plot.cli` (the CLI hook) loads without matplotlib.
 _EXPORTS = {
-    "circuit_map": "analyses", "editing_curves": "analyses", "regression_scatter": "analyses",
-    "soft_tf_curves": "analyses", "svd_correlation_bars": "analyses", "u0_idf_scatter": "analyses",
-    "ANALYSIS_FIGURES": "dispatch", "plot": "dispatch", "save_figure": "dispatch", "draw_to_file": "dispatch",
-    "block_patching": "patching", "head_by_position": "patching", "head_heatmap": "patching",
+    "circuit_map": "analyses",
+    "editing_curves": "analyses",
+    "regression_scatter": "analyses",
+    "soft_tf_curves": "analyses",
+    "svd_correlation_bars": "analyses",
+    "u0_idf_scatter": "analyses",
+    "ANALYSIS_FIGURES": "dispatch",
+    "plot": "dispatch",
+    "save_figure": "dispatch",
+    "draw_to_file": "dispatch",
+    "block_patching": "patching",
+    "head_by_position": "patching",
+    "head_heatmap": "patching",
     "path_patching": "patching",
-    "Labeled": "source", "NpzSource": "source", "ResultsError": "source", "ResultsSource": "source",
-    "StoreSource": "source", "open_results": "source",
-    "HeatmapCells": "style", "heatmap_cells": "style",
+    "Labeled": "source",
+    "NpzSource": "source",
+    "ResultsError": "source",
+    "ResultsSource": "source",
+    "StoreSource": "source",
+    "open_results": "source",
+    "HeatmapCells": "style",
+    "heatmap_cells": "style",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -58,8 +58,11 @@ def _style(i: int) -> dict:
     return {"color": OKABE_ITO[i % len(OKABE_ITO)], "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)]}
 
 
-SOFT_TF_TITLES = {"tfc2": "TFC2: term-frequency saturation", "lnc1": "LNC1: document length",
-                  "stmc1": "STMC1: semantic matches"}
+SOFT_TF_TITLES = {
+    "tfc2": "TFC2: term-frequency saturation",
+    "lnc1": "LNC1: document length",
+    "stmc1": "STMC1: semantic matches",
+}
 
 
 def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] | None = None) -> Figure:
@@ -76,7 +79,8 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
     """
     obj = analysis_dict(data, "soft_tf")
     order = [e for e in ("tfc2", "lnc1", "stmc1") if e in obj] + [
-        k for k, v in obj.items() if isinstance(v, dict) and "heads" in v and k not in ("tfc2", "lnc1", "stmc1")]
+        k for k, v in obj.items() if isinstance(v, dict) and "heads" in v and k not in ("tfc2", "lnc1", "stmc1")
+    ]
     names = list(experiments) if experiments is not None else order
     if not names:
         raise ResultsError("soft_tf analysis: no experiments (expected tfc2, lnc1 or stmc1 entries)")
@@ -99,15 +103,17 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
             st = _style(i)
             ax.plot(x, m, marker="o", markersize=3, label=h, **st)
             if "lo" in d and "hi" in d:
-                ax.fill_between(x, _floats(d["lo"], h), _floats(d["hi"], h), color=st["color"], alpha=0.15,
-                                linewidth=0)
+                ax.fill_between(x, _floats(d["lo"], h), _floats(d["hi"], h), color=st["color"], alpha=0.15, linewidth=0)
         ax.set_xlabel(exp.get("x_label", "x"))
         ax.set_ylabel("attention from query term to document")
         ax.set_title(SOFT_TF_TITLES.get(name, name), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(title="head", fontsize=7, title_fontsize=7, ncol=2)
-    extra = f" (the {max_heads} heads changing most per panel)" if any(
-        len(obj[n]["heads"]) > max_heads for n in names) else ""
+    extra = (
+        f" (the {max_heads} heads changing most per panel)"
+        if any(len(obj[n]["heads"]) > max_heads for n in names)
+        else ""
+    )
     fig.suptitle(f"Soft term frequency: mean with confidence band{extra}", fontsize=11)
     return fig
 
@@ -203,8 +209,9 @@ def editing_curves(data: Any) -> Figure:
             st["linestyle"] = "--"
         axes[0].plot(scales, m, marker="o", markersize=3, label=name, **st)
         if isinstance(d, dict) and "lo" in d and "hi" in d:
-            axes[0].fill_between(scales, _floats(d["lo"], name), _floats(d["hi"], name), color=st["color"],
-                                 alpha=0.15, linewidth=0)
+            axes[0].fill_between(
+                scales, _floats(d["lo"], name), _floats(d["hi"], name), color=st["color"], alpha=0.15, linewidth=0
+            )
     axes[0].set_xlabel("edit scale")
     axes[0].set_ylabel("score (raw logit)")
     axes[0].set_title("score", fontsize=10)
@@ -253,8 +260,15 @@ def regression_scatter(data: Any) -> Figure:
         lines.append(f"BM25 r = {obj['bm25_test_pearson']:.3f} (paper {PAPER_BM25_R})")
     if "random_features_test_pearson" in obj:
         lines.append(f"random features r = {obj['random_features_test_pearson']:.3f}")
-    ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"})
+    ax.text(
+        0.02,
+        0.98,
+        "\n".join(lines),
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"},
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Linear semantic BM25 on the test split ({y.size} pairs)", fontsize=11)
     return fig
@@ -300,7 +314,11 @@ def circuit_map(data: Any, *, n_layers: int | None = None, n_heads: int | None =
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     present = sorted({c[2] for c in cells}, key=lambda r: list(ROLE_COLOURS).index(r) if r in ROLE_COLOURS else 9)
-    ax.legend(handles=[mpatches.Patch(color=ROLE_COLOURS.get(r, "#999999"), label=ROLE_NAMES.get(r, r))
-                       for r in present], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(
+        handles=[mpatches.Patch(color=ROLE_COLOURS.get(r, "#999999"), label=ROLE_NAMES.get(r, r)) for r in present],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
     fig.suptitle(f"Circuit: {len(cells)} heads by role (number: effect)", fontsize=11)
     return fig

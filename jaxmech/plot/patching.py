@@ -40,8 +40,9 @@ def _title(family: str, n_pairs: int | None, receivers: str = "") -> str:
     return base
 
 
-def resolve(data: Any, family: str, dims: Sequence[str] | None = None, *, by: str = "auto",
-            metric: str | None = None) -> tuple[Labeled, int | None, dict]:
+def resolve(
+    data: Any, family: str, dims: Sequence[str] | None = None, *, by: str = "auto", metric: str | None = None
+) -> tuple[Labeled, int | None, dict]:
     """Turns any accepted input into a pair-averaged `Labeled` result.
 
     Args:
@@ -81,8 +82,10 @@ def resolve(data: Any, family: str, dims: Sequence[str] | None = None, *, by: st
         if by in ("auto", "token_type") and "pos" in full.dims:
             lab = source.by_token_type(family)
             if lab is None and by == "token_type":
-                raise ResultsError(f"{source.path}: no token types for {family!r} (run `jaxmech patch --dataset` "
-                                   "on a dataset file, or pass by='pos')")
+                raise ResultsError(
+                    f"{source.path}: no token types for {family!r} (run `jaxmech patch --dataset` "
+                    "on a dataset file, or pass by='pos')"
+                )
         if lab is None:
             lab = full
             tokens = source.pairs.get("tokens")
@@ -109,8 +112,14 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def block_patching(data: Any, *, family: str = "block_every", dims: Sequence[str] | None = None,
-                   by: str = "auto", title: str | None = None) -> Figure:
+def block_patching(
+    data: Any,
+    *,
+    family: str = "block_every",
+    dims: Sequence[str] | None = None,
+    by: str = "auto",
+    title: str | None = None,
+) -> Figure:
     """E1: layer x token type (or position) heatmaps, one panel per component (resid_pre, attn_out, mlp_out).
 
     Args:
@@ -132,22 +141,31 @@ def block_patching(data: Any, *, family: str = "block_every", dims: Sequence[str
             raise ResultsError(f"{family}: expected axes (layer, {pos}) per panel, got {p.dims}")
     cols = lab.values.shape[lab.axis(pos)]
     n_layers = lab.values.shape[lab.axis("layer")]
-    fig = new_figure(min(3.2 + 0.42 * cols, 7.5) * len(panels) / (1.6 if len(panels) > 1 else 1) + 1.0,
-                     1.6 + 0.32 * n_layers)
+    fig = new_figure(
+        min(3.2 + 0.42 * cols, 7.5) * len(panels) / (1.6 if len(panels) > 1 else 1) + 1.0, 1.6 + 0.32 * n_layers
+    )
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     norm = symmetric_norm(*(p.values for p in panels))
     im = None
     for ax, name, p in zip(axes, comps, panels, strict=True):
         v = np.moveaxis(p.values, p.axis(pos), -1) if p.axis(pos) == 0 else p.values
-        im = draw_heatmap(ax, v, row_labels=[str(i) for i in range(n_layers)], col_labels=p.labels(pos),
-                          row_name="layer", col_name=_TOKEN_AXIS[pos], norm=norm, metric=lab.metric, panel=name,
-                          annotate=v.size <= 120)
+        im = draw_heatmap(
+            ax,
+            v,
+            row_labels=[str(i) for i in range(n_layers)],
+            col_labels=p.labels(pos),
+            row_name="layer",
+            col_name=_TOKEN_AXIS[pos],
+            norm=norm,
+            metric=lab.metric,
+            panel=name,
+            annotate=v.size <= 120,
+        )
         ax.set_title(name, fontsize=10)
     for ax in axes[1:]:
         ax.set_ylabel("")
     colorbar(fig, im, list(axes), lab.metric)
-    fig.suptitle(title or _title(family, n_pairs, _receivers(meta) if family.startswith("path") else ""),
-                 fontsize=11)
+    fig.suptitle(title or _title(family, n_pairs, _receivers(meta) if family.startswith("path") else ""), fontsize=11)
     return fig
 
 
@@ -171,9 +189,15 @@ def _parse_heads(heads: Sequence[str | tuple[int, int]]) -> list[tuple[int, int]
     return out
 
 
-def head_heatmap(data: Any, *, family: str = "head_all_pos_v", dims: Sequence[str] | None = None,
-                 highlight: Sequence[str | tuple[int, int]] = (), component: str | None = None,
-                 title: str | None = None) -> Figure:
+def head_heatmap(
+    data: Any,
+    *,
+    family: str = "head_all_pos_v",
+    dims: Sequence[str] | None = None,
+    highlight: Sequence[str | tuple[int, int]] = (),
+    component: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """E2/E4/E5: layer x head heatmap of a per-head family.
 
     Args:
@@ -203,12 +227,21 @@ def head_heatmap(data: Any, *, family: str = "head_all_pos_v", dims: Sequence[st
     norm = symmetric_norm(*(p.values for p in panels))
     im = None
     for ax, name, p in zip(axes, comps, panels, strict=False):
-        im = draw_heatmap(ax, p.values, row_labels=[str(i) for i in range(n_layers)],
-                          col_labels=[str(i) for i in range(n_heads)], row_name="layer", col_name="head", norm=norm,
-                          metric=lab.metric, panel=name, highlight=marks)
+        im = draw_heatmap(
+            ax,
+            p.values,
+            row_labels=[str(i) for i in range(n_layers)],
+            col_labels=[str(i) for i in range(n_heads)],
+            row_name="layer",
+            col_name="head",
+            norm=norm,
+            metric=lab.metric,
+            panel=name,
+            highlight=marks,
+        )
         if name:
             ax.set_title(name, fontsize=10)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     colorbar(fig, im, list(axes[: len(panels)]), lab.metric)
     sub = title or _title(family, n_pairs, _receivers(meta) if family == "path_to_heads" else "")
@@ -218,9 +251,17 @@ def head_heatmap(data: Any, *, family: str = "head_all_pos_v", dims: Sequence[st
     return fig
 
 
-def head_by_position(data: Any, *, family: str = "head_by_pos_z", dims: Sequence[str] | None = None,
-                     heads: Sequence[str | tuple[int, int]] | None = None, top_k: int = 10, by: str = "auto",
-                     component: str = "z", title: str | None = None) -> Figure:
+def head_by_position(
+    data: Any,
+    *,
+    family: str = "head_by_pos_z",
+    dims: Sequence[str] | None = None,
+    heads: Sequence[str | tuple[int, int]] | None = None,
+    top_k: int = 10,
+    by: str = "auto",
+    component: str = "z",
+    title: str | None = None,
+) -> Figure:
     """E3: selected heads x token type (or position).
 
     Args:
@@ -257,18 +298,32 @@ def head_by_position(data: Any, *, family: str = "head_by_pos_z", dims: Sequence
     cols = lab.labels(pos)
     fig = new_figure(2.6 + 0.45 * len(cols), 1.4 + 0.32 * max(len(chosen), 3))
     ax = fig.subplots()
-    im = draw_heatmap(ax, grid, row_labels=[f"{a}.{b}" for a, b in chosen], col_labels=cols,
-                      row_name="head (layer.head)", col_name=_TOKEN_AXIS[pos], norm=symmetric_norm(grid),
-                      metric=lab.metric, annotate=grid.size <= 120)
+    im = draw_heatmap(
+        ax,
+        grid,
+        row_labels=[f"{a}.{b}" for a, b in chosen],
+        col_labels=cols,
+        row_name="head (layer.head)",
+        col_name=_TOKEN_AXIS[pos],
+        norm=symmetric_norm(grid),
+        metric=lab.metric,
+        annotate=grid.size <= 120,
+    )
     colorbar(fig, im, ax, lab.metric)
     sel = "" if heads is not None else f" (top {len(chosen)} heads)"
     fig.suptitle(title or _title(family, n_pairs) + sel, fontsize=11)
     return fig
 
 
-def path_patching(data: Any, *, family: str = "path_to_heads", dims: Sequence[str] | None = None,
-                  highlight: Sequence[str | tuple[int, int]] = (), by: str = "auto",
-                  title: str | None = None) -> Figure:
+def path_patching(
+    data: Any,
+    *,
+    family: str = "path_to_heads",
+    dims: Sequence[str] | None = None,
+    highlight: Sequence[str | tuple[int, int]] = (),
+    by: str = "auto",
+    title: str | None = None,
+) -> Figure:
     """E4-E6: path patching into the score or into receiver heads.
 
     ``path_to_score`` / ``path_to_heads`` are sender layer x head heatmaps; ``path_components_to_heads`` is

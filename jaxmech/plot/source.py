@@ -58,8 +58,10 @@ class Labeled:
             raise ResultsError(f"{self.name or 'array'}: {values.ndim} axes {values.shape} but dims {self.dims}")
         for dim, labels in self.coords.items():
             if dim in self.dims and len(labels) != values.shape[self.dims.index(dim)]:
-                raise ResultsError(f"{self.name or 'array'}: {len(labels)} labels for axis {dim!r} of length "
-                                   f"{values.shape[self.dims.index(dim)]}")
+                raise ResultsError(
+                    f"{self.name or 'array'}: {len(labels)} labels for axis {dim!r} of length "
+                    f"{values.shape[self.dims.index(dim)]}"
+                )
 
     def axis(self, dim: str) -> int:
         """Index of the axis named ``dim``.
@@ -83,8 +85,12 @@ class Labeled:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             values = np.nanmean(np.asarray(self.values, np.float64), axis=ax)
-        return dataclasses.replace(self, values=values, dims=self.dims[:ax] + self.dims[ax + 1:],
-                                   coords={k: v for k, v in self.coords.items() if k != dim})
+        return dataclasses.replace(
+            self,
+            values=values,
+            dims=self.dims[:ax] + self.dims[ax + 1 :],
+            coords={k: v for k, v in self.coords.items() if k != dim},
+        )
 
     def select(self, dim: str, index: int | str) -> Labeled:
         """One slice along ``dim``, by position or by label."""
@@ -94,9 +100,12 @@ class Labeled:
             if index not in labels:
                 raise ResultsError(f"{self.name or 'array'}: no {dim} {index!r} (have {labels})")
             index = labels.index(index)
-        return dataclasses.replace(self, values=np.take(self.values, index, axis=ax),
-                                   dims=self.dims[:ax] + self.dims[ax + 1:],
-                                   coords={k: v for k, v in self.coords.items() if k != dim})
+        return dataclasses.replace(
+            self,
+            values=np.take(self.values, index, axis=ax),
+            dims=self.dims[:ax] + self.dims[ax + 1 :],
+            coords={k: v for k, v in self.coords.items() if k != dim},
+        )
 
 
 def family_dims(family: str) -> tuple[str, ...]:
@@ -182,8 +191,9 @@ class StoreSource:
         dims = tuple(getattr(arr, "dims", None) or ("pair", *family_dims(family)))
         if len(dims) != values.ndim:
             raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape} but axes {dims}")
-        return Labeled(values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric",
-                                                                                                 "normalized"))
+        return Labeled(
+            values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+        )
 
     def by_token_type(self, family: str) -> Labeled | None:
         """Token-type means from the per-pair ``token_types`` column (None when the run has none)."""
@@ -216,16 +226,26 @@ class NpzSource:
             self.meta = json.loads(str(self._arrays["meta"])) if "meta" in self._arrays else {}
         except json.JSONDecodeError as err:
             raise ResultsError(f"{self.path}: malformed meta JSON ({err})") from None
-        reserved = {"score_baseline", "score_perturbed", "lengths", "names", "flagged", "meta",
-                    "token_type_names", "token_type_pair_counts"}
+        reserved = {
+            "score_baseline",
+            "score_perturbed",
+            "lengths",
+            "names",
+            "flagged",
+            "meta",
+            "token_type_names",
+            "token_type_pair_counts",
+        }
         self.families = [k for k in self._arrays if ":" not in k and k not in reserved]
         sb = np.atleast_1d(self._arrays.get("score_baseline", np.zeros(0)))
         self._single = np.ndim(self._arrays.get("score_baseline", np.zeros(0))) == 0
-        self.pairs = {"name": np.atleast_1d(self._arrays.get("names", np.arange(len(sb)).astype(str))),
-                      "score_baseline": sb,
-                      "score_perturbed": np.atleast_1d(self._arrays.get("score_perturbed", np.zeros(0))),
-                      "length": np.atleast_1d(self._arrays.get("lengths", np.zeros(0, int))),
-                      "flagged": np.atleast_1d(self._arrays.get("flagged", np.zeros(len(sb), bool)))}
+        self.pairs = {
+            "name": np.atleast_1d(self._arrays.get("names", np.arange(len(sb)).astype(str))),
+            "score_baseline": sb,
+            "score_perturbed": np.atleast_1d(self._arrays.get("score_perturbed", np.zeros(0))),
+            "length": np.atleast_1d(self._arrays.get("lengths", np.zeros(0, int))),
+            "flagged": np.atleast_1d(self._arrays.get("flagged", np.zeros(len(sb), bool))),
+        }
         self.analyses: dict[str, dict] = {}
 
     def array(self, family: str) -> Labeled:
@@ -243,8 +263,9 @@ class NpzSource:
         dims = ("pair", *dims)
         if len(dims) != values.ndim:
             raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape}, expected axes {dims}")
-        return Labeled(values, dims, _coords_for(family, dims), name=family,
-                       metric=self.meta.get("metric", "normalized"))
+        return Labeled(
+            values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+        )
 
     def by_token_type(self, family: str) -> Labeled | None:
         """The ``by_type:<family>`` means ``jaxmech patch`` stored (None when it had no token types)."""
@@ -255,8 +276,13 @@ class NpzSource:
             return None
         names = tuple(str(n) for n in self._arrays["token_type_names"])
         dims = tuple(d for d in family_dims(family) if d != "pos") + ("token_type",)
-        return Labeled(self._arrays[key], dims, {**_coords_for(family, dims), "token_type": names},
-                       name=family, metric=self.meta.get("metric", "normalized"))
+        return Labeled(
+            self._arrays[key],
+            dims,
+            {**_coords_for(family, dims), "token_type": names},
+            name=family,
+            metric=self.meta.get("metric", "normalized"),
+        )
 
 
 def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
@@ -284,8 +310,9 @@ def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
     try:
         from jaxmech import results as store
     except ImportError:
-        raise ResultsError(f"{path}: reading a run directory needs the results store (jaxmech.results), "
-                           "which this installation lacks") from None
+        raise ResultsError(
+            f"{path}: reading a run directory needs the results store (jaxmech.results), which this installation lacks"
+        ) from None
     try:
         run = store.open(path)
     except (OSError, ValueError, KeyError) as err:
@@ -300,8 +327,10 @@ def read_analysis(source: ResultsSource, name: str) -> dict:
         ResultsError: If it is missing or not a JSON object.
     """
     if name not in source.analyses:
-        raise ResultsError(f"{source.path}: no analysis {name!r} (analyses/{name}.json; this run has: "
-                           f"{', '.join(sorted(source.analyses)) or 'none'})")
+        raise ResultsError(
+            f"{source.path}: no analysis {name!r} (analyses/{name}.json; this run has: "
+            f"{', '.join(sorted(source.analyses)) or 'none'})"
+        )
     obj = source.analyses[name]
     if not isinstance(obj, dict):
         raise ResultsError(f"{source.path}: analyses/{name}.json is not a JSON object")

@@ -130,8 +130,14 @@ def draw_heatmap(
     """
     values = np.asarray(values, np.float64)
     n_rows, n_cols = values.shape
-    im = ax.imshow(np.ma.masked_invalid(values), cmap=diverging_cmap(), norm=norm, origin="lower",
-                   aspect="auto", interpolation="nearest")
+    im = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap=diverging_cmap(),
+        norm=norm,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+    )
     ax.set_xticks(range(n_cols), list(col_labels))
     ax.set_yticks(range(n_rows), list(row_labels))
     if rotate_cols is None:
@@ -156,16 +162,27 @@ def draw_heatmap(
             for c in range(n_cols):
                 v = values[r, c]
                 if np.isfinite(v):
-                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if abs(v) > 0.6 * vmax else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        color="white" if abs(v) > 0.6 * vmax else "black",
+                    )
     for r, c in highlight:
-        ax.add_patch(matplotlib.patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black",
-                                                  linewidth=1.6))
+        ax.add_patch(
+            matplotlib.patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6)
+        )
     fig = ax.figure
     if not hasattr(fig, "heatmap_cells"):
         fig.heatmap_cells = []
-    fig.heatmap_cells.append(HeatmapCells(ax, values, row_name, col_name, [str(x) for x in row_labels],
-                                          [str(x) for x in col_labels], panel, metric))
+    fig.heatmap_cells.append(
+        HeatmapCells(
+            ax, values, row_name, col_name, [str(x) for x in row_labels], [str(x) for x in col_labels], panel, metric
+        )
+    )
     return im
 
 

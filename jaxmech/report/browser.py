@@ -16,20 +16,32 @@ import tempfile
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--force-device-scale-factor=1")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+)
 
 _PROBE_HEAD = """<script>(function(){window.__errors=[];
-var ce=console.error;console.error=function(){window.__errors.push('console.error: '+Array.prototype.join.call(arguments,' '));ce.apply(console,arguments);};
-window.addEventListener('error',function(e){window.__errors.push('error: '+(e.message||(e.target&&e.target.outerHTML||'').slice(0,120)));},true);
+var ce=console.error;console.error=function(){
+ window.__errors.push('console.error: '+Array.prototype.join.call(arguments,' '));ce.apply(console,arguments);};
+window.addEventListener('error',function(e){
+ window.__errors.push('error: '+(e.message||(e.target&&e.target.outerHTML||'').slice(0,120)));},true);
 })();</script>"""
 _PROBE_TAIL = """<script>window.addEventListener('load',function(){
 var figs=[].map.call(document.querySelectorAll('figure'),function(f){
  var s=f.querySelector('svg'),r=s?s.getBoundingClientRect():{width:0,height:0},im=f.querySelector('image');
  var st=s?getComputedStyle(s):null;
  return {id:f.id,width:r.width,height:r.height,visible:!!st&&st.display!=='none'&&st.visibility!=='hidden',
-         png:!!im&&(im.getAttribute('href')||'').indexOf('data:image/png;base64,')===0,cells:f.querySelectorAll('rect.cell').length};});
+         png:!!im&&(im.getAttribute('href')||'').indexOf('data:image/png;base64,')===0,
+         cells:f.querySelectorAll('rect.cell').length};});
 var pending=figs.length,loaded={};
 function done(){var p=document.createElement('pre');p.id='__probe';
  p.textContent=JSON.stringify({errors:window.__errors,figures:figs,decoded:loaded,title:document.title});document.body.appendChild(p);}
@@ -80,12 +92,16 @@ def check_page(page: str | Path, *, chromium: str | None = None, timeout: float 
     with tempfile.TemporaryDirectory(prefix="jaxmech-probe-") as tmp:
         copy = Path(tmp) / "probe.html"
         copy.write_text(probed, encoding="utf-8")
-        res = _run(chromium, ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--dump-dom",
-                              copy.as_uri()], timeout)
+        res = _run(
+            chromium,
+            ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--dump-dom", copy.as_uri()],
+            timeout,
+        )
     m = re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S)
     if not m:
-        raise RuntimeError(f"{page}: the browser gave no probe result (exit {res.returncode}; "
-                           f"stderr tail: {res.stderr[-400:]!r})")
+        raise RuntimeError(
+            f"{page}: the browser gave no probe result (exit {res.returncode}; stderr tail: {res.stderr[-400:]!r})"
+        )
     import html as _html
 
     out = json.loads(_html.unescape(m.group(1)))
@@ -93,8 +109,15 @@ def check_page(page: str | Path, *, chromium: str | None = None, timeout: float 
     return out
 
 
-def screenshot(page: str | Path, out: str | Path, *, width: int = 1280, height: int = 1600,
-               chromium: str | None = None, timeout: float = 90) -> Path:
+def screenshot(
+    page: str | Path,
+    out: str | Path,
+    *,
+    width: int = 1280,
+    height: int = 1600,
+    chromium: str | None = None,
+    timeout: float = 90,
+) -> Path:
     """A PNG of the top ``width`` x ``height`` pixels of the page.
 
     Raises:
@@ -106,8 +129,16 @@ def screenshot(page: str | Path, out: str | Path, *, width: int = 1280, height: 
         raise FileNotFoundError("no chromium binary (apt-get install chromium)")
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = _run(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000",
-                          f"--screenshot={out}", Path(page).resolve().as_uri()], timeout)
+    res = _run(
+        chromium,
+        [
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=10000",
+            f"--screenshot={out}",
+            Path(page).resolve().as_uri(),
+        ],
+        timeout,
+    )
     if not out.is_file():
         raise RuntimeError(f"chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-400:]}")
     return out

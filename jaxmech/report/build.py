@@ -90,18 +90,18 @@ def default_out_dir(path: Path) -> Path:
 
 CAPTIONS = {
     "block_every": "Each cell: patching one component's output at one layer and position from the perturbed run into "
-                   "the baseline run, averaged over the positions of a token type and over pairs. The paper sees the "
-                   "signal at the injected token (Dinj) early, at the query-term copy (Qplus) in middle layers and at "
-                   "[CLS] at the end.",
+    "the baseline run, averaged over the positions of a token type and over pairs. The paper sees the "
+    "signal at the injected token (Dinj) early, at the query-term copy (Qplus) in middle layers and at "
+    "[CLS] at the end.",
     "head_all_pos_v": "One head's value vectors at every position patched in (paper E2).",
     "head_by_pos_z": "One head's output z at one position patched in, averaged by token type (paper E3); the heads "
-                     "with the largest effect anywhere are shown.",
+    "with the largest effect anywhere are shown.",
     "path_to_score": "Sender head z patched with every other head's z frozen: the head's direct path to the score "
-                     "and through MLPs only (paper E4). Outlined: the paper's relevance scoring heads (same model).",
+    "and through MLPs only (paper E4). Outlined: the paper's relevance scoring heads (same model).",
     "path_to_heads": "Sender head z into the receiver heads' chosen input only (paper E5). The paper finds the "
-                     "contextual query representation heads this way, and, recursing, the matching heads.",
+    "contextual query representation heads this way, and, recursing, the matching heads.",
     "path_components_to_heads": "A component at one layer and position, into the receivers' inputs (paper E6, "
-                                "without the reference code's double patch).",
+    "without the reference code's double patch).",
     "circuit": "Heads of the circuit analysis by role.",
     "soft_tf": "Attention of matching heads from query-term positions to the document, by condition.",
     "idf_svd_bars": "Correlation of each left singular vector U_k of the embedding matrix with IDF (paper §4.4).",
@@ -154,8 +154,14 @@ def analysis_figures(source: ResultsSource) -> list[FigureEntry]:
         ("edit_idf", "edit_idf", A.editing_curves, {}),
         ("linear_bm25", "linear_bm25", A.regression_scatter, {}),
     ]
-    titles = {"circuit": "Circuit", "soft_tf": "Soft term frequency", "idf_svd_bars": "IDF in the embedding matrix",
-              "idf_svd_scatter": "U_0 against IDF", "edit_idf": "IDF editing", "linear_bm25": "Linear semantic BM25"}
+    titles = {
+        "circuit": "Circuit",
+        "soft_tf": "Soft term frequency",
+        "idf_svd_bars": "IDF in the embedding matrix",
+        "idf_svd_scatter": "U_0 against IDF",
+        "edit_idf": "IDF editing",
+        "linear_bm25": "Linear semantic BM25",
+    }
     out = []
     for name, fid, fn, kw in specs:
         if name not in source.analyses:
@@ -163,8 +169,9 @@ def analysis_figures(source: ResultsSource) -> list[FigureEntry]:
         try:
             fig = fn(source.analyses[name], **kw)
         except (ResultsError, KeyError, TypeError, ValueError) as err:
-            raise ResultsError(f"{source.path}: analyses/{name}.json: cannot draw {fid} "
-                               f"({type(err).__name__}: {err})") from None
+            raise ResultsError(
+                f"{source.path}: analyses/{name}.json: cannot draw {fid} ({type(err).__name__}: {err})"
+            ) from None
         out.append(FigureEntry(f"fig-{fid}", titles[fid], "Analyses", CAPTIONS.get(fid, ""), fig))
     return out
 
@@ -183,16 +190,24 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
         order = list(ROLE_FIGURES)
         for h in c["heads"]:
             role = str(h.get("role", ""))
-            rows.append({"head": f"{int(h['layer'])}.{int(h['head'])}", "layer": int(h["layer"]),
-                         "head_index": int(h["head"]), "role": role, "effect": h.get("effect")})
+            rows.append(
+                {
+                    "head": f"{int(h['layer'])}.{int(h['head'])}",
+                    "layer": int(h["layer"]),
+                    "head_index": int(h["head"]),
+                    "role": role,
+                    "effect": h.get("effect"),
+                }
+            )
         rows.sort(key=lambda r: (order.index(r["role"]) if r["role"] in order else 9, -r["layer"], r["head_index"]))
     elif "path_to_score" in source.families:
-        origin = "no circuit analysis in this run: the 5 heads with the largest mean effect in path patching to the score"
+        origin = (
+            "no circuit analysis in this run: the 5 heads with the largest mean effect in path patching to the score"
+        )
         mean = source.array("path_to_score").mean_over("pair").values
         for name, v in ranked_heads(mean, 5):
             a, b = name.split(".")
-            rows.append({"head": name, "layer": int(a), "head_index": int(b), "role": "score path (E4)",
-                         "effect": v})
+            rows.append({"head": name, "layer": int(a), "head_index": int(b), "role": "score path (E4)", "effect": v})
     else:
         return [], "no circuit analysis and no path_to_score results in this run"
     for r in rows:
@@ -279,12 +294,16 @@ def model_notice(summary: dict) -> str:
         return f"This run used the paper's model, {PAPER_MODEL}."
     shape = f"{summary['n_layers']} layers × {summary['n_heads']} heads" if summary["n_layers"] else "unknown shape"
     kind = {"bi": "bi-encoder", "cross": "cross-encoder"}.get(str(summary["kind"]), str(summary["kind"] or "model"))
-    text = (f"Different model: this run used {summary['model']} ({kind}, {shape}), not the paper's {PAPER_MODEL} "
-            "(cross-encoder, 12 layers × 12 heads). Head indices and values do not carry over between models; rows "
-            "marked “in kind” compare the structure of each claim instead.")
+    text = (
+        f"Different model: this run used {summary['model']} ({kind}, {shape}), not the paper's {PAPER_MODEL} "
+        "(cross-encoder, 12 layers × 12 heads). Head indices and values do not carry over between models; rows "
+        "marked “in kind” compare the structure of each claim instead."
+    )
     if summary["kind"] == "bi":
-        text += (" A bi-encoder encodes the document without the query, so the query-side token types (Qplus, "
-                 "Qsub, SEP1) do not occur in its inputs and its score is a cosine similarity, not a logit.")
+        text += (
+            " A bi-encoder encodes the document without the query, so the query-side token types (Qplus, "
+            "Qsub, SEP1) do not occur in its inputs and its score is a cosine similarity, not a logit."
+        )
     return text
 
 
@@ -352,61 +371,100 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render_html(summary: dict, comparisons: list[Comparison], circuit: tuple[list[dict], str],
-                figures: list[tuple[FigureEntry, str]], skipped: list[str], generated: str) -> str:
+def render_html(
+    summary: dict,
+    comparisons: list[Comparison],
+    circuit: tuple[list[dict], str],
+    figures: list[tuple[FigureEntry, str]],
+    skipped: list[str],
+    generated: str,
+) -> str:
     """The page."""
     rows, origin = circuit
     fig_ids = {f.id for f, _ in figures}
     counts = summary_counts(comparisons)
     notice_cls = "notice same" if summary["same_model_as_paper"] else "notice"
-    h = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>jaxmech report — {_e(summary['model'])}</title><style>{CSS}</style></head><body>",
-         f"<h1>jaxmech report: {_e(summary['model'])}</h1>",
-         f'<p class="muted">{_e(summary["n_pairs"])} pairs · {_e(summary["kind"])} · generated {_e(generated)}</p>',
-         f'<div class="{notice_cls}" id="model-notice">{_e(model_notice(summary))}</div>',
-         '<nav><a href="#comparison">Beside the paper</a><a href="#circuit">Circuit</a>'
-         '<a href="#figures">Figures</a><a href="#run">Run</a></nav>',
-         '<h2 id="comparison">Results beside the paper</h2>',
-         "<p>" + " · ".join(f'<span class="verdict {_verdict_class(k)}">{_e(k)}</span> {n}'
-                            for k, n in sorted(counts.items())) + "</p>",
-         "<table><thead><tr><th>result</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>"]
+    h = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>jaxmech report — {_e(summary['model'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>jaxmech report: {_e(summary['model'])}</h1>",
+        f'<p class="muted">{_e(summary["n_pairs"])} pairs · {_e(summary["kind"])} · generated {_e(generated)}</p>',
+        f'<div class="{notice_cls}" id="model-notice">{_e(model_notice(summary))}</div>',
+        '<nav><a href="#comparison">Beside the paper</a><a href="#circuit">Circuit</a>'
+        '<a href="#figures">Figures</a><a href="#run">Run</a></nav>',
+        '<h2 id="comparison">Results beside the paper</h2>',
+        "<p>"
+        + " · ".join(f'<span class="verdict {_verdict_class(k)}">{_e(k)}</span> {n}' for k, n in sorted(counts.items()))
+        + "</p>",
+        "<table><thead><tr><th>result</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>",
+    ]
     for c in comparisons:
         link = f' <a href="#{_e(c.figure)}">figure</a>' if c.figure in fig_ids else ""
-        h.append(f'<tr id="cmp-{_e(c.key)}"><td>{_e(c.item)}{link}</td><td>{_e(c.paper)}</td><td>{_e(c.ours)}</td>'
-                 f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
-                 f'<div class="crit">{_e(c.criterion)}</div></td></tr>')
+        h.append(
+            f'<tr id="cmp-{_e(c.key)}"><td>{_e(c.item)}{link}</td><td>{_e(c.paper)}</td><td>{_e(c.ours)}</td>'
+            f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
+            f'<div class="crit">{_e(c.criterion)}</div></td></tr>'
+        )
     h.append("</tbody></table>")
     h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
     if rows:
         paper_col = summary["same_model_as_paper"]
-        h.append("<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
-                 + ("<th>paper's role</th>" if paper_col else "") + "<th>figures</th></tr></thead><tbody>")
+        h.append(
+            "<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
+            + ("<th>paper's role</th>" if paper_col else "")
+            + "<th>figures</th></tr></thead><tbody>"
+        )
         for r in rows:
             links = " ".join(f'<a href="#{_e(f)}">{_e(f.removeprefix("fig-"))}</a>' for f in r["figures"])
-            h.append(f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
-                     f"<td>{_e(_fmt(r['effect']))}</td>"
-                     + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "") + f"<td>{links}</td></tr>")
+            h.append(
+                f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
+                f"<td>{_e(_fmt(r['effect']))}</td>"
+                + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
+                + f"<td>{links}</td></tr>"
+            )
         h.append("</tbody></table>")
-    h.append('<h2 id="figures">Figures</h2><p class="muted">Hover a heatmap cell for its value, layer, head and '
-             "token type. Colour scales are symmetric about zero (white: no effect; red: restores the perturbed "
-             "score; blue: moves away from it; grey: not patched, or a token type the pairs do not have).</p>")
+    h.append(
+        '<h2 id="figures">Figures</h2><p class="muted">Hover a heatmap cell for its value, layer, head and '
+        "token type. Colour scales are symmetric about zero (white: no effect; red: restores the perturbed "
+        "score; blue: moves away from it; grey: not patched, or a token type the pairs do not have).</p>"
+    )
     section = None
     for entry, svg in figures:
         if entry.section != section:
             section = entry.section
             h.append(f"<h3>{_e(section)}</h3>")
-        h.append(f'<figure id="{_e(entry.id)}">{svg}<div class="readout" aria-live="polite"></div>'
-                 f"<figcaption><b>{_e(entry.title)}.</b> {_e(entry.caption)}</figcaption></figure>")
+        h.append(
+            f'<figure id="{_e(entry.id)}">{svg}<div class="readout" aria-live="polite"></div>'
+            f"<figcaption><b>{_e(entry.title)}.</b> {_e(entry.caption)}</figcaption></figure>"
+        )
     if skipped:
         h.append("<p class='muted'>Not drawn: " + "; ".join(_e(s) for s in skipped) + "</p>")
     h.append('<h2 id="run">Run</h2><table><tbody>')
-    for k in ("path", "model", "weights_hash", "kind", "n_layers", "n_heads", "dataset", "dataset_hash", "n_pairs",
-              "n_flagged", "metric", "method", "receivers", "receiver_input", "precision", "jaxmech_version",
-              "families", "analyses"):
+    for k in (
+        "path",
+        "model",
+        "weights_hash",
+        "kind",
+        "n_layers",
+        "n_heads",
+        "dataset",
+        "dataset_hash",
+        "n_pairs",
+        "n_flagged",
+        "metric",
+        "method",
+        "receivers",
+        "receiver_input",
+        "precision",
+        "jaxmech_version",
+        "families",
+        "analyses",
+    ):
         v = summary.get(k)
-        h.append(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v) if not isinstance(v, list) else ', '.join(map(str, v)))}"
-                 "</td></tr>")
+        h.append(
+            f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v) if not isinstance(v, list) else ', '.join(map(str, v)))}</td></tr>"
+        )
     for k in ("device", "timings", "config"):
         v = summary.get(k)
         body = "not recorded" if v is None else f"<pre>{_e(json.dumps(v, indent=1, default=str))}</pre>"
@@ -420,28 +478,60 @@ def _md_cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(summary: dict, comparisons: list[Comparison], circuit: tuple[list[dict], str],
-                    figures: list[FigureEntry], generated: str) -> str:
+def render_markdown(
+    summary: dict,
+    comparisons: list[Comparison],
+    circuit: tuple[list[dict], str],
+    figures: list[FigureEntry],
+    generated: str,
+) -> str:
     """report.md (figures as files under ``figures/``)."""
     rows, origin = circuit
-    md = [f"# jaxmech report: {summary['model']}", "", f"{summary['n_pairs']} pairs · {summary['kind']} · "
-          f"generated {generated}", "", f"> {model_notice(summary)}", "", "## Results beside the paper", "",
-          "| result | paper | ours | verdict | criterion |", "|---|---|---|---|---|"]
+    md = [
+        f"# jaxmech report: {summary['model']}",
+        "",
+        f"{summary['n_pairs']} pairs · {summary['kind']} · generated {generated}",
+        "",
+        f"> {model_notice(summary)}",
+        "",
+        "## Results beside the paper",
+        "",
+        "| result | paper | ours | verdict | criterion |",
+        "|---|---|---|---|---|",
+    ]
     for c in comparisons:
-        md.append("| " + " | ".join(_md_cell(x) for x in (c.item, c.paper, c.ours, f"**{c.verdict}**", c.criterion))
-                  + " |")
+        md.append(
+            "| " + " | ".join(_md_cell(x) for x in (c.item, c.paper, c.ours, f"**{c.verdict}**", c.criterion)) + " |"
+        )
     md += ["", "## Circuit", "", f"Source: {origin}.", ""]
     if rows:
         md += ["| head | role | effect | figures |", "|---|---|---|---|"]
         for r in rows:
-            md.append(f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | "
-                      + ", ".join(f.removeprefix("fig-") for f in r["figures"]) + " |")
+            md.append(
+                f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | "
+                + ", ".join(f.removeprefix("fig-") for f in r["figures"])
+                + " |"
+            )
     md += ["", "## Figures", ""]
     for f in figures:
         md += [f"### {f.title}", "", f"![{f.title}](figures/{f.id.removeprefix('fig-')}.png)", "", f.caption, ""]
     md += ["## Run", ""]
-    for k in ("path", "model", "weights_hash", "kind", "n_layers", "n_heads", "dataset", "dataset_hash", "n_pairs",
-              "n_flagged", "metric", "method", "precision", "jaxmech_version"):
+    for k in (
+        "path",
+        "model",
+        "weights_hash",
+        "kind",
+        "n_layers",
+        "n_heads",
+        "dataset",
+        "dataset_hash",
+        "n_pairs",
+        "n_flagged",
+        "metric",
+        "method",
+        "precision",
+        "jaxmech_version",
+    ):
         md.append(f"- **{k}**: {_fmt(summary.get(k))}")
     for k in ("device", "timings", "config"):
         v = summary.get(k)
@@ -454,8 +544,9 @@ def render_markdown(summary: dict, comparisons: list[Comparison], circuit: tuple
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_report(run_dir: str | Path | Any, out_dir: str | Path | None = None, *, score_demo: bool = True,
-                 dpi: int = 100) -> Path:
+def build_report(
+    run_dir: str | Path | Any, out_dir: str | Path | None = None, *, score_demo: bool = True, dpi: int = 100
+) -> Path:
     """Writes report.html, report.md, numbers.json and figures/*.png for a run.
 
     Args:
@@ -476,7 +567,7 @@ def build_report(run_dir: str | Path | Any, out_dir: str | Path | None = None, *
             raise ResultsError("build_report: give out_dir for an in-memory run")
         out_dir = default_out_dir(source.path)
     out = Path(out_dir)
-    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     demo = None
     if score_demo:
         from jaxmech.report.demo import score_demo_pair
@@ -504,8 +595,9 @@ def build_report(run_dir: str | Path | Any, out_dir: str | Path | None = None, *
         "circuit": {"origin": circuit[1], "heads": circuit[0]},
         "families": family_numbers(source),
         "analyses": analysis_numbers(source),
-        "figures": [{"id": e.id, "title": e.title, "file": f"figures/{e.id.removeprefix('fig-')}.png"}
-                    for e in entries],
+        "figures": [
+            {"id": e.id, "title": e.title, "file": f"figures/{e.id.removeprefix('fig-')}.png"} for e in entries
+        ],
         "not_drawn": skipped,
     }
     _atomic_write(out / "numbers.json", json.dumps(to_jsonable(numbers), indent=2, default=str))
@@ -513,4 +605,3 @@ def build_report(run_dir: str | Path | Any, out_dir: str | Path | None = None, *
     page = out / "report.html"
     _atomic_write(page, render_html(summary, comparisons, circuit, rendered, skipped, generated))
     return page
-

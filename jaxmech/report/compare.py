@@ -40,14 +40,18 @@ PAPER = {
     "scoring_heads": ["10.1", "10.10", "10.7", "10.4"],
     "head_all_pos_v": {"10.1": 0.15, "10.10": 0.15, "10.7": 0.11},
     "matching_heads": ["7.9", "8.1", "4.9", "2.1", "8.8", "6.5", "1.7", "5.7", "5.9", "3.1", "8.0", "6.3", "0.8"],
-    "block_every": {"resid_pre_dinj_early": 1.0, "resid_pre_qplus_middle": "0.45-0.7", "resid_pre_cls_last": 1.0,
-                    "attn_out_cls_layer10": 0.8},
+    "block_every": {
+        "resid_pre_dinj_early": 1.0,
+        "resid_pre_qplus_middle": "0.45-0.7",
+        "resid_pre_cls_last": 1.0,
+        "attn_out_cls_layer10": 0.8,
+    },
     "linear_test_pearson": 0.8157,
     "bm25_test_pearson": 0.42,
     "u0_idf": "U_0 is the component most correlated with IDF (negatively in the code's sign); value not readable",
     "edit_idf": "raising U_0-IDF of the query term raises the perturbed score and head 10.1's [CLS] attention",
     "soft_tf": "matching-head attention to the document grows with term count and saturates (TFC2); falls with "
-               "document length (LNC1)",
+    "document length (LNC1)",
 }
 DEMO_ATOL = 2e-3  # the paper's logits are printed to 4 decimals from an MPS run
 LINEAR_TOL = 0.05  # |r_ours - r_paper| for numeric agreement of correlations
@@ -147,28 +151,58 @@ def compare_demo(scores: dict | None, meta: dict) -> Comparison:
     ours = f"{b:.4f} / {p:.4f}"
     vals = {"score_baseline": b, "score_perturbed": p}
     if scores.get("kind") == "bi":
-        return Comparison(key, item, paper, ours + " (cosine similarities)", "not comparable",
-                          "a bi-encoder scores by cosine similarity, the paper's model by a raw logit", values=vals)
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours + " (cosine similarities)",
+            "not comparable",
+            "a bi-encoder scores by cosine similarity, the paper's model by a raw logit",
+            values=vals,
+        )
     if same_model(meta):
         ok = abs(b - d["score_baseline"]) <= DEMO_ATOL and abs(p - d["score_perturbed"]) <= DEMO_ATOL
-        return Comparison(key, item, paper, ours, "agrees" if ok else "disagrees",
-                          f"both logits within {DEMO_ATOL} of the paper's", values=vals)
-    return Comparison(key, item, paper, ours, "agrees in kind" if p > b else "differs in kind",
-                      "different model: logits differ in scale; in kind = the perturbed document (term appended) "
-                      "scores higher than the baseline", values=vals)
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "agrees" if ok else "disagrees",
+            f"both logits within {DEMO_ATOL} of the paper's",
+            values=vals,
+        )
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if p > b else "differs in kind",
+        "different model: logits differ in scale; in kind = the perturbed document (term appended) "
+        "scores higher than the baseline",
+        values=vals,
+    )
 
 
 def compare_block(source: ResultsSource, L: int | None) -> Comparison:
     """E1 block patching: Dinj early -> Qplus in the middle -> [CLS] at the end (notes §4 E1, §11)."""
     key, item, fig = "block_every", "E1 block patching: where the signal flows", "fig-block_every"
-    paper = ("resid_pre ≈1 at the injected token (layers 0–2), ≈0.45–0.7 at the query-term copy in middle layers, "
-             "≈1 at [CLS] in layer 11; attn_out at [CLS] in layer 10 ≈0.8")
+    paper = (
+        "resid_pre ≈1 at the injected token (layers 0–2), ≈0.45–0.7 at the query-term copy in middle layers, "
+        "≈1 at [CLS] in layer 11; attn_out at [CLS] in layer 10 ≈0.8"
+    )
     if "block_every" not in source.families:
         return _not_in_run(key, item, paper, "block_every", fig)
     lab = source.by_token_type("block_every")
     if lab is None:
-        return Comparison(key, item, paper, "— (no token types: patch a dataset file)", "not comparable",
-                          "needs token-type aggregation", fig)
+        return Comparison(
+            key,
+            item,
+            paper,
+            "— (no token types: patch a dataset file)",
+            "not comparable",
+            "needs token-type aggregation",
+            fig,
+        )
     types = lab.labels("token_type")
     rp = lab.select("component", "resid_pre").values  # [layer, type]
     ao = lab.select("component", "attn_out").values
@@ -187,7 +221,9 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
         "resid_pre at Dinj, early layers (max)": (at(rp, early, "Dinj"), 0.5),
         "resid_pre at Qplus, middle layers (max)": (at(rp, middle, "Qplus"), 0.3),
         "[CLS]: resid_pre last layer or attn_out last two layers (max)": (
-            max(at(rp, slice(n - 1, n), "CLS"), at(ao, slice(max(0, n - 2), n), "CLS")), 0.5),
+            max(at(rp, slice(n - 1, n), "CLS"), at(ao, slice(max(0, n - 2), n), "CLS")),
+            0.5,
+        ),
     }
     passed = [k for k, (v, th) in checks.items() if np.isfinite(v) and v >= th]
     ours = "; ".join(f"{k}: {v:.2f}" for k, (v, _) in checks.items())
@@ -201,8 +237,16 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
     if not same_model(source.meta):
         verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
         crit = "different model, compared in kind with layers scaled to its depth: " + crit
-    return Comparison(key, item, paper, ours, verdict, crit, fig,
-                      {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()})
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        verdict,
+        crit,
+        fig,
+        {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()},
+    )
 
 
 def _head_set_verdict(ours: list[str], paper: list[str], n_match_full: int, n_match_part: int) -> str:
@@ -236,8 +280,16 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     ours += f"; top {k} carry {share:.0%} of the positive effect"
     if same_model(source.meta):
         verdict = _head_set_verdict([h for h, _ in top], list(ref), k - 1, 1)
-        return Comparison(key, item, paper, ours, verdict,
-                          f"our top {k} heads vs the paper's: agrees if ≥{k - 1} shared, partly if ≥1", fig, vals)
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            verdict,
+            f"our top {k} heads vs the paper's: agrees if ≥{k - 1} shared, partly if ≥1",
+            fig,
+            vals,
+        )
     n = L or mean.shape[0]
     # The paper's E4 top 4 carry ~84% of the positive effect (rest ≈0); its E2 top 3 about half (7 more heads
     # at 0.05-0.08), so the share is part of the E4 claim only.
@@ -245,8 +297,16 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     ok = _last_layers_in_kind(top, n) and (share >= 0.5 or not need_share)
     crit = f"different model ({n} layers): in kind = our top {k} heads all in the last two layers"
     crit += " and carrying ≥50% of the positive effect" if need_share else ""
-    return Comparison(key, item, paper, ours, "agrees in kind" if ok else "differs in kind",
-                      crit + " (the paper's are in layer 10 of 12)", fig, vals)
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if ok else "differs in kind",
+        crit + " (the paper's are in layer 10 of 12)",
+        fig,
+        vals,
+    )
 
 
 def _circuit_heads(source: ResultsSource, role: str) -> list[str] | None:
@@ -269,14 +329,30 @@ def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
     vals = {"heads": ours_heads, "shared_with_paper": hit}
     if same_model(source.meta):
         verdict = "agrees" if len(hit) >= 9 else "partly agrees" if len(hit) >= 4 else "disagrees"
-        return Comparison(key, item, paper, ours + f"; {len(hit)} shared", verdict,
-                          "shared heads: agrees if ≥9 of 13, partly if ≥4", fig, vals)
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours + f"; {len(hit)} shared",
+            verdict,
+            "shared heads: agrees if ≥9 of 13, partly if ≥4",
+            fig,
+            vals,
+        )
     layers = sorted({int(h.split(".")[0]) for h in ours_heads})
     n = L or (max(layers) + 1 if layers else 0)
     ok = bool(ours_heads) and all(lay < n - 1 for lay in layers)
-    return Comparison(key, item, paper, ours, "agrees in kind" if ok else "differs in kind",
-                      "different model: in kind = matching heads found, all before the last layer (the paper's "
-                      "span layers 0–8 of 12, below the scoring heads)", fig, vals)
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if ok else "differs in kind",
+        "different model: in kind = matching heads found, all before the last layer (the paper's "
+        "span layers 0–8 of 12, below the scoring heads)",
+        fig,
+        vals,
+    )
 
 
 def compare_scoring_circuit(source: ResultsSource) -> Comparison:
@@ -288,10 +364,26 @@ def compare_scoring_circuit(source: ResultsSource) -> Comparison:
         return _not_in_run(key, item, paper, "the circuit analysis", fig)
     ours = ", ".join(heads) or "none"
     if same_model(source.meta):
-        return Comparison(key, item, paper, ours, "agrees" if "10.1" in heads else "disagrees",
-                          "10.1 among the circuit's relevance_scoring heads", fig, {"heads": heads})
-    return Comparison(key, item, paper, ours, "not comparable",
-                      "different model: head indices do not correspond", fig, {"heads": heads})
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "agrees" if "10.1" in heads else "disagrees",
+            "10.1 among the circuit's relevance_scoring heads",
+            fig,
+            {"heads": heads},
+        )
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "not comparable",
+        "different model: head indices do not correspond",
+        fig,
+        {"heads": heads},
+    )
 
 
 def compare_idf_svd(source: ResultsSource) -> Comparison:
@@ -322,17 +414,30 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
     fig = "fig-linear_bm25"
     a = source.analyses.get("linear_bm25")
     if not isinstance(a, dict):
-        return [_not_in_run("linear_r", "linear semantic-BM25 fit, test Pearson r", str(PAPER["linear_test_pearson"]),
-                            "the linear_bm25 analysis", fig),
-                _not_in_run("bm25_r", "BM25 against the CE score, Pearson r", str(PAPER["bm25_test_pearson"]),
-                            "the linear_bm25 analysis", fig)]
+        return [
+            _not_in_run(
+                "linear_r",
+                "linear semantic-BM25 fit, test Pearson r",
+                str(PAPER["linear_test_pearson"]),
+                "the linear_bm25 analysis",
+                fig,
+            ),
+            _not_in_run(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(PAPER["bm25_test_pearson"]),
+                "the linear_bm25 analysis",
+                fig,
+            ),
+        ]
     try:
         r = float(a["test_pearson"])
         rb = float(a["bm25_test_pearson"]) if "bm25_test_pearson" in a else float("nan")
         rr = float(a["random_features_test_pearson"]) if "random_features_test_pearson" in a else float("nan")
     except (KeyError, TypeError, ValueError) as err:
-        raise ResultsError(f"{source.path}: analyses/linear_bm25.json: malformed ({type(err).__name__}: {err})") \
-            from None
+        raise ResultsError(
+            f"{source.path}: analyses/linear_bm25.json: malformed ({type(err).__name__}: {err})"
+        ) from None
     same = same_model(source.meta)
     p_lin, p_bm = PAPER["linear_test_pearson"], PAPER["bm25_test_pearson"]
     beats = np.isfinite(rb) and r > rb + 0.1 and (not np.isfinite(rr) or r > rr + 0.1)
@@ -342,20 +447,46 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
     else:
         v1 = "agrees in kind" if beats else "differs in kind"
         c1 = "different model: in kind = the linear fit beats BM25 and random features by >0.1 in r"
-    out = [Comparison("linear_r", "linear semantic-BM25 fit, test Pearson r", str(p_lin),
-                      f"{r:.4f}" + (f" (random features {rr:.3f})" if np.isfinite(rr) else ""), v1, c1, fig,
-                      {"test_pearson": r, "random_features_test_pearson": None if not np.isfinite(rr) else rr})]
+    out = [
+        Comparison(
+            "linear_r",
+            "linear semantic-BM25 fit, test Pearson r",
+            str(p_lin),
+            f"{r:.4f}" + (f" (random features {rr:.3f})" if np.isfinite(rr) else ""),
+            v1,
+            c1,
+            fig,
+            {"test_pearson": r, "random_features_test_pearson": None if not np.isfinite(rr) else rr},
+        )
+    ]
     if not np.isfinite(rb):
         out.append(_not_in_run("bm25_r", "BM25 against the CE score, Pearson r", str(p_bm), "bm25_test_pearson", fig))
     elif same:
-        out.append(Comparison("bm25_r", "BM25 against the CE score, Pearson r", str(p_bm), f"{rb:.4f}",
-                              "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees",
-                              f"|r − {p_bm}| ≤ {LINEAR_TOL}", fig, {"bm25_test_pearson": rb}))
+        out.append(
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}",
+                "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees",
+                f"|r − {p_bm}| ≤ {LINEAR_TOL}",
+                fig,
+                {"bm25_test_pearson": rb},
+            )
+        )
     else:
-        out.append(Comparison("bm25_r", "BM25 against the CE score, Pearson r", str(p_bm), f"{rb:.4f}",
-                              "agrees in kind" if rb < r else "differs in kind",
-                              "different model: in kind = BM25 fits the model worse than the linear features",
-                              fig, {"bm25_test_pearson": rb}))
+        out.append(
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}",
+                "agrees in kind" if rb < r else "differs in kind",
+                "different model: in kind = BM25 fits the model worse than the linear features",
+                fig,
+                {"bm25_test_pearson": rb},
+            )
+        )
     return out
 
 
@@ -379,8 +510,10 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
     fig = "fig-soft_tf"
     a = source.analyses.get("soft_tf")
     out = []
-    specs = (("tfc2", "soft TF saturates with term count (TFC2)", "rises with the count and saturates", 1),
-             ("lnc1", "attention falls with document length (LNC1)", "falls as sentences are appended", -1))
+    specs = (
+        ("tfc2", "soft TF saturates with term count (TFC2)", "rises with the count and saturates", 1),
+        ("lnc1", "attention falls with document length (LNC1)", "falls as sentences are appended", -1),
+    )
     for exp, item, paper, sign in specs:
         key = f"soft_tf_{exp}"
         if not isinstance(a, dict) or exp not in a:
@@ -395,14 +528,27 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
         good = [h for h, (delta, sat) in trends.items() if sign * delta > margin[h] and (sat or sign < 0)]
         frac = len(good) / len(trends)
         verdict = "agrees" if frac > 0.5 else "partly agrees" if good else "disagrees"
-        crit = (f"share of heads whose mean {'rises and saturates (last step < first)' if sign > 0 else 'falls'} "
-                "from the first to the last condition by more than its confidence half-width: >50% agrees, "
-                "any partly")
+        crit = (
+            f"share of heads whose mean {'rises and saturates (last step < first)' if sign > 0 else 'falls'} "
+            "from the first to the last condition by more than its confidence half-width: >50% agrees, "
+            "any partly"
+        )
         if not same_model(source.meta):
-            verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict,
-                                                                                                  "differs in kind")
-        out.append(Comparison(key, item, paper, f"{len(good)} of {len(trends)} heads", verdict, crit, fig,
-                              {"heads_following": good, "n_heads": len(trends)}))
+            verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(
+                verdict, "differs in kind"
+            )
+        out.append(
+            Comparison(
+                key,
+                item,
+                paper,
+                f"{len(good)} of {len(trends)} heads",
+                verdict,
+                crit,
+                fig,
+                {"heads_following": good, "n_heads": len(trends)},
+            )
+        )
     return out
 
 
@@ -423,14 +569,25 @@ def compare_edit(source: ResultsSource) -> Comparison:
     att_d = {h: _trend(v["mean"] if isinstance(v, dict) else v)[0] for h, v in att_heads.items()}
     up_score = all(d > 0 for d in deltas.values())
     up_att = bool(att_d) and all(d > 0 for d in att_d.values())
-    ours = ("score change " + ", ".join(f"{k} {d:+.3f}" for k, d in deltas.items())
-            + ("; attention change " + ", ".join(f"{h} {d:+.4f}" for h, d in att_d.items()) if att_d else ""))
+    ours = (
+        "score change "
+        + ", ".join(f"{k} {d:+.3f}" for k, d in deltas.items())
+        + ("; attention change " + ", ".join(f"{h} {d:+.4f}" for h, d in att_d.items()) if att_d else "")
+    )
     verdict = "agrees" if up_score and up_att else "partly agrees" if up_score or up_att else "disagrees"
     if not same_model(source.meta):
         verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
-    return Comparison(key, item, paper, ours, verdict,
-                      "score of edited-token sets and [CLS] attention both rise from the smallest to the largest "
-                      "scale (agrees); one of them (partly)", fig, {"score_change": deltas, "attention_change": att_d})
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        verdict,
+        "score of edited-token sets and [CLS] attention both rise from the smallest to the largest "
+        "scale (agrees); one of them (partly)",
+        fig,
+        {"score_change": deltas, "attention_change": att_d},
+    )
 
 
 def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) -> list[Comparison]:
@@ -444,10 +601,18 @@ def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) ->
 
     source = open_results(source)
     L, _ = model_shape(source)
-    out = [compare_demo(demo_scores, source.meta), compare_block(source, L),
-           compare_top_heads(source, "path_to_score", L), compare_top_heads(source, "head_all_pos_v", L),
-           compare_scoring_circuit(source), compare_matching(source, L), compare_idf_svd(source),
-           compare_edit(source), *compare_linear(source), *compare_soft_tf(source)]
+    out = [
+        compare_demo(demo_scores, source.meta),
+        compare_block(source, L),
+        compare_top_heads(source, "path_to_score", L),
+        compare_top_heads(source, "head_all_pos_v", L),
+        compare_scoring_circuit(source),
+        compare_matching(source, L),
+        compare_idf_svd(source),
+        compare_edit(source),
+        *compare_linear(source),
+        *compare_soft_tf(source),
+    ]
     return out
 
 

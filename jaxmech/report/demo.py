@@ -56,15 +56,27 @@ def score_demo_pair(model: str, results_path: Path) -> dict:
             q = lm.model(*map(jnp.asarray, tok.encode_texts([d["query"]]).arrays)).embedding
             docs = lm.model(*map(jnp.asarray, tok.encode_texts([d["baseline_doc"], d["perturbed_doc"]]).arrays))
             s = np.asarray(lm.model.similarity(q, docs.embedding)).ravel()
-            return {"score_baseline": float(s[0]), "score_perturbed": float(s[1]), "kind": "bi", "model": ref,
-                    "length": None}
+            return {
+                "score_baseline": float(s[0]),
+                "score_perturbed": float(s[1]),
+                "kind": "bi",
+                "model": ref,
+                "length": None,
+            }
         pair = align_with_filler(tok, d["query"], d["baseline_doc"], d["perturbed_doc"], name="demo")
         scores = []
-        for ids, tt in ((pair.baseline_ids, pair.baseline_token_type_ids),
-                        (pair.perturbed_ids, pair.perturbed_token_type_ids)):
+        for ids, tt in (
+            (pair.baseline_ids, pair.baseline_token_type_ids),
+            (pair.perturbed_ids, pair.perturbed_token_type_ids),
+        ):
             arr = (jnp.asarray([ids]), jnp.asarray([tt]), jnp.ones((1, len(ids)), jnp.int32))
             scores.append(float(np.asarray(lm.model(*arr).score).ravel()[0]))
-        return {"score_baseline": scores[0], "score_perturbed": scores[1], "kind": "cross", "model": ref,
-                "length": len(pair.baseline_ids)}
+        return {
+            "score_baseline": scores[0],
+            "score_perturbed": scores[1],
+            "kind": "cross",
+            "model": ref,
+            "length": len(pair.baseline_ids),
+        }
     except Exception as err:  # noqa: BLE001 - any load/scoring failure becomes a line in the report
         return {"error": f"could not score with {ref}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}

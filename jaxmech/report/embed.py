@@ -54,14 +54,18 @@ def figure_svg(fig: Figure, *, dpi: int = 100, label: str = "") -> tuple[str, by
     png = render_png(fig, dpi)
     W, H = fig.bbox.width, fig.bbox.height
     data = base64.b64encode(png).decode("ascii")
-    parts = [f'<svg class="fig" viewBox="0 0 {W:.0f} {H:.0f}" width="{W:.0f}" height="{H:.0f}" role="img" '
-             f'aria-label="{html.escape(label)}">',
-             f'<image width="{W:.0f}" height="{H:.0f}" href="data:image/png;base64,{data}"/>']
+    parts = [
+        f'<svg class="fig" viewBox="0 0 {W:.0f} {H:.0f}" width="{W:.0f}" height="{H:.0f}" role="img" '
+        f'aria-label="{html.escape(label)}">',
+        f'<image width="{W:.0f}" height="{H:.0f}" href="data:image/png;base64,{data}"/>',
+    ]
     for x, y, w, h, title in cell_rects(fig):
         if not all(np.isfinite((x, y, w, h))):
             continue
         t = html.escape(title)
-        parts.append(f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" data-t="{t}">'
-                     f"<title>{t}</title></rect>")
+        parts.append(
+            f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" data-t="{t}">'
+            f"<title>{t}</title></rect>"
+        )
     parts.append("</svg>")
     return "".join(parts), png

@@ -67,9 +67,18 @@ def _head(name: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def synthetic_run(*, n_pairs: int = 6, n_layers: int = 12, n_heads: int = 12, seq: int = 16, seed: int = 0,
-                  agree: bool = True, model: str = PAPER_MODEL, analyses: bool = True,
-                  path: str | Path = "<synthetic>") -> SyntheticRun:
+def synthetic_run(
+    *,
+    n_pairs: int = 6,
+    n_layers: int = 12,
+    n_heads: int = 12,
+    seq: int = 16,
+    seed: int = 0,
+    agree: bool = True,
+    model: str = PAPER_MODEL,
+    analyses: bool = True,
+    path: str | Path = "<synthetic>",
+) -> SyntheticRun:
     """A run with planted effects and analyses.
 
     Args:
@@ -143,16 +152,30 @@ def synthetic_run(*, n_pairs: int = 6, n_layers: int = 12, n_heads: int = 12, se
         "score_perturbed": np.r_[demo_p, rng.normal(3, 1, n_pairs - 1)],
         "flagged": np.zeros(n_pairs, bool),
         "token_types": types,
-        "tokens": [["[CLS]", "what", "wellesley", "rate", "at", "[SEP]"] + [f"w{i}" for i in range(T - 8)]
-                   + ["wellesley", "[SEP]"]] * n_pairs,
+        "tokens": [
+            ["[CLS]", "what", "wellesley", "rate", "at", "[SEP]"]
+            + [f"w{i}" for i in range(T - 8)]
+            + ["wellesley", "[SEP]"]
+        ]
+        * n_pairs,
     }
     meta = {
-        "model": model, "weights_hash": "sha256:0000synthetic", "kind": "cross", "n_layers": L, "n_heads": H,
-        "dataset": "synthetic tfc1", "dataset_hash": "sha256:1111synthetic", "metric": "normalized",
-        "method": "exact", "receivers": [f"{a}.{b}" for a, b in scoring[:1]], "receiver_input": "k",
+        "model": model,
+        "weights_hash": "sha256:0000synthetic",
+        "kind": "cross",
+        "n_layers": L,
+        "n_heads": H,
+        "dataset": "synthetic tfc1",
+        "dataset_hash": "sha256:1111synthetic",
+        "metric": "normalized",
+        "method": "exact",
+        "receivers": [f"{a}.{b}" for a, b in scoring[:1]],
+        "receiver_input": "k",
         "config": {"families": list(arrays), "limit": n_pairs, "receivers": [f"{a}.{b}" for a, b in scoring[:1]]},
-        "jaxmech_version": "synthetic", "device": {"platform": "cpu", "description": "synthetic"},
-        "precision": "fp32", "timings": {"block_every": 1.5, "path_to_score": 0.25, "total": 3.0},
+        "jaxmech_version": "synthetic",
+        "device": {"platform": "cpu", "description": "synthetic"},
+        "precision": "fp32",
+        "timings": {"block_every": 1.5, "path_to_score": 0.25, "total": 3.0},
     }
     out = {}
     if analyses:
@@ -167,7 +190,8 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
     r0 = float(np.corrcoef(u0, idf)[0, 1])
     comps = [{"k": 0, "pearson": r0, "pearson_centered": r0 * 0.95}] + [
         {"k": k, "pearson": float(rng.normal(0, 0.05)), "pearson_centered": float(rng.normal(0, 0.05))}
-        for k in range(1, 50)]
+        for k in range(1, 50)
+    ]
     y = rng.normal(0, 3, 150)
     pred = y + rng.normal(0, 1.9 if agree else 8.0, 150)
     r_lin = float(np.corrcoef(y, pred)[0, 1])
@@ -177,33 +201,61 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
         heads = {}
         for i, (a, b) in enumerate(matching[:5]):
             base = (0.45 if sign < 0 else 0.1) + 0.02 * i
-            m = [base + sign * (0.3 * (1 - np.exp(-0.8 * x))) * (1 if agree else 0) + rng.normal(0, 0.005)
-                 for x in xs]
+            m = [base + sign * (0.3 * (1 - np.exp(-0.8 * x))) * (1 if agree else 0) + rng.normal(0, 0.005) for x in xs]
             heads[f"{a}.{b}"] = {"mean": m, "lo": [v - 0.02 for v in m], "hi": [v + 0.02 for v in m]}
-        soft[name] = {"x_label": {"tfc2": "occurrences of the term", "lnc1": "sentences appended",
-                                  "stmc1": "semantic match added"}[name], "x": xs, "heads": heads}
+        soft[name] = {
+            "x_label": {
+                "tfc2": "occurrences of the term",
+                "lnc1": "sentences appended",
+                "stmc1": "semantic match added",
+            }[name],
+            "x": xs,
+            "heads": heads,
+        }
     scales = [1.0, 1.5, 2.0, 3.0]
     s_inc = [8.0 + (0.2 * (s - 1) if agree else -0.2 * (s - 1)) for s in scales]
     return {
-        "idf_svd": {"analysis": "idf_svd", "model": model, "u0_idf_pearson": r0,
-                    "u0_idf_pearson_centered": r0 * 0.95, "u0_mean_cosine": 0.1, "components": comps,
-                    "variants": {"raw": r0, "centered": r0 * 0.95},
-                    "scatter": {"u0": u0.tolist(), "idf": idf.tolist()}},
-        "linear_bm25": {"analysis": "linear_bm25", "model": model, "test_pearson": r_lin, "test_p_value": 1e-30,
-                        "test_spearman": r_lin * 0.98, "test_rmse": 1.9, "test_r2": r_lin**2,
-                        "bm25_test_pearson": 0.4 if agree else 0.6, "random_features_test_pearson": 0.05,
-                        "split": {"test_size": 0.2, "seed": 42},
-                        "test_predictions": {"y_true": y.tolist(), "y_pred": pred.tolist()}},
+        "idf_svd": {
+            "analysis": "idf_svd",
+            "model": model,
+            "u0_idf_pearson": r0,
+            "u0_idf_pearson_centered": r0 * 0.95,
+            "u0_mean_cosine": 0.1,
+            "components": comps,
+            "variants": {"raw": r0, "centered": r0 * 0.95},
+            "scatter": {"u0": u0.tolist(), "idf": idf.tolist()},
+        },
+        "linear_bm25": {
+            "analysis": "linear_bm25",
+            "model": model,
+            "test_pearson": r_lin,
+            "test_p_value": 1e-30,
+            "test_spearman": r_lin * 0.98,
+            "test_rmse": 1.9,
+            "test_r2": r_lin**2,
+            "bm25_test_pearson": 0.4 if agree else 0.6,
+            "random_features_test_pearson": 0.05,
+            "split": {"test_size": 0.2, "seed": 42},
+            "test_predictions": {"y_true": y.tolist(), "y_pred": pred.tolist()},
+        },
         "soft_tf": soft,
-        "circuit": {"analysis": "circuit", "model": model, "thresholds": {"effect": 0.05},
-                    "heads": [{"layer": a, "head": b, "role": "relevance_scoring", "effect": 0.15}
-                              for a, b in scoring]
-                    + [{"layer": 9, "head": 11, "role": "contextual_query", "effect": 0.08}]
-                    + [{"layer": a, "head": b, "role": "matching", "effect": 0.05} for a, b in matching]},
-        "edit_idf": {"analysis": "edit_idf", "model": model, "scales": scales,
-                     "score": {"increase": {"mean": s_inc}, "control": {"mean": [8.0 - 0.5 * (s - 1) for s in scales]}},
-                     "cls_attention": {f"{a}.{b}": [0.29 + (0.002 if agree else -0.002) * (s - 1) for s in scales]
-                                       for a, b in scoring[:2]}},
+        "circuit": {
+            "analysis": "circuit",
+            "model": model,
+            "thresholds": {"effect": 0.05},
+            "heads": [{"layer": a, "head": b, "role": "relevance_scoring", "effect": 0.15} for a, b in scoring]
+            + [{"layer": 9, "head": 11, "role": "contextual_query", "effect": 0.08}]
+            + [{"layer": a, "head": b, "role": "matching", "effect": 0.05} for a, b in matching],
+        },
+        "edit_idf": {
+            "analysis": "edit_idf",
+            "model": model,
+            "scales": scales,
+            "score": {"increase": {"mean": s_inc}, "control": {"mean": [8.0 - 0.5 * (s - 1) for s in scales]}},
+            "cls_attention": {
+                f"{a}.{b}": [0.29 + (0.002 if agree else -0.002) * (s - 1) for s in scales] for a, b in scoring[:2]
+            },
+        },
     }
 
 
