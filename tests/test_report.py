@@ -81,6 +81,7 @@ def test_planted_disagreement_is_found():
         "bm25_r",
         "soft_tf_tfc2",
         "soft_tf_lnc1",
+        "soft_tf_stmc1",
     ):
         assert v[key] == "disagrees", (key, v[key])
     # the block check fails at [CLS] only: partly

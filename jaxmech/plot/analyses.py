@@ -88,12 +88,16 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names, strict=True):
         exp = _need(obj, name, "soft_tf")
-        x = _floats(_need(exp, "x", f"soft_tf.{name}"), f"soft_tf.{name}.x")
+        raw_x = list(_need(exp, "x", f"soft_tf.{name}"))
+        categorical = any(isinstance(v, str) for v in raw_x)
+        x = np.arange(len(raw_x), dtype=np.float64) if categorical else _floats(raw_x, f"soft_tf.{name}.x")
+        if categorical:
+            ax.set_xticks(x, [str(v) for v in raw_x])
         heads = _need(exp, "heads", f"soft_tf.{name}")
         spread = {}
         for h, d in heads.items():
             m = _floats(d["mean"], f"soft_tf.{name}.heads.{h}.mean")
-            spread[h] = float(np.nanmax(m) - np.nanmin(m)) if m.size else 0.0
+            spread[h] = float(np.nanmax(m) - np.nanmin(m)) if np.isfinite(m).any() else 0.0
         shown = sorted(sorted(spread, key=lambda h: -spread[h])[:max_heads], key=_head_key)
         for i, h in enumerate(shown):
             d = heads[h]

@@ -491,18 +491,28 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
 
 
 def _trend(mean: Sequence[float]) -> tuple[float, bool]:
-    m = np.asarray(mean, np.float64)
+    """Change from the first to the last finite value, and whether the last step is smaller than the first."""
+    m = np.asarray([np.nan if v is None else v for v in mean], np.float64)
+    m = m[np.isfinite(m)]
+    if m.size < 2:
+        return float("nan"), False
     d = np.diff(m)
     saturating = len(d) >= 2 and abs(d[-1]) < abs(d[0])
     return float(m[-1] - m[0]), bool(saturating)
 
 
-def _ci_halfwidth(d: dict) -> float:
-    """Mean half-width of a curve's confidence band at its two ends (0 without a band)."""
+def _ci_halfwidth(d: dict, idx: Sequence[int] | None = None) -> float:
+    """Mean half-width of a curve's confidence band at two points (default: its finite ends; 0 without a band)."""
     if "lo" not in d or "hi" not in d:
         return 0.0
-    lo, hi = np.asarray(d["lo"], np.float64), np.asarray(d["hi"], np.float64)
-    return float(np.mean([(hi[0] - lo[0]) / 2, (hi[-1] - lo[-1]) / 2]))
+    lo = np.asarray([np.nan if v is None else v for v in d["lo"]], np.float64)
+    hi = np.asarray([np.nan if v is None else v for v in d["hi"]], np.float64)
+    half = (hi - lo) / 2
+    if idx is None:
+        ok = np.flatnonzero(np.isfinite(half))
+        idx = [ok[0], ok[-1]] if ok.size else []
+    vals = [half[i] for i in idx if np.isfinite(half[i])]
+    return float(np.mean(vals)) if vals else 0.0
 
 
 def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
@@ -550,6 +560,45 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
             )
         )
     return out
+
+
+def compare_stmc1(source: ResultsSource) -> Comparison:
+    """STMC1: matching heads attend to an appended synonym more than to an appended filler."""
+    key, item, fig = "soft_tf_stmc1", "matching heads also match semantically (STMC1)", "fig-soft_tf"
+    paper = "matching heads attend to semantically similar words too (soft/semantic TF)"
+    a = source.analyses.get("soft_tf")
+    exp = a.get("stmc1") if isinstance(a, dict) else None
+    if not isinstance(exp, dict):
+        return _not_in_run(key, item, paper, "soft_tf.stmc1", fig)
+    xs = [str(x) for x in exp.get("x", [])]
+    if "synonym" not in xs or "filler" not in xs:
+        return Comparison(
+            key, item, paper, f"— (conditions {xs})", "not comparable", "needs the filler and synonym conditions", fig
+        )
+    i_f, i_s = xs.index("filler"), xs.index("synonym")
+    good, n = [], 0
+    for h, d in exp.get("heads", {}).items():
+        m = [np.nan if v is None else float(v) for v in d.get("mean", [])]
+        if len(m) != len(xs) or not (np.isfinite(m[i_f]) and np.isfinite(m[i_s])):
+            continue
+        n += 1
+        if m[i_s] - m[i_f] > _ci_halfwidth(d, [i_f, i_s]):
+            good.append(h)
+    if not n:
+        return Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig)
+    verdict = "agrees" if len(good) / n > 0.5 else "partly agrees" if good else "disagrees"
+    if not same_model(source.meta):
+        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+    return Comparison(
+        key,
+        item,
+        paper,
+        f"{len(good)} of {n} heads attend more to the synonym than to a filler",
+        verdict,
+        "synonym mean − filler mean > the confidence half-width: >50% of heads agrees, any partly",
+        fig,
+        {"heads_following": good, "n_heads": n},
+    )
 
 
 def compare_edit(source: ResultsSource) -> Comparison:
@@ -612,6 +661,7 @@ def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) ->
         compare_edit(source),
         *compare_linear(source),
         *compare_soft_tf(source),
+        compare_stmc1(source),
     ]
     return out
 

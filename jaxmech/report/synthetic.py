@@ -197,21 +197,30 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
     r_lin = float(np.corrcoef(y, pred)[0, 1])
     x_tf = list(range(6))
     soft = {"analysis": "soft_tf", "model": model}
-    for name, xs, sign in (("tfc2", x_tf, 1), ("lnc1", list(range(5)), -1), ("stmc1", [0, 1], 1)):
+    for name, xs, sign in (("tfc2", x_tf, 1), ("lnc1", list(range(5)), -1), ("stmc1", [0, 1, 2], 1)):
         heads = {}
         for i, (a, b) in enumerate(matching[:5]):
             base = (0.45 if sign < 0 else 0.1) + 0.02 * i
             m = [base + sign * (0.3 * (1 - np.exp(-0.8 * x))) * (1 if agree else 0) + rng.normal(0, 0.005) for x in xs]
-            heads[f"{a}.{b}"] = {"mean": m, "lo": [v - 0.02 for v in m], "hi": [v + 0.02 for v in m]}
+            heads[f"{a}.{b}"] = {
+                "mean": m,
+                "lo": [v - 0.02 for v in m],
+                "hi": [v + 0.02 for v in m],
+                "n": [20] * len(xs),
+            }
+        x_out = ["filler", "synonym", "exact"] if name == "stmc1" else xs
         soft[name] = {
             "x_label": {
-                "tfc2": "occurrences of the term",
-                "lnc1": "sentences appended",
-                "stmc1": "semantic match added",
+                "tfc2": "term frequency (occurrences restored)",
+                "lnc1": "non-relevant sentences added",
+                "stmc1": "appended word",
             }[name],
-            "x": xs,
+            "x": x_out,
             "heads": heads,
+            "n_inputs": 20,
         }
+    soft["matching_heads"] = [f"{a}.{b}" for a, b in matching[:5]]
+    soft["level"] = 0.95
     scales = [1.0, 1.5, 2.0, 3.0]
     s_inc = [8.0 + (0.2 * (s - 1) if agree else -0.2 * (s - 1)) for s in scales]
     return {
