@@ -195,3 +195,22 @@ def test_report_of_a_real_patch_run(packaged_npz, capsys):
     assert block["values"]["resid_pre at Dinj, early layers (max)"] == pytest.approx(1.0, abs=0.25)
     top = numbers["families"]["path_to_score"]["top_heads"]
     assert len(top) == 10 and np.isfinite(top[0][1])
+
+
+def test_analyses_folder_is_read_and_malformed_json_is_located(tmp_path):
+    from test_plot import write_patch_npz
+
+    npz = tmp_path / "r.npz"
+    write_patch_npz(npz, single=False)
+    folder = tmp_path / "analyses"
+    folder.mkdir()
+    run = synthetic_run(n_pairs=2, seq=10)
+    (folder / "linear_bm25.json").write_text(json.dumps(run.analyses["linear_bm25"]))
+    page = build_report(npz, tmp_path / "out", analyses=folder, score_demo=False)
+    v = verdicts(json.loads((page.parent / "numbers.json").read_text()))
+    assert v["linear_r"] == "agrees in kind"  # some/model is not the paper's; r 0.82 beats BM25 0.40 by > 0.1
+    assert 'id="fig-linear_bm25"' in page.read_text()
+    (folder / "soft_tf.json").write_text('{"analysis": "soft_tf",\n  "tfc2": [1, 2,]}')
+    with pytest.raises(ResultsError, match=r"soft_tf\.json:2:17: malformed JSON"):
+        build_report(npz, tmp_path / "out2", analyses=folder, score_demo=False)
+    assert not (tmp_path / "out2" / "report.html").exists()

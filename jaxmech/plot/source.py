@@ -177,6 +177,8 @@ class StoreSource:
         self.families = list(getattr(run, "families", []) or [])
         self.pairs = dict(getattr(run, "pairs", {}) or {})
         self.analyses = dict(getattr(run, "analyses", {}) or {})
+        if not self.analyses and (self.path / "analyses").is_dir():
+            self.analyses = read_analyses_dir(self.path / "analyses")
 
     def array(self, family: str) -> Labeled:
         """The family's effects ``[pair, ...]`` with the store's axis names.
@@ -318,6 +320,29 @@ def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
     except (OSError, ValueError, KeyError) as err:
         raise ResultsError(f"{path}: not a readable run directory ({type(err).__name__}: {err})") from None
     return StoreSource(run, path)
+
+
+def read_analyses_dir(folder: str | Path) -> dict[str, dict]:
+    """Every ``<name>.json`` in a folder (``<run_dir>/analyses``), keyed by file stem.
+
+    Raises:
+        ResultsError: If the folder is missing, or a file is not a JSON object (file, line and column named).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder}: no such analyses folder")
+    out = {}
+    for f in sorted(folder.glob("*.json")):
+        try:
+            obj = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{f}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
+        except UnicodeDecodeError as err:
+            raise ResultsError(f"{f}: not UTF-8 text ({err})") from None
+        if not isinstance(obj, dict):
+            raise ResultsError(f"{f}: expected a JSON object, got {type(obj).__name__}")
+        out[f.stem] = obj
+    return out
 
 
 def read_analysis(source: ResultsSource, name: str) -> dict:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
 from jaxmech.plot.dispatch import family_figure
-from jaxmech.plot.source import ResultsError, ResultsSource, open_results
+from jaxmech.plot.source import ResultsError, ResultsSource, open_results, read_analyses_dir
 from jaxmech.report.compare import (
     PAPER,
     PAPER_MODEL,
@@ -545,13 +545,20 @@ def render_markdown(
 
 
 def build_report(
-    run_dir: str | Path | Any, out_dir: str | Path | None = None, *, score_demo: bool = True, dpi: int = 100
+    run_dir: str | Path | Any,
+    out_dir: str | Path | None = None,
+    *,
+    analyses: str | Path | None = None,
+    score_demo: bool = True,
+    dpi: int = 100,
 ) -> Path:
     """Writes report.html, report.md, numbers.json and figures/*.png for a run.
 
     Args:
         run_dir: A results-store run directory, a ``jaxmech patch`` ``.npz``, or a run object.
         out_dir: Output folder (default: ``RUN_DIR/report``, or ``<stem>_report`` beside a ``.npz``).
+        analyses: A folder of analysis JSON files to add (e.g. for a ``.npz``, which holds none); a store run
+            directory's own ``analyses/`` is read anyway.
         score_demo: Load the run's model (when it is available here) to score the paper's demo pair.
         dpi: Resolution of the figures.
 
@@ -562,6 +569,8 @@ def build_report(
         ResultsError: If the results cannot be read or an analysis JSON is malformed (the message names it).
     """
     source = open_results(run_dir)
+    if analyses is not None:
+        source.analyses = {**source.analyses, **read_analyses_dir(analyses)}
     if out_dir is None:
         if str(source.path).startswith("<"):
             raise ResultsError("build_report: give out_dir for an in-memory run")

@@ -16,6 +16,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of the results store, or a `jaxmech patch` .npz")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report, or <npz stem>_report)")
+    p.add_argument("--analyses", default=None, help="a folder of analysis JSON files to include (<name>.json)")
     p.add_argument(
         "--no-demo-score", action="store_true", help="do not load the run's model to score the paper's demo pair"
     )
@@ -27,5 +28,5 @@ def cmd_report(args) -> int:
     """Builds the report, prints the page's path."""
     from jaxmech.report.build import build_report
 
-    print(build_report(args.run_dir, args.out, score_demo=not args.no_demo_score))
+    print(build_report(args.run_dir, args.out, analyses=args.analyses, score_demo=not args.no_demo_score))
     return 0
