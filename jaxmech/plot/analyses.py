@@ -86,6 +86,8 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
         raise ResultsError("soft_tf analysis: no experiments (expected tfc2, lnc1 or stmc1 entries)")
     fig = new_figure(0.6 + 4.2 * len(names), 3.6)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
+    every = sorted({h for n in names if isinstance(obj.get(n), dict) for h in obj[n].get("heads", {})}, key=_head_key)
+    style_of = {h: _style(j) for j, h in enumerate(every)}  # one colour per head across panels
     for ax, name in zip(axes, names, strict=True):
         exp = _need(obj, name, "soft_tf")
         raw_x = list(_need(exp, "x", f"soft_tf.{name}"))
@@ -93,18 +95,20 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
         x = np.arange(len(raw_x), dtype=np.float64) if categorical else _floats(raw_x, f"soft_tf.{name}.x")
         if categorical:
             ax.set_xticks(x, [str(v) for v in raw_x])
+        elif x.size <= 12 and np.all(np.isfinite(x)) and np.all(x == np.round(x)):
+            ax.set_xticks(x)
         heads = _need(exp, "heads", f"soft_tf.{name}")
         spread = {}
         for h, d in heads.items():
             m = _floats(d["mean"], f"soft_tf.{name}.heads.{h}.mean")
             spread[h] = float(np.nanmax(m) - np.nanmin(m)) if np.isfinite(m).any() else 0.0
         shown = sorted(sorted(spread, key=lambda h: -spread[h])[:max_heads], key=_head_key)
-        for i, h in enumerate(shown):
+        for h in shown:
             d = heads[h]
             m = _floats(d["mean"], f"soft_tf.{name}.heads.{h}.mean")
             if m.size != x.size:
                 raise ResultsError(f"soft_tf.{name}.heads.{h}: {m.size} means for {x.size} x values")
-            st = _style(i)
+            st = dict(style_of[h])
             ax.plot(x, m, marker="o", markersize=3, label=h, **st)
             if "lo" in d and "hi" in d:
                 ax.fill_between(x, _floats(d["lo"], h), _floats(d["hi"], h), color=st["color"], alpha=0.15, linewidth=0)
@@ -112,7 +116,14 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
         ax.set_ylabel("attention from query term to document")
         ax.set_title(SOFT_TF_TITLES.get(name, name), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(title="head", fontsize=7, title_fontsize=7, ncol=2)
+    # One legend for the figure, outside the panels (the same heads in every panel, same colour per head).
+    by_label = {}
+    for ax in axes:
+        for line in ax.get_lines():
+            by_label.setdefault(line.get_label(), line)
+    fig.legend(
+        list(by_label.values()), list(by_label), title="head", loc="outside right upper", fontsize=8, title_fontsize=8
+    )
     extra = (
         f" (the {max_heads} heads changing most per panel)"
         if any(len(obj[n]["heads"]) > max_heads for n in names)
