@@ -109,10 +109,10 @@ def test_head_by_position_picks_planted_heads(run):
 
 
 def test_path_patching_families(run):
-    fig = jp.path_patching(run, family="path_to_heads")
+    fig = jp.path_patching(run, family="path_to_heads_k")  # the store's key: family + receiver input
     assert_image(fig)
-    assert "receiver 10.1" in fig._suptitle.get_text()
-    fig = jp.path_patching(run, family="path_components_to_heads")
+    assert "E5 path patching" in fig._suptitle.get_text() and "(receiver 10.1, input k)" in fig._suptitle.get_text()
+    fig = jp.path_patching(run, family="path_components_to_heads_k")
     assert len(axes_with_images(fig)) == 3
     with pytest.raises(ResultsError, match="not a path-patching family"):
         jp.path_patching(run, family="block_every")

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxmech.plot.source import Labeled, ResultsError, ResultsSource, family_dims, open_results
+from jaxmech.plot.source import (
+    Labeled,
+    ResultsError,
+    ResultsSource,
+    base_family,
+    family_dims,
+    family_info,
+    open_results,
+)
 from jaxmech.plot.style import colorbar, draw_heatmap, new_figure, symmetric_norm
 
 TITLES = {
@@ -32,7 +40,9 @@ _TOKEN_AXIS = {"token_type": "token type", "pos": "position"}
 
 
 def _title(family: str, n_pairs: int | None, receivers: str = "") -> str:
-    base = TITLES.get(family, family)
+    base = TITLES.get(base_family(family), family)
+    if family.startswith("attribution:"):
+        base += " (attribution estimate)"
     if receivers:
         base += f" {receivers}"
     if n_pairs is not None:
@@ -134,7 +144,7 @@ def block_patching(
     """
     lab, n_pairs, meta = resolve(data, family, dims, by=by)
     pos = _pos_dim(lab)
-    comps = lab.labels("component") if "component" in lab.dims else [family.removesuffix("_by_pos")]
+    comps = lab.labels("component") if "component" in lab.dims else [base_family(family).removesuffix("_by_pos")]
     panels = [lab.select("component", c) for c in comps] if "component" in lab.dims else [lab]
     for p in panels:
         if set(p.dims) != {"layer", pos}:
@@ -165,15 +175,22 @@ def block_patching(
     for ax in axes[1:]:
         ax.set_ylabel("")
     colorbar(fig, im, list(axes), lab.metric)
-    fig.suptitle(title or _title(family, n_pairs, _receivers(meta) if family.startswith("path") else ""), fontsize=11)
+    fig.suptitle(
+        title or _title(family, n_pairs, _receivers(meta, family) if base_family(family).startswith("path") else ""),
+        fontsize=11,
+    )
     return fig
 
 
-def _receivers(meta: dict) -> str:
-    rec = meta.get("receivers") or meta.get("config", {}).get("receivers") if isinstance(meta, dict) else None
+def _receivers(meta: dict, family: str) -> str:
+    """``(receiver 10.1, input k)`` for a path family with receivers, else empty."""
+    if not isinstance(meta, dict) or not meta:
+        return ""
+    info = family_info(meta, family)
+    rec = info["receivers"]
     if not rec:
         return ""
-    inp = meta.get("receiver_input") or meta.get("config", {}).get("receiver_input", "")
+    inp = info["receiver_input"]
     rec = ", ".join(map(str, rec)) if isinstance(rec, (list, tuple)) else str(rec)
     return f"(receiver {rec}{', input ' + inp if inp else ''})"
 
@@ -244,7 +261,7 @@ def head_heatmap(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     colorbar(fig, im, list(axes[: len(panels)]), lab.metric)
-    sub = title or _title(family, n_pairs, _receivers(meta) if family == "path_to_heads" else "")
+    sub = title or _title(family, n_pairs, _receivers(meta, family) if base_family(family) == "path_to_heads" else "")
     if marks:
         sub += "\n(outlined: the paper's heads)"
     fig.suptitle(sub, fontsize=11)
@@ -340,8 +357,8 @@ def path_patching(
     Returns:
         The figure.
     """
-    if family == "path_components_to_heads":
+    if base_family(family) == "path_components_to_heads":
         return block_patching(data, family=family, dims=dims, by=by, title=title)
-    if family not in ("path_to_score", "path_to_heads"):
+    if base_family(family) not in ("path_to_score", "path_to_heads"):
         raise ResultsError(f"{family!r} is not a path-patching family")
     return head_heatmap(data, family=family, dims=dims, highlight=highlight, title=title)

@@ -108,12 +108,78 @@ class Labeled:
         )
 
 
+def base_family(key: str) -> str:
+    """The patching family of a stored result key: the results store names attribution estimates
+    ``attribution:<family>`` and path families with receivers ``<family>_<q|k|v>``."""
+    name = key.split(":")[-1]
+    for fam in _PATH_LAYOUTS:
+        if name.startswith(fam + "_") and name[len(fam) + 1 :] in ("q", "k", "v"):
+            return fam
+    return name
+
+
+def family_info(meta: dict, key: str) -> dict:
+    """What the run's meta says about one result key: ``name`` (family), ``method``, ``receivers``,
+    ``receiver_input`` (from the store's ``families``/``config``, or the flat meta of a ``jaxmech patch``
+    file)."""
+    name = base_family(key)
+    info = {
+        "name": name,
+        "method": "attribution" if key.startswith("attribution:") else meta.get("method", "exact"),
+        "receivers": meta.get("receivers") or [],
+        "receiver_input": meta.get("receiver_input", ""),
+    }
+    cfg = meta.get("config")
+    for fam in cfg.get("families", []) if isinstance(cfg, dict) else []:
+        if not isinstance(fam, dict) or fam.get("name") != name:
+            continue
+        method = fam.get("method", "exact")
+        suffix = f"_{fam.get('receiver_input')}" if fam.get("receivers") else ""
+        if key in (name + suffix, f"attribution:{name}") or (method == "attribution") == key.startswith("attribution:"):
+            info.update(
+                method=method,
+                receivers=list(fam.get("receivers") or []),
+                receiver_input=fam.get("receiver_input", "") if fam.get("receivers") else "",
+            )
+            break
+    return info
+
+
+def normalize_meta(meta: dict) -> dict:
+    """Flat run meta for display and comparison: ``model`` (id string), ``model_folder``, ``kind``,
+    ``n_layers``, ``n_heads``, ``weights_hash``, ``dataset``, ``dataset_hash``; the store's nested
+    ``model``/``datasets`` entries are kept as ``model_info``/``datasets``."""
+    out = dict(meta)
+    model = meta.get("model")
+    if isinstance(model, dict):
+        out["model_info"] = model
+        out["model"] = str(model.get("id") or model.get("folder") or "")
+        out["model_folder"] = model.get("folder")
+        for k in ("kind", "n_layers", "n_heads"):
+            if model.get(k) is not None:
+                out.setdefault(k, model[k])
+        if model.get("weights_sha256"):
+            out.setdefault("weights_hash", "sha256:" + str(model["weights_sha256"]))
+    ds = meta.get("datasets")
+    if isinstance(ds, list) and ds and "dataset" not in meta:
+        out["dataset"] = ", ".join(f"{d.get('name')} ({d.get('pairs')} pairs)" for d in ds if isinstance(d, dict))
+    if meta.get("dataset_sha256") and "dataset_hash" not in meta:
+        out["dataset_hash"] = "sha256:" + str(meta["dataset_sha256"])
+    if "direction" in meta and "reverse" not in meta:
+        out["reverse"] = meta["direction"] not in ("forward", "denoise", "baseline<-perturbed")
+    return out
+
+
 def family_dims(family: str) -> tuple[str, ...]:
     """Axis names of a family's per-pair result (without the pair axis), from its layout.
+
+    Args:
+        family: A family name or a stored key (``attribution:head_by_pos_z``, ``path_to_heads_k``).
 
     Raises:
         ResultsError: For an unknown family name.
     """
+    family = base_family(family)
     if family in _PATH_LAYOUTS:
         layout = _PATH_LAYOUTS[family]
     else:
@@ -129,6 +195,7 @@ def family_dims(family: str) -> tuple[str, ...]:
 
 def family_components(family: str) -> tuple[str, ...] | None:
     """Names along a family's component axis (``block_every``: resid_pre, attn_out, mlp_out), or None."""
+    family = base_family(family)
     if family == "path_components_to_heads":
         return _PATH_COMPONENTS
     if family in _PATH_LAYOUTS:
@@ -172,11 +239,16 @@ class StoreSource:
 
     def __init__(self, run: Any, path: str | Path | None = None):
         self._run = run
-        self.path = Path(path if path is not None else getattr(run, "path", getattr(run, "run_dir", "<run>")))
-        self.meta = dict(getattr(run, "meta", {}) or {})
+        if path is None:
+            path = next((getattr(run, a) for a in ("path", "root", "run_dir") if getattr(run, a, None)), "<run>")
+        self.path = Path(path)
+        self.meta = normalize_meta(dict(getattr(run, "meta", {}) or {}))
         self.families = list(getattr(run, "families", []) or [])
         self.pairs = dict(getattr(run, "pairs", {}) or {})
-        self.analyses = dict(getattr(run, "analyses", {}) or {})
+        try:
+            self.analyses = dict(getattr(run, "analyses", {}) or {})
+        except (ValueError, UnicodeDecodeError):  # a malformed file: read again to name it precisely
+            self.analyses = read_analyses_dir(self.path / "analyses")
         if not self.analyses and (self.path / "analyses").is_dir():
             self.analyses = read_analyses_dir(self.path / "analyses")
 
@@ -225,7 +297,7 @@ class NpzSource:
         except (OSError, ValueError) as err:
             raise ResultsError(f"{self.path}: not a readable .npz ({err})") from None
         try:
-            self.meta = json.loads(str(self._arrays["meta"])) if "meta" in self._arrays else {}
+            self.meta = normalize_meta(json.loads(str(self._arrays["meta"])) if "meta" in self._arrays else {})
         except json.JSONDecodeError as err:
             raise ResultsError(f"{self.path}: malformed meta JSON ({err})") from None
         reserved = {

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
 from jaxmech.plot.dispatch import family_figure
-from jaxmech.plot.source import ResultsError, ResultsSource, open_results, read_analyses_dir
+from jaxmech.plot.source import ResultsError, ResultsSource, base_family, open_results, read_analyses_dir
 from jaxmech.report.compare import (
     PAPER,
     PAPER_MODEL,
@@ -40,6 +40,7 @@ from jaxmech.report.compare import (
 from jaxmech.report.embed import figure_svg
 
 REPORT_VERSION = 1
+ANALYSIS_STEMS = ("circuit", "soft_tf", "idf_svd_bars", "idf_svd_scatter", "edit_idf", "linear_bm25")
 ROLE_FIGURES = {
     "relevance_scoring": ("path_to_score", "head_all_pos_v", "head_by_pos_z", "edit_idf", "circuit"),
     "contextual_query": ("path_to_heads", "path_components_to_heads", "head_by_pos_z", "circuit"),
@@ -111,7 +112,13 @@ CAPTIONS = {
 }
 
 
+def figure_id(key: str) -> str:
+    """HTML id / file stem of a family's figure (``attribution:head_by_pos_z`` -> ``fig-attribution-head_by_pos_z``)."""
+    return "fig-" + key.replace(":", "-")
+
+
 def _highlight(source: ResultsSource, family: str) -> list[str]:
+    family = base_family(family)
     if not same_model(source.meta):
         return []
     if family in ("path_to_score", "head_all_pos_v"):
@@ -131,11 +138,12 @@ def family_figures(source: ResultsSource) -> tuple[list[FigureEntry], list[str]]
             skipped.append(f"{fam}: {err}")
             continue
         kwargs: dict[str, Any] = {"family": fam}
-        if fn in (P.head_heatmap, P.path_patching) and fam != "path_components_to_heads":
+        base = base_family(fam)
+        if fn in (P.head_heatmap, P.path_patching) and base != "path_components_to_heads":
             kwargs["highlight"] = _highlight(source, fam)
         fig = fn(source, **kwargs)
-        title = P.TITLES.get(fam, fam)
-        out.append(FigureEntry(f"fig-{fam}", title, "Patching", CAPTIONS.get(fam, ""), fig))
+        title = P.TITLES.get(base, base) + (" (attribution estimate)" if fam.startswith("attribution:") else "")
+        out.append(FigureEntry(figure_id(fam), title, "Patching", CAPTIONS.get(base, ""), fig))
     return out, skipped
 
 
@@ -210,8 +218,12 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
             rows.append({"head": name, "layer": int(a), "head_index": int(b), "role": "score path (E4)", "effect": v})
     else:
         return [], "no circuit analysis and no path_to_score results in this run"
+    by_base: dict[str, list[str]] = {}
+    for fid in sorted(figure_ids):
+        stem = fid.removeprefix("fig-")
+        by_base.setdefault(stem if stem in ANALYSIS_STEMS else base_family(stem.replace("-", ":", 1)), []).append(fid)
     for r in rows:
-        r["figures"] = [f"fig-{f}" for f in ROLE_FIGURES.get(r["role"], ("circuit",)) if f"fig-{f}" in figure_ids]
+        r["figures"] = [fid for f in ROLE_FIGURES.get(r["role"], ("circuit",)) for fid in by_base.get(f, [])]
         r["paper_role"] = _paper_role(r["head"]) if same_model(source.meta) else None
     return rows, origin
 
@@ -581,7 +593,9 @@ def build_report(
     if score_demo:
         from jaxmech.report.demo import score_demo_pair
 
-        demo = score_demo_pair(str(source.meta.get("model", "")), source.path)
+        folder = source.meta.get("model_folder")
+        ref = folder if folder and Path(folder).is_dir() else source.meta.get("model", "")
+        demo = score_demo_pair(str(ref), source.path)
     comparisons = compare_all(source, demo)
     fam_figs, skipped = family_figures(source)
     entries = fam_figs + analysis_figures(source)

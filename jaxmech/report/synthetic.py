@@ -39,7 +39,7 @@ class SyntheticArray:
 class SyntheticRun:
     """The store's run object: ``meta``, ``families``, ``run[family]``, ``pairs``, ``analyses``."""
 
-    path: Path
+    root: Path
     meta: dict
     arrays: dict[str, SyntheticArray]
     pairs: dict
@@ -90,7 +90,7 @@ def synthetic_run(
         agree: Plant the paper's findings (else different heads, a weak linear fit, U_0 uncorrelated).
         model: Model id written into ``meta``.
         analyses: Include the five analysis JSON dicts.
-        path: What ``run.path`` says.
+        path: What ``run.root`` says.
 
     Returns:
         The run.
@@ -138,8 +138,8 @@ def synthetic_run(
         "head_all_pos_v": SyntheticArray(head_v, ("pair", "layer", "head")),
         "head_by_pos_z": SyntheticArray(by_pos, ("pair", "layer", "pos", "head")),
         "path_to_score": SyntheticArray(path_score, ("pair", "layer", "head")),
-        "path_to_heads": SyntheticArray(path_heads, ("pair", "layer", "head")),
-        "path_components_to_heads": SyntheticArray(comps, ("pair", "component", "layer", "pos")),
+        "path_to_heads_k": SyntheticArray(path_heads, ("pair", "layer", "head")),
+        "path_components_to_heads_k": SyntheticArray(comps, ("pair", "component", "layer", "pos")),
     }
     demo_b, demo_p = (-5.6513, 4.3892) if agree else (1.0, 0.5)
     pairs = {
@@ -159,22 +159,38 @@ def synthetic_run(
         ]
         * n_pairs,
     }
+    receivers = [f"{a}.{b}" for a, b in scoring[:1]]
+    # Laid out as the results store's meta.json (jaxmech.sweeps.job): nested model and datasets entries.
     meta = {
-        "model": model,
-        "weights_hash": "sha256:0000synthetic",
-        "kind": "cross",
-        "n_layers": L,
-        "n_heads": H,
-        "dataset": "synthetic tfc1",
-        "dataset_hash": "sha256:1111synthetic",
+        "format": "jaxmech.sweep",
+        "model": {
+            "id": model,
+            "folder": None,
+            "kind": "cross",
+            "weights_sha256": "0000synthetic",
+            "n_layers": L,
+            "n_heads": H,
+            "d_model": 384,
+        },
+        "datasets": [{"name": "synthetic_tfc1", "origin": "synthetic", "pairs": n_pairs, "sha256": "1111"}],
+        "dataset_sha256": "1111synthetic",
+        "n_pairs": n_pairs,
         "metric": "normalized",
-        "method": "exact",
-        "receivers": [f"{a}.{b}" for a, b in scoring[:1]],
-        "receiver_input": "k",
-        "config": {"families": list(arrays), "limit": n_pairs, "receivers": [f"{a}.{b}" for a, b in scoring[:1]]},
+        "direction": "forward",
+        "precision": "fp32",
+        "config": {
+            "families": [
+                {"name": "block_every", "method": "exact", "receivers": [], "receiver_input": "k"},
+                {"name": "head_all_pos_v", "method": "exact", "receivers": [], "receiver_input": "k"},
+                {"name": "head_by_pos_z", "method": "exact", "receivers": [], "receiver_input": "k"},
+                {"name": "path_to_score", "method": "exact", "receivers": [], "receiver_input": "k"},
+                {"name": "path_to_heads", "method": "exact", "receivers": receivers, "receiver_input": "k"},
+                {"name": "path_components_to_heads", "method": "exact", "receivers": receivers, "receiver_input": "k"},
+            ],
+            "patching": {"metric": "normalized", "precision": "fp32"},
+        },
         "jaxmech_version": "synthetic",
         "device": {"platform": "cpu", "description": "synthetic"},
-        "precision": "fp32",
         "timings": {"block_every": 1.5, "path_to_score": 0.25, "total": 3.0},
     }
     out = {}
