@@ -214,3 +214,16 @@ def test_analyses_folder_is_read_and_malformed_json_is_located(tmp_path):
     with pytest.raises(ResultsError, match=r"soft_tf\.json:2:17: malformed JSON"):
         build_report(npz, tmp_path / "out2", analyses=folder, score_demo=False)
     assert not (tmp_path / "out2" / "report.html").exists()
+
+
+def test_an_analysis_of_another_model_is_flagged(tmp_path):
+    run = synthetic_run(n_pairs=2, seq=10)
+    run.analyses["idf_svd"] = {**run.analyses["idf_svd"], "model": "/models/other-model"}
+    page = build_report(run, tmp_path, score_demo=False)
+    numbers = json.loads((tmp_path / "numbers.json").read_text())
+    assert numbers["run"]["warnings"] == [
+        "analyses/idf_svd.json was computed on /models/other-model, not on this run's model "
+        "cross-encoder/ms-marco-MiniLM-L-12-v2"
+    ]
+    assert 'class="notice warn">analyses/idf_svd.json was computed on /models/other-model' in page.read_text()
+    assert "> **Warning:** analyses/idf_svd.json" in (tmp_path / "report.md").read_text()

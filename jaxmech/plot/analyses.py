@@ -318,7 +318,15 @@ def circuit_map(data: Any, *, n_layers: int | None = None, n_heads: int | None =
         colour = ROLE_COLOURS.get(role, "#999999")
         ax.add_patch(mpatches.Rectangle((head - 0.5, layer - 0.5), 1, 1, color=colour))
         if np.isfinite(eff):
-            ax.text(head, layer, f"{eff:.2f}", ha="center", va="center", fontsize=6.5, color="white")
+            ax.text(
+                head,
+                layer,
+                f"{eff:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6.5,
+                color="black" if role == "contextual_query" else "white",
+            )  # contrast on orange
     ax.set_xticks(range(H))
     ax.set_yticks(range(L))
     ax.set_xticks(np.arange(-0.5, H, 1), minor=True)

@@ -271,6 +271,7 @@ def run_summary(source: ResultsSource) -> dict:
         "jaxmech_version": m.get("jaxmech_version") or m.get("version"),
         "families": list(source.families),
         "analyses": sorted(source.analyses),
+        "warnings": analysis_model_warnings(source),
     }
 
 
@@ -297,6 +298,22 @@ def analysis_numbers(source: ResultsSource) -> dict:
     for name, obj in source.analyses.items():
         if isinstance(obj, dict):
             out[name] = {k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    return out
+
+
+def _model_key(name: Any) -> str:
+    text = str(name or "").rstrip("/")
+    return text.rsplit("/", 1)[-1].lower()
+
+
+def analysis_model_warnings(source: ResultsSource) -> list[str]:
+    """Analyses whose ``model`` is not the run's (compared by the last path component or hub-id part)."""
+    run_model = _model_key(source.meta.get("model"))
+    out = []
+    for name, obj in sorted(source.analyses.items()):
+        m = obj.get("model") if isinstance(obj, dict) else None
+        if m and run_model and _model_key(m) != run_model:
+            out.append(f"analyses/{name}.json was computed on {m}, not on this run's model {source.meta.get('model')}")
     return out
 
 
@@ -329,6 +346,7 @@ color:#1b1b1b;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .notice{padding:.7em 1em;border-left:5px solid #D55E00;background:#fff4ec;margin:1em 0}
 .notice.same{border-color:#009E73;background:#eefaf5}
+.notice.warn{border-color:#CC79A7;background:#fbeef6}
 table{border-collapse:collapse;width:100%;font-size:.9em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f3f3f3} tr:nth-child(even) td{background:#fafafa}
@@ -403,6 +421,7 @@ def render_html(
         f"<h1>jaxmech report: {_e(summary['model'])}</h1>",
         f'<p class="muted">{_e(summary["n_pairs"])} pairs · {_e(summary["kind"])} · generated {_e(generated)}</p>',
         f'<div class="{notice_cls}" id="model-notice">{_e(model_notice(summary))}</div>',
+        *(f'<div class="notice warn">{_e(w)}</div>' for w in summary.get("warnings", [])),
         '<nav><a href="#comparison">Beside the paper</a><a href="#circuit">Circuit</a>'
         '<a href="#figures">Figures</a><a href="#run">Run</a></nav>',
         '<h2 id="comparison">Results beside the paper</h2>',
@@ -422,6 +441,14 @@ def render_html(
     h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
     if rows:
         paper_col = summary["same_model_as_paper"]
+        roles: dict[str, int] = {}
+        for r in rows:
+            roles[r["role"]] = roles.get(r["role"], 0) + 1
+        h.append(
+            f"<details{' open' if len(rows) <= 24 else ''}><summary>{len(rows)} heads: "
+            + ", ".join(f"{_e(k)} {n}" for k, n in roles.items())
+            + "</summary>"
+        )
         h.append(
             "<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
             + ("<th>paper's role</th>" if paper_col else "")
@@ -435,7 +462,7 @@ def render_html(
                 + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
                 + f"<td>{links}</td></tr>"
             )
-        h.append("</tbody></table>")
+        h.append("</tbody></table></details>")
     h.append(
         '<h2 id="figures">Figures</h2><p class="muted">Hover a heatmap cell for its value, layer, head and '
         "token type. Colour scales are symmetric about zero (white: no effect; red: restores the perturbed "
@@ -505,6 +532,7 @@ def render_markdown(
         f"{summary['n_pairs']} pairs · {summary['kind']} · generated {generated}",
         "",
         f"> {model_notice(summary)}",
+        *(line for w in summary.get("warnings", []) for line in ("", f"> **Warning:** {w}")),
         "",
         "## Results beside the paper",
         "",
