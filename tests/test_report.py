@@ -189,6 +189,7 @@ def test_report_of_a_real_patch_run(packaged_npz, capsys):
     assert demo["kind"] == "bi" and demo["score_perturbed"] > demo["score_baseline"]  # " wellesley" appended
     v = verdicts(numbers)
     assert v["demo_logits"] == "not comparable" and v["linear_r"] == "not in this run"
+    assert v["block_every"] == "not comparable"  # no query tokens in a bi-encoder's input
     assert "bi-encoder encodes the document without the query" in page.read_text()
     # resid_pre at the injected token in layer 0 restores the perturbed score (normalized effect ~1)
     block = [c for c in numbers["comparisons"] if c["key"] == "block_every"][0]

@@ -226,7 +226,20 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
         ),
     }
     passed = [k for k, (v, th) in checks.items() if np.isfinite(v) and v >= th]
-    ours = "; ".join(f"{k}: {v:.2f}" for k, (v, _) in checks.items())
+    ours = "; ".join(f"{k}: {v:.2f}" if np.isfinite(v) else f"{k}: absent" for k, (v, _) in checks.items())
+    vals = {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()}
+    if source.meta.get("kind") == "bi":
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "not comparable",
+            "a bi-encoder encodes the document alone and pools its tokens: the query-term and [CLS] "
+            "stages of the paper's flow do not exist in it",
+            fig,
+            vals,
+        )
     crit = "each ≥ its threshold (" + ", ".join(f"{th}" for _, th in checks.values()) + ")"
     if len(passed) == len(checks):
         verdict = "agrees"
@@ -245,7 +258,7 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
         verdict,
         crit,
         fig,
-        {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()},
+        vals,
     )
 
 
