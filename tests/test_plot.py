@@ -208,3 +208,21 @@ def test_labeled_checks_its_axes():
         Labeled(np.zeros((2, 3)), ("layer",))
     with pytest.raises(ResultsError, match="labels for axis 'head'"):
         Labeled(np.zeros((2, 3)), ("layer", "head"), {"head": ("a",)})
+
+
+def test_store_means_skip_flagged_pairs_chunk_by_chunk():
+    run = synthetic_run(n_pairs=5, seq=10)
+    block = np.asarray(run["block_every"]).copy()
+    block[3] = 1e6  # a flagged pair's effect (near-zero denominator) must not reach any mean
+    run.arrays["block_every"].values = block
+    run.pairs["flagged"] = np.array([False, False, False, True, False])
+    src = StoreSource(run, "/runs/x")
+    keep = ~run.pairs["flagged"]
+    mean, n = src.pair_mean("block_every")
+    assert n == 4 and mean.dims == ("component", "layer", "pos")
+    np.testing.assert_allclose(mean.values, np.nanmean(block[keep], axis=0), rtol=0, atol=1e-12)
+    bt = src.by_token_type("block_every")
+    types = [t for t, k in zip(run.pairs["token_types"], keep, strict=True) if k]
+    expected, _ = mean_by_token_type(block[keep], types, pos_axis=3)
+    np.testing.assert_allclose(bt.values, expected, rtol=0, atol=1e-12)
+    assert np.nanmax(jp.heatmap_cells(jp.block_patching(src))[0].values) < 10

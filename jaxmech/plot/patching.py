@@ -86,10 +86,9 @@ def resolve(
     else:
         source: ResultsSource = open_results(data)
         meta = source.meta
-        full = source.array(family)
-        n_pairs = full.values.shape[0]
+        mean, n_pairs = source.pair_mean(family)  # unflagged pairs, NaN ignored
         lab = None
-        if by in ("auto", "token_type") and "pos" in full.dims:
+        if by in ("auto", "token_type") and "pos" in mean.dims:
             lab = source.by_token_type(family)
             if lab is None and by == "token_type":
                 raise ResultsError(
@@ -97,11 +96,12 @@ def resolve(
                     "on a dataset file, or pass by='pos')"
                 )
         if lab is None:
-            lab = full
+            lab = mean
             tokens = source.pairs.get("tokens")
-            if tokens is not None and n_pairs == 1 and "pos" in lab.dims:
-                toks = [str(t) for t in list(tokens[0])][: lab.values.shape[lab.axis("pos")]]
-                toks += [str(i) for i in range(len(toks), lab.values.shape[lab.axis("pos")])]
+            if tokens is not None and len(tokens) == 1 and "pos" in lab.dims:
+                n_pos = lab.values.shape[lab.axis("pos")]
+                toks = [str(t) for t in list(tokens[0])][:n_pos]
+                toks += [str(i) for i in range(len(toks), n_pos)]
                 lab = Labeled(lab.values, lab.dims, {**lab.coords, "pos": toks}, lab.name, lab.metric)
     if "pair" in lab.dims:
         n_pairs = lab.values.shape[lab.axis("pair")]

@@ -225,6 +225,10 @@ class ResultsSource(Protocol):
         """The family's per-pair effects with a leading ``pair`` axis."""
         ...
 
+    def pair_mean(self, family: str) -> tuple[Labeled, int]:
+        """The family averaged over unflagged pairs, and the number of pairs averaged."""
+        ...
+
     def by_token_type(self, family: str) -> Labeled | None:
         """Pair-averaged effects with ``pos`` replaced by ``token_type``, or None when types are unknown."""
         ...
@@ -252,36 +256,93 @@ class StoreSource:
         if not self.analyses and (self.path / "analyses").is_dir():
             self.analyses = read_analyses_dir(self.path / "analyses")
 
+    def _stored(self, family: str):
+        if family not in self.families:
+            raise _missing_family(self.path, family, self.families)
+        arr = self._run[family]
+        shape = tuple(getattr(arr, "shape", np.shape(arr)))
+        dims = tuple(getattr(arr, "dims", None) or ("pair", *family_dims(family)))
+        if len(dims) != len(shape):
+            raise ResultsError(f"{self.path}: family {family!r} has shape {shape} but axes {dims}")
+        return arr, shape, dims
+
+    def _keep(self, n: int) -> np.ndarray:
+        flagged = self.pairs.get("flagged")
+        if flagged is None or len(flagged) != n:
+            return np.ones(n, bool)
+        return ~np.asarray(flagged, bool)
+
+    def _chunks(self, arr, n: int):
+        """``(slice, float64 block)`` of stored pairs, one stored chunk at a time (memory bounded by a chunk)."""
+        step = int(getattr(arr, "chunk_pairs", 0) or 0) or max(1, min(n, 256))
+        if not hasattr(arr, "__getitem__"):
+            yield slice(0, n), np.asarray(arr, np.float64)
+            return
+        for start in range(0, n, step):
+            sl = slice(start, min(start + step, n))
+            yield sl, np.asarray(arr[sl], np.float64)
+
     def array(self, family: str) -> Labeled:
-        """The family's effects ``[pair, ...]`` with the store's axis names.
+        """The family's effects ``[pair, ...]`` with the store's axis names (everything in memory).
 
         Raises:
             ResultsError: If the run has no such family or its axes do not match its shape.
         """
-        if family not in self.families:
-            raise _missing_family(self.path, family, self.families)
-        arr = self._run[family]
+        arr, _, dims = self._stored(family)
         values = np.asarray(arr, np.float64)
-        dims = tuple(getattr(arr, "dims", None) or ("pair", *family_dims(family)))
-        if len(dims) != values.ndim:
-            raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape} but axes {dims}")
         return Labeled(
             values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
         )
 
+    def pair_mean(self, family: str) -> tuple[Labeled, int]:
+        """Mean over unflagged pairs (NaN ignored), read one stored chunk at a time; and how many pairs."""
+        arr, shape, dims = self._stored(family)
+        keep = self._keep(shape[0])
+        total = np.zeros(shape[1:])
+        count = np.zeros(shape[1:])
+        for sl, x in self._chunks(arr, shape[0]):
+            x = x[keep[sl]]
+            ok = np.isfinite(x)
+            total += np.where(ok, x, 0).sum(0)
+            count += ok.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        dims = dims[1:]
+        return Labeled(
+            mean, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+        ), int(keep.sum())
+
     def by_token_type(self, family: str) -> Labeled | None:
-        """Token-type means from the per-pair ``token_types`` column (None when the run has none)."""
+        """Token-type means over unflagged pairs from the per-pair ``token_types`` column, one stored chunk at
+        a time (None when the run has no token types or the family no position axis)."""
         from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
 
         types = self.pairs.get("token_types")
-        full = self.array(family)
-        if types is None or "pos" not in full.dims:
+        arr, shape, dims = self._stored(family)
+        if types is None or "pos" not in dims:
             return None
-        mean, _ = mean_by_token_type(full.values, [list(t) for t in types], pos_axis=full.axis("pos"))
-        dims = tuple(d for d in full.dims if d not in ("pair", "pos")) + ("token_type",)
-        coords = {**{k: v for k, v in full.coords.items() if k in dims}, "token_type": TOKEN_TYPE_ORDER}
-        # mean_by_token_type moves the position axis last; other axes keep their order.
-        return Labeled(mean, dims, coords, name=family, metric=full.metric)
+        keep = self._keep(shape[0])
+        pos = dims.index("pos")
+        out_shape = (*[s for d, s in zip(dims[1:], shape[1:], strict=True) if d != "pos"], len(TOKEN_TYPE_ORDER))
+        total = np.zeros(out_shape)
+        count = np.zeros(out_shape)
+        for sl, x in self._chunks(arr, shape[0]):
+            k = keep[sl]
+            if not k.any():
+                continue
+            chunk_types = [list(t) for t, kk in zip(types[sl], k, strict=True) if kk]
+            # per pair and type: the mean over that type's positions (as mean_by_token_type), summed over pairs
+            x = x[k]
+            for i, t in enumerate(chunk_types):
+                m, _ = mean_by_token_type(x[i : i + 1], [t], pos_axis=pos)
+                ok = np.isfinite(m)
+                total += np.where(ok, m, 0)
+                count += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out_dims = tuple(d for d in dims if d not in ("pair", "pos")) + ("token_type",)
+        coords = {**_coords_for(family, out_dims), "token_type": TOKEN_TYPE_ORDER}
+        return Labeled(mean, out_dims, coords, name=family, metric=self.meta.get("metric", "normalized"))
 
 
 class NpzSource:
@@ -340,6 +401,15 @@ class NpzSource:
         return Labeled(
             values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
         )
+
+    def pair_mean(self, family: str) -> tuple[Labeled, int]:
+        """Mean over unflagged pairs (NaN ignored); and how many pairs."""
+        full = self.array(family)
+        flagged = self.pairs.get("flagged")
+        keep = ~np.asarray(flagged, bool) if flagged is not None and len(flagged) == full.values.shape[0] else None
+        if keep is not None:
+            full = dataclasses.replace(full, values=full.values[keep])
+        return full.mean_over("pair"), int(full.values.shape[0])
 
     def by_token_type(self, family: str) -> Labeled | None:
         """The ``by_type:<family>`` means ``jaxmech patch`` stored (None when it had no token types)."""

@@ -212,7 +212,7 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
         origin = (
             "no circuit analysis in this run: the 5 heads with the largest mean effect in path patching to the score"
         )
-        mean = source.array("path_to_score").mean_over("pair").values
+        mean = source.pair_mean("path_to_score")[0].values
         for name, v in ranked_heads(mean, 5):
             a, b = name.split(".")
             rows.append({"head": name, "layer": int(a), "head_index": int(b), "role": "score path (E4)", "effect": v})
@@ -276,12 +276,11 @@ def run_summary(source: ResultsSource) -> dict:
 
 
 def family_numbers(source: ResultsSource) -> dict:
-    """Per family: axes, shape, and the top heads of per-head results."""
+    """Per family: axes and shape of one pair's result, pairs averaged, and the top heads of per-head results."""
     out = {}
     for fam in source.families:
-        lab = source.array(fam)
-        entry: dict[str, Any] = {"dims": list(lab.dims), "shape": list(lab.values.shape)}
-        mean = lab.mean_over("pair") if "pair" in lab.dims else lab
+        mean, n = source.pair_mean(fam)
+        entry: dict[str, Any] = {"dims": list(mean.dims), "shape": list(mean.values.shape), "pairs_averaged": n}
         if set(mean.dims) == {"layer", "head"}:
             entry["top_heads"] = [[h, v] for h, v in ranked_heads(mean.values, 10)]
         finite = mean.values[np.isfinite(mean.values)]

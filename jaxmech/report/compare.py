@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.plot.source import Labeled, ResultsError, ResultsSource
+from jaxmech.plot.source import ResultsError, ResultsSource, base_family
 
 PAPER_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 PAPER = {
@@ -94,20 +94,16 @@ def model_shape(source: ResultsSource) -> tuple[int | None, int | None]:
         return int(L), int(H)
     for fam in source.families:
         try:
-            lab = source.array(fam)
+            lab = source.pair_mean(fam)[0]
         except ResultsError:
             continue
-        if "layer" in lab.dims and "head" in lab.dims and not fam.startswith("path_to_heads"):
+        if "layer" in lab.dims and "head" in lab.dims and base_family(fam) != "path_to_heads":
             return lab.values.shape[lab.axis("layer")], lab.values.shape[lab.axis("head")]
     for fam in source.families:
-        lab = source.array(fam)
-        if "layer" in lab.dims and fam in ("block_every", "head_by_pos_z"):
+        if base_family(fam) in ("block_every", "head_by_pos_z"):
+            lab = source.pair_mean(fam)[0]
             return lab.values.shape[lab.axis("layer")], None
     return None, None
-
-
-def _pair_mean(lab: Labeled) -> Labeled:
-    return lab.mean_over("pair") if "pair" in lab.dims else lab
 
 
 def ranked_heads(values: np.ndarray, k: int) -> list[tuple[str, float]]:
@@ -283,7 +279,7 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     paper = ", ".join(f"{h} ≈{v}" for h, v in ref.items()) + "; the rest ≈0"
     if family not in source.families:
         return _not_in_run(key, item, paper, family, fig)
-    mean = _pair_mean(source.array(family)).values
+    mean = source.pair_mean(family)[0].values
     k = len(ref)
     top = ranked_heads(mean, k)
     ours = _heads_str(top)

@@ -26,10 +26,14 @@ class SyntheticArray:
 
     values: np.ndarray
     dims: tuple[str, ...]
+    chunk_pairs: int = 2  # small, so readers' chunked paths are exercised
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.values.shape
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.values[index])
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.values, dtype=dtype)
