@@ -91,7 +91,7 @@ def test_head_heatmap_planted_head_and_highlight():
     ax = axes_with_images(fig)[0]
     assert ax.get_xlabel() == "head" and ax.get_ylabel() == "layer"
     assert len(ax.patches) == 2  # the two outlined heads
-    assert "outlined" in fig._suptitle.get_text()
+    assert "outlined" in " ".join(fig._suptitle.get_text().split())
 
 
 def test_head_by_position_picks_planted_heads(run):
@@ -111,7 +111,9 @@ def test_head_by_position_picks_planted_heads(run):
 def test_path_patching_families(run):
     fig = jp.path_patching(run, family="path_to_heads_k")  # the store's key: family + receiver input
     assert_image(fig)
-    assert "E5 path patching" in fig._suptitle.get_text() and "(receiver 10.1, input k)" in fig._suptitle.get_text()
+    assert "E5 path patching" in " ".join(fig._suptitle.get_text().split()) and "(receiver 10.1, input k)" in " ".join(
+        fig._suptitle.get_text().split()
+    )
     fig = jp.path_patching(run, family="path_components_to_heads_k")
     assert len(axes_with_images(fig)) == 3
     with pytest.raises(ResultsError, match="not a path-patching family"):

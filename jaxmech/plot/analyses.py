@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxmech.plot.source import ResultsError, open_results, read_analysis
-from jaxmech.plot.style import LINESTYLES, OKABE_ITO, new_figure
+from jaxmech.plot.style import LINESTYLES, OKABE_ITO, new_figure, suptitle
 
 PAPER_LINEAR_R = 0.8157
 PAPER_BM25_R = 0.42
@@ -129,7 +129,7 @@ def soft_tf_curves(data: Any, *, max_heads: int = 8, experiments: Sequence[str] 
         if any(len(obj[n]["heads"]) > max_heads for n in names)
         else ""
     )
-    fig.suptitle(f"Soft term frequency: mean with confidence band{extra}", fontsize=11)
+    suptitle(fig, f"Soft term frequency: mean with confidence band{extra}", fontsize=11)
     return fig
 
 
@@ -170,7 +170,7 @@ def svd_correlation_bars(data: Any, *, max_components: int = 50) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     u0 = obj.get("u0_idf_pearson", r[k == 0][0] if (k == 0).any() else float("nan"))
-    fig.suptitle(f"IDF in the embedding matrix: corr(U_k, IDF); U_0: r = {u0:+.3f}", fontsize=11)
+    suptitle(fig, f"IDF in the embedding matrix: corr(U_k, IDF); U_0: r = {u0:+.3f}", fontsize=11)
     return fig
 
 
@@ -196,7 +196,7 @@ def u0_idf_scatter(data: Any) -> Figure:
     ax.set_ylabel("U_0 entry of the token")
     ax.grid(alpha=0.3)
     r = obj.get("u0_idf_pearson", float(np.corrcoef(u0, idf)[0, 1]))
-    fig.suptitle(f"U_0 against IDF ({u0.size} tokens), r = {r:+.3f}", fontsize=11)
+    suptitle(fig, f"U_0 against IDF ({u0.size} tokens), r = {r:+.3f}", fontsize=11)
     return fig
 
 
@@ -243,7 +243,7 @@ def editing_curves(data: Any) -> Figure:
         axes[1].set_title("attention of scoring heads", fontsize=10)
         axes[1].legend(title="head", fontsize=7, title_fontsize=7)
         axes[1].grid(alpha=0.3)
-    fig.suptitle("Editing the IDF direction U_0 of the query term's embedding", fontsize=11)
+    suptitle(fig, "Editing the IDF direction U_0 of the query term's embedding", fontsize=11)
     return fig
 
 
@@ -285,7 +285,7 @@ def regression_scatter(data: Any) -> Figure:
         bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"},
     )
     ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Linear semantic BM25 on the test split ({y.size} pairs)", fontsize=11)
+    suptitle(fig, f"Linear semantic BM25 on the test split ({y.size} pairs)", fontsize=11)
     return fig
 
 
@@ -343,5 +343,5 @@ def circuit_map(data: Any, *, n_layers: int | None = None, n_heads: int | None =
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
     )
-    fig.suptitle(f"Circuit: {len(cells)} heads by role (number: effect)", fontsize=11)
+    suptitle(fig, f"Circuit: {len(cells)} heads by role (number: effect)", fontsize=11)
     return fig

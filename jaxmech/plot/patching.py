@@ -24,7 +24,7 @@ from jaxmech.plot.source import (
     family_info,
     open_results,
 )
-from jaxmech.plot.style import colorbar, draw_heatmap, new_figure, symmetric_norm
+from jaxmech.plot.style import colorbar, draw_heatmap, new_figure, suptitle, symmetric_norm
 
 TITLES = {
     "block_every": "E1 block patching",
@@ -46,7 +46,7 @@ def _title(family: str, n_pairs: int | None, receivers: str = "") -> str:
     if receivers:
         base += f" {receivers}"
     if n_pairs is not None:
-        base += f" — mean over {n_pairs} pair{'s' if n_pairs != 1 else ''}"
+        base += f"\nmean over {n_pairs} pair{'s' if n_pairs != 1 else ''}"
     return base
 
 
@@ -175,7 +175,8 @@ def block_patching(
     for ax in axes[1:]:
         ax.set_ylabel("")
     colorbar(fig, im, list(axes), lab.metric)
-    fig.suptitle(
+    suptitle(
+        fig,
         title or _title(family, n_pairs, _receivers(meta, family) if base_family(family).startswith("path") else ""),
         fontsize=11,
     )
@@ -264,7 +265,7 @@ def head_heatmap(
     sub = title or _title(family, n_pairs, _receivers(meta, family) if base_family(family) == "path_to_heads" else "")
     if marks:
         sub += "\n(outlined: the paper's heads)"
-    fig.suptitle(sub, fontsize=11)
+    suptitle(fig, sub, fontsize=11)
     return fig
 
 
@@ -328,7 +329,7 @@ def head_by_position(
     )
     colorbar(fig, im, ax, lab.metric)
     sel = "" if heads is not None else f" (top {len(chosen)} heads)"
-    fig.suptitle(title or _title(family, n_pairs) + sel, fontsize=11)
+    suptitle(fig, title or _title(family, n_pairs) + sel, fontsize=11)
     return fig
 
 

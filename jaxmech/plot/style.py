@@ -89,6 +89,27 @@ class HeatmapCells:
         return " · ".join(parts)
 
 
+def cell_format(vmax: float):
+    """Formatter of cell annotations: enough decimals for the largest value to show two significant digits
+    (2 to 4), and no "-0.00"."""
+    decimals = 2 if vmax <= 0 or not np.isfinite(vmax) else int(min(4, max(2, 1 - np.floor(np.log10(vmax)))))
+
+    def fmt(v: float) -> str:
+        text = f"{v:.{decimals}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    return fmt
+
+
+def suptitle(fig: Figure, text: str, *, fontsize: float = 11) -> None:
+    """A figure title wrapped to the figure's width (long titles are not cut off at the edges)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    lines = [textwrap.fill(line, width) for line in text.split("\n")]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+
+
 def heatmap_cells(fig: Figure) -> list[HeatmapCells]:
     """The heatmaps drawn on ``fig`` by this package."""
     return list(getattr(fig, "heatmap_cells", []))
@@ -158,6 +179,7 @@ def draw_heatmap(
         annotate = values.size <= 160
     if annotate:
         vmax = max(abs(norm.vmin), abs(norm.vmax))
+        fmt = cell_format(vmax)
         for r in range(n_rows):
             for c in range(n_cols):
                 v = values[r, c]
@@ -165,7 +187,7 @@ def draw_heatmap(
                     ax.text(
                         c,
                         r,
-                        f"{v:.2f}",
+                        fmt(v),
                         ha="center",
                         va="center",
                         fontsize=6.5,
