@@ -69,7 +69,9 @@ def test_report_of_a_store_run(store_run, capsys):
     assert src.meta["n_layers"] == 6 and src.meta["kind"] == "bi" and src.meta["weights_hash"].startswith("sha256:")
     mean, n = src.pair_mean("path_to_score")
     keep = ~np.asarray(run.pairs["flagged"], bool)
-    np.testing.assert_allclose(mean.values, np.nanmean(np.asarray(run["path_to_score"])[keep], 0), atol=1e-12)
+    np.testing.assert_allclose(
+        mean.values, np.nanmean(np.asarray(run["path_to_score"], np.float64)[keep], 0), atol=1e-12
+    )
     assert n == int(keep.sum())
     (store_run / "analyses").mkdir(exist_ok=True)
     from jaxmech.report.synthetic import synthetic_run
