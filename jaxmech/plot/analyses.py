@@ -220,7 +220,7 @@ def editing_curves(data: Any) -> Figure:
         if m.size != scales.size:
             raise ResultsError(f"edit_idf.score.{name}: {m.size} values for {scales.size} scales")
         st = _style(i)
-        if "control" in name:
+        if "control" in name or name.startswith("full"):  # the whole-row control edit
             st["linestyle"] = "--"
         axes[0].plot(scales, m, marker="o", markersize=3, label=name, **st)
         if isinstance(d, dict) and "lo" in d and "hi" in d:
@@ -228,8 +228,9 @@ def editing_curves(data: Any) -> Figure:
                 scales, _floats(d["lo"], name), _floats(d["hi"], name), color=st["color"], alpha=0.15, linewidth=0
             )
     axes[0].set_xlabel("edit scale")
-    axes[0].set_ylabel("score (raw logit)")
-    axes[0].set_title("score", fontsize=10)
+    gain = any(isinstance(d, dict) and "baseline_mean" in d for d in score.values())
+    axes[0].set_ylabel("score gain (perturbed − baseline)" if gain else "score (raw logit)")
+    axes[0].set_title("score gain of appending the term" if gain else "score", fontsize=10)
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
     if att:
@@ -240,7 +241,8 @@ def editing_curves(data: Any) -> Figure:
             axes[1].plot(scales, v, marker="o", markersize=3, label=h, **_style(i))
         axes[1].set_xlabel("edit scale")
         axes[1].set_ylabel("[CLS] → query-term attention")
-        axes[1].set_title("attention of scoring heads", fontsize=10)
+        cond = obj.get("cls_attention_condition")
+        axes[1].set_title("attention of scoring heads" + (f" ({cond})" if cond else ""), fontsize=10)
         axes[1].legend(title="head", fontsize=7, title_fontsize=7)
         axes[1].grid(alpha=0.3)
     suptitle(fig, "Editing the IDF direction U_0 of the query term's embedding", fontsize=11)

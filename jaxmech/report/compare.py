@@ -610,26 +610,39 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
     )
 
 
+def _is_control(cond: str) -> bool:
+    c = cond.lower()
+    return "control" in c or c.startswith("full")  # the paper's control edit scales the whole row ("full")
+
+
 def compare_edit(source: ResultsSource) -> Comparison:
-    """IDF editing: raising U_0-IDF raises the perturbed score and the scoring head's [CLS] attention."""
-    key, item, fig = "edit_idf", "editing U_0 (IDF up) raises score and [CLS] attention", "fig-edit_idf"
+    """IDF editing: raising U_0-IDF raises the score gain and the scoring head's [CLS] attention; lowering it
+    lowers the gain (controls, the whole-row edit, are not judged)."""
+    key, item, fig = "edit_idf", "editing U_0 (IDF up) raises score gain and [CLS] attention", "fig-edit_idf"
     paper = PAPER["edit_idf"]
     a = source.analyses.get("edit_idf")
     if not isinstance(a, dict):
         return _not_in_run(key, item, paper, "the edit_idf analysis", fig)
     score = a.get("score", {})
-    edited = {k: v for k, v in score.items() if "control" not in k.lower() and "decrease" not in k.lower()}
-    if not edited:
-        return Comparison(key, item, paper, "— (no edited-token curve)", "not comparable", "needs score curves", fig)
-    deltas = {k: _trend(v["mean"] if isinstance(v, dict) else v)[0] for k, v in edited.items()}
+    edits = {k: v for k, v in score.items() if not _is_control(k)}
+    up = {k: v for k, v in edits.items() if "decrease" not in k.lower()}
+    down = {k: v for k, v in edits.items() if "decrease" in k.lower()}
+    if not up:
+        return Comparison(key, item, paper, "— (no IDF-increase curve)", "not comparable", "needs score curves", fig)
+
+    def change(v) -> tuple[float, float]:
+        d = v if isinstance(v, dict) else {"mean": v}
+        return _trend(d["mean"])[0], _ci_halfwidth(d)
+
+    deltas = {k: change(v) for k, v in {**up, **down}.items()}
     att = a.get("cls_attention", {})
     att_heads = {h: v for h, v in att.items() if h == "10.1"} if same_model(source.meta) and "10.1" in att else att
     att_d = {h: _trend(v["mean"] if isinstance(v, dict) else v)[0] for h, v in att_heads.items()}
-    up_score = all(d > 0 for d in deltas.values())
+    up_score = all(deltas[k][0] > deltas[k][1] for k in up) and all(deltas[k][0] < -deltas[k][1] for k in down)
     up_att = bool(att_d) and all(d > 0 for d in att_d.values())
     ours = (
         "score change "
-        + ", ".join(f"{k} {d:+.3f}" for k, d in deltas.items())
+        + ", ".join(f"{k} {d:+.3f}" for k, (d, _) in deltas.items())
         + ("; attention change " + ", ".join(f"{h} {d:+.4f}" for h, d in att_d.items()) if att_d else "")
     )
     verdict = "agrees" if up_score and up_att else "partly agrees" if up_score or up_att else "disagrees"
@@ -641,10 +654,11 @@ def compare_edit(source: ResultsSource) -> Comparison:
         paper,
         ours,
         verdict,
-        "score of edited-token sets and [CLS] attention both rise from the smallest to the largest "
-        "scale (agrees); one of them (partly)",
+        "from the smallest to the largest scale, the score of IDF-increase edits rises and of IDF-decrease edits "
+        "falls by more than the confidence half-width, and the [CLS] attention of the scoring heads rises "
+        "(agrees); one of the two (partly); whole-row control edits are not judged",
         fig,
-        {"score_change": deltas, "attention_change": att_d},
+        {"score_change": {k: d for k, (d, _) in deltas.items()}, "attention_change": att_d},
     )
 
 

@@ -203,6 +203,16 @@ def synthetic_run(
     return SyntheticRun(Path(path), meta, arrays, pairs, out)
 
 
+def _curve(mean: list[float], half: float = 0.05) -> dict:
+    return {
+        "mean": mean,
+        "lo": [m - half for m in mean],
+        "hi": [m + half for m in mean],
+        "baseline_mean": [-4.0] * len(mean),
+        "perturbed_mean": [m - 4.0 for m in mean],
+    }
+
+
 def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
     n = 200
     idf = rng.uniform(1, 12, n)
@@ -242,7 +252,6 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
     soft["matching_heads"] = [f"{a}.{b}" for a, b in matching[:5]]
     soft["level"] = 0.95
     scales = [1.0, 1.5, 2.0, 3.0]
-    s_inc = [8.0 + (0.2 * (s - 1) if agree else -0.2 * (s - 1)) for s in scales]
     return {
         "idf_svd": {
             "analysis": "idf_svd",
@@ -276,14 +285,20 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
             + [{"layer": 9, "head": 11, "role": "contextual_query", "effect": 0.08}]
             + [{"layer": a, "head": b, "role": "matching", "effect": 0.05} for a, b in matching],
         },
-        "edit_idf": {
+        "edit_idf": {  # as jaxmech.analysis.editing writes it: score gain per condition, attention of u0_increase
             "analysis": "edit_idf",
             "model": model,
             "scales": scales,
-            "score": {"increase": {"mean": s_inc}, "control": {"mean": [8.0 - 0.5 * (s - 1) for s in scales]}},
+            "conditions": ["u0_increase", "u0_decrease", "full_increase"],
+            "score": {
+                "u0_increase": _curve([12.0 + (0.4 if agree else -0.4) * (s - 1) for s in scales]),
+                "u0_decrease": _curve([12.0 - (0.4 if agree else -0.4) * (s - 1) for s in scales]),
+                "full_increase": _curve([12.0 - 0.5 * (s - 1) for s in scales]),
+            },
             "cls_attention": {
                 f"{a}.{b}": [0.29 + (0.002 if agree else -0.002) * (s - 1) for s in scales] for a, b in scoring[:2]
             },
+            "cls_attention_condition": "u0_increase",
         },
     }
 
