@@ -220,7 +220,7 @@ def editing_curves(data: Any) -> Figure:
         if m.size != scales.size:
             raise ResultsError(f"edit_idf.score.{name}: {m.size} values for {scales.size} scales")
         st = _style(i)
-        if "control" in name or name.startswith("full"):  # the whole-row control edit
+        if "control" in name or name.startswith(("full", "row")):  # the whole-row control edit
             st["linestyle"] = "--"
         axes[0].plot(scales, m, marker="o", markersize=3, label=name, **st)
         if isinstance(d, dict) and "lo" in d and "hi" in d:

@@ -612,7 +612,7 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
 
 def _is_control(cond: str) -> bool:
     c = cond.lower()
-    return "control" in c or c.startswith("full")  # the paper's control edit scales the whole row ("full")
+    return "control" in c or c.startswith(("full", "row"))  # the control edit scales the whole row
 
 
 def compare_edit(source: ResultsSource) -> Comparison:
