@@ -228,3 +228,12 @@ def test_an_analysis_of_another_model_is_flagged(tmp_path):
     ]
     assert 'class="notice warn">analyses/idf_svd.json was computed on /models/other-model' in page.read_text()
     assert "> **Warning:** analyses/idf_svd.json" in (tmp_path / "report.md").read_text()
+
+
+def test_an_underdetermined_linear_fit_is_not_judged():
+    run = synthetic_run(n_pairs=2, seq=10)
+    run.analyses["linear_bm25"] = {**run.analyses["linear_bm25"], "n_train": 69, "n_features": 135}
+    linear = {c.key: c for c in compare_all(run)}["linear_r"]
+    assert linear.verdict == "not comparable" and "135 features for 69 training pairs" in linear.criterion
+    run.analyses["linear_bm25"]["n_train"] = 8000
+    assert {c.key: c for c in compare_all(run)}["linear_r"].verdict == "agrees"

@@ -231,7 +231,7 @@ def editing_curves(data: Any) -> Figure:
     gain = any(isinstance(d, dict) and "baseline_mean" in d for d in score.values())
     axes[0].set_ylabel("score gain (perturbed − baseline)" if gain else "score (raw logit)")
     axes[0].set_title("score gain of appending the term" if gain else "score", fontsize=10)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="best", framealpha=0.9)
     axes[0].grid(alpha=0.3)
     if att:
         for i, (h, vals) in enumerate(sorted(att.items(), key=lambda kv: _head_key(kv[0]))):
@@ -266,7 +266,7 @@ def regression_scatter(data: Any) -> Figure:
         raise ResultsError(f"linear_bm25.test_predictions: {y.size} y_true for {p.size} y_pred")
     fig = new_figure(5.2, 4.6)
     ax = fig.subplots()
-    ax.scatter(y, p, s=8, alpha=0.5, color=OKABE_ITO[0], linewidths=0, label="test pairs")
+    ax.scatter(y, p, s=8 if y.size > 300 else 22, alpha=0.6, color=OKABE_ITO[0], linewidths=0, label="test pairs")
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, linestyle="--", label="y = x")
     ax.set_xlabel("cross-encoder score (raw logit)")
@@ -277,6 +277,10 @@ def regression_scatter(data: Any) -> Figure:
         lines.append(f"BM25 r = {obj['bm25_test_pearson']:.3f} (paper {PAPER_BM25_R})")
     if "random_features_test_pearson" in obj:
         lines.append(f"random features r = {obj['random_features_test_pearson']:.3f}")
+    if "n_train" in obj and "n_features" in obj:
+        lines.append(f"{obj['n_features']} features, {obj['n_train']} training pairs")
+        if obj["n_features"] >= obj["n_train"]:
+            lines.append("(underdetermined: more features than pairs)")
     ax.text(
         0.02,
         0.98,

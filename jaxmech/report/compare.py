@@ -449,6 +449,34 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
         ) from None
     same = same_model(source.meta)
     p_lin, p_bm = PAPER["linear_test_pearson"], PAPER["bm25_test_pearson"]
+    n_train, n_feat = a.get("n_train"), a.get("n_features")
+    if isinstance(n_train, int) and isinstance(n_feat, int) and n_feat >= n_train:
+        why = (
+            f"underdetermined fit: {n_feat} features for {n_train} training pairs (the paper: 135 features, "
+            "~8,000 training pairs); its test r is no evidence either way"
+        )
+        return [
+            Comparison(
+                "linear_r",
+                "linear semantic-BM25 fit, test Pearson r",
+                str(p_lin),
+                f"{r:.4f}",
+                "not comparable",
+                why,
+                fig,
+                {"test_pearson": r, "n_train": n_train, "n_features": n_feat},
+            ),
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}" if np.isfinite(rb) else "—",
+                "not comparable",
+                "compared only beside a determined linear fit",
+                fig,
+                {"bm25_test_pearson": rb if np.isfinite(rb) else None},
+            ),
+        ]
     beats = np.isfinite(rb) and r > rb + 0.1 and (not np.isfinite(rr) or r > rr + 0.1)
     if same:
         v1 = "agrees" if abs(r - p_lin) <= LINEAR_TOL else "partly agrees" if beats else "disagrees"
