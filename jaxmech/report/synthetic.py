@@ -30,6 +30,7 @@ class SyntheticArray:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Full shape, ``pair`` first."""
         return self.values.shape
 
     def __getitem__(self, index) -> np.ndarray:
@@ -51,6 +52,7 @@ class SyntheticRun:
 
     @property
     def families(self) -> list[str]:
+        """Stored result keys."""
         return list(self.arrays)
 
     def __getitem__(self, family: str) -> SyntheticArray:
