@@ -21,10 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# Result axes after the pair axis, by family layout letter.
-_AXIS = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
 _PATH_LAYOUTS = {"path_to_score": "lh", "path_to_heads": "lh", "path_components_to_heads": "clp"}
-_PATH_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 
 class ResultsError(ValueError):
@@ -171,7 +168,7 @@ def normalize_meta(meta: dict) -> dict:
 
 
 def family_dims(family: str) -> tuple[str, ...]:
-    """Axis names of a family's per-pair result (without the pair axis), from its layout.
+    """Axis names of a family's per-pair result (without the pair axis), from the family registry.
 
     Args:
         family: A family name or a stored key (``attribution:head_by_pos_z``, ``path_to_heads_k``).
@@ -179,30 +176,19 @@ def family_dims(family: str) -> tuple[str, ...]:
     Raises:
         ResultsError: For an unknown family name.
     """
-    family = base_family(family)
-    if family in _PATH_LAYOUTS:
-        layout = _PATH_LAYOUTS[family]
-    else:
-        from jaxmech.patching.families import UnknownFamilyError, get_family
+    from jaxmech.patching.families import UnknownFamilyError, get_family
 
-        try:
-            fam = get_family(family)
-        except UnknownFamilyError as err:
-            raise ResultsError(str(err)) from None
-        layout = ("c" if len(fam.sites) > 1 else "") + fam.layout
-    return tuple(_AXIS[c] for c in layout)
+    try:
+        return tuple(get_family(base_family(family)).axes)
+    except UnknownFamilyError as err:
+        raise ResultsError(str(err)) from None
 
 
 def family_components(family: str) -> tuple[str, ...] | None:
     """Names along a family's component axis (``block_every``: resid_pre, attn_out, mlp_out), or None."""
-    family = base_family(family)
-    if family == "path_components_to_heads":
-        return _PATH_COMPONENTS
-    if family in _PATH_LAYOUTS:
-        return None
-    from jaxmech.patching.families import FAMILIES
+    from jaxmech.patching.families import REGISTRY
 
-    fam = FAMILIES.get(family)
+    fam = REGISTRY.get(base_family(family))
     return tuple(fam.sites) if fam is not None and len(fam.sites) > 1 else None
 
 

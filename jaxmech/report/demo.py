@@ -43,11 +43,11 @@ def score_demo_pair(model: str, results_path: Path) -> dict:
     try:
         import jax.numpy as jnp
 
+        from jaxmech.data.align import align_with_filler
         from jaxmech.loading import load_model
-        from jaxmech.patching.pairs import align_with_filler
 
         if ref == "packaged":
-            from jaxmech.cli import packaged_model_path
+            from jaxmech.io import packaged_model_path
 
             ref = str(packaged_model_path())
         lm = load_model(ref)
