@@ -199,7 +199,7 @@ def test_npz_source_and_plot_cli(tmp_path, capsys, single):
     assert capsys.readouterr().out.strip() == str(out)
     img = mpimg.imread(out)
     assert img.shape[1] > 600 and (img[..., :3] < 0.95).any(-1).mean() > 0.05
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # hidden temporary files included
     assert main(["plot", str(f), "head_all_pos_v", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{f}: no family or analysis 'head_all_pos_v'" in err[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,17 +78,11 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
     Returns:
         The path written.
     """
+    from jaxmech.io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = path.suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), suffix=".tmp" + path.suffix)
 
 
 def draw_to_file(results: Any, name: str, out: str | Path, *, by: str = "auto", dpi: int = 110) -> Path:

@@ -13,8 +13,6 @@ import dataclasses
 import datetime as _dt
 import html
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,18 +64,11 @@ class FigureEntry:
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes bytes or UTF-8 text through the project's one atomic writer (`jaxmech.io.atomic_write`)."""
+    from jaxmech.io import atomic_write
+
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
 
 
 def default_out_dir(path: Path) -> Path:
