@@ -26,7 +26,7 @@ from flax import nnx
 from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
-from jaxmech.tokenize import PairTokenizer
+from jaxmech.tokenize import PairTokenizer, has_tokenizer_files
 
 CACHE_FORMAT = 1
 
@@ -335,11 +335,11 @@ def load_model(
 
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
                 _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
-    limit = min(cfg.n_ctx, max_length or 512)
+    limit = min(cfg.max_length, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
-    has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
+    has_tokenizer = has_tokenizer_files(tok_dir)
     if tokenizer_path and not has_tokenizer:
-        raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
+        raise ModelNotFoundError(f"{tok_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...)")
     tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
                  if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
@@ -347,8 +347,8 @@ def load_model(
 
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:
     """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
-    loads: ``BertForSequenceClassification`` for cross-encoders, ``BertModel`` (+ sentence-transformers
-    pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
+    loads: ``BertForSequenceClassification`` (``ElectraForSequenceClassification``, ...: `EncoderConfig.hf_class`)
+    for cross-encoders, ``BertModel`` (etc.; + sentence-transformers pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
     interrupted save never looks complete.
     """
     from safetensors.numpy import save_file
@@ -358,7 +358,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
         is_cross = isinstance(model, CrossEncoder)
-        arch = "BertForSequenceClassification" if is_cross else "BertModel"
+        arch = model.cfg.hf_class("cross" if is_cross else "bi")
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if isinstance(model, BiEncoder):
