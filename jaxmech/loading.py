@@ -348,8 +348,8 @@ def load_model(
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:
     """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
     loads: ``BertForSequenceClassification`` (``ElectraForSequenceClassification``, ...: `EncoderConfig.hf_class`)
-    for cross-encoders, ``BertModel`` (etc.; + sentence-transformers pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
-    interrupted save never looks complete.
+    for cross-encoders, ``BertModel`` (etc.; + sentence-transformers pooling files) for bi-encoders. Files are
+    written to a temporary folder and moved into place, so an interrupted save never looks complete.
     """
     from safetensors.numpy import save_file
 
