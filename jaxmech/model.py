@@ -122,6 +122,7 @@ class Embed(nnx.Module):
         std, e = cfg.initializer_range, cfg.embed_width
         self.positions = cfg.positions
         self.pad_token_id = cfg.pad_token_id
+        self.max_length = cfg.max_length
         self.W_E = _normal(rngs, (cfg.d_vocab, e), std)
         self.W_pos = _normal(rngs, (cfg.n_ctx, e), std)
         self.W_token_type = _normal(rngs, (cfg.n_token_types, e), std)
@@ -141,6 +142,8 @@ class Embed(nnx.Module):
     def __call__(
         self, tokens: Int[Array, " pos"], token_type_ids: Int[Array, " pos"], hooks: HookPoints
     ) -> Float[Array, "pos d_model"]:
+        if tokens.shape[0] > self.max_length:  # a gather past W_pos would silently clamp under XLA
+            raise ValueError(f"input of {tokens.shape[0]} positions exceeds the model's maximum of {self.max_length}")
         embed = hooks("embed", self.W_E[...][tokens])
         pos_embed = hooks("pos_embed", self.W_pos[...][self.position_ids(tokens)])
         tt_embed = hooks("token_type_embed", self.W_token_type[...][token_type_ids])
