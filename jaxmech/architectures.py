@@ -29,6 +29,9 @@ VERIFIED = {
     "xlm-roberta": "fp32 parity (every site, logits): tiny odd, bge-reranker-base and bge-reranker-v2-m3 shapes "
                    "(slow); bit-exact round trip; SentencePiece pairs and filler ▁a; sweep = loop; PyTorch-hook "
                    "cross-check; attribution = derivative",
+    "modernbert": "fp32 parity (every hookable site, logits): tiny odd with / without biases, cls / mean pooling, "
+                  "gte-reranker-modernbert-base shapes (slow); bit-exact round trip; running-sum identities. "
+                  "Forward, capture and interventions only: the restarted patching engine does not run it yet",
 }
 
 POST_LN_IDENTITIES = (
@@ -49,6 +52,10 @@ def architecture_table_markdown() -> str:
         types = "2 (query 0, document 1)" if a.model_type in ("bert", "electra") else "1 (all 0)"
         rows.append(f"| {a.model_type} | `{a.cross_class}` | {', '.join(f'`{e}`' for e in a.examples)} | "
                     f"{positions} | {types} | {a.head} | `{a.pair_format}` | {VERIFIED[a.model_type]} |")
+    rows.append("| modernbert (own pre-LN blocks, `jaxmech.modernbert`) | `ModernBertForSequenceClassification` | "
+                "`Alibaba-NLP/gte-reranker-modernbert-base` | rotary (global / local theta) | none | pooling (cls or "
+                "mean), dense, act, LayerNorm, classifier | read off its tokenizer (untested here) | "
+                f"{VERIFIED['modernbert']} |")
     return "\n".join(rows)
 
 
@@ -126,9 +133,40 @@ def site_table_for(model: str | Path) -> str:
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf = json.loads(config_file.read_text())
+    if hf.get("model_type") == "modernbert":
+        from jaxmech.modernbert import ModernBertConfig
+
+        return modernbert_site_table(ModernBertConfig.from_hf_config(hf, source=str(config_file)), name=str(model))
     cfg = EncoderConfig.from_hf_config(hf, source=str(config_file))
     try:
         kind = detect_kind(folder, hf)
     except ValueError:
         kind = "cross"
     return site_table_markdown_for_config(cfg, kind, name=str(model))
+
+
+def modernbert_site_table(cfg, *, name: str = "model") -> str:
+    """The site table of a ModernBERT cross-encoder (`jaxmech.modernbert.ModernBertConfig`): pre-LN, so the
+    residual stream is a running sum."""
+    from jaxmech.modernbert import MODERNBERT_SITES, RESIDUAL_IDENTITIES
+
+    sizes = {"d_model": cfg.d_model, "head_index": cfg.n_heads, "d_head": cfg.d_head, "d_mlp": cfg.d_mlp,
+             "one": 1, "n_labels": cfg.num_labels}
+    n_global = sum(cfg.global_layers)
+    lines = [
+        f"# {name}: modernbert (ModernBertForSequenceClassification), {cfg.n_layers} layers ({n_global} global, "
+        f"{cfg.n_layers - n_global} sliding-window of {cfg.local_attention}), {cfg.n_heads} heads, d_model "
+        f"{cfg.d_model}, d_mlp {cfg.d_mlp} (GeGLU), max length {cfg.max_length}",
+        "",
+        f"- rotary positions (theta {cfg.global_rope_theta:g} global, {cfg.local_rope_theta:g} local); no token types",
+        f"- head: {cfg.classifier_pooling} pooling, dense, {cfg.classifier_act}, LayerNorm, classifier",
+        "- pre-LayerNorm blocks; these identities hold: " + "; ".join(f"`{i}`" for i in RESIDUAL_IDENTITIES),
+        "- the restarted patching engine does not run ModernBERT yet (forward, capture and interventions do)",
+        "",
+        "| site | shape | TransformerLens hook | meaning |",
+        "|---|---|---|---|",
+    ]
+    for s in MODERNBERT_SITES.values():
+        dims = ([str(cfg.n_layers)] if s.per_layer else []) + [str(sizes.get(d, d)) for d in s.dims]
+        lines.append(f"| `{s.name}` | `[{', '.join(dims)}]` | `{s.tl_name}` | {s.meaning} |")
+    return "\n".join(lines)

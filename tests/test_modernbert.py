@@ -286,3 +286,13 @@ def test_gte_reranker_modernbert_base_shaped_random_checkpoint_matches_hf():
     assert sum(p.size for p in to_hf_state_dict(model).values()) == sum(p.numel() for p in hf.parameters())
     ids, mask = padded(50368, [150, 41, 9], 150, pad_id=50283, seed=4)  # 150 > 128: the window matters
     check_parity("gte-reranker-modernbert-base shapes, random", hf, model, ids, mask)
+
+
+def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
+    from jaxmech.architectures import site_table_for
+
+    build(TINY, bias=False, pooling="mean", seed=5).save_pretrained(tmp_path)
+    table = site_table_for(tmp_path)
+    assert "modernbert (ModernBertForSequenceClassification), 4 layers (2 global, 2 sliding-window of 6)" in table
+    assert "resid_pre[l+1] = resid_post[l] (pre-LN: the residual stream is a running sum)" in table
+    assert "| `mlp_pre_linear` | `[4, pos, 37]` |" in table and "mean pooling" in table
