@@ -92,7 +92,46 @@ def padded_batch(vocab: int, lengths, T: int, *, pad_id: int, two_types: bool, s
 # Reference activations
 # --------------------------------------------------------------------------------------------------------------
 
-EXTRA_SITES = ("embed", "pos_embed", "token_type_embed", "embed_ln_scale", "ln1_scale", "ln2_scale", "pooler_out")
+EXTRA_SITES = ("embed", "pos_embed", "token_type_embed", "embed_ln_scale", "ln1_scale", "ln2_scale", "pooler_out",
+               "result", "attn_scores")
+RECORDING_ATTENTION = "jaxmech_recording"
+
+
+def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention, recording the queries and keys it receives (after any rotation), the
+    pre-mask scores and the additive mask on the module."""
+    import torch
+
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    module._jaxmech_record = dict(q=query.detach().numpy(), k=key.detach().numpy(), scores=scores.detach().numpy(),
+                                  mask=None if attention_mask is None else attention_mask.detach().numpy())
+    weights = scores if attention_mask is None else scores + attention_mask
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def register_recording_attention():
+    """Registers the attention function *and* eager's additive mask for it: without a registered mask function,
+    transformers builds no padding mask at all for a custom attention implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(RECORDING_ATTENTION, _recording_attention)
+    AttentionMaskInterface.register(RECORDING_ATTENTION, eager_mask)
+
+
+def recorded_attention(modules, ids_shape) -> dict[str, np.ndarray]:
+    """Stacks what `_recording_attention` kept on each layer's attention module: ``attn_scores`` (masked keys
+    left NaN: HF adds a finfo.min mask, jaxmech writes MASK_VALUE; both give probability 0), ``rot_q``, ``rot_k``
+    (``[batch, layer, pos, head, d_head]``) and the boolean ``allowed`` key mask ``[batch, layer, 1|head, q, k]``."""
+    recs = [m._jaxmech_record for m in modules]
+    scores = np.stack([r["scores"] for r in recs], 1)
+    allowed = np.stack([np.ones_like(r["scores"], bool) if r["mask"] is None
+                        else np.broadcast_to(r["mask"] == 0, r["scores"].shape) for r in recs], 1)
+    return {"attn_scores": np.where(allowed, scores, np.nan), "allowed": allowed,
+            "rot_q": np.stack([r["q"].transpose(0, 2, 1, 3) for r in recs], 1),
+            "rot_k": np.stack([r["k"].transpose(0, 2, 1, 3) for r in recs], 1)}
 
 
 def hf_all_activations(hf_model, ids, tt, mask, eps: float) -> dict[str, np.ndarray]:
@@ -116,12 +155,23 @@ def hf_all_activations(hf_model, ids, tt, mask, eps: float) -> dict[str, np.ndar
         last = getattr(head, "out_proj", head)  # ELECTRA / RoBERTa heads: dense, act, out_proj; BERT: classifier
         handles.append(last.register_forward_pre_hook(
             lambda m, a: rec.__setitem__("pooler_out", a[0].detach().numpy())))
+    register_recording_attention()
+    previous = hf_model.config._attn_implementation
+    hf_model.set_attn_implementation(RECORDING_ATTENTION)
     try:
         acts = hf_activations(hf_model, ids, tt, mask)
     finally:
+        hf_model.set_attn_implementation(previous)
         for h in handles:
             h.remove()
     acts.update(rec)
+    acts.update(recorded_attention([layer.attention.self for layer in trunk.encoder.layer], ids.shape))
+    # per-head outputs z_h @ W_O[h] from HF's own output projection (its bias excluded, as the site)
+    H = trunk.config.num_attention_heads
+    W_O = [layer.attention.output.dense.weight.detach().numpy() for layer in trunk.encoder.layer]
+    z = acts["z"]  # [batch, layer, pos, head, d_head]
+    acts["result"] = np.stack([np.einsum("bthe,mhe->bthm", z[:, l], W.reshape(W.shape[0], H, -1))
+                               for l, W in enumerate(W_O)], 1)
 
     def scale(x):
         x = x.astype(np.float64)

@@ -25,6 +25,7 @@ from test_parity import SITES_COMPARED
 from jaxmech.config import EncoderConfig, UnsupportedConfigError
 from jaxmech.convert import ConversionError, from_hf_state_dict, hf_shapes, to_hf_state_dict
 from jaxmech.loading import load_model, save_pretrained
+from jaxmech.sites import MASK_VALUE
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -44,12 +45,17 @@ def check_all_sites(case: str, hf_model, jm_model, ids, tt, mask) -> dict[str, f
     ours = dict(out.cache, logits=out.logits)
     # HF computes arange position embeddings once for the batch ([1, pos, d]); ours are per example
     ref["pos_embed"] = np.broadcast_to(ref["pos_embed"], (len(ids), *ref["pos_embed"].shape[1:]))
+    allowed = ref.pop("allowed")
+    scores = np.asarray(ours["attn_scores"])
+    assert (scores[~allowed] == MASK_VALUE).all(), f"{case}: masked keys must hold MASK_VALUE"
+    ours["attn_scores"] = np.where(allowed, scores, np.nan)
     diffs = {}
     for site in (*ALL_SITES, "logits"):
         got = np.asarray(ours[site])
         assert got.shape == ref[site].shape, f"{case}: {site} shape {got.shape} != {ref[site].shape}"
-        np.testing.assert_allclose(got, ref[site], atol=PARITY_ATOL, rtol=0, err_msg=f"{case}: {site}")
-        diffs[site] = float(np.abs(got - ref[site]).max())
+        np.testing.assert_allclose(got, ref[site], atol=PARITY_ATOL, rtol=0, equal_nan=site == "attn_scores",
+                                   err_msg=f"{case}: {site}")
+        diffs[site] = float(np.nanmax(np.abs(got - ref[site])))
     print(f"\n{case}: max abs diffs " + json.dumps({k: f"{v:.1e}" for k, v in diffs.items()}))
     return diffs
 
@@ -135,7 +141,10 @@ def test_bare_trunk_loads_as_a_bi_encoder_matching_hf(tmp_path, model_type):
     ids, tt, mask = padded_batch(model.cfg.d_vocab, [12, 5], 12, pad_id=model.cfg.pad_token_id,
                                  two_types=model_type == "electra", seed=3)
     ref = hf_all_activations(hf, ids, tt, mask, model.cfg.eps)
-    out = model(jnp.asarray(ids), jnp.asarray(tt), jnp.asarray(mask), capture=SITES_COMPARED)
+    out = model(jnp.asarray(ids), jnp.asarray(tt), jnp.asarray(mask), capture=(*SITES_COMPARED, "pooled"))
+    pooled = (ref["normalized_resid_post"][:, -1] * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)  # mean pooling + Normalize, the default
+    np.testing.assert_allclose(np.asarray(out.cache["pooled"]), pooled, atol=PARITY_ATOL, rtol=0)
     for site in SITES_COMPARED:
         np.testing.assert_allclose(np.asarray(out.cache[site]), ref[site], atol=PARITY_ATOL, rtol=0, err_msg=site)
     hf.save_pretrained(tmp_path)

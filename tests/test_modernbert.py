@@ -8,11 +8,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arch_checkpoints import RECORDING_ATTENTION, recorded_attention, register_recording_attention
 from conftest import PARITY_ATOL
 
 from jaxmech.config import UnsupportedConfigError
 from jaxmech.convert import ConversionError
 from jaxmech.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict, to_hf_state_dict
+from jaxmech.sites import MASK_VALUE
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -41,30 +43,7 @@ GTE_RERANKER_SHAPES = dict(
     max_position_embeddings=8192,
     local_attention=128,
 )
-HOOKED = (
-    "embed",
-    "resid_pre",
-    "normalized_resid_pre",
-    "q",
-    "k",
-    "v",
-    "pattern",
-    "z",
-    "attn_out",
-    "resid_mid",
-    "normalized_resid_mid",
-    "mlp_pre",
-    "mlp_pre_linear",
-    "mlp_post",
-    "mlp_out",
-    "resid_post",
-    "pooler_out",
-    "embed_ln_scale",
-    "ln1_scale",
-    "ln2_scale",
-    "final_ln_scale",
-    "pooled",
-)
+HOOKED = tuple(MODERNBERT_SITES)  # every site: all are hookable in transformers' ModernBERT
 
 
 def build(sizes, *, bias: bool, pooling: str, seed: int = 0, init: float = 0.2, num_labels: int = 1):
@@ -154,15 +133,19 @@ def hf_activations(hf, ids, mask, eps):
         hf.head.register_forward_pre_hook(keep_in("pooled")),
         hf.classifier.register_forward_pre_hook(keep_in("pooler_out")),
     ]
+    register_recording_attention()
+    hf.set_attn_implementation(RECORDING_ATTENTION)
     try:
         with torch.no_grad():
             out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_attentions=True)
     finally:
+        hf.set_attn_implementation("eager")
         for h in handles:
             h.remove()
     acts = {k: np.stack(v, 1) for k, v in rec.items()}
     acts.update(one)
     acts["pattern"] = np.stack([a.numpy() for a in out.attentions], 1)
+    acts.update(recorded_attention([layer.attn for layer in trunk.layers], ids.shape))
     acts["logits"] = out.logits.numpy()
 
     def scale(x):
@@ -191,12 +174,18 @@ def check_parity(case, hf, model, ids, mask):
     ref = hf_activations(hf, ids, mask, model.cfg.eps)
     out = model(jnp.asarray(ids), None, jnp.asarray(mask), capture=HOOKED)
     ours = dict(out.cache, logits=out.logits)
+    allowed = ref.pop("allowed")  # padding and, in sliding-window layers, keys beyond the window are masked
+    scores = np.asarray(ours["attn_scores"])
+    assert (scores[~allowed] == MASK_VALUE).all() and (~allowed[:, 1]).sum() > (~allowed[:, 0]).sum()
+    ours["attn_scores"] = np.where(allowed, scores, np.nan)
     diffs = {}
     for site in (*HOOKED, "logits"):
         got = np.asarray(ours[site])
         assert got.shape == ref[site].shape, f"{case}: {site} {got.shape} != {ref[site].shape}"
-        np.testing.assert_allclose(got, ref[site], atol=PARITY_ATOL, rtol=0, err_msg=f"{case}: {site}")
-        diffs[site] = float(np.abs(got - ref[site]).max())
+        np.testing.assert_allclose(
+            got, ref[site], atol=PARITY_ATOL, rtol=0, equal_nan=site == "attn_scores", err_msg=f"{case}: {site}"
+        )
+        diffs[site] = float(np.nanmax(np.abs(got - ref[site])))
     print(f"\n{case}: max abs diffs " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     return out
 
