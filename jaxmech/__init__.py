@@ -18,7 +18,7 @@ from jaxmech.patching import (
     path_to_score,
 )
 from jaxmech.sites import SITES, Site, UnknownSiteError, get_site, parse_tl_name
-from jaxmech.tokenize import EncodedBatch, PairTokenizer, Truncation, TruncationError
+from jaxmech.tokenizer import EncodedBatch, PairTokenizer, Truncation, TruncationError
 
 __version__ = "0.1.0"
 

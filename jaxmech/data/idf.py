@@ -80,7 +80,7 @@ def word_idf(texts: Sequence[str], tokenizer, *, formula: str = "lucene") -> dic
 
     Args:
         texts: Corpus documents.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer` (its words; see `jaxmech.data.token_types`).
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer` (its words; see `jaxmech.data.token_types`).
         formula: IDF formula.
     """
     from jaxmech.data.token_types import word_pieces_with_words
@@ -142,7 +142,7 @@ def vocab_idf(table: Mapping[str, float], tokenizer, *, key: str = "decode") -> 
 
     Args:
         table: ``term -> idf`` (word or word-piece table).
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         key: ``"decode"``: look up ``tokenizer.decode([i])`` (the paper's choice, for word tables);
             ``"token"``: look up the vocabulary string (``"##ing"``), for word-piece tables.
 
