@@ -15,7 +15,7 @@ from test_patching import _as_canonical, _loop_reference
 
 from jaxmech.loading import load_model
 from jaxmech.patching import (
-    Pair,
+    AlignedPair,
     PatchSpec,
     activation_patch,
     attribution_patch,
@@ -24,7 +24,7 @@ from jaxmech.patching import (
     path_to_heads,
     path_to_score,
 )
-from jaxmech.patching.sweep import run_cached
+from jaxmech.patching.caches import run_cached
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -47,7 +47,7 @@ def random_pairs(n_pairs, vocab, layout, *, seed=0, q_len=(3, 5), d_len=(5, 12),
         pert_regions = (prefix, q, middle, d + q[:inject], suffix)
         base, pert = ([t for r in regions for t in r] for regions in (base_regions, pert_regions))
         tt = [t for r, t in zip(base_regions, types, strict=True) for _ in r]
-        pairs.append(Pair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
+        pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
     return pairs
 
 
@@ -125,7 +125,7 @@ def torch_setup(arch):
 def _pair_of(batch, p):
     n = int(batch.lengths[p])
     b, pt = ([a[p, :n].tolist() for a in side[:2]] for side in (batch.baseline, batch.perturbed))
-    return Pair(b[0], b[1], pt[0], pt[1], list(range(n)), "p0")
+    return AlignedPair(b[0], b[1], pt[0], pt[1], list(range(n)), "p0")
 
 
 def test_scores_agree_with_the_torch_model(arch, torch_setup):

@@ -10,7 +10,7 @@ import pytest
 from arch_checkpoints import TINY_ARCHS, TOKENIZERS, arch_checkpoint
 from conftest import PARITY_ATOL
 
-from jaxmech.tokenize import PairFormat, PairTokenizer
+from jaxmech.tokenizer import PairFormat, PairTokenizer
 
 QUERIES = ["what is the capital of france", "a cat", "how many people live in paris"]
 DOCS = ["paris is the capital and largest city of france", "a cat sat on a mat",
