@@ -54,3 +54,20 @@ def test_align_with_filler_pads_with_the_tokenizers_filler(tok):
     assert extra > 0 and len(b_doc) == len(p_doc)
     assert b_doc[-extra:] == [t.filler_id] * extra
     assert np.array_equal(p.baseline_token_type_ids, t.pair_ids(q, b_doc)[1])
+
+
+@pytest.mark.torch
+def test_sites_for_a_model_prints_its_architecture_identities_and_shapes(tmp_path, capsys):
+    from arch_checkpoints import TINY_ARCHS, arch_checkpoint
+
+    from jaxmech.cli import main
+
+    folder = arch_checkpoint(tmp_path / "m", "electra", TINY_ARCHS["electra-proj"][1], seed=1)
+    assert main(["sites", "--model", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "electra (ElectraForSequenceClassification), 3 layers, 5 heads, d_model 30" in out
+    assert "| `embed` | `[pos, 14]` |" in out and "| `z` | `[3, pos, 5, 6]` |" in out
+    assert "projected 14 -> 30" in out and "resid_pre[l+1] = normalized_resid_post[l]" in out
+    assert "`pooled`" not in out
+    assert main(["sites", "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
