@@ -196,7 +196,9 @@ class EncoderConfig:
         problems = []
         model_type = hf.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES})")
+            hint = "; ModernBERT runs as its own blocks: jaxmech.modernbert.load_modernbert" \
+                if model_type == "modernbert" else ""
+            problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES}{hint})")
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             problems.append(f"position_embedding_type={pos_type!r} (only 'absolute' is implemented)")

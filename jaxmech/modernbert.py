@@ -628,3 +628,30 @@ def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
         if cfg.mlp_bias:
             out[f"model.layers.{layer}.mlp.Wi.bias"] = np.concatenate([b("b_in"), b("b_gate")])
     return out
+
+
+def load_modernbert(path_or_id, *, score_label: int = 0):
+    """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
+    (a `jaxmech.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
+    files. `jaxmech.loading.load_model` refuses ModernBERT because the restarted patching engine does not run
+    its blocks.
+
+    Raises:
+        ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.
+    """
+    import json
+
+    from jaxmech.loading import ModelNotFoundError, read_state_dict, resolve_model_dir, weight_files
+    from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files
+
+    folder = resolve_model_dir(path_or_id)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    cfg = ModernBertConfig.from_hf_config(json.loads(config_file.read_text()), source=str(config_file))
+    files = weight_files(folder)
+    model = from_hf_state_dict(read_state_dict(files), cfg, score_label=score_label,
+                               source=", ".join(str(f) for f in files))
+    tokenizer = PairTokenizer.from_pretrained(folder, max_length=min(cfg.max_length, 512)) \
+        if has_tokenizer_files(folder) else None
+    return model, tokenizer

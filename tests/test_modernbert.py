@@ -285,3 +285,20 @@ def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
     assert "modernbert (ModernBertForSequenceClassification), 4 layers (2 global, 2 sliding-window of 6)" in table
     assert "resid_pre[l+1] = resid_post[l] (pre-LN: the residual stream is a running sum)" in table
     assert "| `mlp_pre_linear` | `[4, pos, 37]` |" in table and "mean pooling" in table
+
+
+def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_name(tmp_path):
+    from jaxmech.loading import load_model
+    from jaxmech.modernbert import load_modernbert
+
+    hf = build(TINY, bias=False, pooling="cls", seed=6)
+    hf.save_pretrained(tmp_path)
+    model, tokenizer = load_modernbert(tmp_path)
+    assert tokenizer is None
+    ids, mask = padded(211, [9, 5], 9, pad_id=0, seed=6)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), None, jnp.asarray(mask)).logits), ref,
+                               atol=PARITY_ATOL, rtol=0)
+    with pytest.raises(UnsupportedConfigError, match="model_type='modernbert'.*load_modernbert"):
+        load_model(tmp_path)
