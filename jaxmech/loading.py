@@ -67,7 +67,8 @@ class LoadedModel:
 
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
               "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
-              "sentence_bert_config.json", "1_Pooling/*"]
+              "sentence_bert_config.json", "1_Pooling/*",
+              "vocab.json", "sentencepiece.bpe.model", "spiece.model"]  # RoBERTa BPE, XLM-R SentencePiece
 
 
 def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
