@@ -76,6 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, path)

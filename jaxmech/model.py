@@ -311,6 +311,12 @@ def layer_slice(blocks: Block, layer) -> Block:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _default_segments(ids: Array, token_type_ids: Array | None, attention_mask: Array | None) -> tuple[Array, Array]:
+    """Zero segment ids and an all-ones mask where not given."""
+    return (jnp.zeros_like(ids) if token_type_ids is None else token_type_ids,
+            jnp.ones_like(ids) if attention_mask is None else attention_mask)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Output:
@@ -398,10 +404,7 @@ class HookedEncoder(nnx.Module, abc.ABC):
         interventions: Sequence[Intervention] = (),
     ) -> Output:
         """Forward for one example (no batch axis). See `__call__`."""
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(tokens)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(tokens)
+        token_type_ids, attention_mask = _default_segments(tokens, token_type_ids, attention_mask)
         hooks = HookPoints(validate_capture(capture), interventions)
         hidden = self.encode(tokens, token_type_ids, attention_mask, hooks)
         out = self.readout(hidden, attention_mask, hooks)
@@ -430,10 +433,7 @@ class HookedEncoder(nnx.Module, abc.ABC):
         Returns:
             `Output` with a leading batch axis on every array.
         """
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+        token_type_ids, attention_mask = _default_segments(input_ids, token_type_ids, attention_mask)
         capture = validate_capture(capture)
         one = lambda t, tt, m: self.forward_one(t, tt, m, capture=capture, interventions=interventions)
         return jax.vmap(one)(input_ids, token_type_ids, attention_mask)

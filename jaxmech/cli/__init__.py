@@ -20,36 +20,44 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = (
-    "jaxmech.cli.score",
-    "jaxmech.cli.patch",
-    "jaxmech.cli.dataset",
-    "jaxmech.train.cli",
-    "jaxmech.cli.sites",
-    "jaxmech.cli.families",
-    "jaxmech.cli.bench",
-)
-"""Modules with a ``register(subparsers)`` hook, in ``--help`` order."""
+COMMANDS = {
+    "score": ("jaxmech.cli.score", "score documents for a query (raw logits or similarities) as JSON"),
+    "patch": ("jaxmech.cli.patch", "activation / path / attribution patching sweeps to an .npz file"),
+    "dataset": ("jaxmech.cli.dataset", "build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1)"),
+    "train": ("jaxmech.train.cli", "fine-tune or distil a cross-encoder from a TOML config"),
+    "sites": ("jaxmech.cli.sites", "print the activation-site table"),
+    "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
+    "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
+}
+"""Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxmech`` parser with every command of `COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="jaxmech", description="Batched mechanistic interpretability of "
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``jaxmech CMD: error: ...``) with exit code 2."""
+
+    def error(self, message: str):
+        """Prints the one-line error and exits with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``jaxmech`` parser. With ``command``, only that command's module is imported and registered (the
+    others are listed by name and help); without, every command is registered."""
+    parser = Parser(prog="jaxmech", description="Batched mechanistic interpretability of "
                                      "BERT cross-encoders in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from jaxmech.config import UnsupportedConfigError
-    from jaxmech.convert import ConversionError
-    from jaxmech.loading import ModelNotFoundError, WeightsError
-    from jaxmech.sites import UnknownSiteError
-
-    return (FileNotFoundError, FileExistsError, ModelNotFoundError, WeightsError, ConversionError,
-            UnsupportedConfigError, UnknownSiteError, ValueError, KeyError, ImportError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError)
+"""Errors that are the user's to fix, printed as one line with exit code 2 (jaxmech's own errors subclass
+these: `ModelNotFoundError`, `WeightsError`, `ConversionError`, `UnsupportedConfigError`, `UnknownSiteError`,
+`DataError`, `AlignmentError`, `UnknownFamilyError`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,12 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
         rest = argv[1:]
         argv = ["bench", "--", *(rest[1:] if rest[:1] == ["--"] else rest)]
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     try:
         return args.func(args)
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
+    except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxmech.io import atomic_write
 
 FORMAT_NAME = "jaxmech.aligned_pairs"
 FORMAT_VERSION = 1
@@ -261,7 +262,7 @@ def pair_from_json(obj: Any, *, source: str = "<json>", record: str | None = Non
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise fail(f"missing field(s) {missing}")
-    extra = sorted(set(obj) - set(_PAIR_FIELDS))
+    extra = sorted(set(obj) - {*_PAIR_FIELDS, "name"})  # an explicit name is accepted, never required
     if extra:
         raise fail(f"unknown field(s) {extra}")
     for k in _STRINGS:
@@ -307,22 +308,14 @@ def write_dataset(path: str | os.PathLike, pairs: Sequence[AlignedPair], header:
         if problems:
             raise DatasetFormatError(path, f"pair {i} (qid {p.qid}, doc {p.doc_id})", "; ".join(problems))
     head = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header, "count": len(pairs)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(head, ensure_ascii=False) + "\n")
             for p in pairs:
                 f.write(json.dumps(pair_to_json(p), ensure_ascii=False, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -79,6 +79,7 @@ def activation_patch(
     mesh: Mesh | None = None,
     query_embedding=None,
     positions: Sequence[int] | None = None,
+    steps_per_call: int | None = None,
 ) -> SweepResult:
     """Exact activation patching of one family over a batch of aligned pairs.
 
@@ -95,6 +96,7 @@ def activation_patch(
         query_embedding: ``[pair, d_model]`` query embeddings for bi-encoders (the patched run is the
             document's).
         positions: For per-position families, patch only these positions (others stay NaN).
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         A `SweepResult` with TransformerLens-shaped results per pair.
@@ -114,7 +116,7 @@ def activation_patch(
     for site in fam.sites:
         kernel = ActivationKernel(site, fam.per_pos, fam.per_head)
         canonical = run_kernel(kernel, model, prep, prep.data(site), per_pos=fam.per_pos, per_head=fam.per_head,
-                               chunk_size=chunk_size, mesh=mesh, positions=positions)
+                               chunk_size=chunk_size, mesh=mesh, positions=positions, steps_per_call=steps_per_call)
         comps.append(canonical_to_layout(canonical, fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
     return SweepResult.from_prepared(fam.name, patched, prep)
@@ -122,7 +124,8 @@ def activation_patch(
 
 def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family, *, method: str = "exact",
                           reverse: bool = False, chunk_size: int | None = None, query_embedding=None,
-                          mesh: Mesh | None = None, **_path_options) -> SweepResult:
+                          mesh: Mesh | None = None, steps_per_call: int | None = None,
+                          **_path_options) -> SweepResult:
     """The registry's runner of activation families: exact (`activation_patch`) or attribution estimates
     (`jaxmech.patching.attribution.attribution_patch`); receiver options of path families are ignored."""
     if method == "attribution":
@@ -130,4 +133,4 @@ def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family
 
         return attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
     return activation_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                            query_embedding=query_embedding)
+                            query_embedding=query_embedding, steps_per_call=steps_per_call)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 from jaxmech.data.align import AlignmentError, align_texts_with_filler, align_with_filler, document_only
 from jaxmech.data.records import AlignedPair, DataError, iter_jsonl
@@ -34,6 +34,8 @@ class PairBatch:
         lengths: ``[pair]`` baseline lengths.
         identity: ``[pair]`` whether each pair aligns one to one.
         names: Pair labels.
+        inert: ``[pair]`` padding pairs that only fill a batch to a fixed size: no work items run on them and
+            their results are meaningless (None: no padding pairs).
     """
 
     baseline: tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -42,6 +44,7 @@ class PairBatch:
     lengths: Int[np.ndarray, " pair"]
     identity: np.ndarray
     names: list[str]
+    inert: Bool[np.ndarray, " pair"] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -68,7 +71,7 @@ def check_pair(pair: AlignedPair) -> None:
 
 
 def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                max_length: int = 512, length: int | None = None) -> PairBatch:
+                max_length: int = 512, length: int | None = None, n_pairs: int | None = None) -> PairBatch:
     """Pads pairs (baseline and perturbed alike) to one bucket length.
 
     Args:
@@ -77,6 +80,8 @@ def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Seque
         buckets: Allowed padded lengths.
         max_length: Longest allowed length.
         length: Pad to exactly this length instead of the bucket.
+        n_pairs: Fill the batch to this many pairs with inert copies of the first pair (fixed program
+            shapes for chunks of a bucket).
 
     Returns:
         A `PairBatch`.
@@ -88,6 +93,10 @@ def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Seque
         raise ValueError("no pairs to batch")
     for p in pairs:
         check_pair(p)
+    n_real = len(pairs)
+    if n_pairs is not None and n_pairs > n_real:
+        filler = dataclasses.replace(pairs[0], position_map=[-1] * len(pairs[0].baseline_ids), name="<inert>")
+        pairs = [*pairs, *[filler] * (n_pairs - n_real)]
     n = max(max(len(p.baseline_ids), len(p.perturbed_ids)) for p in pairs)
     T = length or bucket_length(n, buckets, max_length)
     if n > T:
@@ -107,8 +116,9 @@ def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Seque
     baseline = side([p.baseline_ids for p in pairs], [p.baseline_token_type_ids for p in pairs])
     perturbed = side([p.perturbed_ids for p in pairs], [p.perturbed_token_type_ids for p in pairs])
     pos_map = pad([p.position_map for p in pairs], -1)
+    inert = None if len(pairs) == n_real else np.arange(len(pairs)) >= n_real
     return PairBatch(baseline, perturbed, pos_map, np.array([len(p.baseline_ids) for p in pairs], np.int32),
-                     np.array([p.is_identity for p in pairs]), [p.name for p in pairs])
+                     np.array([p.is_identity for p in pairs]), [p.name for p in pairs], inert)
 
 
 def reverse_batch(batch: PairBatch) -> PairBatch:
@@ -119,7 +129,8 @@ def reverse_batch(batch: PairBatch) -> PairBatch:
         ok = m >= 0
         inv[p, m[ok]] = np.nonzero(ok)[0]
     lengths = batch.perturbed[2].sum(1).astype(np.int32)
-    return PairBatch(batch.perturbed, batch.baseline, inv, lengths, batch.identity.copy(), list(batch.names))
+    return PairBatch(batch.perturbed, batch.baseline, inv, lengths, batch.identity.copy(), list(batch.names),
+                     batch.inert)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,9 +201,11 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
         The pairs, in input order.
 
     Raises:
-        ValueError: If none or an incomplete triple is given; `AlignmentError` for a pair that cannot be
-            aligned; `jaxmech.data.records.DataError` for a malformed file.
+        ValueError: If none or an incomplete triple is given, or ``limit`` < 1; `AlignmentError` for a pair
+            that cannot be aligned; `jaxmech.data.records.DataError` for a malformed file.
     """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     if dataset:
         from jaxmech.data.records import read_dataset
 

@@ -35,58 +35,15 @@ from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.model import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
 from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched_hidden
-from jaxmech.patching.families import Family
+from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
 from jaxmech.patching.results import SweepResult
 
-RECEIVER_INPUTS = ("q", "k", "v")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
-
-def parse_heads(heads: Sequence[str | tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """``["10.1", (9, 4)]`` to ``((10, 1), (9, 4))``.
-
-    Raises:
-        ValueError: On a malformed head name.
-    """
-    out = []
-    for h in heads:
-        if isinstance(h, str):
-            parts = h.split(".")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"head {h!r} is not LAYER.HEAD (e.g. 10.1)")
-            h = (int(parts[0]), int(parts[1]))
-        out.append((int(h[0]), int(h[1])))
-    return tuple(out)
-
-
-def check_receivers(receivers, receiver_input: str, n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
-    """Parses and checks receiver heads for a model with ``n_layers`` layers and ``n_heads`` heads.
-
-    Args:
-        receivers: ``["10.1", (9, 4)]``.
-        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
-        n_layers: Layers of the model.
-        n_heads: Heads per layer.
-
-    Returns:
-        ``((layer, head), ...)``.
-
-    Raises:
-        ValueError: On a malformed head, an unknown receiver input, no receivers, or a head out of range
-            (receivers need a layer above 0: their senders sit below them).
-    """
-    receivers = parse_heads(receivers or ())
-    if receiver_input not in RECEIVER_INPUTS:
-        raise ValueError(f"receiver input {receiver_input!r}; choose one of {RECEIVER_INPUTS}")
-    if not receivers:
-        raise ValueError("no receiver heads given")
-    for layer, head in receivers:
-        if not (0 < layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
-                             f"0..{n_heads - 1})")
-    return receivers
+__all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "path_components_to_heads",
+           "path_to_heads", "path_to_score", "receivers_by_layer"]
 
 
 def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -210,7 +167,7 @@ class ComponentsToHeadsKernel(Kernel):
 
 
 def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, chunk_size: int | None = None,
-                  mesh=None, query_embedding=None) -> SweepResult:
+                  mesh=None, query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head to the score (E4). Result ``[pair, layer, head]``.
 
     Args:
@@ -220,11 +177,12 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         chunk_size: Items per vmapped step.
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
     """
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
     out = run_kernel(PathToScoreKernel(), model, prep, prep.data("z"), per_pos=False, per_head=True,
-                     chunk_size=chunk_size, mesh=mesh)
+                     chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     return SweepResult.from_prepared("path_to_score", out[:, :, 0, :], prep)
 
 
@@ -236,7 +194,7 @@ def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
 
 def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                   reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                  query_embedding=None) -> SweepResult:
+                  query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head below the last receiver layer to receiver heads' ``q``/``k``/``v`` (E5).
 
     Args:
@@ -248,6 +206,7 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
         chunk_size: Items per vmapped step.
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
@@ -256,13 +215,15 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
     out = run_kernel(PathToHeadsKernel(by_layer, receiver_input), model, prep, prep.data("z"), per_pos=False,
-                     per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh)
+                     per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+                     steps_per_call=steps_per_call)
     return SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
 
 
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                             query_embedding=None, positions=None) -> SweepResult:
+                             query_embedding=None, positions=None, steps_per_call: int | None = None
+                             ) -> SweepResult:
     """Path patching from ``resid_pre``/``attn_out``/``mlp_out`` at each layer and position to receiver
     heads' inputs (E6, without the reference code's double patch; see the module docstring).
 
@@ -276,6 +237,7 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
         positions: Patch only these positions (others stay NaN).
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
@@ -287,7 +249,7 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     for site in COMPONENTS:
         out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep, prep.data(site),
                          per_pos=True, per_head=False, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
-                         positions=positions)
+                         positions=positions, steps_per_call=steps_per_call)
         comps.append(out[:, :r_max, :, 0])
     return SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
 
@@ -296,21 +258,24 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
 
 
 def run_path_to_score(model, batch, family: Family, *, reverse=False, chunk_size=None, query_embedding=None,
-                      mesh=None, **_options) -> SweepResult:
+                      mesh=None, steps_per_call=None, **_options) -> SweepResult:
     """Runner of ``path_to_score`` (receiver options are not used)."""
     return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                         query_embedding=query_embedding)
+                         query_embedding=query_embedding, steps_per_call=steps_per_call)
 
 
 def run_path_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                      chunk_size=None, query_embedding=None, mesh=None, **_options) -> SweepResult:
+                      chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                      **_options) -> SweepResult:
     """Runner of ``path_to_heads``."""
     return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
-                         mesh=mesh, query_embedding=query_embedding)
+                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call)
 
 
 def run_path_components_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                                 chunk_size=None, query_embedding=None, mesh=None, **_options) -> SweepResult:
+                                 chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                                 **_options) -> SweepResult:
     """Runner of ``path_components_to_heads``."""
     return path_components_to_heads(model, batch, receivers, receiver_input, reverse=reverse,
-                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding)
+                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding,
+                                    steps_per_call=steps_per_call)

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float, Int
 
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch, SweepData
-from jaxmech.patching.schedule import ItemIndex, enumerate_items, local_mesh
+from jaxmech.patching.schedule import ItemIndex, auto_chunk_size, enumerate_items, local_mesh
 
 
 class Kernel(abc.ABC):
@@ -64,10 +64,32 @@ def _scan_items(model, data, items, layers, *, kernel):
     return jax.lax.scan(per_layer, None, layers)[1]
 
 
+def _fixed_calls(kernel, model, data, items, layers, *, steps: int, step: int, mesh: Mesh) -> np.ndarray:
+    """Runs the valid items in calls of exactly ``[steps, step]`` items (the last padded with invalid ones),
+    so every call of a bucket has the same shapes: ``[layer, n_valid]`` outputs."""
+    v = items.valid.ravel()
+    flat = [a.ravel()[v] for a in (items.index.pair, items.index.head, items.index.pos)]
+    n, per_call = len(flat[0]), steps * step
+    outs = []
+    for start in range(0, n, per_call):
+        m = min(per_call, n - start)
+
+        def fill(a, start=start, m=m):
+            out = np.zeros(per_call, np.int32)
+            out[:m] = a[start:start + m]
+            return out.reshape(steps, step)
+
+        index = ItemIndex(*(fill(a) for a in flat))
+        if mesh.devices.size > 1:
+            index = jax.device_put(index, NamedSharding(mesh, P(None, "items")))
+        outs.append(np.asarray(scan_items(kernel, model, data, index, layers)).reshape(len(layers), -1)[:, :m])
+    return np.concatenate(outs, 1) if outs else np.zeros((len(layers), 0), np.float32)
+
+
 def run_kernel(kernel: Kernel, model: HookedEncoder, prep: PreparedBatch, data: SweepData, *, per_pos: bool,
                per_head: bool, layers: Sequence[int] | None = None, chunk_size: int | None = None,
-               mesh: Mesh | None = None, positions: Sequence[int] | None = None
-               ) -> Float[np.ndarray, "pair layer pos_or_1 head_or_1"]:
+               mesh: Mesh | None = None, positions: Sequence[int] | None = None,
+               steps_per_call: int | None = None) -> Float[np.ndarray, "pair layer pos_or_1 head_or_1"]:
     """Runs a kernel over all items of a prepared batch and scatters the outputs to the canonical
     ``[pair, layer, pos|1, head|1]`` (NaN where no item ran).
 
@@ -82,21 +104,33 @@ def run_kernel(kernel: Kernel, model: HookedEncoder, prep: PreparedBatch, data: 
         chunk_size: Items per vmapped step (default: from free device memory).
         mesh: Devices to shard items over (default: every local device).
         positions: Run only these positions (per-position kernels).
+        steps_per_call: Run the items in calls of a fixed ``steps_per_call x chunk_size`` (chunk size sized
+            for the batch's most items), so batches of one bucket reuse one compiled program whatever their
+            pairs' lengths; default: one call of all items in balanced chunks.
     """
     mesh = mesh or local_mesh()
     n_dev = mesh.devices.size
     batch = prep.batch
-    items = enumerate_items(batch, per_pos, per_head, model, chunk_size, n_dev, positions)
-    index = items.index
-    if n_dev > 1:
-        index = jax.device_put(index, NamedSharding(mesh, P(None, "items")))
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    out = np.asarray(scan_items(kernel, model, data, index, layers))
-    canonical = np.full((batch.n_pairs, model.cfg.n_layers, batch.n_pos if per_pos else 1,
-                         model.cfg.n_heads if per_head else 1), np.nan, np.float32)
+    cfg = model.cfg
+    layers = list(range(cfg.n_layers)) if layers is None else list(layers)
+    if steps_per_call:
+        worst = batch.n_pairs * (batch.n_pos if per_pos else 1) * (cfg.n_heads if per_head else 1)
+        step = min(chunk_size or auto_chunk_size(model, batch.n_pos, worst, n_dev), worst)
+        step = -(-step // n_dev) * n_dev
+        items = enumerate_items(batch, per_pos, per_head, model, step, n_dev, positions)
+        res = _fixed_calls(kernel, model, data, items, layers, steps=min(steps_per_call, -(-worst // step)),
+                           step=step, mesh=mesh)
+    else:
+        items = enumerate_items(batch, per_pos, per_head, model, chunk_size, n_dev, positions)
+        index = items.index
+        if n_dev > 1:
+            index = jax.device_put(index, NamedSharding(mesh, P(None, "items")))
+        out = np.asarray(scan_items(kernel, model, data, index, layers))
+        res = out.reshape(len(layers), -1)[:, items.valid.ravel()]
+    canonical = np.full((batch.n_pairs, cfg.n_layers, batch.n_pos if per_pos else 1,
+                         cfg.n_heads if per_head else 1), np.nan, np.float32)
     v = items.valid.ravel()
     pair, head, pos = items.index.pair.ravel()[v], items.index.head.ravel()[v], items.index.pos.ravel()[v]
-    res = out.reshape(len(layers), -1)[:, v]
     for i, layer in enumerate(layers):
         canonical[pair, layer, pos if per_pos else 0, head if per_head else 0] = res[i]
     return canonical

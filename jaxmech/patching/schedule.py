@@ -83,14 +83,16 @@ def enumerate_items(batch: PairBatch, per_pos: bool, per_head: bool, model: Hook
                     chunk_size: int | None = None, n_devices: int = 1,
                     positions: Sequence[int] | None = None) -> Items:
     """All ``(pair, head, position)`` items of a sweep; positions only where patchable (never padding), and
-    only among ``positions`` if given."""
+    only among ``positions`` if given; none for inert pairs."""
     heads = np.arange(model.cfg.n_heads) if per_head else np.zeros(1, np.int64)
     allowed = np.ones(batch.n_pos, bool)
     if positions is not None:
         allowed[:] = False
         allowed[np.asarray(positions, int)] = True
-    rows = []
+    rows = [np.zeros((0, 3), np.int64)]
     for p in range(batch.n_pairs):
+        if batch.inert is not None and batch.inert[p]:
+            continue
         positions_p = np.nonzero(batch.patchable[p] & allowed)[0] if per_pos else np.zeros(1, np.int64)
         pp, hh = np.meshgrid(positions_p, heads, indexing="ij")
         rows.append(np.stack([np.full(pp.size, p), hh.ravel(), pp.ravel()], 1))
