@@ -86,8 +86,11 @@ class Run:
         if complete.is_file():
             meta["timings"] = json.loads(complete.read_text())
         else:
-            meta["timings"] = {"processes": {p.stem: json.loads(p.read_text())
-                                             for p in sorted((self.root / "processes").glob("*.json"))}}
+            meta["timings"] = {
+                "processes": {
+                    p.stem: json.loads(p.read_text()) for p in sorted((self.root / "processes").glob("*.json"))
+                }
+            }
         return meta
 
     @property
@@ -106,7 +109,7 @@ class Run:
         C = self._meta["pairs_per_chunk"]
         out = np.zeros(self._meta["n_pairs"], bool)
         for k in self._store.done_chunks():
-            out[k * C:(k + 1) * C] = True
+            out[k * C : (k + 1) * C] = True
         return out
 
     def _array(self, name: str) -> LazyArray:
@@ -171,8 +174,10 @@ class Run:
         return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
     def __repr__(self) -> str:
-        return (f"Run({str(self.root)!r}, pairs={self._meta['n_pairs']}, families={self.families}, "
-                f"complete={self.complete})")
+        return (
+            f"Run({str(self.root)!r}, pairs={self._meta['n_pairs']}, families={self.families}, "
+            f"complete={self.complete})"
+        )
 
 
 def open(run_dir: str | os.PathLike) -> Run:  # noqa: A001 - the contract's name (jaxmech.results.open)
@@ -182,4 +187,3 @@ def open(run_dir: str | os.PathLike) -> Run:  # noqa: A001 - the contract's name
         FileNotFoundError: If the folder holds no sweep.
     """
     return Run(run_dir)
-

@@ -100,8 +100,9 @@ def _run_kernel(kernel, model, prep, data, *, per_pos, per_head, n_real, chunkin
         out = np.asarray(scan_items(kernel, model, data, arrays, layers))
         outs.append(out.reshape(len(layers), -1)[:, :m])
     res = np.concatenate(outs, 1) if outs else np.zeros((len(layers), 0), np.float32)
-    canonical = np.full((batch.n_pairs, cfg.n_layers, batch.n_pos if per_pos else 1, cfg.n_heads if per_head else 1),
-                        np.nan, np.float32)
+    canonical = np.full(
+        (batch.n_pairs, cfg.n_layers, batch.n_pos if per_pos else 1, cfg.n_heads if per_head else 1), np.nan, np.float32
+    )
     for i, layer in enumerate(layers):
         canonical[pair, layer, pos if per_pos else 0, head if per_head else 0] = res[i]
     return canonical
@@ -126,12 +127,16 @@ def _patched(lm, batch, fam: FamilySection, n_real: int, reverse: bool, qe, chun
     run = dict(per_pos=False, per_head=True, n_real=n_real, chunking=chunking)
     if fam.method == "attribution":
         est = attribution_patch(model, batch, fam.name, reverse=reverse, query_embedding=qe)
-        checks = verify_top_k(model, batch, est, fam.name, fam.verify_top_k, reverse=reverse,
-                              query_embedding=qe) if fam.verify_top_k else []
+        checks = (
+            verify_top_k(model, batch, est, fam.name, fam.verify_top_k, reverse=reverse, query_embedding=qe)
+            if fam.verify_top_k
+            else []
+        )
         return est.patched, est.baseline_score, est.perturbed_score, checks
     if fam.name == "path_to_score":
-        prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
-                       query_embedding=qe)
+        prep = prepare(
+            model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse, query_embedding=qe
+        )
         out = _run_kernel(PathToScoreKernel(), model, prep, prep.data(source=prep.source("z")), **run)
         return out[:, :, 0, :], prep.baseline_score, prep.perturbed_score, []
     if fam.name in PATH_FAMILIES:
@@ -140,33 +145,56 @@ def _patched(lm, batch, fam: FamilySection, n_real: int, reverse: bool, qe, chun
         by_layer = tuple((r, tuple(h)) for r, h in sorted(_receivers_by_layer(receivers).items()))
         r_max = max(r for r, _ in by_layer)
         if fam.name == "path_to_heads":
-            prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
-                           query_embedding=qe)
-            out = _run_kernel(PathToHeadsKernel(by_layer, fam.receiver_input), model, prep,
-                              prep.data(source=prep.source("z")), layers=range(r_max), **run)
+            prep = prepare(
+                model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse, query_embedding=qe
+            )
+            out = _run_kernel(
+                PathToHeadsKernel(by_layer, fam.receiver_input),
+                model,
+                prep,
+                prep.data(source=prep.source("z")),
+                layers=range(r_max),
+                **run,
+            )
             return out[:, :r_max, 0, :], prep.baseline_score, prep.perturbed_score, []
-        prep = prepare(model, batch, base_sites=("attn_out", "mlp_out"), source_sites=COMPONENTS, reverse=reverse,
-                       query_embedding=qe)
+        prep = prepare(
+            model,
+            batch,
+            base_sites=("attn_out", "mlp_out"),
+            source_sites=COMPONENTS,
+            reverse=reverse,
+            query_embedding=qe,
+        )
         comps = []
         for site in COMPONENTS:
-            out = _run_kernel(ComponentsToHeadsKernel(site, by_layer, fam.receiver_input), model, prep,
-                              prep.data(source=prep.source(site)), layers=range(r_max),
-                              **{**run, "per_pos": True, "per_head": False})
+            out = _run_kernel(
+                ComponentsToHeadsKernel(site, by_layer, fam.receiver_input),
+                model,
+                prep,
+                prep.data(source=prep.source(site)),
+                layers=range(r_max),
+                **{**run, "per_pos": True, "per_head": False},
+            )
             comps.append(out[:, :r_max, :, 0])
         return np.stack(comps, 1), prep.baseline_score, prep.perturbed_score, []
     family = get_family(fam.name)
     row_sites = [s for s in family.sites if s not in ("resid_pre", "q", "k", "v")]
-    prep = prepare(model, batch, base_sites=row_sites, source_sites=family.sites, reverse=reverse,
-                   query_embedding=qe)
+    prep = prepare(model, batch, base_sites=row_sites, source_sites=family.sites, reverse=reverse, query_embedding=qe)
     if family.needs_identity_alignment and not prep.batch.identity[:n_real].all():
         bad = [prep.batch.names[i] for i in np.nonzero(~prep.batch.identity[:n_real])[0][:5]]
-        raise AlignmentError(f"family {family.name} patches attention patterns, which needs one-to-one aligned "
-                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")
+        raise AlignmentError(
+            f"family {family.name} patches attention patterns, which needs one-to-one aligned "
+            f"pairs of equal length; pairs {bad} are not (use filler alignment)"
+        )
     comps = []
     for site in family.sites:
-        canonical = _run_kernel(ActivationKernel(site, family.per_pos, family.per_head), model, prep,
-                                prep.data(source=prep.source(site)),
-                                **{**run, "per_pos": family.per_pos, "per_head": family.per_head})
+        canonical = _run_kernel(
+            ActivationKernel(site, family.per_pos, family.per_head),
+            model,
+            prep,
+            prep.data(source=prep.source(site)),
+            **{**run, "per_pos": family.per_pos, "per_head": family.per_head},
+        )
         comps.append(_canonical_to_layout(canonical, family.layout))
     out = np.stack(comps, 1) if len(comps) > 1 else comps[0]
     return out, prep.baseline_score, prep.perturbed_score, []
@@ -183,9 +211,11 @@ def _to_store(values: np.ndarray, layout: str, T_max: int) -> np.ndarray:
 def _verify_arrays(checks: list[dict], fam: FamilySection, n_real: int) -> dict[str, np.ndarray]:
     family = get_family(fam.name)
     n_comp, k, ndim = len(family.sites), fam.verify_top_k, len(family.layout)
-    out = {"index": np.full((n_real, n_comp, k, ndim), -1, np.int32),
-           "estimated": np.full((n_real, n_comp, k), np.nan, np.float32),
-           "exact": np.full((n_real, n_comp, k), np.nan, np.float32)}
+    out = {
+        "index": np.full((n_real, n_comp, k, ndim), -1, np.int32),
+        "estimated": np.full((n_real, n_comp, k), np.nan, np.float32),
+        "exact": np.full((n_real, n_comp, k), np.nan, np.float32),
+    }
     comp_of = {s: i for i, s in enumerate(family.sites)}
     for rec in checks:
         p = rec["pair"]
@@ -198,9 +228,16 @@ def _verify_arrays(checks: list[dict], fam: FamilySection, n_real: int) -> dict[
     return out
 
 
-def compute_chunk(lm, pairs: Sequence[Pair], lengths: Sequence[int], query_embedding: np.ndarray | None,
-                  families: Sequence[FamilySection], patching: PatchingSection, chunking: ChunkingSection,
-                  T_max: int) -> ChunkResult:
+def compute_chunk(
+    lm,
+    pairs: Sequence[Pair],
+    lengths: Sequence[int],
+    query_embedding: np.ndarray | None,
+    families: Sequence[FamilySection],
+    patching: PatchingSection,
+    chunking: ChunkingSection,
+    T_max: int,
+) -> ChunkResult:
     """Patches one chunk of pairs for every declared family.
 
     Args:
@@ -229,19 +266,20 @@ def compute_chunk(lm, pairs: Sequence[Pair], lengths: Sequence[int], query_embed
         batch = batch_pairs(group, pad_id=tok.pad_id, max_length=tok.max_length, length=int(T))
         qe = None
         if query_embedding is not None:
-            qe = np.concatenate([query_embedding[idx], np.repeat(query_embedding[idx[-1:]],
-                                                                 len(group) - len(idx), 0)])
+            qe = np.concatenate([query_embedding[idx], np.repeat(query_embedding[idx[-1:]], len(group) - len(idx), 0)])
             qe = jnp.asarray(qe)
         for fam in families:
             patched, base, pert, checks = _patched(lm, batch, fam, len(idx), reverse, qe, chunking)
-            patched, base, pert = np.asarray(patched)[: len(idx)], np.asarray(base)[: len(idx)], \
-                np.asarray(pert)[: len(idx)]
+            patched, base, pert = (
+                np.asarray(patched)[: len(idx)],
+                np.asarray(base)[: len(idx)],
+                np.asarray(pert)[: len(idx)],
+            )
             kw = {"min_denominator": patching.min_denominator} if patching.metric == "normalized" else {}
             metric = apply_metric(patching.metric, patched, base, pert, **kw)
             for store, values in ((res.effects, metric.values), (res.raw, patched)):
                 if fam.key not in store:
-                    store[fam.key] = _to_store(np.zeros((n, *values.shape[1:]), np.float32) * np.nan, fam.layout,
-                                               T_max)
+                    store[fam.key] = _to_store(np.zeros((n, *values.shape[1:]), np.float32) * np.nan, fam.layout, T_max)
                 store[fam.key][(idx, *(slice(0, s) for s in values.shape[1:]))] = values
             if fam.verify_top_k:
                 v = _verify_arrays(checks, fam, len(idx))

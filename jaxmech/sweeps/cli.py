@@ -35,12 +35,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds ``sweep`` to the main parser's subcommands."""
-    p = subparsers.add_parser("sweep", help="run or resume a declared patching sweep (TOML config) into a "
-                              "chunked on-disk store")
+    p = subparsers.add_parser(
+        "sweep", help="run or resume a declared patching sweep (TOML config) into a chunked on-disk store"
+    )
     p.add_argument("config", help="sweep config (TOML), e.g. configs/demo.toml")
     p.add_argument("--out", default=None, help="run folder (default: [run] out_dir or runs/<name>)")
-    p.add_argument("--fresh", action="store_true", help="delete this sweep's previous results in the folder and "
-                   "start over")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete this sweep's previous results in the folder and start over"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar: a log line a minute")
     g = p.add_argument_group("several processes (jax.distributed)")
     g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")

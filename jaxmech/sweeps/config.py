@@ -171,8 +171,9 @@ class FamilySection:
         from jaxmech.patching.path import parse_heads
 
         if self.name not in FAMILIES and self.name not in PATH_FAMILIES:
-            raise ValueError(f"name={self.name!r} is not a patching family; known: "
-                             f"{sorted(FAMILIES) + list(PATH_FAMILIES)}")
+            raise ValueError(
+                f"name={self.name!r} is not a patching family; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
+            )
         _choice("", "method", self.method, METHODS)
         _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
         if self.method == "attribution" and self.name in PATH_FAMILIES:
@@ -183,7 +184,7 @@ class FamilySection:
             raise ValueError("verify_top_k must be >= 0")
         needs = self.name in ("path_to_heads", "path_components_to_heads")
         if needs and not self.receivers:
-            raise ValueError(f"{self.name} needs receivers, e.g. receivers = [\"10.1\"]")
+            raise ValueError(f'{self.name} needs receivers, e.g. receivers = ["10.1"]')
         if self.receivers and not needs:
             raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
         parse_heads([str(r) for r in self.receivers])
@@ -373,8 +374,11 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
         raise ConfigError(source, f"[{unknown[0]}]", f"unknown table (known: {', '.join(known)})")
     for required in ("run", "datasets", "families"):
         if required not in d:
-            raise ConfigError(source, f"[{required}]" if required == "run" else f"[[{required}]]",
-                              "missing (a sweep needs [run] name, [[datasets]] and [[families]])")
+            raise ConfigError(
+                source,
+                f"[{required}]" if required == "run" else f"[[{required}]]",
+                "missing (a sweep needs [run] name, [[datasets]] and [[families]])",
+            )
     kw: dict[str, Any] = {name: _section(name, cls, d[name], source) for name, cls in _TABLES.items() if name in d}
     for name, cls in _ARRAYS.items():
         if name in d:

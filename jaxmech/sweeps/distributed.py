@@ -45,8 +45,13 @@ class Processes:
         return self._client().blocking_key_value_get(f"jaxmech_sweep/{key}", timeout_ms)
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, auto: bool = False) -> Processes:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+) -> Processes:
     """Joins a multi-process run (or stays alone).
 
     Args:
@@ -61,6 +66,5 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     import jax
 
     if coordinator or auto:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return Processes(jax.process_index(), jax.process_count())

@@ -140,8 +140,9 @@ def _select(records: list, ds, where: str) -> list[int]:
         idx = np.array(sorted(kept), int)
     if ds.sample:
         if ds.sample > len(idx):
-            raise ValueError(f"{where} sample={ds.sample} but the dataset has only {len(idx)} pairs after the "
-                             "other selections")
+            raise ValueError(
+                f"{where} sample={ds.sample} but the dataset has only {len(idx)} pairs after the other selections"
+            )
         idx = np.sort(rng.choice(idx, ds.sample, replace=False))
     return [int(i) for i in idx]
 
@@ -207,17 +208,35 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
             h.update(json.dumps(pair_to_json(r), sort_keys=True, ensure_ascii=False).encode())
             n = max(len(r.baseline_ids), len(r.perturbed_ids))
             if n > tok.max_length or n > lm.model.cfg.n_ctx:
-                raise ValueError(f"{where}: pair {i} (qid {r.qid}, doc {r.doc_id}) has {n} tokens, more than the "
-                                 f"model's max_length={min(tok.max_length, lm.model.cfg.n_ctx)}")
-            p = Pair(r.baseline_ids, r.baseline_token_type_ids, r.perturbed_ids, r.perturbed_token_type_ids,
-                     r.position_map, f"{ds.name}/{r.qid}/{r.doc_id}")
+                raise ValueError(
+                    f"{where}: pair {i} (qid {r.qid}, doc {r.doc_id}) has {n} tokens, more than the "
+                    f"model's max_length={min(tok.max_length, lm.model.cfg.n_ctx)}"
+                )
+            p = Pair(
+                r.baseline_ids,
+                r.baseline_token_type_ids,
+                r.perturbed_ids,
+                r.perturbed_token_type_ids,
+                r.position_map,
+                f"{ds.name}/{r.qid}/{r.doc_id}",
+            )
             types = list(r.token_types)
             if bi:  # [CLS] q [SEP] d [SEP] -> [CLS] d [SEP]
                 p = document_only(p, tok.sep_id)
                 first_sep = r.baseline_ids.index(tok.sep_id)
-                types = [types[0], *types[first_sep + 1:]]
-            rows.append({"pair": p, "types": types, "query": r.query, "dataset": ds.name, "qid": r.qid,
-                         "doc_id": r.doc_id, "kind": r.kind, "index": i})
+                types = [types[0], *types[first_sep + 1 :]]
+            rows.append(
+                {
+                    "pair": p,
+                    "types": types,
+                    "query": r.query,
+                    "dataset": ds.name,
+                    "qid": r.qid,
+                    "doc_id": r.doc_id,
+                    "kind": r.kind,
+                    "index": i,
+                }
+            )
         datasets.append({"name": ds.name, "origin": origin, "pairs": len(keep), "sha256": h.hexdigest()})
     for row in rows:
         p = row["pair"]
@@ -230,8 +249,9 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
     codes = np.full((len(rows), T_max), -1, np.int8)
     for i, r in enumerate(rows):
         codes[i, : len(r["types"])] = [code[t] for t in r["types"]]
-    runs = np.array([sum(_runs_per_pair(f, r["patchable"], lm.model.cfg) for f in cfg.families) for r in rows],
-                    np.int64)
+    runs = np.array(
+        [sum(_runs_per_pair(f, r["patchable"], lm.model.cfg) for f in cfg.families) for r in rows], np.int64
+    )
     table = {
         "name": np.array([r["pair"].name for r in rows]),
         "dataset": np.array([r["dataset"] for r in rows]),
@@ -251,9 +271,9 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
         uniq = list(dict.fromkeys(queries))
         emb = {}
         for s in range(0, len(uniq), 64):
-            enc = tok.encode_texts(uniq[s:s + 64])
+            enc = tok.encode_texts(uniq[s : s + 64])
             e = np.asarray(lm.model(*map(jnp.asarray, enc.arrays)).embedding)
-            emb.update(zip(uniq[s:s + 64], e, strict=True))
+            emb.update(zip(uniq[s : s + 64], e, strict=True))
         qe = np.stack([emb[q] for q in queries]).astype(np.float32)
     return Plan([r["pair"] for r in rows], table, qe, T_max, datasets)
 
@@ -277,19 +297,32 @@ def family_shapes(cfg: SweepConfig, model_cfg, T_max: int) -> dict[str, dict]:
     L, H = model_cfg.n_layers, model_cfg.n_heads
     for fam in cfg.families:
         r_max = max((r for r, _ in parse_heads([str(r) for r in fam.receivers])), default=L)
-        sizes = {"c": 3 if fam.name == "path_components_to_heads" else None, "l": r_max if fam.receivers else L,
-                 "p": T_max, "h": H}
+        sizes = {
+            "c": 3 if fam.name == "path_components_to_heads" else None,
+            "l": r_max if fam.receivers else L,
+            "p": T_max,
+            "h": H,
+        }
         if fam.name not in ("path_to_score", "path_to_heads", "path_components_to_heads"):
             sizes["c"] = len(get_family(fam.name).sites)
         shape = [sizes[c] for c in fam.layout]
-        entry = {"key": fam.key, "name": fam.name, "method": fam.method, "dims": ["pair"] + [DIM_NAMES[c] for c in
-                 fam.layout], "shape": shape, "effects": array_name("effects", fam.key),
-                 "raw": array_name("raw", fam.key)}
+        entry = {
+            "key": fam.key,
+            "name": fam.name,
+            "method": fam.method,
+            "dims": ["pair"] + [DIM_NAMES[c] for c in fam.layout],
+            "shape": shape,
+            "effects": array_name("effects", fam.key),
+            "raw": array_name("raw", fam.key),
+        }
         if fam.verify_top_k:
             f = get_family(fam.name)
             entry["verify"] = {part: array_name(f"verify.{part}", fam.key) for part in ("index", "estimated", "exact")}
-            entry["verify_shape"] = {"components": list(f.sites), "k": fam.verify_top_k, "index_axes":
-                                     [DIM_NAMES[c] for c in f.layout]}
+            entry["verify_shape"] = {
+                "components": list(f.sites),
+                "k": fam.verify_top_k,
+                "index_axes": [DIM_NAMES[c] for c in f.layout],
+            }
         out[fam.key] = entry
     return out
 
@@ -303,8 +336,14 @@ def _create_arrays(store: SweepStore, cfg: SweepConfig, fams: dict, n: int) -> N
         if fam.verify_top_k:
             v = e["verify_shape"]
             nc, k, nd = len(v["components"]), v["k"], len(v["index_axes"])
-            store.create_array(e["verify"]["index"], [n, nc, k, nd], ["pair", "component", "rank", "axis"],
-                               dtype="int32", chunk_pairs=C, fill=-1)
+            store.create_array(
+                e["verify"]["index"],
+                [n, nc, k, nd],
+                ["pair", "component", "rank", "axis"],
+                dtype="int32",
+                chunk_pairs=C,
+                fill=-1,
+            )
             for part in ("estimated", "exact"):
                 store.create_array(e["verify"][part], [n, nc, k], ["pair", "component", "rank"], chunk_pairs=C)
     store.create_array("pairs.score_baseline", [n], ["pair"], chunk_pairs=C)
@@ -342,14 +381,18 @@ def check_resume(old: dict, new: dict) -> list[str]:
     if old["fingerprint"] != new["fingerprint"]:
         changes += ["config " + d for d in _diff(old["result_settings"], new["result_settings"])]
     if old["model"]["weights_sha256"] != new["model"]["weights_sha256"]:
-        changes.append(f"model weights: sha256 {old['model']['weights_sha256'][:12]} -> "
-                       f"{new['model']['weights_sha256'][:12]} ({new['model']['folder']})")
+        changes.append(
+            f"model weights: sha256 {old['model']['weights_sha256'][:12]} -> "
+            f"{new['model']['weights_sha256'][:12]} ({new['model']['folder']})"
+        )
     old_ds = {d["name"]: d for d in old["datasets"]}
     for d in new["datasets"]:
         o = old_ds.get(d["name"])
         if o is not None and o["sha256"] != d["sha256"]:
-            changes.append(f"dataset {d['name']}: its pairs changed (sha256 {o['sha256'][:12]} -> "
-                           f"{d['sha256'][:12]}, {o['pairs']} -> {d['pairs']} pairs)")
+            changes.append(
+                f"dataset {d['name']}: its pairs changed (sha256 {o['sha256'][:12]} -> "
+                f"{d['sha256'][:12]}, {o['pairs']} -> {d['pairs']} pairs)"
+            )
     if old["jaxmech_version"] != new["jaxmech_version"]:
         changes.append(f"jaxmech version {old['jaxmech_version']} -> {new['jaxmech_version']}")
     return changes
@@ -362,8 +405,9 @@ _RUN_DIRS = ("arrays", "done", "processes", "analyses", "report")
 def _clear_run(out: Path) -> None:
     """Removes a previous sweep's files (only a sweep's: never an unrelated folder's contents)."""
     if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not (out / "arrays").exists():
-        raise ResumeError(f"{out}: exists and is not a sweep folder; refusing to delete it for --fresh "
-                          "(choose another --out)")
+        raise ResumeError(
+            f"{out}: exists and is not a sweep folder; refusing to delete it for --fresh (choose another --out)"
+        )
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
     for name in _RUN_DIRS:
@@ -403,10 +447,12 @@ class SweepSummary:
         """The one-line summary printed at the end."""
         t = self.timings
         state = "complete" if self.complete else "this process's share done"
-        return (f"sweep {state}: {self.pairs} pairs x {len(self.families)} families "
-                f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
-                f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s) "
-                f"-> {self.out}")
+        return (
+            f"sweep {state}: {self.pairs} pairs x {len(self.families)} families "
+            f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
+            f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s) "
+            f"-> {self.out}"
+        )
 
 
 def _load_model(cfg: SweepConfig):
@@ -421,9 +467,15 @@ def _load_model(cfg: SweepConfig):
     return lm
 
 
-def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike | None = None, fresh: bool = False,
-              quiet: bool = False, processes: Processes | None = None,
-              log: Callable[[str], None] | None = None) -> SweepSummary:
+def run_sweep(
+    config: SweepConfig | str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    fresh: bool = False,
+    quiet: bool = False,
+    processes: Processes | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SweepSummary:
     """Runs (or resumes) a sweep; see the module docstring.
 
     Args:
@@ -467,17 +519,35 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
         except ImportError:
             from jaxmech.device import describe_device
         meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "fingerprint": cfg.fingerprint(),
-            "config": cfg.to_dict(), "config_file": cfg.source, "result_settings": cfg.result_settings(),
-            "model": {"id": cfg.model.path, "folder": str(lm.folder), "kind": lm.kind,
-                      "weights_sha256": _weights_sha256(lm.folder), "n_layers": lm.model.cfg.n_layers,
-                      "n_heads": lm.model.cfg.n_heads, "d_model": lm.model.cfg.d_model},
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "fingerprint": cfg.fingerprint(),
+            "config": cfg.to_dict(),
+            "config_file": cfg.source,
+            "result_settings": cfg.result_settings(),
+            "model": {
+                "id": cfg.model.path,
+                "folder": str(lm.folder),
+                "kind": lm.kind,
+                "weights_sha256": _weights_sha256(lm.folder),
+                "n_layers": lm.model.cfg.n_layers,
+                "n_heads": lm.model.cfg.n_heads,
+                "d_model": lm.model.cfg.d_model,
+            },
             "datasets": plan.datasets,
             "dataset_sha256": hashlib.sha256("".join(d["sha256"] for d in plan.datasets).encode()).hexdigest(),
-            "n_pairs": plan.n_pairs, "T_max": plan.T_max, "pairs_per_chunk": C, "n_chunks": len(chunks),
-            "families": list(fams.values()), "metric": cfg.patching.metric, "direction": cfg.patching.direction,
-            "precision": cfg.patching.precision, "jaxmech_version": __version__, "device": describe_device(),
-            "processes": procs.count, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "n_pairs": plan.n_pairs,
+            "T_max": plan.T_max,
+            "pairs_per_chunk": C,
+            "n_chunks": len(chunks),
+            "families": list(fams.values()),
+            "metric": cfg.patching.metric,
+            "direction": cfg.patching.direction,
+            "precision": cfg.patching.precision,
+            "jaxmech_version": __version__,
+            "device": describe_device(),
+            "processes": procs.count,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         store = SweepStore(out)
         if procs.index == 0:
@@ -490,7 +560,7 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
         else:
             status = procs.wait_for("init")
             if status != "ok":
-                raise ResumeError(f"process 0 could not set up {out}: {status[len('error: '):]}")
+                raise ResumeError(f"process 0 could not set up {out}: {status[len('error: ') :]}")
         done = store.done_chunks()
         mine = procs.share(list(range(len(chunks))))
         todo = [k for k in mine if k not in done]
@@ -498,9 +568,14 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
         chunk_runs = [int(runs[s:e].sum()) for s, e in chunks]
         chunk_pairs = [e - s for s, e in chunks]
         prefix = "sweep" if procs.count == 1 else f"sweep[{procs.index}/{procs.count}]"
-        bar = Progress(sum(chunk_runs[k] for k in mine), sum(chunk_pairs[k] for k in mine),
-                       done_runs=sum(chunk_runs[k] for k in mine if k in done),
-                       done_pairs=sum(chunk_pairs[k] for k in mine if k in done), quiet=quiet, prefix=prefix)
+        bar = Progress(
+            sum(chunk_runs[k] for k in mine),
+            sum(chunk_pairs[k] for k in mine),
+            done_runs=sum(chunk_runs[k] for k in mine if k in done),
+            done_pairs=sum(chunk_pairs[k] for k in mine if k in done),
+            quiet=quiet,
+            prefix=prefix,
+        )
         t_compute = time.perf_counter()
         chunk_seconds = []
         try:
@@ -508,10 +583,21 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
                 s, e = chunks[k]
                 t0 = time.perf_counter()
                 qe = None if plan.query_embedding is None else plan.query_embedding[s:e]
-                res = compute_chunk(lm, plan.pairs[s:e], plan.table["bucket"][s:e], qe, cfg.families, cfg.patching,
-                                    cfg.chunking, plan.T_max)
-                values = {"pairs.score_baseline": res.score_baseline, "pairs.score_perturbed": res.score_perturbed,
-                          "pairs.flagged": res.flagged}
+                res = compute_chunk(
+                    lm,
+                    plan.pairs[s:e],
+                    plan.table["bucket"][s:e],
+                    qe,
+                    cfg.families,
+                    cfg.patching,
+                    cfg.chunking,
+                    plan.T_max,
+                )
+                values = {
+                    "pairs.score_baseline": res.score_baseline,
+                    "pairs.score_perturbed": res.score_perturbed,
+                    "pairs.flagged": res.flagged,
+                }
                 for key, e_ in fams.items():
                     values[e_["effects"]] = res.effects[key]
                     values[e_["raw"]] = res.raw[key]
@@ -526,14 +612,18 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
             bar.close()
         t_end = time.perf_counter()
         timings = {
-            "total_seconds": round(t_end - t_start, 3), "plan_seconds": round(t_plan, 3),
-            "compute_seconds": round(t_end - t_compute, 3), **meter.as_dict(),
-            "chunks_computed": len(todo), "chunks_resumed": len(mine) - len(todo),
+            "total_seconds": round(t_end - t_start, 3),
+            "plan_seconds": round(t_plan, 3),
+            "compute_seconds": round(t_end - t_compute, 3),
+            **meter.as_dict(),
+            "chunks_computed": len(todo),
+            "chunks_resumed": len(mine) - len(todo),
             "patched_runs": int(sum(chunk_runs[k] for k in todo)),
             "patched_runs_per_second": round(sum(chunk_runs[k] for k in todo) / max(t_end - t_compute, 1e-9), 2),
             "chunk_seconds_mean": round(float(np.mean(chunk_seconds)), 3) if chunk_seconds else None,
             "compilation_cache": str(cache_dir) if cache_dir else None,
-            "peak_rss_mb": _peak_rss_mb(), "device": jax.devices()[0].device_kind,
+            "peak_rss_mb": _peak_rss_mb(),
+            "device": jax.devices()[0].device_kind,
         }
         atomic_write_json(out / "processes" / f"{procs.index}.json", timings)
         procs.publish(f"finished/{procs.index}", "ok")
@@ -546,8 +636,14 @@ def run_sweep(config: SweepConfig | str | os.PathLike, *, out: str | os.PathLike
             complete = not missing
             if complete:
                 per_process = {p.stem: json.loads(p.read_text()) for p in sorted((out / "processes").glob("*.json"))}
-                atomic_write_json(out / "complete.json", {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                  time.gmtime()), "timings": timings, "processes": per_process})
+                atomic_write_json(
+                    out / "complete.json",
+                    {
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "timings": timings,
+                        "processes": per_process,
+                    },
+                )
                 steps = run_steps(cfg, out, log)
         else:
             complete = not (set(range(len(chunks))) - store.done_chunks())
@@ -560,8 +656,9 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _prepare_folder(store: SweepStore, out: Path, cfg: SweepConfig, meta: dict, plan: Plan, fams: dict,
-                    fresh: bool, log) -> None:
+def _prepare_folder(
+    store: SweepStore, out: Path, cfg: SweepConfig, meta: dict, plan: Plan, fams: dict, fresh: bool, log
+) -> None:
     meta_path = out / "meta.json"
     if fresh:
         _clear_run(out)
@@ -569,8 +666,11 @@ def _prepare_folder(store: SweepStore, out: Path, cfg: SweepConfig, meta: dict, 
         old = json.loads(meta_path.read_text())
         changes = check_resume(old, meta)
         if changes:
-            raise ResumeError(f"{out} holds results of another sweep, so it will not resume into them; changed: "
-                              + "; ".join(changes) + ". Rerun with --fresh to start over, or choose another --out.")
+            raise ResumeError(
+                f"{out} holds results of another sweep, so it will not resume into them; changed: "
+                + "; ".join(changes)
+                + ". Rerun with --fresh to start over, or choose another --out."
+            )
         n_done = len(store.done_chunks())
         log(f"sweep: resuming {out}: {n_done}/{meta['n_chunks']} chunks complete")
         return

@@ -8,8 +8,11 @@ import threading
 import time
 
 # JAX monitoring events: tracing, lowering, XLA compilation, persistent-cache hits.
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 _BACKEND = "/jax/core/compile/backend_compile_duration"
 _HIT = "/jax/compilation_cache/cache_hits"
 
@@ -33,8 +36,11 @@ class CompileMeter:
         CompileMeter._installed = self
 
     def as_dict(self) -> dict:
-        return {"compile_seconds": round(self.seconds, 3), "backend_compiles": self.backend_compiles,
-                "persistent_cache_hits": self.cache_hits}
+        return {
+            "compile_seconds": round(self.seconds, 3),
+            "backend_compiles": self.backend_compiles,
+            "persistent_cache_hits": self.cache_hits,
+        }
 
 
 def _on_duration(event: str, seconds: float, **_) -> None:
@@ -63,8 +69,17 @@ class Progress:
         prefix: Label (e.g. the process index).
     """
 
-    def __init__(self, total_runs: int, total_pairs: int, *, done_runs: int = 0, done_pairs: int = 0,
-                 quiet: bool = False, prefix: str = "sweep", log_every: float = 60.0):
+    def __init__(
+        self,
+        total_runs: int,
+        total_pairs: int,
+        *,
+        done_runs: int = 0,
+        done_pairs: int = 0,
+        quiet: bool = False,
+        prefix: str = "sweep",
+        log_every: float = 60.0,
+    ):
         self.total_runs, self.total_pairs = total_runs, total_pairs
         self.runs, self.pairs = done_runs, done_pairs
         self.quiet, self.prefix, self.log_every = quiet, prefix, log_every
@@ -75,8 +90,16 @@ class Progress:
         if not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_runs, initial=done_runs, unit="run", unit_scale=True, desc=prefix,
-                            dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+            self.bar = tqdm(
+                total=total_runs,
+                initial=done_runs,
+                unit="run",
+                unit_scale=True,
+                desc=prefix,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                smoothing=0.1,
+            )
             self.bar.set_postfix_str(self._pairs_text())
 
     def _pairs_text(self) -> str:
@@ -100,8 +123,12 @@ class Progress:
             rate = self.rate()
             left = (self.total_runs - self.runs) / rate if rate > 0 else float("nan")
             eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left == left else "?"
-            print(f"{self.prefix}: {self._pairs_text()}, {self.runs}/{self.total_runs} patched runs, "
-                  f"{rate:.0f} runs/s, ETA {eta}", file=sys.stderr, flush=True)
+            print(
+                f"{self.prefix}: {self._pairs_text()}, {self.runs}/{self.total_runs} patched runs, "
+                f"{rate:.0f} runs/s, ETA {eta}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

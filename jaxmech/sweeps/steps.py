@@ -43,8 +43,9 @@ def resolve_step(name: str) -> Callable:
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"step {name!r} needs {module}.{func}, which this installation does not have "
-                         f"({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"step {name!r} needs {module}.{func}, which this installation does not have ({type(err).__name__}: {err})"
+        ) from None
     return fn
 
 
@@ -83,15 +84,21 @@ def summary(run_dir: Path, *, top_k: int = 10) -> Path:
     run = results.open(run_dir)
     pairs = run.pairs
     keep = ~pairs["flagged"]
-    out: dict[str, Any] = {"analysis": "summary", "model": run.meta["model"]["id"], "pairs": int(len(keep)),
-                           "flagged": int((~keep).sum()), "families": {}}
+    out: dict[str, Any] = {
+        "analysis": "summary",
+        "model": run.meta["model"]["id"],
+        "pairs": int(len(keep)),
+        "flagged": int((~keep).sum()),
+        "families": {},
+    }
     for fam in run.families:
         arr = run[fam]
         step = arr.chunk_pairs
         total = np.zeros(arr.shape[1:])
         count = np.zeros(arr.shape[1:])
-        by_type = np.zeros((*[s for d, s in zip(arr.dims[1:], arr.shape[1:], strict=True) if d != "pos"],
-                            len(TOKEN_TYPE_ORDER)))
+        by_type = np.zeros(
+            (*[s for d, s in zip(arr.dims[1:], arr.shape[1:], strict=True) if d != "pos"], len(TOKEN_TYPE_ORDER))
+        )
         type_count = np.zeros(len(TOKEN_TYPE_ORDER))
         for start in range(0, arr.shape[0], step):
             sl = slice(start, min(start + step, arr.shape[0]))
@@ -115,8 +122,11 @@ def summary(run_dir: Path, *, top_k: int = 10) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 m = by_type / type_count
-            entry["by_token_type"] = {"types": list(TOKEN_TYPE_ORDER), "pair_counts": type_count.tolist(),
-                                      "mean": np.where(np.isfinite(m), m, None).tolist()}
+            entry["by_token_type"] = {
+                "types": list(TOKEN_TYPE_ORDER),
+                "pair_counts": type_count.tolist(),
+                "mean": np.where(np.isfinite(m), m, None).tolist(),
+            }
         out["families"][fam] = entry
     path = Path(run_dir) / "analyses" / "summary.json"
     atomic_write_text(path, json.dumps(out, indent=1))

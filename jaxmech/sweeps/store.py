@@ -97,8 +97,10 @@ def _spec(path: Path, create: bool = False, shape=None, chunks=None, dtype=None,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
             "dimension_names": list(dims),
             "fill_value": fill_value,
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}} if dtype != "bool" else
-                       {"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1, "checksum": False}}],
+            "codecs": [
+                {"name": "bytes", "configuration": {"endian": "little"}} if dtype != "bool" else {"name": "bytes"},
+                {"name": "zstd", "configuration": {"level": 1, "checksum": False}},
+            ],
         }
     return spec
 
@@ -118,8 +120,16 @@ class SweepStore:
     def array_path(self, name: str) -> Path:
         return self.root / ARRAYS / name
 
-    def create_array(self, name: str, shape: Sequence[int], dims: Sequence[str], *, dtype: str = "float32",
-                     chunk_pairs: int, fill: float | int | bool = float("nan")) -> None:
+    def create_array(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dims: Sequence[str],
+        *,
+        dtype: str = "float32",
+        chunk_pairs: int,
+        fill: float | int | bool = float("nan"),
+    ) -> None:
         """Creates an empty array chunked along its first (``pair``) axis only."""
         import tensorstore as ts
 
@@ -146,7 +156,7 @@ class SweepStore:
         futures = []
         for name, v in values.items():
             arr = self.array(name)
-            futures.append(arr[start:start + len(v)].write(np.ascontiguousarray(v, dtype=arr.dtype.numpy_dtype)))
+            futures.append(arr[start : start + len(v)].write(np.ascontiguousarray(v, dtype=arr.dtype.numpy_dtype)))
         for f in futures:
             f.result()
 
@@ -160,7 +170,7 @@ class SweepStore:
         folder = self.root / DONE
         if not folder.is_dir():
             return set()
-        return {int(p.name[len("chunk-"):]) for p in folder.iterdir() if p.name.startswith("chunk-")}
+        return {int(p.name[len("chunk-") :]) for p in folder.iterdir() if p.name.startswith("chunk-")}
 
     def clear_done(self) -> None:
         folder = self.root / DONE
