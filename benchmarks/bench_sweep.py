@@ -1,0 +1,132 @@
+"""Throughput, compile share and peak memory of `jaxmech sweep` over the shared TFC1 pairs, as a job.
+
+    python benchmarks/bench_sweep.py --sample 1000 10000 --families path_to_score attribution:head_by_pos_z
+    python benchmarks/bench_sweep.py --sample 16 --families block_every head_all_pos_v --tag exact
+    python benchmarks/bench_sweep.py ... --rerun      # then the same sweep again with --fresh: what compiles?
+
+Each measurement is a fresh ``jaxmech sweep`` subprocess (its peak RSS is the process's own) on the distilled
+MiniLM-L6 cross-encoder of ``../shared/models`` (the paper's L12 cross-encoder is not available offline) with
+``sample = N`` TFC1 pairs drawn with seed 0 (``sample = 10000`` is every pair). The JSON written to
+``benchmarks/results/bench_sweep_<device>[_<tag>].json`` names the device and the machine's load average, which
+matters on a shared machine: patched runs per second scale with the CPU time the process actually gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO.parent / "shared" / "models" / "minilm6-ce-distilled"
+
+
+def family_table(name: str) -> str:
+    if name.startswith("attribution:"):
+        return f'[[families]]\nname = "{name.split(":", 1)[1]}"\nmethod = "attribution"\n'
+    if name in ("path_to_heads", "path_components_to_heads"):
+        return f'[[families]]\nname = "{name}"\nreceivers = ["4.1"]\n'
+    return f'[[families]]\nname = "{name}"\n'
+
+
+def write_config(folder: Path, sample: int, families: list[str], chunk: int, model: Path) -> Path:
+    text = (
+        f'[run]\nname = "bench"\n\n[model]\npath = "{model}"\nkind = "cross"\n\n'
+        f'[[datasets]]\nkind = "tfc1"\nsource = "shared"\nsample = {sample}\nseed = 0\n\n'
+        + "\n".join(family_table(f) for f in families)
+        + f"\n[chunking]\npairs_per_chunk = {chunk}\n"
+    )
+    path = folder / f"bench_{sample}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_once(cfg: Path, out: Path, fresh: bool) -> dict:
+    cmd = [sys.executable, "-m", "jaxmech.cli", "sweep", str(cfg), "--out", str(out), "--quiet"]
+    if fresh:
+        cmd.append("--fresh")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    timings = json.loads((out / "processes" / "0.json").read_text())
+    meta = json.loads((out / "meta.json").read_text())
+    compute = timings["compute_seconds"]
+    return {
+        "pairs": meta["n_pairs"],
+        "chunks": meta["n_chunks"],
+        "T_max": meta["T_max"],
+        "wall_seconds": round(wall, 2),
+        **timings,
+        "pairs_per_second": round(meta["n_pairs"] / compute, 3) if compute else None,
+        "compile_share_of_total": round(timings["compile_seconds"] / timings["total_seconds"], 4),
+        "summary_line": proc.stdout.strip(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sample", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--families", nargs="+", default=["path_to_score", "attribution:head_by_pos_z"])
+    ap.add_argument("--chunk", type=int, default=16, help="pairs_per_chunk")
+    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--rerun", action="store_true", help="run each sweep a second time with --fresh")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    args = ap.parse_args()
+    if not (args.model / "config.json").exists():
+        sys.exit(f"{args.model}: model folder not found (the shared distilled cross-encoder)")
+    sys.path.insert(0, str(REPO))
+    from jaxmech.device import describe_device
+
+    device = describe_device()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        root = args.keep or Path(tmp)
+        for n in args.sample:
+            cfg = write_config(Path(tmp), n, args.families, args.chunk, args.model)
+            load = os.getloadavg()
+            row = {
+                "sample": n,
+                "families": args.families,
+                "run": "first",
+                "load_average_before": load,
+                **run_once(cfg, root / f"run_{n}", fresh=True),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.rerun:
+                row = {
+                    "sample": n,
+                    "families": args.families,
+                    "run": "rerun --fresh (persistent compile cache)",
+                    "load_average_before": os.getloadavg(),
+                    **run_once(cfg, root / f"run_{n}", fresh=True),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    tag = f"_{args.tag}" if args.tag else ""
+    out = REPO / "benchmarks" / "results" / f"bench_sweep_{device['platform']}{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "sweep",
+        "question": "throughput, compile share and peak RSS of jaxmech sweep on TFC1; "
+        "does memory grow with the number of pairs?",
+        "device": device,
+        "model": str(args.model),
+        "chunk_pairs": args.chunk,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
