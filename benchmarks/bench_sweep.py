@@ -3,12 +3,16 @@
     python benchmarks/bench_sweep.py --sample 1000 10000 --families path_to_score attribution:head_by_pos_z
     python benchmarks/bench_sweep.py --sample 16 --families block_every head_all_pos_v --tag exact
     python benchmarks/bench_sweep.py ... --rerun      # then the same sweep again with --fresh: what compiles?
+    python benchmarks/bench_sweep.py --tiny --sample 1000 10000 --tag memory   # memory vs pair count
 
 Each measurement is a fresh ``jaxmech sweep`` subprocess (its peak RSS is the process's own) on the distilled
 MiniLM-L6 cross-encoder of ``../shared/models`` (the paper's L12 cross-encoder is not available offline) with
-``sample = N`` TFC1 pairs drawn with seed 0 (``sample = 10000`` is every pair). The JSON written to
-``benchmarks/results/bench_sweep_<device>[_<tag>].json`` names the device and the machine's load average, which
-matters on a shared machine: patched runs per second scale with the CPU time the process actually gets.
+``sample = N`` TFC1 pairs drawn with seed 0 (``sample = 10000`` is every pair). ``--tiny`` uses a random
+2-layer, 64-wide cross-encoder with the same tokenizer instead: the sweep machinery (plan, pair table, store,
+chunk loop) on all 10,000 real pairs in minutes, to see whether memory grows with the number of pairs.
+The JSON written to ``benchmarks/results/bench_sweep_<device>[_<tag>].json`` names the device and the
+machine's load average, which matters on a shared machine: patched runs per second scale with the CPU time
+the process actually gets.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ def write_config(folder: Path, sample: int, families: list[str], chunk: int, mod
     return path
 
 
+def tiny_model(folder: Path, tokenizer_from: Path) -> Path:
+    """A random 2-layer cross-encoder (d_model 64, 4 heads) with the tokenizer of ``tokenizer_from``."""
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import build_model
+    from jaxmech.loading import save_pretrained
+    from jaxmech.tokenize import PairTokenizer
+
+    cfg = EncoderConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, initializer_range=0.2)
+    return save_pretrained(build_model(cfg, "cross", seed=0), folder / "tiny-cross",
+                           tokenizer=PairTokenizer.from_pretrained(tokenizer_from))
+
+
 def run_once(cfg: Path, out: Path, fresh: bool) -> dict:
     cmd = [sys.executable, "-m", "jaxmech.cli", "sweep", str(cfg), "--out", str(out), "--quiet"]
     if fresh:
@@ -78,6 +94,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16, help="pairs_per_chunk")
     ap.add_argument("--model", type=Path, default=MODEL)
     ap.add_argument("--rerun", action="store_true", help="run each sweep a second time with --fresh")
+    ap.add_argument("--tiny", action="store_true", help="a random 2-layer model (memory scaling)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     args = ap.parse_args()
@@ -90,6 +107,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         root = args.keep or Path(tmp)
+        if args.tiny:
+            args.model = tiny_model(Path(tmp), args.model)
         for n in args.sample:
             cfg = write_config(Path(tmp), n, args.families, args.chunk, args.model)
             load = os.getloadavg()

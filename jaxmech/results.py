@@ -11,8 +11,8 @@
     run.pairs                    # per-pair columns (dataset, qid, doc_id, length, token_types, scores, flagged)
     run.analyses                 # {name: JSON dict} from analyses/<name>.json
 
-Pairs are in run order (sorted by length bucket); ``run.pairs["index"]`` is each pair's index in its dataset
-and ``run.pairs["dataset"]`` its dataset. A run still in progress reads too: ``run.complete`` is False and
+Pairs are in run order (sorted by length bucket, longest first); ``run.pairs["index"]`` is each pair's index
+in its dataset and ``run.pairs["dataset"]`` its dataset. A run still in progress reads too: ``run.complete`` is False and
 ``run.done`` marks the pairs whose chunk is complete (the others read as NaN).
 """
 

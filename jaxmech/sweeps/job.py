@@ -3,9 +3,9 @@
 `run_sweep` is what ``jaxmech sweep CONFIG`` does:
 
 1. **Plan.** Load the model, build or read the datasets, sample them (seeded), align pairs and sort them by
-   length bucket (stable), so that every chunk of ``pairs_per_chunk`` consecutive pairs is one stored zarr chunk
-   and each bucket compiles once. The run's pair axis is this order; ``run.pairs["index"]`` is each pair's index
-   in its dataset.
+   length bucket (longest first, stable), so that every chunk of ``pairs_per_chunk`` consecutive pairs is one
+   stored zarr chunk and each bucket compiles once. The run's pair axis is this order; ``run.pairs["index"]``
+   is each pair's index in its dataset.
 2. **Store.** Process 0 creates the run folder (arrays, pair table, then ``meta.json`` last) or checks that an
    existing one holds the same sweep: same result settings (config fingerprint), model weights, datasets
    and jaxmech version. Anything else refuses to resume and lists what changed (``fresh=True`` starts over).
@@ -243,7 +243,9 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
         row["length"] = len(p.baseline_ids)
         row["bucket"] = bucket_length(max(len(p.baseline_ids), len(p.perturbed_ids)), tok.buckets, tok.max_length)
         row["patchable"] = int(sum(m >= 0 for m in p.position_map))
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["bucket"], i))  # stable: dataset order in a bucket
+    # Longest bucket first (stable: dataset order within a bucket): the peak memory and the slowest chunks come
+    # in the first minutes, so an out-of-memory or a bad chunk size shows at once, not hours in.
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["bucket"], i))
     rows = [rows[i] for i in order]
     T_max = max(r["bucket"] for r in rows)
     codes = np.full((len(rows), T_max), -1, np.int8)
@@ -450,7 +452,8 @@ class SweepSummary:
         return (
             f"sweep {state}: {self.pairs} pairs x {len(self.families)} families "
             f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
-            f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s) "
+            f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s, "
+            f"{t['xla_compiles']} XLA compiles) "
             f"-> {self.out}"
         )
 

@@ -18,8 +18,12 @@ _HIT = "/jax/compilation_cache/cache_hits"
 
 
 class CompileMeter:
-    """Accumulates the time JAX spends tracing, lowering and compiling, and counts XLA compilations and
-    persistent-cache hits, from the moment it is created."""
+    """Accumulates the time JAX spends tracing, lowering and compiling (or loading from the persistent cache),
+    and counts XLA compilations and persistent-cache hits, from the moment it is created.
+
+    JAX reports a backend-compile event for every program it needs, whether compiled or loaded from the
+    persistent cache; programs actually compiled are those events minus the cache hits.
+    """
 
     _installed: CompileMeter | None = None
 
@@ -38,8 +42,9 @@ class CompileMeter:
     def as_dict(self) -> dict:
         return {
             "compile_seconds": round(self.seconds, 3),
-            "backend_compiles": self.backend_compiles,
+            "programs": self.backend_compiles,
             "persistent_cache_hits": self.cache_hits,
+            "xla_compiles": self.backend_compiles - self.cache_hits,
         }
 
 
