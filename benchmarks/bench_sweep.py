@@ -58,8 +58,11 @@ def tiny_model(folder: Path, tokenizer_from: Path) -> Path:
     from jaxmech.tokenize import PairTokenizer
 
     cfg = EncoderConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, initializer_range=0.2)
-    return save_pretrained(build_model(cfg, "cross", seed=0), folder / "tiny-cross",
-                           tokenizer=PairTokenizer.from_pretrained(tokenizer_from))
+    return save_pretrained(
+        build_model(cfg, "cross", seed=0),
+        folder / "tiny-cross",
+        tokenizer=PairTokenizer.from_pretrained(tokenizer_from),
+    )
 
 
 def run_once(cfg: Path, out: Path, fresh: bool) -> dict:

@@ -12,8 +12,8 @@
     run.analyses                 # {name: JSON dict} from analyses/<name>.json
 
 Pairs are in run order (sorted by length bucket, longest first); ``run.pairs["index"]`` is each pair's index
-in its dataset and ``run.pairs["dataset"]`` its dataset. A run still in progress reads too: ``run.complete`` is False and
-``run.done`` marks the pairs whose chunk is complete (the others read as NaN).
+in its dataset and ``run.pairs["dataset"]`` its dataset. A run still in progress reads too: ``run.complete`` is
+False and ``run.done`` marks the pairs whose chunk is complete (the others read as NaN).
 """
 
 from __future__ import annotations
