@@ -4,6 +4,7 @@
     python benchmarks/bench_sweep.py --sample 16 --families block_every head_all_pos_v --tag exact
     python benchmarks/bench_sweep.py ... --rerun      # then the same sweep again with --fresh: what compiles?
     python benchmarks/bench_sweep.py --tiny --sample 1000 10000 --tag memory   # memory vs pair count
+    python benchmarks/bench_sweep.py --tiny --sample 256 --kill-after 8 --tag resume   # SIGKILL, then resume
 
 Each measurement is a fresh ``jaxmech sweep`` subprocess (its peak RSS is the process's own) on the distilled
 MiniLM-L6 cross-encoder of ``../shared/models`` (the paper's L12 cross-encoder is not available offline) with
@@ -90,6 +91,29 @@ def run_once(cfg: Path, out: Path, fresh: bool) -> dict:
     }
 
 
+def kill_then_resume(cfg: Path, out: Path, kill_after: int) -> dict:
+    """Starts a sweep, SIGKILLs it once ``kill_after`` chunks are complete, reruns it: what did resuming cost?"""
+    import signal
+
+    cmd = [sys.executable, "-m", "jaxmech.cli", "sweep", str(cfg), "--out", str(out), "--quiet", "--fresh"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = out / "done"
+    while proc.poll() is None:
+        if done.is_dir() and sum(p.name.startswith("chunk-") for p in done.iterdir()) >= kill_after:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        raise RuntimeError("the sweep finished before it could be killed; lower --kill-after")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_after = time.perf_counter() - t0
+    n_done = sum(p.name.startswith("chunk-") for p in done.iterdir())
+    row = run_once(cfg, out, fresh=False)
+    return {"killed_after_seconds": round(killed_after, 2), "chunks_complete_at_kill": n_done, **row}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", type=int, nargs="+", default=[1000, 10000])
@@ -98,6 +122,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=MODEL)
     ap.add_argument("--rerun", action="store_true", help="run each sweep a second time with --fresh")
     ap.add_argument("--tiny", action="store_true", help="a random 2-layer model (memory scaling)")
+    ap.add_argument("--kill-after", type=int, default=0, help="SIGKILL after this many chunks, then resume")
     ap.add_argument("--tag", default="")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     args = ap.parse_args()
@@ -115,6 +140,17 @@ def main() -> None:
         for n in args.sample:
             cfg = write_config(Path(tmp), n, args.families, args.chunk, args.model)
             load = os.getloadavg()
+            if args.kill_after:
+                row = {
+                    "sample": n,
+                    "families": args.families,
+                    "run": "SIGKILL then resume",
+                    "load_average_before": load,
+                    **kill_then_resume(cfg, root / f"run_{n}", args.kill_after),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                continue
             row = {
                 "sample": n,
                 "families": args.families,
