@@ -98,3 +98,24 @@ def test_cli_config_error_is_one_line_with_exit_code_2(tmp_path, capsys):
 def test_shipped_sweep_configs_load(config):
     cfg = load_sweep_config(REPO / config)
     assert cfg.families and cfg.datasets
+
+
+def test_sampling_is_seeded_spread_over_queries_and_never_the_first_n(tmp_path):
+    from types import SimpleNamespace
+
+    from jaxmech.sweeps.config import DatasetSection
+    from jaxmech.sweeps.job import _select
+
+    records = [SimpleNamespace(qid=f"q{i // 100}", doc_id=str(i)) for i in range(1000)]  # TFC1-like: 100 per query
+    pick = lambda **kw: _select(records, DatasetSection(kind="tfc1", **kw), "here")
+    a = pick(sample=50, seed=1)
+    assert a == pick(sample=50, seed=1) != pick(sample=50, seed=2)
+    assert len(a) == 50 and a == sorted(a) and len({records[i].qid for i in a}) > 5 and a != list(range(50))
+    per_q = pick(per_query=3, seed=0)
+    assert len(per_q) == 30 and all(sum(records[i].qid == f"q{q}" for i in per_q) == 3 for q in range(10))
+    qids = tmp_path / "qids.txt"
+    qids.write_text("q2\nq7\n")
+    kept = pick(qids=str(qids), per_query=2, sample=3, seed=0)
+    assert len(kept) == 3 and {records[i].qid for i in kept} <= {"q2", "q7"}
+    with pytest.raises(ValueError, match="here sample=2000 but the dataset has only 1000 pairs"):
+        pick(sample=2000)
