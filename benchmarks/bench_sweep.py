@@ -79,6 +79,14 @@ def run_once(cfg: Path, out: Path, fresh: bool) -> dict:
     timings = json.loads((out / "processes" / "0.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
     compute = timings["compute_seconds"]
+    # Peak RSS after each chunk, in run order (longest bucket first): flat = memory does not grow with pairs.
+    markers = sorted((out / "done").glob("chunk-*"))
+    rss = [json.loads(p.read_text()).get("peak_rss_mb") for p in markers]
+    rss = [r for r in rss if r is not None]
+    curve = {}
+    if rss:
+        picks = sorted({0, 1, len(rss) // 4, len(rss) // 2, 3 * len(rss) // 4, len(rss) - 1})
+        curve = {"peak_rss_mb_after_chunk": {str(i + 1): rss[i] for i in picks}}
     return {
         "pairs": meta["n_pairs"],
         "chunks": meta["n_chunks"],
@@ -87,6 +95,7 @@ def run_once(cfg: Path, out: Path, fresh: bool) -> dict:
         **timings,
         "pairs_per_second": round(meta["n_pairs"] / compute, 3) if compute else None,
         "compile_share_of_total": round(timings["compile_seconds"] / timings["total_seconds"], 4),
+        **curve,
         "summary_line": proc.stdout.strip(),
     }
 

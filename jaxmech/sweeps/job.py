@@ -608,7 +608,7 @@ def run_sweep(
                         values[name] = res.verify[key][part]
                 store.write_rows(values, s)
                 dt = time.perf_counter() - t0
-                store.mark_done(k, {"process": procs.index, "seconds": round(dt, 3)})
+                store.mark_done(k, {"process": procs.index, "seconds": round(dt, 3), "peak_rss_mb": _peak_rss_mb()})
                 chunk_seconds.append(dt)
                 bar.update(chunk_runs[k], chunk_pairs[k])
         finally:
