@@ -31,10 +31,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/bench_datasets.json")
     args = ap.parse_args()
 
-    from jaxmech.data.cli import default_model_path, load_source
     from jaxmech.data.diagnostic import build
+    from jaxmech.data.loaders import load_source
     from jaxmech.data.records import read_dataset, write_dataset
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.io import packaged_model_path as default_model_path
+    from jaxmech.tokenizer import PairTokenizer
 
     t = time.perf_counter()
     tok = PairTokenizer.from_pretrained(default_model_path())

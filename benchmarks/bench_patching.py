@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from jaxmech.config import EncoderConfig  # noqa: E402
 from jaxmech.convert import from_hf_state_dict  # noqa: E402
+from jaxmech.data.records import AlignedPair as Pair  # noqa: E402
 from jaxmech.patching import (  # noqa: E402
     activation_patch,
     attribution_patch,
@@ -49,7 +50,6 @@ from jaxmech.patching import (  # noqa: E402
     path_to_heads,
     path_to_score,
 )
-from jaxmech.patching.pairs import Pair  # noqa: E402
 
 T = 128
 
@@ -177,7 +177,7 @@ def setup(name: str):
     from transformers import BertConfig, BertForSequenceClassification
 
     from jaxmech.loading import load_model
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     tok_path = packaged_path()
     if tok_path is None:

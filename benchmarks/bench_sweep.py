@@ -56,7 +56,7 @@ def tiny_model(folder: Path, tokenizer_from: Path) -> Path:
     from jaxmech.config import EncoderConfig
     from jaxmech.convert import build_model
     from jaxmech.loading import save_pretrained
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     cfg = EncoderConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, initializer_range=0.2)
     return save_pretrained(

@@ -1,62 +1,40 @@
 """jaxmech: batched, jitted activation, path and attribution patching for BERT-family cross-encoders.
 
-The public API is re-exported here; see the README for the architecture.
+The public API is re-exported here, loaded on first use (so ``jaxmech --help`` and light submodules do not
+import JAX); see the README for the architecture.
 """
 
-from jaxmech.config import MINILM_L6_H384, MINILM_L12_H384, EncoderConfig, UnsupportedConfigError
-from jaxmech.convert import ConversionError, build_model, from_hf_state_dict, to_hf_state_dict
-from jaxmech.loading import LoadedModel, ModelNotFoundError, WeightsError, load_model, save_pretrained
-from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, HookPoints, Output, PoolingConfig
-from jaxmech.patching import (
-    PatchSpec,
-    activation_patch,
-    align_with_filler,
-    attribution_patch,
-    batch_pairs,
-    path_components_to_heads,
-    path_to_heads,
-    path_to_score,
-)
-from jaxmech.sites import SITES, Site, UnknownSiteError, get_site, parse_tl_name
-from jaxmech.tokenize import EncodedBatch, PairTokenizer, Truncation, TruncationError
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MINILM_L12_H384",
-    "MINILM_L6_H384",
-    "SITES",
-    "BiEncoder",
-    "ConversionError",
-    "CrossEncoder",
-    "EncodedBatch",
-    "EncoderConfig",
-    "HookPoints",
-    "HookedEncoder",
-    "LoadedModel",
-    "ModelNotFoundError",
-    "Output",
-    "PairTokenizer",
-    "PatchSpec",
-    "PoolingConfig",
-    "Site",
-    "Truncation",
-    "TruncationError",
-    "UnknownSiteError",
-    "UnsupportedConfigError",
-    "WeightsError",
-    "activation_patch",
-    "align_with_filler",
-    "attribution_patch",
-    "batch_pairs",
-    "build_model",
-    "from_hf_state_dict",
-    "get_site",
-    "load_model",
-    "parse_tl_name",
-    "path_components_to_heads",
-    "path_to_heads",
-    "path_to_score",
-    "save_pretrained",
-    "to_hf_state_dict",
-]
+_EXPORTS = {
+    "jaxmech.config": ("MINILM_L6_H384", "MINILM_L12_H384", "EncoderConfig", "UnsupportedConfigError"),
+    "jaxmech.convert": ("ConversionError", "build_model", "from_hf_state_dict", "to_hf_state_dict"),
+    "jaxmech.loading": ("LoadedModel", "ModelNotFoundError", "WeightsError", "load_model", "save_pretrained"),
+    "jaxmech.model": ("BiEncoder", "CrossEncoder", "HookedEncoder", "HookPoints", "Output", "PoolingConfig"),
+    "jaxmech.interventions": ("PatchSpec",),
+    "jaxmech.data.align": ("align_with_filler",),
+    "jaxmech.patching": ("PatchingResult", "activation_patch", "attribution_patch", "batch_pairs",
+                         "path_components_to_heads", "path_to_heads", "path_to_score", "run_patching"),
+    "jaxmech.sites": ("SITES", "Site", "UnknownSiteError", "get_site", "parse_tl_name"),
+    "jaxmech.tokenizer": ("EncodedBatch", "PairTokenizer", "Truncation", "TruncationError"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxmech' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+

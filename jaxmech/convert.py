@@ -261,7 +261,7 @@ def to_hf_state_dict(model: HookedEncoder) -> dict[str, np.ndarray]:
     ``BertModel`` keys (no prefix, no pooler).
     """
     cfg = model.cfg
-    kind = "cross" if isinstance(model, CrossEncoder) else "bi"
+    kind = model.kind
     flat = {path: var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     prefix = "bert." if kind == "cross" else ""
     out = {}

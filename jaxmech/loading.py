@@ -25,8 +25,9 @@ from flax import nnx
 
 from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
-from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
-from jaxmech.tokenize import PairTokenizer
+from jaxmech.io import atomic_write, resolve_model_path
+from jaxmech.model import HookedEncoder, PoolingConfig
+from jaxmech.tokenizer import PairTokenizer
 
 CACHE_FORMAT = 1
 
@@ -251,18 +252,6 @@ def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> Hooke
     return nnx.merge(graphdef, nnx.from_flat_state(new))
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Public loaders
 # --------------------------------------------------------------------------------------------------------------
@@ -278,6 +267,7 @@ def load_model(
     max_length: int | None = None,
     truncation: str = "longest_first",
     tokenizer_path: str | Path | None = None,
+    require_tokenizer: bool = False,
 ) -> LoadedModel:
     """Loads a cross- or bi-encoder and its tokenizer.
 
@@ -291,6 +281,7 @@ def load_model(
         max_length: Tokenizer maximum length (default: the tokenizer's, capped at 512 and ``n_ctx``).
         truncation: See `PairTokenizer`.
         tokenizer_path: Folder to take the tokenizer from (default: the model folder).
+        require_tokenizer: Fail if there is no tokenizer (instead of returning ``tokenizer=None``).
 
     Returns:
         A `LoadedModel`.
@@ -299,7 +290,7 @@ def load_model(
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: With the folder or file
             named in the message.
     """
-    folder = resolve_model_dir(path_or_id)
+    folder = resolve_model_dir(resolve_model_path(path_or_id))
     config_file = folder / "config.json"
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
@@ -334,12 +325,14 @@ def load_model(
             from safetensors.numpy import save_file
 
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
-                _atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
+                atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
     limit = min(cfg.n_ctx, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
     has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
     if tokenizer_path and not has_tokenizer:
         raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
+    if require_tokenizer and not has_tokenizer:
+        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
     tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
                  if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
@@ -357,11 +350,10 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        is_cross = isinstance(model, CrossEncoder)
-        arch = "BertForSequenceClassification" if is_cross else "BertModel"
+        arch = "BertForSequenceClassification" if model.kind == "cross" else "BertModel"
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if isinstance(model, BiEncoder):
+        if model.kind == "bi":
             p = model.pooling
             (tmp / "1_Pooling").mkdir()
             (tmp / "1_Pooling" / "config.json").write_text(json.dumps({

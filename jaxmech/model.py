@@ -6,20 +6,26 @@ once, stacked with a leading ``layer`` axis, and run with ``jax.lax.scan``, so c
 depth and every per-layer activation comes back stacked ``[layer, ...]``.
 
 Every activation in `jaxmech.sites.SITES` passes through a *hook point*: ``x = hooks(name, x)``. A hook point
-(1) applies the interventions whose ``site`` equals ``name`` (a patch spec, an additive delta for attribution,
-anything with a static ``site`` and an ``apply(x, layer)`` method) and (2) records ``x`` if ``name`` is in the
+(1) applies the interventions whose ``site`` equals ``name`` (any `jaxmech.interventions.Intervention`: a patch
+spec, an additive delta for attribution, a head replacement) and (2) records ``x`` if ``name`` is in the
 static ``capture`` set. Both are decided at trace time, so unrequested activations are never materialised
 under ``jit`` and the patched forward is the same program as the clean one plus a blend.
 
 The math is written per example (``tokens: [pos]``); `HookedEncoder.__call__` vmaps it over a batch.
 Post-LayerNorm structure and the site table are documented in `jaxmech.sites`.
+
+Every class is abstract or final: `HookedEncoder` is the abstract trunk (embeddings, stacked blocks, the
+forward) whose readout is abstract; `CrossEncoder` and `BiEncoder` are final and define the readout and how
+a forward's output becomes a relevance score (`HookedEncoder.relevance`), so no caller switches on the
+model's type. `Hooks` is the abstract hook interface; `HookPoints` is the forward's final implementation.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import ClassVar, final
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +33,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import EncoderConfig
+from jaxmech.interventions import Intervention
 from jaxmech.sites import MASK_VALUE, validate_capture
 
 # --------------------------------------------------------------------------------------------------------------
@@ -34,26 +41,40 @@ from jaxmech.sites import MASK_VALUE, validate_capture
 # --------------------------------------------------------------------------------------------------------------
 
 
-class HookPoints:
-    """Applies interventions and records activations at named sites (a trace-time helper, not a pytree).
+class Hooks(abc.ABC):
+    """What a module calls at each hook point: ``x = hooks(name, x)`` (a trace-time helper, not a pytree)."""
+
+    @abc.abstractmethod
+    def wants(self, name: str) -> bool:
+        """Whether anything reads or writes ``name`` (lets the forward skip optional work such as ``result``)."""
+
+    @abc.abstractmethod
+    def __call__(self, name: str, x: Array) -> Array:
+        """The value the forward continues with at hook point ``name``."""
+
+
+@final
+class HookPoints(Hooks):
+    """Applies interventions and records activations at named sites.
 
     Args:
         capture: Site names to record.
-        interventions: Objects with a static ``site`` attribute and ``apply(x, layer) -> x``; applied in order.
+        interventions: Applied in order at their sites (`jaxmech.interventions.Intervention`).
         layer: The current layer index (a traced scalar inside the layer scan) or None for embedding/readout.
     """
 
-    def __init__(self, capture: frozenset[str], interventions: Sequence[Any] = (), layer=None):
+    def __init__(self, capture: frozenset[str], interventions: Sequence[Intervention] = (), layer=None):
         self.capture = capture
         self.interventions = tuple(interventions)
         self.layer = layer
         self.records: dict[str, Array] = {}
 
     def wants(self, name: str) -> bool:
-        """Whether anything reads or writes ``name`` (lets the forward skip optional work such as ``result``)."""
+        """Whether anything reads or writes ``name``."""
         return name in self.capture or any(iv.site == name for iv in self.interventions)
 
     def __call__(self, name: str, x: Array) -> Array:
+        """Applies the interventions at ``name`` and records the result if captured."""
         for iv in self.interventions:
             if iv.site == name:
                 x = iv.apply(x, self.layer)
@@ -62,7 +83,12 @@ class HookPoints:
         return x
 
     def for_layer(self, layer) -> HookPoints:
+        """The same hooks at ``layer`` (with their own records)."""
         return HookPoints(self.capture, self.interventions, layer)
+
+
+NO_HOOKS = HookPoints(frozenset())
+"""Hook points that record nothing and apply nothing."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -98,7 +124,7 @@ class LayerNorm(nnx.Module):
         self.b = _zeros((d,))
 
     def __call__(
-        self, x: Float[Array, "... d"], hooks: HookPoints | None = None, scale_site: str | None = None
+        self, x: Float[Array, "... d"], hooks: Hooks | None = None, scale_site: str | None = None
     ) -> Float[Array, "... d"]:
         """Normalises ``x``; the scale ``sqrt(var + eps)`` (biased variance, as torch) passes through the
         hook point ``scale_site`` so it can be recorded or patched (TransformerLens's ``hook_scale``)."""
@@ -120,7 +146,7 @@ class Embed(nnx.Module):
         self.ln = LayerNorm(cfg.d_model, cfg.eps)
 
     def __call__(
-        self, tokens: Int[Array, " pos"], token_type_ids: Int[Array, " pos"], hooks: HookPoints
+        self, tokens: Int[Array, " pos"], token_type_ids: Int[Array, " pos"], hooks: Hooks
     ) -> Float[Array, "pos d_model"]:
         embed = hooks("embed", self.W_E[...][tokens])
         pos_embed = hooks("pos_embed", self.W_pos[...][: tokens.shape[0]])
@@ -185,7 +211,7 @@ class MLP(nnx.Module):
         self.W_out = _normal(rngs, (cfg.d_mlp, cfg.d_model), std)
         self.b_out = _zeros((cfg.d_model,))
 
-    def __call__(self, x: Float[Array, "pos d_model"], hooks: HookPoints) -> Float[Array, "pos d_model"]:
+    def __call__(self, x: Float[Array, "pos d_model"], hooks: Hooks) -> Float[Array, "pos d_model"]:
         pre = hooks("mlp_pre", x @ self.W_in[...] + self.b_in[...])
         post = hooks("mlp_post", activation(self.act_fn)(pre))
         return post @ self.W_out[...] + self.b_out[...]
@@ -201,7 +227,7 @@ class Block(nnx.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
 
     def __call__(
-        self, x: Float[Array, "pos d_model"], key_mask: Bool[Array, " pos"], hooks: HookPoints
+        self, x: Float[Array, "pos d_model"], key_mask: Bool[Array, " pos"], hooks: Hooks
     ) -> Float[Array, "pos d_model"]:
         x = hooks("resid_pre", x)
         q = hooks("q", self.attn.project(x, "q"))
@@ -215,7 +241,7 @@ class Block(nnx.Module):
         k: Float[Array, "kpos head_index d_head"],
         v: Float[Array, "kpos head_index d_head"],
         key_mask: Bool[Array, " kpos"],
-        hooks: HookPoints,
+        hooks: Hooks,
     ) -> Float[Array, "qpos d_model"]:
         """From queries, keys and values to ``attn_out``; ``q`` may hold a subset of the query rows."""
         scores = hooks("attn_scores", self.attn.scores(q, k, key_mask))
@@ -223,7 +249,7 @@ class Block(nnx.Module):
         z = hooks("z", self.attn.mix(pattern, v))
         return self.attn_output(z, hooks)
 
-    def attn_output(self, z: Float[Array, "pos head_index d_head"], hooks: HookPoints) -> Float[Array, "pos d_model"]:
+    def attn_output(self, z: Float[Array, "pos head_index d_head"], hooks: Hooks) -> Float[Array, "pos d_model"]:
         """``attn_out`` from ``z``. Per-head ``result`` is materialised only when something reads or patches it;
         a change to it enters as ``sum_h (result' - result)_h`` so an unchanged result leaves ``attn_out``
         bit-identical to the fused computation."""
@@ -234,7 +260,7 @@ class Block(nnx.Module):
         return hooks("attn_out", attn_out)
 
     def after_attention(
-        self, resid_pre: Float[Array, "pos d_model"], attn_out: Float[Array, "pos d_model"], hooks: HookPoints
+        self, resid_pre: Float[Array, "pos d_model"], attn_out: Float[Array, "pos d_model"], hooks: Hooks
     ) -> Float[Array, "pos d_model"]:
         """From ``attn_out`` to the block output, through every later hook point. Position-wise, so it can run
         on any subset of rows."""
@@ -260,6 +286,12 @@ def layer_slice(blocks: Block, layer) -> Block:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _default_segments(ids: Array, token_type_ids: Array | None, attention_mask: Array | None) -> tuple[Array, Array]:
+    """Zero segment ids and an all-ones mask where not given."""
+    return (jnp.zeros_like(ids) if token_type_ids is None else token_type_ids,
+            jnp.ones_like(ids) if attention_mask is None else attention_mask)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Output:
@@ -279,8 +311,9 @@ class Output:
     cache: dict[str, Array]
 
 
-class HookedEncoder(nnx.Module):
-    """Shared encoder trunk: embeddings and stacked blocks. Subclasses add a readout."""
+class HookedEncoder(nnx.Module, abc.ABC):
+    """The abstract encoder trunk: embeddings, stacked blocks and the forward. The final subclasses
+    (`CrossEncoder`, `BiEncoder`) define the readout and the relevance score."""
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -343,13 +376,10 @@ class HookedEncoder(nnx.Module):
         attention_mask: Int[Array, " pos"] | None = None,
         *,
         capture: Iterable[str] | str = (),
-        interventions: Sequence[Any] = (),
+        interventions: Sequence[Intervention] = (),
     ) -> Output:
         """Forward for one example (no batch axis). See `__call__`."""
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(tokens)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(tokens)
+        token_type_ids, attention_mask = _default_segments(tokens, token_type_ids, attention_mask)
         hooks = HookPoints(validate_capture(capture), interventions)
         hidden = self.encode(tokens, token_type_ids, attention_mask, hooks)
         out = self.readout(hidden, attention_mask, hooks)
@@ -363,7 +393,7 @@ class HookedEncoder(nnx.Module):
         attention_mask: Int[Array, "batch pos"] | None = None,
         *,
         capture: Iterable[str] | str = (),
-        interventions: Sequence[Any] = (),
+        interventions: Sequence[Intervention] = (),
     ) -> Output:
         """Batched forward.
 
@@ -378,10 +408,7 @@ class HookedEncoder(nnx.Module):
         Returns:
             `Output` with a leading batch axis on every array.
         """
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+        token_type_ids, attention_mask = _default_segments(input_ids, token_type_ids, attention_mask)
         capture = validate_capture(capture)
         one = lambda t, tt, m: self.forward_one(t, tt, m, capture=capture, interventions=interventions)
         return jax.vmap(one)(input_ids, token_type_ids, attention_mask)
@@ -390,13 +417,43 @@ class HookedEncoder(nnx.Module):
         """`__call__` capturing every site by default (TransformerLens's name for it)."""
         return self(input_ids, token_type_ids, attention_mask, capture=capture, **kw)
 
-    def readout(self, hidden, attention_mask, hooks) -> Output:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # -- readout (abstract: each final subclass defines it) ------------------------------------------------------
+    kind: ClassVar[str]
+    """``"cross"`` or ``"bi"``: the model family, for file formats and reports (never to switch behaviour on)."""
+    pair_input: ClassVar[bool]
+    """Whether the model reads query and document together (``[CLS] q [SEP] d [SEP]``); False when it reads
+    one text and compares embeddings (then a patched run is the document's and the score needs the query's
+    embedding)."""
+
+    @abc.abstractmethod
+    def readout(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
+                hooks: Hooks) -> Output:
+        """From final hidden states to the `Output` (score and logits, or the pooled embedding)."""
+
+    @abc.abstractmethod
+    def relevance(self, out: Output, query_embedding: Float[Array, "... d_model"] | None = None) -> Array:
+        """The scalar relevance score of a forward's `Output` (per example).
+
+        Args:
+            out: What a forward returned (batched or not).
+            query_embedding: The query's embedding, for models that score by comparing embeddings (required
+                there, ignored otherwise).
+        """
+
+    def score_hidden(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
+                     query_embedding: Float[Array, " d_model"] | None = None) -> Float[Array, ""]:
+        """The relevance score from one example's final hidden states (see `relevance`)."""
+        return self.relevance(self.readout(hidden, attention_mask, NO_HOOKS), query_embedding)
 
     @property
+    @abc.abstractmethod
+    def score_name(self) -> str:
+        """What the relevance score is, for outputs (``"raw logit"``, ``"cosine similarity"``)."""
+
+    @property
+    @abc.abstractmethod
     def readout_uses_cls_only(self) -> bool:
         """True when the score depends on the final hidden state of position 0 ([CLS]) alone."""
-        return False
 
 
 class Pooler(nnx.Module):
@@ -421,6 +478,7 @@ class Classifier(nnx.Module):
         return x @ self.W[...] + self.b[...]
 
 
+@final
 class CrossEncoder(HookedEncoder):
     """A ``BertForSequenceClassification`` cross-encoder: trunk, pooler on [CLS], classifier.
 
@@ -432,6 +490,9 @@ class CrossEncoder(HookedEncoder):
         score_label: Which logit is the relevance score when ``num_labels > 1``.
     """
 
+    kind: ClassVar[str] = "cross"
+    pair_input: ClassVar[bool] = True
+
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs, score_label: int = 0):
         super().__init__(cfg, rngs=rngs)
         if not 0 <= score_label < cfg.num_labels:
@@ -440,17 +501,29 @@ class CrossEncoder(HookedEncoder):
         self.pooler = Pooler(cfg, rngs)
         self.classifier = Classifier(cfg, rngs)
 
-    def head(self, h_cls: Float[Array, " d_model"], hooks: HookPoints) -> Float[Array, " n_labels"]:
+    def head(self, h_cls: Float[Array, " d_model"], hooks: Hooks) -> Float[Array, " n_labels"]:
         """Logits from the final [CLS] hidden state."""
         pooled = hooks("pooler_out", self.pooler(h_cls))
         return hooks("logits", self.classifier(pooled))
 
-    def readout(self, hidden, attention_mask, hooks) -> Output:
+    def readout(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
+                hooks: Hooks) -> Output:
+        """Logits from the final [CLS] hidden state; the score is ``logits[score_label]``."""
         logits = self.head(hidden[0], hooks)
         return Output(score=logits[self.score_label], logits=logits, embedding=None, cache={})
 
+    def relevance(self, out: Output, query_embedding: Float[Array, "... d_model"] | None = None) -> Array:
+        """The raw logit (``out.score``); ``query_embedding`` is not used."""
+        return out.score
+
+    @property
+    def score_name(self) -> str:
+        """What the score is: ``"raw logit"``."""
+        return "raw logit"
+
     @property
     def readout_uses_cls_only(self) -> bool:
+        """Always: the classifier reads the final [CLS] state."""
         return True
 
 
@@ -475,8 +548,12 @@ class PoolingConfig:
             raise ValueError(f"similarity {self.similarity!r} is not supported (cosine, dot)")
 
 
+@final
 class BiEncoder(HookedEncoder):
     """A sentence-transformers bi-encoder: trunk, pooling (+ normalisation); score by cosine or dot."""
+
+    kind: ClassVar[str] = "bi"
+    pair_input: ClassVar[bool] = False
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs, pooling: PoolingConfig = PoolingConfig()):
         super().__init__(cfg, rngs=rngs)
@@ -495,9 +572,26 @@ class BiEncoder(HookedEncoder):
             pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled), 1e-12)
         return pooled
 
-    def readout(self, hidden, attention_mask, hooks) -> Output:
+    def readout(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
+                hooks: Hooks) -> Output:
+        """The pooled embedding (no score until compared with a query's, see `relevance`)."""
         pooled = hooks("pooled", self.pool(hidden, attention_mask))
         return Output(score=None, logits=None, embedding=pooled, cache={})
+
+    def relevance(self, out: Output, query_embedding: Float[Array, "... d_model"] | None = None) -> Array:
+        """Similarity of ``query_embedding`` and the document's pooled embedding.
+
+        Raises:
+            ValueError: If ``query_embedding`` is None.
+        """
+        if query_embedding is None:
+            raise ValueError("a bi-encoder's relevance score needs the query's embedding (query_embedding)")
+        return self.similarity(query_embedding, out.embedding)
+
+    @property
+    def score_name(self) -> str:
+        """What the score is, e.g. ``"cosine similarity"``."""
+        return f"{self.pooling.similarity} similarity"
 
     def similarity(self, a: Float[Array, "... d_model"], b: Float[Array, "... d_model"]) -> Float[Array, "..."]:
         """Cosine or dot similarity of embeddings, as configured."""
@@ -508,6 +602,7 @@ class BiEncoder(HookedEncoder):
 
     @property
     def readout_uses_cls_only(self) -> bool:
+        """With CLS pooling."""
         return self.pooling.mode == "cls"
 
 
@@ -518,8 +613,10 @@ __all__ = [
     "Classifier",
     "CrossEncoder",
     "Embed",
+    "NO_HOOKS",
     "HookPoints",
     "HookedEncoder",
+    "Hooks",
     "LayerNorm",
     "MLP",
     "Output",

@@ -67,7 +67,7 @@ def minilm_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(minilm_path):
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     return PairTokenizer.from_pretrained(minilm_path)
 
@@ -128,7 +128,7 @@ def forward_jit(model, ids, tt, mask, interventions, capture=frozenset()):
 def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len=(5, 12), inject: int = 2):
     """Random aligned pairs: the perturbed document ends with ``inject`` query tokens where the baseline has
     filler id 7 (the paper's TFC1 shape)."""
-    from jaxmech.patching.pairs import Pair
+    from jaxmech.data.records import AlignedPair
 
     rng = np.random.RandomState(seed)
     pairs = []
@@ -138,5 +138,5 @@ def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len
         base = [1, *q, 2, *d, *[7] * inject, 2]
         pert = [1, *q, 2, *d, *q[:inject], 2]
         tt = [0] * (len(q) + 2) + [1] * (len(d) + inject + 1)
-        pairs.append(Pair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
+        pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
     return pairs

@@ -103,3 +103,30 @@ def test_malformed_triples_name_the_line(capsys, tmp_path, minilm_path):
     code, _, err = run(capsys, "patch", "--model", "packaged", "--triples", str(bad), "--family", "block_every",
                        "--out", str(tmp_path / "x.npz"))
     assert code == 2 and f"{bad}:2: expected 3 tab-separated columns" in err
+
+
+def test_patch_file_is_the_library_result_saved(capsys, tmp_path, minilm_path):
+    from jaxmech.patching import PatchingResult
+    from jaxmech.patching.run import patch
+
+    triples = tmp_path / "t.tsv"
+    triples.write_text(f"{Q}\t{D0}\t{D1}\nhow do tides form\tThe sea rises.\tThe sea rises. tides\n")
+    out_file = tmp_path / "cli.npz"
+    argv = ["--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "1", "--triples", str(triples),
+            "--family", "attn_out_all_pos", "--family", "path_to_score"]
+    code, out, err = run(capsys, "patch", *argv, "--out", str(out_file))
+    assert code == 0, err
+    res = patch(str(minilm_path), ["attn_out_all_pos", "path_to_score"], kind="cross", init_head_seed=1,
+                triples=triples, out=tmp_path / "lib.npz")
+    cli_file, lib_file = np.load(out_file), np.load(tmp_path / "lib.npz")
+    assert sorted(cli_file.files) == sorted(lib_file.files) == sorted(res.arrays())
+    for key, a in res.arrays().items():
+        np.testing.assert_array_equal(cli_file[key], a)
+        np.testing.assert_array_equal(lib_file[key], a)
+    back = PatchingResult.load(out_file)
+    assert back.axes == res.axes == {"attn_out_all_pos": ("pair", "layer"), "path_to_score": ("pair", "layer", "head")}
+    for fam in res.families:
+        np.testing.assert_array_equal(back.effects[fam], res.effects[fam])
+        np.testing.assert_array_equal(back.raw[fam], res.raw[fam])
+    assert back.pairs["name"] == res.pairs["name"] == ["1", "2"]
+    assert json.loads(out)["families"] == {"attn_out_all_pos": [2, 6], "path_to_score": [2, 6, 12]}

@@ -17,8 +17,8 @@ from conftest import forward_jit as _forward
 
 from jaxmech.patching import (
     FAMILIES,
+    AlignedPair,
     AlignmentError,
-    Pair,
     PatchSpec,
     activation_patch,
     align_with_filler,
@@ -27,7 +27,7 @@ from jaxmech.patching import (
     one_hot,
     reverse_batch,
 )
-from jaxmech.patching.sweep import run_cached
+from jaxmech.patching.caches import run_cached
 from jaxmech.sites import BLOCK_ORDER, LAYER_SITES
 
 
@@ -169,7 +169,8 @@ def test_padding_and_unaligned_positions_are_never_patched(tiny_model):
     p = pairs[1]
     pmap = list(p.position_map)
     pmap[3] = pmap[4] = -1
-    pairs[1] = Pair(p.baseline_ids, p.baseline_token_type_ids, p.perturbed_ids, p.perturbed_token_type_ids, pmap, "m")
+    pairs[1] = AlignedPair(p.baseline_ids, p.baseline_token_type_ids, p.perturbed_ids, p.perturbed_token_type_ids,
+                           pmap, "m")
     batch = batch_pairs(pairs, buckets=(32,))
     res = activation_patch(tiny_model, batch, "resid_pre_by_pos")
     for i, pair in enumerate(pairs):
@@ -190,7 +191,7 @@ def test_explicit_position_map_takes_the_source_from_the_mapped_position(tiny_mo
     pmap = list(range(len(q) + 2)) + [i + 1 for i in range(len(q) + 2, len(base))]
     tt_b = [0] * (len(q) + 2) + [1] * (len(d) + 1)
     tt_p = [0] * (len(q) + 2) + [1] * (len(d) + 2)
-    batch = batch_pairs([Pair(base, tt_b, pert, tt_p, pmap)], buckets=(16,))
+    batch = batch_pairs([AlignedPair(base, tt_b, pert, tt_p, pmap)], buckets=(16,))
     res = activation_patch(tiny_model, batch, "resid_pre_by_pos")
     src = _source(tiny_model, batch, ["resid_pre"])["resid_pre"][0]
     L, T = tiny_model.cfg.n_layers, batch.n_pos

@@ -22,7 +22,7 @@ from jaxmech.patching import (
     path_to_score,
     verify_top_k,
 )
-from jaxmech.patching.sweep import run_cached
+from jaxmech.patching.caches import run_cached
 
 RECEIVERS = ["2.1", "1.3"]
 

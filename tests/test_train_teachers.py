@@ -21,7 +21,7 @@ TINY = EncoderConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_v
 
 @pytest.fixture(scope="module")
 def tok():
-    from jaxmech.tokenize import PairTokenizer
+    from jaxmech.tokenizer import PairTokenizer
 
     return PairTokenizer.from_pretrained(gt.get_model_path(), max_length=64)
 

@@ -1,4 +1,7 @@
-"""Position alignment of a baseline and a perturbed token sequence.
+"""Position alignment of a baseline and a perturbed token sequence: the one alignment module of jaxmech.
+
+Used by the dataset builders (`jaxmech.data.diagnostic`) and by patching from raw text
+(`align_with_filler`, `align_texts_with_filler`); both produce `jaxmech.data.records.AlignedPair`.
 
 Activation patching is position-wise, so every pair needs a map from baseline positions to perturbed ones.
 Three situations occur:
@@ -23,8 +26,18 @@ Three situations occur:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Sequence
+
+from jaxmech.data.records import AlignedPair
+
+FILLER = "a"
+"""The paper's filler token (id 1037 in BERT's vocabulary)."""
+
+
+class AlignmentError(ValueError):
+    """Two inputs cannot be aligned for patching."""
 
 
 def diff_alignment(base: Sequence[int], pert: Sequence[int]) -> list[int]:
@@ -55,3 +68,93 @@ def is_prefix_extension(base_doc: Sequence[int], pert_doc: Sequence[int]) -> boo
     """Whether the perturbed document pieces are more pieces followed by the baseline's."""
     n = len(pert_doc) - len(base_doc)
     return n >= 0 and list(pert_doc[n:]) == list(base_doc)
+
+
+def _where(name: str) -> str:
+    return f"pair {name!r}: " if name else ""
+
+
+def align_with_filler(tokenizer, query: str, baseline_doc: str, perturbed_doc: str, *, name: str = "") -> AlignedPair:
+    """Tokenises a (query, baseline, perturbed) triple and equalises lengths with filler tokens.
+
+    The shorter document gets copies of `FILLER` just before its final ``[SEP]`` (attention mask 1, token type
+    1), so both inputs have the same length and the position map is the identity (the paper's scheme).
+
+    Args:
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        query: Query text.
+        baseline_doc: The document of the run that gets patched.
+        perturbed_doc: The document whose activations are patched in.
+        name: Label of the pair.
+
+    Returns:
+        An `AlignedPair` of ``[CLS] q [SEP] d [SEP]`` inputs with ``query`` and the documents set.
+
+    Raises:
+        AlignmentError: If the query or a document is empty, or the aligned pair would exceed the
+            tokenizer's ``max_length`` (never truncated: a truncated perturbation is not the perturbation).
+    """
+    where = _where(name)
+    q, b, p = tokenizer.word_pieces([query, baseline_doc, perturbed_doc])
+    for text, pieces, what in ((query, q, "query"), (baseline_doc, b, "baseline document"),
+                               (perturbed_doc, p, "perturbed document")):
+        if not pieces:
+            raise AlignmentError(f"{where}the {what} {text!r} is empty (no word pieces)")
+    filler = tokenizer.token_id(FILLER)
+    n = max(len(b), len(p))
+    total = len(q) + n + 3
+    if total > tokenizer.max_length:
+        raise AlignmentError(
+            f"{where}{total} tokens after alignment exceed max_length={tokenizer.max_length}; the perturbation "
+            f"would be truncated, so the pair cannot be patched (shorten the document)"
+        )
+    b_ids, b_tt = tokenizer.pair_ids(q, b + [filler] * (n - len(b)))
+    p_ids, p_tt = tokenizer.pair_ids(q, p + [filler] * (n - len(p)))
+    return AlignedPair(b_ids, b_tt, p_ids, p_tt, list(range(len(b_ids))), name, query=query,
+                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc)
+
+
+def align_texts_with_filler(tokenizer, baseline_doc: str, perturbed_doc: str, *, name: str = "",
+                            query: str = "") -> AlignedPair:
+    """Bi-encoder version of `align_with_filler`: ``[CLS] d [SEP]`` inputs, the shorter padded with fillers
+    before ``[SEP]``; ``query`` is kept on the pair (a bi-encoder embeds it separately).
+
+    Raises:
+        AlignmentError: On an empty document or a pair longer than ``max_length``.
+    """
+    where = _where(name)
+    b, p = tokenizer.word_pieces([baseline_doc, perturbed_doc])
+    for text, pieces, what in ((baseline_doc, b, "baseline"), (perturbed_doc, p, "perturbed")):
+        if not pieces:
+            raise AlignmentError(f"{where}the {what} document {text!r} is empty (no word pieces)")
+    n = max(len(b), len(p))
+    if n + 2 > tokenizer.max_length:
+        raise AlignmentError(f"{where}{n + 2} tokens exceed max_length={tokenizer.max_length}; the perturbation "
+                             f"would be truncated")
+    filler = tokenizer.token_id(FILLER)
+    wrap = lambda d: [tokenizer.cls_id, *d, *[filler] * (n - len(d)), tokenizer.sep_id]
+    b_ids, p_ids = wrap(b), wrap(p)
+    return AlignedPair(b_ids, [0] * len(b_ids), p_ids, [0] * len(p_ids), list(range(len(b_ids))), name,
+                       query=query, baseline_doc=baseline_doc, perturbed_doc=perturbed_doc)
+
+
+def document_only(pair: AlignedPair, sep_id: int) -> AlignedPair:
+    """Turns a cross-encoder pair (``[CLS] q [SEP] d [SEP]``) into a bi-encoder document pair (``[CLS] d [SEP]``),
+    keeping the position map and token types of the document tokens and every other field."""
+
+    def split(ids):
+        first = ids.index(sep_id)
+        return first, [ids[0], *ids[first + 1:]]
+
+    fb, b_ids = split(pair.baseline_ids)
+    fp, p_ids = split(pair.perturbed_ids)
+    pmap = [0 if pair.position_map[0] == 0 else -1]
+    for i in range(fb + 1, len(pair.baseline_ids)):
+        m = pair.position_map[i]
+        pmap.append(m - fp if m > fp else -1)
+    types = pair.token_types
+    if types is not None:
+        types = [types[0], *types[fb + 1:]]
+    return dataclasses.replace(pair, baseline_ids=b_ids, baseline_token_type_ids=[0] * len(b_ids),
+                               perturbed_ids=p_ids, perturbed_token_type_ids=[0] * len(p_ids), position_map=pmap,
+                               token_types=types)

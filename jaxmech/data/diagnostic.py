@@ -30,6 +30,7 @@ so the 10,000 TFC1 pairs of the paper take about 3.4 s on a 2-core CPU (``benchm
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -37,14 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.data.align import diff_alignment, is_prefix_extension, is_suffix_extension
+from jaxmech.data.align import FILLER, diff_alignment, is_prefix_extension, is_suffix_extension
 from jaxmech.data.records import AlignedPair, DataError, DiagnosticSource, term_in_query
 from jaxmech.data.token_types import WordPieces, assign_token_types, word_piece_ids, word_pieces_with_words
 
 BASE_KINDS = ("tfc1", "tfc1_prepend", "stmc1", "tfc2", "lnc1")
 KINDS = BASE_KINDS + tuple(f"{k}_remove" for k in BASE_KINDS)
 ALIGN_MODES = ("append", "prepend", "diff", "paper")
-FILLER = "a"
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
     Args:
         kind: Kind recorded in each pair.
         items: Document pairs to build.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         align: ``"append"`` / ``"prepend"`` (the longer document extends the shorter at the end / start; the
             shorter is padded with fillers there: identity map), ``"diff"`` (token diff, no padding) or
             ``"paper"`` (fillers at the end of the shorter whatever the change).
@@ -176,8 +176,9 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
         term_w = terms[it.term].words if it.term is not None else None
         types = assign_token_types(q, b_doc, term_w, changed, term_match=term_match)
         meta = {**it.meta, "alignment": align, "fillers": len(pad_b) + len(pad_p)}
-        pairs.append(AlignedPair(kind, it.qid, it.doc_id, it.query, b_text, p_text, b_ids, b_tt, p_ids, p_tt,
-                                 pmap, types, it.term, meta))
+        pairs.append(AlignedPair(b_ids, b_tt, p_ids, p_tt, pmap, kind=kind, qid=it.qid, doc_id=it.doc_id,
+                                 query=it.query, baseline_doc=b_text, perturbed_doc=p_text, token_types=types,
+                                 term=it.term, meta=meta))
     stats["built"] = len(pairs)
     return BuildResult(kind, pairs, stats)
 
@@ -245,7 +246,7 @@ def build_tfc1(source: DiagnosticSource, tokenizer, *, prepend: bool = False, re
 
     Args:
         source: Queries, terms and documents.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         prepend: Put the term before the document (``tfc1_prepend``).
         reverse: Reverse axiom: the baseline has the term, the perturbed input has fillers instead.
         limit: Build at most this many pairs (the first, in source order).
@@ -266,7 +267,7 @@ def build_stmc1(source: DiagnosticSource, tokenizer, *, related: dict[str, str] 
 
     Args:
         source: Queries, terms and documents; ``source.related`` is the default mapping.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         related: ``qid -> word`` to append instead of ``source.related``.
         reverse: Reverse axiom (the related word removed).
         limit: Build at most this many pairs.
@@ -325,7 +326,7 @@ def build_tfc2(source: DiagnosticSource, tokenizer, *, align: str = "diff", max_
 
     Args:
         source: Queries, terms, pronouns and answers.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         align: ``"diff"`` (exact token alignment, lengths may differ) or ``"paper"`` (fillers at the end).
         max_tf: Highest restored term frequency.
         whole_words: Match the term as a whole word instead of a substring.
@@ -408,7 +409,7 @@ def build_lnc1(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int
 
     Args:
         source: Queries, terms, pronouns and answers.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         seed: Seed of the partner permutation.
         n_max: Most sentences appended.
         reverse: Reverse axiom (the added sentences removed).
@@ -450,7 +451,7 @@ def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None =
     Args:
         kind: One of `KINDS`.
         source: The loaded source.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         limit: Build at most this many pairs.
         seed: Seed (LNC1 partners).
         **options: Passed to the builder (``align``, ``term_match``, ``whole_words``, ...).
@@ -467,3 +468,37 @@ def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None =
     if base == "tfc2":
         return build_tfc2(source, tokenizer, reverse=reverse, limit=limit, **options)
     return build_lnc1(source, tokenizer, seed=seed, reverse=reverse, limit=limit, **options)
+
+
+def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
+                       limit: int | None = None, seed: int = 0, align: str = "diff",
+                       term_match: str = "word") -> BuildResult:
+    """Builds a dataset from a ``--source`` spec and writes it: ``jaxmech dataset build`` in one call.
+
+    Args:
+        kind: One of `KINDS`.
+        source: A source spec (see `jaxmech.data.loaders.load_source`).
+        out: The ``.jsonl`` file to write (atomically).
+        model: Tokenizer folder (default: the packaged MiniLM, see `jaxmech.io`).
+        limit: At most this many pairs.
+        seed: Seed for LNC1 partners and random term choice.
+        align: TFC2 position alignment (``"diff"`` or ``"paper"``).
+        term_match: ``"word"`` (the paper's whole-word rule) or ``"span"``.
+
+    Returns:
+        The `BuildResult` written.
+    """
+    from jaxmech.data.loaders import load_source
+    from jaxmech.data.records import write_dataset
+    from jaxmech.io import packaged_model_path
+    from jaxmech.tokenizer import PairTokenizer
+
+    model = model or packaged_model_path()
+    tokenizer = PairTokenizer.from_pretrained(model)
+    loaded = load_source(source, seed=seed)
+    options: dict[str, Any] = {"term_match": term_match}
+    if kind.startswith("tfc2"):
+        options["align"] = align
+    result = build(kind, loaded, tokenizer, limit=limit, seed=seed, **options)
+    write_dataset(out, result.pairs, result.header(tokenizer, loaded.name, model=str(model)))
+    return result

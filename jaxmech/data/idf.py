@@ -30,7 +30,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from jaxmech.data.records import DataError, iter_tsv
 
@@ -80,7 +80,7 @@ def word_idf(texts: Sequence[str], tokenizer, *, formula: str = "lucene") -> dic
 
     Args:
         texts: Corpus documents.
-        tokenizer: A `jaxmech.tokenize.PairTokenizer` (its words; see `jaxmech.data.token_types`).
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer` (its words; see `jaxmech.data.token_types`).
         formula: IDF formula.
     """
     from jaxmech.data.token_types import word_pieces_with_words
@@ -98,7 +98,7 @@ def wordpiece_idf(texts: Sequence[str], tokenizer, *, formula: str = "lucene") -
 
 
 def save_idf_tsv(path: str | os.PathLike, table: Mapping[str, float]) -> Path:
-    """Writes ``term<TAB>idf`` rows, sorted by term.
+    """Writes ``term<TAB>idf`` rows, sorted by term (atomically, `jaxmech.io.atomic_write`).
 
     Raises:
         ValueError: If a term is empty or contains a tab or a line break, or a value is not finite.
@@ -112,9 +112,9 @@ def save_idf_tsv(path: str | os.PathLike, table: Mapping[str, float]) -> Path:
         if not math.isfinite(v):
             raise ValueError(f"term {term!r} has a non-finite IDF {v}")
         lines.append(f"{term}\t{v!r}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    from jaxmech.io import atomic_write
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
 
 
 def load_idf_tsv(path: str | os.PathLike) -> dict[str, float]:
@@ -137,17 +137,25 @@ def load_idf_tsv(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
-def vocab_idf(table: Mapping[str, float], tokenizer, *, key: str = "decode") -> Float[np.ndarray, " vocab"]:
-    """IDF of every vocabulary id (0 where the table has no entry), as in notes §6.
+VOCAB_KEYS = ("decode", "token")
+
+
+def vocab_idf_known(table: Mapping[str, float], tokenizer, *, key: str = "decode", default: float = 0.0
+                    ) -> tuple[Float[np.ndarray, " vocab"], Bool[np.ndarray, " vocab"]]:
+    """The one vocabulary-to-IDF mapper: the IDF of every vocabulary id and whether the table has it.
 
     Args:
         table: ``term -> idf`` (word or word-piece table).
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
-        key: ``"decode"``: look up ``tokenizer.decode([i])`` (the paper's choice, for word tables);
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        key: ``"decode"``: look up ``tokenizer.decode([i])`` (the paper's choice, notes §6, for word tables);
             ``"token"``: look up the vocabulary string (``"##ing"``), for word-piece tables.
+        default: The IDF of ids the table does not have.
 
     Returns:
-        ``[vocab]`` float64 array.
+        ``(idf, known)``: ``[vocab]`` float64 IDF (``default`` where unknown) and ``[vocab]`` bool.
+
+    Raises:
+        ValueError: On an unknown ``key``.
     """
     n = len(tokenizer.hf)
     if key == "decode":
@@ -155,5 +163,20 @@ def vocab_idf(table: Mapping[str, float], tokenizer, *, key: str = "decode") -> 
     elif key == "token":
         names = tokenizer.hf.convert_ids_to_tokens(list(range(n)))
     else:
-        raise ValueError(f"key={key!r}; choose 'decode' or 'token'")
-    return np.array([table.get(s, 0.0) for s in names], np.float64)
+        raise ValueError(f"key={key!r}; choose one of {VOCAB_KEYS}")
+    known = np.array([s in table for s in names])
+    return np.array([table.get(s, default) for s in names], np.float64), known
+
+
+def vocab_idf(table: Mapping[str, float], tokenizer, *, key: str = "decode") -> Float[np.ndarray, " vocab"]:
+    """IDF of every vocabulary id (0 where the table has no entry), as in notes §6 (see `vocab_idf_known`).
+
+    Args:
+        table: ``term -> idf`` (word or word-piece table).
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        key: ``"decode"`` or ``"token"``.
+
+    Returns:
+        ``[vocab]`` float64 array.
+    """
+    return vocab_idf_known(table, tokenizer, key=key)[0]

@@ -494,3 +494,46 @@ def load_ir_datasets(name: str, *, terms: Mapping[str, str] | None = None, max_q
     src = DiagnosticSource(f"ir_datasets:{name}", used, sel, {q: docs[q] for q in used})
     src.check()
     return src
+
+
+def _first(folder: Path, names: list[str]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def load_source(spec: str, *, seed: int = 0) -> DiagnosticSource:
+    """Resolves a ``--source`` value to a loaded `DiagnosticSource`.
+
+    Args:
+        spec: ``demo`` (the packaged set), ``shared`` (the paper's files, found by `shared_data_dir`),
+            ``ir_datasets:NAME``, a demo-format JSON file, or a folder holding either the paper's six files or
+            MS MARCO-style files (``collection.tsv``/``corpus.jsonl``, ``queries.tsv``/``queries.jsonl``,
+            ``qrels.tsv``/``qrels.txt`` and optionally ``terms.tsv``).
+        seed: Seed for random term choice.
+
+    Raises:
+        FileNotFoundError: If the path does not exist or a folder holds no recognised files.
+        DataError: On malformed input files.
+    """
+    from jaxmech.data import demo
+
+    if spec == "demo":
+        return demo.load_demo()
+    if spec == "shared":
+        return load_paper_source()
+    if spec.startswith("ir_datasets:"):
+        return load_ir_datasets(spec.split(":", 1)[1], seed=seed)
+    path = Path(spec)
+    if path.is_file():
+        return demo.load_demo(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--source {spec!r}: not 'demo', 'shared', 'ir_datasets:NAME', a file or "
+                                "a folder")
+    if all((path / f).is_file() for f in PAPER_FILES.values()):
+        return load_paper_source(path)
+    coll = _first(path, ["collection.tsv", "corpus.jsonl", "collection.jsonl"])
+    queries = _first(path, ["queries.tsv", "queries.jsonl"])
+    qrels = _first(path, ["qrels.tsv", "qrels.txt", "qrels.trec"])
+    if not (coll and queries and qrels):
+        raise FileNotFoundError(f"{path}: neither the paper's files nor a collection + queries + qrels "
+                                "(collection.tsv|corpus.jsonl, queries.tsv|jsonl, qrels.tsv|txt)")
+    return source_from_files(coll, queries, qrels, terms=_first(path, ["terms.tsv"]), seed=seed)

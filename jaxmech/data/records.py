@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxmech.io import atomic_write
 
 FORMAT_NAME = "jaxmech.aligned_pairs"
 FORMAT_VERSION = 1
@@ -94,41 +95,57 @@ class DatasetFormatError(DataError):
 
 @dataclasses.dataclass
 class AlignedPair:
-    """One baseline/perturbed input pair with aligned positions and the paper's token types.
+    """One baseline/perturbed input pair, aligned position by position: the one pair type of jaxmech.
+
+    Dataset builders (`jaxmech.data.diagnostic`) fill every field; pairs aligned from raw text
+    (`jaxmech.data.align.align_with_filler`) carry the ids, the query and the documents. Patching reads the ids,
+    the position map and ``name``; the token types feed per-type averages.
 
     Attributes:
-        kind: ``"tfc1"``, ``"tfc1_prepend"``, ``"stmc1"``, ``"tfc2"``, ``"lnc1"``, or a reverse axiom
-            (``"tfc1_remove"``, ...).
+        baseline_ids: ``[CLS] q [SEP] d [SEP]`` of the baseline (``[CLS] d [SEP]`` for a bi-encoder's
+            document-only pair), fillers included. With the default direction this run gets patched.
+        baseline_token_type_ids: Segment ids of ``baseline_ids``.
+        perturbed_ids: The perturbed input, whose activations are patched in.
+        perturbed_token_type_ids: Segment ids of ``perturbed_ids``.
+        position_map: For each baseline position, the index of its counterpart in ``perturbed_ids``; ``-1`` if
+            it has none (never patched).
+        name: Label for outputs and error messages (default ``"qid/doc_id"`` when a qid is given).
+        kind: ``"tfc1"``, ``"tfc1_prepend"``, ``"stmc1"``, ``"tfc2"``, ``"lnc1"``, a reverse axiom
+            (``"tfc1_remove"``, ...), or ``""`` for ad-hoc pairs.
         qid: Query id.
         doc_id: Document id.
         query: Query text.
         baseline_doc: Baseline document text (filler tokens are not part of the text).
         perturbed_doc: Perturbed document text.
-        baseline_ids: ``[CLS] q [SEP] d [SEP]`` of the baseline, fillers included.
-        baseline_token_type_ids: Segment ids of ``baseline_ids``.
-        perturbed_ids: ``[CLS] q [SEP] d [SEP]`` of the perturbed input.
-        perturbed_token_type_ids: Segment ids of ``perturbed_ids``.
-        position_map: For each baseline position, the index of its counterpart in ``perturbed_ids``; ``-1`` if
-            it has none.
-        token_types: Paper token type of each baseline position (one of `TOKEN_TYPES`).
+        token_types: Paper token type of each baseline position (one of `TOKEN_TYPES`), or None if unknown.
         term: Selected query term, if any.
         meta: Free-form details (``{"tf": 3}``, ``{"n_sentences": 2}``, ``{"synonym": ...}``).
     """
 
-    kind: str
-    qid: str
-    doc_id: str
-    query: str
-    baseline_doc: str
-    perturbed_doc: str
     baseline_ids: list[int]
     baseline_token_type_ids: list[int]
     perturbed_ids: list[int]
     perturbed_token_type_ids: list[int]
     position_map: list[int]
-    token_types: list[str]
+    name: str = ""
+    kind: str = ""
+    qid: str = ""
+    doc_id: str = ""
+    query: str = ""
+    baseline_doc: str = ""
+    perturbed_doc: str = ""
+    token_types: list[str] | None = None
     term: str | None = None
     meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name and self.qid:
+            self.name = f"{self.qid}/{self.doc_id}"
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the inputs have equal length and align one to one."""
+        return self.same_length and all(m == i for i, m in enumerate(self.position_map))
 
     @property
     def same_length(self) -> bool:
@@ -137,7 +154,7 @@ class AlignedPair:
 
     def positions_of(self, token_type: str) -> list[int]:
         """Baseline positions of one token type."""
-        return [i for i, t in enumerate(self.token_types) if t == token_type]
+        return [i for i, t in enumerate(self.token_types or ()) if t == token_type]
 
     def changed_positions(self) -> list[int]:
         """Baseline positions whose counterpart differs or is missing (where the perturbation acts)."""
@@ -150,7 +167,7 @@ class AlignedPair:
         n, m = len(self.baseline_ids), len(self.perturbed_ids)
         for name, seq in (("baseline_token_type_ids", self.baseline_token_type_ids),
                           ("position_map", self.position_map), ("token_types", self.token_types)):
-            if len(seq) != n:
+            if seq is not None and len(seq) != n:
                 out.append(f"{name} has {len(seq)} entries but baseline_ids has {n}")
         if len(self.perturbed_token_type_ids) != m:
             out.append(f"perturbed_token_type_ids has {len(self.perturbed_token_type_ids)} entries but "
@@ -158,15 +175,17 @@ class AlignedPair:
         bad = [j for j in self.position_map if not -1 <= j < m]
         if bad:
             out.append(f"position_map entries {bad[:5]} are outside [-1, {m})")
-        unknown = sorted(set(self.token_types) - set(TOKEN_TYPES))
+        unknown = sorted(set(self.token_types or ()) - set(TOKEN_TYPES))
         if unknown:
             out.append(f"unknown token types {unknown}")
         return out
 
 
-_PAIR_FIELDS = {f.name: f for f in dataclasses.fields(AlignedPair)}
-_REQUIRED = [f.name for f in dataclasses.fields(AlignedPair)
-             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+# Fields of a dataset file's pair object, in file order (``name`` is derived from qid and doc_id).
+_PAIR_FIELDS = ("kind", "qid", "doc_id", "query", "baseline_doc", "perturbed_doc", "baseline_ids",
+                "baseline_token_type_ids", "perturbed_ids", "perturbed_token_type_ids", "position_map",
+                "token_types", "term", "meta")
+_REQUIRED = _PAIR_FIELDS[:12]
 _INT_LISTS = ("baseline_ids", "baseline_token_type_ids", "perturbed_ids", "perturbed_token_type_ids",
               "position_map")
 _STRINGS = ("kind", "qid", "doc_id", "query", "baseline_doc", "perturbed_doc")
@@ -243,7 +262,7 @@ def pair_from_json(obj: Any, *, source: str = "<json>", record: str | None = Non
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise fail(f"missing field(s) {missing}")
-    extra = sorted(set(obj) - set(_PAIR_FIELDS))
+    extra = sorted(set(obj) - {*_PAIR_FIELDS, "name"})  # an explicit name is accepted, never required
     if extra:
         raise fail(f"unknown field(s) {extra}")
     for k in _STRINGS:
@@ -289,22 +308,14 @@ def write_dataset(path: str | os.PathLike, pairs: Sequence[AlignedPair], header:
         if problems:
             raise DatasetFormatError(path, f"pair {i} (qid {p.qid}, doc {p.doc_id})", "; ".join(problems))
     head = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header, "count": len(pairs)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(head, ensure_ascii=False) + "\n")
             for p in pairs:
                 f.write(json.dumps(pair_to_json(p), ensure_ascii=False, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
@@ -372,3 +383,27 @@ def iter_kinds(pairs: Iterable[AlignedPair]) -> dict[str, int]:
     for p in pairs:
         out[p.kind] = out.get(p.kind, 0) + 1
     return out
+
+
+def summarize_dataset(header: dict, pairs: Sequence[AlignedPair]) -> dict[str, Any]:
+    """Summary of a dataset: counts by kind, lengths, token types, exclusions (``jaxmech dataset stats``)."""
+    from jaxmech.data.token_types import count_token_types
+
+    def lengths(xs):
+        if not xs:
+            return {}
+        return {"min": min(xs), "mean": round(sum(xs) / len(xs), 2), "max": max(xs)}
+
+    stats = header.get("stats", {})
+    return {
+        "pairs": len(pairs),
+        "kinds": iter_kinds(pairs),
+        "queries": len({p.qid for p in pairs}),
+        "tokenizer": header.get("tokenizer"),
+        "source": header.get("source"),
+        "baseline_length": lengths([len(p.baseline_ids) for p in pairs]),
+        "perturbed_length": lengths([len(p.perturbed_ids) for p in pairs]),
+        "equal_length": sum(p.same_length for p in pairs),
+        "token_types": count_token_types(p.token_types for p in pairs),
+        "excluded": {k: v for k, v in stats.items() if k.startswith("excluded_")},
+    }

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+from jaxmech.data.align import FILLER
 from jaxmech.data.records import TOKEN_TYPES
 
 TERM_MATCH_MODES = ("word", "span")
@@ -53,7 +54,7 @@ class WordPieces:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def with_fillers(self, filler_id: int, n: int, filler: str = "a", *,
+    def with_fillers(self, filler_id: int, n: int, filler: str = FILLER, *,
                      at_start: bool = False) -> WordPieces:
         """A copy with ``n`` filler pieces (each its own word) appended, or prepended if ``at_start``."""
         if n == 0:
@@ -94,7 +95,7 @@ def word_pieces_with_words(tokenizer, texts: Sequence[str]) -> list[WordPieces]:
     """Batch-tokenises texts into `WordPieces` with the fast tokenizer's word ids.
 
     Args:
-        tokenizer: A `jaxmech.tokenize.PairTokenizer`.
+        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         texts: Texts to tokenise.
     """
     if not texts:

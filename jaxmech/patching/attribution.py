@@ -20,18 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmech.model import BiEncoder, HookedEncoder
+from jaxmech.interventions import AdditiveDelta, PatchSpec, one_hot
+from jaxmech.model import HookedEncoder
+from jaxmech.patching.caches import prepare
 from jaxmech.patching.families import Family, get_family
-from jaxmech.patching.pairs import PairBatch
-from jaxmech.patching.spec import AdditiveDelta, PatchSpec, one_hot
-from jaxmech.patching.sweep import SweepResult, _canonical_to_layout, prepare
+from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.results import SweepResult, canonical_to_layout
 from jaxmech.sites import get_site
 
 
 def _score_one(model, deltas, ids, tt, mask, q_emb):
     ivs = [AdditiveDelta(site, d) for site, d in deltas.items()]
-    out = model.forward_one(ids, tt, mask, interventions=ivs)
-    return model.similarity(q_emb, out.embedding) if isinstance(model, BiEncoder) else out.score
+    return model.relevance(model.forward_one(ids, tt, mask, interventions=ivs), q_emb)
 
 
 @jax.jit
@@ -63,12 +63,12 @@ def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Fami
 
     ``patched`` holds ``baseline_score + estimate`` (NaN at positions that are never patched).
     """
-    fam = get_family(family) if isinstance(family, str) else family
+    fam = get_family(family)
     prep = prepare(model, batch, base_sites=fam.sites, source_sites=fam.sites, reverse=reverse,
                    query_embedding=query_embedding)
     b = prep.batch
     L = model.cfg.n_layers
-    base = {s: prep.cache[s][:, :L] for s in set(fam.sites)}  # the restart cache's resid_pre has L + 1 layers
+    base = {s: prep.cache.site(s)[:, :L] for s in set(fam.sites)}  # the restart cache's resid_pre has L + 1 layers
     zeros = {s: jnp.zeros_like(a[0]) for s, a in base.items()}
     grads = activation_gradients(model, *map(jnp.asarray, b.baseline), zeros, prep.query_embedding)
     patchable = b.patchable.astype(np.float32)
@@ -83,10 +83,9 @@ def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Fami
         canonical = canonical + np.asarray(prep.baseline_score)[:, None, None, None]
         if fam.per_pos:
             canonical = np.where(b.patchable[:, None, :, None], canonical, np.nan)
-        comps.append(_canonical_to_layout(canonical.astype(np.float32), fam.layout))
+        comps.append(canonical_to_layout(canonical.astype(np.float32), fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
-    return SweepResult(f"attribution:{fam.name}", patched, np.asarray(prep.baseline_score),
-                       np.asarray(prep.perturbed_score), list(b.names), b.lengths.copy())
+    return SweepResult.from_prepared(f"attribution:{fam.name}", patched, prep)
 
 
 @functools.partial(jax.jit, static_argnames=("site",))
@@ -95,8 +94,7 @@ def _exact_sites(model, ids, tt, mask, source, q_emb, layers, heads, pos_masks, 
 
     def one(layer, head, pos_mask):
         spec = PatchSpec(site, source, one_hot(layer, L), pos_mask, one_hot(head, H) if heads is not None else None)
-        out = model.forward_one(ids, tt, mask, interventions=[spec])
-        return model.similarity(q_emb, out.embedding) if isinstance(model, BiEncoder) else out.score
+        return model.relevance(model.forward_one(ids, tt, mask, interventions=[spec]), q_emb)
 
     return jax.vmap(one)(layers, heads if heads is not None else layers, pos_masks)
 
@@ -113,7 +111,7 @@ def verify_top_k(model: HookedEncoder, batch: PairBatch, estimate: SweepResult, 
         One dict per pair and component: ``{"pair", "component", "index": [k, ndim] indices into the family
         layout, "estimated": [k], "exact": [k]}`` (patched scores).
     """
-    fam = get_family(family) if isinstance(family, str) else family
+    fam = get_family(family)
     prep = prepare(model, batch, source_sites=fam.sites, reverse=reverse, query_embedding=query_embedding)
     b = prep.batch
     T = b.n_pos

@@ -26,18 +26,19 @@ the ``lax.switch`` choosing each block's work stays a real branch instead of com
 from __future__ import annotations
 
 import dataclasses
+from typing import final
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxmech.model import Block, HookedEncoder, HookPoints, layer_slice
-from jaxmech.patching.spec import PatchSpec
+from jaxmech.interventions import PatchSpec
+from jaxmech.model import NO_HOOKS, Block, HookedEncoder, Hooks, layer_slice
+from jaxmech.patching.caches import RestartCache
 from jaxmech.sites import BLOCK_ORDER, get_site
 
 # Sites whose patch at some positions changes every row of the block (every query reads every key).
 GLOBAL_SITES = frozenset({"resid_pre", "k", "v"})
-_NO_HOOKS = HookPoints(frozenset())
 
 
 @jax.tree_util.register_dataclass
@@ -59,15 +60,23 @@ class LayerView:
     extras: dict[str, Array]
 
 
-class _EntryHooks(HookPoints):
-    """Hook points for the patched block: cached values upstream of the site, the blend at the site."""
+@final
+class EntryHooks(Hooks):
+    """Hook points of the patched block: cached values upstream of the site, the blend at the site.
+
+    Args:
+        view: The baseline at this layer.
+        spec: The layer-local patch.
+        rows: The rows the block runs on (None: every row).
+    """
 
     def __init__(self, view: LayerView, spec: PatchSpec, rows):
-        super().__init__(frozenset())
         self.view, self.spec, self.rows = view, spec, rows
+        self.row_spec = spec if rows is None else spec.at_rows(rows)
         self.order = BLOCK_ORDER.index(spec.site)
 
     def wants(self, name: str) -> bool:
+        """Only the patched site is read or written."""
         return name == self.spec.site
 
     def _cached(self, name: str):
@@ -77,12 +86,13 @@ class _EntryHooks(HookPoints):
         return x
 
     def __call__(self, name: str, x: Array) -> Array:
+        """Cached upstream values, the blend at the site, ``x`` elsewhere."""
         cached = self._cached(name)
         if BLOCK_ORDER.index(name) < self.order and cached is not None:
             return cached  # the recomputation of x is dead code and is removed under jit
         if name == self.spec.site:
             base = cached if cached is not None else x
-            return self.spec.apply(base, 0, self.rows)
+            return self.row_spec.apply(base, 0)
         return x
 
 
@@ -102,10 +112,10 @@ def entry_block(
     """
     if spec.site == "resid_pre":
         raise ValueError("resid_pre patches restart through dirty rows, not entry_block")
-    hooks = _EntryHooks(view, spec, rows)
+    hooks = EntryHooks(view, spec, rows)
     q = _take_rows(view.q, rows)
     if spec.site == "q":
-        q = spec.apply(q, 0, rows)
+        q = hooks.row_spec.apply(q, 0)
     k = spec.apply(view.k, 0) if spec.site == "k" else view.k
     v = spec.apply(view.v, 0) if spec.site == "v" else view.v
     attn_out = block.attend(q, k, v, key_mask, hooks)
@@ -129,19 +139,19 @@ def dirty_block(
     v = _splice(view.v, rows, block.attn.project(xr, "v"))
     if cls_only:
         q0 = block.attn.project(x[:1], "q")
-        out0 = block.after_attention(x[:1], block.attend(q0, k, v, key_mask, _NO_HOOKS), _NO_HOOKS)
+        out0 = block.after_attention(x[:1], block.attend(q0, k, v, key_mask, NO_HOOKS), NO_HOOKS)
         return x.at[:1].set(out0)
     q = _splice(view.q, rows, block.attn.project(xr, "q"))
-    return block.after_attention(x, block.attend(q, k, v, key_mask, _NO_HOOKS), _NO_HOOKS)
+    return block.after_attention(x, block.attend(q, k, v, key_mask, NO_HOOKS), NO_HOOKS)
 
 
 def full_block(block: Block, x, key_mask, *, cls_only: bool):
     """An unpatched block on new inputs; with ``cls_only``, only row 0 of the output is computed."""
     if not cls_only:
-        return block(x, key_mask, _NO_HOOKS)
+        return block(x, key_mask, NO_HOOKS)
     k, v = block.attn.project(x, "k"), block.attn.project(x, "v")
     q0 = block.attn.project(x[:1], "q")
-    out0 = block.after_attention(x[:1], block.attend(q0, k, v, key_mask, _NO_HOOKS), _NO_HOOKS)
+    out0 = block.after_attention(x[:1], block.attend(q0, k, v, key_mask, NO_HOOKS), NO_HOOKS)
     return x.at[:1].set(out0)
 
 
@@ -218,7 +228,7 @@ def patched_hidden(
     if spec.site in GLOBAL_SITES:
         x = here.resid_pre
         if spec.site == "resid_pre":
-            x = spec.apply(x, 0) if rows is None else x.at[rows].set(spec.apply(x[rows], 0, rows))
+            x = spec.apply(x, 0) if rows is None else x.at[rows].set(spec.at_rows(rows).apply(x[rows], 0))
             return finish(model, x, layer, here, key_mask, rows, stop_layer=stop_layer)
         out = entry_block(layer_slice(model.blocks, layer), here, spec, key_mask, None)
         return finish(model, out, layer + 1, after, key_mask, None, stop_layer=stop_layer)
@@ -258,21 +268,21 @@ def frozen_attention_hidden(
 
     def body(x, xs):
         block, j, attn_out = xs
-        run = lambda x: block.after_attention(x, attn_out, _NO_HOOKS)
+        run = lambda x: block.after_attention(x, attn_out, NO_HOOKS)
         return jax.lax.cond((j > layer) & (j < stop), run, lambda x: x, x), None
 
     x, _ = jax.lax.scan(body, x, (model.blocks, jnp.arange(L), attn_out_all))
     return x
 
 
-def layer_view(cache: dict[str, Array], layer, extras: tuple[str, ...] = ()) -> LayerView:
-    """The `LayerView` at ``layer`` of a per-example cache with ``resid_pre`` of length ``n_layers + 1``
-    (index ``n_layers`` = final hidden state) and per-layer ``q``, ``k``, ``v``; q/k/v indices clamp at the
-    last layer."""
-    n_layers = cache["q"].shape[0]
+def layer_view(cache: RestartCache, layer, extras: tuple[str, ...] = ()) -> LayerView:
+    """The `LayerView` at ``layer`` of one example's `RestartCache` (``resid_pre`` of length ``n_layers + 1``,
+    index ``n_layers`` = final hidden state; per-layer ``q``, ``k``, ``v``, whose indices clamp at the last
+    layer)."""
+    n_layers = cache.q.shape[0]
     j = jnp.minimum(layer, n_layers - 1)
     return LayerView(
-        resid_pre=cache["resid_pre"][layer],
-        q=cache["q"][j], k=cache["k"][j], v=cache["v"][j],
-        extras={name: cache[name][j] for name in extras},
+        resid_pre=cache.resid_pre[layer],
+        q=cache.q[j], k=cache.k[j], v=cache.v[j],
+        extras={name: cache.site(name)[j] for name in extras},
     )

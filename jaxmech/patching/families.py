@@ -1,9 +1,14 @@
-"""Activation-patching families: which sites a sweep patches and the shape of its result.
+"""The one registry of patching families: activation, path and (through ``method``) attribution patching.
+
+Every family declares the sites it patches, the axes of its result, what it measures and the function that
+runs it; `jaxmech families`, the result layout of `jaxmech.patching.run.run_patching` and the CLI's checks all
+read this table.
 
 Names and result shapes follow TransformerLens's ``patching`` module (``get_act_patch_block_every`` is
 ``block_every`` with shape ``[3, layer, pos]``, ``get_act_patch_attn_head_out_by_pos`` is ``head_by_pos_z``
 with ``[layer, pos, head]``, ...). "Head out" in TransformerLens means ``z``; the paper's head experiment (E2)
-patches ``v`` at every position (``head_all_pos_v``).
+patches ``v`` at every position (``head_all_pos_v``). Activation families run exactly or as attribution
+estimates (``method="attribution"``); path families run exactly.
 
 Family names are stable; scripts may rely on them.
 """
@@ -11,8 +16,13 @@ Family names are stable; scripts may rely on them.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable
 
 from jaxmech.sites import get_site
+
+AXIS_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+"""Result axis letters of `Family.layout` and their names in `Family.axes`."""
 
 
 class UnknownFamilyError(KeyError):
@@ -24,16 +34,22 @@ class UnknownFamilyError(KeyError):
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One activation-patching sweep.
+    """One patching sweep: what it patches, the axes of its result, and the function that runs it.
 
     Attributes:
         name: Stable name (CLI ``--family`` and the ``.npz`` key).
-        sites: Patched site of each result component (several for the ``*_every`` families).
+        sites: Patched site of each result component (several for the ``*_every`` families and
+            ``path_components_to_heads``).
         per_pos: One patch per position (else every position at once).
         per_head: One patch per head (else the whole site).
         layout: Result axes per component: ``"l"``, ``"lp"``, ``"lh"``, ``"lph"`` or ``"lhp"``; a leading
             component axis is added when there are several sites.
         description: What it measures.
+        runner: ``"module:function"`` that runs the family on a `jaxmech.patching.inputs.PairBatch` and
+            returns a `jaxmech.patching.results.SweepResult` (resolved on first use, see `Family.run`).
+        methods: ``"exact"`` and, for activation families, ``"attribution"``.
+        needs_receivers: Path families that read receiver heads' inputs (``receivers`` required).
+        sites_label: How ``jaxmech families`` shows the sites (default: ``sites`` joined by ``+``).
     """
 
     name: str
@@ -42,20 +58,54 @@ class Family:
     per_head: bool
     layout: str
     description: str
+    runner: str = "jaxmech.patching.activation:run_activation_family"
+    methods: tuple[str, ...] = ("exact", "attribution")
+    needs_receivers: bool = False
+    sites_label: str = ""
+
+    @property
+    def full_layout(self) -> str:
+        """Result axis letters after the pair axis, the component axis ``"c"`` included."""
+        return ("c" if len(self.sites) > 1 else "") + self.layout
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Result axis names after the pair axis, e.g. ``("component", "layer", "pos")``."""
+        return tuple(AXIS_NAMES[c] for c in self.full_layout)
+
+    @property
+    def is_path(self) -> bool:
+        """Whether this is a path-patching family (runs with ``method="exact"`` only)."""
+        return self.methods == ("exact",)
 
     def shape(self, n_layers: int, n_pos: int, n_heads: int) -> tuple[int, ...]:
-        """Result shape for one pair."""
-        dims = {"l": n_layers, "p": n_pos, "h": n_heads}
-        one = tuple(dims[c] for c in self.layout)
-        return (len(self.sites), *one) if len(self.sites) > 1 else one
+        """Result shape for one pair (activation families; path families end at the last receiver layer)."""
+        dims = {"c": len(self.sites), "l": n_layers, "p": n_pos, "h": n_heads}
+        return tuple(dims[c] for c in self.full_layout)
 
     @property
     def needs_identity_alignment(self) -> bool:
         """Pattern/score sites have a key axis too, so the pair must align one to one."""
         return any(s in ("pattern", "attn_scores") for s in self.sites)
 
+    def run(self, model, batch, **options):
+        """Runs the family (``self.runner``) on one batch of pairs.
 
-def _make_families() -> dict[str, Family]:
+        Args:
+            model: The encoder.
+            batch: A `jaxmech.patching.inputs.PairBatch`.
+            **options: ``method``, ``reverse``, ``chunk_size``, ``query_embedding``, ``receivers``,
+                ``receiver_input``, ``mesh`` (see `jaxmech.patching.run.run_patching`).
+
+        Returns:
+            A `jaxmech.patching.results.SweepResult`.
+        """
+        module, fn = self.runner.split(":")
+        runner: Callable = getattr(importlib.import_module(module), fn)
+        return runner(model, batch, self, **options)
+
+
+def _activation_families() -> list[Family]:
     fams = [
         Family("block_every", ("resid_pre", "attn_out", "mlp_out"), True, False, "lp",
                "resid_pre, attn_out and mlp_out at one layer and position (TransformerLens block_every)"),
@@ -77,25 +127,57 @@ def _make_families() -> dict[str, Family]:
                        "head_all_pos for z, q, k, v and pattern"))
     fams.append(Family("head_by_pos_every", ("z", "q", "k", "v", "pattern"), True, True, "lph",
                        "head_by_pos for z, q, k, v and pattern (pattern by destination position)"))
+    return fams
+
+
+def _path_families() -> list[Family]:
+    exact = ("exact",)
+    return [
+        Family("path_to_score", ("z",), False, True, "lh",
+               "sender heads to the score, every other head's z frozen (paper E4)",
+               runner="jaxmech.patching.path:run_path_to_score", methods=exact, sites_label="z (frozen attention)"),
+        Family("path_to_heads", ("z",), False, True, "lh",
+               "sender heads to receiver heads' q/k/v (E5); layers below the last receiver",
+               runner="jaxmech.patching.path:run_path_to_heads", methods=exact, needs_receivers=True,
+               sites_label="z -> q|k|v"),
+        Family("path_components_to_heads", ("resid_pre", "attn_out", "mlp_out"), True, False, "lp",
+               "components by layer and position to receiver heads' inputs (E6)",
+               runner="jaxmech.patching.path:run_path_components_to_heads", methods=exact, needs_receivers=True),
+    ]
+
+
+def _registry() -> dict[str, Family]:
+    fams = _activation_families() + _path_families()
     for f in fams:
         for s in f.sites:
             get_site(s)
     return {f.name: f for f in fams}
 
 
-FAMILIES: dict[str, Family] = _make_families()
-PATH_FAMILIES = ("path_to_score", "path_to_heads", "path_components_to_heads")
+REGISTRY: dict[str, Family] = _registry()
+"""Every family, by name."""
+FAMILIES: dict[str, Family] = {n: f for n, f in REGISTRY.items() if not f.is_path}
+"""The activation-patching families (exact or attribution)."""
+PATH_FAMILIES: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.is_path)
+"""Names of the path-patching families."""
 
 
-def get_family(name: str) -> Family:
-    """Looks up an activation-patching family.
+def get_family(name: str | Family) -> Family:
+    """Looks up a family of any kind (a `Family` is returned as is).
 
     Raises:
         UnknownFamilyError: Listing the known names.
     """
+    if isinstance(name, Family):
+        return name
     try:
-        return FAMILIES[name]
+        return REGISTRY[name]
     except KeyError:
-        raise UnknownFamilyError(
-            f"unknown patching family {name!r}; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
-        ) from None
+        raise UnknownFamilyError(f"unknown patching family {name!r}; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
+                                 ) from None
+
+
+def describe_families() -> list[dict[str, str]]:
+    """One row per family for listings: ``name``, ``sites``, ``axes``, ``methods``, ``description``."""
+    return [{"name": f.name, "sites": f.sites_label or "+".join(f.sites), "axes": ",".join(f.axes),
+             "methods": ",".join(f.methods), "description": f.description} for f in REGISTRY.values()]

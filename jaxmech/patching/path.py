@@ -31,11 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmech.model import HookedEncoder, HookPoints
-from jaxmech.patching.engine import frozen_attention_hidden, layer_slice, layer_view, patched_hidden
-from jaxmech.patching.pairs import PairBatch
-from jaxmech.patching.spec import PatchSpec, one_hot
-from jaxmech.patching.sweep import SweepResult, prepare, readout_score, run_kernel
+from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
+from jaxmech.model import HookedEncoder, HookPoints, layer_slice
+from jaxmech.patching.caches import SweepData, prepare
+from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched_hidden
+from jaxmech.patching.families import Family
+from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.results import SweepResult
 
 RECEIVER_INPUTS = ("q", "k", "v")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
@@ -58,137 +61,156 @@ def parse_heads(heads: Sequence[str | tuple[int, int]]) -> tuple[tuple[int, int]
     return tuple(out)
 
 
-def _check_receivers(model, receivers, receiver_input):
+def check_receivers(receivers, receiver_input: str, n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
+    """Parses and checks receiver heads for a model with ``n_layers`` layers and ``n_heads`` heads.
+
+    Args:
+        receivers: ``["10.1", (9, 4)]``.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        n_layers: Layers of the model.
+        n_heads: Heads per layer.
+
+    Returns:
+        ``((layer, head), ...)``.
+
+    Raises:
+        ValueError: On a malformed head, an unknown receiver input, no receivers, or a head out of range
+            (receivers need a layer above 0: their senders sit below them).
+    """
+    receivers = parse_heads(receivers or ())
     if receiver_input not in RECEIVER_INPUTS:
         raise ValueError(f"receiver input {receiver_input!r}; choose one of {RECEIVER_INPUTS}")
     if not receivers:
         raise ValueError("no receiver heads given")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
     for layer, head in receivers:
-        if not (0 < layer < L and 0 <= head < H):
-            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{L - 1}, heads 0..{H - 1})")
+        if not (0 < layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
+                             f"0..{n_heads - 1})")
+    return receivers
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class _LayerHeadPatch:
-    """Replaces ``site`` at one layer, for some heads, by ``value`` (all positions)."""
-
-    site: str = dataclasses.field(metadata=dict(static=True))
-    layer: int = dataclasses.field(metadata=dict(static=True))
-    head_mask: jax.Array
-    value: jax.Array
-
-    def apply(self, x, layer, rows=None):
-        w = (layer == self.layer) * self.head_mask[None, :, None]
-        return (1 - w) * x + w * self.value
-
-
-def _receivers_by_layer(receivers):
+def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """``((layer, (head, ...)), ...)`` sorted by layer."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in receivers:
         by_layer.setdefault(layer, []).append(head)
-    return by_layer
+    return tuple((r, tuple(h)) for r, h in sorted(by_layer.items()))
 
 
-def _stage2(model, kernel, data, pair, new_inputs):
+def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inputs):
     """Fresh baseline run with only the receivers' inputs replaced (restarted at the first receiver layer)."""
     H = model.cfg.n_heads
     patches = [
-        _LayerHeadPatch(kernel.receiver_input, r, jnp.asarray(np.isin(np.arange(H), heads), jnp.float32), new_inputs[r])
-        for r, heads in kernel.by_layer
+        HeadReplacement(receiver_input, r, jnp.asarray(np.isin(np.arange(H), heads), jnp.float32), new_inputs[r])
+        for r, heads in by_layer
     ]
-    r0 = min(r for r, _ in kernel.by_layer)
-    mask = data["attention_mask"][pair]
+    r0 = min(r for r, _ in by_layer)
+    mask = data.attention_mask[pair]
     hooks = HookPoints(frozenset(), patches)
-    x = data["cache"]["resid_pre"][pair, r0]
+    x = data.cache.resid_pre[pair, r0]
     hidden, _ = model.run_blocks(x, mask.astype(bool), hooks, start_layer=r0)
-    return readout_score(model, hidden, mask, data["query_embedding"][pair])
+    return model.score_hidden(hidden, mask, data.query_embedding[pair])
 
 
-class _SenderKernel:
-    """Per-layer views for sender heads: the baseline at the sender's layer (with its ``z``) and the source ``z``."""
+class SenderKernel(Kernel):
+    """Abstract kernel of sender heads: the baseline at the sender's layer (with its ``z``) and the source
+    ``z``, per layer."""
 
-    def prepare(self, model, data, layer):
+    def prepare(self, model, data: SweepData, layer):
+        """Baseline views at ``layer`` (with ``z``) and this layer's source ``z``."""
         views = jax.vmap(layer_view, in_axes=(0, None, None))
-        return views(data["cache"], layer, ("z",)), data["source"][:, layer]
+        return views(data.cache, layer, ("z",)), data.source[:, layer]
 
     @staticmethod
-    def sender(model, data, prepared, pair, head):
+    def sender(model, data: SweepData, prepared, pair, head):
         """The pair's baseline view, mask, and the spec replacing the sender head's ``z`` at every position."""
         here_all, src_all = prepared
         here = jax.tree.map(lambda a: a[pair], here_all)
-        spec = PatchSpec("z", source=src_all[pair][None], pos_mask=data["patchable"][pair].astype(jnp.float32),
+        spec = PatchSpec("z", source=src_all[pair][None], pos_mask=data.patchable[pair].astype(jnp.float32),
                          head_mask=one_hot(head, model.cfg.n_heads))
-        return here, data["attention_mask"][pair], spec
+        return here, data.attention_mask[pair], spec
 
 
 @dataclasses.dataclass(frozen=True)
-class PathToScoreKernel(_SenderKernel):
+class PathToScoreKernel(SenderKernel):
     """Sender head ``z`` (all positions) with every other ``z`` frozen, read at the score."""
 
-    def item(self, model, data, prepared, layer, pair, head, pos):
+    def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
+        """The score with sender ``head`` at ``layer`` patched and every other ``z`` frozen."""
         here, mask, spec = self.sender(model, data, prepared, pair, head)
-        final = data["cache"]["resid_pre"][pair, -1]
+        final = data.cache.resid_pre[pair, -1]
+        attn_out = data.cache.sites["attn_out"][pair]
         if model.readout_uses_cls_only:
             rows = jnp.zeros((1,), jnp.int32)
-            out = frozen_attention_hidden(model, mask.astype(bool), layer, here,
-                                          data["cache"]["attn_out"][pair][:, :1], spec, rows)
+            out = frozen_attention_hidden(model, mask.astype(bool), layer, here, attn_out[:, :1], spec, rows)
             hidden = final.at[:1].set(out)
         else:
-            hidden = frozen_attention_hidden(model, mask.astype(bool), layer, here, data["cache"]["attn_out"][pair],
-                                             spec, None)
-        return readout_score(model, hidden, mask, data["query_embedding"][pair])
+            hidden = frozen_attention_hidden(model, mask.astype(bool), layer, here, attn_out, spec, None)
+        return model.score_hidden(hidden, mask, data.query_embedding[pair])
 
 
 @dataclasses.dataclass(frozen=True)
-class PathToHeadsKernel(_SenderKernel):
-    """Sender head ``z`` with every other ``z`` frozen, read at receiver heads' inputs (stage 2 restart)."""
+class PathToHeadsKernel(SenderKernel):
+    """Sender head ``z`` with every other ``z`` frozen, read at receiver heads' inputs (stage 2 restart).
+
+    Attributes:
+        by_layer: Receiver heads by layer (`receivers_by_layer`).
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+    """
 
     by_layer: tuple[tuple[int, tuple[int, ...]], ...]
     receiver_input: str
 
-    def item(self, model, data, prepared, layer, pair, head, pos):
+    def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
+        """The score with the receivers' inputs as the sender's patched, frozen-attention run computes them."""
         here, mask, spec = self.sender(model, data, prepared, pair, head)
         new_inputs = {}
         for r, _ in self.by_layer:
-            x_r = frozen_attention_hidden(model, mask.astype(bool), layer, here, data["cache"]["attn_out"][pair],
+            x_r = frozen_attention_hidden(model, mask.astype(bool), layer, here, data.cache.sites["attn_out"][pair],
                                           spec, None, stop_layer=r)
             new = layer_slice(model.blocks, r).attn.project(x_r, self.receiver_input)
-            new_inputs[r] = jnp.where(layer < r, new, data["cache"][self.receiver_input][pair, r])
-        return _stage2(model, self, data, pair, new_inputs)
+            new_inputs[r] = jnp.where(layer < r, new, data.cache.site(self.receiver_input)[pair, r])
+        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
-class ComponentsToHeadsKernel:
-    """A component at one layer and position (nothing frozen), read at receiver heads' inputs."""
+class ComponentsToHeadsKernel(Kernel):
+    """A component at one layer and position (nothing frozen), read at receiver heads' inputs.
+
+    Attributes:
+        site: ``resid_pre``, ``attn_out`` or ``mlp_out``.
+        by_layer: Receiver heads by layer.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+    """
 
     site: str
     by_layer: tuple[tuple[int, tuple[int, ...]], ...]
     receiver_input: str
 
-    def prepare(self, model, data, layer):
+    def prepare(self, model, data: SweepData, layer):
+        """Baseline views at ``layer`` and ``layer + 1``, and this layer's sources."""
         views = jax.vmap(layer_view, in_axes=(0, None, None))
         extras = () if self.site == "resid_pre" else (self.site,)
-        return views(data["cache"], layer, extras), views(data["cache"], layer + 1, ()), data["source"][:, layer]
+        return views(data.cache, layer, extras), views(data.cache, layer + 1, ()), data.source[:, layer]
 
-    def item(self, model, data, prepared, layer, pair, head, pos):
+    def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
+        """The score with the receivers' inputs as the component-patched run computes them."""
         here_all, after_all, src_all = prepared
         take = lambda a: a[pair]
         here, after = jax.tree.map(take, here_all), jax.tree.map(take, after_all)
-        mask = data["attention_mask"][pair]
+        mask = data.attention_mask[pair]
         spec = PatchSpec(self.site, source=src_all[pair][None], pos_mask=one_hot(pos, mask.shape[0]))
         new_inputs = {}
         for r, _ in self.by_layer:
             x_r = patched_hidden(model, mask.astype(bool), layer, here, after, spec, pos[None], stop_layer=r)
             new = layer_slice(model.blocks, r).attn.project(x_r, self.receiver_input)
             reaches = (layer < r) | ((layer == r) & (self.site == "resid_pre"))
-            new_inputs[r] = jnp.where(reaches, new, data["cache"][self.receiver_input][pair, r])
-        return _stage2(model, self, data, pair, new_inputs)
+            new_inputs[r] = jnp.where(reaches, new, data.cache.site(self.receiver_input)[pair, r])
+        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs)
 
 
 def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, chunk_size: int | None = None,
-                  mesh=None, query_embedding=None) -> SweepResult:
+                  mesh=None, query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head to the score (E4). Result ``[pair, layer, head]``.
 
     Args:
@@ -198,63 +220,105 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         chunk_size: Items per vmapped step.
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
     """
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
-    out = run_kernel(PathToScoreKernel(), model, prep, prep.data(source=prep.source("z")), per_pos=False,
-                     per_head=True, chunk_size=chunk_size, mesh=mesh)
-    return SweepResult("path_to_score", out[:, :, 0, :], np.asarray(prep.baseline_score),
-                       np.asarray(prep.perturbed_score), list(prep.batch.names), prep.batch.lengths.copy())
+    out = run_kernel(PathToScoreKernel(), model, prep, prep.data("z"), per_pos=False, per_head=True,
+                     chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
+    return SweepResult.from_prepared("path_to_score", out[:, :, 0, :], prep)
+
+
+def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
+    receivers = check_receivers(receivers, receiver_input, model.cfg.n_layers, model.cfg.n_heads)
+    by_layer = receivers_by_layer(receivers)
+    return by_layer, max(r for r, _ in by_layer)
 
 
 def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                   reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                  query_embedding=None) -> SweepResult:
+                  query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head below the last receiver layer to receiver heads' ``q``/``k``/``v`` (E5).
 
     Args:
+        model: The encoder.
+        batch: Aligned pairs.
         receivers: Receiver heads, e.g. ``["10.1"]`` or ``[(10, 1), (10, 10)]``.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        reverse: Swap baseline and perturbed roles.
+        chunk_size: Items per vmapped step.
+        mesh: Devices to shard items over.
+        query_embedding: For bi-encoders.
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
     """
-    receivers = parse_heads(receivers)
-    _check_receivers(model, receivers, receiver_input)
-    by_layer = tuple((r, tuple(h)) for r, h in sorted(_receivers_by_layer(receivers).items()))
-    r_max = max(r for r, _ in by_layer)
+    by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
-    out = run_kernel(PathToHeadsKernel(by_layer, receiver_input), model, prep, prep.data(source=prep.source("z")),
-                     per_pos=False, per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh)
-    return SweepResult(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], np.asarray(prep.baseline_score),
-                       np.asarray(prep.perturbed_score), list(prep.batch.names), prep.batch.lengths.copy())
+    out = run_kernel(PathToHeadsKernel(by_layer, receiver_input), model, prep, prep.data("z"), per_pos=False,
+                     per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+                     steps_per_call=steps_per_call)
+    return SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
 
 
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                             query_embedding=None, positions=None) -> SweepResult:
+                             query_embedding=None, positions=None, steps_per_call: int | None = None
+                             ) -> SweepResult:
     """Path patching from ``resid_pre``/``attn_out``/``mlp_out`` at each layer and position to receiver
     heads' inputs (E6, without the reference code's double patch; see the module docstring).
 
     Args:
+        model: The encoder.
+        batch: Aligned pairs.
+        receivers: Receiver heads.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        reverse: Swap baseline and perturbed roles.
+        chunk_size: Items per vmapped step.
+        mesh: Devices to shard items over.
+        query_embedding: For bi-encoders.
         positions: Patch only these positions (others stay NaN).
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
     """
-    receivers = parse_heads(receivers)
-    _check_receivers(model, receivers, receiver_input)
-    by_layer = tuple((r, tuple(h)) for r, h in sorted(_receivers_by_layer(receivers).items()))
-    r_max = max(r for r, _ in by_layer)
+    by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("attn_out", "mlp_out"), source_sites=COMPONENTS, reverse=reverse,
                    query_embedding=query_embedding)
     comps = []
     for site in COMPONENTS:
-        out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep,
-                         prep.data(source=prep.source(site)), per_pos=True, per_head=False,
-                         layers=range(r_max), chunk_size=chunk_size, mesh=mesh, positions=positions)
+        out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep, prep.data(site),
+                         per_pos=True, per_head=False, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+                         positions=positions, steps_per_call=steps_per_call)
         comps.append(out[:, :r_max, :, 0])
-    return SweepResult(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1),
-                       np.asarray(prep.baseline_score), np.asarray(prep.perturbed_score), list(prep.batch.names),
-                       prep.batch.lengths.copy())
+    return SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
+
+
+# -- the registry's runners (`jaxmech.patching.families`) ---------------------------------------------------------
+
+
+def run_path_to_score(model, batch, family: Family, *, reverse=False, chunk_size=None, query_embedding=None,
+                      mesh=None, steps_per_call=None, **_options) -> SweepResult:
+    """Runner of ``path_to_score`` (receiver options are not used)."""
+    return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                         query_embedding=query_embedding, steps_per_call=steps_per_call)
+
+
+def run_path_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
+                      chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                      **_options) -> SweepResult:
+    """Runner of ``path_to_heads``."""
+    return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
+                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call)
+
+
+def run_path_components_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
+                                 chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+                                 **_options) -> SweepResult:
+    """Runner of ``path_components_to_heads``."""
+    return path_components_to_heads(model, batch, receivers, receiver_input, reverse=reverse,
+                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding,
+                                    steps_per_call=steps_per_call)

@@ -3,7 +3,7 @@ device and host.
 
 * `config`: the TOML config (`load_sweep_config`, `SweepConfig`), strict like the trainer's.
 * `job`: `run_sweep` (plan, store, resume, compute, finish).
-* `adapter`: the one place that calls the patching library (`compute_chunk`).
+* `compute`: one chunk = `jaxmech.patching.run.run_patching` per family, shaped for the store (`compute_chunk`).
 * `store`: zarr v3 arrays through tensorstore, completion markers, atomic writes.
 * `progress`: the progress bar / log lines and the compile-time meter.
 * `distributed`: several processes through ``jax.distributed``.

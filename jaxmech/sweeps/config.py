@@ -58,7 +58,6 @@ __all__ = [
 METHODS = ("exact", "attribution")
 DIRECTIONS = ("perturbed_into_baseline", "baseline_into_perturbed")
 PRECISIONS = ("fp32", "tf32", "bf16x3", "bf16")
-PATH_LAYOUTS = {"path_to_score": "lh", "path_to_heads": "lh", "path_components_to_heads": "clp"}
 
 
 def _choice(where: str, name: str, value: Any, choices: tuple) -> None:
@@ -204,10 +203,7 @@ class FamilySection:
         """Result axes after ``pair``: c(omponent), l(ayer), p(osition), h(ead)."""
         from jaxmech.patching.families import get_family
 
-        if self.name in PATH_LAYOUTS:
-            return PATH_LAYOUTS[self.name]
-        fam = get_family(self.name)
-        return ("c" if len(fam.sites) > 1 else "") + fam.layout
+        return get_family(self.name).full_layout
 
 
 @dataclasses.dataclass(frozen=True)

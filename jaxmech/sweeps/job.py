@@ -10,7 +10,7 @@
    existing one holds the same sweep: same result settings (config fingerprint), model weights, datasets
    and jaxmech version. Anything else refuses to resume and lists what changed (``fresh=True`` starts over).
 3. **Compute.** Each process takes its share of the chunks that have no completion marker, computes each with
-   `jaxmech.sweeps.adapter.compute_chunk`, writes it, then marks it complete (atomically). Killed at any
+   `jaxmech.sweeps.compute.compute_chunk`, writes it, then marks it complete (atomically). Killed at any
    moment, a rerun recomputes only unmarked chunks, and the result is bit-identical to an uninterrupted run.
 4. **Finish.** Process 0 waits for every process, writes ``complete.json`` with the timings, and runs the
    configured steps (analyses, report).
@@ -95,17 +95,15 @@ class Plan:
     """Everything a sweep computes, in run order.
 
     Attributes:
-        pairs: Aligned `jaxmech.patching.Pair` s.
+        pairs: `jaxmech.data.records.AlignedPair` s as the model reads them (bi-encoders: document-only).
         table: The static per-pair columns (``dataset``, ``qid``, ``doc_id``, ``kind``, ``index``, ``length``,
             ``bucket``, ``token_type_codes``, ``runs``).
-        query_embedding: ``[pair, d_model]`` for bi-encoders, else None.
         T_max: Longest bucket (the stored position axis).
         datasets: Per dataset: name, pairs, sha256 of its selected pairs, and where it came from.
     """
 
     pairs: list
     table: dict[str, np.ndarray]
-    query_embedding: np.ndarray | None
     T_max: int
     datasets: list[dict]
 
@@ -155,7 +153,7 @@ def _load_records(ds, lm, where: str) -> tuple[list, str]:
             raise FileNotFoundError(f"{where} file: {ds.file!r} does not exist")
         _, records = read_dataset(ds.file)
         return records, f"file:{ds.file}"
-    from jaxmech.data.cli import load_source
+    from jaxmech.data.loaders import load_source
 
     source = load_source(ds.source, seed=ds.seed)
     result = build(ds.kind, source, lm.tokenizer, seed=ds.seed, **ds.options)
@@ -185,14 +183,11 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
     Raises:
         FileNotFoundError, ValueError: Naming the config file and the dataset entry.
     """
-    import jax.numpy as jnp
-
     from jaxmech.data.records import TOKEN_TYPES, pair_to_json
-    from jaxmech.patching.pairs import Pair, document_only
-    from jaxmech.tokenize import bucket_length
+    from jaxmech.patching.inputs import model_pairs
+    from jaxmech.tokenizer import bucket_length
 
     tok = lm.tokenizer
-    bi = lm.kind == "bi"
     code = {t: i for i, t in enumerate(TOKEN_TYPES)}
     rows: list[dict] = []
     datasets = []
@@ -212,24 +207,12 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
                     f"{where}: pair {i} (qid {r.qid}, doc {r.doc_id}) has {n} tokens, more than the "
                     f"model's max_length={min(tok.max_length, lm.model.cfg.n_ctx)}"
                 )
-            p = Pair(
-                r.baseline_ids,
-                r.baseline_token_type_ids,
-                r.perturbed_ids,
-                r.perturbed_token_type_ids,
-                r.position_map,
-                f"{ds.name}/{r.qid}/{r.doc_id}",
-            )
-            types = list(r.token_types)
-            if bi:  # [CLS] q [SEP] d [SEP] -> [CLS] d [SEP]
-                p = document_only(p, tok.sep_id)
-                first_sep = r.baseline_ids.index(tok.sep_id)
-                types = [types[0], *types[first_sep + 1 :]]
+            named = dataclasses.replace(r, name=f"{ds.name}/{r.qid}/{r.doc_id}")
+            p = model_pairs([named], tok, pair_input=lm.model.pair_input)[0]  # bi-encoders: [CLS] d [SEP]
             rows.append(
                 {
                     "pair": p,
-                    "types": types,
-                    "query": r.query,
+                    "types": list(p.token_types),
                     "dataset": ds.name,
                     "qid": r.qid,
                     "doc_id": r.doc_id,
@@ -267,17 +250,7 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
         "token_type_names": np.array(TOKEN_TYPES),
         "runs": runs,
     }
-    qe = None
-    if bi:  # query embeddings once, batched by query length bucket
-        queries = [r["query"] for r in rows]
-        uniq = list(dict.fromkeys(queries))
-        emb = {}
-        for s in range(0, len(uniq), 64):
-            enc = tok.encode_texts(uniq[s : s + 64])
-            e = np.asarray(lm.model(*map(jnp.asarray, enc.arrays)).embedding)
-            emb.update(zip(uniq[s : s + 64], e, strict=True))
-        qe = np.stack([emb[q] for q in queries]).astype(np.float32)
-    return Plan([r["pair"] for r in rows], table, qe, T_max, datasets)
+    return Plan([r["pair"] for r in rows], table, T_max, datasets)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -459,15 +432,12 @@ class SweepSummary:
 
 
 def _load_model(cfg: SweepConfig):
-    from jaxmech.cli import packaged_model_path
     from jaxmech.loading import load_model
 
     m = cfg.model
-    path = packaged_model_path() if m.path == "packaged" else m.path
-    lm = load_model(path, kind=m.kind, init_missing_head_seed=m.init_head_seed, max_length=m.max_length)
-    if lm.tokenizer is None:
-        raise FileNotFoundError(f"{lm.folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
-    return lm
+    return load_model(
+        m.path, kind=m.kind, init_missing_head_seed=m.init_head_seed, max_length=m.max_length, require_tokenizer=True
+    )
 
 
 def run_sweep(
@@ -501,7 +471,7 @@ def run_sweep(
     import jax
 
     from jaxmech import __version__
-    from jaxmech.sweeps.adapter import compute_chunk
+    from jaxmech.sweeps.compute import compute_chunk
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
@@ -585,17 +555,7 @@ def run_sweep(
             for k in todo:
                 s, e = chunks[k]
                 t0 = time.perf_counter()
-                qe = None if plan.query_embedding is None else plan.query_embedding[s:e]
-                res = compute_chunk(
-                    lm,
-                    plan.pairs[s:e],
-                    plan.table["bucket"][s:e],
-                    qe,
-                    cfg.families,
-                    cfg.patching,
-                    cfg.chunking,
-                    plan.T_max,
-                )
+                res = compute_chunk(lm, plan.pairs[s:e], cfg.families, cfg.patching, cfg.chunking, plan.T_max)
                 values = {
                     "pairs.score_baseline": res.score_baseline,
                     "pairs.score_perturbed": res.score_perturbed,

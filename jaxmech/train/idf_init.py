@@ -149,13 +149,9 @@ def vocab_idf_vector(
     """``(idf, known)`` per vocabulary id from a term table: ``idf`` holds ``default`` where the table has no
     entry. ``granularity="word"`` looks up ``tokenizer.decode([id])`` (notes §6), ``"wordpiece"`` the
     vocabulary string (``"##ing"``)."""
-    n = len(tokenizer.hf)
-    if granularity == "word":
-        names = tokenizer.hf.batch_decode([[i] for i in range(n)])
-    elif granularity == "wordpiece":
-        names = tokenizer.hf.convert_ids_to_tokens(list(range(n)))
-    else:
+    from jaxmech.data.idf import vocab_idf_known
+
+    keys = {"word": "decode", "wordpiece": "token"}
+    if granularity not in keys:
         raise ValueError(f"granularity={granularity!r}; choose 'word' or 'wordpiece'")
-    known = np.array([s in table for s in names])
-    idf = np.array([table.get(s, default) for s in names], np.float64)
-    return idf, known
+    return vocab_idf_known(table, tokenizer, key=keys[granularity], default=default)

@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxmech.model import BiEncoder, CrossEncoder
-from jaxmech.tokenize import PairTokenizer, bucket_length
+from jaxmech.tokenizer import PairTokenizer, bucket_length
 
 _score = jax.jit(lambda m, ids, tt, mask: m(ids, tt, mask).score)
 _embed = jax.jit(lambda m, ids, tt, mask: m(ids, tt, mask).embedding)

