@@ -493,6 +493,8 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     from jaxmech.io import packaged_model_path
     from jaxmech.tokenizer import PairTokenizer
 
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     model = model or packaged_model_path()
     tokenizer = PairTokenizer.from_pretrained(model)
     loaded = load_source(source, seed=seed)
@@ -500,5 +502,9 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     if kind.startswith("tfc2"):
         options["align"] = align
     result = build(kind, loaded, tokenizer, limit=limit, seed=seed, **options)
+    if not result.pairs:
+        raise ValueError(f"no {kind} pairs could be built from {loaded.name} (excluded: "
+                         f"{ {k: v for k, v in result.stats.items() if k.startswith('excluded_') and v} }); "
+                         "nothing written")
     write_dataset(out, result.pairs, result.header(tokenizer, loaded.name, model=str(model)))
     return result
