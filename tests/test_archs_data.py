@@ -81,9 +81,9 @@ def test_text_to_run_patching_matches_the_torch_hooks_end_to_end(tmp_path, model
     pytest.importorskip("torch")
     from arch_checkpoints import TINY_ARCHS, arch_checkpoint
     from conftest import PARITY_ATOL
-    from benchmarks.baselines.torch_hooks import TorchPatcher
     from transformers import AutoModelForSequenceClassification
 
+    from benchmarks.baselines.torch_hooks import TorchPatcher
     from jaxmech.loading import load_model
     from jaxmech.patching.run import run_patching
 
