@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import importlib
 
+from jaxmech import runtime as _runtime  # light: imports neither JAX nor transformers
+
+_runtime.quiet_transformers()  # before anything imports transformers
+_runtime.enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -6,7 +6,12 @@ or a legacy ``pytorch_model.bin``, which needs torch). Sentence-transformers fol
 whose config names a ``*ForSequenceClassification`` architecture load as cross-encoders.
 
 Converted parameters are cached as safetensors under ``$JAXMECH_CACHE`` (default ``~/.cache/jaxmech``), keyed
-by the weight files' paths, sizes and modification times, so a second load skips conversion (and torch).
+by the weight files' paths, sizes and modification times, so a second load skips conversion (and torch). The
+conversion report travels with them (safetensors metadata), so a cached load still says which parameters were
+initialised rather than read (e.g. a seeded classifier head).
+
+Files and folders written here get the usual permissions under the process umask (not the private ones of
+temporary files), so colleagues can read exported models.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.io import atomic_write, resolve_model_path
 from jaxmech.model import HookedEncoder, PoolingConfig
-from jaxmech.tokenizer import PairTokenizer
+from jaxmech.runtime import cache_root
+from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
+_REPORT_KEY = "jaxmech_conversion_report"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -67,7 +74,8 @@ class LoadedModel:
 
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
               "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
-              "sentence_bert_config.json", "1_Pooling/*"]
+              "sentence_bert_config.json", "1_Pooling/*",
+              "vocab.json", "sentencepiece.bpe.model", "spiece.model"]  # RoBERTa BPE, XLM-R SentencePiece
 
 
 def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
@@ -221,11 +229,6 @@ def detect_kind(folder: Path, hf_config: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    """Where converted parameters are cached (``$JAXMECH_CACHE`` or ``~/.cache/jaxmech``)."""
-    return Path(os.environ.get("JAXMECH_CACHE", Path.home() / ".cache" / "jaxmech"))
-
-
 def _cache_key(files: list[Path], kind: str, extra: str) -> str:
     h = hashlib.sha256(f"v{CACHE_FORMAT}|{kind}|{extra}".encode())
     for f in files:
@@ -250,6 +253,14 @@ def load_flat_params(model: HookedEncoder, flat: dict[str, np.ndarray]) -> Hooke
             raise WeightsError(f"cached parameters: {key} missing or misshapen")
         new.append((path, var.replace(jnp.asarray(flat[key], jnp.float32))))
     return nnx.merge(graphdef, nnx.from_flat_state(new))
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Gives a folder tree the permissions of newly created files and folders under the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,13 +318,17 @@ def load_model(
     cached = cache_root() / "converted" / f"{key}.safetensors"
     report, from_cache = ConversionReport(), False
     if use_cache and cached.exists():
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
         try:
+            with safe_open(str(cached), framework="numpy") as f:
+                report = ConversionReport(**json.loads((f.metadata() or {})[_REPORT_KEY]))
             template = nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
             model = load_flat_params(template, load_file(str(cached)))
             from_cache = True
         except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt below
+            report = ConversionReport()
             cached.unlink(missing_ok=True)
     if not from_cache:
         state = read_state_dict(files)
@@ -325,14 +340,15 @@ def load_model(
             from safetensors.numpy import save_file
 
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
-                atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp))
-    limit = min(cfg.n_ctx, max_length or 512)
+                meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
+                atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
+    limit = min(cfg.max_length, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
-    has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
+    has_tokenizer = has_tokenizer_files(tok_dir)
     if tokenizer_path and not has_tokenizer:
-        raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
+        raise ModelNotFoundError(f"{tok_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...)")
     if require_tokenizer and not has_tokenizer:
-        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
+        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json, vocab.txt, ...)")
     tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
                  if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
@@ -340,9 +356,10 @@ def load_model(
 
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:
     """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
-    loads: ``BertForSequenceClassification`` for cross-encoders, ``BertModel`` (+ sentence-transformers
-    pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
-    interrupted save never looks complete.
+    loads: ``BertForSequenceClassification`` (``ElectraForSequenceClassification``, ...: `EncoderConfig.hf_class`)
+    for cross-encoders, ``BertModel`` (etc.; + sentence-transformers pooling files) for bi-encoders. Files are
+    written to a temporary folder and moved into place, so an interrupted save never looks complete; the folder
+    gets the usual permissions under the umask.
     """
     from safetensors.numpy import save_file
 
@@ -350,7 +367,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        arch = "BertForSequenceClassification" if model.kind == "cross" else "BertModel"
+        arch = model.cfg.hf_class(model.kind)
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if model.kind == "bi":
@@ -374,6 +391,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
             tokenizer.hf.save_pretrained(str(tmp))
         if folder.exists():
             raise FileExistsError(f"{folder} already exists; refusing to overwrite")
+        _usual_permissions(tmp)  # mkdtemp (and safetensors) make them private
         os.replace(tmp, folder)
     except BaseException:
         import shutil

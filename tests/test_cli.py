@@ -74,7 +74,8 @@ def test_patch_reads_a_triples_file_and_a_dataset_file(capsys, tmp_path, minilm_
     ds = tmp_path / "demo.jsonl"
     assert main(["dataset", "build", "--kind", "tfc1", "--source", "demo", "--limit", "3", "--out", str(ds)]) == 0
     code, _, err = run(capsys, "patch", "--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "1",
-                       "--dataset", str(ds), "--limit", "2", "--family", "attn_out_all_pos", "--out", str(out_file))
+                       "--dataset", str(ds), "--limit", "2", "--family", "attn_out_all_pos", "--out", str(out_file),
+                       "--overwrite")
     assert code == 0, err
     assert np.load(out_file)["attn_out_all_pos"].shape == (2, 6)
 
@@ -130,3 +131,59 @@ def test_patch_file_is_the_library_result_saved(capsys, tmp_path, minilm_path):
         np.testing.assert_array_equal(back.raw[fam], res.raw[fam])
     assert back.pairs["name"] == res.pairs["name"] == ["1", "2"]
     assert json.loads(out)["families"] == {"attn_out_all_pos": [2, 6], "path_to_score": [2, 6, 12]}
+
+
+BAD_BEFORE_LOADING = [
+    (["--family", "path_to_heads"], "path_to_heads needs --receiver"),
+    (["--family", "path_to_score", "--method", "attribution"], "not available for path_to_score"),
+    (["--family", "path_to_heads", "--receiver", "7.1"], "receiver head 7.1 is out of range"),
+    (["--family", "path_to_heads", "--receiver", "x"], "is not LAYER.HEAD"),
+    (["--family", "block_every", "--limit", "0"], "--limit must be a positive number of pairs, got 0"),
+    (["--family", "block_every", "--limit", "-2"], "got -2"),
+    (["--family", "block_every", "--out", "."], "is a directory"),
+    (["--family", "block_every", "--out", "afile/x.npz"], "afile is a file, not a folder"),
+    (["--family", "block_every", "--out", "exists.npz"], "exists.npz exists; pass --overwrite"),
+    (["--family", "block_every", "--dataset", "missing.jsonl"], "missing.jsonl: dataset file not found"),
+    (["--out", "x.npz"], "the following arguments are required: --family"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_BEFORE_LOADING)
+def test_bad_arguments_fail_in_one_line_before_jax_is_imported(tmp_path, argv, message, minilm_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "exists.npz").write_text("keep")
+    args = ["patch", "--model", "packaged", "--query", Q, "--baseline-doc", D0, "--perturbed-doc", D1, *argv]
+    if "--out" not in argv:
+        args += ["--out", "x.npz"]
+    code = ("import sys; from jaxmech.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'jax' not in sys.modules, 'JAX was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert (tmp_path / "exists.npz").read_text() == "keep" and not (tmp_path / "x.npz").exists()
+
+
+def test_atomic_writer_never_replaces_a_file_written_meanwhile_and_respects_the_umask(tmp_path):
+    import os
+
+    from jaxmech.io import atomic_write
+
+    target = tmp_path / "r.npz"
+
+    def slow_write(tmp):  # another writer finishes first
+        target.write_text("theirs")
+        with open(tmp, "w") as f:
+            f.write("mine")
+
+    with pytest.raises(FileExistsError, match="written by another process"):
+        atomic_write(target, slow_write, overwrite=False)
+    assert target.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["r.npz"]
+    old = os.umask(0o027)
+    try:
+        fresh = atomic_write(tmp_path / "new.txt", lambda tmp: open(tmp, "w").close())
+    finally:
+        os.umask(old)
+    assert fresh.stat().st_mode & 0o777 == 0o640

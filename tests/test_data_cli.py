@@ -95,3 +95,9 @@ def test_register_adds_dataset_commands_to_a_parent_parser():
     assert args.func is cli.cmd_build and args.source == "demo" and args.model is None
     with pytest.raises(SystemExit):
         parser.parse_args(["dataset", "build", "--kind", "bogus", "--out", "o.jsonl"])
+
+
+def test_build_refuses_a_limit_below_one(tmp_path, capsys):
+    assert main(["dataset", "build", "--kind", "tfc1", "--limit", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "--limit must be a positive number of pairs, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

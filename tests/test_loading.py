@@ -84,8 +84,8 @@ def test_unsupported_config_options_are_refused_with_a_list():
     assert msg.startswith("cfg.json:")
     for what in ("position_embedding_type='relative_key'", "is_decoder=True", "hidden_act='silu'"):
         assert what in msg
-    with pytest.raises(UnsupportedConfigError, match="model_type='roberta'"):
-        EncoderConfig.from_hf_config(dict(hf, model_type="roberta", position_embedding_type="absolute",
+    with pytest.raises(UnsupportedConfigError, match="model_type='deberta-v2'"):
+        EncoderConfig.from_hf_config(dict(hf, model_type="deberta-v2", position_embedding_type="absolute",
                                           is_decoder=False, hidden_act="gelu"))
 
 
@@ -233,3 +233,37 @@ def test_hub_ids_with_dots_are_looked_up_as_ids(monkeypatch, tmp_path):
         load_model("someone/reranker-v2.5")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model("./local/model-v2.5")
+
+
+def test_cached_load_keeps_the_conversion_report(tmp_path, cache_dir):
+    """A randomly initialised head is still reported when the parameters come from the cache (issue 13.9)."""
+    path = hf_checkpoint(tmp_path / "enc", TINY_ODD, arch="model")
+    first = load_model(path, kind="cross", init_missing_head_seed=3)
+    second = load_model(path, kind="cross", init_missing_head_seed=3)
+    assert not first.from_cache and second.from_cache
+    assert first.report.initialized == second.report.initialized == ["classifier.W", "classifier.b"]
+    assert second.report.consumed == first.report.consumed and second.report.ignored == first.report.ignored
+    # an entry without a stored report (an older cache) is converted afresh, never read with an empty report
+    (entry,) = (cache_dir / "converted").glob("*.safetensors")
+    save_file(load_file(str(entry)), str(entry))
+    third = load_model(path, kind="cross", init_missing_head_seed=3)
+    assert not third.from_cache and third.report.initialized == ["classifier.W", "classifier.b"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_folders_and_cache_entries_respect_the_umask(tmp_path, tiny_cross_dir, cache_dir, umask):
+    """Exported folders and cached parameters get the usual permissions under the umask, not the private ones
+    of temporary files (issue 13.16)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        lm = load_model(tiny_cross_dir)
+        out = save_pretrained(lm.model, tmp_path / "export", tokenizer=lm.tokenizer)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    assert mode(out) == 0o777 & ~umask
+    assert {mode(f) for f in out.iterdir() if f.is_file()} == {0o666 & ~umask}
+    assert {mode(f) for f in (cache_dir / "converted").glob("*.safetensors")} == {0o666 & ~umask}

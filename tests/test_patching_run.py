@@ -74,3 +74,22 @@ def test_progress_returning_false_stops_between_chunks(lm, pairs, tmp_path):
 def test_bad_requests_are_refused_before_any_model_work(families, options, message):
     with pytest.raises((KeyError, ValueError), match=message):
         check_request(families, **options)
+
+
+def test_pairs_with_nothing_patched_are_flagged_and_the_summary_is_strict_json(lm, pairs):
+    import dataclasses
+    import json
+
+    from jaxmech.patching.run import summarize
+
+    dead = dataclasses.replace(pairs[0], position_map=[-1] * len(pairs[0].baseline_ids), name="dead")
+    res = run_patching(lm, [dead, pairs[1]], ["head_all_pos_z", "resid_pre_by_pos"])
+    assert res.pairs["flagged"].tolist() == [True, False] and res.pairs["no_result"].tolist() == [True, False]
+    assert np.isnan(res.effects["head_all_pos_z"][0]).all()
+    s = summarize(res)
+    assert s["flagged_no_result"] == ["dead"] and s["flagged_near_zero_denominator"] == 0
+    assert s["metric"]["name"] == "normalized" and "mean" in s["top_heads_statistic"]
+    only_dead = summarize(run_patching(lm, [dead], ["head_all_pos_z"]))
+    json.dumps(only_dead, allow_nan=False)  # no -Infinity
+    assert only_dead["top_heads"]["head_all_pos_z"][0][1] is None
+    assert "every pair is flagged" in only_dead["warnings"][0]

@@ -1,5 +1,6 @@
 """Cross-implementation: jaxmech's batched sweeps against the paper's procedure written independently with
-PyTorch forward hooks on the Hugging Face model (tests/torch_reference.py), same checkpoint, same inputs."""
+PyTorch forward hooks on the Hugging Face model (benchmarks/baselines/torch_hooks.py), same checkpoint, same
+inputs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def setup(tiny_cross_dir, tiny_model):
-    from torch_reference import TorchPatcher
     from transformers import BertForSequenceClassification
+
+    from benchmarks.baselines.torch_hooks import TorchPatcher
 
     patcher = TorchPatcher(BertForSequenceClassification.from_pretrained(tiny_cross_dir))
     pair = random_pairs(1, tiny_model.cfg.d_vocab, seed=11, d_len=(8, 9))[0]

@@ -213,3 +213,18 @@ def test_exported_folder_loads_in_transformers_with_identical_logits(tmp_path):
     # re-exporting replaces the folder atomically
     again = t.export(t.model_from_params(r.params), r.export_dir)
     assert again == r.export_dir and not r.export_dir.with_name("export.new").exists()
+
+
+def test_resumed_run_lists_each_step_once_in_the_metrics(tmp_path):
+    """Steps logged after the last checkpoint before an interruption are not listed twice (issue 13.17)."""
+    cfg = tiny(tmp_path, train={"log_every": 1})
+    Trainer(cfg, out_dir=tmp_path, log=quiet).fit(max_steps=5)  # logs steps 1-5, checkpoints at 3 and 5
+    # a kill after step 5 was logged but before its checkpoint was written: the newest checkpoint is 3
+    shutil.rmtree(tmp_path / "checkpoints" / "5")
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # and a line torn by the kill
+    assert Checkpoints(tmp_path / "checkpoints").latest_step() == 3
+    resumed = Trainer(cfg, out_dir=tmp_path, log=quiet).fit(resume=True)
+    assert resumed.resumed_from == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))

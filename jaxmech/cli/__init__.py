@@ -28,16 +28,25 @@ COMMANDS = {
     "sites": ("jaxmech.cli.sites", "print the activation-site table"),
     "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
     "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
+    "sweep": ("jaxmech.sweeps.cli", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
     "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
     "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
 }
 """Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``jaxmech CMD: error: ...``) with exit code 2."""
+
+    def error(self, message: str):
+        """Prints the one-line error and exits with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``jaxmech`` parser. With ``command``, only that command's module is imported and registered (the
     others are listed by name and help); without, every command is registered."""
-    parser = argparse.ArgumentParser(prog="jaxmech", description="Batched mechanistic interpretability of "
+    parser = Parser(prog="jaxmech", description="Batched mechanistic interpretability of "
                                      "BERT cross-encoders in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -48,14 +57,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from jaxmech.config import UnsupportedConfigError
-    from jaxmech.convert import ConversionError
-    from jaxmech.loading import ModelNotFoundError, WeightsError
-    from jaxmech.sites import UnknownSiteError
-
-    return (FileNotFoundError, FileExistsError, ModelNotFoundError, WeightsError, ConversionError,
-            UnsupportedConfigError, UnknownSiteError, ValueError, KeyError, ImportError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError)
+"""Errors that are the user's to fix, printed as one line with exit code 2 (jaxmech's own errors subclass
+these: `ModelNotFoundError`, `WeightsError`, `ConversionError`, `UnsupportedConfigError`, `UnknownSiteError`,
+`DataError`, `AlignmentError`, `UnknownFamilyError`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     try:
         return args.func(args)
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
+    except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -13,20 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Runs ``dataset build``."""
     from jaxmech.data.diagnostic import build_dataset_file
-    from jaxmech.data.records import DataError
 
-    try:
-        result = build_dataset_file(args.kind, args.source, args.out, model=args.model, limit=args.limit,
-                                    seed=args.seed, align=args.align, term_match=args.term_match)
-    except (DataError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = build_dataset_file(args.kind, args.source, args.out, model=args.model, limit=args.limit,
+                                seed=args.seed, align=args.align, term_match=args.term_match)
     print(f"wrote {len(result.pairs)} {args.kind} pairs to {args.out}")
     dropped = {k: v for k, v in result.stats.items() if k.startswith("excluded_") and v}
     if dropped:
@@ -36,13 +30,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Runs ``dataset stats``."""
-    from jaxmech.data.records import DataError, read_dataset, summarize_dataset
+    from jaxmech.data.records import read_dataset, summarize_dataset
 
-    try:
-        header, pairs = read_dataset(args.file)
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    header, pairs = read_dataset(args.file)
     s = summarize_dataset(header, pairs)
     if args.json:
         print(json.dumps(s, indent=1))
@@ -72,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--source", default="demo", help="demo | shared | ir_datasets:NAME | FILE | FOLDER")
     b.add_argument("--model", default=None, help="tokenizer folder (default: the packaged MiniLM)")
     b.add_argument("--out", required=True, help="output .jsonl file")
-    b.add_argument("--limit", type=int, default=None, help="at most this many pairs")
+    b.add_argument("--limit", type=int, default=None, help="at most this many pairs (>= 1)")
     b.add_argument("--seed", type=int, default=0, help="seed for LNC1 partners and random term choice")
     b.add_argument("--align", default="diff", choices=("diff", "paper"), help="TFC2 position alignment")
     b.add_argument("--term-match", default="word", choices=("word", "span"),

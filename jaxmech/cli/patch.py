@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from jaxmech.cli.common import add_model_args
 
@@ -17,8 +18,12 @@ def run(args: argparse.Namespace) -> int:
                 baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
                 init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
                 metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
-                receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size)
-    print(json.dumps({"out": res.meta["out"], **summarize(res)}, indent=2))
+                receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
+                overwrite=args.overwrite)
+    summary = {"out": res.meta["out"], **summarize(res)}
+    print(json.dumps(summary, indent=2, allow_nan=False))
+    for warning in summary.get("warnings", []):
+        print(f"jaxmech patch: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -31,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--perturbed-doc", help="document whose activations are patched in")
     p.add_argument("--triples", help="TSV (query, baseline_doc, perturbed_doc) or JSONL file of triples")
     p.add_argument("--dataset", help="a dataset file from `jaxmech dataset build`")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (N >= 1)")
     p.add_argument("--family", action="append", required=True, help="patching family (repeatable; see "
                    "`jaxmech families`)")
     p.add_argument("--method", default="exact", choices=["exact", "attribution"],
@@ -41,11 +46,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-denominator", type=float, default=1e-3,
                    help="normalized metric: flag pairs with |perturbed - baseline| below this")
     p.add_argument("--reverse", action="store_true", help="patch baseline activations into the perturbed run")
-    p.add_argument("--receiver", action="append", default=[], help="receiver head LAYER.HEAD for path families "
-                   "(repeatable)")
+    p.add_argument("--receiver", action="append", default=[], help="receiver head LAYER.HEAD (layer >= 1) for "
+                   "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
     p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, help="output .npz (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
     return p

@@ -8,87 +8,74 @@
 * `demo`: the packaged demo set written for jaxmech (`load_demo`).
 * `bm25`: document-level BM25 (`BM25Index`), token-level BM25 and its (k1, b) grid search.
 * `idf`: IDF formulas, word / word-piece tables, TSV files, per-vocab-id vectors.
-* `cli`: ``jaxmech dataset build|stats``.
 """
 
-from jaxmech.data.bm25 import (
-    PAPER_AVG_LEN,
-    BM25Index,
-    GridSearchResult,
-    grid_search_bm25,
-    pearson,
-    split_pair,
-    token_bm25,
-)
-from jaxmech.data.demo import load_demo
-from jaxmech.data.diagnostic import (
-    KINDS,
-    BuildResult,
-    PerturbationItem,
-    build,
-    build_lnc1,
-    build_pairs,
-    build_stmc1,
-    build_tfc1,
-    build_tfc2,
-    tfc2_variants,
-)
-from jaxmech.data.idf import load_idf_tsv, save_idf_tsv, vocab_idf, word_idf, wordpiece_idf
-from jaxmech.data.loaders import (
-    load_ir_datasets,
-    load_paper_source,
-    read_collection,
-    read_qrels,
-    read_queries,
-    shared_data_dir,
-    source_from_files,
-)
-from jaxmech.data.records import (
-    TOKEN_TYPES,
-    AlignedPair,
-    DataError,
-    DatasetFormatError,
-    DiagnosticSource,
-    read_dataset,
-    write_dataset,
-)
+from __future__ import annotations
 
-__all__ = [
-    "KINDS",
-    "PAPER_AVG_LEN",
-    "TOKEN_TYPES",
-    "AlignedPair",
-    "BM25Index",
-    "BuildResult",
-    "DataError",
-    "DatasetFormatError",
-    "DiagnosticSource",
-    "GridSearchResult",
-    "PerturbationItem",
-    "build",
-    "build_lnc1",
-    "build_pairs",
-    "build_stmc1",
-    "build_tfc1",
-    "build_tfc2",
-    "grid_search_bm25",
-    "load_demo",
-    "load_idf_tsv",
-    "load_ir_datasets",
-    "load_paper_source",
-    "pearson",
-    "read_collection",
-    "read_dataset",
-    "read_qrels",
-    "read_queries",
-    "save_idf_tsv",
-    "shared_data_dir",
-    "source_from_files",
-    "split_pair",
-    "tfc2_variants",
-    "token_bm25",
-    "vocab_idf",
-    "word_idf",
-    "wordpiece_idf",
-    "write_dataset",
-]
+import importlib
+
+_EXPORTS = {
+    "jaxmech.data.bm25": (
+        "PAPER_AVG_LEN",
+        "BM25Index",
+        "GridSearchResult",
+        "grid_search_bm25",
+        "pearson",
+        "split_pair",
+        "token_bm25",
+    ),
+    "jaxmech.data.demo": ("load_demo",),
+    "jaxmech.data.diagnostic": (
+        "KINDS",
+        "BuildResult",
+        "PerturbationItem",
+        "build",
+        "build_lnc1",
+        "build_pairs",
+        "build_stmc1",
+        "build_tfc1",
+        "build_tfc2",
+        "tfc2_variants",
+    ),
+    "jaxmech.data.idf": (
+        "load_idf_tsv",
+        "save_idf_tsv",
+        "vocab_idf",
+        "word_idf",
+        "wordpiece_idf",
+    ),
+    "jaxmech.data.loaders": (
+        "load_ir_datasets",
+        "load_paper_source",
+        "read_collection",
+        "read_qrels",
+        "read_queries",
+        "shared_data_dir",
+        "source_from_files",
+    ),
+    "jaxmech.data.records": (
+        "TOKEN_TYPES",
+        "AlignedPair",
+        "DataError",
+        "DatasetFormatError",
+        "DiagnosticSource",
+        "read_dataset",
+        "write_dataset",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """The re-exported names, imported on first use (so `records` and `align` load without SciPy)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxmech.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

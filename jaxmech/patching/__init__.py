@@ -19,58 +19,41 @@ Interventions (`PatchSpec`, `AdditiveDelta`, `HeadReplacement`) live in `jaxmech
 type and alignment in `jaxmech.data.records` and `jaxmech.data.align`.
 """
 
-from jaxmech.data.align import AlignmentError, align_texts_with_filler, align_with_filler
-from jaxmech.data.records import AlignedPair
-from jaxmech.interventions import AdditiveDelta, HeadReplacement, Intervention, PatchSpec, one_hot, spec_in_axes
-from jaxmech.patching.activation import activation_patch
-from jaxmech.patching.attribution import activation_gradients, attribution_patch, verify_top_k
-from jaxmech.patching.caches import prepare
-from jaxmech.patching.families import FAMILIES, PATH_FAMILIES, REGISTRY, Family, UnknownFamilyError, get_family
-from jaxmech.patching.inputs import PairBatch, batch_pairs, read_pairs, reverse_batch
-from jaxmech.patching.metrics import METRICS, MetricResult, apply_metric, normalized_effect, rank_change
-from jaxmech.patching.path import parse_heads, path_components_to_heads, path_to_heads, path_to_score
-from jaxmech.patching.results import PatchingResult, SweepResult
-from jaxmech.patching.run import patch, run_patching
-from jaxmech.patching.schedule import local_mesh
+from __future__ import annotations
 
-__all__ = [
-    "FAMILIES",
-    "METRICS",
-    "PATH_FAMILIES",
-    "REGISTRY",
-    "AdditiveDelta",
-    "AlignedPair",
-    "AlignmentError",
-    "Family",
-    "HeadReplacement",
-    "Intervention",
-    "MetricResult",
-    "PairBatch",
-    "PatchSpec",
-    "PatchingResult",
-    "SweepResult",
-    "UnknownFamilyError",
-    "activation_gradients",
-    "activation_patch",
-    "align_texts_with_filler",
-    "align_with_filler",
-    "apply_metric",
-    "attribution_patch",
-    "batch_pairs",
-    "get_family",
-    "local_mesh",
-    "normalized_effect",
-    "one_hot",
-    "parse_heads",
-    "patch",
-    "path_components_to_heads",
-    "path_to_heads",
-    "path_to_score",
-    "prepare",
-    "rank_change",
-    "read_pairs",
-    "reverse_batch",
-    "run_patching",
-    "spec_in_axes",
-    "verify_top_k",
-]
+import importlib
+
+_EXPORTS = {
+    "jaxmech.data.align": ("AlignmentError", "align_texts_with_filler", "align_with_filler"),
+    "jaxmech.data.records": ("AlignedPair",),
+    "jaxmech.interventions": ("AdditiveDelta", "HeadReplacement", "Intervention", "PatchSpec", "one_hot",
+                              "spec_in_axes"),
+    "jaxmech.patching.activation": ("activation_patch",),
+    "jaxmech.patching.attribution": ("activation_gradients", "attribution_patch", "verify_top_k"),
+    "jaxmech.patching.caches": ("prepare",),
+    "jaxmech.patching.families": ("FAMILIES", "PATH_FAMILIES", "REGISTRY", "Family", "UnknownFamilyError",
+                                  "get_family"),
+    "jaxmech.patching.inputs": ("PairBatch", "batch_pairs", "read_pairs", "reverse_batch"),
+    "jaxmech.patching.metrics": ("METRICS", "MetricResult", "apply_metric", "normalized_effect", "rank_change"),
+    "jaxmech.patching.path": ("parse_heads", "path_components_to_heads", "path_to_heads", "path_to_score"),
+    "jaxmech.patching.results": ("PatchingResult", "SweepResult"),
+    "jaxmech.patching.run": ("patch", "run_patching"),
+    "jaxmech.patching.schedule": ("local_mesh",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """The re-exported names, imported on first use (light submodules such as `families` and `run` can be
+    imported without JAX)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxmech.patching' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from jaxmech.sites import get_site
 
 AXIS_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+RECEIVER_INPUTS = ("q", "k", "v")
+"""Which input of the receiver heads path families patch."""
 """Result axis letters of `Family.layout` and their names in `Family.axes`."""
 
 
@@ -175,6 +177,52 @@ def get_family(name: str | Family) -> Family:
     except KeyError:
         raise UnknownFamilyError(f"unknown patching family {name!r}; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
                                  ) from None
+
+
+def parse_heads(heads: Sequence[str | tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """``["10.1", (9, 4)]`` to ``((10, 1), (9, 4))``.
+
+    Raises:
+        ValueError: On a malformed head name.
+    """
+    out = []
+    for h in heads:
+        if isinstance(h, str):
+            parts = h.split(".")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"head {h!r} is not LAYER.HEAD (e.g. 4.1)")
+            h = (int(parts[0]), int(parts[1]))
+        out.append((int(h[0]), int(h[1])))
+    return tuple(out)
+
+
+def check_receivers(receivers, receiver_input: str, n_layers: int | None = None,
+                    n_heads: int | None = None) -> tuple[tuple[int, int], ...]:
+    """Parses and checks receiver heads (against the model's shape when ``n_layers``/``n_heads`` are given).
+
+    Args:
+        receivers: ``["4.1", (3, 2)]``.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        n_layers: Layers of the model.
+        n_heads: Heads per layer.
+
+    Returns:
+        ``((layer, head), ...)``.
+
+    Raises:
+        ValueError: On a malformed head, an unknown receiver input, no receivers, or a head out of range
+            (receivers need a layer above 0: their senders sit below them).
+    """
+    receivers = parse_heads(receivers or ())
+    if receiver_input not in RECEIVER_INPUTS:
+        raise ValueError(f"receiver input {receiver_input!r}; choose one of {RECEIVER_INPUTS}")
+    if not receivers:
+        raise ValueError("no receiver heads given")
+    for layer, head in receivers:
+        if n_layers is not None and n_heads is not None and not (0 < layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
+                             f"0..{n_heads - 1})")
+    return receivers
 
 
 def describe_families() -> list[dict[str, str]]:

@@ -201,9 +201,11 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
         The pairs, in input order.
 
     Raises:
-        ValueError: If none or an incomplete triple is given; `AlignmentError` for a pair that cannot be
-            aligned; `jaxmech.data.records.DataError` for a malformed file.
+        ValueError: If none or an incomplete triple is given, or ``limit`` < 1; `AlignmentError` for a pair
+            that cannot be aligned; `jaxmech.data.records.DataError` for a malformed file.
     """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     if dataset:
         from jaxmech.data.records import read_dataset
 

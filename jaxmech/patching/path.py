@@ -35,58 +35,15 @@ from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.model import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
 from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched_hidden
-from jaxmech.patching.families import Family
+from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
 from jaxmech.patching.results import SweepResult
 
-RECEIVER_INPUTS = ("q", "k", "v")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
-
-def parse_heads(heads: Sequence[str | tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """``["10.1", (9, 4)]`` to ``((10, 1), (9, 4))``.
-
-    Raises:
-        ValueError: On a malformed head name.
-    """
-    out = []
-    for h in heads:
-        if isinstance(h, str):
-            parts = h.split(".")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"head {h!r} is not LAYER.HEAD (e.g. 10.1)")
-            h = (int(parts[0]), int(parts[1]))
-        out.append((int(h[0]), int(h[1])))
-    return tuple(out)
-
-
-def check_receivers(receivers, receiver_input: str, n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
-    """Parses and checks receiver heads for a model with ``n_layers`` layers and ``n_heads`` heads.
-
-    Args:
-        receivers: ``["10.1", (9, 4)]``.
-        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
-        n_layers: Layers of the model.
-        n_heads: Heads per layer.
-
-    Returns:
-        ``((layer, head), ...)``.
-
-    Raises:
-        ValueError: On a malformed head, an unknown receiver input, no receivers, or a head out of range
-            (receivers need a layer above 0: their senders sit below them).
-    """
-    receivers = parse_heads(receivers or ())
-    if receiver_input not in RECEIVER_INPUTS:
-        raise ValueError(f"receiver input {receiver_input!r}; choose one of {RECEIVER_INPUTS}")
-    if not receivers:
-        raise ValueError("no receiver heads given")
-    for layer, head in receivers:
-        if not (0 < layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
-                             f"0..{n_heads - 1})")
-    return receivers
+__all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "path_components_to_heads",
+           "path_to_heads", "path_to_score", "receivers_by_layer"]
 
 
 def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:

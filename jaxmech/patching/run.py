@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxmech.data.records import AlignedPair
-from jaxmech.patching.families import Family, get_family
+from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.results import PatchingResult, pair_table
 
 METHODS = ("exact", "attribution")
@@ -56,16 +56,25 @@ class Progress:
 
 
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
-                  receivers: Sequence[str] | None = None, receiver_input: str = "k") -> list[Family]:
+                  receivers: Sequence[str] | None = None, receiver_input: str = "k",
+                  model_shape: tuple[int, int] | None = None) -> list[Family]:
     """Checks a run's families and options without a model (cheap, before loading anything).
+
+    Args:
+        families: Family names.
+        method: ``"exact"`` or ``"attribution"``.
+        metric: A metric of `RUN_METRICS`.
+        receivers: Receiver heads ``"LAYER.HEAD"``.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        model_shape: ``(n_layers, n_heads)`` to check receivers against, if known.
 
     Returns:
         The families.
 
     Raises:
         UnknownFamilyError: For an unknown family name.
-        ValueError: For an unknown method, metric or receiver input, a method a family does not support, or a
-            path family without receivers.
+        ValueError: For an unknown method, metric or receiver input, a method a family does not support, a
+            path family without receivers, or a malformed or out-of-range receiver.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -78,8 +87,48 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
         if method not in fam.methods:
             raise ValueError(f"--method {method} is not available for {fam.name}; use --method exact")
         if fam.needs_receivers and not receivers:
-            raise ValueError(f"{fam.name} needs --receiver LAYER.HEAD (e.g. --receiver 10.1)")
+            raise ValueError(f"{fam.name} needs --receiver LAYER.HEAD (e.g. --receiver 4.1)")
+    if any(f.needs_receivers for f in fams):
+        check_receivers(receivers, receiver_input, *(model_shape or (None, None)))
     return fams
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Checks that ``out`` can be written as a file (before any computation).
+
+    Raises:
+        ValueError: If ``out`` is a directory, lies under a regular file, or its folder is not writable.
+        FileExistsError: If ``out`` exists and ``overwrite`` is False.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path}: is a directory; give a file name such as {path / 'result.npz'}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--out {path} exists; pass --overwrite to replace it")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: the folder {parent} is not writable")
+    return path
+
+
+def local_model_shape(model: str | os.PathLike) -> tuple[int, int] | None:
+    """``(n_layers, n_heads)`` from a local model folder's ``config.json`` (None for hub ids or no config)."""
+    import json
+
+    from jaxmech.io import resolve_model_path
+
+    try:
+        config = Path(resolve_model_path(model)) / "config.json"
+        if config.is_file():
+            cfg = json.loads(config.read_text())
+            return int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _chunks(idx: list[int], size: int | None) -> list[list[int]]:
@@ -200,11 +249,19 @@ def run_patching(
                 stopped = True
                 break
     elapsed = time.perf_counter() - t0
+    # Pairs with nothing to patch (no aligned position), or no defined result in any family: flagged and NaN.
+    empty = np.array([not any(m >= 0 for m in p.position_map) for p in pairs])
+    all_nan = done & np.all([np.isnan(a.reshape(len(pairs), -1)).all(1) for a in effects.values()], axis=0)
+    no_result = (empty | all_nan) & done & ~flagged
+    for a in effects.values():
+        a[no_result] = np.nan
+    flagged |= no_result
     token_types = [p.token_types for p in pairs]
     has_types = all(t is not None for t in token_types)
     table = pair_table([p.name for p in pairs], [len(p.baseline_ids) for p in pairs], score_b, score_p, flagged,
                        token_types if has_types else None, pairs=pairs)
     table["done"] = done
+    table["no_result"] = no_result
     by_type: dict[str, np.ndarray] = {}
     counts = None
     if has_types:
@@ -222,24 +279,59 @@ def run_patching(
                           TOKEN_TYPE_ORDER if by_type else (), counts)
 
 
+METRIC_DEFINITIONS = {
+    "normalized": "normalized effect (patched - baseline) / (perturbed - baseline): 0 = no effect, 1 = the patch "
+                  "restores the perturbed score",
+    "difference": "patched - baseline score",
+    "raw": "patched score",
+}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
-    """The summary ``jaxmech patch`` prints: pairs, result shapes, the first scores, flagged pairs, seconds,
-    and for ``[layer, head]`` families the ``top_k`` heads by mean effect over pairs."""
+    """The summary ``jaxmech patch`` prints (strict JSON: non-finite numbers are ``null``).
+
+    Pairs, the metric, result shapes and axes, the first scores, flagged pairs, seconds, and for
+    ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs; ``warnings``
+    when no pair gave a result.
+    """
     from jaxmech.analysis import top_heads
 
     arrays = res.arrays()
+    flagged, no_result = res.pairs["flagged"], res.pairs.get("no_result", np.zeros(res.n_pairs, bool))
     summary: dict[str, Any] = {
         "pairs": res.n_pairs,
         "families": {f: list(arrays[f].shape) for f in res.families},
-        "score_baseline": [float(s) for s in res.pairs["score_baseline"][:5]],
-        "score_perturbed": [float(s) for s in res.pairs["score_perturbed"][:5]],
-        "flagged_near_zero_denominator": int(res.pairs["flagged"].sum()),
+        "score_baseline": [_finite_or_none(s) for s in res.pairs["score_baseline"][:5]],
+        "score_perturbed": [_finite_or_none(s) for s in res.pairs["score_perturbed"][:5]],
+        "flagged_near_zero_denominator": int((flagged & ~no_result).sum()),
         "seconds": round(res.meta["seconds"], 2),
     }
     for fam in res.families:
         if res.axes[fam][1:] == ("layer", "head"):  # rank heads by their mean effect over pairs
-            summary.setdefault("top_heads", {})[fam] = [[name, round(v, 4)] for name, v in
-                                                        top_heads(res.effects[fam], top_k)]
+            summary.setdefault("top_heads", {})[fam] = [
+                [name, None if not np.isfinite(v) else round(v, 4)] for name, v in top_heads(res.effects[fam], top_k)]
+    summary.update(
+        kind=res.meta["kind"],
+        metric={"name": res.meta["metric"], "definition": METRIC_DEFINITIONS[res.meta["metric"]]},
+        axes={f: list(res.axes[f]) for f in res.families},
+        flagged_no_result=[n for n, x in zip(res.pairs["name"], no_result, strict=True) if x][:10],
+    )
+    if "top_heads" in summary:
+        summary["top_heads_statistic"] = (f"top {top_k} heads by the mean {res.meta['metric']} effect over unflagged "
+                                          "pairs (null: no pair gave a value)")
+    if res.meta["kind"] == "bi":
+        summary["note"] = ("bi-encoder: the patched run is the document alone ([CLS] d [SEP]); query positions are "
+                           "not patched and the score is the similarity to the query's embedding")
+    warnings = []
+    if res.n_pairs and flagged.all():
+        warnings.append(f"every pair is flagged (no defined {res.meta['metric']} effect): rankings and means are "
+                        "empty")
+    if warnings:
+        summary["warnings"] = warnings
     return summary
 
 
@@ -257,7 +349,7 @@ def patch(
     init_head_seed: int | None = None,
     max_length: int | None = None,
     out: str | os.PathLike | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     **options,
 ) -> PatchingResult:
     """Loads a model, reads pairs, runs `run_patching` and saves the result: ``jaxmech patch`` in one call.
@@ -274,23 +366,41 @@ def patch(
         kind: ``"auto"``, ``"cross"`` or ``"bi"``.
         init_head_seed: Seed of a fresh classifier head for ``kind="cross"`` on an encoder-only checkpoint.
         max_length: Tokenizer maximum length.
-        out: Where to save the ``.npz`` (not saved if None).
-        overwrite: Replace an existing ``out``.
+        out: Where to save the ``.npz`` (not saved if None); checked before the model is loaded.
+        overwrite: Replace an existing ``out`` (else an existing file is refused, and a file another process
+            writes meanwhile is kept and this result saved next to it).
         **options: Passed to `run_patching` (``method``, ``metric``, ``reverse``, ``receivers``, ...).
 
     Returns:
         The `PatchingResult` (``meta["out"]`` names the file written).
+
+    Raises:
+        ValueError, FileNotFoundError, FileExistsError, UnknownFamilyError: Bad arguments, before the model
+            is loaded (see `check_request`, `check_output`).
     """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
+    check_request(families, model_shape=local_model_shape(model),
+                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input") if k in options})
+    if out is not None:
+        check_output(out, overwrite=overwrite)
+    for what, path in (("dataset", dataset), ("triples", triples)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: {what} file not found")
     from jaxmech.loading import load_model
     from jaxmech.patching.inputs import read_pairs
 
-    check_request(families, **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input")
-                               if k in options})
     lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,
                     require_tokenizer=True)
     pairs = read_pairs(lm.tokenizer, pair_input=lm.model.pair_input, dataset=dataset, triples=triples, query=query,
                        baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit)
     res = run_patching(lm, pairs, families, **options)
     if out is not None:
-        res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))
+        try:
+            res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))
+        except FileExistsError:  # another process wrote ``out`` meanwhile: keep this result next to it
+            kept = Path(out).with_name(f"{Path(out).stem}.{os.getpid()}{Path(out).suffix}")
+            res.save(kept, overwrite=False)
+            raise FileExistsError(f"--out {out} was written by another process while this one ran; this result "
+                                  f"was saved to {kept} instead") from None
     return res

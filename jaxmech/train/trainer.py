@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -212,6 +213,24 @@ class TrainResult:
     export_dir: Path | None = None
     pairs_per_s: float | None = None
     resumed_from: int | None = None
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drops the records of steps after ``step`` (logged before an interruption, after the checkpoint that a
+    resumed run restarts from; the resumed run logs them again), and a torn last line. Rewritten atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _log_default(msg: str) -> None:
@@ -496,6 +515,7 @@ class Trainer:
                 )
             params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
             result.resumed_from = start
+            _trim_metrics(self.out_dir / "metrics.jsonl", start)
             self.log(f"resumed from step {start} ({ckpt.directory})")
         else:
             opt_state, start = self.optimizer.init({k: params[k] for k in self.trainable}), 0
