@@ -143,6 +143,10 @@ def with_precision(fn: Callable) -> Callable:
         with _context(precision):
             return fn(*args, **kwargs)
 
+    if wrapper.__doc__ and "precision:" not in wrapper.__doc__:
+        wrapper.__doc__ = (wrapper.__doc__.rstrip() + "\n\n    Keyword ``precision``: a name of "
+                           "`jaxmech.runtime.PRECISIONS` (default ``\"fp32\"``, or an enclosing call's; see "
+                           "`jaxmech.runtime.with_precision`).\n")
     return wrapper
 
 

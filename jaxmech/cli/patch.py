@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
                 init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
                 metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
                 receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, precision=args.precision)
     summary = {"out": res.meta["out"], **summarize(res)}
     print(json.dumps(summary, indent=2, allow_nan=False))
     for warning in summary.get("warnings", []):
@@ -51,6 +51,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
     p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16x3", "bf16"],
+                   help="matmul precision: fp32 (default, exact), or a faster mode on GPUs/TPUs (equal to fp32 on "
+                   "CPU); see README, Devices")
     p.add_argument("--out", required=True, help="output .npz (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
@@ -69,6 +70,7 @@ class ActivationKernel(Kernel):
         return model.score_hidden(hidden, mask, data.query_embedding[pair])
 
 
+@runtime.with_precision
 def activation_patch(
     model: HookedEncoder,
     batch: PairBatch,

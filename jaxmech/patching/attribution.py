@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmech import runtime
 from jaxmech.interventions import AdditiveDelta, PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import prepare
@@ -57,6 +58,7 @@ def _reduce(effect: np.ndarray, site: str, per_pos: bool, per_head: bool) -> np.
     return x
 
 
+@runtime.with_precision
 def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Family, *, reverse: bool = False,
                       query_embedding=None) -> SweepResult:
     """Attribution-patching estimate of a family, shaped like `jaxmech.patching.sweep.activation_patch`.
@@ -99,6 +101,7 @@ def _exact_sites(model, ids, tt, mask, source, q_emb, layers, heads, pos_masks, 
     return jax.vmap(one)(layers, heads if heads is not None else layers, pos_masks)
 
 
+@runtime.with_precision
 def verify_top_k(model: HookedEncoder, batch: PairBatch, estimate: SweepResult, family: str | Family, k: int = 10,
                  *, reverse: bool = False, query_embedding=None) -> list[dict]:
     """Runs exact patches for the ``k`` sites with the largest estimated effect, per pair.

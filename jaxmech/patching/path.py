@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmech import runtime
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.model import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
@@ -166,6 +167,7 @@ class ComponentsToHeadsKernel(Kernel):
         return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs)
 
 
+@runtime.with_precision
 def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, chunk_size: int | None = None,
                   mesh=None, query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
     """Path patching from every head to the score (E4). Result ``[pair, layer, head]``.
@@ -192,6 +194,7 @@ def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
     return by_layer, max(r for r, _ in by_layer)
 
 
+@runtime.with_precision
 def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                   reverse: bool = False, chunk_size: int | None = None, mesh=None,
                   query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
@@ -220,6 +223,7 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     return SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
 
 
+@runtime.with_precision
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
                              query_embedding=None, positions=None, steps_per_call: int | None = None

@@ -22,7 +22,7 @@ from jaxtyping import Float
 from jaxmech.patching.families import get_family
 
 # The keys of the `meta` JSON stored in an .npz file, in file order.
-FILE_META_KEYS = ("model", "kind", "metric", "method", "reverse", "receivers", "receiver_input")
+FILE_META_KEYS = ("model", "kind", "metric", "method", "reverse", "receivers", "receiver_input", "precision", "device")
 
 
 def canonical_to_layout(out: Float[np.ndarray, "pair layer pos head"], layout: str) -> np.ndarray:
@@ -124,7 +124,7 @@ class PatchingResult:
         sb, sp = self.pairs["score_baseline"], self.pairs["score_perturbed"]
         out.update(score_baseline=sb[0] if single else sb, score_perturbed=sp[0] if single else sp,
                    lengths=self.pairs["length"], names=np.array(self.pairs["name"]), flagged=self.pairs["flagged"],
-                   meta=np.array(json.dumps({k: self.meta[k] for k in FILE_META_KEYS})))
+                   meta=np.array(json.dumps({k: self.meta[k] for k in FILE_META_KEYS if k in self.meta})))
         for fam, mean in self.by_type.items():
             out[f"by_type:{fam}"] = mean
             out["token_type_names"] = np.array(self.token_type_names)

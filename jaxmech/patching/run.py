@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmech import runtime
 from jaxmech.data.records import AlignedPair
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.results import PatchingResult, pair_table
@@ -57,7 +58,7 @@ class Progress:
 
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
                   receivers: Sequence[str] | None = None, receiver_input: str = "k",
-                  model_shape: tuple[int, int] | None = None) -> list[Family]:
+                  model_shape: tuple[int, int] | None = None, precision: str | None = None) -> list[Family]:
     """Checks a run's families and options without a model (cheap, before loading anything).
 
     Args:
@@ -67,6 +68,7 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
         receivers: Receiver heads ``"LAYER.HEAD"``.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         model_shape: ``(n_layers, n_heads)`` to check receivers against, if known.
+        precision: A matmul precision of `jaxmech.runtime.PRECISIONS` (None: the one in effect).
 
     Returns:
         The families.
@@ -76,6 +78,8 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
         ValueError: For an unknown method, metric or receiver input, a method a family does not support, a
             path family without receivers, or a malformed or out-of-range receiver.
     """
+    if precision is not None:
+        runtime.check_precision(precision, where="--precision")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if metric not in RUN_METRICS:
@@ -137,6 +141,7 @@ def _chunks(idx: list[int], size: int | None) -> list[list[int]]:
     return [idx[i:i + size] for i in range(0, len(idx), size)]
 
 
+@runtime.with_precision
 def run_patching(
     lm,
     pairs: Sequence[AlignedPair],
@@ -173,6 +178,8 @@ def run_patching(
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         chunk_size: Sites per vmapped step (default: from free device memory).
         min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this.
+        precision: Matmul precision, a name of `jaxmech.runtime.PRECISIONS` (keyword; default ``"fp32"``, or an
+            enclosing call's); checked before anything runs and recorded in ``meta["precision"]``.
         pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
             bucket then has exactly this many pairs (the last filled with inert pairs that run nothing), so
             with ``steps_per_call`` each family compiles once per bucket. Smaller chunks give more progress
@@ -274,6 +281,8 @@ def run_patching(
         "model": str(lm.folder), "kind": lm.kind, "metric": metric, "method": method, "reverse": reverse,
         "receivers": receivers, "receiver_input": receiver_input, "families": [f.name for f in fams],
         "min_denominator": min_denominator, "seconds": elapsed, "stopped": stopped,
+        "precision": runtime.resolve_precision(None), "device": runtime.describe_device(),
+        "compilation_cache": runtime.compilation_cache_status(),
     }
     return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
                           TOKEN_TYPE_ORDER if by_type else (), counts)
@@ -310,6 +319,9 @@ def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
         "flagged_near_zero_denominator": int((flagged & ~no_result).sum()),
         "seconds": round(res.meta["seconds"], 2),
     }
+    if "device" in res.meta:
+        summary["device"] = runtime.device_line(res.meta["device"])
+        summary["precision"] = res.meta.get("precision")
     for fam in res.families:
         if res.axes[fam][1:] == ("layer", "head"):  # rank heads by their mean effect over pairs
             summary.setdefault("top_heads", {})[fam] = [
@@ -381,7 +393,8 @@ def patch(
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     check_request(families, model_shape=local_model_shape(model),
-                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input") if k in options})
+                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
+                     if k in options})
     if out is not None:
         check_output(out, overwrite=overwrite)
     for what, path in (("dataset", dataset), ("triples", triples)):
