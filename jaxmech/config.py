@@ -4,6 +4,19 @@
 embeddings, decoder or cross-attention settings, activations other than the GELU variants and ReLU) is refused
 with one error that lists every unsupported option, so a checkpoint is never silently run with different
 arithmetic from the one it was trained with.
+
+**Architectures.** BERT, ELECTRA, RoBERTa and XLM-RoBERTa are the same post-LayerNorm encoder; they differ only in
+details that are fields of the one config (see `ARCHITECTURES` and `architecture_table_markdown`):
+
+* ``positions``: ``"absolute"`` (BERT, ELECTRA: position ``t`` for the ``t``-th token) or ``"padding_offset"``
+  (RoBERTa, XLM-R: fairseq's ``cumsum(tokens != pad) * (tokens != pad) + pad``, so real tokens start at
+  ``pad_token_id + 1`` and padding tokens read ``W_pos[pad_token_id]``; the longest input is
+  ``n_ctx - pad_token_id - 1``);
+* ``n_token_types``: 2 for BERT and ELECTRA, 1 for RoBERTa-family models (every token has type 0);
+* ``d_embed``: ELECTRA's ``embedding_size``; when it differs from ``d_model``, the embeddings (and their
+  LayerNorm) are ``d_embed`` wide and a linear ``embed.W_proj`` maps the normalised sum to ``d_model``;
+* ``head_act``: the activation between the dense layer on the first token and the output projection of the
+  classification head: ``tanh`` for the BERT pooler and the RoBERTa head, erf ``gelu`` for ELECTRA's head.
 """
 
 from __future__ import annotations
@@ -14,7 +27,51 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = ("bert", "electra", "roberta", "xlm-roberta")
+POSITION_SCHEMES = ("absolute", "padding_offset")
+HEAD_ACTIVATIONS = ("tanh", "gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """How one Hugging Face ``model_type`` maps onto the encoder (checkpoint key names live in `jaxmech.convert`).
+
+    Attributes:
+        model_type: Hugging Face ``model_type``.
+        cross_class: ``transformers`` class of the cross-encoder.
+        bi_class: ``transformers`` class of the bare trunk (bi-encoders).
+        positions: Position scheme (see the module docstring).
+        head_act: Activation of the classification head's dense layer.
+        head: The classification head, in words.
+        pair_format: The tokenizer's pair layout.
+        examples: Public checkpoints of this architecture.
+    """
+
+    model_type: str
+    cross_class: str
+    bi_class: str
+    positions: str
+    head_act: str
+    head: str
+    pair_format: str
+    examples: tuple[str, ...]
+
+
+_ROBERTA_PAIR = "<s> q </s></s> d </s>, all token types 0"
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture("bert", "BertForSequenceClassification", "BertModel", "absolute", "tanh",
+                         "pooler (dense, tanh) on [CLS], then classifier", "[CLS] q [SEP] d [SEP], types 0 / 1",
+                         ("cross-encoder/ms-marco-MiniLM-L-12-v2",)),
+    "electra": Architecture("electra", "ElectraForSequenceClassification", "ElectraModel", "absolute", "gelu",
+                            "dense, erf GELU, out_proj on [CLS]; no pooler", "[CLS] q [SEP] d [SEP], types 0 / 1",
+                            ("cross-encoder/ms-marco-electra-base",)),
+    "roberta": Architecture("roberta", "RobertaForSequenceClassification", "RobertaModel", "padding_offset", "tanh",
+                            "dense, tanh, out_proj on <s>; no pooler", _ROBERTA_PAIR,
+                            ("cross-encoder/stsb-roberta-base",)),
+    "xlm-roberta": Architecture("xlm-roberta", "XLMRobertaForSequenceClassification", "XLMRobertaModel",
+                                "padding_offset", "tanh", "dense, tanh, out_proj on <s>; no pooler", _ROBERTA_PAIR,
+                                ("BAAI/bge-reranker-base", "BAAI/bge-reranker-v2-m3")),
+}
 
 
 class UnsupportedConfigError(ValueError):
@@ -39,6 +96,11 @@ class EncoderConfig:
         num_labels: Outputs of the classification head (1 for a relevance score).
         pad_token_id: Id of the padding token.
         initializer_range: Std of the normal initialiser (only used for fresh weights).
+        model_type: Hugging Face ``model_type`` (a key of `ARCHITECTURES`): checkpoint names and ``transformers``
+            classes.
+        positions: Position scheme, one of `POSITION_SCHEMES`.
+        d_embed: Embedding width (ELECTRA's ``embedding_size``); None means ``d_model`` (no projection).
+        head_act: Activation of the classification head's dense layer, one of `HEAD_ACTIVATIONS`.
     """
 
     n_layers: int = 12
@@ -54,8 +116,24 @@ class EncoderConfig:
     num_labels: int = 1
     pad_token_id: int = 0
     initializer_range: float = 0.02
+    model_type: str = "bert"
+    positions: str = "absolute"
+    d_embed: int | None = None
+    head_act: str = "tanh"
 
     def __post_init__(self):
+        for name, value, allowed in (("model_type", self.model_type, SUPPORTED_MODEL_TYPES),
+                                     ("positions", self.positions, POSITION_SCHEMES),
+                                     ("head_act", self.head_act, HEAD_ACTIVATIONS)):
+            if value not in allowed:
+                raise UnsupportedConfigError(f"{name}={value!r} is not supported; choose one of {allowed}")
+        if self.d_embed is not None and self.d_embed < 1:
+            raise UnsupportedConfigError(f"d_embed must be positive or None, got {self.d_embed}")
+        if self.positions == "padding_offset" and self.n_ctx <= self.pad_token_id + 1:
+            raise UnsupportedConfigError(
+                f"positions='padding_offset' needs n_ctx > pad_token_id + 1, got n_ctx={self.n_ctx}, "
+                f"pad_token_id={self.pad_token_id}"
+            )
         if self.act_fn not in SUPPORTED_ACTIVATIONS:
             raise UnsupportedConfigError(
                 f"act_fn={self.act_fn!r} is not supported; choose one of {SUPPORTED_ACTIVATIONS}"
@@ -69,16 +147,39 @@ class EncoderConfig:
                 raise UnsupportedConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
+    def arch(self) -> Architecture:
+        """The `Architecture` of ``model_type``."""
+        return ARCHITECTURES[self.model_type]
+
+    @property
+    def embed_width(self) -> int:
+        """Width of the embeddings and their LayerNorm (``d_embed``, else ``d_model``)."""
+        return self.d_model if self.d_embed is None else self.d_embed
+
+    @property
+    def has_embed_proj(self) -> bool:
+        """Whether a linear map takes the normalised embeddings from ``d_embed`` to ``d_model`` (ELECTRA)."""
+        return self.embed_width != self.d_model
+
+    @property
+    def max_length(self) -> int:
+        """Longest input the position embedding supports (``n_ctx``, less ``pad_token_id + 1`` for RoBERTa)."""
+        return self.n_ctx - (self.pad_token_id + 1 if self.positions == "padding_offset" else 0)
+
+    @property
     def n_params(self) -> int:
-        """Parameter count of the cross-encoder (embeddings, blocks, pooler, classifier)."""
-        d, L = self.d_model, self.n_layers
-        embed = (self.d_vocab + self.n_ctx + self.n_token_types) * d + 2 * d
+        """Parameter count of the cross-encoder (embeddings, blocks, pooler / head dense layer, classifier)."""
+        d, L, e = self.d_model, self.n_layers, self.embed_width
+        embed = (self.d_vocab + self.n_ctx + self.n_token_types) * e + 2 * e
+        if self.has_embed_proj:
+            embed += e * d + d
         block = 4 * (d * d + d) + 2 * d * self.d_mlp + self.d_mlp + d + 4 * d
         return embed + L * block + (d * d + d) + (d * self.num_labels + self.num_labels)
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any] | Any, *, source: str = "config") -> EncoderConfig:
-        """Builds a config from a Hugging Face BERT config, refusing anything not implemented exactly.
+        """Builds a config from a Hugging Face BERT / ELECTRA / (XLM-)RoBERTa config, refusing anything not
+        implemented exactly.
 
         Args:
             hf: The ``config.json`` contents as a dict, or a ``transformers.PretrainedConfig``.
@@ -95,7 +196,9 @@ class EncoderConfig:
         problems = []
         model_type = hf.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES})")
+            hint = "; ModernBERT runs as its own blocks: jaxmech.modernbert.load_modernbert" \
+                if model_type == "modernbert" else ""
+            problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES}{hint})")
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             problems.append(f"position_embedding_type={pos_type!r} (only 'absolute' is implemented)")
@@ -114,10 +217,16 @@ class EncoderConfig:
                 f"hidden_size={hf['hidden_size']} is not divisible by num_attention_heads="
                 f"{hf['num_attention_heads']}"
             )
+        embedding_size = hf.get("embedding_size")
+        if embedding_size is not None and model_type != "electra":
+            problems.append(f"embedding_size={embedding_size} (an embedding projection exists only for 'electra')")
+        if hf.get("type_vocab_size", 2) < 1:
+            problems.append(f"type_vocab_size={hf.get('type_vocab_size')} (need at least one token type)")
         if problems:
             raise UnsupportedConfigError(
                 f"{source}: unsupported Hugging Face config option(s): " + "; ".join(problems)
             )
+        arch = ARCHITECTURES[model_type]
         num_labels = hf.get("num_labels")
         if num_labels is None:
             num_labels = len(hf["id2label"]) if hf.get("id2label") else 1
@@ -135,13 +244,28 @@ class EncoderConfig:
             num_labels=num_labels,
             pad_token_id=hf.get("pad_token_id", 0) or 0,
             initializer_range=hf.get("initializer_range", 0.02),
+            model_type=model_type,
+            positions=arch.positions,
+            d_embed=embedding_size if embedding_size not in (None, hf["hidden_size"]) else None,
+            head_act=arch.head_act,
         )
 
-    def to_hf_config(self, *, architecture: str = "BertForSequenceClassification") -> dict[str, Any]:
-        """The Hugging Face ``config.json`` dict for this config (inverse of `from_hf_config`)."""
+    def hf_class(self, kind: str = "cross") -> str:
+        """The ``transformers`` class of this architecture for a ``"cross"`` or ``"bi"`` model."""
+        if kind not in ("cross", "bi"):
+            raise ValueError(f"unknown model kind {kind!r}; expected 'cross' or 'bi'")
+        return self.arch.cross_class if kind == "cross" else self.arch.bi_class
+
+    def to_hf_config(self, *, architecture: str | None = None) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` dict for this config (inverse of `from_hf_config`).
+
+        Args:
+            architecture: The ``architectures`` entry; default: this architecture's sequence-classification class.
+        """
+        architecture = architecture or self.hf_class("cross")
         out = {
             "architectures": [architecture],
-            "model_type": "bert",
+            "model_type": self.model_type,
             "hidden_size": self.d_model,
             "num_hidden_layers": self.n_layers,
             "num_attention_heads": self.n_heads,
@@ -157,6 +281,10 @@ class EncoderConfig:
             "hidden_dropout_prob": 0.1,
             "attention_probs_dropout_prob": 0.1,
         }
+        if self.model_type == "electra":
+            out["embedding_size"] = self.embed_width
+        if self.model_type in ("roberta", "xlm-roberta"):
+            out["bos_token_id"], out["eos_token_id"] = 0, 2
         if architecture.endswith("ForSequenceClassification"):
             out["num_labels"] = self.num_labels
             out["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}

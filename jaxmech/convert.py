@@ -1,11 +1,17 @@
-"""Hugging Face BERT weights <-> jaxmech parameters, strictly.
+"""Hugging Face BERT / ELECTRA / (XLM-)RoBERTa weights <-> jaxmech parameters, strictly.
 
-`KEY_MAP` is the whole correspondence: one row per Hugging Face tensor (``{l}`` for the layer), the jaxmech
+`key_map` is the whole correspondence: one row per Hugging Face tensor (``{l}`` for the layer), the jaxmech
 parameter it fills, and the reshape between torch's ``Linear`` layout ``[out, in]`` and TransformerLens's
 layout (``W_Q: [head_index, d_model, d_head]``, ``W_O: [head_index, d_head, d_model]``, ``W_in: [d_model,
 d_mlp]``). Conversion consumes every checkpoint tensor or lists it as explicitly ignored (``IGNORED``), fills
 every parameter, and checks every shape; anything else is an error naming the tensor. `to_hf_state_dict` is
 the inverse, so a round trip through ``transformers`` can be tested.
+
+The architectures share the trunk's names under their own prefix (`TRUNK_PREFIX`: ``bert.``, ``electra.``,
+``roberta.``) and differ in the head: BERT's ``pooler.dense`` + ``classifier`` against ``classifier.dense`` +
+``classifier.out_proj`` (ELECTRA, RoBERTa, XLM-R), which fill the same `Pooler` and `Classifier` parameters.
+ELECTRA's ``embeddings_project`` fills ``embed.W_proj`` / ``embed.b_proj`` when ``embedding_size`` differs from
+``hidden_size``.
 """
 
 from __future__ import annotations
@@ -82,31 +88,59 @@ _BLOCK_RULES = [
     KeyRule(_LAYER + "output.LayerNorm.weight", ("blocks", "ln2", "w"), _ID),
     KeyRule(_LAYER + "output.LayerNorm.bias", ("blocks", "ln2", "b"), _ID),
 ]
-_POOLER_RULES = [
+_EMBED_PROJ_RULES = [  # ELECTRA with embedding_size != hidden_size
+    KeyRule("embeddings_project.weight", ("embed", "W_proj"), _T),
+    KeyRule("embeddings_project.bias", ("embed", "b_proj"), _ID),
+]
+_BERT_HEAD_RULES = [
     KeyRule("pooler.dense.weight", ("pooler", "W"), _T),
     KeyRule("pooler.dense.bias", ("pooler", "b"), _ID),
-]
-_CLASSIFIER_RULES = [
     KeyRule("classifier.weight", ("classifier", "W"), _T),
     KeyRule("classifier.bias", ("classifier", "b"), _ID),
 ]
+_DENSE_OUT_PROJ_HEAD_RULES = [  # ElectraClassificationHead, RobertaClassificationHead (no pooler)
+    KeyRule("classifier.dense.weight", ("pooler", "W"), _T),
+    KeyRule("classifier.dense.bias", ("pooler", "b"), _ID),
+    KeyRule("classifier.out_proj.weight", ("classifier", "W"), _T),
+    KeyRule("classifier.out_proj.bias", ("classifier", "b"), _ID),
+]
+HEAD_RULES = {"bert": _BERT_HEAD_RULES, "electra": _DENSE_OUT_PROJ_HEAD_RULES,
+              "roberta": _DENSE_OUT_PROJ_HEAD_RULES, "xlm-roberta": _DENSE_OUT_PROJ_HEAD_RULES}
+# Prefix of the trunk's tensors in ``*ForSequenceClassification`` checkpoints (head keys are unprefixed,
+# except BERT's pooler, which is part of the trunk).
+TRUNK_PREFIX = {"bert": "bert.", "electra": "electra.", "roberta": "roberta.", "xlm-roberta": "roberta."}
 
 # Tensors a checkpoint may carry that the port deliberately does not use.
 IGNORED = {
     r"embeddings\.position_ids": "buffer of arange(n_ctx), recomputed",
+    r"embeddings\.token_type_ids": "buffer of zeros, unused",
     r"cls\..*": "pre-training (MLM / next-sentence) head, unused by encoders",
+    r"lm_head\..*": "RoBERTa / XLM-R masked-LM head, unused by encoders",
+    r"discriminator_predictions\..*": "ELECTRA replaced-token-detection head, unused by encoders",
+    r"generator_(predictions|lm_head)\..*": "ELECTRA generator head, unused by encoders",
 }
 IGNORED_FOR_BI = {r"pooler\.dense\.(weight|bias)": "BERT pooler, unused by sentence-transformers pooling"}
+IGNORED_FOR_CROSS_WITHOUT_POOLER = {
+    r"pooler\.dense\.(weight|bias)": "trunk pooler, unused by the ELECTRA / RoBERTa classification head"
+}
 _LEGACY = {".gamma": ".weight", ".beta": ".bias"}  # old TF-converted BERT LayerNorm names
 
 
 def key_map(cfg: EncoderConfig, kind: str) -> list[tuple[str, KeyRule, int | None]]:
     """All ``(hf_key, rule, layer)`` rows for a model kind (``"cross"`` or ``"bi"``), without prefix."""
-    rows = [(r.hf, r, None) for r in _EMBED_RULES]
+    rows = [(r.hf, r, None) for r in _EMBED_RULES + (_EMBED_PROJ_RULES if cfg.has_embed_proj else [])]
     rows += [(r.hf.format(l=l), r, l) for l in range(cfg.n_layers) for r in _BLOCK_RULES]
     if kind == "cross":
-        rows += [(r.hf, r, None) for r in _POOLER_RULES + _CLASSIFIER_RULES]
+        rows += [(r.hf, r, None) for r in HEAD_RULES[cfg.model_type]]
     return rows
+
+
+def _ignored_patterns(cfg: EncoderConfig, kind: str) -> dict[str, str]:
+    if kind == "bi":
+        return dict(IGNORED, **IGNORED_FOR_BI)
+    if cfg.model_type != "bert":
+        return dict(IGNORED, **IGNORED_FOR_CROSS_WITHOUT_POOLER)
+    return dict(IGNORED)
 
 
 @dataclasses.dataclass
@@ -124,13 +158,16 @@ class ConversionReport:
     initialized: list[str] = dataclasses.field(default_factory=list)
 
 
-def _normalise_keys(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Strips the ``bert.`` prefix (sequence-classification checkpoints) and renames legacy LN keys.
+def _normalise_keys(
+    state: Mapping[str, np.ndarray], prefix: str = "bert."
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Strips the trunk prefix (``bert.``, ``electra.``, ``roberta.`` in sequence-classification checkpoints)
+    and renames legacy LN keys.
 
     Returns:
         The renamed state and the map from new names back to the checkpoint's own names.
     """
-    prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    prefix = prefix if any(k.startswith(prefix) for k in state) else ""
     out, original = {}, {}
     for k, v in state.items():
         new = k[len(prefix):] if prefix and k.startswith(prefix) else k
@@ -169,12 +206,12 @@ def from_hf_state_dict(
     init_missing_head_seed: int | None = None,
     source: str = "checkpoint",
 ) -> tuple[HookedEncoder, ConversionReport]:
-    """Builds a jaxmech model from a Hugging Face BERT state dict.
+    """Builds a jaxmech model from a Hugging Face BERT / ELECTRA / (XLM-)RoBERTa state dict.
 
     Args:
         state: Tensor name to array (numpy, or anything ``np.asarray`` accepts).
         cfg: Configuration (usually `EncoderConfig.from_hf_config` of the same folder).
-        kind: ``"cross"`` (``BertForSequenceClassification``) or ``"bi"`` (``BertModel`` + pooling).
+        kind: ``"cross"`` (``*ForSequenceClassification``) or ``"bi"`` (``BertModel`` etc. + pooling).
         pooling: Pooling settings for bi-encoders.
         score_label: See `CrossEncoder`.
         init_missing_head_seed: For a cross-encoder built from an encoder-only checkpoint (no classifier, maybe
@@ -187,9 +224,9 @@ def from_hf_state_dict(
     Raises:
         ConversionError: On unexpected tensors, missing parameters or wrong shapes; the message lists all.
     """
-    state, original = _normalise_keys(state)
+    state, original = _normalise_keys(state, TRUNK_PREFIX[cfg.model_type])
     rows = key_map(cfg, kind)
-    ignored_patterns = dict(IGNORED, **(IGNORED_FOR_BI if kind == "bi" else {}))
+    ignored_patterns = _ignored_patterns(cfg, kind)
     report = ConversionReport()
     problems: list[str] = []
 
@@ -254,16 +291,36 @@ def from_hf_state_dict(
     return model, report
 
 
+def hf_shapes(cfg: EncoderConfig, kind: str = "cross") -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor a Hugging Face checkpoint of this config holds, by its key in the
+    ``*ForSequenceClassification`` (``kind="cross"``) or bare-trunk (``"bi"``) state dict, without allocating
+    anything (the key map's inverse transforms traced on shapes): a cheap exact-shape check against a real
+    model's config.
+    """
+    import jax
+
+    template = nnx.eval_shape(lambda: build_model(cfg, kind))
+    flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(template, nnx.Param))}
+    prefix = TRUNK_PREFIX[cfg.model_type] if kind == "cross" else ""
+    out = {}
+    for hf_key, rule, layer in key_map(cfg, kind):
+        _, jax_to_torch = rule.fns(cfg)
+        shape = flat[rule.param].shape[1:] if layer is not None else flat[rule.param].shape
+        spec = jax.eval_shape(jax_to_torch, jax.ShapeDtypeStruct(shape, jnp.float32))
+        out[hf_key if hf_key.startswith("classifier.") else prefix + hf_key] = tuple(spec.shape)
+    return out
+
+
 def to_hf_state_dict(model: HookedEncoder) -> dict[str, np.ndarray]:
     """The Hugging Face state dict of a jaxmech model (inverse of `from_hf_state_dict`).
 
-    Cross-encoders get the ``bert.`` prefix of ``BertForSequenceClassification``; bi-encoders use
-    ``BertModel`` keys (no prefix, no pooler).
+    Cross-encoders get the trunk prefix of their ``*ForSequenceClassification`` class (`TRUNK_PREFIX`);
+    bi-encoders use the bare trunk's keys (``BertModel`` etc.: no prefix, no pooler).
     """
     cfg = model.cfg
     kind = model.kind
     flat = {path: var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    prefix = "bert." if kind == "cross" else ""
+    prefix = TRUNK_PREFIX[cfg.model_type] if kind == "cross" else ""
     out = {}
     for hf_key, rule, layer in key_map(cfg, kind):
         _, jax_to_torch = rule.fns(cfg)

@@ -33,7 +33,7 @@ from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, t
 from jaxmech.io import atomic_write, resolve_model_path
 from jaxmech.model import HookedEncoder, PoolingConfig
 from jaxmech.runtime import cache_root
-from jaxmech.tokenizer import PairTokenizer
+from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files
 
 CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
 _REPORT_KEY = "jaxmech_conversion_report"
@@ -74,7 +74,8 @@ class LoadedModel:
 
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.txt",
               "tokenizer*", "special_tokens_map.json", "modules.json", "config_sentence_transformers.json",
-              "sentence_bert_config.json", "1_Pooling/*"]
+              "sentence_bert_config.json", "1_Pooling/*",
+              "vocab.json", "sentencepiece.bpe.model", "spiece.model"]  # RoBERTa BPE, XLM-R SentencePiece
 
 
 def resolve_model_dir(path_or_id: str | Path, *, timeout_s: float = 15.0) -> Path:
@@ -341,13 +342,13 @@ def load_model(
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
                 meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
                 atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
-    limit = min(cfg.n_ctx, max_length or 512)
+    limit = min(cfg.max_length, max_length or 512)
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
-    has_tokenizer = (tok_dir / "tokenizer.json").exists() or (tok_dir / "vocab.txt").exists()
+    has_tokenizer = has_tokenizer_files(tok_dir)
     if tokenizer_path and not has_tokenizer:
-        raise ModelNotFoundError(f"{tok_dir}: no tokenizer.json or vocab.txt")
+        raise ModelNotFoundError(f"{tok_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...)")
     if require_tokenizer and not has_tokenizer:
-        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json or vocab.txt)")
+        raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json, vocab.txt, ...)")
     tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
                  if has_tokenizer else None)
     return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
@@ -355,9 +356,10 @@ def load_model(
 
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:
     """Writes a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer) that ``transformers``
-    loads: ``BertForSequenceClassification`` for cross-encoders, ``BertModel`` (+ sentence-transformers
-    pooling files) for bi-encoders. Files are written to a temporary folder and moved into place, so an
-    interrupted save never looks complete; the folder gets the usual permissions under the umask.
+    loads: ``BertForSequenceClassification`` (``ElectraForSequenceClassification``, ...: `EncoderConfig.hf_class`)
+    for cross-encoders, ``BertModel`` (etc.; + sentence-transformers pooling files) for bi-encoders. Files are
+    written to a temporary folder and moved into place, so an interrupted save never looks complete; the folder
+    gets the usual permissions under the umask.
     """
     from safetensors.numpy import save_file
 
@@ -365,7 +367,7 @@ def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: Pair
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        arch = "BertForSequenceClassification" if model.kind == "cross" else "BertModel"
+        arch = model.cfg.hf_class(model.kind)
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_hf_config(architecture=arch), indent=2))
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if model.kind == "bi":

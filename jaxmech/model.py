@@ -136,23 +136,48 @@ class LayerNorm(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """Word + position + token-type embeddings followed by LayerNorm (BERT)."""
+    """Word + position + token-type embeddings followed by LayerNorm (BERT, ELECTRA, RoBERTa, XLM-R).
+
+    ``W_E: [d_vocab, d_embed]``, ``W_pos: [n_ctx, d_embed]``, ``W_token_type: [n_token_types, d_embed]``;
+    ``d_embed = d_model`` except for ELECTRA models with a smaller ``embedding_size``, where
+    ``W_proj: [d_embed, d_model]`` and ``b_proj: [d_model]`` map the normalised sum into the residual stream
+    (``resid_pre[0]``). Positions follow ``cfg.positions`` (see `position_ids`).
+    """
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
-        std = cfg.initializer_range
-        self.W_E = _normal(rngs, (cfg.d_vocab, cfg.d_model), std)
-        self.W_pos = _normal(rngs, (cfg.n_ctx, cfg.d_model), std)
-        self.W_token_type = _normal(rngs, (cfg.n_token_types, cfg.d_model), std)
-        self.ln = LayerNorm(cfg.d_model, cfg.eps)
+        std, e = cfg.initializer_range, cfg.embed_width
+        self.positions = cfg.positions
+        self.pad_token_id = cfg.pad_token_id
+        self.max_length = cfg.max_length
+        self.W_E = _normal(rngs, (cfg.d_vocab, e), std)
+        self.W_pos = _normal(rngs, (cfg.n_ctx, e), std)
+        self.W_token_type = _normal(rngs, (cfg.n_token_types, e), std)
+        self.ln = LayerNorm(e, cfg.eps)
+        self.W_proj = _normal(rngs, (e, cfg.d_model), std) if cfg.has_embed_proj else None
+        self.b_proj = _zeros((cfg.d_model,)) if cfg.has_embed_proj else None
+
+    def position_ids(self, tokens: Int[Array, " pos"]) -> Int[Array, " pos"]:
+        """Row of ``W_pos`` for each token: ``arange(pos)`` (``"absolute"``), or fairseq's
+        ``cumsum(tokens != pad) * (tokens != pad) + pad`` (``"padding_offset"``: RoBERTa, XLM-R), so that real
+        tokens start at ``pad + 1`` and padding tokens read ``W_pos[pad]``, exactly as ``transformers``."""
+        if self.positions == "absolute":
+            return jnp.arange(tokens.shape[0])
+        real = (tokens != self.pad_token_id).astype(jnp.int32)
+        return jnp.cumsum(real) * real + self.pad_token_id
 
     def __call__(
         self, tokens: Int[Array, " pos"], token_type_ids: Int[Array, " pos"], hooks: Hooks
     ) -> Float[Array, "pos d_model"]:
+        if tokens.shape[0] > self.max_length:  # a gather past W_pos would silently clamp under XLA
+            raise ValueError(f"input of {tokens.shape[0]} positions exceeds the model's maximum of {self.max_length}")
         embed = hooks("embed", self.W_E[...][tokens])
-        pos_embed = hooks("pos_embed", self.W_pos[...][: tokens.shape[0]])
+        pos_embed = hooks("pos_embed", self.W_pos[...][self.position_ids(tokens)])
         tt_embed = hooks("token_type_embed", self.W_token_type[...][token_type_ids])
         total = hooks("embed_sum", embed + pos_embed + tt_embed)
-        return self.ln(total, hooks, "embed_ln_scale")
+        x = self.ln(total, hooks, "embed_ln_scale")
+        if self.W_proj is not None:  # ELECTRA's embeddings_project, d_embed -> d_model
+            x = x @ self.W_proj[...] + self.b_proj[...]
+        return x
 
 
 class Attention(nnx.Module):
@@ -457,14 +482,20 @@ class HookedEncoder(nnx.Module, abc.ABC):
 
 
 class Pooler(nnx.Module):
-    """BERT pooler: dense + tanh on the [CLS] hidden state. ``W: [d_model, d_model]``."""
+    """Dense layer + activation on the first token's hidden state. ``W: [d_model, d_model]``.
+
+    The BERT pooler (tanh) and the dense half of the RoBERTa / XLM-R (tanh) and ELECTRA (erf GELU)
+    classification heads are the same computation; ``cfg.head_act`` picks the activation.
+    """
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.head_act = cfg.head_act
         self.W = _normal(rngs, (cfg.d_model, cfg.d_model), cfg.initializer_range)
         self.b = _zeros((cfg.d_model,))
 
     def __call__(self, h_cls: Float[Array, " d_model"]) -> Float[Array, " d_model"]:
-        return jnp.tanh(h_cls @ self.W[...] + self.b[...])
+        x = h_cls @ self.W[...] + self.b[...]
+        return jnp.tanh(x) if self.head_act == "tanh" else activation(self.head_act)(x)
 
 
 class Classifier(nnx.Module):

@@ -18,6 +18,11 @@ embedding sum, and direct-logit-attribution-style decompositions do not apply ac
 pre-LN sums and the normalized values are exposed, together with the LayerNorm scales
 (``sqrt(var + eps)``, TransformerLens's ``hook_scale``), so that effects can be traced through the LayerNorms.
 
+``d_embed`` is ``d_model`` except in ELECTRA models whose ``embedding_size`` is smaller, where a linear map
+takes the normalised embeddings into the residual stream. The same sites, with the same post-LN identities,
+exist in BERT, ELECTRA, RoBERTa and XLM-RoBERTa; `jaxmech.architectures.site_table_for` prints one model's
+table with its shapes and the meanings that differ (RoBERTa's position offset, ELECTRA's head).
+
 Masked attention scores hold `MASK_VALUE` (a large finite negative) rather than ``-inf`` so that blends of two
 score tensors stay finite; their softmax is exactly 0 either way.
 """
@@ -64,11 +69,11 @@ class Site:
 
 _SITES = [
     # -- embeddings (no layer axis) --
-    Site("embed", ("pos", "d_model"), False, "embed.hook_embed", "token (word-piece) embedding W_E[tokens]"),
-    Site("pos_embed", ("pos", "d_model"), False, "embed.hook_pos_embed", "position embedding W_pos[positions]"),
-    Site("token_type_embed", ("pos", "d_model"), False, "embed.hook_token_type_embed",
+    Site("embed", ("pos", "d_embed"), False, "embed.hook_embed", "token (word-piece) embedding W_E[tokens]"),
+    Site("pos_embed", ("pos", "d_embed"), False, "embed.hook_pos_embed", "position embedding W_pos[positions]"),
+    Site("token_type_embed", ("pos", "d_embed"), False, "embed.hook_token_type_embed",
          "segment embedding W_token_type[token_type_ids]"),
-    Site("embed_sum", ("pos", "d_model"), False, "embed.hook_embed_sum",
+    Site("embed_sum", ("pos", "d_embed"), False, "embed.hook_embed_sum",
          "embed + pos_embed + token_type_embed, before the embedding LayerNorm"),
     Site("embed_ln_scale", ("pos", "one"), False, "embed.ln.hook_scale",
          "sqrt(var + eps) of embed_sum, the embedding LayerNorm's scale"),
@@ -101,7 +106,8 @@ _SITES = [
     Site("normalized_resid_post", ("pos", "d_model"), True, "blocks.{l}.hook_normalized_resid_post",
          "LN2(resid_post): the block output, equal to resid_pre[l+1]"),
     # -- readout (no layer axis) --
-    Site("pooler_out", ("d_model",), False, "pooler.hook_out", "tanh(W_pool h_[CLS] + b_pool) (cross-encoders)"),
+    Site("pooler_out", ("d_model",), False, "pooler.hook_out",
+         "tanh(W_pool h_[CLS] + b_pool) (cross-encoders; ELECTRA / RoBERTa: the head's dense layer + activation)"),
     Site("pooled", ("d_model",), False, "pooling.hook_out",
          "mean (or CLS/max) pooled final hidden state, normalised if the model says so (bi-encoders)"),
     Site("logits", ("n_labels",), False, "hook_logits", "classifier output; the raw relevance logit(s)"),

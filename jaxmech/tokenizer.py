@@ -1,9 +1,14 @@
 """Tokenisation of query-document pairs with bucketed padding and reported (never silent) truncation.
 
-Pairs are encoded as ``[CLS] q [SEP] d [SEP]`` with token types 0 for ``[CLS] q [SEP]`` and 1 for ``d [SEP]``,
-exactly as the checkpoint's Hugging Face fast tokenizer does (queries and documents are word-piece encoded
-separately, which is what the BERT post-processor does too). Batches are padded to the smallest of a few
-length buckets that fits, so a jitted function compiles once per bucket rather than once per length.
+Pairs are encoded exactly as the checkpoint's Hugging Face fast tokenizer does, in the layout its
+post-processor uses (`PairFormat`, read off the tokenizer once): ``[CLS] q [SEP] d [SEP]`` with token types 0
+for ``[CLS] q [SEP]`` and 1 for ``d [SEP]`` (BERT, ELECTRA word pieces), ``<s> q </s></s> d </s>`` with every
+token type 0 (RoBERTa byte-level BPE, XLM-R SentencePiece). Queries and documents are encoded separately,
+which is what the post-processors do too. `PairTokenizer.filler_id` is the tokenizer's own piece for the
+paper's filler word ``"a"`` in running text (``a``, RoBERTa's ``Ġa``, XLM-R's ``▁a``).
+
+Batches are padded to the smallest of a few length buckets that fits, so a jitted function compiles once per
+bucket rather than once per length.
 
 When a pair exceeds ``max_length`` it is truncated with the tokenizer's own strategy (``longest_first`` by
 default, as ``tokenizer(q, d, truncation=True)``) and a `Truncation` record says how many query and document
@@ -42,6 +47,115 @@ class Truncation:
     query_tokens_cut: int
     doc_tokens_cut: int
     original_length: int
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether a folder holds the files of a Hugging Face tokenizer (fast ``tokenizer.json`` or the slow
+    vocabularies that ``transformers`` converts: WordPiece, byte-level BPE, SentencePiece)."""
+    return any((Path(folder) / f).exists() for f in _TOKENIZER_FILES)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFormat:
+    """Where a tokenizer's post-processor puts special tokens and token types.
+
+    A pair is ``prefix q middle d suffix`` and a single text ``single_prefix t single_suffix``; each region
+    has one token type.
+
+    Attributes:
+        prefix: Ids before the query (``[CLS]``, ``<s>``).
+        middle: Ids between query and document (``[SEP]``, ``</s></s>``).
+        suffix: Ids after the document (``[SEP]``, ``</s>``).
+        single_prefix: Ids before a single text.
+        single_suffix: Ids after a single text.
+        types: Token type of ``(prefix, q, middle, d, suffix)``.
+    """
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    single_prefix: tuple[int, ...]
+    single_suffix: tuple[int, ...]
+    types: tuple[int, int, int, int, int]
+
+    @property
+    def n_special(self) -> int:
+        """Special tokens in a pair."""
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def pair(self, q_ids: Sequence[int], d_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Ids and token types of a pair from its query and document pieces."""
+        regions = (self.prefix, q_ids, self.middle, d_ids, self.suffix)
+        ids = [i for region in regions for i in region]
+        types = [t for region, t in zip(regions, self.types, strict=True) for _ in region]
+        return ids, types
+
+    def single(self, ids: Sequence[int]) -> list[int]:
+        """Ids of a single text from its pieces (token types are all 0)."""
+        return [*self.single_prefix, *ids, *self.single_suffix]
+
+    def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Query and document pieces of an unpadded pair (inverse of `pair`).
+
+        Raises:
+            ValueError: If ``ids`` does not have this format's special tokens where they belong.
+        """
+        ids = list(ids)
+        n_pre, n_mid, n_suf = len(self.prefix), len(self.middle), len(self.suffix)
+        if tuple(ids[:n_pre]) != self.prefix or tuple(ids[len(ids) - n_suf:]) != self.suffix:
+            raise ValueError(f"ids do not start with {list(self.prefix)} and end with {list(self.suffix)}")
+        body = ids[n_pre: len(ids) - n_suf]
+        for start in range(len(body) - n_mid + 1):
+            if tuple(body[start: start + n_mid]) == self.middle:
+                return body[:start], body[start + n_mid:]
+        raise ValueError(f"ids have no separator {list(self.middle)} between query and document")
+
+    @classmethod
+    def detect(cls, hf_tokenizer, *, query: str = "what query", doc: str = "some document text") -> PairFormat:
+        """Reads the layout off a tokenizer by encoding a probe pair with and without special tokens.
+
+        Raises:
+            ValueError: If the probe's pieces do not appear in order in the encoded pair, special tokens appear
+                inside a region, or a region has mixed token types.
+        """
+        name = type(hf_tokenizer).__name__
+        q, d = hf_tokenizer([query, doc], add_special_tokens=False)["input_ids"]
+        enc = hf_tokenizer(query, doc, return_token_type_ids=True)
+        ids, tts = enc["input_ids"], enc.get("token_type_ids") or [0] * len(enc["input_ids"])
+        found = None
+        for i in range(len(ids) - len(q) + 1):
+            if ids[i: i + len(q)] != q:
+                continue
+            for j in range(i + len(q), len(ids) - len(d) + 1):
+                if ids[j: j + len(d)] == d:
+                    found = (i, j)
+                    break
+            if found:
+                break
+        if not q or not d or found is None:
+            raise ValueError(f"{name}: cannot find the probe's query {q} and document {d} pieces in its pair "
+                             f"encoding {ids}; unsupported pair post-processor")
+        i, j = found
+        bounds = [(0, i), (i, i + len(q)), (i + len(q), j), (j, j + len(d)), (j + len(d), len(ids))]
+        types = []
+        for region, (a, b) in zip(("prefix", "query", "middle", "document", "suffix"), bounds, strict=True):
+            region_types = set(tts[a:b]) or {tts[a - 1] if a else 0}
+            if len(region_types) != 1:
+                raise ValueError(f"{name}: mixed token types {sorted(region_types)} in the pair's {region}")
+            types.append(region_types.pop())
+        special = set(hf_tokenizer.all_special_ids)
+        for region, (a, b) in zip(("prefix", "middle", "suffix"), (bounds[0], bounds[2], bounds[4]), strict=True):
+            if not set(ids[a:b]) <= special:
+                raise ValueError(f"{name}: non-special ids {ids[a:b]} in the pair's {region}")
+        single = hf_tokenizer(doc)["input_ids"]
+        k = next((k for k in range(len(single) - len(d) + 1) if single[k: k + len(d)] == d), None)
+        if k is None:
+            raise ValueError(f"{name}: cannot find the probe's pieces {d} in its single-text encoding {single}")
+        return cls(tuple(ids[:i]), tuple(ids[i + len(q): j]), tuple(ids[j + len(d):]), tuple(single[:k]),
+                   tuple(single[k + len(d):]), tuple(types))
 
 
 @dataclasses.dataclass
@@ -148,18 +262,20 @@ class PairTokenizer:
         self.sep_id = hf_tokenizer.sep_token_id
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
         if self.cls_id is None or self.sep_id is None:
-            raise ValueError("tokenizer has no [CLS]/[SEP] tokens; is it a BERT tokenizer?")
+            raise ValueError(f"{type(hf_tokenizer).__name__} has no [CLS]/<s> or [SEP]/</s> token")
+        self.format = PairFormat.detect(hf_tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kw) -> PairTokenizer:
         """Loads the fast tokenizer from a local model folder.
 
         Raises:
-            FileNotFoundError: If the folder has neither ``tokenizer.json`` nor ``vocab.txt``.
+            FileNotFoundError: If the folder has no tokenizer files (`has_tokenizer_files`).
         """
         path = Path(path)
-        if not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists():
-            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt; cannot build the tokenizer")
+        if not has_tokenizer_files(path):
+            raise FileNotFoundError(f"{path}: no tokenizer files (any of {list(_TOKENIZER_FILES)}); cannot build "
+                                    f"the tokenizer")
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(str(path), use_fast=True), **kw)
@@ -182,11 +298,28 @@ class PairTokenizer:
             raise KeyError(f"token {token!r} is not in the vocabulary")
         return tid
 
+    @property
+    def filler_id(self) -> int:
+        """This tokenizer's piece for the paper's filler word ``"a"`` inside running text (BERT ``a``, RoBERTa
+        ``Ġa``, XLM-R ``▁a``): the second piece of ``"a a"``.
+
+        Raises:
+            KeyError: If ``"a"`` is not a single piece mid-text in this vocabulary.
+        """
+        pieces = self.word_pieces(["a a"])[0]
+        if len(pieces) != 2 or pieces[1] == self.hf.unk_token_id:
+            raise KeyError(f"the filler word 'a' is not one piece in running text for this tokenizer "
+                           f"('a a' -> {self.hf.convert_ids_to_tokens(pieces)})")
+        return pieces[1]
+
     def pair_ids(self, q_ids: Sequence[int], d_ids: Sequence[int]) -> tuple[list[int], list[int]]:
-        """``[CLS] q [SEP] d [SEP]`` ids and token types from word pieces (no truncation)."""
-        ids = [self.cls_id, *q_ids, self.sep_id, *d_ids, self.sep_id]
-        types = [0] * (len(q_ids) + 2) + [1] * (len(d_ids) + 1)
-        return ids, types
+        """Pair ids and token types from pieces (no truncation): ``[CLS] q [SEP] d [SEP]`` or
+        ``<s> q </s></s> d </s>``, as `format` says."""
+        return self.format.pair(q_ids, d_ids)
+
+    def split_pair_ids(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Query and document pieces of an unpadded pair (inverse of `pair_ids`)."""
+        return self.format.split(ids)
 
     # -- batches ------------------------------------------------------------------------------------------------
     def encode_pairs(self, queries: Sequence[str], docs: Sequence[str], *, length: int | None = None) -> EncodedBatch:
@@ -213,7 +346,7 @@ class PairTokenizer:
                 raise ValueError(f"pair {i}: the query {queries[i]!r} is empty (no word pieces)")
             if not d:
                 raise ValueError(f"pair {i}: the document {docs[i]!r} is empty (no word pieces)")
-            total = len(q) + len(d) + 3
+            total = len(q) + len(d) + self.format.n_special
             if total > self.max_length:
                 q, d = self._truncate(i, queries[i], docs[i], len(q), len(d), total, truncs)
             pid, ptt = self.pair_ids(q, d)
@@ -227,19 +360,18 @@ class PairTokenizer:
     def _truncate(self, i, query, doc, n_q, n_d, total, truncs):
         if self.truncation == "error":
             raise TruncationError(
-                f"pair {i}: {total} tokens ({n_q} query + {n_d} document + 3 special) exceed "
-                f"max_length={self.max_length}"
+                f"pair {i}: {total} tokens ({n_q} query + {n_d} document + {self.format.n_special} special) "
+                f"exceed max_length={self.max_length}"
             )
         enc = self.hf(query, doc, truncation=self.truncation, max_length=self.max_length,
                       add_special_tokens=True)["input_ids"]
-        first_sep = enc.index(self.sep_id)
-        q, d = enc[1:first_sep], enc[first_sep + 1 : -1]
+        q, d = self.format.split(enc)
         truncs.append(Truncation(i, n_q - len(q), n_d - len(d), total))
         return q, d
 
     def encode_texts(self, texts: Sequence[str], *, length: int | None = None) -> EncodedBatch:
-        """Tokenises single texts as ``[CLS] t [SEP]`` (bi-encoders), truncating the end and reporting it (as
-        ``doc_tokens_cut``).
+        """Tokenises single texts as ``[CLS] t [SEP]`` (``<s> t </s>``; bi-encoders), truncating the end and
+        reporting it (as ``doc_tokens_cut``).
 
         Raises:
             ValueError: On an empty text.
@@ -250,13 +382,15 @@ class PairTokenizer:
         for i, p in enumerate(pieces):
             if not p:
                 raise ValueError(f"text {i}: {texts[i]!r} is empty (no word pieces)")
-            if len(p) + 2 > self.max_length:
+            n_special = len(self.format.single_prefix) + len(self.format.single_suffix)
+            if len(p) + n_special > self.max_length:
                 if self.truncation == "error":
-                    raise TruncationError(f"text {i}: {len(p) + 2} tokens exceed max_length={self.max_length}")
-                truncs.append(Truncation(i, 0, len(p) + 2 - self.max_length, len(p) + 2))
-                p = p[: self.max_length - 2]
-            ids.append([self.cls_id, *p, self.sep_id])
-            types.append([0] * (len(p) + 2))
+                    raise TruncationError(
+                        f"text {i}: {len(p) + n_special} tokens exceed max_length={self.max_length}")
+                truncs.append(Truncation(i, 0, len(p) + n_special - self.max_length, len(p) + n_special))
+                p = p[: self.max_length - n_special]
+            ids.append(self.format.single(p))
+            types.append([0] * (len(p) + n_special))
         input_ids, tt, mask = pad_sequences(ids, types, pad_id=self.pad_id, buckets=self.buckets,
                                             max_length=self.max_length, length=length)
         return EncodedBatch(input_ids, tt, mask, mask.sum(1).astype(np.int32), np.zeros(len(texts), np.int32), truncs)

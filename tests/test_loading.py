@@ -84,8 +84,8 @@ def test_unsupported_config_options_are_refused_with_a_list():
     assert msg.startswith("cfg.json:")
     for what in ("position_embedding_type='relative_key'", "is_decoder=True", "hidden_act='silu'"):
         assert what in msg
-    with pytest.raises(UnsupportedConfigError, match="model_type='roberta'"):
-        EncoderConfig.from_hf_config(dict(hf, model_type="roberta", position_embedding_type="absolute",
+    with pytest.raises(UnsupportedConfigError, match="model_type='deberta-v2'"):
+        EncoderConfig.from_hf_config(dict(hf, model_type="deberta-v2", position_embedding_type="absolute",
                                           is_decoder=False, hidden_act="gelu"))
 
 

@@ -31,7 +31,7 @@ def test_every_site_is_captured_with_its_documented_shape(tiny_model, batch):
     cfg = tiny_model.cfg
     out = tiny_model(*batch, capture="all")
     dims = {"pos": 9, "query_pos": 9, "key_pos": 9, "d_model": cfg.d_model, "head_index": cfg.n_heads,
-            "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "one": 1, "n_labels": cfg.num_labels}
+            "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "one": 1, "n_labels": cfg.num_labels, "d_embed": cfg.embed_width}
     for name, site in SITES.items():
         if name == "pooled":  # bi-encoder readout
             continue

@@ -23,8 +23,9 @@ MAX_DIFFS: dict[str, dict[str, float]] = {}
 
 
 def hf_activations(hf_model, ids, tt, mask):
-    """Every activation of a HF BERT we can hook, stacked per layer ``[batch, layer, ...]``."""
-    bert = getattr(hf_model, "bert", hf_model)
+    """Every activation of a HF BERT-family model (BERT, ELECTRA, RoBERTa, XLM-R) we can hook, stacked per
+    layer ``[batch, layer, ...]``."""
+    bert = hf_model.base_model  # BertModel, ElectraModel, RobertaModel, ... (itself for bare trunks)
     L = bert.config.num_hidden_layers
     H = bert.config.num_attention_heads
     rec: dict[str, list] = {k: [None] * L for k in ("q", "k", "v", "z", "attn_out", "resid_mid",

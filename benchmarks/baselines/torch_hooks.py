@@ -53,7 +53,7 @@ AttentionInterface.register(_IMPL, _attention)
 
 
 class TorchPatcher:
-    """Hook-based patching on a Hugging Face ``BertForSequenceClassification`` (eval mode, batch 1)."""
+    """Hook-based patching on a Hugging Face BERT-family ``*ForSequenceClassification`` (eval mode, batch 1)."""
 
     def __init__(self, hf_model):
         self.model = hf_model.eval()
@@ -61,7 +61,7 @@ class TorchPatcher:
         cfg = hf_model.config
         self.L, self.H = cfg.num_hidden_layers, cfg.num_attention_heads
         self.dh = cfg.hidden_size // cfg.num_attention_heads
-        self.layers = hf_model.bert.encoder.layer
+        self.layers = hf_model.base_model.encoder.layer  # BERT, ELECTRA, RoBERTa, XLM-R trunks
         self.device = next(hf_model.parameters()).device
 
     # -- running ------------------------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ COMMANDS = {
     "sites": ("jaxmech.cli.sites", "print the activation-site table"),
     "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
     "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
+    "sweep": ("jaxmech.sweeps.cli", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
+    "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
+    "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
 }
 """Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
 

@@ -100,9 +100,9 @@ def align_with_filler(tokenizer, query: str, baseline_doc: str, perturbed_doc: s
                                (perturbed_doc, p, "perturbed document")):
         if not pieces:
             raise AlignmentError(f"{where}the {what} {text!r} is empty (no word pieces)")
-    filler = tokenizer.token_id(FILLER)
+    filler = tokenizer.filler_id  # the tokenizer's own piece for "a" in running text (RoBERTa: Ġa)
     n = max(len(b), len(p))
-    total = len(q) + n + 3
+    total = len(q) + n + tokenizer.format.n_special
     if total > tokenizer.max_length:
         raise AlignmentError(
             f"{where}{total} tokens after alignment exceed max_length={tokenizer.max_length}; the perturbation "
@@ -128,11 +128,12 @@ def align_texts_with_filler(tokenizer, baseline_doc: str, perturbed_doc: str, *,
         if not pieces:
             raise AlignmentError(f"{where}the {what} document {text!r} is empty (no word pieces)")
     n = max(len(b), len(p))
-    if n + 2 > tokenizer.max_length:
-        raise AlignmentError(f"{where}{n + 2} tokens exceed max_length={tokenizer.max_length}; the perturbation "
-                             f"would be truncated")
-    filler = tokenizer.token_id(FILLER)
-    wrap = lambda d: [tokenizer.cls_id, *d, *[filler] * (n - len(d)), tokenizer.sep_id]
+    n_special = len(tokenizer.format.single(()))
+    if n + n_special > tokenizer.max_length:
+        raise AlignmentError(f"{where}{n + n_special} tokens exceed max_length={tokenizer.max_length}; the "
+                             f"perturbation would be truncated")
+    filler = tokenizer.filler_id
+    wrap = lambda d: tokenizer.format.single([*d, *[filler] * (n - len(d))])
     b_ids, p_ids = wrap(b), wrap(p)
     return AlignedPair(b_ids, [0] * len(b_ids), p_ids, [0] * len(p_ids), list(range(len(b_ids))), name,
                        query=query, baseline_doc=baseline_doc, perturbed_doc=perturbed_doc)

@@ -129,7 +129,7 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
         if it.term is not None and not term_in_query(it.term, it.query):
             raise DataError(source, f"qid {it.qid}, doc {it.doc_id}",
                             f"selected term {it.term!r} is not a word of the query {it.query!r}")
-    filler_id = tokenizer.token_id(FILLER)
+    filler_id = tokenizer.filler_id  # the tokenizer's own piece for the filler word (RoBERTa: Ġa)
     # word strings are needed only on the baseline side (token types); the other side needs ids only
     b_texts = [it.perturbed_doc if reverse else it.baseline_doc for it in items]
     p_texts = [it.baseline_doc if reverse else it.perturbed_doc for it in items]
@@ -167,20 +167,30 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
             excluded.append({"qid": it.qid, "doc_id": it.doc_id, "reason": "too_long", "length": longest,
                              **_short(it.meta)})
             continue
-        off = len(q.ids) + 2  # [CLS] q [SEP]
-        pmap = list(range(off)) + [j + off if j >= 0 else -1 for j in pmap_doc] + [len(p_ids) - 1]
+        fmt = tokenizer.format  # [CLS] q [SEP] d [SEP] or <s> q </s></s> d </s>
+        off = len(fmt.prefix) + len(q.ids) + len(fmt.middle)
+        pmap = list(range(off)) + [j + off if j >= 0 else -1 for j in pmap_doc]
+        pmap += [len(p_ids) - len(fmt.suffix) + i for i in range(len(fmt.suffix))]
         # Dinj: positions without a counterpart, with a different token, or facing / being an added filler
         # (an added sentence may contain the filler word itself)
         changed = [j for j, m in enumerate(pmap_doc)
                    if m < 0 or p_doc.ids[m] != b_doc.ids[j] or j in pad_b or m in pad_p]
         term_w = terms[it.term].words if it.term is not None else None
         types = assign_token_types(q, b_doc, term_w, changed, term_match=term_match)
+        types = _expand_special_types(types, len(q.ids), fmt)
         meta = {**it.meta, "alignment": align, "fillers": len(pad_b) + len(pad_p)}
         pairs.append(AlignedPair(b_ids, b_tt, p_ids, p_tt, pmap, kind=kind, qid=it.qid, doc_id=it.doc_id,
                                  query=it.query, baseline_doc=b_text, perturbed_doc=p_text, token_types=types,
                                  term=it.term, meta=meta))
     stats["built"] = len(pairs)
     return BuildResult(kind, pairs, stats)
+
+
+def _expand_special_types(types: list[str], n_query: int, fmt) -> list[str]:
+    """Paper token types (one CLS, SEP1, SEP2) spread over the tokenizer's special tokens (RoBERTa's
+    ``</s></s>`` between query and document are both SEP1)."""
+    q, d = types[1: 1 + n_query], types[2 + n_query: -1]
+    return ["CLS"] * len(fmt.prefix) + q + ["SEP1"] * len(fmt.middle) + d + ["SEP2"] * len(fmt.suffix)
 
 
 def _short(meta: dict) -> dict:

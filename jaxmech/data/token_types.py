@@ -106,8 +106,8 @@ def word_pieces_with_words(tokenizer, texts: Sequence[str]) -> list[WordPieces]:
         index: list[int] = []
         last = -1
         for w, tok in zip(enc.word_ids, enc.tokens, strict=True):
-            if w != last:
-                words.append(tok)
+            if w != last:  # a word's first piece; BPE / SentencePiece mark the space before it (Ġ, ▁)
+                words.append(tok[1:] if tok[:1] in ("Ġ", "▁") else tok)
                 last = w
             else:
                 words[-1] += tok[2:] if tok[:2] == "##" else tok

@@ -1,0 +1,744 @@
+"""The paper's numbers (paper-notes §4-§11) and the comparison of a run's results with them.
+
+Every verdict is computed from the run by a stated criterion (``Comparison.criterion``); nothing is
+hard-coded. Verdicts:
+
+* ``agrees`` / ``partly agrees`` / ``disagrees``: the same model as the paper, compared numerically or by
+  head identity.
+* ``agrees in kind`` / ``differs in kind``: a different model (head indices and values do not carry over),
+  compared on the claim's structure (e.g. "the top score-path heads sit in the last layers").
+* ``not comparable``: nothing to compare (e.g. a bi-encoder's cosine against the paper's logit).
+* ``not in this run``: the run lacks the family or analysis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxmech.plot.source import ResultsError, ResultsSource, base_family
+
+PAPER_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
+PAPER = {
+    "model": PAPER_MODEL,
+    "n_layers": 12,
+    "n_heads": 12,
+    "demo": {
+        "query": "what is the acceptance rate at wellesley",
+        "baseline_doc": "College acceptance rates in the USA are becoming more competitive.",
+        "perturbed_doc": "College acceptance rates in the USA are becoming more competitive. wellesley",
+        "score_baseline": -5.6513,
+        "score_perturbed": 4.3892,
+        "length": 22,
+    },
+    "path_to_score": {"10.10": 0.17, "10.1": 0.16, "10.7": 0.12, "10.4": 0.07},
+    "scoring_heads": ["10.1", "10.10", "10.7", "10.4"],
+    "head_all_pos_v": {"10.1": 0.15, "10.10": 0.15, "10.7": 0.11},
+    "matching_heads": ["7.9", "8.1", "4.9", "2.1", "8.8", "6.5", "1.7", "5.7", "5.9", "3.1", "8.0", "6.3", "0.8"],
+    "block_every": {
+        "resid_pre_dinj_early": 1.0,
+        "resid_pre_qplus_middle": "0.45-0.7",
+        "resid_pre_cls_last": 1.0,
+        "attn_out_cls_layer10": 0.8,
+    },
+    "linear_test_pearson": 0.8157,
+    "bm25_test_pearson": 0.42,
+    "u0_idf": "U_0 is the component most correlated with IDF (negatively in the code's sign); value not readable",
+    "edit_idf": "raising U_0-IDF of the query term raises the perturbed score and head 10.1's [CLS] attention",
+    "soft_tf": "matching-head attention to the document grows with term count and saturates (TFC2); falls with "
+    "document length (LNC1)",
+}
+DEMO_ATOL = 2e-3  # the paper's logits are printed to 4 decimals from an MPS run
+LINEAR_TOL = 0.05  # |r_ours - r_paper| for numeric agreement of correlations
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One result beside the paper's.
+
+    Attributes:
+        key: Stable id (``"demo_logits"``, ``"scoring_heads"``, ...).
+        item: What is compared, in words.
+        paper: The paper's value, in words.
+        ours: Ours, in words.
+        verdict: See the module docstring.
+        criterion: How the verdict was decided.
+        figure: Anchor of the figure that shows it (``"fig-path_to_score"``), empty if none.
+        values: Our numbers, for numbers.json.
+    """
+
+    key: str
+    item: str
+    paper: str
+    ours: str
+    verdict: str
+    criterion: str
+    figure: str = ""
+    values: dict = dataclasses.field(default_factory=dict)
+
+
+def same_model(meta: dict) -> bool:
+    """Whether the run used the paper's model (by its id in ``meta["model"]``)."""
+    return PAPER_MODEL.lower() in str(meta.get("model", "")).lower()
+
+
+def model_shape(source: ResultsSource) -> tuple[int | None, int | None]:
+    """``(n_layers, n_heads)`` from the meta, else from the first per-head family."""
+    L, H = source.meta.get("n_layers"), source.meta.get("n_heads")
+    if L and H:
+        return int(L), int(H)
+    for fam in source.families:
+        try:
+            lab = source.pair_mean(fam)[0]
+        except ResultsError:
+            continue
+        if "layer" in lab.dims and "head" in lab.dims and base_family(fam) != "path_to_heads":
+            return lab.values.shape[lab.axis("layer")], lab.values.shape[lab.axis("head")]
+    for fam in source.families:
+        if base_family(fam) in ("block_every", "head_by_pos_z"):
+            lab = source.pair_mean(fam)[0]
+            return lab.values.shape[lab.axis("layer")], None
+    return None, None
+
+
+def ranked_heads(values: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The ``k`` heads with the largest value of a ``[layer, head]`` array (NaN last)."""
+    flat = np.where(np.isfinite(values), values, -np.inf).ravel()
+    order = np.argsort(-flat, kind="stable")[:k]
+    H = values.shape[1]
+    return [(f"{i // H}.{i % H}", float(flat[i])) for i in order if np.isfinite(flat[i])]
+
+
+def _heads_str(heads: Sequence[tuple[str, float]]) -> str:
+    return ", ".join(f"{h} ({v:.3f})" for h, v in heads)
+
+
+def _not_in_run(key: str, item: str, paper: str, what: str, figure: str = "") -> Comparison:
+    return Comparison(key, item, paper, f"— ({what} not in this run)", "not in this run", f"needs {what}", figure)
+
+
+def _model_note(meta: dict, L: int | None) -> str:
+    return f"{meta.get('model', 'unknown model')}" + (f", {L} layers" if L else "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def compare_demo(scores: dict | None, meta: dict) -> Comparison:
+    """Demo logits (notes §11): baseline -5.6513, perturbed 4.3892 on the paper's model.
+
+    Args:
+        scores: ``{"score_baseline", "score_perturbed", "kind"}`` of the run's model on the demo pair, or
+            ``{"error": why}``, or None when not scored.
+        meta: Run meta.
+    """
+    d = PAPER["demo"]
+    key, item = "demo_logits", "demo pair logits (baseline / perturbed)"
+    paper = f"{d['score_baseline']} / {d['score_perturbed']}"
+    if scores is None or "error" in scores:
+        why = scores["error"] if scores else "the report was built without scoring the demo pair"
+        return Comparison(key, item, paper, f"— ({why})", "not in this run", "needs the run's model")
+    b, p = float(scores["score_baseline"]), float(scores["score_perturbed"])
+    ours = f"{b:.4f} / {p:.4f}"
+    vals = {"score_baseline": b, "score_perturbed": p}
+    if scores.get("kind") == "bi":
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours + " (cosine similarities)",
+            "not comparable",
+            "a bi-encoder scores by cosine similarity, the paper's model by a raw logit",
+            values=vals,
+        )
+    if same_model(meta):
+        ok = abs(b - d["score_baseline"]) <= DEMO_ATOL and abs(p - d["score_perturbed"]) <= DEMO_ATOL
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "agrees" if ok else "disagrees",
+            f"both logits within {DEMO_ATOL} of the paper's",
+            values=vals,
+        )
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if p > b else "differs in kind",
+        "different model: logits differ in scale; in kind = the perturbed document (term appended) "
+        "scores higher than the baseline",
+        values=vals,
+    )
+
+
+def compare_block(source: ResultsSource, L: int | None) -> Comparison:
+    """E1 block patching: Dinj early -> Qplus in the middle -> [CLS] at the end (notes §4 E1, §11)."""
+    key, item, fig = "block_every", "E1 block patching: where the signal flows", "fig-block_every"
+    paper = (
+        "resid_pre ≈1 at the injected token (layers 0–2), ≈0.45–0.7 at the query-term copy in middle layers, "
+        "≈1 at [CLS] in layer 11; attn_out at [CLS] in layer 10 ≈0.8"
+    )
+    if "block_every" not in source.families:
+        return _not_in_run(key, item, paper, "block_every", fig)
+    lab = source.by_token_type("block_every")
+    if lab is None:
+        return Comparison(
+            key,
+            item,
+            paper,
+            "— (no token types: patch a dataset file)",
+            "not comparable",
+            "needs token-type aggregation",
+            fig,
+        )
+    types = lab.labels("token_type")
+    rp = lab.select("component", "resid_pre").values  # [layer, type]
+    ao = lab.select("component", "attn_out").values
+    n = rp.shape[0]
+    early = slice(0, max(1, math.ceil(n / 4)))
+    middle = slice(max(1, math.ceil(n / 4)), max(2, n - 1))
+
+    def at(a, rows, t):
+        if t not in types:
+            return float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmax(a[rows, types.index(t)]))
+
+    checks = {
+        "resid_pre at Dinj, early layers (max)": (at(rp, early, "Dinj"), 0.5),
+        "resid_pre at Qplus, middle layers (max)": (at(rp, middle, "Qplus"), 0.3),
+        "[CLS]: resid_pre last layer or attn_out last two layers (max)": (
+            max(at(rp, slice(n - 1, n), "CLS"), at(ao, slice(max(0, n - 2), n), "CLS")),
+            0.5,
+        ),
+    }
+    passed = [k for k, (v, th) in checks.items() if np.isfinite(v) and v >= th]
+    ours = "; ".join(f"{k}: {v:.2f}" if np.isfinite(v) else f"{k}: absent" for k, (v, _) in checks.items())
+    vals = {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()}
+    if source.meta.get("kind") == "bi":
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "not comparable",
+            "a bi-encoder encodes the document alone and pools its tokens: the query-term and [CLS] "
+            "stages of the paper's flow do not exist in it",
+            fig,
+            vals,
+        )
+    crit = "each ≥ its threshold (" + ", ".join(f"{th}" for _, th in checks.values()) + ")"
+    if len(passed) == len(checks):
+        verdict = "agrees"
+    elif passed:
+        verdict = "partly agrees"
+    else:
+        verdict = "disagrees"
+    if not same_model(source.meta):
+        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+        crit = "different model, compared in kind with layers scaled to its depth: " + crit
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        verdict,
+        crit,
+        fig,
+        vals,
+    )
+
+
+def _head_set_verdict(ours: list[str], paper: list[str], n_match_full: int, n_match_part: int) -> str:
+    hit = len(set(ours) & set(paper))
+    return "agrees" if hit >= n_match_full else "partly agrees" if hit >= n_match_part else "disagrees"
+
+
+def _last_layers_in_kind(heads: list[tuple[str, float]], L: int) -> bool:
+    return bool(heads) and all(int(h.split(".")[0]) >= L - 2 for h, _ in heads)
+
+
+def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comparison:
+    """E4 (``path_to_score``) or E2 (``head_all_pos_v``): the top heads against the paper's layer-10 heads."""
+    fig = f"fig-{family}"
+    if family == "path_to_score":
+        key, item = "scoring_heads", "E4 path patching: heads → score (relevance scoring heads)"
+        ref = PAPER["path_to_score"]
+    else:
+        key, item = "head_all_pos_v", "E2 head patching (v): top heads"
+        ref = PAPER["head_all_pos_v"]
+    paper = ", ".join(f"{h} ≈{v}" for h, v in ref.items()) + "; the rest ≈0"
+    if family not in source.families:
+        return _not_in_run(key, item, paper, family, fig)
+    mean = source.pair_mean(family)[0].values
+    k = len(ref)
+    top = ranked_heads(mean, k)
+    ours = _heads_str(top)
+    finite = mean[np.isfinite(mean)]
+    share = float(sum(max(v, 0) for _, v in top) / max(np.clip(finite, 0, None).sum(), 1e-12))
+    vals = {"top_heads": [[h, v] for h, v in top], "top_share_of_positive_effect": share}
+    ours += f"; top {k} carry {share:.0%} of the positive effect"
+    if same_model(source.meta):
+        verdict = _head_set_verdict([h for h, _ in top], list(ref), k - 1, 1)
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            verdict,
+            f"our top {k} heads vs the paper's: agrees if ≥{k - 1} shared, partly if ≥1",
+            fig,
+            vals,
+        )
+    n = L or mean.shape[0]
+    # The paper's E4 top 4 carry ~84% of the positive effect (rest ≈0); its E2 top 3 about half (7 more heads
+    # at 0.05-0.08), so the share is part of the E4 claim only.
+    need_share = family == "path_to_score"
+    ok = _last_layers_in_kind(top, n) and (share >= 0.5 or not need_share)
+    crit = f"different model ({n} layers): in kind = our top {k} heads all in the last two layers"
+    crit += " and carrying ≥50% of the positive effect" if need_share else ""
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if ok else "differs in kind",
+        crit + " (the paper's are in layer 10 of 12)",
+        fig,
+        vals,
+    )
+
+
+def _circuit_heads(source: ResultsSource, role: str) -> list[str] | None:
+    c = source.analyses.get("circuit")
+    if not isinstance(c, dict) or "heads" not in c:
+        return None
+    return [f"{int(h['layer'])}.{int(h['head'])}" for h in c["heads"] if h.get("role") == role]
+
+
+def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
+    """The 13 matching heads of the paper's code against the circuit analysis' matching heads."""
+    key, item, fig = "matching_heads", "matching heads (circuit analysis)", "fig-circuit"
+    ref = PAPER["matching_heads"]
+    paper = ", ".join(ref) + f" ({len(ref)} heads)"
+    ours_heads = _circuit_heads(source, "matching")
+    if ours_heads is None:
+        return _not_in_run(key, item, paper, "the circuit analysis", fig)
+    hit = sorted(set(ours_heads) & set(ref), key=lambda h: tuple(map(int, h.split("."))))
+    ours = f"{', '.join(ours_heads) or 'none'} ({len(ours_heads)} heads)"
+    vals = {"heads": ours_heads, "shared_with_paper": hit}
+    if same_model(source.meta):
+        verdict = "agrees" if len(hit) >= 9 else "partly agrees" if len(hit) >= 4 else "disagrees"
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours + f"; {len(hit)} shared",
+            verdict,
+            "shared heads: agrees if ≥9 of 13, partly if ≥4",
+            fig,
+            vals,
+        )
+    layers = sorted({int(h.split(".")[0]) for h in ours_heads})
+    n = L or (max(layers) + 1 if layers else 0)
+    ok = bool(ours_heads) and all(lay < n - 1 for lay in layers)
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "agrees in kind" if ok else "differs in kind",
+        "different model: in kind = matching heads found, all before the last layer (the paper's "
+        "span layers 0–8 of 12, below the scoring heads)",
+        fig,
+        vals,
+    )
+
+
+def compare_scoring_circuit(source: ResultsSource) -> Comparison:
+    """Head 10.1 as a relevance scoring head (circuit analysis)."""
+    key, item, fig = "head_10_1", "head 10.1 is a relevance scoring head", "fig-circuit"
+    paper = "10.1 (canonical; with 10.10, 10.7, 10.4)"
+    heads = _circuit_heads(source, "relevance_scoring")
+    if heads is None:
+        return _not_in_run(key, item, paper, "the circuit analysis", fig)
+    ours = ", ".join(heads) or "none"
+    if same_model(source.meta):
+        return Comparison(
+            key,
+            item,
+            paper,
+            ours,
+            "agrees" if "10.1" in heads else "disagrees",
+            "10.1 among the circuit's relevance_scoring heads",
+            fig,
+            {"heads": heads},
+        )
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        "not comparable",
+        "different model: head indices do not correspond",
+        fig,
+        {"heads": heads},
+    )
+
+
+def compare_idf_svd(source: ResultsSource) -> Comparison:
+    """U_0 of the embedding SVD as the component most (negatively) correlated with IDF."""
+    key, item, fig = "u0_idf", "U_0 of W_E encodes IDF", "fig-idf_svd_bars"
+    paper = PAPER["u0_idf"]
+    a = source.analyses.get("idf_svd")
+    if not isinstance(a, dict):
+        return _not_in_run(key, item, paper, "the idf_svd analysis", fig)
+    try:
+        r0 = float(a["u0_idf_pearson"])
+        comps = {int(c["k"]): float(c["pearson"]) for c in a.get("components", [])}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultsError(f"{source.path}: analyses/idf_svd.json: malformed ({type(err).__name__}: {err})") from None
+    others = [abs(v) for k, v in comps.items() if k != 0]
+    strongest = not others or abs(r0) > max(others)
+    ours = f"r(U_0, IDF) = {r0:+.3f}" + (f"; strongest other |r| = {max(others):.3f}" if others else "")
+    verdict = "agrees" if strongest and r0 < 0 else "partly agrees" if strongest else "disagrees"
+    crit = "|r(U_0, IDF)| larger than every other U_k's (k < 50) and negative (agrees), positive (partly)"
+    if not same_model(source.meta):
+        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+        crit = "different model, same criterion: " + crit
+    return Comparison(key, item, paper, ours, verdict, crit, fig, {"u0_idf_pearson": r0})
+
+
+def compare_linear(source: ResultsSource) -> list[Comparison]:
+    """Linear semantic BM25 (r = 0.8157) and tuned BM25 (r = 0.42) against the CE score."""
+    fig = "fig-linear_bm25"
+    a = source.analyses.get("linear_bm25")
+    if not isinstance(a, dict):
+        return [
+            _not_in_run(
+                "linear_r",
+                "linear semantic-BM25 fit, test Pearson r",
+                str(PAPER["linear_test_pearson"]),
+                "the linear_bm25 analysis",
+                fig,
+            ),
+            _not_in_run(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(PAPER["bm25_test_pearson"]),
+                "the linear_bm25 analysis",
+                fig,
+            ),
+        ]
+    try:
+        r = float(a["test_pearson"])
+        rb = float(a["bm25_test_pearson"]) if "bm25_test_pearson" in a else float("nan")
+        rr = float(a["random_features_test_pearson"]) if "random_features_test_pearson" in a else float("nan")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultsError(
+            f"{source.path}: analyses/linear_bm25.json: malformed ({type(err).__name__}: {err})"
+        ) from None
+    same = same_model(source.meta)
+    p_lin, p_bm = PAPER["linear_test_pearson"], PAPER["bm25_test_pearson"]
+    n_train, n_feat = a.get("n_train"), a.get("n_features")
+    if isinstance(n_train, int) and isinstance(n_feat, int) and n_feat >= n_train:
+        why = (
+            f"underdetermined fit: {n_feat} features for {n_train} training pairs (the paper: 135 features, "
+            "~8,000 training pairs); its test r is no evidence either way"
+        )
+        return [
+            Comparison(
+                "linear_r",
+                "linear semantic-BM25 fit, test Pearson r",
+                str(p_lin),
+                f"{r:.4f}",
+                "not comparable",
+                why,
+                fig,
+                {"test_pearson": r, "n_train": n_train, "n_features": n_feat},
+            ),
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}" if np.isfinite(rb) else "—",
+                "not comparable",
+                "compared only beside a determined linear fit",
+                fig,
+                {"bm25_test_pearson": rb if np.isfinite(rb) else None},
+            ),
+        ]
+    beats = np.isfinite(rb) and r > rb + 0.1 and (not np.isfinite(rr) or r > rr + 0.1)
+    if same:
+        v1 = "agrees" if abs(r - p_lin) <= LINEAR_TOL else "partly agrees" if beats else "disagrees"
+        c1 = f"|r − {p_lin}| ≤ {LINEAR_TOL} (agrees); else beating BM25 and random features by >0.1 (partly)"
+    else:
+        v1 = "agrees in kind" if beats else "differs in kind"
+        c1 = "different model: in kind = the linear fit beats BM25 and random features by >0.1 in r"
+    out = [
+        Comparison(
+            "linear_r",
+            "linear semantic-BM25 fit, test Pearson r",
+            str(p_lin),
+            f"{r:.4f}" + (f" (random features {rr:.3f})" if np.isfinite(rr) else ""),
+            v1,
+            c1,
+            fig,
+            {"test_pearson": r, "random_features_test_pearson": None if not np.isfinite(rr) else rr},
+        )
+    ]
+    if not np.isfinite(rb):
+        out.append(_not_in_run("bm25_r", "BM25 against the CE score, Pearson r", str(p_bm), "bm25_test_pearson", fig))
+    elif same:
+        out.append(
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}",
+                "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees",
+                f"|r − {p_bm}| ≤ {LINEAR_TOL}",
+                fig,
+                {"bm25_test_pearson": rb},
+            )
+        )
+    else:
+        out.append(
+            Comparison(
+                "bm25_r",
+                "BM25 against the CE score, Pearson r",
+                str(p_bm),
+                f"{rb:.4f}",
+                "agrees in kind" if rb < r else "differs in kind",
+                "different model: in kind = BM25 fits the model worse than the linear features",
+                fig,
+                {"bm25_test_pearson": rb},
+            )
+        )
+    return out
+
+
+def _trend(mean: Sequence[float]) -> tuple[float, bool]:
+    """Change from the first to the last finite value, and whether the last step is smaller than the first."""
+    m = np.asarray([np.nan if v is None else v for v in mean], np.float64)
+    m = m[np.isfinite(m)]
+    if m.size < 2:
+        return float("nan"), False
+    d = np.diff(m)
+    saturating = len(d) >= 2 and abs(d[-1]) < abs(d[0])
+    return float(m[-1] - m[0]), bool(saturating)
+
+
+def _ci_halfwidth(d: dict, idx: Sequence[int] | None = None) -> float:
+    """Mean half-width of a curve's confidence band at two points (default: its finite ends; 0 without a band)."""
+    if "lo" not in d or "hi" not in d:
+        return 0.0
+    lo = np.asarray([np.nan if v is None else v for v in d["lo"]], np.float64)
+    hi = np.asarray([np.nan if v is None else v for v in d["hi"]], np.float64)
+    half = (hi - lo) / 2
+    if idx is None:
+        ok = np.flatnonzero(np.isfinite(half))
+        idx = [ok[0], ok[-1]] if ok.size else []
+    vals = [half[i] for i in idx if np.isfinite(half[i])]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
+    """Soft-TF: TFC2 attention rises and saturates; LNC1 attention falls with length."""
+    fig = "fig-soft_tf"
+    a = source.analyses.get("soft_tf")
+    out = []
+    specs = (
+        ("tfc2", "soft TF saturates with term count (TFC2)", "rises with the count and saturates", 1),
+        ("lnc1", "attention falls with document length (LNC1)", "falls as sentences are appended", -1),
+    )
+    for exp, item, paper, sign in specs:
+        key = f"soft_tf_{exp}"
+        if not isinstance(a, dict) or exp not in a:
+            out.append(_not_in_run(key, item, paper, f"soft_tf.{exp}", fig))
+            continue
+        heads = a[exp].get("heads", {})
+        trends = {h: _trend(d["mean"]) for h, d in heads.items() if len(d.get("mean", [])) >= 2}
+        if not trends:
+            out.append(Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig))
+            continue
+        margin = {h: _ci_halfwidth(heads[h]) for h in trends}
+        good = [h for h, (delta, sat) in trends.items() if sign * delta > margin[h] and (sat or sign < 0)]
+        frac = len(good) / len(trends)
+        verdict = "agrees" if frac > 0.5 else "partly agrees" if good else "disagrees"
+        crit = (
+            f"share of heads whose mean {'rises and saturates (last step < first)' if sign > 0 else 'falls'} "
+            "from the first to the last condition by more than its confidence half-width: >50% agrees, "
+            "any partly"
+        )
+        if not same_model(source.meta):
+            verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(
+                verdict, "differs in kind"
+            )
+        out.append(
+            Comparison(
+                key,
+                item,
+                paper,
+                f"{len(good)} of {len(trends)} heads",
+                verdict,
+                crit,
+                fig,
+                {"heads_following": good, "n_heads": len(trends)},
+            )
+        )
+    return out
+
+
+def compare_stmc1(source: ResultsSource) -> Comparison:
+    """STMC1: matching heads attend to an appended synonym more than to an appended filler."""
+    key, item, fig = "soft_tf_stmc1", "matching heads also match semantically (STMC1)", "fig-soft_tf"
+    paper = "matching heads attend to semantically similar words too (soft/semantic TF)"
+    a = source.analyses.get("soft_tf")
+    exp = a.get("stmc1") if isinstance(a, dict) else None
+    if not isinstance(exp, dict):
+        return _not_in_run(key, item, paper, "soft_tf.stmc1", fig)
+    xs = [str(x) for x in exp.get("x", [])]
+    if "synonym" not in xs or "filler" not in xs:
+        return Comparison(
+            key, item, paper, f"— (conditions {xs})", "not comparable", "needs the filler and synonym conditions", fig
+        )
+    i_f, i_s = xs.index("filler"), xs.index("synonym")
+    good, n = [], 0
+    for h, d in exp.get("heads", {}).items():
+        m = [np.nan if v is None else float(v) for v in d.get("mean", [])]
+        if len(m) != len(xs) or not (np.isfinite(m[i_f]) and np.isfinite(m[i_s])):
+            continue
+        n += 1
+        if m[i_s] - m[i_f] > _ci_halfwidth(d, [i_f, i_s]):
+            good.append(h)
+    if not n:
+        return Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig)
+    verdict = "agrees" if len(good) / n > 0.5 else "partly agrees" if good else "disagrees"
+    if not same_model(source.meta):
+        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+    return Comparison(
+        key,
+        item,
+        paper,
+        f"{len(good)} of {n} heads attend more to the synonym than to a filler",
+        verdict,
+        "synonym mean − filler mean > the confidence half-width: >50% of heads agrees, any partly",
+        fig,
+        {"heads_following": good, "n_heads": n},
+    )
+
+
+def _is_control(cond: str) -> bool:
+    c = cond.lower()
+    return "control" in c or c.startswith(("full", "row"))  # the control edit scales the whole row
+
+
+def compare_edit(source: ResultsSource) -> Comparison:
+    """IDF editing: raising U_0-IDF raises the score gain and the scoring head's [CLS] attention; lowering it
+    lowers the gain (controls, the whole-row edit, are not judged)."""
+    key, item, fig = "edit_idf", "editing U_0 (IDF up) raises score gain and [CLS] attention", "fig-edit_idf"
+    paper = PAPER["edit_idf"]
+    a = source.analyses.get("edit_idf")
+    if not isinstance(a, dict):
+        return _not_in_run(key, item, paper, "the edit_idf analysis", fig)
+    score = a.get("score", {})
+    edits = {k: v for k, v in score.items() if not _is_control(k)}
+    up = {k: v for k, v in edits.items() if "decrease" not in k.lower()}
+    down = {k: v for k, v in edits.items() if "decrease" in k.lower()}
+    if not up:
+        return Comparison(key, item, paper, "— (no IDF-increase curve)", "not comparable", "needs score curves", fig)
+
+    def change(v) -> tuple[float, float]:
+        d = v if isinstance(v, dict) else {"mean": v}
+        return _trend(d["mean"])[0], _ci_halfwidth(d)
+
+    deltas = {k: change(v) for k, v in {**up, **down}.items()}
+    att = a.get("cls_attention", {})
+    att_heads = {h: v for h, v in att.items() if h == "10.1"} if same_model(source.meta) and "10.1" in att else att
+    att_d = {h: _trend(v["mean"] if isinstance(v, dict) else v)[0] for h, v in att_heads.items()}
+    up_score = all(deltas[k][0] > deltas[k][1] for k in up) and all(deltas[k][0] < -deltas[k][1] for k in down)
+    up_att = bool(att_d) and all(d > 0 for d in att_d.values())
+    ours = (
+        "score change "
+        + ", ".join(f"{k} {d:+.3f}" for k, (d, _) in deltas.items())
+        + ("; attention change " + ", ".join(f"{h} {d:+.4f}" for h, d in att_d.items()) if att_d else "")
+    )
+    verdict = "agrees" if up_score and up_att else "partly agrees" if up_score or up_att else "disagrees"
+    if not same_model(source.meta):
+        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+    return Comparison(
+        key,
+        item,
+        paper,
+        ours,
+        verdict,
+        "from the smallest to the largest scale, the score of IDF-increase edits rises and of IDF-decrease edits "
+        "falls by more than the confidence half-width, and the [CLS] attention of the scoring heads rises "
+        "(agrees); one of the two (partly); whole-row control edits are not judged",
+        fig,
+        {"score_change": {k: d for k, (d, _) in deltas.items()}, "attention_change": att_d},
+    )
+
+
+def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) -> list[Comparison]:
+    """Every comparison the run allows, in the order of the paper's checklist (notes §11).
+
+    Args:
+        source: Results (a `ResultsSource`, run object, run directory or ``.npz``).
+        demo_scores: The run's model on the demo pair (`jaxmech.report.demo.score_demo_pair`), or None.
+    """
+    from jaxmech.plot.source import open_results
+
+    source = open_results(source)
+    L, _ = model_shape(source)
+    out = [
+        compare_demo(demo_scores, source.meta),
+        compare_block(source, L),
+        compare_top_heads(source, "path_to_score", L),
+        compare_top_heads(source, "head_all_pos_v", L),
+        compare_scoring_circuit(source),
+        compare_matching(source, L),
+        compare_idf_svd(source),
+        compare_edit(source),
+        *compare_linear(source),
+        *compare_soft_tf(source),
+        compare_stmc1(source),
+    ]
+    return out
+
+
+def summary_counts(comparisons: Sequence[Comparison]) -> dict[str, int]:
+    """How many comparisons have each verdict."""
+    counts: dict[str, int] = {}
+    for c in comparisons:
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    return counts
+
+
+def to_jsonable(x: Any) -> Any:
+    """Numbers, arrays and dataclasses as plain JSON values (NaN -> None)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return to_jsonable(dataclasses.asdict(x))
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return to_jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x

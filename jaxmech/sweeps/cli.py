@@ -1,0 +1,65 @@
+"""``jaxmech sweep CONFIG``: run (or resume) a declared sweep; see `jaxmech.sweeps.job`.
+
+    jaxmech sweep configs/demo.toml
+    jaxmech sweep configs/paper/e1_e6_tfc1.toml --out runs/tfc1 --quiet
+    jaxmech sweep CONFIG --coordinator HOST:PORT --num-processes N --process-id I    (several hosts)
+    jaxmech sweep CONFIG --distributed                                               (TPU pod slice, SLURM)
+
+Prints one summary line (where the results are) on stdout; progress goes to stderr. A bad config or a run
+folder holding another sweep is one error line naming the file and key (or what changed), exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Runs ``jaxmech sweep``."""
+    from jaxmech.sweeps.config import ConfigError, load_sweep_config
+    from jaxmech.sweeps.distributed import initialize
+    from jaxmech.sweeps.job import ResumeError, run_sweep
+
+    try:
+        cfg = load_sweep_config(args.config)
+        procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
+    except (ConfigError, ResumeError, FileNotFoundError, ValueError, KeyError, ImportError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"jaxmech sweep: error: {msg}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``sweep`` to the main parser's subcommands."""
+    p = subparsers.add_parser(
+        "sweep", help="run or resume a declared patching sweep (TOML config) into a chunked on-disk store"
+    )
+    p.add_argument("config", help="sweep config (TOML), e.g. configs/demo.toml")
+    p.add_argument("--out", default=None, help="run folder (default: [run] out_dir or runs/<name>)")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete this sweep's previous results in the folder and start over"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar: a log line a minute")
+    g = p.add_argument_group("several processes (jax.distributed)")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed", action="store_true", help="detect the cluster (TPU pod slice, SLURM, MPI)")
+    p.set_defaults(func=cmd_sweep)
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m jaxmech.sweeps.cli CONFIG ...``."""
+    parser = argparse.ArgumentParser(prog="jaxmech")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

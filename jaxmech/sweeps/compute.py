@@ -1,0 +1,155 @@
+"""One chunk of a sweep: `jaxmech.patching.run.run_patching` for each declared family, shaped for the store.
+
+``run_patching`` keeps program shapes fixed per length bucket (``pairs_per_chunk`` pairs per batch, the last
+filled with inert pairs; sites in calls of ``steps_per_call x chunk_size`` items), so each family compiles once
+per bucket and a resumed or repeated run reuses the persistent compilation cache. What this module adds: the
+run's position axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution
+estimates (`jaxmech.patching.attribution.verify_top_k`, which ``run_patching`` does not run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxmech.sweeps.config import ChunkingSection, FamilySection, PatchingSection
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """Results of one chunk of ``n`` pairs, shaped for the store (position axes ``T_max``).
+
+    Attributes:
+        effects: ``key -> [n, ...]`` metric values.
+        raw: ``key -> [n, ...]`` patched scores (attribution: baseline + estimate).
+        verify: ``key -> {"index": [n, comp, k, ndim], "estimated": [n, comp, k], "exact": [n, comp, k]}``.
+        score_baseline: ``[n]`` scores of the run that was patched.
+        score_perturbed: ``[n]`` scores of the run the activations came from.
+        flagged: ``[n]`` near-zero denominators of the normalized metric.
+    """
+
+    effects: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    verify: dict[str, dict[str, np.ndarray]]
+    score_baseline: np.ndarray
+    score_perturbed: np.ndarray
+    flagged: np.ndarray
+
+
+def _to_store(values: np.ndarray, layout: str, T_max: int) -> np.ndarray:
+    """Pads the position axis of ``[pair, *layout]`` to ``T_max`` with NaN."""
+    shape = [values.shape[0]] + [T_max if c == "p" else s for c, s in zip(layout, values.shape[1:], strict=True)]
+    out = np.full(shape, np.nan, np.float32)
+    out[(slice(None), *(slice(0, s) for s in values.shape[1:]))] = values
+    return out
+
+
+def _verify(
+    lm,
+    pairs,
+    fam: FamilySection,
+    raw: np.ndarray,
+    base: np.ndarray,
+    pert: np.ndarray,
+    reverse: bool,
+    chunking: ChunkingSection,
+) -> dict[str, np.ndarray]:
+    """Exact patches of the ``verify_top_k`` sites with the largest estimated effect, per pair and component."""
+    import jax.numpy as jnp
+
+    from jaxmech.patching.attribution import verify_top_k
+    from jaxmech.patching.families import get_family
+    from jaxmech.patching.inputs import batch_pairs
+    from jaxmech.patching.results import SweepResult
+    from jaxmech.tokenizer import bucket_length
+
+    family = get_family(fam.name)
+    tok, model = lm.tokenizer, lm.model
+    n, k = len(pairs), fam.verify_top_k
+    out = {
+        "index": np.full((n, len(family.sites), k, len(family.layout)), -1, np.int32),
+        "estimated": np.full((n, len(family.sites), k), np.nan, np.float32),
+        "exact": np.full((n, len(family.sites), k), np.nan, np.float32),
+    }
+    buckets = np.array(
+        [bucket_length(max(len(p.baseline_ids), len(p.perturbed_ids)), tok.buckets, tok.max_length) for p in pairs]
+    )
+    comp_of = {s: i for i, s in enumerate(family.sites)}
+    for T in sorted(set(buckets.tolist())):
+        idx = np.nonzero(buckets == T)[0]
+        C = max(chunking.pairs_per_chunk, len(idx))
+        batch = batch_pairs(
+            [pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=int(T), n_pairs=C
+        )
+        trim = tuple(slice(0, T) if c == "p" else slice(None) for c in family.full_layout)
+        est = np.full((C, *raw[idx[0]][trim].shape), np.nan, np.float32)
+        est[: len(idx)] = raw[idx][(slice(None), *trim)]
+        pad = np.concatenate([idx, np.repeat(idx[-1:], C - len(idx))])  # inert pairs repeat the last pair's scores
+        estimate = SweepResult(f"attribution:{fam.name}", est, base[pad], pert[pad], list(batch.names), batch.lengths)
+        qe = None
+        if not model.pair_input:
+            queries = [pairs[i].query for i in idx]
+            enc = tok.encode_texts(queries + queries[:1] * (C - len(idx)))
+            qe = model(*map(jnp.asarray, enc.arrays)).embedding
+        for rec in verify_top_k(model, batch, estimate, family, k, reverse=reverse, query_embedding=qe):
+            if rec["pair"] >= len(idx):
+                continue
+            p, c, m = idx[rec["pair"]], comp_of[rec["component"]], len(rec["exact"])
+            out["index"][p, c, :m] = rec["index"]
+            out["estimated"][p, c, :m] = rec["estimated"]
+            out["exact"][p, c, :m] = rec["exact"]
+    return out
+
+
+def compute_chunk(
+    lm,
+    pairs: Sequence,
+    families: Sequence[FamilySection],
+    patching: PatchingSection,
+    chunking: ChunkingSection,
+    T_max: int,
+) -> ChunkResult:
+    """Patches one chunk of pairs for every declared family.
+
+    Args:
+        lm: A `jaxmech.loading.LoadedModel`.
+        pairs: The chunk's `jaxmech.data.records.AlignedPair` s as the model reads them.
+        families: The declared families.
+        patching: Metric and direction (precision is applied by the caller).
+        chunking: Batch and call sizes.
+        T_max: Position axis of the stored results.
+
+    Returns:
+        A `ChunkResult` for the pairs, in their order.
+    """
+    from jaxmech.patching.run import run_patching
+
+    n = len(pairs)
+    reverse = patching.direction == "baseline_into_perturbed"
+    res = ChunkResult({}, {}, {}, np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, bool))
+    for fam in families:
+        r = run_patching(
+            lm,
+            pairs,
+            [fam.name],
+            method=fam.method,
+            metric=patching.metric,
+            reverse=reverse,
+            receivers=[str(h) for h in fam.receivers] or None,
+            receiver_input=fam.receiver_input,
+            chunk_size=chunking.items_per_step or None,
+            min_denominator=patching.min_denominator,
+            pairs_per_chunk=chunking.pairs_per_chunk,
+            steps_per_call=chunking.steps_per_call,
+        )
+        res.effects[fam.key] = _to_store(r.effects[fam.name], fam.layout, T_max)
+        res.raw[fam.key] = _to_store(r.raw[fam.name], fam.layout, T_max)
+        res.score_baseline, res.score_perturbed = r.pairs["score_baseline"], r.pairs["score_perturbed"]
+        res.flagged |= r.pairs["flagged"]
+        if fam.verify_top_k:
+            res.verify[fam.key] = _verify(
+                lm, pairs, fam, r.raw[fam.name], res.score_baseline, res.score_perturbed, reverse, chunking
+            )
+    return res

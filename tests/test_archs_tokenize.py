@@ -1,0 +1,123 @@
+"""Pair formats of BPE / SentencePiece / WordPiece tokenizers (built locally, nothing downloaded): jaxmech's
+batches equal the Hugging Face tokenizer's own pair encoding, truncation included; each tokenizer's filler; and
+end to end, a checkpoint folder with its tokenizer scores pairs as ``transformers`` does."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from arch_checkpoints import TINY_ARCHS, TOKENIZERS, arch_checkpoint
+from conftest import PARITY_ATOL
+
+from jaxmech.tokenizer import PairFormat, PairTokenizer
+
+QUERIES = ["what is the capital of france", "a cat", "how many people live in paris"]
+DOCS = ["paris is the capital and largest city of france", "a cat sat on a mat",
+        "the population of france is about sixty eight million a lazy afternoon"]
+FILLER_PIECE = {"electra": "a", "roberta": "Ġa", "xlm-roberta": "▁a"}
+LAYOUT = {"electra": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
+          "roberta": ("<s>", "</s></s>", "</s>", (0,) * 5), "xlm-roberta": ("<s>", "</s></s>", "</s>", (0,) * 5)}
+
+
+@pytest.fixture(scope="module", params=sorted(TOKENIZERS))
+def tok(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"tok-{request.param}")
+    TOKENIZERS[request.param](folder)
+    return request.param, folder, PairTokenizer.from_pretrained(folder)
+
+
+def test_pair_format_is_read_off_the_post_processor(tok):
+    name, _, t = tok
+    prefix, middle, suffix, types = LAYOUT[name]
+    names = lambda ids: "".join(t.hf.convert_ids_to_tokens(list(ids)))
+    assert (names(t.format.prefix), names(t.format.middle), names(t.format.suffix)) == (prefix, middle, suffix)
+    assert t.format.types == types
+    assert t.format.n_special == (3 if name == "electra" else 4)
+
+
+def test_batches_equal_the_tokenizers_own_pair_encoding(tok):
+    name, _, t = tok
+    enc = t.encode_pairs(QUERIES, DOCS)
+    ref = t.hf(QUERIES, DOCS, padding="max_length", max_length=enc.input_ids.shape[1], return_token_type_ids=True)
+    np.testing.assert_array_equal(enc.input_ids, ref["input_ids"])
+    np.testing.assert_array_equal(enc.attention_mask, ref["attention_mask"])
+    np.testing.assert_array_equal(enc.token_type_ids * enc.attention_mask,
+                                  np.asarray(ref["token_type_ids"]) * enc.attention_mask)
+    assert (enc.input_ids[enc.attention_mask == 0] == t.pad_id).all()
+    assert t.pad_id == (0 if name == "electra" else 1)
+    for i in range(len(QUERIES)):
+        q, d = t.split_pair_ids(enc.input_ids[i, : enc.lengths[i]].tolist())
+        assert (q, d) == tuple(t.word_pieces([QUERIES[i], DOCS[i]]))
+        assert t.pair_ids(q, d)[0] == enc.input_ids[i, : enc.lengths[i]].tolist()
+
+
+def test_truncation_matches_the_tokenizer_and_is_reported(tok):
+    _, folder, _ = tok
+    t = PairTokenizer.from_pretrained(folder, max_length=14)
+    enc = t.encode_pairs(QUERIES, DOCS)
+    for i in range(len(QUERIES)):
+        ref = t.hf(QUERIES[i], DOCS[i], truncation="longest_first", max_length=14)["input_ids"]
+        assert enc.input_ids[i, : enc.lengths[i]].tolist() == ref
+    n_q, n_d = map(len, zip(*[t.word_pieces([q, d]) for q, d in zip(QUERIES, DOCS, strict=True)], strict=True))
+    assert enc.truncations, "the long pairs must be reported"
+    for tr in enc.truncations:
+        kept_q, kept_d = t.split_pair_ids(enc.input_ids[tr.index, : enc.lengths[tr.index]].tolist())
+        full_q, full_d = t.word_pieces([QUERIES[tr.index], DOCS[tr.index]])
+        assert (tr.query_tokens_cut, tr.doc_tokens_cut) == (len(full_q) - len(kept_q), len(full_d) - len(kept_d))
+        assert tr.original_length == len(full_q) + len(full_d) + t.format.n_special
+
+
+def test_single_texts_equal_the_tokenizers_encoding(tok):
+    _, _, t = tok
+    enc = t.encode_texts(DOCS)
+    ref = t.hf(DOCS, padding="max_length", max_length=enc.input_ids.shape[1])
+    np.testing.assert_array_equal(enc.input_ids, ref["input_ids"])
+    np.testing.assert_array_equal(enc.attention_mask, ref["attention_mask"])
+
+
+def test_filler_is_the_tokenizers_piece_for_a_in_running_text(tok):
+    name, _, t = tok
+    assert t.hf.convert_ids_to_tokens([t.filler_id]) == [FILLER_PIECE[name]]
+    assert t.word_pieces(["the cat sat on a mat"])[0].count(t.filler_id) == 1
+
+
+def test_unknown_pair_layouts_are_refused_naming_the_tokenizer(tok):
+    _, _, t = tok
+
+    class Scrambled:  # a post-processor that drops the document
+        all_special_ids = t.hf.all_special_ids
+
+        def __call__(self, a, b=None, **kw):
+            if isinstance(a, list):
+                return t.hf(a, **kw)
+            return t.hf(a, **kw) if b is None else t.hf(a, a, **kw)
+
+    with pytest.raises(ValueError, match="Scrambled: cannot find the probe"):
+        PairFormat.detect(Scrambled())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("model_type", ["electra", "roberta", "xlm-roberta"])
+def test_a_folder_with_its_tokenizer_scores_pairs_as_transformers(tmp_path, model_type):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from jaxmech.loading import load_model
+
+    hf_tok = TOKENIZERS[model_type](tmp_path / "tok")
+    sizes = dict(TINY_ARCHS[model_type][1], vocab_size=len(hf_tok))
+    folder = arch_checkpoint(tmp_path / "model", model_type, sizes, seed=9, init=0.2)
+    hf_tok.save_pretrained(str(folder))
+    lm = load_model(folder, use_cache=False)
+    enc = lm.tokenizer.encode_pairs(QUERIES, DOCS)
+    ours = np.asarray(lm.model(*map(jnp.asarray, enc.arrays)).score)
+    hf = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
+    ref_inputs = AutoTokenizer.from_pretrained(str(folder))(QUERIES, DOCS, padding=True, truncation="longest_first",
+                                                            max_length=lm.tokenizer.max_length, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(**ref_inputs).logits[:, 0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=PARITY_ATOL, rtol=0)
+    assert np.ptp(ref) > 1e-3, "the pairs must get different scores"
+    with pytest.raises(ValueError, match="exceeds the model's maximum of 48"):
+        lm.model(jnp.ones((1, 49), jnp.int32))
