@@ -176,22 +176,26 @@ def finish(
     L = model.cfg.n_layers
     stop = L if stop_layer is None else stop_layer
     cls_last = model.readout_uses_cls_only and stop == L
+    dirty = dirty_rows is not None
 
     def body(x, xs):
         block, j = xs
-        is_cls = (j == L - 1) if cls_last else False
-        is_dirty = (j == start) & (dirty_rows is not None)
-        branch = jnp.where((j < start) | (j >= stop), 0, jnp.where(is_dirty, 2, 1) + 2 * is_cls)
-        branches = [
-            lambda x: x,
-            lambda x: full_block(block, x, key_mask, cls_only=False),
-            lambda x: dirty_block(block, x, view, key_mask, dirty_rows, cls_only=False),
-            lambda x: full_block(block, x, key_mask, cls_only=True),
-            lambda x: dirty_block(block, x, view, key_mask, dirty_rows, cls_only=True),
-        ]
-        if dirty_rows is None:  # keep the branch list static; dirty branches are never selected
-            branches[2], branches[4] = branches[1], branches[3]
-        return jax.lax.switch(branch, branches, x), None
+        # Only the variants this call can select are traced: each is a whole block in the compiled program
+        # (and, on GPUs, matmuls to autotune), so unused ones cost compile time. Index 0 skips the block.
+        variants = [lambda x: x, lambda x: full_block(block, x, key_mask, cls_only=False)]
+        if dirty:
+            variants.append(lambda x: dirty_block(block, x, view, key_mask, dirty_rows, cls_only=False))
+        if cls_last:
+            variants.append(lambda x: full_block(block, x, key_mask, cls_only=True))
+            if dirty:
+                variants.append(lambda x: dirty_block(block, x, view, key_mask, dirty_rows, cls_only=True))
+        is_dirty = (j == start) if dirty else False
+        branch = jnp.where(is_dirty, 2, 1) if dirty else 1
+        if cls_last:
+            cls_branch = jnp.where(is_dirty, 4, 3) if dirty else 2
+            branch = jnp.where(j == L - 1, cls_branch, branch)
+        branch = jnp.where((j < start) | (j >= stop), 0, branch)
+        return jax.lax.switch(branch, variants, x), None
 
     x, _ = jax.lax.scan(body, x, (model.blocks, jnp.arange(L)))
     return x
