@@ -6,7 +6,7 @@ import JAX); see the README for the architecture.
 
 from __future__ import annotations
 
-import importlib
+from jaxmech.lazy import lazy_exports
 
 from jaxmech import runtime as _runtime  # light: imports neither JAX nor transformers
 
@@ -27,19 +27,4 @@ _EXPORTS = {
     "jaxmech.sites": ("SITES", "Site", "UnknownSiteError", "get_site", "parse_tl_name"),
     "jaxmech.tokenizer": ("EncodedBatch", "PairTokenizer", "Truncation", "TruncationError"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'jaxmech' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech", _EXPORTS, globals())

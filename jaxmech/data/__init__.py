@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import importlib
+from jaxmech.lazy import lazy_exports
 
 _EXPORTS = {
     "jaxmech.data.bm25": (
@@ -63,19 +63,4 @@ _EXPORTS = {
         "write_dataset",
     ),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    """The re-exported names, imported on first use (so `records` and `align` load without SciPy)."""
-    if name not in _WHERE:
-        raise AttributeError(f"module 'jaxmech.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.data", _EXPORTS, globals())

@@ -21,7 +21,7 @@ type and alignment in `jaxmech.data.records` and `jaxmech.data.align`.
 
 from __future__ import annotations
 
-import importlib
+from jaxmech.lazy import lazy_exports
 
 _EXPORTS = {
     "jaxmech.data.align": ("AlignmentError", "align_texts_with_filler", "align_with_filler"),
@@ -40,20 +40,4 @@ _EXPORTS = {
     "jaxmech.patching.run": ("patch", "run_patching"),
     "jaxmech.patching.schedule": ("local_mesh",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    """The re-exported names, imported on first use (light submodules such as `families` and `run` can be
-    imported without JAX)."""
-    if name not in _WHERE:
-        raise AttributeError(f"module 'jaxmech.patching' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.patching", _EXPORTS, globals())
