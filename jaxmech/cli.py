@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxmech.data.cli import register as register_dataset
 
     register_dataset(sub)
+    from jaxmech.analysis.cli import register as register_analyze  # temporary hook (analyses); lead rewires
+
+    register_analyze(sub)
     try:
         from jaxmech.train.cli import register as register_train
     except ImportError:  # pragma: no cover - training module not present

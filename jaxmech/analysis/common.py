@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Float
 
 from jaxmech.model import BiEncoder, HookedEncoder
 
@@ -80,6 +80,13 @@ def length_buckets(lengths: Sequence[int], buckets: Sequence[int] = (32, 64, 96,
     return out
 
 
+def _fill(chunk: list[int], batch_size: int) -> list[int]:
+    """``chunk`` repeated at its end up to a power of two (at most ``batch_size``): few distinct batch shapes,
+    so few compiles, without running a full batch for a handful of inputs."""
+    size = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+    return chunk + [chunk[-1]] * (max(size, len(chunk)) - len(chunk))
+
+
 @functools.partial(jax.jit, static_argnames=("with_score",))
 def _attention_to(model: HookedEncoder, ids, tt, mask, targets, *, with_score: bool):
     out = model(ids, tt, mask, capture=("pattern",))
@@ -123,7 +130,7 @@ def attention_to(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: Seq
             raise ValueError(f"an input has {length} tokens, more than the model's n_ctx={model.cfg.n_ctx}")
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            full = chunk + [chunk[-1]] * (batch_size - len(chunk))  # fixed batch shape: one compile per bucket
+            full = _fill(chunk, batch_size)
             ids, tt, msk = pad_batch([seqs[i] for i in full], [types[i] for i in full], length)
             tg = np.zeros((len(full), length, length), np.float32)
             for j, i in enumerate(full):
@@ -164,7 +171,7 @@ def encode_batched(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: S
     for length, idx in length_buckets([len(s) for s in seqs]).items():
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            full = chunk + [chunk[-1]] * (batch_size - len(chunk))
+            full = _fill(chunk, batch_size)
             ids, tt, msk = pad_batch([seqs[i] for i in full], [types[i] for i in full], length)
             s = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(tt), jnp.asarray(msk)))[: len(chunk)]
             if out is None:
@@ -281,8 +288,6 @@ def unwrap(lm_or_model) -> tuple[HookedEncoder, Any]:
 
 
 __all__ = [
-    "Array",
-    "Int",
     "attention_to",
     "encode_batched",
     "head_name",
@@ -337,6 +342,22 @@ class PairInputs:
             self.doc_pieces.append(list(dw.ids))
             self.kept.append(i)
 
+    @classmethod
+    def from_pieces(cls, tokenizer, query_pieces: Sequence[Sequence[int]], doc_pieces: Sequence[Sequence[int]]
+                    ) -> PairInputs:
+        """Inputs from word pieces, without a selected term (query pieces ``Qsub``, document ``Dother``)."""
+        self = cls.__new__(cls)
+        self.ids, self.types, self.token_types, self.q_len, self.doc_pieces = [], [], [], [], []
+        for q, d in zip(query_pieces, doc_pieces, strict=True):
+            ids, tt = tokenizer.pair_ids(list(q), list(d))
+            self.ids.append(ids)
+            self.types.append(tt)
+            self.token_types.append(["CLS", *["Qsub"] * len(q), "SEP1", *["Dother"] * len(d), "SEP2"])
+            self.q_len.append(len(q))
+            self.doc_pieces.append(list(d))
+        self.kept = list(range(len(self.ids)))
+        return self
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -347,3 +368,50 @@ class PairInputs:
             t = np.asarray(types)
             out.append(np.outer(np.isin(t, src), np.isin(t, dst)).astype(np.float32))
         return out
+
+
+def subset_source(source, *, qids: Sequence[str] | None = None, n_queries: int | None = None,
+                  docs_per_query: int | None = None):
+    """A `jaxmech.data.records.DiagnosticSource` restricted to some queries and their first documents.
+
+    Args:
+        source: The full source.
+        qids: Keep only these queries (in the source's order); unknown ids are an error.
+        n_queries: Keep the first this many (after ``qids``).
+        docs_per_query: Keep the first this many documents of each query.
+
+    Raises:
+        ValueError: Naming query ids that the source does not have.
+    """
+    import dataclasses
+
+    order = list(source.queries)
+    if qids is not None:
+        missing = [q for q in qids if q not in source.queries]
+        if missing:
+            raise ValueError(f"qids {missing[:5]} are not in the source {source.name}")
+        wanted = set(qids)
+        order = [q for q in order if q in wanted]
+    order = order[:n_queries]
+    keep = set(order)
+    pick = lambda table: {q: v for q, v in table.items() if q in keep}
+    docs = {q: dict(list(d.items())[:docs_per_query]) for q, d in source.docs.items() if q in keep}
+    return dataclasses.replace(source, queries=pick(source.queries), terms=pick(source.terms), docs=docs,
+                               related=pick(source.related), pronouns=pick(source.pronouns),
+                               answers=pick(source.answers))
+
+
+def read_qids(path: str | os.PathLike) -> list[str]:
+    """Query ids, one per line (blank lines and ``#`` comments skipped; the first column of a TSV).
+
+    Raises:
+        FileNotFoundError / ValueError: Naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--qids file {path} does not exist")
+    out = [line.split("\t")[0].strip() for line in path.read_text().splitlines()
+           if line.strip() and not line.lstrip().startswith("#")]
+    if not out:
+        raise ValueError(f"--qids file {path} lists no query ids")
+    return out
