@@ -40,6 +40,29 @@ def _thresholds(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def check_inputs(name: str, opts: dict) -> None:
+    """Fails fast, before a model is loaded: missing files, or no input for an analysis that needs one.
+
+    Raises:
+        FileNotFoundError / ValueError: Naming the option.
+    """
+    from pathlib import Path
+
+    for key in ("dataset", "qids", "idf_table", "collection"):
+        if opts.get(key) is not None and not Path(opts[key]).is_file():
+            raise FileNotFoundError(f"--{key.replace('_', '-')} {opts[key]}: no such file")
+    src = opts.get("source")
+    if src is not None and src not in ("shared", "demo") and not src.startswith("ir_datasets:") \
+            and not Path(src).exists():
+        raise FileNotFoundError(f"--source {src}: not 'shared', 'demo', 'ir_datasets:NAME' or an existing path")
+    inputs = [k for k in ("source", "dataset", "collection", "idf_table") if opts.get(k) is not None]
+    if not inputs:
+        need = "--source" if name == "soft_tf" else "--source or --dataset"
+        raise ValueError(f"{name.replace('_', '-')} needs {need}")
+    if name == "soft_tf" and opts.get("source") is None:
+        raise ValueError("soft-tf needs --source (TFC2/LNC1 answers and STMC1 documents)")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Runs one analysis (`jaxmech.analysis.steps.analyze`) and prints its headline numbers."""
     from jaxmech.analysis.steps import analyze
@@ -51,6 +74,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if "experiments" in opts:
         opts["experiments"] = [e.strip() for e in opts["experiments"].split(",") if e.strip()]
     name = args.analysis.replace("-", "_")
+    check_inputs(name, opts)
     result = analyze(name, args.model, out=args.out, **opts)
     print(json.dumps({"out": args.out, **{k: result.get(k) for k in HEADLINES[name]}}, default=str))
     return 0
