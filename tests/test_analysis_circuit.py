@@ -88,3 +88,20 @@ def test_discover_circuit_runs_the_stages_on_a_model(tiny_model):
     for h in out["heads"]:
         if h["role"] != "relevance_scoring":
             assert h["layer"] < layer
+
+
+def test_circuit_step_reads_a_sweep_run():
+    """A sweep run holding path_to_score gives the scoring heads without a model."""
+    from jaxmech.analysis import ANALYSES
+
+    e4, _, _ = _planted()
+
+    class Run:
+        meta = {"model": "planted"}
+        families = ["path_to_score"]
+
+        def __getitem__(self, name):
+            return np.stack([e4, e4])
+
+    out = ANALYSES["circuit"](Run(), thresholds={"relevance_scoring": 0.05})
+    assert out["roles"]["relevance_scoring"] == ["10.10", "10.1", "10.7"] and out["model"] == "planted"

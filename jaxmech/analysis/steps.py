@@ -54,7 +54,8 @@ def resolve_model(run_or_model):
 
 
 def resolve_source(source, *, qids=None, n_queries: int | None = None, docs_per_query: int | None = None):
-    """A (restricted) `DiagnosticSource` from a source or a ``--source`` spec."""
+    """A (restricted) `DiagnosticSource` from a source or a ``--source`` spec (``n_queries`` counts after the
+    ``qids`` filter)."""
     from jaxmech.data.cli import load_source
     from jaxmech.data.records import DiagnosticSource
 
@@ -86,7 +87,8 @@ def _tfc1_pairs(lm, source=None, dataset=None, qids=None, n_queries=None, docs_p
 
     if dataset is not None:
         return _dataset_pairs(dataset, qids, limit)
-    src = resolve_source(source, qids=qids, n_queries=n_queries, docs_per_query=docs_per_query)
+    src = resolve_source(source, qids=qids, n_queries=None if qids is not None else n_queries,
+                         docs_per_query=docs_per_query)
     return build_tfc1(src, lm.tokenizer, limit=limit).pairs
 
 
