@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ def settings(quick: bool, docs_per_query: int | None) -> dict[str, dict]:
     return {
         "idf_svd": {"source": SHARED},
         "soft_tf": {"source": SHARED, "limit": int(60 * q), "docs_per_query": 2, "n_heads": 8},
-        "circuit": {"source": SHARED, "n_queries": int(24 * q), "docs_per_query": 2, "limit": None},
+        "circuit": {"source": SHARED, "n_queries": int(16 * q), "docs_per_query": 2, "limit": None},
         "edit_idf": {"source": SHARED, "n_queries": int(6 * q), "docs_per_query": 5, "scales": (1.0, 2.0, 5.0, 10.0)},
         "linear_bm25": {"source": SHARED, "docs_per_query": docs_per_query or int(20 * q)},
     }
@@ -68,12 +70,14 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=["idf_svd", "soft_tf", "circuit", "edit_idf", "linear_bm25"])
     p.add_argument("--quick", action="store_true", help="half-size subsets")
     p.add_argument("--docs-per-query", type=int, help="linear_bm25 documents per query (default 20)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="rebuild summary.json from the per-analysis JSON files (wall times from --log lines)")
+    p.add_argument("--log", nargs="*", default=[], help="logs of earlier runs ('<model> <analysis>: <n> s' lines)")
     args = p.parse_args()
-    summary_path = OUT / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["device"] = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                         "cpus": __import__("os").cpu_count(), "note": "shared 2-core CPU, several processes"}
     opts = settings(args.quick, args.docs_per_query)
+    if args.summary_only:
+        rebuild_summary(opts, args.log)
+        return
     for tag in args.models:
         lm = resolve_model(MODELS[tag])
         for name in args.only:
@@ -88,10 +92,35 @@ def main() -> None:
             else:
                 res = analyze(name, lm, out=OUT / tag / f"{name}.json", **opts[name])
             wall = time.time() - t0
-            summary.setdefault(tag, {})[name] = {"wall_s": round(wall, 1), "settings": opts[name],
-                                                 "model": MODELS[tag], **headline(name, res)}
-            write_json(summary_path, {"analysis": "summary", "model": "see per-model entries", **summary})
+            update_summary(tag, name, {"wall_s": round(wall, 1), "settings": opts[name], "model": MODELS[tag],
+                                       **headline(name, res)})
             print(f"{tag} {name}: {wall:.0f} s", flush=True)
+
+
+def update_summary(tag: str, name: str, entry: dict) -> None:
+    """Merges one entry into summary.json (re-read first: several runs may write it)."""
+    path = OUT / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {"analysis": "summary", "model": "per entry"}
+    summary["device"] = {"machine": platform.machine(), "cpus": os.cpu_count(),
+                         "note": "shared 2-core CPU, several processes running"}
+    summary.setdefault(tag, {})[name] = to_jsonable(entry)
+    write_json(path, summary)
+
+
+def rebuild_summary(opts: dict, logs: list[str]) -> None:
+    """summary.json from the per-analysis files; wall times from logs of the runs that wrote them."""
+    walls = {}
+    for log in logs:
+        for line in Path(log).read_text().splitlines():
+            m = re.fullmatch(r"(\w+) (\w+): (\d+) s", line.strip())
+            if m:
+                walls[(m[1], m[2])] = float(m[3])
+    for tag in MODELS:
+        for f in sorted((OUT / tag).glob("*.json")):
+            name = f.stem
+            res = json.loads(f.read_text())
+            update_summary(tag, name, {"wall_s": walls.get((tag, name)), "settings": opts.get(name),
+                                       "model": MODELS[tag], **headline(name, res)})
 
 
 if __name__ == "__main__":

@@ -210,8 +210,10 @@ def discover_circuit(lm, pairs, *, queries: Sequence[str] | None = None, thresho
                   for r in receiver_inputs)
         stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), thresholds=th, max_heads=max_heads,
                                       min_heads=min_heads)
-        contextual = [(h["layer"], h["head"]) for h in stage2["heads"] if h["role"] == "contextual_query"]
-        if contextual and max(layer for layer, _ in contextual) > 0:
+        # a layer-0 head reads the embeddings only: nothing upstream of it to find
+        contextual = [(h["layer"], h["head"]) for h in stage2["heads"]
+                      if h["role"] == "contextual_query" and h["layer"] > 0]
+        if contextual:
             e5b = sum(_path_effects(lambda r=r: path_to_heads(model, batch, contextual, r, **kw),
                                     min_denominator)[0] for r in receiver_inputs)
     effects = {"path_to_score": e4, "path_to_heads_scoring": e5a, "path_to_heads_contextual": e5b}

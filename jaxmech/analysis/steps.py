@@ -24,6 +24,8 @@ from typing import Any
 from jaxmech.analysis.common import read_qids, subset_source, write_json
 
 PACKAGED = "packaged"
+DEFAULT_MAX_HEADS = {"relevance_scoring": 4, "contextual_query": 4, "matching": 13}
+"""Circuit step caps per role (each stage's receivers bound the next stage's cost; 13 matching heads as the paper)."""
 
 
 # -- resolving inputs ---------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def soft_tf_step(run_or_model, *, source=None, qids=None, heads=None, n_heads: i
 
 def circuit_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries: int | None = None,
                  docs_per_query: int | None = 5, limit: int | None = 200, thresholds: dict | None = None,
-                 max_heads: dict | None = None, min_heads: int = 1, receiver_inputs: Sequence[str] = ("k", "v"),
+                 max_heads: dict | None = DEFAULT_MAX_HEADS, min_heads: int = 1, receiver_inputs: Sequence[str] = ("k", "v"),
                  **_ignored) -> dict:
     """Circuit roles. From a run holding ``path_to_score`` (and no model at hand): stage 1 from its array.
     Otherwise `jaxmech.analysis.circuit.discover_circuit` on TFC1 pairs (``dataset`` or built from
