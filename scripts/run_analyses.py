@@ -43,25 +43,61 @@ def settings(quick: bool, docs_per_query: int | None) -> dict[str, dict]:
 def headline(name: str, r: dict) -> dict:
     """The numbers the closing note quotes."""
     if name == "idf_svd":
-        return {k: r[k] for k in ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "variants",
-                                  "strongest_component", "strongest_component_centered")}
+        return {
+            k: r[k]
+            for k in (
+                "u0_idf_pearson",
+                "u0_idf_pearson_centered",
+                "u0_mean_cosine",
+                "variants",
+                "strongest_component",
+                "strongest_component_centered",
+            )
+        }
     if name == "linear_bm25":
-        return {k: r[k] for k in ("test_pearson", "test_p_value", "test_spearman", "test_r2",
-                                  "bm25_test_pearson", "bm25_k1", "bm25_b", "bm25_tuned_on_all_pearson",
-                                  "random_features_test_pearson", "other_split", "n_pairs", "n_queries", "heads")}
+        return {
+            k: r[k]
+            for k in (
+                "test_pearson",
+                "test_p_value",
+                "test_spearman",
+                "test_r2",
+                "bm25_test_pearson",
+                "bm25_k1",
+                "bm25_b",
+                "bm25_tuned_on_all_pearson",
+                "random_features_test_pearson",
+                "other_split",
+                "n_pairs",
+                "n_queries",
+                "heads",
+            )
+        }
     if name == "soft_tf":
         out = {"matching_heads": r["matching_heads"], "detector_scores": r.get("detector_scores")}
         for e in ("tfc2", "lnc1", "stmc1"):
             if e in r:
-                out[e] = {h: [round(v, 4) if v is not None else None for v in to_jsonable(c["mean"])]
-                          for h, c in list(r[e]["heads"].items())[:4]}
+                out[e] = {
+                    h: [round(v, 4) if v is not None else None for v in to_jsonable(c["mean"])]
+                    for h, c in list(r[e]["heads"].items())[:4]
+                }
         return out
     if name == "circuit":
-        return {"roles": r["roles"], "heads": r["heads"], "n_pairs": r.get("n_pairs"), "n_flagged": r.get("n_flagged"),
-                "detector_top": r.get("detector_top")}
-    return {"heads": r["heads"], "scales": r["scales"], "unedited": r["unedited"],
-            "gain": {c: v["mean"] for c, v in r["score"].items()}, "cls_attention": r["cls_attention"],
-            "edited_tokens": r["edited_tokens"]}
+        return {
+            "roles": r["roles"],
+            "heads": r["heads"],
+            "n_pairs": r.get("n_pairs"),
+            "n_flagged": r.get("n_flagged"),
+            "detector_top": r.get("detector_top"),
+        }
+    return {
+        "heads": r["heads"],
+        "scales": r["scales"],
+        "unedited": r["unedited"],
+        "gain": {c: v["mean"] for c, v in r["score"].items()},
+        "cls_attention": r["cls_attention"],
+        "edited_tokens": r["edited_tokens"],
+    }
 
 
 def main() -> None:
@@ -70,8 +106,11 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=["idf_svd", "soft_tf", "circuit", "edit_idf", "linear_bm25"])
     p.add_argument("--quick", action="store_true", help="half-size subsets")
     p.add_argument("--docs-per-query", type=int, help="linear_bm25 documents per query (default 20)")
-    p.add_argument("--summary-only", action="store_true",
-                   help="rebuild summary.json from the per-analysis JSON files (wall times from --log lines)")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rebuild summary.json from the per-analysis JSON files (wall times from --log lines)",
+    )
     p.add_argument("--log", nargs="*", default=[], help="logs of earlier runs ('<model> <analysis>: <n> s' lines)")
     args = p.parse_args()
     opts = settings(args.quick, args.docs_per_query)
@@ -87,13 +126,21 @@ def main() -> None:
 
                 order = list(load_paper_source(SHARED).queries)
                 qids = EDIT_QIDS + [q for q in order if q not in EDIT_QIDS][: opts[name]["n_queries"] - 1]
-                res = analyze(name, lm, out=OUT / tag / f"{name}.json", qids=qids,
-                              **{k: v for k, v in opts[name].items() if k != "n_queries"})
+                res = analyze(
+                    name,
+                    lm,
+                    out=OUT / tag / f"{name}.json",
+                    qids=qids,
+                    **{k: v for k, v in opts[name].items() if k != "n_queries"},
+                )
             else:
                 res = analyze(name, lm, out=OUT / tag / f"{name}.json", **opts[name])
             wall = time.time() - t0
-            update_summary(tag, name, {"wall_s": round(wall, 1), "settings": opts[name], "model": MODELS[tag],
-                                       **headline(name, res)})
+            update_summary(
+                tag,
+                name,
+                {"wall_s": round(wall, 1), "settings": opts[name], "model": MODELS[tag], **headline(name, res)},
+            )
             print(f"{tag} {name}: {wall:.0f} s", flush=True)
 
 
@@ -101,8 +148,11 @@ def update_summary(tag: str, name: str, entry: dict) -> None:
     """Merges one entry into summary.json (re-read first: several runs may write it)."""
     path = OUT / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {"analysis": "summary", "model": "per entry"}
-    summary["device"] = {"machine": platform.machine(), "cpus": os.cpu_count(),
-                         "note": "shared 2-core CPU, several processes running"}
+    summary["device"] = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "note": "shared 2-core CPU, several processes running",
+    }
     summary.setdefault(tag, {})[name] = to_jsonable(entry)
     write_json(path, summary)
 
@@ -119,8 +169,16 @@ def rebuild_summary(opts: dict, logs: list[str]) -> None:
         for f in sorted((OUT / tag).glob("*.json")):
             name = f.stem
             res = json.loads(f.read_text())
-            update_summary(tag, name, {"wall_s": walls.get((tag, name)), "settings": opts.get(name),
-                                       "model": MODELS[tag], **headline(name, res)})
+            update_summary(
+                tag,
+                name,
+                {
+                    "wall_s": walls.get((tag, name)),
+                    "settings": opts.get(name),
+                    "model": MODELS[tag],
+                    **headline(name, res),
+                },
+            )
 
 
 if __name__ == "__main__":

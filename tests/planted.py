@@ -37,9 +37,21 @@ def exact_match_model(*, n_layers: int = 2, seed: int = 0, sharpness: float = 1.
     the document (and itself once) puts ``m / (m + 1)`` of its attention on the document copies. Every other
     head keeps its small random initialisation (near-uniform attention).
     """
-    cfg = EncoderConfig(n_layers=n_layers, d_model=64, n_heads=2, d_head=32, d_mlp=48, d_vocab=VOCAB, n_ctx=64,
-                        n_token_types=2, act_fn="gelu", eps=1e-12, num_labels=1, pad_token_id=PAD,
-                        initializer_range=0.02)
+    cfg = EncoderConfig(
+        n_layers=n_layers,
+        d_model=64,
+        n_heads=2,
+        d_head=32,
+        d_mlp=48,
+        d_vocab=VOCAB,
+        n_ctx=64,
+        n_token_types=2,
+        act_fn="gelu",
+        eps=1e-12,
+        num_labels=1,
+        pad_token_id=PAD,
+        initializer_range=0.02,
+    )
     model = CrossEncoder(cfg, rngs=nnx.Rngs(seed))
     model.embed.W_E = nnx.Param(10.0 * jnp.eye(VOCAB, 64))
     model.embed.W_pos = nnx.Param(jnp.zeros((64, 64)))

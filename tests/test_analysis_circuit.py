@@ -26,10 +26,14 @@ def _planted(seed=0, L=12, H=12):
 
 def test_planted_roles_are_recovered():
     e4, e5a, e5b = _planted()
-    c = circuit_from_effects(e4, e5a, e5b, thresholds={"relevance_scoring": 0.05, "contextual_query": 0.015,
-                                                        "matching": 0.008})
-    assert c["roles"] == {"relevance_scoring": ["10.10", "10.1", "10.7"], "contextual_query": ["7.0", "8.4", "5.2"],
-                          "matching": ["1.7", "2.1", "4.9"]}
+    c = circuit_from_effects(
+        e4, e5a, e5b, thresholds={"relevance_scoring": 0.05, "contextual_query": 0.015, "matching": 0.008}
+    )
+    assert c["roles"] == {
+        "relevance_scoring": ["10.10", "10.1", "10.7"],
+        "contextual_query": ["7.0", "8.4", "5.2"],
+        "matching": ["1.7", "2.1", "4.9"],
+    }
     assert {h["role"] for h in c["heads"]} == set(ROLES)
     neg = next(h for h in c["heads"] if (h["layer"], h["head"]) == (7, 0))
     assert neg["effect"] == pytest.approx(-0.04)  # signed effect kept, selected by magnitude
@@ -76,8 +80,12 @@ def test_discover_circuit_runs_the_stages_on_a_model(tiny_model):
     from jaxmech.patching.path import path_to_score
 
     pairs = random_pairs(4, 211, seed=3)
-    out = discover_circuit(tiny_model, pairs, thresholds={"relevance_scoring": 0.0, "contextual_query": 0.0},
-                           max_heads={"relevance_scoring": 1, "contextual_query": 1, "matching": 1})
+    out = discover_circuit(
+        tiny_model,
+        pairs,
+        thresholds={"relevance_scoring": 0.0, "contextual_query": 0.0},
+        max_heads={"relevance_scoring": 1, "contextual_query": 1, "matching": 1},
+    )
     want = path_to_score(tiny_model, batch_pairs(pairs)).effect("normalized").mean()
     np.testing.assert_allclose(out["effects"]["path_to_score"], want, rtol=1e-6)
     scoring = out["roles"]["relevance_scoring"]

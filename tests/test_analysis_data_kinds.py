@@ -7,16 +7,31 @@ import pytest
 from jaxmech.data.analysis_kinds import build_idf_front, idf_front_query, realign
 from jaxmech.data.records import DataError, DiagnosticSource
 
-IDF = {"what": 0.1, "is": 0.05, "the": 0.01, "acceptance": 2.0, "rate": 1.0, "at": 0.05, "wellesley": 6.0,
-       "how": 0.1, "do": 0.1, "tides": 4.0, "form": 1.5}
+IDF = {
+    "what": 0.1,
+    "is": 0.05,
+    "the": 0.01,
+    "acceptance": 2.0,
+    "rate": 1.0,
+    "at": 0.05,
+    "wellesley": 6.0,
+    "how": 0.1,
+    "do": 0.1,
+    "tides": 4.0,
+    "form": 1.5,
+}
 
 
 def _source():
     return DiagnosticSource(
-        "test", {"1": "what is the acceptance rate at wellesley", "2": "tides how do form"},
+        "test",
+        {"1": "what is the acceptance rate at wellesley", "2": "tides how do form"},
         {"1": "wellesley", "2": "tides"},
-        docs={"1": {"d1": "College acceptance rates are competitive.", "d2": "Wellesley is a college."},
-              "2": {"d3": "Tides are caused by the moon."}})
+        docs={
+            "1": {"d1": "College acceptance rates are competitive.", "d2": "Wellesley is a college."},
+            "2": {"d3": "Tides are caused by the moon."},
+        },
+    )
 
 
 def test_highest_idf_word_moves_first(tokenizer):
@@ -46,10 +61,17 @@ def test_build_idf_front_pairs(tokenizer):
 def test_realign_lnc1_without_fillers(tokenizer):
     from jaxmech.data.diagnostic import build_lnc1
 
-    answers = {"1": [("a1", "Wellesley is old. It has a lake. It is in Massachusetts.")],
-               "2": [("a2", "Tides rise. Tides fall. The moon pulls. The sun pulls too.")]}
-    src = DiagnosticSource("t", {"1": "what is wellesley", "2": "how do tides form"}, {"1": "wellesley", "2": "tides"},
-                           pronouns={"1": "it", "2": "they"}, answers=answers)
+    answers = {
+        "1": [("a1", "Wellesley is old. It has a lake. It is in Massachusetts.")],
+        "2": [("a2", "Tides rise. Tides fall. The moon pulls. The sun pulls too.")],
+    }
+    src = DiagnosticSource(
+        "t",
+        {"1": "what is wellesley", "2": "how do tides form"},
+        {"1": "wellesley", "2": "tides"},
+        pronouns={"1": "it", "2": "they"},
+        answers=answers,
+    )
     filler = build_lnc1(src, tokenizer, n_max=2)
     assert all(p.same_length and p.meta["fillers"] > 0 for p in filler.pairs)
     diff = realign(filler, tokenizer, align="diff")

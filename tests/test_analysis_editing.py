@@ -101,5 +101,6 @@ def test_editing_curves_end_to_end():
     # the planted head: [CLS] is a different token, so its attention to the term is small and finite
     assert all(0 <= v < 0.5 for v in out["cls_attention"]["0.0"])
     for cond in out["score"].values():
-        assert len(cond["mean"]) == 2 and all(lo <= m <= hi for lo, m, hi in zip(cond["lo"], cond["mean"],
-                                                                                 cond["hi"], strict=True))
+        assert len(cond["mean"]) == 2 and all(
+            lo <= m <= hi for lo, m, hi in zip(cond["lo"], cond["mean"], cond["hi"], strict=True)
+        )

@@ -53,8 +53,16 @@ def test_centring_separates_the_mean_direction_confound():
     assert out["components"][1]["pearson"] < -0.9 or out["components"][1]["pearson"] > 0.9
     assert out["u0_idf_pearson_centered"] < -0.95  # the IDF direction, after centring
     assert out["strongest_component"] == 1 and out["strongest_component_centered"] == 0
-    assert set(out) >= {"analysis", "model", "u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine",
-                        "components", "variants", "scatter"}
+    assert set(out) >= {
+        "analysis",
+        "model",
+        "u0_idf_pearson",
+        "u0_idf_pearson_centered",
+        "u0_mean_cosine",
+        "components",
+        "variants",
+        "scatter",
+    }
     assert out["variants"]["word_centered"] == pytest.approx(out["u0_idf_pearson_centered"])
     json.dumps(out, default=lambda x: x.tolist())
 
@@ -94,10 +102,16 @@ def test_iter_collection_tsv_jsonl_and_errors(tmp_path):
 def test_stream_idf_equals_the_in_memory_table(tokenizer):
     from jaxmech.data.idf import word_idf, wordpiece_idf
 
-    texts = ["Tides are caused by the moon.", "The moon orbits the Earth.", "Cats sleep a lot; cats purr.",
-             "Playing and played", "the the the"]
+    texts = [
+        "Tides are caused by the moon.",
+        "The moon orbits the Earth.",
+        "Cats sleep a lot; cats purr.",
+        "Playing and played",
+        "the the the",
+    ]
     assert stream_idf(iter(texts), tokenizer, chunk_size=2) == pytest.approx(word_idf(texts, tokenizer))
     assert stream_idf(texts, tokenizer, level="wordpiece", chunk_size=3) == pytest.approx(
-        wordpiece_idf(texts, tokenizer))
+        wordpiece_idf(texts, tokenizer)
+    )
     with pytest.raises(ValueError, match="empty"):
         stream_idf([], tokenizer)

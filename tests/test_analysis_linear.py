@@ -84,8 +84,9 @@ def test_tuned_bm25_recovers_a_planted_bm25():
     ds = [list(rng.integers(0, 50, rng.integers(20, 120))) for _ in range(300)]
     y = token_bm25(qs, ds, idf, k1=1.2, b=0.75, avg_len=60.0)
     train, test = np.arange(240), np.arange(240, 300)
-    res = bm25_baseline(qs, ds, y, idf, train, test, avg_len=60.0,
-                        k1_grid=[0.5, 0.9, 1.2, 2.0], b_grid=[0.25, 0.5, 0.75, 1.0])
+    res = bm25_baseline(
+        qs, ds, y, idf, train, test, avg_len=60.0, k1_grid=[0.5, 0.9, 1.2, 2.0], b_grid=[0.25, 0.5, 0.75, 1.0]
+    )
     assert (res["k1"], res["b"]) == (1.2, 0.75)
     assert res["test"]["pearson"] == pytest.approx(1.0, abs=1e-12)
 

@@ -32,8 +32,7 @@ DEFAULT_THRESHOLDS = {"relevance_scoring": 0.05, "contextual_query": 0.01, "matc
 
 
 # -- the detector -------------------------------------------------------------------------------------------
-def match_targets(ids: Sequence[int], token_types: Sequence[str], *, include_final_sep: bool = False
-                  ) -> np.ndarray:
+def match_targets(ids: Sequence[int], token_types: Sequence[str], *, include_final_sep: bool = False) -> np.ndarray:
     """``[len, len]`` weights: +1 on (query token, document position with the same id), minus the uniform
     share ``n_matches / n_doc`` on every document position of that row (rows without matches are 0)."""
     ids = np.asarray(ids)
@@ -71,9 +70,15 @@ def top_heads_of(scores: Float[np.ndarray, "layer head"], k: int) -> list[tuple[
 
 
 # -- roles from effects -------------------------------------------------------------------------------------
-def select_heads(effect: Float[np.ndarray, "layer head"], *, threshold: float, use_abs: bool = False,
-                 max_heads: int | None = None, min_heads: int = 0, exclude: Sequence[tuple[int, int]] = ()
-                 ) -> list[tuple[int, int, float]]:
+def select_heads(
+    effect: Float[np.ndarray, "layer head"],
+    *,
+    threshold: float,
+    use_abs: bool = False,
+    max_heads: int | None = None,
+    min_heads: int = 0,
+    exclude: Sequence[tuple[int, int]] = (),
+) -> list[tuple[int, int, float]]:
     """Heads whose effect (or ``|effect|``) is at least ``threshold``, strongest first.
 
     Args:
@@ -107,10 +112,18 @@ def select_heads(effect: Float[np.ndarray, "layer head"], *, threshold: float, u
     return out
 
 
-def circuit_from_effects(score_effect: np.ndarray, contextual_effect: np.ndarray | None = None,
-                         matching_effect: np.ndarray | None = None, *, thresholds: dict | None = None,
-                         max_heads: dict | None = None, min_heads: int = 0, use_abs: bool = True,
-                         model: str = "", extra: dict | None = None) -> dict:
+def circuit_from_effects(
+    score_effect: np.ndarray,
+    contextual_effect: np.ndarray | None = None,
+    matching_effect: np.ndarray | None = None,
+    *,
+    thresholds: dict | None = None,
+    max_heads: dict | None = None,
+    min_heads: int = 0,
+    use_abs: bool = True,
+    model: str = "",
+    extra: dict | None = None,
+) -> dict:
     """Circuit roles from patching arrays.
 
     Args:
@@ -139,19 +152,28 @@ def circuit_from_effects(score_effect: np.ndarray, contextual_effect: np.ndarray
         a = np.asarray(a, np.float64)
         return np.nanmean(a, axis=0) if a.ndim == 3 else a
 
-    stages = [("relevance_scoring", score_effect, False), ("contextual_query", contextual_effect, use_abs),
-              ("matching", matching_effect, use_abs)]
+    stages = [
+        ("relevance_scoring", score_effect, False),
+        ("contextual_query", contextual_effect, use_abs),
+        ("matching", matching_effect, use_abs),
+    ]
     heads, taken = [], []
     for role, eff, absolute in stages:
         if eff is None:
             break
-        sel = select_heads(mean(eff), threshold=th[role], use_abs=absolute, max_heads=mx.get(role),
-                           min_heads=min_heads, exclude=taken)
+        sel = select_heads(
+            mean(eff), threshold=th[role], use_abs=absolute, max_heads=mx.get(role), min_heads=min_heads, exclude=taken
+        )
         heads += [{"layer": layer, "head": h, "role": role, "effect": v} for layer, h, v in sel]
         taken += [(layer, h) for layer, h, _ in sel]
-    return {"analysis": "circuit", "model": model, "heads": heads, "thresholds": th,
-            "roles": {r: [head_name(x["layer"], x["head"]) for x in heads if x["role"] == r] for r in ROLES},
-            **(extra or {})}
+    return {
+        "analysis": "circuit",
+        "model": model,
+        "heads": heads,
+        "thresholds": th,
+        "roles": {r: [head_name(x["layer"], x["head"]) for x in heads if x["role"] == r] for r in ROLES},
+        **(extra or {}),
+    }
 
 
 # -- running the patching stages ----------------------------------------------------------------------------
@@ -161,10 +183,19 @@ def _path_effects(fn, min_denominator: float) -> tuple[np.ndarray, int]:
     return eff.mean(), eff.n_flagged
 
 
-def discover_circuit(lm, pairs, *, queries: Sequence[str] | None = None, thresholds: dict | None = None,
-                     max_heads: dict | None = None, min_heads: int = 1,
-                     receiver_inputs: Sequence[str] = ("k", "v"), min_denominator: float = 1e-3,
-                     chunk_size: int | None = None, detector_inputs: PairInputs | None = None) -> dict:
+def discover_circuit(
+    lm,
+    pairs,
+    *,
+    queries: Sequence[str] | None = None,
+    thresholds: dict | None = None,
+    max_heads: dict | None = None,
+    min_heads: int = 1,
+    receiver_inputs: Sequence[str] = ("k", "v"),
+    min_denominator: float = 1e-3,
+    chunk_size: int | None = None,
+    detector_inputs: PairInputs | None = None,
+) -> dict:
     """Runs E4 and two E5 stages on aligned pairs and assigns circuit roles.
 
     Args:
@@ -206,22 +237,36 @@ def discover_circuit(lm, pairs, *, queries: Sequence[str] | None = None, thresho
     scoring = [(h["layer"], h["head"]) for h in stage1["heads"]]
     e5a = e5b = None
     if scoring and max(layer for layer, _ in scoring) > 0:
-        e5a = sum(_path_effects(lambda r=r: path_to_heads(model, batch, scoring, r, **kw), min_denominator)[0]
-                  for r in receiver_inputs)
-        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), thresholds=th, max_heads=max_heads,
-                                      min_heads=min_heads)
+        e5a = sum(
+            _path_effects(lambda r=r: path_to_heads(model, batch, scoring, r, **kw), min_denominator)[0]
+            for r in receiver_inputs
+        )
+        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), thresholds=th, max_heads=max_heads, min_heads=min_heads)
         # a layer-0 head reads the embeddings only: nothing upstream of it to find
-        contextual = [(h["layer"], h["head"]) for h in stage2["heads"]
-                      if h["role"] == "contextual_query" and h["layer"] > 0]
+        contextual = [
+            (h["layer"], h["head"]) for h in stage2["heads"] if h["role"] == "contextual_query" and h["layer"] > 0
+        ]
         if contextual:
-            e5b = sum(_path_effects(lambda r=r: path_to_heads(model, batch, contextual, r, **kw),
-                                    min_denominator)[0] for r in receiver_inputs)
+            e5b = sum(
+                _path_effects(lambda r=r: path_to_heads(model, batch, contextual, r, **kw), min_denominator)[0]
+                for r in receiver_inputs
+            )
     effects = {"path_to_score": e4, "path_to_heads_scoring": e5a, "path_to_heads_contextual": e5b}
-    out = circuit_from_effects(e4, None if e5a is None else _pad(e5a, e4.shape),
-                               None if e5b is None else _pad(e5b, e4.shape), thresholds=th, max_heads=max_heads,
-                               min_heads=min_heads, model=model_label(lm),
-                               extra={"effects": effects, "n_pairs": batch.n_pairs, "n_flagged": flagged,
-                                      "receiver_inputs": list(receiver_inputs)})
+    out = circuit_from_effects(
+        e4,
+        None if e5a is None else _pad(e5a, e4.shape),
+        None if e5b is None else _pad(e5b, e4.shape),
+        thresholds=th,
+        max_heads=max_heads,
+        min_heads=min_heads,
+        model=model_label(lm),
+        extra={
+            "effects": effects,
+            "n_pairs": batch.n_pairs,
+            "n_flagged": flagged,
+            "receiver_inputs": list(receiver_inputs),
+        },
+    )
     if detector_inputs is not None:
         det = match_scores(model, detector_inputs)
         out["detector"] = det
@@ -238,5 +283,13 @@ def _pad(effect: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "ROLES", "circuit_from_effects", "discover_circuit", "match_scores",
-           "match_targets", "select_heads", "top_heads_of"]
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ROLES",
+    "circuit_from_effects",
+    "discover_circuit",
+    "match_scores",
+    "match_targets",
+    "select_heads",
+    "top_heads_of",
+]

@@ -21,8 +21,14 @@ from collections.abc import Sequence
 
 HEADLINES = {
     "idf_svd": ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "strongest_component", "variants"),
-    "linear_bm25": ("test_pearson", "test_p_value", "bm25_test_pearson", "random_features_test_pearson", "n_pairs",
-                    "heads"),
+    "linear_bm25": (
+        "test_pearson",
+        "test_p_value",
+        "bm25_test_pearson",
+        "random_features_test_pearson",
+        "n_pairs",
+        "heads",
+    ),
     "soft_tf": ("matching_heads",),
     "circuit": ("roles",),
     "edit_idf": ("heads", "scales", "unedited"),
@@ -52,8 +58,12 @@ def check_inputs(name: str, opts: dict) -> None:
         if opts.get(key) is not None and not Path(opts[key]).is_file():
             raise FileNotFoundError(f"--{key.replace('_', '-')} {opts[key]}: no such file")
     src = opts.get("source")
-    if src is not None and src not in ("shared", "demo") and not src.startswith("ir_datasets:") \
-            and not Path(src).exists():
+    if (
+        src is not None
+        and src not in ("shared", "demo")
+        and not src.startswith("ir_datasets:")
+        and not Path(src).exists()
+    ):
         raise FileNotFoundError(f"--source {src}: not 'shared', 'demo', 'ir_datasets:NAME' or an existing path")
     inputs = [k for k in ("source", "dataset", "collection", "idf_table") if opts.get(k) is not None]
     if not inputs:
@@ -67,8 +77,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Runs one analysis (`jaxmech.analysis.steps.analyze`) and prints its headline numbers."""
     from jaxmech.analysis.steps import analyze
 
-    opts = {k: v for k, v in vars(args).items()
-            if k not in ("command", "func", "analysis", "model", "out") and v is not None}
+    opts = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "func", "analysis", "model", "out") and v is not None
+    }
     if "threshold" in opts:
         opts["thresholds"] = _thresholds(opts.pop("threshold"))
     if "experiments" in opts:
@@ -82,8 +95,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds ``analyze`` (with one subcommand per analysis) to the main parser's subparsers."""
-    p = subparsers.add_parser("analyze", help="the paper's analyses (circuit, soft-TF, IDF direction, editing, "
-                              "linear semantic BM25) as JSON")
+    p = subparsers.add_parser(
+        "analyze", help="the paper's analyses (circuit, soft-TF, IDF direction, editing, linear semantic BM25) as JSON"
+    )
     sub = p.add_subparsers(dest="analysis", required=True)
 
     def common(q, *, source=True, dataset=True):
@@ -117,8 +131,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--docs-per-query", type=int, default=5)
     q.add_argument("--n-queries", type=int)
     q.add_argument("--limit", type=int, default=200, help="at most this many pairs")
-    q.add_argument("--threshold", action="append", help="ROLE=VALUE (relevance_scoring, contextual_query, "
-                   "matching); repeatable")
+    q.add_argument(
+        "--threshold", action="append", help="ROLE=VALUE (relevance_scoring, contextual_query, matching); repeatable"
+    )
     q.add_argument("--min-heads", type=int, default=1)
     q.add_argument("--receiver-inputs", nargs="+", default=["k", "v"], choices=["q", "k", "v"])
 

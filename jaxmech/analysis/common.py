@@ -32,8 +32,9 @@ def head_name(layer: int, head: int) -> str:
     return f"{int(layer)}.{int(head)}"
 
 
-def parse_head_names(heads: Iterable[str | tuple[int, int]], n_layers: int, n_heads: int,
-                     *, where: str = "heads") -> list[tuple[int, int]]:
+def parse_head_names(
+    heads: Iterable[str | tuple[int, int]], n_layers: int, n_heads: int, *, where: str = "heads"
+) -> list[tuple[int, int]]:
     """``["10.1", (3, 4)]`` to ``[(10, 1), (3, 4)]``, checked against the model's shape.
 
     Raises:
@@ -54,8 +55,9 @@ def parse_head_names(heads: Iterable[str | tuple[int, int]], n_layers: int, n_he
 
 
 # -- batched forwards ---------------------------------------------------------------------------------------
-def pad_batch(seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]], length: int, pad_id: int = 0
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_batch(
+    seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]], length: int, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids, token_type_ids, attention_mask)``, each ``[n, length]``, right-padded."""
     n = len(seqs)
     ids = np.full((n, length), pad_id, np.int32)
@@ -70,8 +72,9 @@ def pad_batch(seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]], len
     return ids, tt, mask
 
 
-def length_buckets(lengths: Sequence[int], buckets: Sequence[int] = (32, 64, 96, 128, 192, 256, 384, 512)
-                   ) -> dict[int, list[int]]:
+def length_buckets(
+    lengths: Sequence[int], buckets: Sequence[int] = (32, 64, 96, 128, 192, 256, 384, 512)
+) -> dict[int, list[int]]:
     """Indices grouped by the smallest bucket length that holds them (longer ones get their own length)."""
     out: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
@@ -96,9 +99,15 @@ def _attention_to(model: HookedEncoder, ids, tt, mask, targets, *, with_score: b
     return mass, out.score if out.score is not None else out.embedding
 
 
-def attention_to(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]],
-                 targets: Sequence[np.ndarray], *, batch_size: int = DEFAULT_BATCH, with_score: bool = False
-                 ) -> tuple[Float[np.ndarray, "n layer head qpos"], np.ndarray | None]:
+def attention_to(
+    model: HookedEncoder,
+    seqs: Sequence[Sequence[int]],
+    types: Sequence[Sequence[int]],
+    targets: Sequence[np.ndarray],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    with_score: bool = False,
+) -> tuple[Float[np.ndarray, "n layer head qpos"], np.ndarray | None]:
     """Attention mass from every query (destination) position to a weighted set of key positions.
 
     ``mass[i, l, h, q] = sum_k pattern[i, l, h, q, k] * targets[i][q, k]``: with ``targets[i][q]`` the
@@ -138,8 +147,9 @@ def attention_to(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: Seq
                 if t.shape != (len(seqs[i]), len(seqs[i])):
                     raise ValueError(f"targets[{i}] has shape {t.shape}; expected {(len(seqs[i]),) * 2}")
                 tg[j, : t.shape[0], : t.shape[1]] = t
-            m, s = _attention_to(model, jnp.asarray(ids), jnp.asarray(tt), jnp.asarray(msk), jnp.asarray(tg),
-                                 with_score=with_score)
+            m, s = _attention_to(
+                model, jnp.asarray(ids), jnp.asarray(tt), jnp.asarray(msk), jnp.asarray(tg), with_score=with_score
+            )
             m = np.asarray(m)[: len(chunk)]
             for j, i in enumerate(chunk):
                 mass[i, :, :, : min(length, max_len)] = m[j, :, :, :max_len]
@@ -157,8 +167,14 @@ def _forward_score(model: HookedEncoder, ids, tt, mask):
     return out.score if out.score is not None else out.embedding
 
 
-def encode_batched(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None = None,
-                   *, batch_size: int = DEFAULT_BATCH, forward=None) -> np.ndarray:
+def encode_batched(
+    model: HookedEncoder,
+    seqs: Sequence[Sequence[int]],
+    types: Sequence[Sequence[int]] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    forward=None,
+) -> np.ndarray:
     """Scores (cross-encoders) or pooled embeddings (bi-encoders) of token sequences, batched by length.
 
     Args:
@@ -180,9 +196,15 @@ def encode_batched(model: HookedEncoder, seqs: Sequence[Sequence[int]], types: S
     return out if out is not None else np.zeros((0,), np.float32)
 
 
-def model_scores(model: HookedEncoder, tokenizer, query_pieces: Sequence[Sequence[int]],
-                 doc_pieces: Sequence[Sequence[int]], *, batch_size: int = DEFAULT_BATCH, forward=None
-                 ) -> Float[np.ndarray, " n"]:
+def model_scores(
+    model: HookedEncoder,
+    tokenizer,
+    query_pieces: Sequence[Sequence[int]],
+    doc_pieces: Sequence[Sequence[int]],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    forward=None,
+) -> Float[np.ndarray, " n"]:
     """Relevance scores of (query, document) word-piece pairs.
 
     Cross-encoders: the raw logit of ``[CLS] q [SEP] d [SEP]``. Bi-encoders: the configured similarity of
@@ -196,8 +218,11 @@ def model_scores(model: HookedEncoder, tokenizer, query_pieces: Sequence[Sequenc
         pos = {q: i for i, q in enumerate(uq)}
         qe = q_emb[[pos[tuple(q)] for q in query_pieces]]
         return np.asarray(model.similarity(jnp.asarray(qe), jnp.asarray(d_emb)))
-    seqs, types = zip(*(tokenizer.pair_ids(q, d) for q, d in zip(query_pieces, doc_pieces, strict=True)),
-                      strict=True) if query_pieces else ((), ())
+    seqs, types = (
+        zip(*(tokenizer.pair_ids(q, d) for q, d in zip(query_pieces, doc_pieces, strict=True)), strict=True)
+        if query_pieces
+        else ((), ())
+    )
     return encode_batched(model, list(seqs), list(types), batch_size=batch_size, forward=forward)
 
 
@@ -317,8 +342,16 @@ class PairInputs:
         doc_pieces: Document word pieces per input.
     """
 
-    def __init__(self, tokenizer, queries: Sequence[str], docs: Sequence[str], terms: Sequence[str | None],
-                 *, changed: Sequence[Sequence[int]] | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        terms: Sequence[str | None],
+        *,
+        changed: Sequence[Sequence[int]] | None = None,
+        max_length: int | None = None,
+    ):
         from jaxmech.data.token_types import assign_token_types, word_pieces_with_words
 
         if not (len(queries) == len(docs) == len(terms)):
@@ -343,8 +376,9 @@ class PairInputs:
             self.kept.append(i)
 
     @classmethod
-    def from_pieces(cls, tokenizer, query_pieces: Sequence[Sequence[int]], doc_pieces: Sequence[Sequence[int]]
-                    ) -> PairInputs:
+    def from_pieces(
+        cls, tokenizer, query_pieces: Sequence[Sequence[int]], doc_pieces: Sequence[Sequence[int]]
+    ) -> PairInputs:
         """Inputs from word pieces, without a selected term (query pieces ``Qsub``, document ``Dother``)."""
         self = cls.__new__(cls)
         self.ids, self.types, self.token_types, self.q_len, self.doc_pieces = [], [], [], [], []
@@ -370,8 +404,9 @@ class PairInputs:
         return out
 
 
-def subset_source(source, *, qids: Sequence[str] | None = None, n_queries: int | None = None,
-                  docs_per_query: int | None = None):
+def subset_source(
+    source, *, qids: Sequence[str] | None = None, n_queries: int | None = None, docs_per_query: int | None = None
+):
     """A `jaxmech.data.records.DiagnosticSource` restricted to some queries and their first documents.
 
     Args:
@@ -396,9 +431,15 @@ def subset_source(source, *, qids: Sequence[str] | None = None, n_queries: int |
     keep = set(order)
     pick = lambda table: {q: v for q, v in table.items() if q in keep}
     docs = {q: dict(list(d.items())[:docs_per_query]) for q, d in source.docs.items() if q in keep}
-    return dataclasses.replace(source, queries=pick(source.queries), terms=pick(source.terms), docs=docs,
-                               related=pick(source.related), pronouns=pick(source.pronouns),
-                               answers=pick(source.answers))
+    return dataclasses.replace(
+        source,
+        queries=pick(source.queries),
+        terms=pick(source.terms),
+        docs=docs,
+        related=pick(source.related),
+        pronouns=pick(source.pronouns),
+        answers=pick(source.answers),
+    )
 
 
 def read_qids(path: str | os.PathLike) -> list[str]:
@@ -410,8 +451,11 @@ def read_qids(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--qids file {path} does not exist")
-    out = [line.split("\t")[0].strip() for line in path.read_text().splitlines()
-           if line.strip() and not line.lstrip().startswith("#")]
+    out = [
+        line.split("\t")[0].strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not out:
         raise ValueError(f"--qids file {path} lists no query ids")
     return out

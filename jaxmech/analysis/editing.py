@@ -58,8 +58,13 @@ def _check_ids(token_ids, n: int) -> np.ndarray:
     return ids
 
 
-def edit_u0(W_E: Float[np.ndarray, "vocab d"], svd: EmbeddingSVD, token_ids: Sequence[int], scale: float,
-            direction: str = "increase") -> Float[np.ndarray, "vocab d"]:
+def edit_u0(
+    W_E: Float[np.ndarray, "vocab d"],
+    svd: EmbeddingSVD,
+    token_ids: Sequence[int],
+    scale: float,
+    direction: str = "increase",
+) -> Float[np.ndarray, "vocab d"]:
     """``W_E`` with the chosen tokens' U_0 coordinate set to ``∓scale * |U_0[t]|`` (module docstring).
 
     Raises:
@@ -76,8 +81,9 @@ def edit_u0(W_E: Float[np.ndarray, "vocab d"], svd: EmbeddingSVD, token_ids: Seq
     return out
 
 
-def edit_rows(W_E: Float[np.ndarray, "vocab d"], token_ids: Sequence[int], scale: float,
-              direction: str = "increase") -> Float[np.ndarray, "vocab d"]:
+def edit_rows(
+    W_E: Float[np.ndarray, "vocab d"], token_ids: Sequence[int], scale: float, direction: str = "increase"
+) -> Float[np.ndarray, "vocab d"]:
     """The paper's whole-row control: rows times ``-scale`` (increase) or ``scale`` (decrease)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}; choose one of {DIRECTIONS}")
@@ -129,10 +135,12 @@ def measure(model, tokenizer, pairs, heads: Sequence[tuple[int, int]], *, batch_
     att = np.full((n, len(heads)), np.nan)
     if isinstance(model, BiEncoder):
         qp = tokenizer.word_pieces([p.query for p in pairs])
-        base = model_scores(model, tokenizer, qp, tokenizer.word_pieces([p.baseline_doc for p in pairs]),
-                            batch_size=batch_size)
-        pert = model_scores(model, tokenizer, qp, tokenizer.word_pieces([p.perturbed_doc for p in pairs]),
-                            batch_size=batch_size)
+        base = model_scores(
+            model, tokenizer, qp, tokenizer.word_pieces([p.baseline_doc for p in pairs]), batch_size=batch_size
+        )
+        pert = model_scores(
+            model, tokenizer, qp, tokenizer.word_pieces([p.perturbed_doc for p in pairs]), batch_size=batch_size
+        )
         if heads:
             seqs, tts, tg = [], [], []
             for p in pairs:
@@ -143,11 +151,18 @@ def measure(model, tokenizer, pairs, heads: Sequence[tuple[int, int]], *, batch_
             mass, _ = attention_to(model, seqs, tts, tg, batch_size=batch_size)
             att = np.stack([mass[:, layer, h, 0] for layer, h in heads], 1)
         return {"baseline": base, "perturbed": pert, "cls_attention": att}
-    base = encode_batched(model, [p.baseline_ids for p in pairs], [p.baseline_token_type_ids for p in pairs],
-                          batch_size=batch_size)
+    base = encode_batched(
+        model, [p.baseline_ids for p in pairs], [p.baseline_token_type_ids for p in pairs], batch_size=batch_size
+    )
     tg = [_cls_to(p.token_types, ("Qplus",)) for p in pairs]  # identity alignment: same positions
-    mass, pert = attention_to(model, [p.perturbed_ids for p in pairs], [p.perturbed_token_type_ids for p in pairs],
-                              tg, batch_size=batch_size, with_score=True)
+    mass, pert = attention_to(
+        model,
+        [p.perturbed_ids for p in pairs],
+        [p.perturbed_token_type_ids for p in pairs],
+        tg,
+        batch_size=batch_size,
+        with_score=True,
+    )
     if heads:
         att = np.stack([mass[:, layer, h, 0] for layer, h in heads], 1)
     return {"baseline": base, "perturbed": pert, "cls_attention": att}
@@ -159,16 +174,35 @@ def scoring_heads(model, pairs, n_heads: int = 3, *, chunk_size: int | None = No
     from jaxmech.patching.pairs import Pair, batch_pairs
     from jaxmech.patching.path import path_to_score
 
-    ps = [Pair(p.baseline_ids, p.baseline_token_type_ids, p.perturbed_ids, p.perturbed_token_type_ids,
-               p.position_map, f"{p.qid}/{p.doc_id}") for p in pairs]
+    ps = [
+        Pair(
+            p.baseline_ids,
+            p.baseline_token_type_ids,
+            p.perturbed_ids,
+            p.perturbed_token_type_ids,
+            p.position_map,
+            f"{p.qid}/{p.doc_id}",
+        )
+        for p in pairs
+    ]
     res = path_to_score(model, batch_pairs(ps, max_length=model.cfg.n_ctx), chunk_size=chunk_size)
     return top_heads_of(res.effect("normalized").mean(), n_heads)
 
 
-def editing_curves(lm, pairs, *, token_ids: Sequence[int] | None = None, heads=None, n_heads: int = 3,
-                   scales: Sequence[float] = DEFAULT_SCALES, directions: Sequence[str] = DIRECTIONS,
-                   methods: Sequence[str] = METHODS, idf: np.ndarray | None = None,
-                   batch_size: int = DEFAULT_BATCH, level: float = 0.95) -> dict:
+def editing_curves(
+    lm,
+    pairs,
+    *,
+    token_ids: Sequence[int] | None = None,
+    heads=None,
+    n_heads: int = 3,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    directions: Sequence[str] = DIRECTIONS,
+    methods: Sequence[str] = METHODS,
+    idf: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    level: float = 0.95,
+) -> dict:
     """Scores and [CLS]-to-term attention under U_0 edits (and the whole-row control) across scales.
 
     Args:
@@ -215,9 +249,14 @@ def editing_curves(lm, pairs, *, token_ids: Sequence[int] | None = None, heads=N
     def summarize(m):
         gain = m["perturbed"] - m["baseline"]
         g, lo, hi = mean_ci(gain)
-        return {"gain": float(g), "lo": float(lo), "hi": float(hi), "baseline": float(np.mean(m["baseline"])),
-                "perturbed": float(np.mean(m["perturbed"])),
-                "attention": np.nanmean(m["cls_attention"], 0) if len(heads) else np.zeros(0)}
+        return {
+            "gain": float(g),
+            "lo": float(lo),
+            "hi": float(hi),
+            "baseline": float(np.mean(m["baseline"])),
+            "perturbed": float(np.mean(m["perturbed"])),
+            "attention": np.nanmean(m["cls_attention"], 0) if len(heads) else np.zeros(0),
+        }
 
     ref = summarize(measure(model, tok, pairs, heads, batch_size=batch_size))
     score, attn = {}, {}
@@ -227,23 +266,40 @@ def editing_curves(lm, pairs, *, token_ids: Sequence[int] | None = None, heads=N
             rows = []
             for s in scales:
                 W_new = edit_u0(W, svd, ids, s, direction) if method == "u0" else edit_rows(W, ids, s, direction)
-                rows.append(summarize(measure(with_embedding(model, W_new), tok, pairs, heads,
-                                              batch_size=batch_size)))
-            score[cond] = {"mean": [r["gain"] for r in rows], "lo": [r["lo"] for r in rows],
-                           "hi": [r["hi"] for r in rows], "baseline_mean": [r["baseline"] for r in rows],
-                           "perturbed_mean": [r["perturbed"] for r in rows]}
+                rows.append(summarize(measure(with_embedding(model, W_new), tok, pairs, heads, batch_size=batch_size)))
+            score[cond] = {
+                "mean": [r["gain"] for r in rows],
+                "lo": [r["lo"] for r in rows],
+                "hi": [r["hi"] for r in rows],
+                "baseline_mean": [r["baseline"] for r in rows],
+                "perturbed_mean": [r["perturbed"] for r in rows],
+            }
             attn[cond] = {head_name(*h): [float(r["attention"][j]) for r in rows] for j, h in enumerate(heads)}
     names = tok.hf.convert_ids_to_tokens(ids.tolist()) if tok is not None else [str(i) for i in ids]
     main = "u0_increase" if "u0_increase" in attn else next(iter(attn))
     return {
-        "analysis": "edit_idf", "model": model_label(lm), "scales": list(scales), "conditions": list(score),
-        "score": score, "cls_attention": attn[main], "cls_attention_condition": main,
-        "cls_attention_by_condition": attn, "heads": [head_name(*h) for h in heads],
-        "unedited": {"gain": ref["gain"], "lo": ref["lo"], "hi": ref["hi"], "baseline": ref["baseline"],
-                     "perturbed": ref["perturbed"],
-                     "cls_attention": {head_name(*h): float(ref["attention"][j]) for j, h in enumerate(heads)}},
-        "edited_tokens": names, "n_pairs": len(pairs), "n_queries": len({p.qid for p in pairs}),
-        "oriented_by_idf": idf is not None, "level": level,
+        "analysis": "edit_idf",
+        "model": model_label(lm),
+        "scales": list(scales),
+        "conditions": list(score),
+        "score": score,
+        "cls_attention": attn[main],
+        "cls_attention_condition": main,
+        "cls_attention_by_condition": attn,
+        "heads": [head_name(*h) for h in heads],
+        "unedited": {
+            "gain": ref["gain"],
+            "lo": ref["lo"],
+            "hi": ref["hi"],
+            "baseline": ref["baseline"],
+            "perturbed": ref["perturbed"],
+            "cls_attention": {head_name(*h): float(ref["attention"][j]) for j, h in enumerate(heads)},
+        },
+        "edited_tokens": names,
+        "n_pairs": len(pairs),
+        "n_queries": len({p.qid for p in pairs}),
+        "oriented_by_idf": idf is not None,
+        "level": level,
     }
 
 
@@ -280,10 +336,19 @@ def mean_ndcg_f(scores: Sequence[float], labels: Sequence[str], groups: Sequence
     return float(np.mean([ndcg_f(s, lab, **kw) for s, lab in by.values()]))
 
 
-def unsafe_word_experiment(lm, questions: Sequence[str], answers: Sequence[str], labels: Sequence[str],
-                           groups: Sequence, words: Sequence[str], *, scales: Sequence[float] = DEFAULT_SCALES,
-                           directions: Sequence[str] = DIRECTIONS, idf: np.ndarray | None = None,
-                           batch_size: int = DEFAULT_BATCH) -> dict:
+def unsafe_word_experiment(
+    lm,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    labels: Sequence[str],
+    groups: Sequence,
+    words: Sequence[str],
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    directions: Sequence[str] = DIRECTIONS,
+    idf: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> dict:
     """F.1: edit the unsafe words' pieces along U_0 and report mean nDCG_f (ranked by score) per scale.
 
     Raises:
@@ -297,8 +362,14 @@ def unsafe_word_experiment(lm, questions: Sequence[str], answers: Sequence[str],
     W = np.asarray(model.embed.W_E[...], np.float64)
     svd = embedding_svd(W, idf=idf)
     base = mean_ndcg_f(model_scores(model, tok, qp, ap, batch_size=batch_size), labels, groups)
-    out = {"analysis": "unsafe_ndcg_f", "model": model_label(lm), "scales": list(scales), "unedited": base,
-           "n_tokens": len(ids), "ndcg_f": {}}
+    out = {
+        "analysis": "unsafe_ndcg_f",
+        "model": model_label(lm),
+        "scales": list(scales),
+        "unedited": base,
+        "n_tokens": len(ids),
+        "ndcg_f": {},
+    }
     for d in directions:
         vals = []
         for s in scales:
@@ -308,5 +379,18 @@ def unsafe_word_experiment(lm, questions: Sequence[str], answers: Sequence[str],
     return out
 
 
-__all__ = ["DEFAULT_SCALES", "DIRECTIONS", "METHODS", "NDCG_F_GAINS", "edit_rows", "edit_u0", "editing_curves",
-           "mean_ndcg_f", "measure", "ndcg_f", "scoring_heads", "unsafe_word_experiment", "with_embedding"]
+__all__ = [
+    "DEFAULT_SCALES",
+    "DIRECTIONS",
+    "METHODS",
+    "NDCG_F_GAINS",
+    "edit_rows",
+    "edit_u0",
+    "editing_curves",
+    "mean_ndcg_f",
+    "measure",
+    "ndcg_f",
+    "scoring_heads",
+    "unsafe_word_experiment",
+    "with_embedding",
+]

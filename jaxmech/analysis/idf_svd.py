@@ -76,8 +76,9 @@ def iter_collection(path: str | Path) -> Iterator[str]:
                 yield " ".join(cols[1:]).strip()
 
 
-def stream_idf(texts: Iterable[str], tokenizer, *, level: str = "word", formula: str = "lucene",
-               chunk_size: int = 4096) -> dict[str, float]:
+def stream_idf(
+    texts: Iterable[str], tokenizer, *, level: str = "word", formula: str = "lucene", chunk_size: int = 4096
+) -> dict[str, float]:
     """IDF of every term of a stream of documents, tokenised in chunks.
 
     Args:
@@ -117,8 +118,9 @@ def stream_idf(texts: Iterable[str], tokenizer, *, level: str = "word", formula:
     return {t: float(v) for t, v in zip(terms, vals, strict=True)}
 
 
-def vocab_idf_rules(word_table: Mapping[str, float] | None, piece_table: Mapping[str, float] | None,
-                    tokenizer) -> dict[str, np.ndarray]:
+def vocab_idf_rules(
+    word_table: Mapping[str, float] | None, piece_table: Mapping[str, float] | None, tokenizer
+) -> dict[str, np.ndarray]:
     """Per-id IDF vectors for each rule of `IDF_RULES` whose table is given (see the module docstring)."""
     from jaxmech.data.idf import vocab_idf
 
@@ -156,8 +158,9 @@ class EmbeddingSVD:
         return (self.U * self.S) @ self.Vt + self.mean
 
 
-def embedding_svd(W_E: Float[np.ndarray, "vocab d_model"], *, centered: bool = False,
-                  idf: Float[np.ndarray, " vocab"] | None = None) -> EmbeddingSVD:
+def embedding_svd(
+    W_E: Float[np.ndarray, "vocab d_model"], *, centered: bool = False, idf: Float[np.ndarray, " vocab"] | None = None
+) -> EmbeddingSVD:
     """SVD of ``W_E`` (or ``W_E - mean``) with reproducible signs.
 
     Args:
@@ -211,9 +214,16 @@ def mean_direction_cosine(W_E: np.ndarray, svd: EmbeddingSVD) -> float:
     return float(abs(v @ m) / (np.linalg.norm(v) * np.linalg.norm(m)))
 
 
-def idf_svd_analysis(W_E: Float[np.ndarray, "vocab d_model"], idf: Mapping[str, np.ndarray] | np.ndarray, *,
-                     main_rule: str | None = None, n_components: int = 50, scatter_size: int = 2000,
-                     seed: int = 0, model: str = "") -> dict:
+def idf_svd_analysis(
+    W_E: Float[np.ndarray, "vocab d_model"],
+    idf: Mapping[str, np.ndarray] | np.ndarray,
+    *,
+    main_rule: str | None = None,
+    n_components: int = 50,
+    scatter_size: int = 2000,
+    seed: int = 0,
+    model: str = "",
+) -> dict:
     """Correlation of the embedding matrix's singular vectors with IDF, raw and centred.
 
     Args:
@@ -268,9 +278,17 @@ def idf_svd_analysis(W_E: Float[np.ndarray, "vocab d_model"], idf: Mapping[str, 
     }
 
 
-def idf_svd(lm, *, collection: str | Path | Iterable[str] | None = None, texts: Iterable[str] | None = None,
-            word_table: Mapping[str, float] | None = None, piece_table: Mapping[str, float] | None = None,
-            formula: str = "lucene", n_components: int = 50, **kw) -> dict:
+def idf_svd(
+    lm,
+    *,
+    collection: str | Path | Iterable[str] | None = None,
+    texts: Iterable[str] | None = None,
+    word_table: Mapping[str, float] | None = None,
+    piece_table: Mapping[str, float] | None = None,
+    formula: str = "lucene",
+    n_components: int = 50,
+    **kw,
+) -> dict:
     """`idf_svd_analysis` of a loaded model, with IDF tables given or streamed from a collection.
 
     Args:

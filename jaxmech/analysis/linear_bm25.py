@@ -47,8 +47,9 @@ SPLITS = ("query", "pair")
 
 
 # -- inputs and features ------------------------------------------------------------------------------------
-def truncated_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], *, n_query_tokens: int = 5
-                     ) -> tuple[list[int], list[list[int]], list[list[int]]]:
+def truncated_inputs(
+    tokenizer, queries: Sequence[str], docs: Sequence[str], *, n_query_tokens: int = 5
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
     """``(kept, query_pieces, doc_pieces)``: pairs whose query has at least ``n_query_tokens`` pieces, with
     the query cut to its first ``n_query_tokens`` (pairs too long for the tokenizer are left out)."""
     from jaxmech.data.token_types import word_piece_ids
@@ -77,9 +78,16 @@ def doc_targets(n_query: int, n_doc: int, *, include_final_sep: bool = True) -> 
     return t
 
 
-def soft_tf_features(model, tokenizer, query_pieces: Sequence[Sequence[int]], doc_pieces: Sequence[Sequence[int]], *,
-                     batch_size: int = DEFAULT_BATCH, include_final_sep: bool = True, with_score: bool = True
-                     ) -> tuple[Float[np.ndarray, "n layer head qtok"], np.ndarray | None]:
+def soft_tf_features(
+    model,
+    tokenizer,
+    query_pieces: Sequence[Sequence[int]],
+    doc_pieces: Sequence[Sequence[int]],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    include_final_sep: bool = True,
+    with_score: bool = True,
+) -> tuple[Float[np.ndarray, "n layer head qtok"], np.ndarray | None]:
     """Soft TF of every query token for every head: ``[n, layer, head, n_query_tokens]`` (and the scores of
     cross-encoders, from the same forward)."""
     n_q = {len(q) for q in query_pieces}
@@ -96,8 +104,9 @@ def soft_tf_features(model, tokenizer, query_pieces: Sequence[Sequence[int]], do
     return mass[..., 1 : 1 + nq], score
 
 
-def feature_matrix(tf: Float[np.ndarray, "n n_heads qtok"], idf: Float[np.ndarray, "n qtok"]
-                   ) -> tuple[Float[np.ndarray, "n features"], list[str]]:
+def feature_matrix(
+    tf: Float[np.ndarray, "n n_heads qtok"], idf: Float[np.ndarray, "n qtok"]
+) -> tuple[Float[np.ndarray, "n features"], list[str]]:
     """The paper's features: per query token, ``idf``, then ``tf`` and ``tf * idf`` per head.
 
     Returns:
@@ -120,8 +129,9 @@ def feature_matrix(tf: Float[np.ndarray, "n n_heads qtok"], idf: Float[np.ndarra
 
 
 # -- fitting ------------------------------------------------------------------------------------------------
-def split_indices(n: int, groups: Sequence | None, *, split: str = "query", test_size: float = 0.2, seed: int = 42
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    n: int, groups: Sequence | None, *, split: str = "query", test_size: float = 0.2, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/test indices: by group (``"query"``: whole queries held out) or by pair (``"pair"``).
 
     Raises:
@@ -160,9 +170,13 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         rho = stats.spearmanr(y_true, y_pred).statistic
     ss_res = float(((y_true - y_pred) ** 2).sum())
     ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
-    return {"pearson": float(r), "p_value": float(p), "spearman": float(rho),
-            "rmse": float(np.sqrt(ss_res / max(len(y_true), 1))),
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
+    return {
+        "pearson": float(r),
+        "p_value": float(p),
+        "spearman": float(rho),
+        "rmse": float(np.sqrt(ss_res / max(len(y_true), 1))),
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+    }
 
 
 def fit_linear(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict:
@@ -179,8 +193,13 @@ def fit_linear(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
     A = np.column_stack([np.ones(len(train)), Z[train]])
     w, *_ = np.linalg.lstsq(A, y[train], rcond=None)
     pred = w[0] + Z @ w[1:]
-    return {"coef": w[1:], "intercept": float(w[0]), "y_pred": pred[test],
-            "train": regression_metrics(y[train], pred[train]), "test": regression_metrics(y[test], pred[test])}
+    return {
+        "coef": w[1:],
+        "intercept": float(w[0]),
+        "y_pred": pred[test],
+        "train": regression_metrics(y[train], pred[train]),
+        "test": regression_metrics(y[test], pred[test]),
+    }
 
 
 def random_features_like(X: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -189,25 +208,46 @@ def random_features_like(X: np.ndarray, seed: int = 0) -> np.ndarray:
     return rng.normal(X.mean(0), X.std(0), size=X.shape)
 
 
-def bm25_baseline(query_pieces, doc_pieces, y: np.ndarray, idf: np.ndarray, train: np.ndarray, test: np.ndarray,
-                  **grid) -> dict:
+def bm25_baseline(
+    query_pieces, doc_pieces, y: np.ndarray, idf: np.ndarray, train: np.ndarray, test: np.ndarray, **grid
+) -> dict:
     """Token-level BM25 with (k1, b) tuned on the training pairs; Pearson r on the test pairs (and tuned on
     all pairs, the paper's in-sample number)."""
     from jaxmech.data.bm25 import grid_search_bm25, token_bm25
 
     y = np.asarray(y, np.float64)
     tr = grid_search_bm25([query_pieces[i] for i in train], [doc_pieces[i] for i in train], y[train], idf, **grid)
-    s = token_bm25([query_pieces[i] for i in test], [doc_pieces[i] for i in test], idf, k1=tr.k1, b=tr.b,
-                   avg_len=grid.get("avg_len", tr.avg_len))
+    s = token_bm25(
+        [query_pieces[i] for i in test],
+        [doc_pieces[i] for i in test],
+        idf,
+        k1=tr.k1,
+        b=tr.b,
+        avg_len=grid.get("avg_len", tr.avg_len),
+    )
     full = grid_search_bm25(query_pieces, doc_pieces, y, idf, **grid)
-    return {"k1": tr.k1, "b": tr.b, "test": regression_metrics(y[test], s), "tuned_on_all_pearson": full.r,
-            "tuned_on_all_k1": full.k1, "tuned_on_all_b": full.b}
+    return {
+        "k1": tr.k1,
+        "b": tr.b,
+        "test": regression_metrics(y[test], s),
+        "tuned_on_all_pearson": full.r,
+        "tuned_on_all_k1": full.k1,
+        "tuned_on_all_b": full.b,
+    }
 
 
 # -- the analysis -------------------------------------------------------------------------------------------
-def linear_bm25_from_arrays(tf: np.ndarray, idf_feat: np.ndarray, y: np.ndarray, groups: Sequence, *,
-                            split: str = "query", seed: int = 42, test_size: float = 0.2,
-                            random_seed: int = 0) -> dict:
+def linear_bm25_from_arrays(
+    tf: np.ndarray,
+    idf_feat: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence,
+    *,
+    split: str = "query",
+    seed: int = 42,
+    test_size: float = 0.2,
+    random_seed: int = 0,
+) -> dict:
     """Fit, evaluate and control on precomputed soft TF ``[n, n_heads, qtok]`` and IDF features ``[n, qtok]``."""
     X, names = feature_matrix(tf, idf_feat)
     train, test = split_indices(len(y), groups, split=split, test_size=test_size, seed=seed)
@@ -216,12 +256,26 @@ def linear_bm25_from_arrays(tf: np.ndarray, idf_feat: np.ndarray, y: np.ndarray,
     return {"X": X, "names": names, "train": train, "test": test, "fit": fit, "random": ctrl}
 
 
-def linear_bm25(lm, source: DiagnosticSource | None = None, *, queries: Sequence[str] | None = None,
-                docs: Sequence[str] | None = None, qids: Sequence[str] | None = None,
-                heads: Sequence[str | tuple[int, int]] | None = None, n_heads: int = 13,
-                idf: np.ndarray | None = None, idf_texts: Sequence[str] | None = None, n_query_tokens: int = 5,
-                docs_per_query: int | None = 20, split: str = "query", seed: int = 42, test_size: float = 0.2,
-                batch_size: int = DEFAULT_BATCH, bm25_grid: dict | None = None, predictions: int = 2000) -> dict:
+def linear_bm25(
+    lm,
+    source: DiagnosticSource | None = None,
+    *,
+    queries: Sequence[str] | None = None,
+    docs: Sequence[str] | None = None,
+    qids: Sequence[str] | None = None,
+    heads: Sequence[str | tuple[int, int]] | None = None,
+    n_heads: int = 13,
+    idf: np.ndarray | None = None,
+    idf_texts: Sequence[str] | None = None,
+    n_query_tokens: int = 5,
+    docs_per_query: int | None = 20,
+    split: str = "query",
+    seed: int = 42,
+    test_size: float = 0.2,
+    batch_size: int = DEFAULT_BATCH,
+    bm25_grid: dict | None = None,
+    predictions: int = 2000,
+) -> dict:
     """The linear semantic-BM25 analysis on TFC1-perturbed pairs of a source (or given query/doc lists).
 
     Args:
@@ -315,28 +369,54 @@ def linear_bm25(lm, source: DiagnosticSource | None = None, *, queries: Sequence
     show = np.sort(rng.choice(len(test), size=min(predictions, len(test)), replace=False))
     fit = main["fit"]
     return {
-        "analysis": "linear_bm25", "model": model_label(lm),
-        "split": split, "seed": seed, "test_size": test_size,
-        "n_pairs": len(y), "n_train": len(main["train"]), "n_test": len(test),
-        "n_queries": len(set(groups)), "n_features": main["X"].shape[1],
+        "analysis": "linear_bm25",
+        "model": model_label(lm),
+        "split": split,
+        "seed": seed,
+        "test_size": test_size,
+        "n_pairs": len(y),
+        "n_train": len(main["train"]),
+        "n_test": len(test),
+        "n_queries": len(set(groups)),
+        "n_features": main["X"].shape[1],
         "heads": [head_name(*h) for h in heads],
-        "test_pearson": fit["test"]["pearson"], "test_p_value": fit["test"]["p_value"],
-        "test_spearman": fit["test"]["spearman"], "test_rmse": fit["test"]["rmse"], "test_r2": fit["test"]["r2"],
+        "test_pearson": fit["test"]["pearson"],
+        "test_p_value": fit["test"]["p_value"],
+        "test_spearman": fit["test"]["spearman"],
+        "test_rmse": fit["test"]["rmse"],
+        "test_r2": fit["test"]["r2"],
         "train_pearson": fit["train"]["pearson"],
-        "bm25_test_pearson": bm["test"]["pearson"], "bm25_k1": bm["k1"], "bm25_b": bm["b"],
+        "bm25_test_pearson": bm["test"]["pearson"],
+        "bm25_k1": bm["k1"],
+        "bm25_b": bm["b"],
         "bm25_tuned_on_all_pearson": bm["tuned_on_all_pearson"],
         "random_features_test_pearson": main["random"]["test"]["pearson"],
-        "other_split": {"split": other, "test_pearson": runs[other]["fit"]["test"]["pearson"],
-                        "test_p_value": runs[other]["fit"]["test"]["p_value"],
-                        "random_features_test_pearson": runs[other]["random"]["test"]["pearson"]},
+        "other_split": {
+            "split": other,
+            "test_pearson": runs[other]["fit"]["test"]["pearson"],
+            "test_p_value": runs[other]["fit"]["test"]["p_value"],
+            "random_features_test_pearson": runs[other]["random"]["test"]["pearson"],
+        },
         "test_predictions": {"y_true": y[test][show], "y_pred": fit["y_pred"][show]},
-        "top_coefficients": sorted(({"feature": n, "coef": float(c)} for n, c in zip(main["names"], fit["coef"],
-                                                                                      strict=True)),
-                                   key=lambda d: -abs(d["coef"]))[:15],
+        "top_coefficients": sorted(
+            ({"feature": n, "coef": float(c)} for n, c in zip(main["names"], fit["coef"], strict=True)),
+            key=lambda d: -abs(d["coef"]),
+        )[:15],
         "doc_range": "each pair's own first [SEP] + 1 .. final [SEP] (inclusive)",
     }
 
 
-__all__ = ["SPLITS", "bm25_baseline", "doc_targets", "feature_matrix", "fit_linear", "linear_bm25",
-           "linear_bm25_from_arrays", "random_features_like", "regression_metrics", "soft_tf_features",
-           "split_indices", "truncated_inputs"]
+__all__ = [
+    "SPLITS",
+    "bm25_baseline",
+    "doc_targets",
+    "feature_matrix",
+    "fit_linear",
+    "linear_bm25",
+    "linear_bm25_from_arrays",
+    "random_features_like",
+    "regression_metrics",
+    "soft_tf_features",
+    "split_indices",
+    "truncated_inputs",
+]

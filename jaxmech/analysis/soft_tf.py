@@ -43,8 +43,14 @@ from jaxmech.data.records import DiagnosticSource
 EXPERIMENTS = ("tfc2", "lnc1", "stmc1")
 
 
-def term_attention(model, inputs: PairInputs, *, src: Sequence[str] = ("Qplus",), dst: Sequence[str] = ("Dplus",),
-                   batch_size: int = DEFAULT_BATCH) -> Float[np.ndarray, "n layer head"]:
+def term_attention(
+    model,
+    inputs: PairInputs,
+    *,
+    src: Sequence[str] = ("Qplus",),
+    dst: Sequence[str] = ("Dplus",),
+    batch_size: int = DEFAULT_BATCH,
+) -> Float[np.ndarray, "n layer head"]:
     """Mean over ``src`` rows of the attention mass each puts on ``dst`` keys, per layer and head.
 
     Args:
@@ -66,8 +72,14 @@ def term_attention(model, inputs: PairInputs, *, src: Sequence[str] = ("Qplus",)
     return out
 
 
-def head_curves(values: Float[np.ndarray, "n layer head"], x: Sequence, x_values: Sequence,
-                heads: Sequence[tuple[int, int]], *, level: float = 0.95) -> dict:
+def head_curves(
+    values: Float[np.ndarray, "n layer head"],
+    x: Sequence,
+    x_values: Sequence,
+    heads: Sequence[tuple[int, int]],
+    *,
+    level: float = 0.95,
+) -> dict:
     """Per head, the mean and confidence interval of ``values`` at each ``x_values`` entry.
 
     Returns:
@@ -84,14 +96,17 @@ def head_curves(values: Float[np.ndarray, "n layer head"], x: Sequence, x_values
         his.append(hi)
         ns.append(np.isfinite(sel).sum(0))
     means, los, his, ns = map(np.stack, (means, los, his, ns))
-    curves = {head_name(l, h): {"mean": means[:, l, h], "lo": los[:, l, h], "hi": his[:, l, h],
-                                "n": ns[:, l, h]} for l, h in heads}
+    curves = {
+        head_name(l, h): {"mean": means[:, l, h], "lo": los[:, l, h], "hi": his[:, l, h], "n": ns[:, l, h]}
+        for l, h in heads
+    }
     return {"heads": curves, "_all": means}
 
 
 # -- the three experiments' inputs --------------------------------------------------------------------------
-def tfc2_inputs(source: DiagnosticSource, tokenizer, *, max_tf: int = 5, limit: int | None = None
-                ) -> tuple[PairInputs, list[int], dict]:
+def tfc2_inputs(
+    source: DiagnosticSource, tokenizer, *, max_tf: int = 5, limit: int | None = None
+) -> tuple[PairInputs, list[int], dict]:
     """TFC2 documents at tf 0..max_tf (answers with exactly ``max_tf`` occurrences), natural length."""
     from jaxmech.data.diagnostic import count_occurrences, tfc2_variants
 
@@ -115,8 +130,9 @@ def tfc2_inputs(source: DiagnosticSource, tokenizer, *, max_tf: int = 5, limit: 
     return inputs, [xs[i] for i in inputs.kept], {"answers": used, "answers_skipped": skipped}
 
 
-def lnc1_inputs(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int = 4, limit: int | None = None
-                ) -> tuple[PairInputs, list[int], dict]:
+def lnc1_inputs(
+    source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int = 4, limit: int | None = None
+) -> tuple[PairInputs, list[int], dict]:
     """LNC1 documents with 0..n_max added sentences (the builder's seeded partners), natural length."""
     from jaxmech.data.diagnostic import build_lnc1
 
@@ -139,8 +155,14 @@ def lnc1_inputs(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: in
     return inputs, [xs[i] for i in inputs.kept], {"documents": len(groups), "seed": seed}
 
 
-def appended_inputs(source: DiagnosticSource, tokenizer, conditions: dict[str, str], *,
-                    docs_per_query: int = 3, limit: int | None = None) -> tuple[PairInputs, list[str], dict]:
+def appended_inputs(
+    source: DiagnosticSource,
+    tokenizer,
+    conditions: dict[str, str],
+    *,
+    docs_per_query: int = 3,
+    limit: int | None = None,
+) -> tuple[PairInputs, list[str], dict]:
     """Each document with one word appended per condition (``{"exact": "term", "synonym": "related",
     "filler": "a"}``: which word, by source table), the appended pieces marked ``Dinj``."""
     from jaxmech.data.token_types import word_piece_ids
@@ -164,8 +186,10 @@ def appended_inputs(source: DiagnosticSource, tokenizer, conditions: dict[str, s
                 ts.append(term)
                 xs.append(cond)
                 base.append(doc)
-    base_len = {d: len(ids) for d, ids in zip(dict.fromkeys(base), word_piece_ids(tokenizer, list(dict.fromkeys(base))),
-                                              strict=True)}
+    base_len = {
+        d: len(ids)
+        for d, ids in zip(dict.fromkeys(base), word_piece_ids(tokenizer, list(dict.fromkeys(base))), strict=True)
+    }
     full = dict(zip(dict.fromkeys(ds), word_piece_ids(tokenizer, list(dict.fromkeys(ds))), strict=True))
     changed = [list(range(base_len[b], len(full[d]))) for b, d in zip(base, ds, strict=True)]
     inputs = PairInputs(tokenizer, qs, ds, ts, changed=changed)
@@ -173,8 +197,15 @@ def appended_inputs(source: DiagnosticSource, tokenizer, conditions: dict[str, s
 
 
 # -- the analysis -------------------------------------------------------------------------------------------
-def default_matching_heads(model, tokenizer, source: DiagnosticSource, *, n_heads: int = 8,
-                           docs_per_query: int = 2, batch_size: int = DEFAULT_BATCH) -> tuple[list, np.ndarray]:
+def default_matching_heads(
+    model,
+    tokenizer,
+    source: DiagnosticSource,
+    *,
+    n_heads: int = 8,
+    docs_per_query: int = 2,
+    batch_size: int = DEFAULT_BATCH,
+) -> tuple[list, np.ndarray]:
     """The ``n_heads`` heads with the highest exact-match score on TFC1-perturbed inputs, and the scores."""
     from jaxmech.analysis.circuit import match_scores, top_heads_of
 
@@ -186,9 +217,19 @@ def default_matching_heads(model, tokenizer, source: DiagnosticSource, *, n_head
     return top_heads_of(scores, n_heads), scores
 
 
-def soft_tf(lm, source: DiagnosticSource, *, heads: Sequence[str | tuple[int, int]] | None = None,
-            n_heads: int = 8, experiments: Sequence[str] = EXPERIMENTS, docs_per_query: int = 3,
-            limit: int | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH, level: float = 0.95) -> dict:
+def soft_tf(
+    lm,
+    source: DiagnosticSource,
+    *,
+    heads: Sequence[str | tuple[int, int]] | None = None,
+    n_heads: int = 8,
+    experiments: Sequence[str] = EXPERIMENTS,
+    docs_per_query: int = 3,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    level: float = 0.95,
+) -> dict:
     """Soft-TF curves of matching heads: TFC2 saturation, LNC1 length, STMC1 exact vs synonym.
 
     Args:
@@ -222,8 +263,13 @@ def soft_tf(lm, source: DiagnosticSource, *, heads: Sequence[str | tuple[int, in
         chosen, detector = default_matching_heads(model, tok, source, n_heads=n_heads, batch_size=batch_size)
     else:
         chosen = parse_head_names(heads, L, H, where="soft_tf heads")
-    out = {"analysis": "soft_tf", "model": model_label(lm), "matching_heads": [head_name(*h) for h in chosen],
-           "level": level, "measure": "attention from the query term's pieces (Qplus) to its document matches"}
+    out = {
+        "analysis": "soft_tf",
+        "model": model_label(lm),
+        "matching_heads": [head_name(*h) for h in chosen],
+        "level": level,
+        "measure": "attention from the query term's pieces (Qplus) to its document matches",
+    }
     if detector is not None:
         out["detector_scores"] = {head_name(l, h): detector[l, h] for l, h in chosen}
     for exp in experiments:
@@ -235,8 +281,10 @@ def soft_tf(lm, source: DiagnosticSource, *, heads: Sequence[str | tuple[int, in
             inputs, x, info = lnc1_inputs(source, tok, seed=seed, limit=limit)
             values = term_attention(model, inputs, dst=("Dplus",), batch_size=batch_size)
             x_values, label = list(range(5)), "non-relevant sentences added"
-            info["doc_length"] = [float(np.mean([len(inputs.doc_pieces[i]) for i in range(len(x)) if x[i] == v]))
-                                  if v in x else None for v in x_values]
+            info["doc_length"] = [
+                float(np.mean([len(inputs.doc_pieces[i]) for i in range(len(x)) if x[i] == v])) if v in x else None
+                for v in x_values
+            ]
         else:
             conds = {"filler": "filler", "synonym": "synonym", "exact": "exact"}
             inputs, x, info = appended_inputs(source, tok, conds, docs_per_query=docs_per_query, limit=limit)
@@ -245,10 +293,15 @@ def soft_tf(lm, source: DiagnosticSource, *, heads: Sequence[str | tuple[int, in
         if not len(inputs):
             raise ValueError(f"soft_tf {exp}: the source yields no inputs (missing answers/documents?)")
         curves = head_curves(values, x, x_values, chosen, level=level)
-        out[exp] = {"x_label": label, "x": x_values, "heads": curves["heads"], "mean_all": curves["_all"],
-                    "n_inputs": len(inputs), **info}
+        out[exp] = {
+            "x_label": label,
+            "x": x_values,
+            "heads": curves["heads"],
+            "mean_all": curves["_all"],
+            "n_inputs": len(inputs),
+            **info,
+        }
     return out
 
 
-__all__ = ["EXPERIMENTS", "appended_inputs", "head_curves", "lnc1_inputs", "soft_tf", "term_attention",
-           "tfc2_inputs"]
+__all__ = ["EXPERIMENTS", "appended_inputs", "head_curves", "lnc1_inputs", "soft_tf", "term_attention", "tfc2_inputs"]

@@ -46,8 +46,10 @@ def resolve_model(run_or_model):
         if isinstance(spec, dict):
             spec = spec.get("path") or spec.get("id")
     if not isinstance(spec, (str, os.PathLike)):
-        raise ValueError(f"cannot find a model in {type(run_or_model).__name__} (expected a LoadedModel, a model "
-                         "folder, 'packaged', or a run whose meta names the model)")
+        raise ValueError(
+            f"cannot find a model in {type(run_or_model).__name__} (expected a LoadedModel, a model "
+            "folder, 'packaged', or a run whose meta names the model)"
+        )
     if str(spec) == PACKAGED:
         from jaxmech.cli import packaged_model_path
 
@@ -89,8 +91,9 @@ def _tfc1_pairs(lm, source=None, dataset=None, qids=None, n_queries=None, docs_p
 
     if dataset is not None:
         return _dataset_pairs(dataset, qids, limit)
-    src = resolve_source(source, qids=qids, n_queries=None if qids is not None else n_queries,
-                         docs_per_query=docs_per_query)
+    src = resolve_source(
+        source, qids=qids, n_queries=None if qids is not None else n_queries, docs_per_query=docs_per_query
+    )
     return build_tfc1(src, lm.tokenizer, limit=limit).pairs
 
 
@@ -114,8 +117,17 @@ def _idf_vector(lm, idf_table=None, source=None, dataset=None, collection=None):
 
 
 # -- the steps ----------------------------------------------------------------------------------------------
-def idf_svd_step(run_or_model, *, source=None, dataset=None, collection=None, idf_table=None,
-                 formula: str = "lucene", n_components: int = 50, **_ignored) -> dict:
+def idf_svd_step(
+    run_or_model,
+    *,
+    source=None,
+    dataset=None,
+    collection=None,
+    idf_table=None,
+    formula: str = "lucene",
+    n_components: int = 50,
+    **_ignored,
+) -> dict:
     """`jaxmech.analysis.idf_svd.idf_svd`: IDF from ``idf_table`` (word TSV) or streamed from ``collection``,
     the dataset's or the source's documents."""
     from jaxmech.analysis.idf_svd import idf_svd
@@ -124,26 +136,59 @@ def idf_svd_step(run_or_model, *, source=None, dataset=None, collection=None, id
     lm = resolve_model(run_or_model)
     if idf_table is not None:
         return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components)
-    return idf_svd(lm, collection=_texts(source, dataset, collection) if collection is None else Path(collection),
-                   formula=formula, n_components=n_components)
+    return idf_svd(
+        lm,
+        collection=_texts(source, dataset, collection) if collection is None else Path(collection),
+        formula=formula,
+        n_components=n_components,
+    )
 
 
-def soft_tf_step(run_or_model, *, source=None, qids=None, heads=None, n_heads: int = 8,
-                 experiments: Sequence[str] = ("tfc2", "lnc1", "stmc1"), docs_per_query: int = 3,
-                 limit: int | None = None, seed: int = 0, **_ignored) -> dict:
+def soft_tf_step(
+    run_or_model,
+    *,
+    source=None,
+    qids=None,
+    heads=None,
+    n_heads: int = 8,
+    experiments: Sequence[str] = ("tfc2", "lnc1", "stmc1"),
+    docs_per_query: int = 3,
+    limit: int | None = None,
+    seed: int = 0,
+    **_ignored,
+) -> dict:
     """`jaxmech.analysis.soft_tf.soft_tf` on a source."""
     from jaxmech.analysis.soft_tf import soft_tf
 
     lm = resolve_model(run_or_model)
     src = resolve_source(source, qids=qids)
-    return soft_tf(lm, src, heads=heads, n_heads=n_heads, experiments=experiments, docs_per_query=docs_per_query,
-                   limit=limit, seed=seed)
+    return soft_tf(
+        lm,
+        src,
+        heads=heads,
+        n_heads=n_heads,
+        experiments=experiments,
+        docs_per_query=docs_per_query,
+        limit=limit,
+        seed=seed,
+    )
 
 
-def circuit_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries: int | None = None,
-                 docs_per_query: int | None = 5, limit: int | None = 200, thresholds: dict | None = None,
-                 max_heads: dict | None = DEFAULT_MAX_HEADS, min_heads: int = 1, receiver_inputs: Sequence[str] = ("k", "v"),
-                 **_ignored) -> dict:
+def circuit_step(
+    run_or_model,
+    *,
+    source=None,
+    dataset=None,
+    qids=None,
+    n_queries: int | None = None,
+    docs_per_query: int | None = 5,
+    limit: int | None = 200,
+    thresholds: dict | None = None,
+    max_heads: dict | None = DEFAULT_MAX_HEADS,
+    min_heads: int = 1,
+    receiver_inputs: Sequence[str] = ("k", "v"),
+    **_ignored,
+) -> dict:
     """Circuit roles. From a run holding ``path_to_score`` (and no model at hand): stage 1 from its array.
     Otherwise `jaxmech.analysis.circuit.discover_circuit` on TFC1 pairs (``dataset`` or built from
     ``source``), with the exact-match detector on the same pairs' perturbed inputs."""
@@ -156,22 +201,60 @@ def circuit_step(run_or_model, *, source=None, dataset=None, qids=None, n_querie
         import numpy as np
 
         arr = np.asarray(run_or_model["path_to_score"])
-        return circuit_from_effects(arr, thresholds=thresholds, max_heads=max_heads, min_heads=min_heads,
-                                    model=str(run_or_model.meta.get("model", "")))
+        return circuit_from_effects(
+            arr,
+            thresholds=thresholds,
+            max_heads=max_heads,
+            min_heads=min_heads,
+            model=str(run_or_model.meta.get("model", "")),
+        )
     lm = resolve_model(run_or_model)
     pairs = _tfc1_pairs(lm, source, dataset, qids, n_queries, docs_per_query, limit)
-    ps = [Pair(p.baseline_ids, p.baseline_token_type_ids, p.perturbed_ids, p.perturbed_token_type_ids,
-               p.position_map, f"{p.qid}/{p.doc_id}") for p in pairs]
-    det = PairInputs(lm.tokenizer, [p.query for p in pairs[:128]], [p.perturbed_doc for p in pairs[:128]],
-                     [p.term for p in pairs[:128]])
-    return discover_circuit(lm, ps, queries=[p.query for p in pairs], thresholds=thresholds, max_heads=max_heads,
-                            min_heads=min_heads, receiver_inputs=receiver_inputs, detector_inputs=det)
+    ps = [
+        Pair(
+            p.baseline_ids,
+            p.baseline_token_type_ids,
+            p.perturbed_ids,
+            p.perturbed_token_type_ids,
+            p.position_map,
+            f"{p.qid}/{p.doc_id}",
+        )
+        for p in pairs
+    ]
+    det = PairInputs(
+        lm.tokenizer,
+        [p.query for p in pairs[:128]],
+        [p.perturbed_doc for p in pairs[:128]],
+        [p.term for p in pairs[:128]],
+    )
+    return discover_circuit(
+        lm,
+        ps,
+        queries=[p.query for p in pairs],
+        thresholds=thresholds,
+        max_heads=max_heads,
+        min_heads=min_heads,
+        receiver_inputs=receiver_inputs,
+        detector_inputs=det,
+    )
 
 
-def edit_idf_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries: int | None = 5,
-                  docs_per_query: int | None = 6, limit: int | None = None, heads=None, n_heads: int = 3,
-                  scales: Sequence[float] = (1.0, 2.0, 5.0, 10.0), methods: Sequence[str] = ("u0", "row"),
-                  idf_table=None, **_ignored) -> dict:
+def edit_idf_step(
+    run_or_model,
+    *,
+    source=None,
+    dataset=None,
+    qids=None,
+    n_queries: int | None = 5,
+    docs_per_query: int | None = 6,
+    limit: int | None = None,
+    heads=None,
+    n_heads: int = 3,
+    scales: Sequence[float] = (1.0, 2.0, 5.0, 10.0),
+    methods: Sequence[str] = ("u0", "row"),
+    idf_table=None,
+    **_ignored,
+) -> dict:
     """`jaxmech.analysis.editing.editing_curves` on TFC1 pairs, U_0 oriented by IDF (``idf_table`` or
     streamed from the source/dataset documents)."""
     from jaxmech.analysis.editing import editing_curves
@@ -182,23 +265,43 @@ def edit_idf_step(run_or_model, *, source=None, dataset=None, qids=None, n_queri
     return editing_curves(lm, pairs, heads=heads, n_heads=n_heads, scales=scales, methods=methods, idf=idf)
 
 
-def linear_bm25_step(run_or_model, *, source=None, dataset=None, qids=None, docs_per_query: int | None = 20,
-                     heads=None, n_heads: int = 13, split: str = "query", seed: int = 42, idf_table=None,
-                     **_ignored) -> dict:
+def linear_bm25_step(
+    run_or_model,
+    *,
+    source=None,
+    dataset=None,
+    qids=None,
+    docs_per_query: int | None = 20,
+    heads=None,
+    n_heads: int = 13,
+    split: str = "query",
+    seed: int = 42,
+    idf_table=None,
+    **_ignored,
+) -> dict:
     """`jaxmech.analysis.linear_bm25.linear_bm25` on a source's TFC1-perturbed pairs, or on a dataset's
     perturbed documents."""
     from jaxmech.analysis.linear_bm25 import linear_bm25
 
     lm = resolve_model(run_or_model)
-    idf = _idf_vector(lm, idf_table, source if dataset is None else None, dataset) if (idf_table or dataset) \
-        else None
+    idf = _idf_vector(lm, idf_table, source if dataset is None else None, dataset) if (idf_table or dataset) else None
     if dataset is not None:
         pairs = _dataset_pairs(dataset, qids)
-        return linear_bm25(lm, queries=[p.query for p in pairs], docs=[p.perturbed_doc for p in pairs],
-                           qids=[p.qid for p in pairs], heads=heads, n_heads=n_heads, idf=idf, split=split, seed=seed)
+        return linear_bm25(
+            lm,
+            queries=[p.query for p in pairs],
+            docs=[p.perturbed_doc for p in pairs],
+            qids=[p.qid for p in pairs],
+            heads=heads,
+            n_heads=n_heads,
+            idf=idf,
+            split=split,
+            seed=seed,
+        )
     src = resolve_source(source, qids=qids)
-    return linear_bm25(lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split,
-                       seed=seed)
+    return linear_bm25(
+        lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split, seed=seed
+    )
 
 
 ANALYSES: dict[str, Callable[..., dict]] = {

@@ -56,9 +56,15 @@ def idf_front_query(query: str, table: Mapping[str, float], tokenizer) -> tuple[
     return " ".join([words[i], *words[:i], *words[i + 1 :]]), i, words[i]
 
 
-def build_idf_front(source: DiagnosticSource, tokenizer, idf_table: Mapping[str, float], *,
-                    docs_per_query: int | None = None, limit: int | None = None,
-                    term_match: str = "word") -> BuildResult:
+def build_idf_front(
+    source: DiagnosticSource,
+    tokenizer,
+    idf_table: Mapping[str, float],
+    *,
+    docs_per_query: int | None = None,
+    limit: int | None = None,
+    term_match: str = "word",
+) -> BuildResult:
     """E7 pairs: (query, doc) -> (query with its highest-IDF word first, doc), for every doc of the source.
 
     Args:
@@ -89,10 +95,20 @@ def build_idf_front(source: DiagnosticSource, tokenizer, idf_table: Mapping[str,
             already_first.append({"qid": qid, "reason": "already_first", "word": m[2]})
         else:
             moved[qid] = m
-    items = [(qid, doc_id, doc) for qid, docs in source.docs.items() if qid in moved
-             for doc_id, doc in list(docs.items())[:docs_per_query]][:limit]
-    texts = list(dict.fromkeys([source.queries[q] for q, _, _ in items] + [moved[q][0] for q, _, _ in items]
-                               + [d for _, _, d in items] + [moved[q][2] for q, _, _ in items]))
+    items = [
+        (qid, doc_id, doc)
+        for qid, docs in source.docs.items()
+        if qid in moved
+        for doc_id, doc in list(docs.items())[:docs_per_query]
+    ][:limit]
+    texts = list(
+        dict.fromkeys(
+            [source.queries[q] for q, _, _ in items]
+            + [moved[q][0] for q, _, _ in items]
+            + [d for _, _, d in items]
+            + [moved[q][2] for q, _, _ in items]
+        )
+    )
     wp = dict(zip(texts, word_pieces_with_words(tokenizer, texts), strict=True))
     pairs, too_long = [], 0
     for qid, doc_id, doc in items:
@@ -111,13 +127,39 @@ def build_idf_front(source: DiagnosticSource, tokenizer, idf_table: Mapping[str,
         perm_q = {j: 1 + k for k, j in enumerate(first + rest)}
         permutation = [0, *[perm_q[j] for j in range(len(qb.ids))], *range(len(qb.ids) + 1, len(b_ids))]
         types = assign_token_types(qb, d, wp[word].words, term_match=term_match)
-        meta = {"perturbed_query": pert_query, "moved_word": word, "moved_from_word": index,
-                "permutation": permutation, "moved_positions": list(range(1, 1 + len(first))),
-                "alignment": "identity"}
-        pairs.append(AlignedPair(E7_KIND, qid, doc_id, query, doc, doc, b_ids, b_tt, p_ids, p_tt,
-                                 list(range(len(b_ids))), types, word, meta))
-    stats = {"items": len(items), "built": len(pairs), "excluded_too_long": too_long,
-             "excluded_already_first": len(already_first), "excluded": already_first}
+        meta = {
+            "perturbed_query": pert_query,
+            "moved_word": word,
+            "moved_from_word": index,
+            "permutation": permutation,
+            "moved_positions": list(range(1, 1 + len(first))),
+            "alignment": "identity",
+        }
+        pairs.append(
+            AlignedPair(
+                E7_KIND,
+                qid,
+                doc_id,
+                query,
+                doc,
+                doc,
+                b_ids,
+                b_tt,
+                p_ids,
+                p_tt,
+                list(range(len(b_ids))),
+                types,
+                word,
+                meta,
+            )
+        )
+    stats = {
+        "items": len(items),
+        "built": len(pairs),
+        "excluded_too_long": too_long,
+        "excluded_already_first": len(already_first),
+        "excluded": already_first,
+    }
     return BuildResult(E7_KIND, pairs, stats)
 
 
@@ -146,8 +188,18 @@ def realign(result: BuildResult | Sequence[AlignedPair], tokenizer, *, align: st
         raise ValueError("realign: no pairs")
     kind = pairs[0].kind
     keep = ("alignment", "fillers")
-    items = [PerturbationItem(p.qid, p.doc_id, p.query, p.term, p.baseline_doc, p.perturbed_doc,
-                              {k: v for k, v in p.meta.items() if k not in keep}) for p in pairs]
+    items = [
+        PerturbationItem(
+            p.qid,
+            p.doc_id,
+            p.query,
+            p.term,
+            p.baseline_doc,
+            p.perturbed_doc,
+            {k: v for k, v in p.meta.items() if k not in keep},
+        )
+        for p in pairs
+    ]
     return build_pairs(kind, items, tokenizer, align=align, source=f"realign({kind})")
 
 
