@@ -6,9 +6,8 @@ import JAX); see the README for the architecture.
 
 from __future__ import annotations
 
-from jaxmech.lazy import lazy_exports
-
 from jaxmech import runtime as _runtime  # light: imports neither JAX nor transformers
+from jaxmech.lazy import lazy_exports
 
 _runtime.quiet_transformers()  # before anything imports transformers
 _runtime.enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off

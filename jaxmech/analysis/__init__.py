@@ -1,8 +1,16 @@
-"""Analyses that consume patching results and activations.
+"""Analyses that consume patching results and activations (paper-notes §4-§9).
 
 * `aggregate`: averaging position-resolved results by the paper's token types; ranking heads.
+* `common`: batched attention readouts, scores, confidence intervals, the JSON writer.
+* `circuit`: circuit roles from E4/E5 arrays, `discover_circuit`, the exact-match head detector.
+* `soft_tf`: matching heads' attention to term matches (TFC2 saturation, LNC1 length, STMC1 synonyms).
+* `idf_svd`: the IDF direction of the embedding matrix (raw and centred), IDF streamed from a collection.
+* `editing`: U_0 edits and the whole-row control; nDCG_f ranked by score.
+* `linear_bm25`: the linear semantic-BM25 fit against tuned BM25 and random features.
+* `steps`: `ANALYSES`, name -> ``step(run_or_model, **options) -> dict``, for sweeps and ``jaxmech analyze``.
 """
 
 from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
+from jaxmech.analysis.steps import ANALYSES, analyze, get_analysis
 
-__all__ = ["TOKEN_TYPE_ORDER", "mean_by_token_type", "top_heads"]
+__all__ = ["ANALYSES", "TOKEN_TYPE_ORDER", "analyze", "get_analysis", "mean_by_token_type", "top_heads"]

@@ -29,6 +29,7 @@ COMMANDS = {
     "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
     "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
     "sweep": ("jaxmech.sweeps.cli", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
+    "analyze": ("jaxmech.analysis.cli", "the paper's analyses (circuit, soft-TF, IDF direction, editing, linear BM25)"),
     "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
     "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
 }

@@ -9,6 +9,7 @@ back by ``run.analyses``). To add a step, add one line to `STEPS` (or call `regi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import warnings
@@ -38,7 +39,13 @@ def resolve_step(name: str) -> Callable:
             both).
     """
     if name not in STEPS:
-        raise ValueError(f"name={name!r} is not a step; known: {sorted(STEPS)}")
+        from jaxmech.analysis import ANALYSES  # the paper's analyses are steps too, by their names
+
+        if name in ANALYSES:
+            from jaxmech.analysis.steps import analyze_run
+
+            return functools.partial(analyze_run, name)
+        raise ValueError(f"name={name!r} is not a step; known: {sorted(STEPS) + sorted(ANALYSES)}")
     module, _, func = STEPS[name].partition(":")
     try:
         fn = getattr(importlib.import_module(module), func)

@@ -1,0 +1,178 @@
+"""``jaxmech analyze circuit|soft-tf|idf-svd|edit-idf|linear-bm25``: the paper's analyses as JSON files.
+
+    jaxmech analyze idf-svd --model packaged --source shared --out idf_svd.json
+    jaxmech analyze soft-tf --model ../shared/models/minilm6-ce-distilled --source shared --out soft_tf.json
+    jaxmech analyze circuit --model M --source shared --qids qids.txt --out circuit.json
+    jaxmech analyze edit-idf --model M --source shared --qids qids.txt --scales 1 2 5 --out edit.json
+    jaxmech analyze linear-bm25 --model M --source shared --docs-per-query 20 --out linear.json
+
+``--source`` is ``shared``, ``demo`` or a folder (the paper's files or an MS MARCO-style collection +
+queries + qrels); ``--dataset`` a file of `jaxmech dataset build`; ``--qids`` a file of query ids (one per
+line). The JSON follows the analysis contract of the project notes; the command prints its headline numbers.
+Errors are one line naming what was wrong, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+HEADLINES = {
+    "idf_svd": ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "strongest_component", "variants"),
+    "linear_bm25": (
+        "test_pearson",
+        "test_p_value",
+        "bm25_test_pearson",
+        "random_features_test_pearson",
+        "n_pairs",
+        "heads",
+    ),
+    "soft_tf": ("matching_heads",),
+    "circuit": ("roles",),
+    "edit_idf": ("heads", "scales", "unedited"),
+}
+
+
+def _thresholds(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for it in items:
+        role, _, value = it.partition("=")
+        try:
+            out[role.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--threshold {it!r}: expected ROLE=NUMBER (e.g. relevance_scoring=0.05)") from None
+    return out
+
+
+def check_inputs(name: str, opts: dict) -> None:
+    """Fails fast, before a model is loaded: missing files, or no input for an analysis that needs one.
+
+    Raises:
+        FileNotFoundError / ValueError: Naming the option.
+    """
+    from pathlib import Path
+
+    for key in ("dataset", "qids", "idf_table", "collection"):
+        if opts.get(key) is not None and not Path(opts[key]).is_file():
+            raise FileNotFoundError(f"--{key.replace('_', '-')} {opts[key]}: no such file")
+    src = opts.get("source")
+    if (
+        src is not None
+        and src not in ("shared", "demo")
+        and not src.startswith("ir_datasets:")
+        and not Path(src).exists()
+    ):
+        raise FileNotFoundError(f"--source {src}: not 'shared', 'demo', 'ir_datasets:NAME' or an existing path")
+    inputs = [k for k in ("source", "dataset", "collection", "idf_table") if opts.get(k) is not None]
+    if not inputs:
+        need = "--source" if name == "soft_tf" else "--source or --dataset"
+        raise ValueError(f"{name.replace('_', '-')} needs {need}")
+    if name == "soft_tf" and opts.get("source") is None:
+        raise ValueError("soft-tf needs --source (TFC2/LNC1 answers and STMC1 documents)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Runs one analysis (`jaxmech.analysis.steps.analyze`) and prints its headline numbers."""
+    from jaxmech.analysis.steps import analyze
+
+    opts = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "func", "analysis", "model", "out") and v is not None
+    }
+    if "threshold" in opts:
+        opts["thresholds"] = _thresholds(opts.pop("threshold"))
+    if "experiments" in opts:
+        opts["experiments"] = [e.strip() for e in opts["experiments"].split(",") if e.strip()]
+    name = args.analysis.replace("-", "_")
+    check_inputs(name, opts)
+    result = analyze(name, args.model, out=args.out, **opts)
+    print(json.dumps({"out": args.out, **{k: result.get(k) for k in HEADLINES[name]}}, default=str))
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``analyze`` (with one subcommand per analysis) to the main parser's subparsers."""
+    p = subparsers.add_parser(
+        "analyze", help="the paper's analyses (circuit, soft-TF, IDF direction, editing, linear semantic BM25) as JSON"
+    )
+    sub = p.add_subparsers(dest="analysis", required=True)
+
+    def common(q, *, source=True, dataset=True):
+        q.add_argument("--model", required=True, help="local folder, hub id, or 'packaged' (all-MiniLM-L6-v2)")
+        q.add_argument("--out", required=True, help="output JSON file")
+        if source:
+            q.add_argument("--source", help="shared | demo | DIR (the paper's files or an MS MARCO-style folder)")
+        if dataset:
+            q.add_argument("--dataset", help="a dataset file of `jaxmech dataset build`")
+        q.add_argument("--qids", help="file of query ids (one per line) to restrict the queries")
+        q.set_defaults(func=cmd_analyze)
+
+    q = sub.add_parser("idf-svd", help="SVD of the word embeddings vs IDF (raw and centred)")
+    common(q)
+    q.add_argument("--collection", help="collection to stream IDF from (pid<TAB>text TSV or JSONL)")
+    q.add_argument("--idf-table", help="word<TAB>idf TSV instead of streaming")
+    q.add_argument("--formula", default="lucene", choices=["lucene", "robertson", "log", "smooth"])
+    q.add_argument("--n-components", type=int, default=50)
+
+    q = sub.add_parser("soft-tf", help="matching heads' attention to term matches: TFC2, LNC1, STMC1")
+    common(q, dataset=False)
+    q.add_argument("--heads", nargs="+", help="heads LAYER.HEAD (default: the exact-match detector's top)")
+    q.add_argument("--n-heads", type=int, default=8)
+    q.add_argument("--experiments", default="tfc2,lnc1,stmc1", help="comma-separated subset of tfc2,lnc1,stmc1")
+    q.add_argument("--docs-per-query", type=int, default=3)
+    q.add_argument("--limit", type=int, help="at most this many answers/documents per experiment")
+    q.add_argument("--seed", type=int, default=0, help="LNC1 partner permutation seed")
+
+    q = sub.add_parser("circuit", help="relevance-scoring, contextual-query and matching heads (E4, E5, E5)")
+    common(q)
+    q.add_argument("--docs-per-query", type=int, default=5)
+    q.add_argument("--n-queries", type=int)
+    q.add_argument("--limit", type=int, default=200, help="at most this many pairs")
+    q.add_argument(
+        "--threshold", action="append", help="ROLE=VALUE (relevance_scoring, contextual_query, matching); repeatable"
+    )
+    q.add_argument("--min-heads", type=int, default=1)
+    q.add_argument("--receiver-inputs", nargs="+", default=["k", "v"], choices=["q", "k", "v"])
+
+    q = sub.add_parser("edit-idf", help="raise/lower tokens' U_0 coordinate; scores and [CLS] attention")
+    common(q)
+    q.add_argument("--n-queries", type=int, default=5)
+    q.add_argument("--docs-per-query", type=int, default=6)
+    q.add_argument("--limit", type=int)
+    q.add_argument("--heads", nargs="+", help="heads LAYER.HEAD (default: top E4 heads)")
+    q.add_argument("--n-heads", type=int, default=3)
+    q.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 5.0, 10.0])
+    q.add_argument("--methods", nargs="+", default=["u0", "row"], choices=["u0", "row"])
+    q.add_argument("--idf-table", help="word<TAB>idf TSV orienting U_0 (default: streamed from the documents)")
+
+    q = sub.add_parser("linear-bm25", help="linear semantic BM25 vs tuned BM25 and random features")
+    common(q)
+    q.add_argument("--docs-per-query", type=int, default=20)
+    q.add_argument("--heads", nargs="+", help="matching heads LAYER.HEAD (default: the detector's top --n-heads)")
+    q.add_argument("--n-heads", type=int, default=13)
+    q.add_argument("--split", default="query", choices=["query", "pair"])
+    q.add_argument("--seed", type=int, default=42)
+    q.add_argument("--idf-table", help="word<TAB>idf TSV (default: streamed from the documents)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jaxmech.analysis.cli analyze ...``: the command on its own."""
+    from jaxmech.data.records import DataError
+
+    parser = argparse.ArgumentParser(prog="jaxmech")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, DataError, ImportError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"jaxmech analyze: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
