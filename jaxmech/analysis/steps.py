@@ -169,6 +169,12 @@ def soft_tf_step(
     )
 
 
+def _run_model(meta: dict) -> str:
+    """The model of a sweep run's meta (a dict with ``id``/``folder``, or a string) as the ``"model"`` field."""
+    model = meta.get("model", "")
+    return str(model.get("folder") or model.get("id") or "") if isinstance(model, dict) else str(model)
+
+
 def circuit_step(
     run_or_model,
     *,
@@ -200,7 +206,7 @@ def circuit_step(
             thresholds=thresholds,
             max_heads=max_heads,
             min_heads=min_heads,
-            model=str(run_or_model.meta.get("model", "")),
+            model=_run_model(run_or_model.meta),
         )
     lm = resolve_model(run_or_model)
     pairs = _tfc1_pairs(lm, source, dataset, qids, n_queries, docs_per_query, limit)

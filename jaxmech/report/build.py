@@ -291,18 +291,20 @@ def analysis_numbers(source: ResultsSource) -> dict:
     return out
 
 
-def _model_key(name: Any) -> str:
-    text = str(name or "").rstrip("/")
-    return text.rsplit("/", 1)[-1].lower()
+def _model_keys(name: Any) -> set[str]:
+    """Last path component / hub-id part of a model description (a string, or a run meta's model dict)."""
+    names = [name.get("id"), name.get("folder")] if isinstance(name, dict) else [name]
+    return {str(n).rstrip("/").rsplit("/", 1)[-1].lower() for n in names if n}
 
 
 def analysis_model_warnings(source: ResultsSource) -> list[str]:
-    """Analyses whose ``model`` is not the run's (compared by the last path component or hub-id part)."""
-    run_model = _model_key(source.meta.get("model"))
+    """Analyses whose ``model`` is not the run's (compared by the last path component or hub-id part of the
+    run's model id or folder)."""
+    run_keys = _model_keys(source.meta.get("model")) | _model_keys(source.meta.get("model_folder"))
     out = []
     for name, obj in sorted(source.analyses.items()):
         m = obj.get("model") if isinstance(obj, dict) else None
-        if m and run_model and _model_key(m) != run_model:
+        if m and run_keys and not (_model_keys(m) & run_keys):
             out.append(f"analyses/{name}.json was computed on {m}, not on this run's model {source.meta.get('model')}")
     return out
 
