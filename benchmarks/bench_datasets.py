@@ -34,7 +34,7 @@ def main() -> None:
     from jaxmech.data.diagnostic import build
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import read_dataset, write_dataset
-    from jaxmech.io import packaged_model_path as default_model_path
+    from jaxmech.files import packaged_model_path as default_model_path
     from jaxmech.tokenizer import PairTokenizer
 
     t = time.perf_counter()

@@ -40,7 +40,7 @@ def one(seq_len: int, batch: int, trainable: str, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxmech.io import packaged_model_path as default_model_path
+    from jaxmech.files import packaged_model_path as default_model_path
     from jaxmech.loading import load_model
     from jaxmech.train.config import OptimSection
     from jaxmech.train.losses import margin_mse

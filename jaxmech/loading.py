@@ -30,7 +30,7 @@ from flax import nnx
 
 from jaxmech.config import EncoderConfig
 from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
-from jaxmech.io import atomic_write, resolve_model_path
+from jaxmech.files import atomic_write, resolve_model_path
 from jaxmech.model import HookedEncoder, PoolingConfig
 from jaxmech.runtime import cache_root
 from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files

@@ -169,7 +169,7 @@ def test_bad_arguments_fail_in_one_line_before_jax_is_imported(tmp_path, argv, m
 def test_atomic_writer_never_replaces_a_file_written_meanwhile_and_respects_the_umask(tmp_path):
     import os
 
-    from jaxmech.io import atomic_write
+    from jaxmech.files import atomic_write
 
     target = tmp_path / "r.npz"
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
-from jaxmech.io import atomic_write
+from jaxmech.files import atomic_write
 from jaxmech.model import HookedEncoder
 
 DEFAULT_BATCH = 32

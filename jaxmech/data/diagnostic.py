@@ -489,7 +489,7 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
         kind: One of `KINDS`.
         source: A source spec (see `jaxmech.data.loaders.load_source`).
         out: The ``.jsonl`` file to write (atomically).
-        model: Tokenizer folder (default: the packaged MiniLM, see `jaxmech.io`).
+        model: Tokenizer folder (default: the packaged MiniLM, see `jaxmech.files`).
         limit: At most this many pairs.
         seed: Seed for LNC1 partners and random term choice.
         align: TFC2 position alignment (``"diff"`` or ``"paper"``).
@@ -500,7 +500,7 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     """
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import write_dataset
-    from jaxmech.io import packaged_model_path
+    from jaxmech.files import packaged_model_path
     from jaxmech.tokenizer import PairTokenizer
 
     if limit is not None and limit <= 0:

@@ -98,7 +98,7 @@ def wordpiece_idf(texts: Sequence[str], tokenizer, *, formula: str = "lucene") -
 
 
 def save_idf_tsv(path: str | os.PathLike, table: Mapping[str, float]) -> Path:
-    """Writes ``term<TAB>idf`` rows, sorted by term (atomically, `jaxmech.io.atomic_write`).
+    """Writes ``term<TAB>idf`` rows, sorted by term (atomically, `jaxmech.files.atomic_write`).
 
     Raises:
         ValueError: If a term is empty or contains a tab or a line break, or a value is not finite.
@@ -112,7 +112,7 @@ def save_idf_tsv(path: str | os.PathLike, table: Mapping[str, float]) -> Path:
         if not math.isfinite(v):
             raise ValueError(f"term {term!r} has a non-finite IDF {v}")
         lines.append(f"{term}\t{v!r}\n")
-    from jaxmech.io import atomic_write
+    from jaxmech.files import atomic_write
 
     return atomic_write(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
 

@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxmech.io import atomic_write
+from jaxmech.files import atomic_write
 
 FORMAT_NAME = "jaxmech.aligned_pairs"
 FORMAT_VERSION = 1

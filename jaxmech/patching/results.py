@@ -142,7 +142,7 @@ class PatchingResult:
         Raises:
             FileExistsError: If ``overwrite`` is False and the file exists (or appears meanwhile).
         """
-        from jaxmech.io import atomic_write
+        from jaxmech.files import atomic_write
 
         arrays = self.arrays()
         return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz", overwrite=overwrite)

@@ -123,7 +123,7 @@ def local_model_shape(model: str | os.PathLike) -> tuple[int, int] | None:
     """``(n_layers, n_heads)`` from a local model folder's ``config.json`` (None for hub ids or no config)."""
     import json
 
-    from jaxmech.io import resolve_model_path
+    from jaxmech.files import resolve_model_path
 
     try:
         config = Path(resolve_model_path(model)) / "config.json"
@@ -367,7 +367,7 @@ def patch(
     """Loads a model, reads pairs, runs `run_patching` and saves the result: ``jaxmech patch`` in one call.
 
     Args:
-        model: A local folder, a hub id, or ``"packaged"`` (see `jaxmech.io`).
+        model: A local folder, a hub id, or ``"packaged"`` (see `jaxmech.files`).
         families: Family names.
         dataset: A file from ``jaxmech dataset build``.
         triples: A TSV/JSONL file of (query, baseline_doc, perturbed_doc) triples.

@@ -78,7 +78,7 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
     Returns:
         The path written.
     """
-    from jaxmech.io import atomic_write
+    from jaxmech.files import atomic_write
 
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"

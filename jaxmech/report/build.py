@@ -64,8 +64,8 @@ class FigureEntry:
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Writes bytes or UTF-8 text through the project's one atomic writer (`jaxmech.io.atomic_write`)."""
-    from jaxmech.io import atomic_write
+    """Writes bytes or UTF-8 text through the project's one atomic writer (`jaxmech.files.atomic_write`)."""
+    from jaxmech.files import atomic_write
 
     payload = data.encode("utf-8") if isinstance(data, str) else data
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))

@@ -47,7 +47,7 @@ def score_demo_pair(model: str, results_path: Path) -> dict:
         from jaxmech.loading import load_model
 
         if ref == "packaged":
-            from jaxmech.io import packaged_model_path
+            from jaxmech.files import packaged_model_path
 
             ref = str(packaged_model_path())
         lm = load_model(ref)

