@@ -80,9 +80,9 @@ def resolve(
         if dims is None:
             base = family_dims(family)
             dims = ("pair", *base) if values.ndim == len(base) + 1 else base
-        from jaxmech.plot.source import _coords_for
+        from jaxmech.plot.source import coords_for
 
-        lab = Labeled(values, tuple(dims), _coords_for(family, dims), name=family)
+        lab = Labeled(values, tuple(dims), coords_for(family, dims), name=family)
     else:
         source: ResultsSource = open_results(data)
         meta = source.meta

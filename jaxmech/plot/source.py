@@ -192,7 +192,8 @@ def family_components(family: str) -> tuple[str, ...] | None:
     return tuple(fam.sites) if fam is not None and len(fam.sites) > 1 else None
 
 
-def _coords_for(family: str, dims: Sequence[str]) -> dict[str, tuple[str, ...]]:
+def coords_for(family: str, dims: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Axis labels of a family's array: the component names of multi-site families (e.g. ``block_every``)."""
     comps = family_components(family)
     return {"component": comps} if comps is not None and "component" in dims else {}
 
@@ -277,7 +278,7 @@ class StoreSource:
         arr, _, dims = self._stored(family)
         values = np.asarray(arr, np.float64)
         return Labeled(
-            values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+            values, dims, coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
         )
 
     def pair_mean(self, family: str) -> tuple[Labeled, int]:
@@ -295,7 +296,7 @@ class StoreSource:
             mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         dims = dims[1:]
         return Labeled(
-            mean, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+            mean, dims, coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
         ), int(keep.sum())
 
     def by_token_type(self, family: str) -> Labeled | None:
@@ -327,7 +328,7 @@ class StoreSource:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         out_dims = tuple(d for d in dims if d not in ("pair", "pos")) + ("token_type",)
-        coords = {**_coords_for(family, out_dims), "token_type": TOKEN_TYPE_ORDER}
+        coords = {**coords_for(family, out_dims), "token_type": TOKEN_TYPE_ORDER}
         return Labeled(mean, out_dims, coords, name=family, metric=self.meta.get("metric", "normalized"))
 
 
@@ -385,7 +386,7 @@ class NpzSource:
         if len(dims) != values.ndim:
             raise ResultsError(f"{self.path}: family {family!r} has shape {values.shape}, expected axes {dims}")
         return Labeled(
-            values, dims, _coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
+            values, dims, coords_for(family, dims), name=family, metric=self.meta.get("metric", "normalized")
         )
 
     def pair_mean(self, family: str) -> tuple[Labeled, int]:
@@ -409,7 +410,7 @@ class NpzSource:
         return Labeled(
             self._arrays[key],
             dims,
-            {**_coords_for(family, dims), "token_type": names},
+            {**coords_for(family, dims), "token_type": names},
             name=family,
             metric=self.meta.get("metric", "normalized"),
         )

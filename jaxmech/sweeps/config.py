@@ -35,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jaxmech.train.config import ConfigError, _section
+from jaxmech.train.config import ConfigError, parse_section
 
 __all__ = [
     "DIRECTIONS",
@@ -353,8 +353,8 @@ def _array(name: str, cls: type, value: Any, source: str) -> tuple:
         raise ConfigError(source, f"[[{name}]]", "must be a non-empty array of tables")
     items = []
     for i, table in enumerate(value):
-        # `_section` names the table; errors from __post_init__ read "[[families]][2]: name=... ".
-        items.append(_section(f"[{name}]][{i}", cls, table, source))
+        # `parse_section` names the table; errors from __post_init__ read "[[families]][2]: name=... ".
+        items.append(parse_section(f"[{name}]][{i}", cls, table, source))
     return tuple(items)
 
 
@@ -375,7 +375,7 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
                 f"[{required}]" if required == "run" else f"[[{required}]]",
                 "missing (a sweep needs [run] name, [[datasets]] and [[families]])",
             )
-    kw: dict[str, Any] = {name: _section(name, cls, d[name], source) for name, cls in _TABLES.items() if name in d}
+    kw: dict[str, Any] = {name: parse_section(name, cls, d[name], source) for name, cls in _TABLES.items() if name in d}
     for name, cls in _ARRAYS.items():
         if name in d:
             if name == "analyses" and d[name] == []:

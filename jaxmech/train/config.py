@@ -410,7 +410,19 @@ def _type_name(annotation: Any) -> str:
     return "none" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
-def _section(name: str, cls: type, table: Any, source: str) -> Any:
+def parse_section(name: str, cls: type, table: Any, source: str) -> Any:
+    """One TOML table as the frozen dataclass ``cls``, rejecting unknown keys (shared by the training and the
+    sweep configs).
+
+    Args:
+        name: The table's name in messages (``"model"``, ``"[families]][2"``).
+        cls: The section's dataclass.
+        table: The parsed TOML table.
+        source: The config file, for messages.
+
+    Raises:
+        ConfigError: Naming the file, the table and the unknown key or bad value.
+    """
     if not isinstance(table, dict):
         raise ConfigError(source, f"[{name}]", "must be a table")
     hints = typing.get_type_hints(cls)
@@ -444,7 +456,7 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> TrainConfig:
         raise ConfigError(source, "[run]", "missing table (it needs at least name)")
     if "train" not in d:
         raise ConfigError(source, "[train]", "missing table (it needs at least steps)")
-    kw = {name: _section(name, cls, d[name], source) for name, cls in _SECTIONS.items() if name in d}
+    kw = {name: parse_section(name, cls, d[name], source) for name, cls in _SECTIONS.items() if name in d}
     cfg = TrainConfig(**kw, source=source)
     if cfg.teacher.kind == "none" and cfg.data.source == "shared":
         raise ConfigError(
