@@ -12,14 +12,19 @@ from jaxmech.cli.common import add_model_args
 
 def run(args: argparse.Namespace) -> int:
     """Runs the sweep, writes the file, prints the summary as JSON."""
-    from jaxmech.patching.run import patch, summarize
+    from jaxmech.patching.run import PatchInterrupted, patch, summarize
 
-    res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
-                baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
-                init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
-                metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
-                receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
-                overwrite=args.overwrite, precision=args.precision)
+    try:
+        res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
+                    baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
+                    init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
+                    metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
+                    receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
+                    overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
+                    show_progress=not args.no_progress, stop_on_sigint=True)
+    except PatchInterrupted as err:
+        print(f"jaxmech patch: {err}", file=sys.stderr)
+        return 130
     summary = {"out": res.meta["out"], **summarize(res)}
     print(json.dumps(summary, indent=2, allow_nan=False))
     for warning in summary.get("warnings", []):
@@ -50,6 +55,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
+    p.add_argument("--pairs-per-chunk", type=int, default=None,
+                   help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
+                   "Ctrl-C is acted on between chunks")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16x3", "bf16"],
                    help="matmul precision: fp32 (default, exact), or a faster mode on GPUs/TPUs (equal to fp32 on "

@@ -56,6 +56,84 @@ class Progress:
     seconds: float
 
 
+class PatchInterrupted(Exception):
+    """A run stopped by SIGINT (Ctrl-C) between chunks; nothing was saved.
+
+    Attributes:
+        progress: The last `Progress` reported (None if no chunk finished).
+    """
+
+    def __init__(self, progress: Progress | None):
+        done = f"{progress.pairs_done}/{progress.pairs_total} pairs" if progress else "no chunk"
+        super().__init__(f"interrupted after {done} finished; nothing was saved")
+        self.progress = progress
+
+
+class InterruptibleProgress:
+    """A `run_patching` progress callback that shows a bar and stops the run on SIGINT.
+
+    Use as a context manager: it installs a SIGINT handler for its duration only (in the main thread; elsewhere
+    none), which sets ``interrupted``; the callback then returns False so `run_patching` stops after the chunk
+    in progress. A second SIGINT raises `KeyboardInterrupt` at once. The previous handler is restored on exit.
+
+    Args:
+        inner: Another callback, called first (its falsy non-None answer also stops the run).
+        bar: Show progress (pairs done, ETA) on stderr with `jaxmech.sweeps.progress.Progress`: a tqdm bar on a
+            terminal, else one line per chunk.
+        prefix: The bar's label.
+        sigint: Install the SIGINT handler (False: a progress bar only).
+    """
+
+    def __init__(self, inner: Callable[[Progress], bool | None] | None = None, *, bar: bool = False,
+                 prefix: str = "patch", sigint: bool = True):
+        self.inner, self.show, self.prefix, self.sigint = inner, bar, prefix, sigint
+        self.interrupted = False
+        self.last: Progress | None = None
+        self._bar = None
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def __enter__(self) -> InterruptibleProgress:
+        import signal
+        import threading
+
+        if self.sigint and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, event: Progress) -> bool | None:
+        if self.show:
+            import sys
+
+            from jaxmech.sweeps.progress import Progress as Bar
+
+            if self._bar is None:
+                self._bar = Bar(event.pairs_total, event.pairs_total, quiet=not sys.stderr.isatty(),
+                                prefix=self.prefix, log_every=0.0)
+                self._bar.t0 -= event.seconds  # the rate and ETA count the first chunk's time
+            done = self.last.pairs_done if self.last else 0
+            self._bar.update(event.pairs_done - done, event.pairs_done - done)
+        self.last = event
+        answer = self.inner(event) if self.inner is not None else None
+        if self.interrupted:
+            return False
+        return answer
+
+
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
                   receivers: Sequence[str] | None = None, receiver_input: str = "k",
                   model_shape: tuple[int, int] | None = None, precision: str | None = None) -> list[Family]:
@@ -200,7 +278,7 @@ def run_patching(
     import jax.numpy as jnp
 
     from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
-    from jaxmech.patching.inputs import batch_pairs
+    from jaxmech.patching.inputs import batch_pairs, check_vocabulary
     from jaxmech.patching.metrics import apply_metric
     from jaxmech.tokenizer import bucket_length
 
@@ -208,6 +286,9 @@ def run_patching(
     if not pairs:
         raise ValueError("no pairs to patch")
     model, tok = lm.model, lm.tokenizer
+    vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
+        check_vocabulary(pairs, vocab_size)
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -229,7 +310,7 @@ def run_patching(
     stopped = False
     for k, (T, idx) in enumerate(chunks):
         batch = batch_pairs([pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=T,
-                            n_pairs=pairs_per_chunk)
+                            n_pairs=pairs_per_chunk, vocab_size=vocab_size)
         n = len(idx)
         qe = None
         if not model.pair_input:  # the patched run is the document's; the score compares with the query's
@@ -362,6 +443,8 @@ def patch(
     max_length: int | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    show_progress: bool = False,
+    stop_on_sigint: bool = False,
     **options,
 ) -> PatchingResult:
     """Loads a model, reads pairs, runs `run_patching` and saves the result: ``jaxmech patch`` in one call.
@@ -381,6 +464,9 @@ def patch(
         out: Where to save the ``.npz`` (not saved if None); checked before the model is loaded.
         overwrite: Replace an existing ``out`` (else an existing file is refused, and a file another process
             writes meanwhile is kept and this result saved next to it).
+        show_progress: Show progress per chunk (pairs done, ETA) on stderr (`InterruptibleProgress`).
+        stop_on_sigint: While the pairs run, SIGINT (Ctrl-C) stops the run after the chunk in progress, saves
+            nothing and raises `PatchInterrupted`.
         **options: Passed to `run_patching` (``method``, ``metric``, ``reverse``, ``receivers``, ...).
 
     Returns:
@@ -389,9 +475,12 @@ def patch(
     Raises:
         ValueError, FileNotFoundError, FileExistsError, UnknownFamilyError: Bad arguments, before the model
             is loaded (see `check_request`, `check_output`).
+        PatchInterrupted: With ``stop_on_sigint``, after a SIGINT (nothing saved).
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
+    if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
+        raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
                      if k in options})
@@ -406,8 +495,16 @@ def patch(
     lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,
                     require_tokenizer=True)
     pairs = read_pairs(lm.tokenizer, pair_input=lm.model.pair_input, dataset=dataset, triples=triples, query=query,
-                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit)
-    res = run_patching(lm, pairs, families, **options)
+                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit,
+                       vocab_size=getattr(getattr(lm.model, "cfg", None), "d_vocab", None))
+    if show_progress or stop_on_sigint:
+        tracker = InterruptibleProgress(options.pop("progress", None), bar=show_progress, sigint=stop_on_sigint)
+        with tracker:
+            res = run_patching(lm, pairs, families, progress=tracker, **options)
+        if tracker.interrupted:
+            raise PatchInterrupted(tracker.last)
+    else:
+        res = run_patching(lm, pairs, families, **options)
     if out is not None:
         try:
             res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))
