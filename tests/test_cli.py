@@ -259,3 +259,19 @@ def test_batch_pairs_and_run_patching_refuse_out_of_vocabulary_ids(minilm_path):
         check_vocabulary([bad], 30522)
     with pytest.raises(ValueError, match="token id -1"):
         batch_pairs([bad], vocab_size=30522)
+
+
+def test_patch_relative_min_denominator_and_aggregate_options(capsys, tmp_path, minilm_path):
+    triples = tmp_path / "t.tsv"
+    triples.write_text("".join(f"{Q}\t{D0} {w}\t{D1} {w}\n" for w in ["a", "b", "c"]))
+    out_file = tmp_path / "r.npz"
+    code, out, err = run(capsys, "patch", "--model", "packaged", "--triples", str(triples), "--family",
+                         "path_to_score", "--relative-min-denominator", "0.5", "--aggregate", "trimmed",
+                         "--no-progress", "--out", str(out_file))
+    assert code == 0, err
+    assert "patch: pairs" not in err  # --no-progress
+    summary = json.loads(out)
+    assert "10%-trimmed mean" in summary["top_heads_statistic"]
+    meta = json.loads(str(np.load(out_file)["meta"]))
+    assert meta["aggregate"] == "trimmed" and meta["relative_min_denominator"] == 0.5
+    assert meta["relative_denominator_threshold"] > 0

@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
         res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
                     baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
                     init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
-                    metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
+                    metric=args.metric, min_denominator=args.min_denominator,
+                    relative_min_denominator=args.relative_min_denominator, aggregate=args.aggregate,
+                    reverse=args.reverse,
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
                     show_progress=not args.no_progress, stop_on_sigint=True)
@@ -50,6 +52,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="normalized: (patched - baseline) / (perturbed - baseline), the paper's")
     p.add_argument("--min-denominator", type=float, default=1e-3,
                    help="normalized metric: flag pairs with |perturbed - baseline| below this")
+    p.add_argument("--relative-min-denominator", type=float, default=None, metavar="FRACTION",
+                   help="normalized metric, scale-aware: also flag pairs with |perturbed - baseline| below FRACTION "
+                   "times its median over the pairs (e.g. 0.1); default: only --min-denominator")
+    p.add_argument("--aggregate", default="mean", choices=["mean", "median", "trimmed"],
+                   help="how top_heads and by-type results aggregate pairs: mean (default), median, or a 10%%-trimmed "
+                   "mean (robust to a few pairs with huge effects)")
     p.add_argument("--reverse", action="store_true", help="patch baseline activations into the perturbed run")
     p.add_argument("--receiver", action="append", default=[], help="receiver head LAYER.HEAD (layer >= 1) for "
                    "path_to_heads and path_components_to_heads (repeatable)")

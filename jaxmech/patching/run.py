@@ -232,6 +232,8 @@ def run_patching(
     receiver_input: str = "k",
     chunk_size: int | None = None,
     min_denominator: float = 1e-3,
+    relative_min_denominator: float | None = None,
+    aggregate: str = "mean",
     pairs_per_chunk: int | None = None,
     steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
@@ -255,7 +257,13 @@ def run_patching(
         receivers: Receiver heads ``"LAYER.HEAD"`` for path families that need them.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         chunk_size: Sites per vmapped step (default: from free device memory).
-        min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this.
+        min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this (absolute).
+        relative_min_denominator: Normalized metric, scale-aware: also flag pairs with ``|perturbed - baseline|``
+            below this fraction of its median over the pairs run (e.g. 0.1; see
+            `jaxmech.patching.metrics.relative_denominator_flags`); the threshold is in ``meta``. None: only the
+            absolute rule.
+        aggregate: How ``by_type`` aggregates pairs: ``"mean"`` (default), ``"median"`` or ``"trimmed"`` (see
+            `jaxmech.analysis.aggregate.over_pairs`); `summarize` ranks ``top_heads`` the same way.
         precision: Matmul precision, a name of `jaxmech.runtime.PRECISIONS` (keyword; default ``"fp32"``, or an
             enclosing call's); checked before anything runs and recorded in ``meta["precision"]``.
         pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
@@ -278,13 +286,18 @@ def run_patching(
     import jax.numpy as jnp
 
     from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
+    from jaxmech.analysis.aggregate import STATISTICS
     from jaxmech.patching.inputs import batch_pairs, check_vocabulary
-    from jaxmech.patching.metrics import apply_metric
+    from jaxmech.patching.metrics import apply_metric, relative_denominator_flags
     from jaxmech.tokenizer import bucket_length
 
     fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input)
     if not pairs:
         raise ValueError("no pairs to patch")
+    if aggregate not in STATISTICS:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {STATISTICS}")
+    if relative_min_denominator is not None and not relative_min_denominator >= 0:
+        raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
     model, tok = lm.model, lm.tokenizer
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
@@ -337,6 +350,13 @@ def run_patching(
                 stopped = True
                 break
     elapsed = time.perf_counter() - t0
+    relative_threshold = None
+    if metric == "normalized" and relative_min_denominator is not None:  # needs every pair's denominator
+        small, relative_threshold = relative_denominator_flags(score_b, score_p, relative_min_denominator, among=done)
+        small &= done & ~flagged
+        for a in effects.values():
+            a[small] = np.nan
+        flagged |= small
     # Pairs with nothing to patch (no aligned position), or no defined result in any family: flagged and NaN.
     empty = np.array([not any(m >= 0 for m in p.position_map) for p in pairs])
     all_nan = done & np.all([np.isnan(a.reshape(len(pairs), -1)).all(1) for a in effects.values()], axis=0)
@@ -356,7 +376,7 @@ def run_patching(
         for fam in fams:
             if "p" in fam.full_layout:
                 mean, counts = mean_by_token_type(effects[fam.name], token_types,
-                                                  pos_axis=1 + fam.full_layout.index("p"))
+                                                  pos_axis=1 + fam.full_layout.index("p"), statistic=aggregate)
                 by_type[fam.name] = mean.astype(np.float32)
     meta: dict[str, Any] = {
         "model": str(lm.folder), "kind": lm.kind, "metric": metric, "method": method, "reverse": reverse,
@@ -365,6 +385,11 @@ def run_patching(
         "precision": runtime.resolve_precision(None), "device": runtime.describe_device(),
         "compilation_cache": runtime.compilation_cache_status(),
     }
+    if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
+        meta["relative_min_denominator"] = relative_min_denominator
+        meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
+    if aggregate != "mean":
+        meta["aggregate"] = aggregate
     return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
                           TOKEN_TYPE_ORDER if by_type else (), counts)
 
@@ -381,15 +406,17 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
+def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = None) -> dict[str, Any]:
     """The summary ``jaxmech patch`` prints (strict JSON: non-finite numbers are ``null``).
 
     Pairs, the metric, result shapes and axes, the first scores, flagged pairs, seconds, and for
-    ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs; ``warnings``
-    when no pair gave a result.
+    ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs (or the
+    ``aggregate`` statistic, default ``meta["aggregate"]`` or ``"mean"``; see
+    `jaxmech.analysis.aggregate.over_pairs`); ``warnings`` when no pair gave a result.
     """
     from jaxmech.analysis import top_heads
 
+    statistic = aggregate or res.meta.get("aggregate", "mean")
     arrays = res.arrays()
     flagged, no_result = res.pairs["flagged"], res.pairs.get("no_result", np.zeros(res.n_pairs, bool))
     summary: dict[str, Any] = {
@@ -406,7 +433,8 @@ def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
     for fam in res.families:
         if res.axes[fam][1:] == ("layer", "head"):  # rank heads by their mean effect over pairs
             summary.setdefault("top_heads", {})[fam] = [
-                [name, None if not np.isfinite(v) else round(v, 4)] for name, v in top_heads(res.effects[fam], top_k)]
+                [name, None if not np.isfinite(v) else round(v, 4)]
+                for name, v in top_heads(res.effects[fam], top_k, statistic=statistic)]
     summary.update(
         kind=res.meta["kind"],
         metric={"name": res.meta["metric"], "definition": METRIC_DEFINITIONS[res.meta["metric"]]},
@@ -414,8 +442,9 @@ def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
         flagged_no_result=[n for n, x in zip(res.pairs["name"], no_result, strict=True) if x][:10],
     )
     if "top_heads" in summary:
-        summary["top_heads_statistic"] = (f"top {top_k} heads by the mean {res.meta['metric']} effect over unflagged "
-                                          "pairs (null: no pair gave a value)")
+        stat = {"mean": "mean", "median": "median", "trimmed": "10%-trimmed mean"}[statistic]
+        summary["top_heads_statistic"] = (f"top {top_k} heads by the {stat} {res.meta['metric']} effect over "
+                                          "unflagged pairs (null: no pair gave a value)")
     if res.meta["kind"] == "bi":
         summary["note"] = ("bi-encoder: the patched run is the document alone ([CLS] d [SEP]); query positions are "
                            "not patched and the score is the similarity to the query's embedding")
