@@ -118,3 +118,25 @@ def test_relative_denominator_rule_flags_small_denominators_and_robust_aggregati
                                                                statistic="median")[0][0]
     with pytest.raises(ValueError, match="unknown aggregate"):
         run_patching(lm, pairs, ["head_all_pos_z"], aggregate="mode")
+
+
+def test_sigint_sets_the_flag_only_while_installed_and_the_run_stops_after_the_chunk(lm, pairs):
+    import os
+    import signal
+
+    from jaxmech.patching.run import InterruptibleProgress
+
+    before = signal.getsignal(signal.SIGINT)
+    calls = []
+
+    def send_sigint_once(event):
+        calls.append(event.pairs_done)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during the first chunk
+
+    with InterruptibleProgress(send_sigint_once) as tracker:
+        assert signal.getsignal(signal.SIGINT) != before
+        res = run_patching(lm, pairs, ["head_all_pos_z"], pairs_per_chunk=2, progress=tracker)
+    assert signal.getsignal(signal.SIGINT) == before
+    assert tracker.interrupted and calls == [2] and tracker.last.pairs_done == 2
+    assert res.meta["stopped"] and res.pairs["done"].tolist() == [True, True, False, False, False]

@@ -24,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
                     show_progress=not args.no_progress, stop_on_sigint=True)
-    except PatchInterrupted as err:
+    except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C while loading, or a second Ctrl-C
+        print("jaxmech patch: interrupted; nothing was saved", file=sys.stderr)
         return 130
     summary = {"out": res.meta["out"], **summarize(res)}
     print(json.dumps(summary, indent=2, allow_nan=False))

@@ -123,8 +123,8 @@ class InterruptibleProgress:
 
             if self._bar is None:
                 self._bar = Bar(event.pairs_total, event.pairs_total, quiet=not sys.stderr.isatty(),
-                                prefix=self.prefix, log_every=0.0)
-                self._bar.t0 -= event.seconds  # the rate and ETA count the first chunk's time
+                                prefix=self.prefix, log_every=0.0, unit="pair")
+                self._bar.started_earlier(event.seconds)  # the rate and ETA count the first chunk's time
             done = self.last.pairs_done if self.last else 0
             self._bar.update(event.pairs_done - done, event.pairs_done - done)
         self.last = event
