@@ -187,3 +187,91 @@ def test_atomic_writer_never_replaces_a_file_written_meanwhile_and_respects_the_
     finally:
         os.umask(old)
     assert fresh.stat().st_mode & 0o777 == 0o640
+
+
+def test_patch_shows_progress_and_stops_on_sigint_between_chunks(tmp_path, minilm_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    triples = tmp_path / "t.tsv"
+    triples.write_text("".join(f"{Q}\t{D0} {w}\t{D1} {w}\n" for w in ["a", "b", "c", "d", "e", "f", "g", "h"]))
+    out_file = tmp_path / "r.npz"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmech.cli", "patch", "--model", "packaged", "--triples",
+                             str(triples), "--family", "attn_out_all_pos", "--pairs-per-chunk", "1", "--out",
+                             str(out_file)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        lines = []
+        for line in proc.stderr:  # one progress line per chunk (stderr is not a terminal)
+            lines.append(line)
+            if line.startswith("patch: pairs 1/8"):
+                break
+        assert lines and lines[-1].startswith("patch: pairs 1/8") and "ETA" in lines[-1], lines
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest
+    stops = [x for x in rest.splitlines() if x.startswith("jaxmech patch: interrupted")]
+    assert len(stops) == 1 and "nothing was saved" in stops[0] and rest.rstrip("\n").endswith(stops[0]), rest
+    assert not out_file.exists() and list(tmp_path.iterdir()) == [triples]
+
+
+def test_patch_refuses_a_dataset_of_another_tokenizer_and_out_of_vocabulary_ids(capsys, tmp_path, minilm_path):
+    from jaxmech.data.records import read_dataset, write_dataset
+
+    ds = tmp_path / "demo.jsonl"
+    assert main(["dataset", "build", "--kind", "tfc1", "--source", "demo", "--limit", "2", "--out", str(ds)]) == 0
+    header, pairs = read_dataset(ds)
+    other = tmp_path / "other.jsonl"
+    write_dataset(other, pairs, {**header, "tokenizer": "someone/another-tokenizer"})
+    base = ["patch", "--model", "packaged", "--family", "attn_out_all_pos", "--out", str(tmp_path / "r.npz")]
+    code, _, err = run(capsys, *base, "--dataset", str(other))
+    assert code == 2 and "'someone/another-tokenizer'" in err and err.count("\n") == 1, err
+    bad = tmp_path / "bad.jsonl"
+    ids = list(pairs[1].perturbed_ids)
+    ids[1] = 10_000_000
+    import dataclasses
+
+    write_dataset(bad, [pairs[0], dataclasses.replace(pairs[1], perturbed_ids=ids)], header)
+    code, _, err = run(capsys, *base, "--dataset", str(bad))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"pair {pairs[1].name!r}" in err and "10000000" in err and "vocabulary of 30522 ids" in err, err
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_batch_pairs_and_run_patching_refuse_out_of_vocabulary_ids(minilm_path):
+    import dataclasses
+
+    from jaxmech.data.align import align_with_filler
+    from jaxmech.patching.inputs import batch_pairs, check_vocabulary
+    from jaxmech.tokenizer import PairTokenizer
+
+    pair = align_with_filler(PairTokenizer.from_pretrained(minilm_path), Q, D0, D1, name="p0")
+    batch_pairs([pair], vocab_size=30522)  # in range: fine
+    bad = dataclasses.replace(pair, baseline_ids=[*pair.baseline_ids[:-1], -1])
+    with pytest.raises(ValueError, match=r"pair 'p0': baseline token id -1 is outside the model's vocabulary of 30522"):
+        check_vocabulary([bad], 30522)
+    with pytest.raises(ValueError, match="token id -1"):
+        batch_pairs([bad], vocab_size=30522)
+
+
+def test_patch_relative_min_denominator_and_aggregate_options(capsys, tmp_path, minilm_path):
+    triples = tmp_path / "t.tsv"
+    triples.write_text("".join(f"{Q}\t{D0} {w}\t{D1} {w}\n" for w in ["a", "b", "c"]))
+    out_file = tmp_path / "r.npz"
+    code, out, err = run(capsys, "patch", "--model", "packaged", "--triples", str(triples), "--family",
+                         "path_to_score", "--relative-min-denominator", "0.5", "--aggregate", "trimmed",
+                         "--no-progress", "--out", str(out_file))
+    assert code == 0, err
+    assert "patch: pairs" not in err  # --no-progress
+    summary = json.loads(out)
+    assert "10%-trimmed mean" in summary["top_heads_statistic"]
+    meta = json.loads(str(np.load(out_file)["meta"]))
+    assert meta["aggregate"] == "trimmed" and meta["relative_min_denominator"] == 0.5
+    assert meta["relative_denominator_threshold"] > 0

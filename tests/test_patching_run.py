@@ -93,3 +93,50 @@ def test_pairs_with_nothing_patched_are_flagged_and_the_summary_is_strict_json(l
     json.dumps(only_dead, allow_nan=False)  # no -Infinity
     assert only_dead["top_heads"]["head_all_pos_z"][0][1] is None
     assert "every pair is flagged" in only_dead["warnings"][0]
+
+
+def test_relative_denominator_rule_flags_small_denominators_and_robust_aggregation_ranks_heads(lm, pairs, tmp_path):
+    from jaxmech.patching.run import summarize
+
+    default = run_patching(lm, pairs, ["head_all_pos_z"])
+    d = np.abs(default.pairs["score_perturbed"].astype(np.float64) - default.pairs["score_baseline"])
+    rel = run_patching(lm, pairs, ["head_all_pos_z"], relative_min_denominator=1.0)  # below the median: flagged
+    small = d < np.median(d)
+    assert small.any() and (rel.pairs["flagged"] == (small | default.pairs["flagged"])).all()
+    assert np.isnan(rel.effects["head_all_pos_z"][small]).all()
+    kept = ~rel.pairs["flagged"]
+    np.testing.assert_array_equal(rel.effects["head_all_pos_z"][kept], default.effects["head_all_pos_z"][kept])
+    assert rel.meta["relative_denominator_threshold"] == pytest.approx(np.median(d))
+    assert "relative_min_denominator" not in default.meta and "aggregate" not in default.meta
+    median = run_patching(lm, pairs, ["head_all_pos_z"], aggregate="median")
+    np.testing.assert_array_equal(median.effects["head_all_pos_z"], default.effects["head_all_pos_z"])
+    s = summarize(median)
+    assert "median" in s["top_heads_statistic"]
+    from jaxmech.analysis import top_heads
+
+    assert s["top_heads"]["head_all_pos_z"][0][0] == top_heads(default.effects["head_all_pos_z"], 1,
+                                                               statistic="median")[0][0]
+    with pytest.raises(ValueError, match="unknown aggregate"):
+        run_patching(lm, pairs, ["head_all_pos_z"], aggregate="mode")
+
+
+def test_sigint_sets_the_flag_only_while_installed_and_the_run_stops_after_the_chunk(lm, pairs):
+    import os
+    import signal
+
+    from jaxmech.patching.run import InterruptibleProgress
+
+    before = signal.getsignal(signal.SIGINT)
+    calls = []
+
+    def send_sigint_once(event):
+        calls.append(event.pairs_done)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during the first chunk
+
+    with InterruptibleProgress(send_sigint_once) as tracker:
+        assert signal.getsignal(signal.SIGINT) != before
+        res = run_patching(lm, pairs, ["head_all_pos_z"], pairs_per_chunk=2, progress=tracker)
+    assert signal.getsignal(signal.SIGINT) == before
+    assert tracker.interrupted and calls == [2] and tracker.last.pairs_done == 2
+    assert res.meta["stopped"] and res.pairs["done"].tolist() == [True, True, False, False, False]

@@ -15,6 +15,40 @@ from collections.abc import Sequence
 import numpy as np
 
 TOKEN_TYPE_ORDER = ("CLS", "SEP1", "SEP2", "Qplus", "Qsub", "Dinj", "Dplus", "Dsub", "Dother")
+STATISTICS = ("mean", "median", "trimmed")
+"""How results are aggregated over pairs: the mean (default), the median, or the mean of the middle 80%
+(`TRIM_FRACTION` of the pairs cut at each end, per entry); all ignore NaN."""
+TRIM_FRACTION = 0.1
+
+
+def over_pairs(values: np.ndarray, statistic: str = "mean") -> np.ndarray:
+    """Aggregates ``[pair, ...]`` over the pair axis, ignoring NaN (NaN where no pair has a value).
+
+    Args:
+        values: ``[pair, ...]``.
+        statistic: One of `STATISTICS`; ``"median"`` and ``"trimmed"`` are robust to a few pairs with huge
+            effects (e.g. from small normalized-effect denominators).
+
+    Raises:
+        ValueError: For an unknown statistic.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
+    values = np.asarray(values, np.float64)
+    with _no_empty_warnings():
+        if statistic == "mean":
+            return np.nanmean(values, axis=0)
+        if statistic == "median":
+            return np.nanmedian(values, axis=0)
+    ordered = np.sort(values, axis=0)  # NaN last
+    n = np.isfinite(values).sum(0)
+    cut = np.floor(TRIM_FRACTION * n).astype(int)
+    rank = np.arange(values.shape[0]).reshape(-1, *([1] * (values.ndim - 1)))
+    keep = (rank >= cut) & (rank < n - cut)
+    total = np.where(keep, ordered, 0.0).sum(0)
+    kept = keep.sum(0)
+    with _no_empty_warnings():
+        return np.where(kept > 0, total / np.maximum(kept, 1), np.nan)
 
 
 def mean_by_token_type(
@@ -23,6 +57,7 @@ def mean_by_token_type(
     *,
     pos_axis: int = -1,
     types: Sequence[str] = TOKEN_TYPE_ORDER,
+    statistic: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Averages a per-position result over the positions of each token type, then over pairs.
 
@@ -31,6 +66,7 @@ def mean_by_token_type(
         token_types: Per pair, the type of each position (shorter than ``pos`` for padded pairs).
         pos_axis: The position axis of ``values``.
         types: Type names, in the order of the output's last axis.
+        statistic: How pairs are aggregated (`over_pairs`; within a pair, positions are always averaged).
 
     Returns:
         ``(mean, count)``: ``mean`` is ``[..., n_types]`` (position axis replaced by types, pair axis
@@ -51,8 +87,11 @@ def mean_by_token_type(
                 mean_t = np.where(ok, chunk, 0).sum(-1) / np.maximum(ok.sum(-1), 1)
                 per_pair[p, ..., t] = np.where(ok.any(-1), mean_t, np.nan)
     count = np.isfinite(per_pair.reshape(n_pairs, -1, len(types))).any(1).sum(0)
-    with _no_empty_warnings():
-        mean = np.nanmean(per_pair, axis=0)
+    if statistic == "mean":
+        with _no_empty_warnings():
+            mean = np.nanmean(per_pair, axis=0)
+    else:
+        mean = over_pairs(per_pair, statistic)
     return mean, count
 
 
@@ -64,13 +103,16 @@ def _no_empty_warnings():
         yield
 
 
-def top_heads(effect: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+def top_heads(effect: np.ndarray, k: int = 10, *, statistic: str = "mean") -> list[tuple[str, float]]:
     """The ``k`` heads with the largest mean effect, as ``("layer.head", value)``.
 
     Args:
-        effect: ``[layer, head]`` or ``[pair, layer, head]`` (averaged over pairs, ignoring NaN).
+        effect: ``[layer, head]`` or ``[pair, layer, head]`` (aggregated over pairs, ignoring NaN).
+        statistic: How pairs are aggregated (`over_pairs`).
     """
     effect = np.asarray(effect, np.float64)
+    if effect.ndim == 3 and statistic != "mean":
+        effect = over_pairs(effect, statistic)
     if effect.ndim == 3:
         with _no_empty_warnings():
             effect = np.nanmean(effect, axis=0)

@@ -12,14 +12,24 @@ from jaxmech.cli.common import add_model_args
 
 def run(args: argparse.Namespace) -> int:
     """Runs the sweep, writes the file, prints the summary as JSON."""
-    from jaxmech.patching.run import patch, summarize
+    from jaxmech.patching.run import PatchInterrupted, patch, summarize
 
-    res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
-                baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
-                init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
-                metric=args.metric, min_denominator=args.min_denominator, reverse=args.reverse,
-                receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
-                overwrite=args.overwrite, precision=args.precision)
+    try:
+        res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
+                    baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
+                    init_head_seed=args.init_head_seed, max_length=args.max_length, out=args.out, method=args.method,
+                    metric=args.metric, min_denominator=args.min_denominator,
+                    relative_min_denominator=args.relative_min_denominator, aggregate=args.aggregate,
+                    reverse=args.reverse,
+                    receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
+                    overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
+                    show_progress=not args.no_progress, stop_on_sigint=True)
+    except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
+        print(f"jaxmech patch: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C while loading, or a second Ctrl-C
+        print("jaxmech patch: interrupted; nothing was saved", file=sys.stderr)
+        return 130
     summary = {"out": res.meta["out"], **summarize(res)}
     print(json.dumps(summary, indent=2, allow_nan=False))
     for warning in summary.get("warnings", []):
@@ -45,11 +55,21 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="normalized: (patched - baseline) / (perturbed - baseline), the paper's")
     p.add_argument("--min-denominator", type=float, default=1e-3,
                    help="normalized metric: flag pairs with |perturbed - baseline| below this")
+    p.add_argument("--relative-min-denominator", type=float, default=None, metavar="FRACTION",
+                   help="normalized metric, scale-aware: also flag pairs with |perturbed - baseline| below FRACTION "
+                   "times its median over the pairs (e.g. 0.1); default: only --min-denominator")
+    p.add_argument("--aggregate", default="mean", choices=["mean", "median", "trimmed"],
+                   help="how top_heads and by-type results aggregate pairs: mean (default), median, or a 10%%-trimmed "
+                   "mean (robust to a few pairs with huge effects)")
     p.add_argument("--reverse", action="store_true", help="patch baseline activations into the perturbed run")
     p.add_argument("--receiver", action="append", default=[], help="receiver head LAYER.HEAD (layer >= 1) for "
                    "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
+    p.add_argument("--pairs-per-chunk", type=int, default=None,
+                   help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
+                   "Ctrl-C is acted on between chunks")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16x3", "bf16"],
                    help="matmul precision: fp32 (default, exact), or a faster mode on GPUs/TPUs (equal to fp32 on "

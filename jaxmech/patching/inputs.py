@@ -70,8 +70,52 @@ def check_pair(pair: AlignedPair) -> None:
         raise AlignmentError(where + "; ".join(problems))
 
 
+def check_vocabulary(pairs: Sequence[AlignedPair], vocab_size: int) -> None:
+    """Refuses token ids outside ``[0, vocab_size)`` (JAX would silently clamp them to the last embedding).
+
+    Raises:
+        ValueError: Naming the first such pair, the id and the vocabulary size.
+    """
+    for p in pairs:
+        for side, ids in (("baseline", p.baseline_ids), ("perturbed", p.perturbed_ids)):
+            bad = [int(i) for i in ids if not 0 <= int(i) < vocab_size]
+            if bad:
+                raise ValueError(f"pair {p.name!r}: {side} token id {bad[0]} is outside the model's vocabulary "
+                                 f"of {vocab_size} ids (was the dataset built with another tokenizer?)")
+
+
+def _tokenizer_names(name: str) -> set[str]:
+    """Names a tokenizer may be recorded under: the name itself, its resolved path, and its last part."""
+    name = str(name).rstrip("/")
+    names = {name, Path(name).name}
+    if Path(name).exists():
+        names.add(str(Path(name).resolve()))
+    return {n for n in names if n}
+
+
+def check_dataset_tokenizer(header: dict, tokenizer, *, source: str | Path = "dataset") -> None:
+    """Refuses a dataset whose header names a tokenizer other than the model's.
+
+    The header's ``tokenizer`` is the ``name_or_path`` of the tokenizer the dataset was built with
+    (`jaxmech.data.diagnostic.DiagnosticSet.header`). It matches the model's when the two names are equal, resolve to
+    the same folder, or end in the same folder / hub name; a header without a tokenizer is accepted.
+
+    Raises:
+        ValueError: Naming both tokenizers.
+    """
+    recorded = header.get("tokenizer")
+    mine = str(getattr(getattr(tokenizer, "hf", None), "name_or_path", "") or "")
+    if not recorded or not mine:
+        return
+    if _tokenizer_names(recorded) & _tokenizer_names(mine):
+        return
+    raise ValueError(f"{source}: built with the tokenizer {recorded!r}, but the model's tokenizer is {mine!r}; "
+                     "rebuild the dataset with `jaxmech dataset build --model` set to this model")
+
+
 def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                max_length: int = 512, length: int | None = None, n_pairs: int | None = None) -> PairBatch:
+                max_length: int = 512, length: int | None = None, n_pairs: int | None = None,
+                vocab_size: int | None = None) -> PairBatch:
     """Pads pairs (baseline and perturbed alike) to one bucket length.
 
     Args:
@@ -82,17 +126,21 @@ def batch_pairs(pairs: Sequence[AlignedPair], *, pad_id: int = 0, buckets: Seque
         length: Pad to exactly this length instead of the bucket.
         n_pairs: Fill the batch to this many pairs with inert copies of the first pair (fixed program
             shapes for chunks of a bucket).
+        vocab_size: The model's vocabulary size: token ids outside it are refused (see `check_vocabulary`).
 
     Returns:
         A `PairBatch`.
 
     Raises:
         AlignmentError: On an inconsistent pair or one longer than the batch length.
+        ValueError: On a token id outside ``vocab_size``.
     """
     if not pairs:
         raise ValueError("no pairs to batch")
     for p in pairs:
         check_pair(p)
+    if vocab_size is not None:
+        check_vocabulary(pairs, vocab_size)
     n_real = len(pairs)
     if n_pairs is not None and n_pairs > n_real:
         filler = dataclasses.replace(pairs[0], position_map=[-1] * len(pairs[0].baseline_ids), name="<inert>")
@@ -182,7 +230,8 @@ def model_pairs(pairs: Sequence[AlignedPair], tokenizer, *, pair_input: bool) ->
 
 def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None = None,
                triples: str | Path | None = None, query: str | None = None, baseline_doc: str | None = None,
-               perturbed_doc: str | None = None, limit: int | None = None) -> list[AlignedPair]:
+               perturbed_doc: str | None = None, limit: int | None = None,
+               vocab_size: int | None = None) -> list[AlignedPair]:
     """Aligned pairs from one of: a dataset file, a triples file, or one (query, baseline, perturbed) triple.
 
     Args:
@@ -196,20 +245,25 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
         baseline_doc: See ``query``.
         perturbed_doc: See ``query``.
         limit: Use only the first ``limit`` pairs.
+        vocab_size: The model's vocabulary size: pairs with token ids outside it are refused.
 
     Returns:
         The pairs, in input order.
 
     Raises:
         ValueError: If none or an incomplete triple is given, or ``limit`` < 1; `AlignmentError` for a pair
-            that cannot be aligned; `jaxmech.data.records.DataError` for a malformed file.
+            that cannot be aligned; `jaxmech.data.records.DataError` for a malformed file; ValueError for a
+            dataset built with another tokenizer (`check_dataset_tokenizer`) or a token id outside ``vocab_size``.
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     if dataset:
         from jaxmech.data.records import read_dataset
 
-        _, records = read_dataset(dataset)
+        header, records = read_dataset(dataset)
+        check_dataset_tokenizer(header, tokenizer, source=dataset)
+        if vocab_size is not None:
+            check_vocabulary(records[:limit], vocab_size)
         return model_pairs(records[:limit], tokenizer, pair_input=pair_input)
     if triples:
         rows = read_triples(triples)[:limit]
@@ -225,5 +279,6 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
     return [align_texts_with_filler(tokenizer, b, p, name=name, query=q) for name, q, b, p in rows]
 
 
-__all__ = ["PairBatch", "batch_pairs", "check_pair", "model_pairs", "read_pairs",
+__all__ = ["PairBatch", "batch_pairs", "check_dataset_tokenizer", "check_pair", "check_vocabulary", "model_pairs",
+           "read_pairs",
            "read_triples", "reverse_batch"]

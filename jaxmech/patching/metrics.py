@@ -4,7 +4,10 @@
 * ``"difference"``: ``patched - baseline``.
 * ``"normalized"``: the paper's ``(patched - baseline) / (perturbed - baseline)``: 0 = no effect, 1 = the
   patch restores the perturbed score. Pairs whose denominator is smaller than ``min_denominator`` in
-  absolute value are **flagged and counted**, and their effects are NaN rather than a huge ratio.
+  absolute value are **flagged and counted**, and their effects are NaN rather than a huge ratio. The absolute
+  threshold does not follow the scores' scale (cosine similarities vs logits), so ``relative_min_denominator``
+  adds a scale-aware rule: also flag pairs whose ``|perturbed - baseline|`` is below that fraction of the
+  median ``|perturbed - baseline|`` over the pairs (`relative_denominator_flags`).
 * ``"rank_change"``: how many places the pair's document moves within its candidate list when patched
   (positive = up), given the other candidates' unpatched scores.
 * any callable ``f(patched, baseline, perturbed) -> array`` of the same shape as ``patched``.
@@ -55,16 +58,51 @@ def _expand(x: np.ndarray, ndim: int) -> np.ndarray:
     return np.asarray(x).reshape(-1, *([1] * (ndim - 1)))
 
 
-def normalized_effect(patched, baseline, perturbed, *, min_denominator: float = 1e-3) -> MetricResult:
+def relative_denominator_flags(baseline, perturbed, fraction: float, *,
+                               among: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The scale-aware near-zero-denominator rule.
+
+    Args:
+        baseline: ``[pair]`` baseline scores.
+        perturbed: ``[pair]`` perturbed scores.
+        fraction: Flag pairs whose ``|perturbed - baseline|`` is below ``fraction`` times the spread.
+        among: ``[pair]`` pairs that define the spread (default: all; NaN scores are ignored).
+
+    Returns:
+        ``(flagged, threshold)``: ``flagged`` is ``[pair]``; ``threshold`` is ``fraction`` times the spread,
+        the median of ``|perturbed - baseline|`` over the pairs (NaN, flagging nothing, when there are none).
+
+    Raises:
+        ValueError: If ``fraction`` is negative.
+    """
+    if not fraction >= 0:
+        raise ValueError(f"the relative minimum denominator must be >= 0, got {fraction}")
+    d = np.abs(np.asarray(perturbed, np.float64) - np.asarray(baseline, np.float64))
+    ref = d if among is None else d[np.asarray(among, bool)]
+    ref = ref[np.isfinite(ref)]
+    threshold = fraction * float(np.median(ref)) if ref.size else float("nan")
+    with np.errstate(invalid="ignore"):
+        return d < threshold, threshold
+
+
+def normalized_effect(patched, baseline, perturbed, *, min_denominator: float = 1e-3,
+                      relative_min_denominator: float | None = None) -> MetricResult:
     """``(patched - baseline) / (perturbed - baseline)``, flagging pairs with ``|perturbed - baseline|`` below
-    ``min_denominator``."""
+    ``min_denominator``, and with ``relative_min_denominator`` also those below that fraction of the median
+    ``|perturbed - baseline|`` of these pairs (`relative_denominator_flags`)."""
     patched = np.asarray(patched, np.float64)
     denom = np.asarray(perturbed, np.float64) - np.asarray(baseline, np.float64)
     flagged = np.abs(denom) < min_denominator
+    reason = f"|perturbed - baseline| < {min_denominator}" if flagged.any() else ""
+    if relative_min_denominator is not None:
+        relative, threshold = relative_denominator_flags(baseline, perturbed, relative_min_denominator)
+        if (relative & ~flagged).any():
+            reason = f"|perturbed - baseline| < max({min_denominator}, {relative_min_denominator} x median) = " \
+                     f"{max(min_denominator, threshold):.3g}"
+        flagged = flagged | relative
     safe = np.where(flagged, 1.0, denom)
     values = (patched - _expand(baseline, patched.ndim)) / _expand(safe, patched.ndim)
     values[flagged] = np.nan
-    reason = f"|perturbed - baseline| < {min_denominator}" if flagged.any() else ""
     return MetricResult(values.astype(np.float32), flagged, reason)
 
 

@@ -21,8 +21,10 @@ from jaxtyping import Float
 
 from jaxmech.patching.families import get_family
 
-# The keys of the `meta` JSON stored in an .npz file, in file order.
-FILE_META_KEYS = ("model", "kind", "metric", "method", "reverse", "receivers", "receiver_input", "precision", "device")
+# The keys of the `meta` JSON stored in an .npz file, in file order (the last three only when set: a scale-aware
+# denominator rule or a robust aggregate, see `jaxmech.patching.run.run_patching`).
+FILE_META_KEYS = ("model", "kind", "metric", "method", "reverse", "receivers", "receiver_input", "precision", "device",
+                  "relative_min_denominator", "relative_denominator_threshold", "aggregate")
 
 
 def canonical_to_layout(out: Float[np.ndarray, "pair layer pos head"], layout: str) -> np.ndarray:
@@ -82,7 +84,8 @@ class PatchingResult:
             denominator), ``done`` (computed; False after a stop between chunks), ``token_types`` (list per
             pair, or None when unknown).
         meta: ``model``, ``kind``, ``metric``, ``method``, ``reverse``, ``receivers``, ``receiver_input``,
-            ``families``, ``min_denominator``, ``seconds``, ``stopped``.
+            ``families``, ``min_denominator``, ``seconds``, ``stopped``; with the options,
+            ``relative_min_denominator``, ``relative_denominator_threshold``, ``aggregate``.
         by_type: Per position-resolved family with token types: ``[..., n_types]`` mean effect by token type.
         token_type_names: The type names of ``by_type``'s last axis.
         token_type_pair_counts: ``[n_types]`` pairs that have each type (of the last such family).

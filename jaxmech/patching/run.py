@@ -56,6 +56,84 @@ class Progress:
     seconds: float
 
 
+class PatchInterrupted(Exception):
+    """A run stopped by SIGINT (Ctrl-C) between chunks; nothing was saved.
+
+    Attributes:
+        progress: The last `Progress` reported (None if no chunk finished).
+    """
+
+    def __init__(self, progress: Progress | None):
+        done = f"{progress.pairs_done}/{progress.pairs_total} pairs" if progress else "no chunk"
+        super().__init__(f"interrupted after {done} finished; nothing was saved")
+        self.progress = progress
+
+
+class InterruptibleProgress:
+    """A `run_patching` progress callback that shows a bar and stops the run on SIGINT.
+
+    Use as a context manager: it installs a SIGINT handler for its duration only (in the main thread; elsewhere
+    none), which sets ``interrupted``; the callback then returns False so `run_patching` stops after the chunk
+    in progress. A second SIGINT raises `KeyboardInterrupt` at once. The previous handler is restored on exit.
+
+    Args:
+        inner: Another callback, called first (its falsy non-None answer also stops the run).
+        bar: Show progress (pairs done, ETA) on stderr with `jaxmech.sweeps.progress.Progress`: a tqdm bar on a
+            terminal, else one line per chunk.
+        prefix: The bar's label.
+        sigint: Install the SIGINT handler (False: a progress bar only).
+    """
+
+    def __init__(self, inner: Callable[[Progress], bool | None] | None = None, *, bar: bool = False,
+                 prefix: str = "patch", sigint: bool = True):
+        self.inner, self.show, self.prefix, self.sigint = inner, bar, prefix, sigint
+        self.interrupted = False
+        self.last: Progress | None = None
+        self._bar = None
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def __enter__(self) -> InterruptibleProgress:
+        import signal
+        import threading
+
+        if self.sigint and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, event: Progress) -> bool | None:
+        if self.show:
+            import sys
+
+            from jaxmech.sweeps.progress import Progress as Bar
+
+            if self._bar is None:
+                self._bar = Bar(event.pairs_total, event.pairs_total, quiet=not sys.stderr.isatty(),
+                                prefix=self.prefix, log_every=0.0, unit="pair")
+                self._bar.started_earlier(event.seconds)  # the rate and ETA count the first chunk's time
+            done = self.last.pairs_done if self.last else 0
+            self._bar.update(event.pairs_done - done, event.pairs_done - done)
+        self.last = event
+        answer = self.inner(event) if self.inner is not None else None
+        if self.interrupted:
+            return False
+        return answer
+
+
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
                   receivers: Sequence[str] | None = None, receiver_input: str = "k",
                   model_shape: tuple[int, int] | None = None, precision: str | None = None) -> list[Family]:
@@ -154,6 +232,8 @@ def run_patching(
     receiver_input: str = "k",
     chunk_size: int | None = None,
     min_denominator: float = 1e-3,
+    relative_min_denominator: float | None = None,
+    aggregate: str = "mean",
     pairs_per_chunk: int | None = None,
     steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
@@ -177,7 +257,13 @@ def run_patching(
         receivers: Receiver heads ``"LAYER.HEAD"`` for path families that need them.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         chunk_size: Sites per vmapped step (default: from free device memory).
-        min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this.
+        min_denominator: Normalized metric: flag pairs with ``|perturbed - baseline|`` below this (absolute).
+        relative_min_denominator: Normalized metric, scale-aware: also flag pairs with ``|perturbed - baseline|``
+            below this fraction of its median over the pairs run (e.g. 0.1; see
+            `jaxmech.patching.metrics.relative_denominator_flags`); the threshold is in ``meta``. None: only the
+            absolute rule.
+        aggregate: How ``by_type`` aggregates pairs: ``"mean"`` (default), ``"median"`` or ``"trimmed"`` (see
+            `jaxmech.analysis.aggregate.over_pairs`); `summarize` ranks ``top_heads`` the same way.
         precision: Matmul precision, a name of `jaxmech.runtime.PRECISIONS` (keyword; default ``"fp32"``, or an
             enclosing call's); checked before anything runs and recorded in ``meta["precision"]``.
         pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
@@ -200,14 +286,22 @@ def run_patching(
     import jax.numpy as jnp
 
     from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
-    from jaxmech.patching.inputs import batch_pairs
-    from jaxmech.patching.metrics import apply_metric
+    from jaxmech.analysis.aggregate import STATISTICS
+    from jaxmech.patching.inputs import batch_pairs, check_vocabulary
+    from jaxmech.patching.metrics import apply_metric, relative_denominator_flags
     from jaxmech.tokenizer import bucket_length
 
     fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input)
     if not pairs:
         raise ValueError("no pairs to patch")
+    if aggregate not in STATISTICS:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {STATISTICS}")
+    if relative_min_denominator is not None and not relative_min_denominator >= 0:
+        raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
     model, tok = lm.model, lm.tokenizer
+    vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
+        check_vocabulary(pairs, vocab_size)
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -229,7 +323,7 @@ def run_patching(
     stopped = False
     for k, (T, idx) in enumerate(chunks):
         batch = batch_pairs([pairs[i] for i in idx], pad_id=tok.pad_id, max_length=tok.max_length, length=T,
-                            n_pairs=pairs_per_chunk)
+                            n_pairs=pairs_per_chunk, vocab_size=vocab_size)
         n = len(idx)
         qe = None
         if not model.pair_input:  # the patched run is the document's; the score compares with the query's
@@ -256,6 +350,13 @@ def run_patching(
                 stopped = True
                 break
     elapsed = time.perf_counter() - t0
+    relative_threshold = None
+    if metric == "normalized" and relative_min_denominator is not None:  # needs every pair's denominator
+        small, relative_threshold = relative_denominator_flags(score_b, score_p, relative_min_denominator, among=done)
+        small &= done & ~flagged
+        for a in effects.values():
+            a[small] = np.nan
+        flagged |= small
     # Pairs with nothing to patch (no aligned position), or no defined result in any family: flagged and NaN.
     empty = np.array([not any(m >= 0 for m in p.position_map) for p in pairs])
     all_nan = done & np.all([np.isnan(a.reshape(len(pairs), -1)).all(1) for a in effects.values()], axis=0)
@@ -275,7 +376,7 @@ def run_patching(
         for fam in fams:
             if "p" in fam.full_layout:
                 mean, counts = mean_by_token_type(effects[fam.name], token_types,
-                                                  pos_axis=1 + fam.full_layout.index("p"))
+                                                  pos_axis=1 + fam.full_layout.index("p"), statistic=aggregate)
                 by_type[fam.name] = mean.astype(np.float32)
     meta: dict[str, Any] = {
         "model": str(lm.folder), "kind": lm.kind, "metric": metric, "method": method, "reverse": reverse,
@@ -284,6 +385,11 @@ def run_patching(
         "precision": runtime.resolve_precision(None), "device": runtime.describe_device(),
         "compilation_cache": runtime.compilation_cache_status(),
     }
+    if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
+        meta["relative_min_denominator"] = relative_min_denominator
+        meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
+    if aggregate != "mean":
+        meta["aggregate"] = aggregate
     return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
                           TOKEN_TYPE_ORDER if by_type else (), counts)
 
@@ -300,15 +406,17 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
+def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = None) -> dict[str, Any]:
     """The summary ``jaxmech patch`` prints (strict JSON: non-finite numbers are ``null``).
 
     Pairs, the metric, result shapes and axes, the first scores, flagged pairs, seconds, and for
-    ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs; ``warnings``
-    when no pair gave a result.
+    ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs (or the
+    ``aggregate`` statistic, default ``meta["aggregate"]`` or ``"mean"``; see
+    `jaxmech.analysis.aggregate.over_pairs`); ``warnings`` when no pair gave a result.
     """
     from jaxmech.analysis import top_heads
 
+    statistic = aggregate or res.meta.get("aggregate", "mean")
     arrays = res.arrays()
     flagged, no_result = res.pairs["flagged"], res.pairs.get("no_result", np.zeros(res.n_pairs, bool))
     summary: dict[str, Any] = {
@@ -325,7 +433,8 @@ def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
     for fam in res.families:
         if res.axes[fam][1:] == ("layer", "head"):  # rank heads by their mean effect over pairs
             summary.setdefault("top_heads", {})[fam] = [
-                [name, None if not np.isfinite(v) else round(v, 4)] for name, v in top_heads(res.effects[fam], top_k)]
+                [name, None if not np.isfinite(v) else round(v, 4)]
+                for name, v in top_heads(res.effects[fam], top_k, statistic=statistic)]
     summary.update(
         kind=res.meta["kind"],
         metric={"name": res.meta["metric"], "definition": METRIC_DEFINITIONS[res.meta["metric"]]},
@@ -333,8 +442,9 @@ def summarize(res: PatchingResult, *, top_k: int = 5) -> dict[str, Any]:
         flagged_no_result=[n for n, x in zip(res.pairs["name"], no_result, strict=True) if x][:10],
     )
     if "top_heads" in summary:
-        summary["top_heads_statistic"] = (f"top {top_k} heads by the mean {res.meta['metric']} effect over unflagged "
-                                          "pairs (null: no pair gave a value)")
+        stat = {"mean": "mean", "median": "median", "trimmed": "10%-trimmed mean"}[statistic]
+        summary["top_heads_statistic"] = (f"top {top_k} heads by the {stat} {res.meta['metric']} effect over "
+                                          "unflagged pairs (null: no pair gave a value)")
     if res.meta["kind"] == "bi":
         summary["note"] = ("bi-encoder: the patched run is the document alone ([CLS] d [SEP]); query positions are "
                            "not patched and the score is the similarity to the query's embedding")
@@ -362,6 +472,8 @@ def patch(
     max_length: int | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    show_progress: bool = False,
+    stop_on_sigint: bool = False,
     **options,
 ) -> PatchingResult:
     """Loads a model, reads pairs, runs `run_patching` and saves the result: ``jaxmech patch`` in one call.
@@ -381,6 +493,9 @@ def patch(
         out: Where to save the ``.npz`` (not saved if None); checked before the model is loaded.
         overwrite: Replace an existing ``out`` (else an existing file is refused, and a file another process
             writes meanwhile is kept and this result saved next to it).
+        show_progress: Show progress per chunk (pairs done, ETA) on stderr (`InterruptibleProgress`).
+        stop_on_sigint: While the pairs run, SIGINT (Ctrl-C) stops the run after the chunk in progress, saves
+            nothing and raises `PatchInterrupted`.
         **options: Passed to `run_patching` (``method``, ``metric``, ``reverse``, ``receivers``, ...).
 
     Returns:
@@ -389,9 +504,12 @@ def patch(
     Raises:
         ValueError, FileNotFoundError, FileExistsError, UnknownFamilyError: Bad arguments, before the model
             is loaded (see `check_request`, `check_output`).
+        PatchInterrupted: With ``stop_on_sigint``, after a SIGINT (nothing saved).
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
+    if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
+        raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
                      if k in options})
@@ -406,8 +524,16 @@ def patch(
     lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,
                     require_tokenizer=True)
     pairs = read_pairs(lm.tokenizer, pair_input=lm.model.pair_input, dataset=dataset, triples=triples, query=query,
-                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit)
-    res = run_patching(lm, pairs, families, **options)
+                       baseline_doc=baseline_doc, perturbed_doc=perturbed_doc, limit=limit,
+                       vocab_size=getattr(getattr(lm.model, "cfg", None), "d_vocab", None))
+    if show_progress or stop_on_sigint:
+        tracker = InterruptibleProgress(options.pop("progress", None), bar=show_progress, sigint=stop_on_sigint)
+        with tracker:
+            res = run_patching(lm, pairs, families, progress=tracker, **options)
+        if tracker.interrupted:
+            raise PatchInterrupted(tracker.last)
+    else:
+        res = run_patching(lm, pairs, families, **options)
     if out is not None:
         try:
             res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))

@@ -72,6 +72,7 @@ class Progress:
         done_runs / done_pairs: Already done (resumed).
         quiet: No bar; a plain line at most every ``log_every`` seconds (for logs).
         prefix: Label (e.g. the process index).
+        unit: What ``total_runs`` counts (``"run"``: patched runs; ``jaxmech patch`` counts ``"pair"``s).
     """
 
     def __init__(
@@ -84,10 +85,11 @@ class Progress:
         quiet: bool = False,
         prefix: str = "sweep",
         log_every: float = 60.0,
+        unit: str = "run",
     ):
         self.total_runs, self.total_pairs = total_runs, total_pairs
         self.runs, self.pairs = done_runs, done_pairs
-        self.quiet, self.prefix, self.log_every = quiet, prefix, log_every
+        self.quiet, self.prefix, self.log_every, self.unit = quiet, prefix, log_every, unit
         self.t0 = time.perf_counter()
         self._start_runs = done_runs
         self._last_log = self.t0
@@ -98,7 +100,7 @@ class Progress:
             self.bar = tqdm(
                 total=total_runs,
                 initial=done_runs,
-                unit="run",
+                unit=unit,
                 unit_scale=True,
                 desc=prefix,
                 dynamic_ncols=True,
@@ -128,12 +130,22 @@ class Progress:
             rate = self.rate()
             left = (self.total_runs - self.runs) / rate if rate > 0 else float("nan")
             eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left == left else "?"
+            what = "patched runs" if self.unit == "run" else f"{self.unit}s"
+            counted = "" if self.unit == "pair" else f", {self.runs}/{self.total_runs} {what}"
+            speed = f"{rate:.0f}" if self.unit == "run" else f"{rate:.3g}"
             print(
-                f"{self.prefix}: {self._pairs_text()}, {self.runs}/{self.total_runs} patched runs, "
-                f"{rate:.0f} runs/s, ETA {eta}",
+                f"{self.prefix}: {self._pairs_text()}{counted}, {speed} {self.unit}s/s, ETA {eta}",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def started_earlier(self, seconds: float) -> None:
+        """Counts ``seconds`` before this object was made as elapsed (rate and ETA include work done before)."""
+        self.t0 -= seconds
+        self._last_log -= seconds
+        if self.bar is not None:
+            self.bar.start_t -= seconds
+            self.bar.last_print_t -= seconds
 
     def close(self) -> None:
         if self.bar is not None:
