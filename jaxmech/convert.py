@@ -277,7 +277,10 @@ def from_hf_state_dict(
         problems.append(f"{hf_key}: missing from the checkpoint (needed for {'.'.join(rule.param)})")
     if problems:
         listing = "\n  ".join(problems)
-        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  {listing}")
+        head_missing = any(rule.param in head_params and hf_key not in state for hf_key, rule, _ in rows)
+        hint = ("\n  (an encoder-only checkpoint has no classifier head: --init-head-seed S, or "
+                "init_missing_head_seed=S from Python, builds a seeded one and reports it)" if head_missing else "")
+        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  {listing}{hint}")
 
     for param, layers in per_layer.items():
         values[param] = np.stack(layers)

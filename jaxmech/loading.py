@@ -220,7 +220,8 @@ def detect_kind(folder: Path, hf_config: dict) -> str:
         return "bi"
     raise ValueError(
         f"{folder}: cannot tell whether this is a cross-encoder or a bi-encoder (architectures={archs}, no "
-        f"modules.json); pass kind='cross' (with init_missing_head_seed for an encoder-only checkpoint) or 'bi'"
+        f"modules.json); pass --kind cross (with --init-head-seed S for an encoder-only checkpoint) or --kind bi "
+        f"(from Python: kind='cross', init_missing_head_seed=S, or kind='bi')"
     )
 
 

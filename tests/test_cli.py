@@ -275,3 +275,27 @@ def test_patch_relative_min_denominator_and_aggregate_options(capsys, tmp_path, 
     meta = json.loads(str(np.load(out_file)["meta"]))
     assert meta["aggregate"] == "trimmed" and meta["relative_min_denominator"] == 0.5
     assert meta["relative_denominator_threshold"] > 0
+
+
+def test_patch_results_describe_their_inputs_and_a_seeded_head(capsys, tmp_path, minilm_path):
+    """The saved meta names the jaxmech version, the input file and its sha256, the maximum length, the head
+    seed and the freshly initialised parameters, so a result on a random head does not look like a trained
+    cross-encoder's."""
+    import hashlib
+
+    triples = tmp_path / "t.tsv"
+    triples.write_text(f"{Q}\t{D0}\t{D1}\n")
+    out_file = tmp_path / "r.npz"
+    code, _, err = run(capsys, "patch", "--model", str(minilm_path), "--kind", "cross", "--init-head-seed", "3",
+                       "--triples", str(triples), "--family", "path_to_score", "--out", str(out_file))
+    assert code == 0, err
+    meta = json.loads(str(np.load(out_file)["meta"]))
+    assert meta["input"] == str(triples)
+    assert meta["input_sha256"] == hashlib.sha256(triples.read_bytes()).hexdigest()
+    assert meta["init_head_seed"] == 3 and meta["max_length"] > 0 and meta["jaxmech_version"]
+    assert set(meta["initialized"]) == {"classifier.W", "classifier.b"}  # the checkpoint has a pooler
+
+
+def test_an_encoder_only_checkpoint_as_cross_encoder_suggests_the_head_seed(capsys, minilm_path):
+    code, _, err = run(capsys, "score", "--model", str(minilm_path), "--kind", "cross", "--query", Q, "--doc", D0)
+    assert code == 2 and "--init-head-seed" in err

@@ -457,6 +457,31 @@ def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = No
     return summary
 
 
+
+def _inputs_meta(lm, *, dataset, triples, max_length, init_head_seed) -> dict[str, Any]:
+    """What `patch` read, so a saved result describes itself: the jaxmech version, the input file and its
+    sha256, the tokenizer's maximum length, the head seed and the conversion report's freshly initialised
+    parameters (non-empty means part of the model was not in the checkpoint)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        jaxmech_version = version("jaxmech")
+    except PackageNotFoundError:
+        jaxmech_version = None
+    source = dataset if dataset is not None else triples
+    sha = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source is not None else None
+    report = getattr(lm, "report", None)
+    return {
+        "jaxmech_version": jaxmech_version,
+        "input": None if source is None else str(source),
+        "input_sha256": sha,
+        "max_length": getattr(lm.tokenizer, "max_length", max_length),
+        "init_head_seed": init_head_seed,
+        "initialized": list(getattr(report, "initialized", []) or []),
+    }
+
+
 def patch(
     model: str | os.PathLike,
     families: Sequence[str],
@@ -534,6 +559,8 @@ def patch(
             raise PatchInterrupted(tracker.last)
     else:
         res = run_patching(lm, pairs, families, **options)
+    res.meta.update(_inputs_meta(lm, dataset=dataset, triples=triples, max_length=max_length,
+                                 init_head_seed=init_head_seed))
     if out is not None:
         try:
             res.meta["out"] = str(res.save(Path(out), overwrite=overwrite))
