@@ -407,6 +407,7 @@ class SweepSummary:
         complete: Whether every chunk of the run is complete.
         timings: Seconds (total, plan, compute, compile, ...) and counts.
         steps: Outputs of the analysis/report steps.
+        model: The model and what was patched (a bi-encoder's document side only), for the summary line.
     """
 
     out: Path
@@ -417,6 +418,7 @@ class SweepSummary:
     complete: bool
     timings: dict
     steps: dict = dataclasses.field(default_factory=dict)
+    model: str = ""
 
     def line(self) -> str:
         """The one-line summary printed at the end."""
@@ -427,7 +429,8 @@ class SweepSummary:
             f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
             f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s, "
             f"{t['xla_compiles']} XLA compiles) "
-            f"-> {self.out}"
+            + (f"on {self.model}, {t.get('device', '?')} " if self.model else "")
+            + f"-> {self.out}"
         )
 
 
@@ -610,7 +613,9 @@ def run_sweep(
                 steps = run_steps(cfg, out, log)
         else:
             complete = not (set(range(len(chunks))) - store.done_chunks())
-    return SweepSummary(out, plan.n_pairs, list(fams), len(todo), len(mine) - len(todo), complete, timings, steps)
+    patched = "cross-encoder" if lm.kind == "cross" else "bi-encoder: document side patched, query fixed"
+    return SweepSummary(out, plan.n_pairs, list(fams), len(todo), len(mine) - len(todo), complete, timings, steps,
+                        model=f"{cfg.model.path} ({patched})")
 
 
 def _peak_rss_mb() -> float:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -228,9 +227,9 @@ def _trim_metrics(path: Path, step: int) -> None:
             continue  # a line cut by a kill
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    from jaxmech.files import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in keep)))
 
 
 def _log_default(msg: str) -> None:
