@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# One fresh jaxmech cache (converted parameters and JAX's persistent compilation cache) for the test session,
+# set before jaxmech is imported: the user's ~/.cache/jaxmech may hold programs compiled by other jaxlib
+# builds or XLA flags, and reading such an entry back crashed XLA:CPU (a segmentation fault in
+# compilation_cache.get_executable_and_time) on a machine whose cache was shared by many processes.
+os.environ.setdefault("JAXMECH_CACHE", tempfile.mkdtemp(prefix="jaxmech-test-cache-"))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may download
 
