@@ -160,7 +160,7 @@ _CACHE_CHILD = textwrap.dedent(
 
 
 def _child(env_extra: dict, order: str = "jax-first") -> dict:
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **env_extra}
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "JAXMECH_COMPILATION_CACHE": "1", **env_extra}
     for k in (
         "JAX_COMPILATION_CACHE_DIR",
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",

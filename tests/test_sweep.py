@@ -75,6 +75,7 @@ def env(tmp_path_factory) -> dict:
         **os.environ,
         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "JAXMECH_CACHE": str(cache),
+        "JAXMECH_COMPILATION_CACHE": "1",  # the suite turns it off in-process (tests/conftest.py)
         "HF_HUB_OFFLINE": "1",
     }
     os.environ["JAXMECH_CACHE"] = str(cache)  # the in-process runs share it
