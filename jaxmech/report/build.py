@@ -282,6 +282,13 @@ def family_numbers(source: ResultsSource) -> dict:
     return out
 
 
+RUN_KEYS = ("path", "model", "weights_hash", "kind", "n_layers", "n_heads", "dataset", "dataset_hash", "n_pairs",
+            "n_flagged", "metric", "method", "receivers", "receiver_input", "precision", "jaxmech_version",
+            "families", "analyses")
+"""The run summary's rows, in the order the page's Run table lists them."""
+_HTML_ONLY_RUN_KEYS = ("receivers", "receiver_input", "families", "analyses")  # report.md lists the rest
+
+
 def analysis_numbers(source: ResultsSource) -> dict:
     """The headline numbers of each analysis (scalars only)."""
     out = {}
@@ -472,26 +479,7 @@ def render_html(
     if skipped:
         h.append("<p class='muted'>Not drawn: " + "; ".join(_e(s) for s in skipped) + "</p>")
     h.append('<h2 id="run">Run</h2><table><tbody>')
-    for k in (
-        "path",
-        "model",
-        "weights_hash",
-        "kind",
-        "n_layers",
-        "n_heads",
-        "dataset",
-        "dataset_hash",
-        "n_pairs",
-        "n_flagged",
-        "metric",
-        "method",
-        "receivers",
-        "receiver_input",
-        "precision",
-        "jaxmech_version",
-        "families",
-        "analyses",
-    ):
+    for k in RUN_KEYS:
         v = summary.get(k)
         h.append(
             f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v) if not isinstance(v, list) else ', '.join(map(str, v)))}</td></tr>"
@@ -548,22 +536,9 @@ def render_markdown(
     for f in figures:
         md += [f"### {f.title}", "", f"![{f.title}](figures/{f.id.removeprefix('fig-')}.png)", "", f.caption, ""]
     md += ["## Run", ""]
-    for k in (
-        "path",
-        "model",
-        "weights_hash",
-        "kind",
-        "n_layers",
-        "n_heads",
-        "dataset",
-        "dataset_hash",
-        "n_pairs",
-        "n_flagged",
-        "metric",
-        "method",
-        "precision",
-        "jaxmech_version",
-    ):
+    for k in RUN_KEYS:
+        if k in _HTML_ONLY_RUN_KEYS:
+            continue
         md.append(f"- **{k}**: {_fmt(summary.get(k))}")
     for k in ("device", "timings", "config"):
         v = summary.get(k)
