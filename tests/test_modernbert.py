@@ -302,3 +302,40 @@ def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_
                                atol=PARITY_ATOL, rtol=0)
     with pytest.raises(UnsupportedConfigError, match="model_type='modernbert'.*load_modernbert"):
         load_model(tmp_path)
+
+
+def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers(tmp_path):
+    """A local byte-level BPE tokenizer saved as ModernBERT's (``[CLS] q [SEP] d [SEP]``, special tokens at the
+    end of the vocabulary, no token types): `load_modernbert` reads its pair layout and scores padded pairs as
+    ``transformers`` does with ``AutoTokenizer`` on the same folder, truncation included."""
+    from arch_checkpoints import modernbert_tokenizer
+    from transformers import AutoTokenizer
+
+    from jaxmech.modernbert import load_modernbert
+
+    hf_tok = modernbert_tokenizer(tmp_path)
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    sizes = dict(TINY, vocab_size=len(hf_tok), pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
+                 sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"])
+    build(sizes, bias=False, pooling="mean", seed=8).save_pretrained(tmp_path)
+    model, tok = load_modernbert(tmp_path)
+    assert (tok.cls_id, tok.sep_id, tok.pad_id) == (ids["[CLS]"], ids["[SEP]"], ids["[PAD]"])
+    assert tok.format.middle == (ids["[SEP]"],) and tok.format.n_special == 3
+    queries = ["what is the capital of france", "a cat", "how many people live in paris"]
+    docs = ["paris is the capital and largest city of france", "a cat sat on a mat",
+            "the population of france is about sixty eight million a lazy afternoon"]
+    hf = build(sizes, bias=False, pooling="mean", seed=8)
+    ref_tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    for max_length in (64, 16):  # 16 truncates the longer pairs (longest_first)
+        tok.max_length = max_length
+        enc = tok.encode_pairs(queries, docs)
+        ref = ref_tok(queries, docs, padding=True, truncation="longest_first", max_length=max_length,
+                      return_tensors="pt")
+        T = ref["input_ids"].shape[1]
+        np.testing.assert_array_equal(enc.input_ids[:, :T], ref["input_ids"].numpy())
+        assert (enc.input_ids[:, T:] == ids["[PAD]"]).all() and bool(enc.truncations) == (max_length == 16)
+        ours = np.asarray(model(*map(jnp.asarray, enc.arrays)).score)
+        with torch.no_grad():
+            theirs = hf(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).logits[:, 0].numpy()
+        np.testing.assert_allclose(ours, theirs, atol=PARITY_ATOL, rtol=0)
+    assert np.ptp(theirs) > 1e-3, "the pairs must get different scores"
