@@ -32,6 +32,7 @@ import contextlib
 import numpy as np
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 _IMPL = "jaxmech_reference"
 
@@ -50,6 +51,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 AttentionInterface.register(_IMPL, _attention)
+# transformers builds the additive padding (and sliding-window) mask only for attention implementations with a
+# registered mask function; without this line ``attention_mask`` arrives as None and padding keys are attended.
+AttentionMaskInterface.register(_IMPL, eager_mask)
 
 
 class TorchPatcher:
