@@ -18,7 +18,8 @@ QUERIES = ["what is the capital of france", "a cat", "how many people live in pa
 DOCS = ["paris is the capital and largest city of france", "a cat sat on a mat",
         "the population of france is about sixty eight million a lazy afternoon"]
 FILLER_PIECE = {"electra": "a", "roberta": "Ġa", "xlm-roberta": "▁a", "modernbert": "Ġa"}
-LAYOUT = {"electra": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)), "modernbert": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
+LAYOUT = {"electra": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
+          "modernbert": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
           "roberta": ("<s>", "</s></s>", "</s>", (0,) * 5), "xlm-roberta": ("<s>", "</s></s>", "</s>", (0,) * 5)}
 
 

@@ -65,10 +65,15 @@ class TorchPatcher:
         cfg = hf_model.config
         self.L, self.H = cfg.num_hidden_layers, cfg.num_attention_heads
         self.dh = cfg.hidden_size // cfg.num_attention_heads
-        self.layers = hf_model.base_model.encoder.layer  # BERT, ELECTRA, RoBERTa, XLM-R trunks
+        self.layers = self._trunk_layers(hf_model)
         self.device = next(hf_model.parameters()).device
 
     # -- where the sites are (overridden for ModernBERT) -----------------------------------------------------------
+    @staticmethod
+    def _trunk_layers(hf_model):
+        """The transformer blocks (BERT, ELECTRA, RoBERTa, XLM-R trunks)."""
+        return hf_model.base_model.encoder.layer
+
     def _attn(self, l):
         """The module the attention function receives (it holds the pattern hook)."""
         return self.layers[l].attention.self
@@ -319,9 +324,9 @@ class ModernBertTorchPatcher(TorchPatcher):
       from eager's mask function, registered for it above).
     """
 
-    def __init__(self, hf_model):
-        super().__init__(hf_model)
-        self.layers = hf_model.model.layers
+    @staticmethod
+    def _trunk_layers(hf_model):
+        return hf_model.model.layers
 
     def _attn(self, l):
         return self.layers[l].attn
