@@ -19,8 +19,9 @@ LayerNorm and the classifier.
 
 Sites are `MODERNBERT_SITES`; names follow TransformerLens where it has them (``rot_q`` / ``rot_k``: queries and
 keys after the rotation; ``mlp_pre_linear``: the gate). This module gives the forward, capture and
-interventions at every site, and strict conversion; the restarted patching engine (`jaxmech.patching`) is
-written for the post-LN `jaxmech.model.Block` and does not run ModernBERT blocks yet.
+interventions at every site, strict conversion, and the restart the patching engine needs (`run_from`: blocks
+from ``l`` on the cached ``resid_pre[l]``; `project`: a block's q/k/v from its input); the patching families
+run on it through `jaxmech.patching.modernbert`.
 """
 
 from __future__ import annotations
@@ -714,8 +715,8 @@ def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
 def load_modernbert(path_or_id, *, score_label: int = 0):
     """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
     (a `jaxmech.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
-    files. `jaxmech.loading.load_model` refuses ModernBERT because the restarted patching engine does not run
-    its blocks.
+    files. `jaxmech.loading.load_model` refuses ModernBERT (its CLI paths expect the post-LN encoder); patch it
+    from Python with `jaxmech.patching.modernbert.modernbert_patch` or any `Family.run`.
 
     Raises:
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.
