@@ -172,3 +172,33 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
         get_family("head_by_pos_z").run(model, batch, method="attribution")
     with pytest.raises(ValueError, match="receiver head 9.0 is out of range"):
         modernbert_patch(model, batch, "path_to_heads", receivers=["9.0"])
+
+
+def test_run_patching_runs_a_modernbert_folder_with_its_tokenizer(tmp_path):
+    """End to end through `run_patching` (length buckets, metric) on a ModernBERT folder with a local BPE
+    tokenizer: filler-aligned text triples (filler ``Ġa``), activation and path families; the raw patched
+    scores equal `modernbert_patch` on the same batch."""
+    from arch_checkpoints import modernbert_tokenizer
+
+    from jaxmech.convert import ConversionReport
+    from jaxmech.data.align import align_with_filler
+    from jaxmech.loading import LoadedModel
+    from jaxmech.modernbert import load_modernbert
+    from jaxmech.patching.run import run_patching
+
+    hf_tok = modernbert_tokenizer(tmp_path)
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    sizes = dict(TINY, vocab_size=len(hf_tok), pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
+                 sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"])
+    build(sizes, bias=False, pooling="cls", seed=12, init=0.2).save_pretrained(tmp_path)
+    model, tok = load_modernbert(tmp_path)
+    triples = [("what is the capital of france", "paris is a city", "paris is a city of france"),
+               ("a cat", "a cat sat on a mat", "a cat sat on a mat a cat")]
+    pairs = [align_with_filler(tok, *t, name=f"t{i}") for i, t in enumerate(triples)]
+    lm = LoadedModel(model, tok, tmp_path, "cross", ConversionReport())
+    res = run_patching(lm, pairs, ["head_all_pos_v", "path_to_score"], metric="raw")
+    batch = batch_pairs(pairs, pad_id=tok.pad_id, max_length=tok.max_length)
+    for fam in ("head_all_pos_v", "path_to_score"):
+        np.testing.assert_allclose(res.raw[fam], modernbert_patch(model, batch, fam).patched, atol=ENGINE_ATOL,
+                                   rtol=0)
+    assert np.isfinite(res.raw["path_to_score"]).all()
