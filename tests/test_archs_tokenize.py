@@ -91,6 +91,7 @@ def test_document_only_keeps_the_document_in_the_tokenizers_single_text_layout(t
     becomes ``[CLS] d [SEP]``; the position map follows the document tokens, also when they are shifted."""
     from jaxmech.data.align import align_with_filler, document_only
     from jaxmech.data.records import AlignedPair
+    from jaxmech.patching.inputs import model_pairs
 
     name, _, t = tok
     pair = align_with_filler(t, QUERIES[0], DOCS[0], DOCS[0] + " a cat sat")
@@ -100,6 +101,7 @@ def test_document_only_keeps_the_document_in_the_tokenizers_single_text_layout(t
     assert doc.perturbed_ids == t.hf(DOCS[0] + " a cat sat")["input_ids"]
     assert doc.position_map == list(range(len(doc.baseline_ids)))
     assert doc.baseline_token_type_ids == [0] * len(doc.baseline_ids)
+    assert model_pairs([pair], t, pair_input=False) == [doc] and model_pairs([pair], t, pair_input=True) == [pair]
     # a perturbed query one piece longer shifts every perturbed document position by one
     q, d = t.word_pieces([QUERIES[1], DOCS[1]])
     b_ids, b_tt = t.pair_ids(q, d)
