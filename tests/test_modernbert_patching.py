@@ -140,8 +140,8 @@ def torch_setup(mb):
     return patcher, base_inputs, pert_inputs, patcher.cache(base_inputs), patcher.cache(pert_inputs)
 
 
-@pytest.mark.parametrize("family", ["block_every", "head_all_pos_v", "head_all_pos_k", "path_to_score",
-                                    "path_to_heads", *_slow("head_by_pos_z", "head_by_pos_pattern")])
+@pytest.mark.parametrize("family", ["head_all_pos_v", "head_all_pos_k", "path_to_score", "path_to_heads",
+                                    *_slow("block_every", "head_by_pos_z", "head_by_pos_pattern")])
 def test_patching_matches_pytorch_hooks_on_transformers_modernbert(mb, torch_setup, family):
     model, _, _, one, _ = mb
     patcher, base_inputs, pert_inputs, base, src = torch_setup
@@ -157,6 +157,20 @@ def test_patching_matches_pytorch_hooks_on_transformers_modernbert(mb, torch_set
            "path_to_heads": lambda: patcher.path_to_heads(base_inputs, base, src, RECEIVERS, "k")}[family]()
     np.testing.assert_allclose(res.patched[0], ref, atol=PARITY_ATOL, rtol=0)
     assert np.abs(ref - patcher.score(base_inputs)).max() > 1e-3, "patches must have visible effects"
+
+
+def test_block_every_matches_pytorch_hooks_on_a_sample_of_sites(mb, torch_setup):
+    """resid_pre (restarted from the patched running sum), attn_out and mlp_out in global and sliding-window
+    layers, at [CLS], the query, the document and the final [SEP]."""
+    model, _, _, one, _ = mb
+    patcher, base_inputs, _, _, src = torch_setup
+    T = len(base_inputs[0])
+    sites = [(0, 0, 1), (0, 2, T - 3), (1, 1, 0), (1, 3, T - 1), (2, 0, T - 2), (2, 2, 4), (0, 3, 0)]
+    ref = patcher.block_every(base_inputs, src, sites)
+    ours = modernbert_patch(model, one, "block_every").patched[0]
+    idx = tuple(np.asarray(sites).T)
+    np.testing.assert_allclose(ours[idx], ref[idx], atol=PARITY_ATOL, rtol=0)
+    assert np.isfinite(ref).sum() == len(sites) and np.abs(ref[idx] - patcher.score(base_inputs)).max() > 1e-3
 
 
 def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):

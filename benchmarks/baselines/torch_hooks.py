@@ -10,6 +10,10 @@ Two baselines:
 * `TorchPatcher`: the paper's loop, one hooked forward per site, batch 1.
 * `BatchedTorchPatcher`: what a strong PyTorch user writes: ``B`` copies of the baseline input per forward,
   each row patching its own site (hooks blend with per-row masks), so one forward evaluates ``B`` sites.
+* `ModernBertTorchPatcher`: `TorchPatcher` on ``ModernBertForSequenceClassification`` (its own hook points).
+
+The attention function registered here gets eager's additive mask (padding and sliding windows) through
+transformers' ``AttentionMaskInterface``; padded inputs are therefore scored and patched like unpadded ones.
 
 Both run on the device of the Hugging Face model they are given (`torch_precision` sets the matmul
 precision that matches a jaxmech precision name).
