@@ -33,8 +33,8 @@ VERIFIED = {
                   "gte-reranker-modernbert-base shapes (slow); bit-exact round trip; running-sum identities; local "
                   "BPE tokenizer (pairs, truncation, scores) = AutoTokenizer + transformers; patching "
                   "(`jaxmech.patching.modernbert`, restarted from the cached resid_pre): sweep = loop (activation "
-                  "and path families, padded batch), PyTorch-hook cross-check (activation, path); no attribution, "
-                  "no normalized_resid_post / result families",
+                  "and path families, padded batch), PyTorch-hook cross-check (activation, path); attribution = "
+                  "derivative; no normalized_resid_post / result families",
 }
 
 POST_LN_IDENTITIES = (
@@ -169,7 +169,7 @@ def modernbert_site_table(cfg, *, name: str = "model") -> str:
         "`normalized_resid_post` and no per-head `result` site",
         "- patching (`jaxmech.patching.modernbert`): a patch in block l restarts from the cached `resid_pre[l]` "
         "(the whole residual stream) and runs blocks l.. on every row; every activation family except "
-        "`normalized_resid_post_*` and `*_result`, and the three path families, exactly; no attribution",
+        "`normalized_resid_post_*` and `*_result` (exact or attribution), and the three path families, exactly",
         "",
         "| site | shape | TransformerLens hook | meaning |",
         "|---|---|---|---|",

@@ -16,8 +16,9 @@ done here: every restarted block runs on every row. Items still run as one compi
 
 Families: every activation family whose sites ModernBERT has (not ``normalized_resid_post_*``, which pre-LN
 blocks do not compute, nor ``*_result``: ModernBERT exposes no per-head output site), exactly; ``path_to_score``,
-``path_to_heads`` and ``path_components_to_heads`` exactly. Attribution estimates are not implemented for
-ModernBERT and are refused by name.
+``path_to_heads`` and ``path_components_to_heads`` exactly; attribution estimates of the activation families
+(`jaxmech.patching.attribution`, whose `jaxmech.patching.caches.prepare` hands ModernBERT models to `prepare`
+here).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def check_family(family: str | Family, method: str = "exact") -> Family:
                "result": "ModernBERT exposes no per-head output site"}
         raise ValueError(f"family {fam.name} patches {missing}, which ModernBERT does not have ("
                          + "; ".join(why.get(s, "not a ModernBERT site") for s in missing) + ")")
-    if method != "exact":
-        raise ValueError(f"family {fam.name}: method={method!r} is not implemented for ModernBERT (exact only)")
+    if method not in fam.methods:
+        raise ValueError(f"family {fam.name}: method={method!r} is not available (choose from {fam.methods})")
     return fam
 
 
@@ -169,7 +170,7 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
         mesh: Devices to shard items over.
         positions: For per-position families, only these positions.
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
-        method: ``"exact"`` only.
+        method: ``"exact"``, or ``"attribution"`` for activation families.
 
     Returns:
         A `SweepResult` laid out as the family says (path families end at the last receiver layer).
@@ -179,6 +180,10 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
     fam = check_family(family, method)
+    if method == "attribution":
+        from jaxmech.patching.attribution import attribution_patch
+
+        return attribution_patch(model, batch, fam, reverse=reverse)
     run = dict(chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     if fam.name in ("path_to_heads", "path_components_to_heads"):
         receivers = check_receivers(receivers, receiver_input, model.cfg.n_layers, model.cfg.n_heads)
