@@ -229,20 +229,22 @@ def test_attribution_is_the_derivative_of_the_patch_at_zero(mb):
     est = get_family("head_by_pos_z").run(model, batch, method="attribution")
     assert est.family == "attribution:head_by_pos_z"
     src = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset({"z"}))[1]
+    @jax.jit
+    def derivative(ids, tt, mask, source, layer, pos, head):
+        def score(alpha):
+            spec = PatchSpec("z", source, one_hot(layer, L), one_hot(pos, T), one_hot(head, H), alpha)
+            return model.forward_one(ids, tt, mask, interventions=[spec]).score
+
+        return jax.jvp(score, (0.0,), (1.0,))[1]
+
     rng = np.random.RandomState(0)
     checked = []
     for p in range(2):
-        inputs = _inputs(batch, p)
         for _ in range(5):
             layer, pos, head = rng.randint(L), rng.randint(batch.lengths[p]), rng.randint(H)
             if not batch.patchable[p, pos]:
                 continue
-
-            def score(alpha, p=p, layer=layer, pos=pos, head=head, inputs=inputs):
-                spec = PatchSpec("z", src["z"][p], one_hot(layer, L), one_hot(pos, T), one_hot(head, H), alpha)
-                return model.forward_one(*inputs, interventions=[spec]).score
-
-            _, deriv = jax.jvp(score, (0.0,), (1.0,))
+            deriv = derivative(*_inputs(batch, p), src["z"][p], layer, pos, head)
             np.testing.assert_allclose(est.patched[p, layer, pos, head] - est.baseline_score[p], deriv,
                                        atol=ENGINE_ATOL, rtol=1e-4)
             checked.append(float(deriv))
