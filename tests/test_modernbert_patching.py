@@ -178,6 +178,15 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
     res = get_family("mlp_out_all_pos").run(model, batch)
     np.testing.assert_allclose(res.patched, modernbert_patch(model, batch, "mlp_out_all_pos").patched,
                                atol=ENGINE_ATOL, rtol=0)
+    from jaxmech.patching import activation_patch, path_to_heads, path_to_score
+
+    np.testing.assert_allclose(activation_patch(model, batch, "mlp_out_all_pos").patched, res.patched,
+                               atol=ENGINE_ATOL, rtol=0)
+    np.testing.assert_allclose(path_to_score(model, batch).patched,
+                               modernbert_patch(model, batch, "path_to_score").patched, atol=ENGINE_ATOL, rtol=0)
+    np.testing.assert_allclose(path_to_heads(model, batch, ["2.1"], "v").patched,
+                               modernbert_patch(model, batch, "path_to_heads", receivers=["2.1"],
+                                                receiver_input="v").patched, atol=ENGINE_ATOL, rtol=0)
     with pytest.raises(ValueError, match=r"normalized_resid_post_by_pos patches \['normalized_resid_post'\].*pre-LN"):
         modernbert_patch(model, batch, "normalized_resid_post_by_pos")
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):
