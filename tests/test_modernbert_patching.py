@@ -159,6 +159,29 @@ def test_patching_matches_pytorch_hooks_on_transformers_modernbert(mb, torch_set
     assert np.abs(ref - patcher.score(base_inputs)).max() > 1e-3, "patches must have visible effects"
 
 
+def test_the_modernbert_hook_reference_masks_padding_and_windows(mb, torch_setup):
+    """The reference's attention function gets eager's padding and sliding-window mask: a padded input scores as
+    the unpadded one and as jaxmech on the padded batch, and the recorded patterns of sliding-window layers are
+    zero beyond the window."""
+    model, _, batch, _, _ = mb
+    patcher, base_inputs, _, _, _ = torch_setup
+    n_pad = 6
+    padded = tuple(list(a) + [fill] * n_pad for a, fill in zip(base_inputs, (model.cfg.pad_token_id, 0, 0),
+                                                                  strict=True))
+    ref = patcher.score(base_inputs)
+    assert abs(patcher.score(padded) - ref) < PARITY_ATOL
+    for p in range(batch.n_pairs):
+        row = tuple(a[p].tolist() for a in batch.baseline)
+        ours = float(_forward(model, *_inputs(batch, p), [])[0])
+        assert abs(patcher.score(row) - ours) < PARITY_ATOL
+    pattern = patcher.cache(padded)["pattern"]
+    T = len(padded[0])
+    far = np.abs(np.arange(T)[:, None] - np.arange(T)[None, :]) > model.cfg.local_attention // 2
+    real = T - n_pad  # rows of real queries (padding queries' rows are not used)
+    assert (pattern[1][0][:, :real][:, far[:real]] == 0).all() and (pattern[0][0][:, :real, real:] == 0).all()
+    assert (pattern[0][0][:, :real, :real] > 0).all()
+
+
 def test_block_every_matches_pytorch_hooks_on_a_sample_of_sites(mb, torch_setup):
     """resid_pre (restarted from the patched running sum), attn_out and mlp_out in global and sliding-window
     layers, at [CLS], the query, the document and the final [SEP]."""
