@@ -106,6 +106,11 @@ def activation_patch(
     Raises:
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
+    if getattr(model.cfg, "model_type", None) == "modernbert":  # own pre-LN blocks
+        from jaxmech.patching.modernbert import modernbert_patch
+
+        return modernbert_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                positions=positions, steps_per_call=steps_per_call)
     fam = get_family(family)
     row_sites = [s for s in fam.sites if s not in RESTART_SITES]
     prep = prepare(model, batch, base_sites=row_sites, source_sites=fam.sites, reverse=reverse,

@@ -47,6 +47,15 @@ __all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "p
            "path_to_heads", "path_to_score", "receivers_by_layer"]
 
 
+def _modernbert(model):
+    """`jaxmech.patching.modernbert.modernbert_patch` if ``model`` is a ModernBERT (own pre-LN blocks), else None."""
+    if getattr(getattr(model, "cfg", None), "model_type", None) != "modernbert":
+        return None
+    from jaxmech.patching.modernbert import modernbert_patch
+
+    return modernbert_patch
+
+
 def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """``((layer, (head, ...)), ...)`` sorted by layer."""
     by_layer: dict[int, list[int]] = {}
@@ -181,6 +190,9 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         query_embedding: For bi-encoders.
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
     """
+    if _modernbert(model):
+        return _modernbert(model)(model, batch, "path_to_score", reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                  steps_per_call=steps_per_call)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
     out = run_kernel(PathToScoreKernel(), model, prep, prep.data("z"), per_pos=False, per_head=True,
@@ -214,6 +226,9 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
     """
+    if _modernbert(model):
+        return _modernbert(model)(model, batch, "path_to_heads", receivers=receivers, receiver_input=receiver_input,
+                                  reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
@@ -246,6 +261,10 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
     """
+    if _modernbert(model):
+        return _modernbert(model)(model, batch, "path_components_to_heads", receivers=receivers,
+                                  receiver_input=receiver_input, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                  positions=positions, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("attn_out", "mlp_out"), source_sites=COMPONENTS, reverse=reverse,
                    query_embedding=query_embedding)
