@@ -238,6 +238,7 @@ def run_patching(
     steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
     mesh=None,
+    background=None,
 ) -> PatchingResult:
     """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
 
@@ -274,6 +275,9 @@ def run_patching(
             `jaxmech.patching.program.run_kernel`).
         progress: Called with a `Progress` after each chunk.
         mesh: Devices to shard sites over (default: every local device).
+        background: Heads ablated in both runs (and so in every patched run): an
+            `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
+            over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
 
     Returns:
         A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
@@ -298,10 +302,14 @@ def run_patching(
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {STATISTICS}")
     if relative_min_denominator is not None and not relative_min_denominator >= 0:
         raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
+    from jaxmech.patching.background import with_background
+
     model, tok = lm.model, lm.tokenizer
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
+    lm, resolved_background = with_background(lm, pairs, background)  # the model with the background folded in
+    model = lm.model
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -385,6 +393,8 @@ def run_patching(
         "precision": runtime.resolve_precision(None), "device": runtime.describe_device(),
         "compilation_cache": runtime.compilation_cache_status(),
     }
+    if resolved_background is not None:
+        meta["background"] = resolved_background.describe()
     if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
         meta["relative_min_denominator"] = relative_min_denominator
         meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
