@@ -89,7 +89,8 @@ def parse_ablation(heads: str | Sequence[str], kind: str = "zero", site: str = "
 
 
 def as_ablations(background) -> tuple[Ablation, ...]:
-    """``None``, one `Ablation` or a sequence of them, as a tuple; anything else is refused.
+    """``None``, one `Ablation`, a sequence of them or a `ResolvedBackground`, as a tuple of ablations; anything
+    else is refused.
 
     Raises:
         TypeError: For an object that is not an `Ablation` (e.g. a `PatchSpec`, which cannot be folded).
@@ -97,6 +98,8 @@ def as_ablations(background) -> tuple[Ablation, ...]:
     """
     if background is None:
         return ()
+    if isinstance(background, ResolvedBackground):
+        return background.ablations
     items = (background,) if isinstance(background, Ablation) else tuple(background)
     for a in items:
         if not isinstance(a, Ablation):

@@ -548,6 +548,11 @@ def patch(
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
                      if k in options})
+    if options.get("background") is not None and local_model_shape(model) is not None:
+        from jaxmech.patching.background import as_ablations
+
+        for ablation in as_ablations(options["background"]):
+            ablation.check(*local_model_shape(model))
     if out is not None:
         check_output(out, overwrite=overwrite)
     for what, path in (("dataset", dataset), ("triples", triples)):

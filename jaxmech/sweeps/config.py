@@ -16,6 +16,8 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
                      step; 0 = from device memory), steps_per_call (steps per compiled call)
+    [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
+                     "mean": over all of the sweep's pairs), site ("z" | "result"); see jaxmech.sweeps.background
     [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
     [report]         enabled, options: the report step after the analyses
 
@@ -35,9 +37,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from jaxmech.sweeps.background import BackgroundSection
 from jaxmech.train.config import ConfigError, parse_section
 
 __all__ = [
+    "BackgroundSection",
     "DIRECTIONS",
     "METHODS",
     "PRECISIONS",
@@ -295,6 +299,7 @@ _TABLES: dict[str, type] = {
     "patching": PatchingSection,
     "chunking": ChunkingSection,
     "report": ReportSection,
+    "background": BackgroundSection,
 }
 _ARRAYS: dict[str, type] = {"datasets": DatasetSection, "families": FamilySection, "analyses": StepSection}
 # Settings that do not change results (allowed to differ when resuming).
@@ -317,11 +322,13 @@ class SweepConfig:
     chunking: ChunkingSection = ChunkingSection()
     analyses: tuple[StepSection, ...] = ()
     report: ReportSection = ReportSection()
+    background: BackgroundSection = BackgroundSection()
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as the TOML's tables (what `from_dict` reads)."""
-        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES}
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES
+                               if not (name == "background" and self.background.empty)}  # fingerprints unchanged
         for name in _ARRAYS:
             out[name] = [dataclasses.asdict(x) for x in getattr(self, name)]
         return out

@@ -486,6 +486,10 @@ def run_sweep(
     with precision_context(cfg.patching.precision):
         lm = _load_model(cfg)
         plan = plan_sweep(cfg, lm)
+        from jaxmech.patching.background import with_background
+
+        # [background]: the model with the ablated heads folded in (means over all of the sweep's pairs, once).
+        lm, background = with_background(lm, plan.pairs, cfg.background.to_ablation())
         t_plan = time.perf_counter() - t_start
         fams = family_shapes(cfg, lm.model.cfg, plan.T_max)
         C = cfg.chunking.pairs_per_chunk
@@ -525,6 +529,8 @@ def run_sweep(
             "processes": procs.count,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if background is not None:
+            meta["background"] = background.describe()
         store = SweepStore(out)
         if procs.index == 0:
             try:
