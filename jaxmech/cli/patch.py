@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
                     reverse=args.reverse,
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
-                    background=background, show_progress=not args.no_progress, stop_on_sigint=True)
+                    background=background, groups=args.group or None, show_progress=not args.no_progress, stop_on_sigint=True)
     except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
         return 130
@@ -68,6 +68,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
+    p.add_argument("--group", action="append", default=[], metavar="L.H,L.H",
+                   help="a head group of heads_joint (repeatable: one result per group)")
     p.add_argument("--ablate", action="append", default=[], metavar="L.H,L.H",
                    help="background: ablate these heads in both runs (and so in every patched run); repeatable")
     p.add_argument("--ablation", default="zero", choices=["zero", "mean"],

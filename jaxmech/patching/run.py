@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.data.records import AlignedPair
-from jaxmech.patching.families import Family, check_receivers, get_family
+from jaxmech.patching.families import Family, check_groups, check_receivers, get_family
 from jaxmech.patching.results import PatchingResult, pair_table
 
 METHODS = ("exact", "attribution")
@@ -136,7 +136,8 @@ class InterruptibleProgress:
 
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
                   receivers: Sequence[str] | None = None, receiver_input: str = "k",
-                  model_shape: tuple[int, int] | None = None, precision: str | None = None) -> list[Family]:
+                  model_shape: tuple[int, int] | None = None, precision: str | None = None,
+                  groups: Sequence[Sequence[str]] | None = None) -> list[Family]:
     """Checks a run's families and options without a model (cheap, before loading anything).
 
     Args:
@@ -147,6 +148,7 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         model_shape: ``(n_layers, n_heads)`` to check receivers against, if known.
         precision: A matmul precision of `jaxmech.runtime.PRECISIONS` (None: the one in effect).
+        groups: Head groups of ``heads_joint`` (``[["9.1", "9.2"], ...]``).
 
     Returns:
         The families.
@@ -172,6 +174,8 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
             raise ValueError(f"{fam.name} needs --receiver LAYER.HEAD (e.g. --receiver 4.1)")
     if any(f.needs_receivers for f in fams):
         check_receivers(receivers, receiver_input, *(model_shape or (None, None)))
+    if any(f.needs_groups for f in fams):
+        check_groups(groups, *(model_shape or (None, None)))
     return fams
 
 
@@ -239,6 +243,7 @@ def run_patching(
     progress: Callable[[Progress], bool | None] | None = None,
     mesh=None,
     background=None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> PatchingResult:
     """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
 
@@ -278,6 +283,7 @@ def run_patching(
         background: Heads ablated in both runs (and so in every patched run): an
             `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
             over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
+        groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
 
     Returns:
         A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
@@ -295,7 +301,8 @@ def run_patching(
     from jaxmech.patching.metrics import apply_metric, relative_denominator_flags
     from jaxmech.tokenizer import bucket_length
 
-    fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input)
+    fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input,
+                         groups=groups)
     if not pairs:
         raise ValueError("no pairs to patch")
     if aggregate not in STATISTICS:
@@ -325,7 +332,7 @@ def run_patching(
     flagged = np.zeros(len(pairs), bool)
     done = np.zeros(len(pairs), bool)
     options = dict(method=method, reverse=reverse, chunk_size=chunk_size, receivers=receivers,
-                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call)
+                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call, groups=groups)
     metric_kw = {"min_denominator": min_denominator} if metric == "normalized" else {}
     t0 = time.perf_counter()
     stopped = False
@@ -395,6 +402,8 @@ def run_patching(
     }
     if resolved_background is not None:
         meta["background"] = resolved_background.describe()
+    if any(f.needs_groups for f in fams):
+        meta["groups"] = [[f"{l}.{h}" for l, h in g] for g in check_groups(groups)]
     if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
         meta["relative_min_denominator"] = relative_min_denominator
         meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
@@ -546,7 +555,7 @@ def patch(
     if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
         raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
     check_request(families, model_shape=local_model_shape(model),
-                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
+                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision", "groups")
                      if k in options})
     if options.get("background") is not None and local_model_shape(model) is not None:
         from jaxmech.patching.background import as_ablations
