@@ -103,3 +103,25 @@ def test_cli_ablate_records_the_background(capsys, tmp_path, tiny12):
     capsys.readouterr()
     assert main([*args, "--overwrite", "--ablate", "9.0"]) == 2
     assert "ablated head 9.0 is out of range" in capsys.readouterr().err
+
+
+def test_heads_joint_in_a_sweep(tmp_path, tiny12):
+    from jaxmech.loading import load_model
+    from jaxmech.patching.run import run_patching
+    from jaxmech.sweeps.job import plan_sweep
+
+    d = e1b_config(tiny12)
+    groups = [["8.5", "8.3"], ["1.7"]]
+    d["families"] = [{"name": "heads_joint", "groups": groups}]
+    cfg = from_dict(d)
+    assert "groups" in cfg.to_dict()["families"][0]
+    assert "groups" not in from_dict(e1b_config(tiny12)).to_dict()["families"][0]  # fingerprints unchanged
+    with pytest.raises(ConfigError, match="groups apply to heads_joint"):
+        from_dict({**d, "families": [{"name": "block_every", "groups": groups}]})
+    assert run_sweep(cfg, out=tmp_path / "run", quiet=True).complete
+    run = results.open(tmp_path / "run")
+    assert run["heads_joint"].dims == ("pair", "group") and run["heads_joint"].shape == (3, 2)
+    lm = load_model(tiny12)
+    res = run_patching(lm, plan_sweep(cfg, lm).pairs, ["heads_joint"], metric="raw", groups=groups,
+                       background=cfg.background.to_ablation())
+    np.testing.assert_allclose(np.asarray(run.raw("heads_joint")[:]), res.raw["heads_joint"], atol=ENGINE_ATOL, rtol=0)

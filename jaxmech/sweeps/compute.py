@@ -139,6 +139,7 @@ def compute_chunk(
             reverse=reverse,
             receivers=[str(h) for h in fam.receivers] or None,
             receiver_input=fam.receiver_input,
+            groups=fam.groups or None,
             chunk_size=chunking.items_per_step or None,
             min_denominator=patching.min_denominator,
             pairs_per_chunk=chunking.pairs_per_chunk,

@@ -11,7 +11,8 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      line). Never "the first N": in TFC1 that is all one query.
     [[families]]     one or more: name (`jaxmech families`), method ("exact" | "attribution"), verify_top_k
                      (attribution: exact patches of the top k estimated sites per pair), receivers
-                     (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families
+                     (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families, groups
+                     ([["9.1", "9.2"], ["10.1"]]) for heads_joint
     [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
                      "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
@@ -161,6 +162,7 @@ class FamilySection:
             per pair (stored beside the estimate).
         receivers: Receiver heads ``["10.1", ...]`` of ``path_to_heads`` / ``path_components_to_heads``.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        groups: Head groups ``[["9.1", "9.2"], ...]`` of ``heads_joint``.
     """
 
     name: str = ""
@@ -168,6 +170,7 @@ class FamilySection:
     verify_top_k: int = 0
     receivers: list = dataclasses.field(default_factory=list)
     receiver_input: str = "k"
+    groups: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         from jaxmech.patching.families import FAMILIES, PATH_FAMILIES
@@ -191,6 +194,12 @@ class FamilySection:
         if self.receivers and not needs:
             raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
         parse_heads([str(r) for r in self.receivers])
+        from jaxmech.patching.families import check_groups, get_family
+
+        if get_family(self.name).needs_groups:
+            check_groups(self.groups)
+        elif self.groups:
+            raise ValueError(f"groups apply to heads_joint, not {self.name}")
 
     @property
     def key(self) -> str:
@@ -330,7 +339,8 @@ class SweepConfig:
         out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES
                                if not (name == "background" and self.background.empty)}  # fingerprints unchanged
         for name in _ARRAYS:
-            out[name] = [dataclasses.asdict(x) for x in getattr(self, name)]
+            out[name] = [{k: v for k, v in dataclasses.asdict(x).items() if not (k == "groups" and not v)}
+                         for x in getattr(self, name)]  # no groups: fingerprints as before
         return out
 
     @property

@@ -37,7 +37,7 @@ from jaxmech.sweeps.store import SweepStore, atomic_savez, atomic_write_json
 
 FORMAT = "jaxmech.sweep"
 FORMAT_VERSION = 1
-DIM_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+DIM_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head", "g": "group"}
 
 
 class ResumeError(RuntimeError):
@@ -170,6 +170,8 @@ def _runs_per_pair(fam: FamilySection, n_patchable: int, cfg) -> int:
         return len(get_family(fam.name).sites) * fam.verify_top_k
     if fam.name == "path_to_score":
         return L * H
+    if fam.groups:
+        return len(fam.groups)
     if fam.name in ("path_to_heads", "path_components_to_heads"):
         r_max = max(r for r, _ in parse_heads([str(r) for r in fam.receivers]))
         return r_max * H if fam.name == "path_to_heads" else 3 * r_max * n_patchable
@@ -277,6 +279,7 @@ def family_shapes(cfg: SweepConfig, model_cfg, T_max: int) -> dict[str, dict]:
             "l": r_max if fam.receivers else L,
             "p": T_max,
             "h": H,
+            "g": len(fam.groups),
         }
         if fam.name not in ("path_to_score", "path_to_heads", "path_components_to_heads"):
             sizes["c"] = len(get_family(fam.name).sites)
