@@ -125,3 +125,24 @@ def test_heads_joint_in_a_sweep(tmp_path, tiny12):
     res = run_patching(lm, plan_sweep(cfg, lm).pairs, ["heads_joint"], metric="raw", groups=groups,
                        background=cfg.background.to_ablation())
     np.testing.assert_allclose(np.asarray(run.raw("heads_joint")[:]), res.raw["heads_joint"], atol=ENGINE_ATOL, rtol=0)
+
+
+def test_path_attribution_with_verified_top_k_in_a_sweep(tmp_path, tiny12):
+    """``method = "attribution"`` for path_to_heads with ``verify_top_k``, over the E1b background: the stored
+    exact values equal exact path patching of the same senders."""
+    from jaxmech.loading import load_model
+    from jaxmech.patching.run import run_patching
+    from jaxmech.sweeps.job import plan_sweep
+
+    d = e1b_config(tiny12)
+    d["families"] = [{"name": "path_to_heads", "method": "attribution", "verify_top_k": 3, "receivers": ["8.1"]}]
+    cfg = from_dict(d)
+    assert run_sweep(cfg, out=tmp_path / "run", quiet=True).complete
+    run = results.open(tmp_path / "run")
+    verify = run.verify("attribution:path_to_heads")
+    lm = load_model(tiny12)
+    exact = run_patching(lm, plan_sweep(cfg, lm).pairs, ["path_to_heads"], metric="raw", receivers=["8.1"],
+                         background=cfg.background.to_ablation()).raw["path_to_heads"]
+    for p in range(3):
+        layer, head = verify["index"][p, 0].T
+        np.testing.assert_allclose(verify["exact"][p, 0], exact[p, layer, head], atol=ENGINE_ATOL, rtol=0)

@@ -8,7 +8,8 @@ Names and result shapes follow TransformerLens's ``patching`` module (``get_act_
 ``block_every`` with shape ``[3, layer, pos]``, ``get_act_patch_attn_head_out_by_pos`` is ``head_by_pos_z``
 with ``[layer, pos, head]``, ...). "Head out" in TransformerLens means ``z``; the paper's head experiment (E2)
 patches ``v`` at every position (``head_all_pos_v``). Activation families run exactly or as attribution
-estimates (``method="attribution"``); path families run exactly.
+estimates (``method="attribution"``); so do ``path_to_score`` and ``path_to_heads``
+(`jaxmech.patching.path_attribution`); ``path_components_to_heads`` and ``heads_joint`` run exactly.
 
 Family names are stable; scripts may rely on them.
 """
@@ -141,12 +142,12 @@ def _path_families() -> list[Family]:
     return [
         Family("path_to_score", ("z",), False, True, "lh",
                "sender heads to the score, every other head's z frozen (paper E4)",
-               runner="jaxmech.patching.path:run_path_to_score", methods=exact, sites_label="z (frozen attention)",
-               path=True),
+               runner="jaxmech.patching.path:run_path_to_score", methods=("exact", "attribution"),
+               sites_label="z (frozen attention)", path=True),
         Family("path_to_heads", ("z",), False, True, "lh",
                "sender heads to receiver heads' q/k/v (E5); layers below the last receiver",
-               runner="jaxmech.patching.path:run_path_to_heads", methods=exact, needs_receivers=True,
-               sites_label="z -> q|k|v", path=True),
+               runner="jaxmech.patching.path:run_path_to_heads", methods=("exact", "attribution"),
+               needs_receivers=True, sites_label="z -> q|k|v", path=True),
         Family("path_components_to_heads", ("resid_pre", "attn_out", "mlp_out"), True, False, "lp",
                "components by layer and position to receiver heads' inputs (E6)",
                runner="jaxmech.patching.path:run_path_components_to_heads", methods=exact, needs_receivers=True,

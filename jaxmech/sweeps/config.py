@@ -157,7 +157,8 @@ class FamilySection:
     Attributes:
         name: A family of `jaxmech.patching.FAMILIES` or a path family (``path_to_score``, ``path_to_heads``,
             ``path_components_to_heads``).
-        method: ``"exact"`` or ``"attribution"`` (gradient estimate; activation families only).
+        method: ``"exact"`` or ``"attribution"`` (gradient estimate; activation families, ``path_to_score`` and
+            ``path_to_heads``).
         verify_top_k: With attribution: exact patches of the ``k`` sites with the largest estimated effect
             per pair (stored beside the estimate).
         receivers: Receiver heads ``["10.1", ...]`` of ``path_to_heads`` / ``path_components_to_heads``.
@@ -182,8 +183,10 @@ class FamilySection:
             )
         _choice("", "method", self.method, METHODS)
         _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
-        if self.method == "attribution" and self.name in PATH_FAMILIES:
-            raise ValueError(f"method='attribution' is not available for {self.name}; use 'exact'")
+        from jaxmech.patching.families import get_family
+
+        if self.method not in get_family(self.name).methods:
+            raise ValueError(f"method={self.method!r} is not available for {self.name}; use 'exact'")
         if self.verify_top_k and self.method != "attribution":
             raise ValueError("verify_top_k applies to method='attribution' only")
         if self.verify_top_k < 0:
