@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
                     reverse=args.reverse,
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
-                    background=background, groups=args.group or None, show_progress=not args.no_progress, stop_on_sigint=True)
+                    background=background, groups=args.group or None, show_progress=not args.no_progress,
+                    stop_on_sigint=True)
     except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
         return 130

@@ -7,13 +7,14 @@ the value each one's ``z`` (or ``result``) is set to, zeros or the dataset mean 
 **How it runs.** A head ablation at ``z`` or ``result`` replaces that head's contribution to ``attn_out`` by a
 constant (``value @ W_O[h]``, or ``value`` for ``result``). `ResolvedBackground.fold` writes exactly that into a
 copy of the model: ``W_O[l, h]`` set to zero and the constant added to ``b_O[l]``. The folded model computes the
-same function as the original model with the `HeadAblation` interventions applied (`ResolvedBackground.
-interventions`, the definition; the tests check the two agree), so every engine runs it unchanged: the baseline
-and perturbed runs, their restart caches (`jaxmech.patching.caches.prepare`), the restarted patched runs, path
-patching's frozen runs, attribution gradients and the bi-encoder's query embedding all see the ablation. One
-difference is visible in caches only: the folded model's cached ``z`` and ``result`` of an ablated head hold
-its computed (unused) value, not the ablation value. Patching an ablated head therefore changes nothing, as
-with the interventions applied before the patch (the perturbed run's ablated value equals the baseline's).
+same function as the original model with the `jaxmech.patching.head_sets.HeadAblation` interventions applied
+(`ResolvedBackground.interventions`, the definition; the tests check the two agree), so every engine runs it
+unchanged: the baseline and perturbed runs, their restart caches (`jaxmech.patching.caches.prepare`), the
+restarted patched runs, path patching's frozen runs, attribution gradients and the bi-encoder's query embedding
+all see the ablation. One difference is visible in caches only: the folded model's cached ``z`` and ``result``
+of an ablated head hold its computed (unused) value, not the ablation value. Patching an ablated head therefore
+changes nothing, as with the interventions applied before the patch (the perturbed run's ablated value equals
+the baseline's).
 
 **Means** (``kind="mean"``) are computed on the model *without* the background, over every real token
 (``attention_mask == 1``; padding never counts) of both inputs of every pair (baseline and perturbed, each pair
@@ -23,7 +24,7 @@ position. They are stored in ``describe()`` (the result's ``meta["background"]``
 In a sweep the means are computed once over all of the sweep's pairs, before the chunks run.
 
 Only models whose blocks hold ``attn.W_O``/``attn.b_O`` (BERT-style `jaxmech.model.HookedEncoder`) or
-``W_O``/``b_O`` (ModernBERT) can be folded; other interventions (any `jaxmech.interventions.PatchSpec`) need
+``W_O``/``b_O`` (ModernBERT; not tested) can be folded; other interventions (any `jaxmech.interventions.PatchSpec`) need
 hooks inside the restarted engine and are not supported as a background.
 """
 
@@ -33,10 +34,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from jaxmech.patching.families import parse_heads
 
@@ -112,29 +110,6 @@ def as_ablations(background) -> tuple[Ablation, ...]:
     return items
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class HeadAblation:
-    """Sets chosen heads' activation at a head site to a fixed value at every position (the definition of a
-    background ablation; `ResolvedBackground.fold` computes the same function).
-
-    Attributes:
-        site: ``"z"`` or ``"result"`` (static).
-        mask: ``[layer, head_index]`` 1 for ablated heads.
-        value: ``[layer, head_index, d]`` the value they take (``d = d_head`` for ``z``, ``d_model`` for
-            ``result``).
-    """
-
-    site: str = dataclasses.field(metadata=dict(static=True))
-    mask: Float[Array, "layer head_index"]
-    value: Float[Array, "layer head_index d"]
-
-    def apply(self, x: Array, layer) -> Array:
-        """``x`` ``[pos, head_index, d]`` with the ablated heads of ``layer`` replaced."""
-        w = self.mask[layer][None, :, None]
-        return (1 - w) * x + w * self.value[layer][None].astype(x.dtype)
-
-
 @dataclasses.dataclass
 class ResolvedBackground:
     """Ablations with their values: what a run applies.
@@ -149,8 +124,13 @@ class ResolvedBackground:
     values: dict[str, tuple[np.ndarray, np.ndarray]]
     n_tokens: int = 0
 
-    def interventions(self) -> list[HeadAblation]:
-        """The background as interventions for `jaxmech.model.HookedEncoder.forward_one` (the definition)."""
+    def interventions(self) -> list:
+        """The background as `jaxmech.patching.head_sets.HeadAblation` interventions for
+        `jaxmech.model.HookedEncoder.forward_one` (the definition)."""
+        import jax.numpy as jnp
+
+        from jaxmech.patching.head_sets import HeadAblation
+
         return [HeadAblation(site, jnp.asarray(m), jnp.asarray(v)) for site, (m, v) in self.values.items()]
 
     def fold(self, model):
@@ -159,6 +139,7 @@ class ResolvedBackground:
         Raises:
             TypeError: If the model's blocks have no ``W_O``/``b_O`` to fold into.
         """
+        import jax.numpy as jnp
         from flax import nnx
 
         new = nnx.clone(model)
@@ -216,6 +197,8 @@ def dataset_means(model, pairs, sites: Sequence[str], *, pad_id: int = 0, batch_
     Raises:
         ValueError: If there are no pairs.
     """
+    import jax.numpy as jnp
+
     from jaxmech.patching.caches import run_cached
     from jaxmech.patching.inputs import DEFAULT_BUCKETS
     from jaxmech.tokenizer import bucket_length

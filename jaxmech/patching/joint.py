@@ -11,7 +11,6 @@ circuit's roles, not every head), so nothing is restarted.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -24,32 +23,9 @@ from jaxmech import runtime
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.families import Family, check_groups
+from jaxmech.patching.head_sets import HeadSetPatch
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.results import SweepResult
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class HeadSetPatch:
-    """Replaces a set of heads' activation at a head site by a source, at the positions of ``pos_mask``.
-
-    Attributes:
-        site: A head site with a leading position axis (``"z"``, ``"q"``, ``"k"``, ``"v"``, ``"result"``;
-            static).
-        mask: ``[layer, head_index]`` 1 for the patched heads.
-        source: ``[layer, pos, head_index, d]`` source activations.
-        pos_mask: ``[pos]`` patched positions.
-    """
-
-    site: str = dataclasses.field(metadata=dict(static=True))
-    mask: Float[Array, "layer head_index"]
-    source: Float[Array, "layer pos head_index d"]
-    pos_mask: Float[Array, " pos"]
-
-    def apply(self, x: Array, layer) -> Array:
-        """The blend ``(1 - w) x + w source[layer]`` with ``w = mask[layer, head] * pos_mask[pos]``."""
-        w = self.mask[layer][None, :, None] * self.pos_mask[:, None, None]
-        return (1 - w) * x + w * self.source[layer].astype(x.dtype)
 
 
 def group_masks(groups, n_layers: int, n_heads: int) -> Float[np.ndarray, "group layer head_index"]:
