@@ -98,6 +98,31 @@ def test_discover_circuit_runs_the_stages_on_a_model(tiny_model):
             assert h["layer"] < layer
 
 
+def test_discover_circuit_by_attribution_with_exact_top_k(tiny_model):
+    """method="attribution": with every sender verified it is exact discovery; with k senders, those k carry their
+    exact path-patching effects."""
+    from conftest import ENGINE_ATOL, random_pairs
+
+    pairs = random_pairs(4, 211, seed=3)
+    kw = dict(thresholds={"relevance_scoring": 0.0, "contextual_query": 0.0},
+              max_heads={"relevance_scoring": 1, "contextual_query": 1, "matching": 1}, receiver_inputs=("k",))
+    exact = discover_circuit(tiny_model, pairs, **kw)
+    L, H = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
+    full = discover_circuit(tiny_model, pairs, method="attribution", verify_top_k=L * H, **kw)
+    assert full["roles"] == exact["roles"] and len(full["verified"]["path_to_score"]) == L * H
+    for name, e in exact["effects"].items():
+        if e is not None:
+            np.testing.assert_allclose(full["effects"][name], e, atol=ENGINE_ATOL, rtol=1e-4)
+    few = discover_circuit(tiny_model, pairs, method="attribution", verify_top_k=3, **kw)
+    assert few["method"] == "attribution" and len(few["verified"]["path_to_score"]) == 3
+    for name in few["verified"]["path_to_score"]:
+        layer, head = map(int, name.split("."))
+        np.testing.assert_allclose(few["effects"]["path_to_score"][layer, head],
+                                   exact["effects"]["path_to_score"][layer, head], atol=ENGINE_ATOL, rtol=1e-4)
+    with pytest.raises(ValueError, match="method='fast'"):
+        discover_circuit(tiny_model, pairs, method="fast")
+
+
 def test_circuit_step_reads_a_sweep_run():
     """A sweep run holding path_to_score gives the scoring heads without a model."""
     from jaxmech.analysis import ANALYSES

@@ -135,7 +135,8 @@ def test_patch_file_is_the_library_result_saved(capsys, tmp_path, minilm_path):
 
 BAD_BEFORE_LOADING = [
     (["--family", "path_to_heads"], "path_to_heads needs --receiver"),
-    (["--family", "path_to_score", "--method", "attribution"], "not available for path_to_score"),
+    (["--family", "path_components_to_heads", "--receiver", "1.1", "--method", "attribution"],
+     "not available for path_components_to_heads"),
     (["--family", "path_to_heads", "--receiver", "7.1"], "receiver head 7.1 is out of range"),
     (["--family", "path_to_heads", "--receiver", "x"], "is not LAYER.HEAD"),
     (["--family", "block_every", "--limit", "0"], "--limit must be a positive number of pairs, got 0"),

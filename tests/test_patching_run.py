@@ -67,7 +67,7 @@ def test_progress_returning_false_stops_between_chunks(lm, pairs, tmp_path):
 
 @pytest.mark.parametrize("families, options, message", [
     (["nope"], {}, "unknown patching family 'nope'"),
-    (["path_to_score"], {"method": "attribution"}, "not available for path_to_score"),
+    (["heads_joint"], {"method": "attribution", "groups": [["1.1"]]}, "not available for heads_joint"),
     (["path_to_heads"], {}, "needs --receiver"),
     (["block_every"], {"metric": "ratio"}, "unknown metric"),
 ])

@@ -76,3 +76,33 @@ def test_path_patching_to_receiver_heads_matches_the_hook_implementation(setup, 
     ours = path_to_heads(tiny_model, batch, receivers, "k").patched[0]
     ref = patcher.path_to_heads(base_inputs, base, src, receivers, "k")
     np.testing.assert_allclose(ours, ref, atol=PARITY_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_background_ablated_families_match_the_hook_implementation(setup, tiny_model, kind):
+    """Block patching and path patching to the score with heads ablated in both runs (jaxmech: folded into
+    W_O/b_O; hooks: z overwritten before every patch)."""
+    from types import SimpleNamespace
+
+    from jaxmech.patching import run_patching
+    from jaxmech.patching.background import Ablation
+
+    patcher, batch, base_inputs, _, _, pert_inputs = setup
+    pair = random_pairs(1, tiny_model.cfg.d_vocab, seed=11, d_len=(8, 9))[0]
+    T = len(pair.baseline_ids)
+    lm = SimpleNamespace(model=tiny_model, tokenizer=SimpleNamespace(buckets=(T,), max_length=48, pad_id=0),
+                         folder="tiny", kind="cross")
+    ablation = Ablation(("0.1", "1.3", "2.0", "2.4"), kind)
+    res = run_patching(lm, [pair], ["block_every", "path_to_score"], metric="raw", background=ablation)
+    values = None
+    if kind == "mean":
+        means = res.meta["background"]["means"]["z"]
+        values = {(int(k.split(".")[0]), int(k.split(".")[1])): v for k, v in means.items()}
+    with patcher.background(ablation.heads, values):
+        base, src = patcher.cache(base_inputs), patcher.cache(pert_inputs)
+        np.testing.assert_allclose(res.pairs["score_baseline"][0], patcher.score(base_inputs), atol=PARITY_ATOL, rtol=0)
+        ref_block = patcher.block_every(base_inputs, src)
+        ref_path = patcher.path_to_score(base_inputs, base, src)
+    np.testing.assert_allclose(res.raw["block_every"][0, :, :, :T], ref_block, atol=PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(res.raw["path_to_score"][0], ref_path, atol=PARITY_ATOL, rtol=0)
+    assert abs(patcher.score(base_inputs) - res.pairs["score_baseline"][0]) > 1e-3  # the hooks are gone again

@@ -114,6 +114,30 @@ class TorchPatcher:
             for l in range(self.L):
                 self._attn(l)._pattern_hook = None
 
+    @contextlib.contextmanager
+    def background(self, heads, values=None):
+        """While active, every forward sets the ``z`` of ``heads`` ``[(layer, head), ...]`` to zero, or to
+        ``values[(layer, head)]`` (a ``[d_head]`` vector, e.g. a mean), at every position: jaxmech's background
+        ablation written as hooks. Registered before any patch, so a patch's hooks run after it."""
+        handles = []
+        for layer in sorted({l for l, _ in heads}):
+
+            def pre(m, a, layer=layer):
+                z = a[0].clone()
+                for l, h in heads:
+                    if l == layer:
+                        cols = slice(h * self.dh, (h + 1) * self.dh)
+                        z[:, :, cols] = 0.0 if values is None else torch.as_tensor(
+                            np.asarray(values[(l, h)]), dtype=z.dtype, device=z.device)
+                return (z,)
+
+            handles.append(self.layers[layer].attention.output.dense.register_forward_pre_hook(pre))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     @torch.no_grad()
     def cache(self, inputs) -> dict[str, list[torch.Tensor]]:
         """Per-layer ``resid_pre``, ``q``, ``k``, ``v`` (before any rotation), ``z``, ``attn_out``, ``mlp_out``,

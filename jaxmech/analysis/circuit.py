@@ -195,6 +195,8 @@ def discover_circuit(
     min_denominator: float = 1e-3,
     chunk_size: int | None = None,
     detector_inputs: PairInputs | None = None,
+    method: str = "exact",
+    verify_top_k: int = 10,
 ) -> dict:
     """Runs E4 and two E5 stages on aligned pairs and assigns circuit roles.
 
@@ -211,6 +213,11 @@ def discover_circuit(
         chunk_size: Items per vmapped step.
         detector_inputs: If given, `match_scores` on them is added (``detector``) and each head gets its
             detector score.
+        method: ``"exact"`` (every sender path-patched) or ``"attribution"``: each stage's estimates for every
+            sender, then exact path patches of its ``verify_top_k`` senders with the largest mean estimated effect
+            (`jaxmech.patching.path_attribution.verified_path_patch`); the heads verified per stage are listed in
+            ``verified``.
+        verify_top_k: With ``method="attribution"``: senders verified exactly per stage.
 
     Returns:
         The ``circuit`` JSON object with ``effects`` (the three mean arrays) and ``n_pairs``/``n_flagged``.
@@ -231,6 +238,21 @@ def discover_circuit(
         q_emb = encode_batched(model, [[tok.cls_id, *q, tok.sep_id] for q in qp])
     batch = batch_pairs(pairs, max_length=model.cfg.n_ctx)
     kw = dict(chunk_size=chunk_size, query_embedding=q_emb)
+    verified: dict[str, list[str]] = {}
+    if method == "attribution":  # estimates for every sender, the top ones verified exactly
+        from jaxmech.patching.path_attribution import verified_path_patch
+
+        def fast(family, receivers=(), receiver_input="k", stage=""):
+            res, heads = verified_path_patch(model, batch, family, k=verify_top_k, receivers=receivers,
+                                             receiver_input=receiver_input, query_embedding=q_emb)
+            verified[stage] = [head_name(*h) for h in heads]
+            return res
+
+        path_to_score = lambda model, batch, **_: fast("path_to_score", stage="path_to_score")  # noqa: E731
+        path_to_heads = lambda model, batch, receivers, r, **_: fast(  # noqa: E731
+            "path_to_heads", receivers, r, stage=f"path_to_heads_{r}:{','.join(head_name(*h) for h in receivers)}")
+    elif method != "exact":
+        raise ValueError(f"discover_circuit: method={method!r}; choose 'exact' or 'attribution'")
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     e4, flagged = _path_effects(lambda: path_to_score(model, batch, **kw), min_denominator)
     stage1 = circuit_from_effects(e4, thresholds=th, max_heads=max_heads, min_heads=min_heads)
@@ -265,6 +287,8 @@ def discover_circuit(
             "n_pairs": batch.n_pairs,
             "n_flagged": flagged,
             "receiver_inputs": list(receiver_inputs),
+            **({"method": "attribution", "verify_top_k": verify_top_k, "verified": verified}
+               if method == "attribution" else {}),
         },
     )
     if detector_inputs is not None:

@@ -136,6 +136,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     q.add_argument("--min-heads", type=int, default=1)
     q.add_argument("--receiver-inputs", nargs="+", default=["k", "v"], choices=["q", "k", "v"])
+    q.add_argument("--method", default="exact", choices=["exact", "attribution"],
+                   help="attribution: path-patching estimates for every sender, exact patches of the top "
+                   "--verify-top-k per stage")
+    q.add_argument("--verify-top-k", type=int, default=10, help="with --method attribution: senders verified exactly")
 
     q = sub.add_parser("edit-idf", help="raise/lower tokens' U_0 coordinate; scores and [CLS] attention")
     common(q)

@@ -188,11 +188,14 @@ def circuit_step(
     max_heads: dict | None = DEFAULT_MAX_HEADS,
     min_heads: int = 1,
     receiver_inputs: Sequence[str] = ("k", "v"),
+    method: str = "exact",
+    verify_top_k: int = 10,
     **_ignored,
 ) -> dict:
     """Circuit roles. From a run holding ``path_to_score`` (and no model at hand): stage 1 from its array.
     Otherwise `jaxmech.analysis.circuit.discover_circuit` on TFC1 pairs (``dataset`` or built from
-    ``source``), with the exact-match detector on the same pairs' perturbed inputs."""
+    ``source``), with the exact-match detector on the same pairs' perturbed inputs (``method="attribution"``:
+    estimates for every sender and exact patches of the top ``verify_top_k`` per stage)."""
     from jaxmech.analysis.circuit import circuit_from_effects, discover_circuit
     from jaxmech.analysis.common import PairInputs
 
@@ -225,6 +228,8 @@ def circuit_step(
         min_heads=min_heads,
         receiver_inputs=receiver_inputs,
         detector_inputs=det,
+        method=method,
+        verify_top_k=verify_top_k,
     )
 
 

@@ -12,8 +12,10 @@ from jaxmech.cli.common import add_model_args
 
 def run(args: argparse.Namespace) -> int:
     """Runs the sweep, writes the file, prints the summary as JSON."""
+    from jaxmech.patching.background import parse_ablation
     from jaxmech.patching.run import PatchInterrupted, patch, summarize
 
+    background = parse_ablation(args.ablate, args.ablation, args.ablate_site) if args.ablate else None
     try:
         res = patch(args.model, args.family, dataset=args.dataset, triples=args.triples, query=args.query,
                     baseline_doc=args.baseline_doc, perturbed_doc=args.perturbed_doc, limit=args.limit, kind=args.kind,
@@ -23,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
                     reverse=args.reverse,
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
-                    show_progress=not args.no_progress, stop_on_sigint=True)
+                    background=background, groups=args.group or None, show_progress=not args.no_progress,
+                    stop_on_sigint=True)
     except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
         return 130
@@ -66,6 +69,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
+    p.add_argument("--group", action="append", default=[], metavar="L.H,L.H",
+                   help="a head group of heads_joint (repeatable: one result per group)")
+    p.add_argument("--ablate", action="append", default=[], metavar="L.H,L.H",
+                   help="background: ablate these heads in both runs (and so in every patched run); repeatable")
+    p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
+                   help="ablated heads' value: zero, or their mean over the pairs' real tokens (clean model)")
+    p.add_argument("--ablate-site", default="z", choices=["z", "result"], help="the ablated heads' site")
     p.add_argument("--pairs-per-chunk", type=int, default=None,
                    help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
                    "Ctrl-C is acted on between chunks")

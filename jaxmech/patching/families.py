@@ -8,7 +8,8 @@ Names and result shapes follow TransformerLens's ``patching`` module (``get_act_
 ``block_every`` with shape ``[3, layer, pos]``, ``get_act_patch_attn_head_out_by_pos`` is ``head_by_pos_z``
 with ``[layer, pos, head]``, ...). "Head out" in TransformerLens means ``z``; the paper's head experiment (E2)
 patches ``v`` at every position (``head_all_pos_v``). Activation families run exactly or as attribution
-estimates (``method="attribution"``); path families run exactly.
+estimates (``method="attribution"``); so do ``path_to_score`` and ``path_to_heads``
+(`jaxmech.patching.path_attribution`); ``path_components_to_heads`` and ``heads_joint`` run exactly.
 
 Family names are stable; scripts may rely on them.
 """
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from jaxmech.sites import get_site
 
-AXIS_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+AXIS_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head", "g": "group"}
 RECEIVER_INPUTS = ("q", "k", "v")
 """Which input of the receiver heads path families patch."""
 """Result axis letters of `Family.layout` and their names in `Family.axes`."""
@@ -44,13 +45,15 @@ class Family:
             ``path_components_to_heads``).
         per_pos: One patch per position (else every position at once).
         per_head: One patch per head (else the whole site).
-        layout: Result axes per component: ``"l"``, ``"lp"``, ``"lh"``, ``"lph"`` or ``"lhp"``; a leading
-            component axis is added when there are several sites.
+        layout: Result axes per component: ``"l"``, ``"lp"``, ``"lh"``, ``"lph"``, ``"lhp"`` or ``"g"`` (one
+            value per head group); a leading component axis is added when there are several sites.
         description: What it measures.
         runner: ``"module:function"`` that runs the family on a `jaxmech.patching.inputs.PairBatch` and
             returns a `jaxmech.patching.results.SweepResult` (resolved on first use, see `Family.run`).
-        methods: ``"exact"`` and, for activation families, ``"attribution"``.
+        methods: ``"exact"`` and, where available, ``"attribution"``.
         needs_receivers: Path families that read receiver heads' inputs (``receivers`` required).
+        path: A path-patching family.
+        needs_groups: Families that patch head groups (``groups`` required).
         sites_label: How ``jaxmech families`` shows the sites (default: ``sites`` joined by ``+``).
     """
 
@@ -64,6 +67,8 @@ class Family:
     methods: tuple[str, ...] = ("exact", "attribution")
     needs_receivers: bool = False
     sites_label: str = ""
+    path: bool = False
+    needs_groups: bool = False
 
     @property
     def full_layout(self) -> str:
@@ -77,12 +82,12 @@ class Family:
 
     @property
     def is_path(self) -> bool:
-        """Whether this is a path-patching family (runs with ``method="exact"`` only)."""
-        return self.methods == ("exact",)
+        """Whether this is a path-patching family."""
+        return self.path
 
-    def shape(self, n_layers: int, n_pos: int, n_heads: int) -> tuple[int, ...]:
+    def shape(self, n_layers: int, n_pos: int, n_heads: int, n_groups: int = 0) -> tuple[int, ...]:
         """Result shape for one pair (activation families; path families end at the last receiver layer)."""
-        dims = {"c": len(self.sites), "l": n_layers, "p": n_pos, "h": n_heads}
+        dims = {"c": len(self.sites), "l": n_layers, "p": n_pos, "h": n_heads, "g": n_groups}
         return tuple(dims[c] for c in self.full_layout)
 
     @property
@@ -140,19 +145,30 @@ def _path_families() -> list[Family]:
     return [
         Family("path_to_score", ("z",), False, True, "lh",
                "sender heads to the score, every other head's z frozen (paper E4)",
-               runner="jaxmech.patching.path:run_path_to_score", methods=exact, sites_label="z (frozen attention)"),
+               runner="jaxmech.patching.path:run_path_to_score", methods=("exact", "attribution"),
+               sites_label="z (frozen attention)", path=True),
         Family("path_to_heads", ("z",), False, True, "lh",
                "sender heads to receiver heads' q/k/v (E5); layers below the last receiver",
-               runner="jaxmech.patching.path:run_path_to_heads", methods=exact, needs_receivers=True,
-               sites_label="z -> q|k|v"),
+               runner="jaxmech.patching.path:run_path_to_heads", methods=("exact", "attribution"),
+               needs_receivers=True, sites_label="z -> q|k|v", path=True),
         Family("path_components_to_heads", ("resid_pre", "attn_out", "mlp_out"), True, False, "lp",
                "components by layer and position to receiver heads' inputs (E6)",
-               runner="jaxmech.patching.path:run_path_components_to_heads", methods=exact, needs_receivers=True),
+               runner="jaxmech.patching.path:run_path_components_to_heads", methods=exact, needs_receivers=True,
+               path=True),
+    ]
+
+
+def _group_families() -> list[Family]:
+    return [
+        Family("heads_joint", ("z",), False, True, "g",
+               "each group of heads' z patched together at every position (groups: lists of LAYER.HEAD)",
+               runner="jaxmech.patching.joint:run_heads_joint", methods=("exact",), needs_groups=True,
+               sites_label="z (head groups)"),
     ]
 
 
 def _registry() -> dict[str, Family]:
-    fams = _activation_families() + _path_families()
+    fams = _activation_families() + _path_families() + _group_families()
     for f in fams:
         for s in f.sites:
             get_site(s)
@@ -162,7 +178,7 @@ def _registry() -> dict[str, Family]:
 REGISTRY: dict[str, Family] = _registry()
 """Every family, by name."""
 FAMILIES: dict[str, Family] = {n: f for n, f in REGISTRY.items() if not f.is_path}
-"""The activation-patching families (exact or attribution)."""
+"""The activation-patching families (single sites, and the head-group family ``heads_joint``)."""
 PATH_FAMILIES: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.is_path)
 """Names of the path-patching families."""
 
@@ -226,6 +242,40 @@ def check_receivers(receivers, receiver_input: str, n_layers: int | None = None,
             raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
                              f"0..{n_heads - 1})")
     return receivers
+
+
+def check_groups(groups, n_layers: int | None = None, n_heads: int | None = None
+                 ) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Parses and checks head groups (against the model's shape when given).
+
+    Args:
+        groups: ``[["9.1", "9.2"], ["10.1"]]`` (a group may also be one ``"9.1,9.2"`` string).
+        n_layers: Layers of the model.
+        n_heads: Heads per layer.
+
+    Returns:
+        ``(((layer, head), ...), ...)``, one tuple per group.
+
+    Raises:
+        ValueError: On no groups, an empty group, a malformed head, a head twice in a group, or one out of range.
+    """
+    out = []
+    for i, group in enumerate(groups or ()):
+        items = group.split(",") if isinstance(group, str) else list(group)
+        heads = parse_heads([h.strip() if isinstance(h, str) else h for h in items if not isinstance(h, str)
+                             or h.strip()])
+        if not heads:
+            raise ValueError(f"head group {i} is empty")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"head group {i} lists a head twice: {group}")
+        for layer, head in heads:
+            if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"head {layer}.{head} of group {i} is out of range (layers 0..{n_layers - 1}, "
+                                 f"heads 0..{n_heads - 1})")
+        out.append(heads)
+    if not out:
+        raise ValueError("no head groups given (e.g. groups [['9.1', '9.2'], ['10.1']] or --group 9.1,9.2)")
+    return tuple(out)
 
 
 def describe_families() -> list[dict[str, str]]:

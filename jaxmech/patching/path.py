@@ -280,17 +280,28 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
 # -- the registry's runners (`jaxmech.patching.families`) ---------------------------------------------------------
 
 
-def run_path_to_score(model, batch, family: Family, *, reverse=False, chunk_size=None, query_embedding=None,
-                      mesh=None, steps_per_call=None, **_options) -> SweepResult:
-    """Runner of ``path_to_score`` (receiver options are not used)."""
+def run_path_to_score(model, batch, family: Family, *, method="exact", reverse=False, chunk_size=None,
+                      query_embedding=None, mesh=None, steps_per_call=None, **_options) -> SweepResult:
+    """Runner of ``path_to_score`` (receiver options are not used); ``method="attribution"``:
+    `jaxmech.patching.path_attribution.path_attribution_patch`."""
+    if method == "attribution":
+        from jaxmech.patching.path_attribution import path_attribution_patch
+
+        return path_attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
     return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                          query_embedding=query_embedding, steps_per_call=steps_per_call)
 
 
-def run_path_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                      chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
+def run_path_to_heads(model, batch, family: Family, *, method="exact", receivers=(), receiver_input="k",
+                      reverse=False, chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
                       **_options) -> SweepResult:
-    """Runner of ``path_to_heads``."""
+    """Runner of ``path_to_heads``; ``method="attribution"``:
+    `jaxmech.patching.path_attribution.path_attribution_patch`."""
+    if method == "attribution":
+        from jaxmech.patching.path_attribution import path_attribution_patch
+
+        return path_attribution_patch(model, batch, family, receivers=receivers, receiver_input=receiver_input,
+                                      reverse=reverse, query_embedding=query_embedding)
     return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
                          mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.data.records import AlignedPair
-from jaxmech.patching.families import Family, check_receivers, get_family
+from jaxmech.patching.families import Family, check_groups, check_receivers, get_family
 from jaxmech.patching.results import PatchingResult, pair_table
 
 METHODS = ("exact", "attribution")
@@ -136,7 +136,8 @@ class InterruptibleProgress:
 
 def check_request(families: Sequence[str | Family], *, method: str = "exact", metric: str = "normalized",
                   receivers: Sequence[str] | None = None, receiver_input: str = "k",
-                  model_shape: tuple[int, int] | None = None, precision: str | None = None) -> list[Family]:
+                  model_shape: tuple[int, int] | None = None, precision: str | None = None,
+                  groups: Sequence[Sequence[str]] | None = None) -> list[Family]:
     """Checks a run's families and options without a model (cheap, before loading anything).
 
     Args:
@@ -147,6 +148,7 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
         model_shape: ``(n_layers, n_heads)`` to check receivers against, if known.
         precision: A matmul precision of `jaxmech.runtime.PRECISIONS` (None: the one in effect).
+        groups: Head groups of ``heads_joint`` (``[["9.1", "9.2"], ...]``).
 
     Returns:
         The families.
@@ -172,6 +174,8 @@ def check_request(families: Sequence[str | Family], *, method: str = "exact", me
             raise ValueError(f"{fam.name} needs --receiver LAYER.HEAD (e.g. --receiver 4.1)")
     if any(f.needs_receivers for f in fams):
         check_receivers(receivers, receiver_input, *(model_shape or (None, None)))
+    if any(f.needs_groups for f in fams):
+        check_groups(groups, *(model_shape or (None, None)))
     return fams
 
 
@@ -238,6 +242,8 @@ def run_patching(
     steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
     mesh=None,
+    background=None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> PatchingResult:
     """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
 
@@ -274,6 +280,10 @@ def run_patching(
             `jaxmech.patching.program.run_kernel`).
         progress: Called with a `Progress` after each chunk.
         mesh: Devices to shard sites over (default: every local device).
+        background: Heads ablated in both runs (and so in every patched run): an
+            `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
+            over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
+        groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
 
     Returns:
         A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
@@ -291,17 +301,22 @@ def run_patching(
     from jaxmech.patching.metrics import apply_metric, relative_denominator_flags
     from jaxmech.tokenizer import bucket_length
 
-    fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input)
+    fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input,
+                         groups=groups)
     if not pairs:
         raise ValueError("no pairs to patch")
     if aggregate not in STATISTICS:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {STATISTICS}")
     if relative_min_denominator is not None and not relative_min_denominator >= 0:
         raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
+    from jaxmech.patching.background import with_background
+
     model, tok = lm.model, lm.tokenizer
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
+    lm, resolved_background = with_background(lm, pairs, background)  # the model with the background folded in
+    model = lm.model
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -317,7 +332,7 @@ def run_patching(
     flagged = np.zeros(len(pairs), bool)
     done = np.zeros(len(pairs), bool)
     options = dict(method=method, reverse=reverse, chunk_size=chunk_size, receivers=receivers,
-                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call)
+                   receiver_input=receiver_input, mesh=mesh, steps_per_call=steps_per_call, groups=groups)
     metric_kw = {"min_denominator": min_denominator} if metric == "normalized" else {}
     t0 = time.perf_counter()
     stopped = False
@@ -385,6 +400,10 @@ def run_patching(
         "precision": runtime.resolve_precision(None), "device": runtime.describe_device(),
         "compilation_cache": runtime.compilation_cache_status(),
     }
+    if resolved_background is not None:
+        meta["background"] = resolved_background.describe()
+    if any(f.needs_groups for f in fams):
+        meta["groups"] = [[f"{l}.{h}" for l, h in g] for g in check_groups(groups)]
     if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
         meta["relative_min_denominator"] = relative_min_denominator
         meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
@@ -536,8 +555,13 @@ def patch(
     if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
         raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
     check_request(families, model_shape=local_model_shape(model),
-                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision")
+                  **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision", "groups")
                      if k in options})
+    if options.get("background") is not None and local_model_shape(model) is not None:
+        from jaxmech.patching.background import as_ablations
+
+        for ablation in as_ablations(options["background"]):
+            ablation.check(*local_model_shape(model))
     if out is not None:
         check_output(out, overwrite=overwrite)
     for what, path in (("dataset", dataset), ("triples", triples)):

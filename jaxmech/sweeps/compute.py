@@ -4,7 +4,8 @@
 filled with inert pairs; sites in calls of ``steps_per_call x chunk_size`` items), so each family compiles once
 per bucket and a resumed or repeated run reuses the persistent compilation cache. What this module adds: the
 run's position axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution
-estimates (`jaxmech.patching.attribution.verify_top_k`, which ``run_patching`` does not run).
+estimates (`jaxmech.patching.attribution.verify_top_k`, and `jaxmech.patching.path_attribution.path_verify_top_k`
+for path families, which ``run_patching`` does not run).
 """
 
 from __future__ import annotations
@@ -93,7 +94,14 @@ def _verify(
             queries = [pairs[i].query for i in idx]
             enc = tok.encode_texts(queries + queries[:1] * (C - len(idx)))
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
-        for rec in verify_top_k(model, batch, estimate, family, k, reverse=reverse, query_embedding=qe):
+        if family.is_path:  # path_to_score / path_to_heads estimates: exact path patches of the top senders
+            from jaxmech.patching.path_attribution import path_verify_top_k
+
+            records = path_verify_top_k(model, batch, estimate, family, k, receivers=[str(r) for r in fam.receivers],
+                                        receiver_input=fam.receiver_input, reverse=reverse, query_embedding=qe)
+        else:
+            records = verify_top_k(model, batch, estimate, family, k, reverse=reverse, query_embedding=qe)
+        for rec in records:
             if rec["pair"] >= len(idx):
                 continue
             p, c, m = idx[rec["pair"]], comp_of[rec["component"]], len(rec["exact"])
@@ -139,6 +147,7 @@ def compute_chunk(
             reverse=reverse,
             receivers=[str(h) for h in fam.receivers] or None,
             receiver_input=fam.receiver_input,
+            groups=fam.groups or None,
             chunk_size=chunking.items_per_step or None,
             min_denominator=patching.min_denominator,
             pairs_per_chunk=chunking.pairs_per_chunk,

@@ -11,11 +11,14 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      line). Never "the first N": in TFC1 that is all one query.
     [[families]]     one or more: name (`jaxmech families`), method ("exact" | "attribution"), verify_top_k
                      (attribution: exact patches of the top k estimated sites per pair), receivers
-                     (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families
+                     (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families, groups
+                     ([["9.1", "9.2"], ["10.1"]]) for heads_joint
     [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
                      "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
                      step; 0 = from device memory), steps_per_call (steps per compiled call)
+    [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
+                     "mean": over all of the sweep's pairs), site ("z" | "result"); see jaxmech.sweeps.background
     [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
     [report]         enabled, options: the report step after the analyses
 
@@ -35,9 +38,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from jaxmech.sweeps.background import BackgroundSection
 from jaxmech.train.config import ConfigError, parse_section
 
 __all__ = [
+    "BackgroundSection",
     "DIRECTIONS",
     "METHODS",
     "PRECISIONS",
@@ -152,11 +157,13 @@ class FamilySection:
     Attributes:
         name: A family of `jaxmech.patching.FAMILIES` or a path family (``path_to_score``, ``path_to_heads``,
             ``path_components_to_heads``).
-        method: ``"exact"`` or ``"attribution"`` (gradient estimate; activation families only).
+        method: ``"exact"`` or ``"attribution"`` (gradient estimate; activation families, ``path_to_score`` and
+            ``path_to_heads``).
         verify_top_k: With attribution: exact patches of the ``k`` sites with the largest estimated effect
             per pair (stored beside the estimate).
         receivers: Receiver heads ``["10.1", ...]`` of ``path_to_heads`` / ``path_components_to_heads``.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        groups: Head groups ``[["9.1", "9.2"], ...]`` of ``heads_joint``.
     """
 
     name: str = ""
@@ -164,6 +171,7 @@ class FamilySection:
     verify_top_k: int = 0
     receivers: list = dataclasses.field(default_factory=list)
     receiver_input: str = "k"
+    groups: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         from jaxmech.patching.families import FAMILIES, PATH_FAMILIES
@@ -175,8 +183,10 @@ class FamilySection:
             )
         _choice("", "method", self.method, METHODS)
         _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
-        if self.method == "attribution" and self.name in PATH_FAMILIES:
-            raise ValueError(f"method='attribution' is not available for {self.name}; use 'exact'")
+        from jaxmech.patching.families import get_family
+
+        if self.method not in get_family(self.name).methods:
+            raise ValueError(f"method={self.method!r} is not available for {self.name}; use 'exact'")
         if self.verify_top_k and self.method != "attribution":
             raise ValueError("verify_top_k applies to method='attribution' only")
         if self.verify_top_k < 0:
@@ -187,6 +197,12 @@ class FamilySection:
         if self.receivers and not needs:
             raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
         parse_heads([str(r) for r in self.receivers])
+        from jaxmech.patching.families import check_groups, get_family
+
+        if get_family(self.name).needs_groups:
+            check_groups(self.groups)
+        elif self.groups:
+            raise ValueError(f"groups apply to heads_joint, not {self.name}")
 
     @property
     def key(self) -> str:
@@ -295,6 +311,7 @@ _TABLES: dict[str, type] = {
     "patching": PatchingSection,
     "chunking": ChunkingSection,
     "report": ReportSection,
+    "background": BackgroundSection,
 }
 _ARRAYS: dict[str, type] = {"datasets": DatasetSection, "families": FamilySection, "analyses": StepSection}
 # Settings that do not change results (allowed to differ when resuming).
@@ -317,13 +334,16 @@ class SweepConfig:
     chunking: ChunkingSection = ChunkingSection()
     analyses: tuple[StepSection, ...] = ()
     report: ReportSection = ReportSection()
+    background: BackgroundSection = BackgroundSection()
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as the TOML's tables (what `from_dict` reads)."""
-        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES}
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _TABLES
+                               if not (name == "background" and self.background.empty)}  # fingerprints unchanged
         for name in _ARRAYS:
-            out[name] = [dataclasses.asdict(x) for x in getattr(self, name)]
+            out[name] = [{k: v for k, v in dataclasses.asdict(x).items() if not (k == "groups" and not v)}
+                         for x in getattr(self, name)]  # no groups: fingerprints as before
         return out
 
     @property

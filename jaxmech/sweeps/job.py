@@ -37,7 +37,7 @@ from jaxmech.sweeps.store import SweepStore, atomic_savez, atomic_write_json
 
 FORMAT = "jaxmech.sweep"
 FORMAT_VERSION = 1
-DIM_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head"}
+DIM_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head", "g": "group"}
 
 
 class ResumeError(RuntimeError):
@@ -170,6 +170,8 @@ def _runs_per_pair(fam: FamilySection, n_patchable: int, cfg) -> int:
         return len(get_family(fam.name).sites) * fam.verify_top_k
     if fam.name == "path_to_score":
         return L * H
+    if fam.groups:
+        return len(fam.groups)
     if fam.name in ("path_to_heads", "path_components_to_heads"):
         r_max = max(r for r, _ in parse_heads([str(r) for r in fam.receivers]))
         return r_max * H if fam.name == "path_to_heads" else 3 * r_max * n_patchable
@@ -277,6 +279,7 @@ def family_shapes(cfg: SweepConfig, model_cfg, T_max: int) -> dict[str, dict]:
             "l": r_max if fam.receivers else L,
             "p": T_max,
             "h": H,
+            "g": len(fam.groups),
         }
         if fam.name not in ("path_to_score", "path_to_heads", "path_components_to_heads"):
             sizes["c"] = len(get_family(fam.name).sites)
@@ -486,6 +489,10 @@ def run_sweep(
     with precision_context(cfg.patching.precision):
         lm = _load_model(cfg)
         plan = plan_sweep(cfg, lm)
+        from jaxmech.patching.background import with_background
+
+        # [background]: the model with the ablated heads folded in (means over all of the sweep's pairs, once).
+        lm, background = with_background(lm, plan.pairs, cfg.background.to_ablation())
         t_plan = time.perf_counter() - t_start
         fams = family_shapes(cfg, lm.model.cfg, plan.T_max)
         C = cfg.chunking.pairs_per_chunk
@@ -525,6 +532,8 @@ def run_sweep(
             "processes": procs.count,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if background is not None:
+            meta["background"] = background.describe()
         store = SweepStore(out)
         if procs.index == 0:
             try:
