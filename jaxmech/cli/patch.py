@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
                     reverse=args.reverse,
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
-                    show_progress=not args.no_progress, stop_on_sigint=True)
+                    show_progress=not args.no_progress, stop_on_sigint=True, readout=args.readout)
     except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
         return 130
@@ -66,6 +66,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "path_to_heads and path_components_to_heads (repeatable)")
     p.add_argument("--receiver-input", default="k", choices=["q", "k", "v"],
                    help="which input of the receiver heads path families patch")
+    p.add_argument("--readout", default=None, metavar="SPEC",
+                   help="what each patched run measures instead of the score: attn:LAYER.HEAD:FROM->TO[:sum,mean] "
+                   "(attention weight; FROM/TO a position or token types such as CLS, Qplus, Q, Dinj), margin:I,J "
+                   "(logit margin, num_labels > 1), proj:SITE:LAYER:POSITION:FILE.npy[:mean] (projection of a "
+                   "hidden state on a direction); see jaxmech.patching.readouts")
     p.add_argument("--pairs-per-chunk", type=int, default=None,
                    help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
                    "Ctrl-C is acted on between chunks")
