@@ -354,8 +354,8 @@ def test_the_command_line_parses_readouts_and_names_bad_fields(minilm_path, tmp_
     assert json.loads(captured.out)["readout"] == "attn:3.1:CLS->Q:sum,mean"
     with np.load(out) as f:
         assert json.loads(str(f["meta"]))["readout"] == "attn:3.1:CLS->Q:sum,mean"
-        raw, base = f["raw:attn_out_all_pos"], f["score_baseline"]
-        assert np.isfinite(raw).all() and np.abs(raw - base[:, None]).max() > 0
+        raw, clean = f["raw:attn_out_all_pos"], f["score_baseline"]
+        assert np.isfinite(raw).all() and np.abs(raw - clean[:, None]).max() > 0
     for spec, field in (("attn:3.x:CLS->Q", "head 'x'"), ("attn:3.1:CLS->Qfoo", "to 'Qfoo'"),
                         ("margin:1", "labels must be I,J")):
         code = main([*base, "--readout", spec, "--out", str(tmp_path / "bad.npz")])
