@@ -364,3 +364,31 @@ def test_the_command_line_parses_readouts_and_names_bad_fields(minilm_path, tmp_
     code = main([*base, "--readout", "margin:1,0", "--out", str(tmp_path / "bad.npz")])
     err = capsys.readouterr().err
     assert code == 2 and "num_labels=1" in err, err
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("family", ["head_all_pos_v", "block_every", "head_by_pos_pattern"])
+def test_an_attention_readout_matches_the_pytorch_hook_implementation(tiny_cross_dir, tiny_model, family):
+    """The same sweep with forward hooks on the Hugging Face model (benchmarks/baselines/torch_hooks.py), the
+    attention weight read from its softmax probabilities."""
+    pytest.importorskip("torch")
+    from conftest import PARITY_ATOL
+    from transformers import BertForSequenceClassification
+
+    from benchmarks.baselines.torch_hooks import TorchPatcher
+
+    pair = _typed(random_pairs(1, tiny_model.cfg.d_vocab, seed=11, d_len=(8, 9)))[0]
+    T = len(pair.baseline_ids)
+    batch = batch_pairs([pair], buckets=(T,), max_length=48)
+    readout = AttentionWeight(1, 2, "CLS", "Q")
+    ours = activation_patch(tiny_model, batch, family, readout=bind(readout, [pair], T, 1))
+    patcher = TorchPatcher(BertForSequenceClassification.from_pretrained(tiny_cross_dir))
+    base_inputs = (pair.baseline_ids, pair.baseline_token_type_ids, [1] * T)
+    src = patcher.cache((pair.perturbed_ids, pair.perturbed_token_type_ids, [1] * T))
+    patcher.attention_readout = (1, 2, _weights(pair, "CLS", "sum", T), _weights(pair, "Q", "mean", T))
+    ref = {"head_all_pos_v": lambda: patcher.head_all_pos(base_inputs, src, "v"),
+           "block_every": lambda: patcher.block_every(base_inputs, src),
+           "head_by_pos_pattern": lambda: patcher.head_by_pos_pattern(base_inputs, src)}[family]()
+    np.testing.assert_allclose(ours.patched[0], ref, atol=PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(ours.baseline_score[0], patcher.score(base_inputs), atol=PARITY_ATOL, rtol=0)
+    assert np.nanmax(np.abs(ref - ours.baseline_score[0])) > 1e-3, "patches must move the readout visibly"
