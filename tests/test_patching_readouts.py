@@ -392,3 +392,108 @@ def test_an_attention_readout_matches_the_pytorch_hook_implementation(tiny_cross
     np.testing.assert_allclose(ours.patched[0], ref, atol=PARITY_ATOL, rtol=0)
     np.testing.assert_allclose(ours.baseline_score[0], patcher.score(base_inputs), atol=PARITY_ATOL, rtol=0)
     assert np.nanmax(np.abs(ref - ours.baseline_score[0])) > 1e-3, "patches must move the readout visibly"
+
+
+SWEEP = """
+[run]
+name = "e7-tiny"
+[model]
+path = "{model}"
+[[datasets]]
+kind = "idf_front"
+source = "demo"
+[[families]]
+name = "head_all_pos_v"
+[[families]]
+name = "path_to_score"
+[patching]
+metric = "difference"
+readout = "{readout}"
+[chunking]
+pairs_per_chunk = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_with_tokenizer(tmp_path_factory, minilm_path):
+    """A 2-layer cross-encoder with random weights and the MiniLM tokenizer (as tests/test_sweep.py)."""
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import build_model
+    from jaxmech.loading import save_pretrained
+    from jaxmech.tokenizer import PairTokenizer
+
+    cfg = EncoderConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=128, initializer_range=0.3)
+    folder = tmp_path_factory.mktemp("model") / "tiny-cross"
+    save_pretrained(build_model(cfg, "cross", seed=0), folder, tokenizer=PairTokenizer.from_pretrained(minilm_path))
+    return folder
+
+
+def test_a_sweep_declares_a_readout_on_e7_pairs(tmp_path, tiny_with_tokenizer):
+    from jaxmech import results
+    from jaxmech.loading import load_model
+    from jaxmech.patching.run import run_patching
+    from jaxmech.sweeps import load_sweep_config, run_sweep
+    from jaxmech.sweeps.job import plan_sweep
+
+    spec = "attn:1.0:CLS->@moved_positions:sum,mean"
+    path = tmp_path / "e7.toml"
+    path.write_text(SWEEP.format(model=tiny_with_tokenizer, readout=spec))
+    assert run_sweep(path, out=tmp_path / "run", quiet=True).complete
+    run = results.open(tmp_path / "run")
+    assert run.meta["readout"] == spec
+    lm = load_model(tiny_with_tokenizer)
+    plan = plan_sweep(load_sweep_config(path), lm)
+    assert all(p.kind == "idf_front" for p in plan.pairs) and len(plan.pairs) == run.meta["n_pairs"]
+    res = run_patching(lm, plan.pairs, ["head_all_pos_v", "path_to_score"], metric="difference", readout=spec)
+    for fam in ("head_all_pos_v", "path_to_score"):
+        np.testing.assert_allclose(np.asarray(run.raw(fam)), res.raw[fam], atol=ENGINE_ATOL, rtol=0)
+    np.testing.assert_allclose(run.pairs["score_baseline"], res.pairs["score_baseline"], atol=ENGINE_ATOL, rtol=0)
+    # the unpatched runs' readout: 1.0's attention from [CLS] to the first-word positions, averaged
+    p = plan.pairs[0]
+    moved = p.meta["moved_positions"]
+    _, cache = run_cached(lm.model, *(jnp.asarray([a]) for a in (p.baseline_ids, p.baseline_token_type_ids,
+                                                                 [1] * len(p.baseline_ids))),
+                          capture=frozenset({"pattern"}))
+    np.testing.assert_allclose(run.pairs["score_baseline"][0], np.asarray(cache["pattern"][0, 1, 0, 0])[moved].mean(),
+                               atol=ENGINE_ATOL, rtol=0)
+
+
+def test_sweep_configs_check_the_readout(tmp_path, tiny_with_tokenizer):
+    from jaxmech.sweeps.config import ConfigError, load_sweep_config
+
+    base = SWEEP.format(model="m", readout="attn:1.0:CLS->Q")
+    path = tmp_path / "c.toml"
+    for text, message in ((base.replace("CLS->Q", "CLS->Qx"), "[patching]: readout attn:1.0: to 'Qx'"),
+                          (base + "[[families]]\nname = 'head_all_pos_z'\nmethod = 'attribution'\n",
+                           "[patching] readout: attribution families (head_all_pos_z)")):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_sweep_config(path)
+        assert message in str(err.value), str(err.value)
+    path.write_text(base.replace('readout = "attn:1.0:CLS->Q"\n', ""))
+    plain = load_sweep_config(path)
+    path.write_text(base.replace('readout = "attn:1.0:CLS->Q"\n', 'readout = ""\n'))
+    assert load_sweep_config(path).fingerprint() == plain.fingerprint()
+    path.write_text(base)
+    assert load_sweep_config(path).fingerprint() != plain.fingerprint()
+
+
+def test_e7_dataset_build_on_the_shared_data(shared_data, tmp_path, capsys):
+    from jaxmech.cli import main
+    from jaxmech.data.records import read_dataset
+
+    out = tmp_path / "e7.jsonl"
+    code = main(["dataset", "build", "--kind", "idf_front", "--source", "shared", "--limit", "20", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    header, pairs = read_dataset(out)
+    assert len(pairs) == 20 and header["kind"] == "idf_front"
+    for p in pairs:
+        assert p.kind == "idf_front" and p.baseline_ids != p.perturbed_ids
+        assert sorted(p.baseline_ids) == sorted(p.perturbed_ids) and p.position_map == list(range(len(p.baseline_ids)))
+        moved = p.meta["moved_positions"]
+        assert moved == list(range(1, 1 + len(moved))) and p.term == p.meta["moved_word"]
+        # the moved word's pieces open the perturbed query and sit at the baseline's Qplus positions
+        qplus = [i for i, t in enumerate(p.token_types) if t == "Qplus"]
+        assert [p.perturbed_ids[i] for i in moved] == [p.baseline_ids[i] for i in qplus]
+    bound = bind(parse_readout("attn:10.1:CLS->@moved_positions"), pairs, 512)
+    assert np.allclose(np.nansum(bound.baseline[:, 1], axis=1), 1.0)  # averaged over the word's pieces

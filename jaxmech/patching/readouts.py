@@ -16,7 +16,10 @@ model's score (`Score`: the cross-encoder's logit, the bi-encoder's cosine); a r
 **Positions.** A position selector is a position index (``0`` = [CLS]) or token types of
 `jaxmech.data.records.TOKEN_TYPES` (``CLS``, ``SEP1``, ``SEP2``, ``Qplus``, ``Qsub``, ``Dinj``, ``Dplus``,
 ``Dsub``, ``Dother``; case-insensitive), joined with ``|``, or the groups ``Q`` (``Qplus|Qsub``), ``D``
-(``Dinj|Dplus|Dsub|Dother``) and ``SEP`` (``SEP1|SEP2``). Selectors name **baseline positions** (the pair's
+(``Dinj|Dplus|Dsub|Dother``) and ``SEP`` (``SEP1|SEP2``), or ``@KEY``: the positions listed in each pair's
+``meta[KEY]`` (E7's ``@moved_positions``: the first-word positions, where ``idf_front`` puts the moved
+highest-IDF word in the perturbed input; its position map is the identity, so both runs are read at the same
+positions, as in the paper). Selectors name **baseline positions** (the pair's
 token types are the baseline's); the perturbed run is read at their aligned positions (the pair's position
 map, as patching moves activations), unaligned positions dropped. A pair with no position of a selector
 reads NaN (its effects are NaN and the pair is flagged as having no result). With ``reverse`` the patched run
@@ -81,6 +84,10 @@ def _canon_selector(sel, field: str, where: str) -> Selector:
     s = sel.strip()
     if s.isdigit():
         return int(s)
+    if s.startswith("@"):
+        if not s[1:].isidentifier():
+            raise ReadoutError(f"{where}: {field} {s!r}: @KEY needs a meta key such as @moved_positions")
+        return s
     known = {t.lower(): t for t in (*TOKEN_TYPES, *TYPE_GROUPS)}
     names = []
     for part in s.split("|"):
@@ -366,6 +373,13 @@ def _selector_mask(sel: Selector, pair, where: str) -> np.ndarray:
     if isinstance(sel, int):
         if sel < n:
             mask[sel] = True
+        return mask
+    if sel.startswith("@"):
+        positions = (pair.meta or {}).get(sel[1:])
+        if not isinstance(positions, list) or not all(isinstance(i, int) and 0 <= i < n for i in positions):
+            raise ReadoutError(f"{where}: pair {pair.name or pair.qid!r} has no list of positions (< {n}) in "
+                               f"meta[{sel[1:]!r}] (found {positions!r:.60})")
+        mask[positions] = True
         return mask
     if pair.token_types is None:
         raise ReadoutError(f"{where}: pair {pair.name or pair.qid!r} has no token types (a dataset from "

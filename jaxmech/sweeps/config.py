@@ -13,7 +13,9 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      (attribution: exact patches of the top k estimated sites per pair), receivers
                      (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families
     [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
-                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
+                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16"), readout
+                     (what each patched run measures, `jaxmech.patching.readouts`: "attn:10.7:CLS->Qplus",
+                     "margin:1,0", "proj:resid_post:4:CLS:dir.npy"; default the score)
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
                      step; 0 = from device memory), steps_per_call (steps per compiled call)
     [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
@@ -216,12 +218,15 @@ class PatchingSection:
         direction: ``"perturbed_into_baseline"`` (run the baseline, patch in the perturbed run's activations:
             the paper's) or ``"baseline_into_perturbed"``.
         precision: Matmul precision (`jaxmech.runtime` names; fp32 is exact).
+        readout: What each patched run measures, a spec of `jaxmech.patching.readouts.parse_readout` (``""``:
+            the score). Fingerprinted only when set, so runs of the score keep their fingerprints.
     """
 
     metric: str = "normalized"
     min_denominator: float = 1e-3
     direction: str = "perturbed_into_baseline"
     precision: str = "fp32"
+    readout: str = ""
 
     def __post_init__(self):
         _choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
@@ -229,6 +234,10 @@ class PatchingSection:
         _choice("[patching]", "precision", self.precision, PRECISIONS)
         if self.min_denominator < 0:
             raise ValueError(f"[patching] min_denominator={self.min_denominator} must be >= 0")
+        if self.readout:
+            from jaxmech.patching.readouts import parse_readout
+
+            parse_readout(self.readout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,6 +349,8 @@ class SweepConfig:
                 continue
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if (table, k) not in _NOT_FINGERPRINTED}
+            if table == "patching" and not value.get("readout"):  # the score: fingerprints as before readouts
+                value.pop("readout", None)
             out[table] = value
         return out
 
@@ -385,6 +396,11 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(source, "[[datasets]] name", f"dataset names must be unique; repeated: {dup}")
+    readout = kw.get("patching", PatchingSection()).readout
+    attribution = [f.name for f in kw["families"] if f.method == "attribution"]
+    if readout and attribution:
+        raise ConfigError(source, "[patching] readout", f"attribution families ({', '.join(attribution)}) estimate "
+                          "the score only; use method = 'exact' with a readout")
     keys = [f.key for f in kw["families"]]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
