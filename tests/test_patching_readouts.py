@@ -65,7 +65,7 @@ def _weights(pair, selector, reduce, T):
     if isinstance(selector, int):
         m = np.arange(T) == selector
     else:
-        names = {"Q": ["Qplus", "Qsub"]}.get(selector, selector.split("|"))
+        names = {"Q": ["Qplus", "Qsub"], "D": ["Dinj", "Dplus", "Dsub", "Dother"]}.get(selector, selector.split("|"))
         m = np.array([t in names for t in pair.token_types] + [False] * (T - len(pair.token_types)))
     return m / m.sum() if reduce == "mean" else m.astype(float)
 
@@ -216,10 +216,12 @@ def _caches(model, batch):
             run_cached(model, *map(jnp.asarray, batch.perturbed), capture=sites)[1])
 
 
-def test_path_to_score_with_an_attention_readout_freezes_every_other_head(tiny_model, pairs, batch):
+@pytest.mark.parametrize("name", ["attention", "projection"])
+def test_path_to_score_with_a_layer_readout_freezes_every_other_head(tiny_model, pairs, batch, name):
     cfg = tiny_model.cfg
     L, H = cfg.n_layers, cfg.n_heads
-    readout = AttentionWeight(2, 3, "Q", "Dinj", "mean", "sum")
+    readout = {"attention": AttentionWeight(2, 3, "Q", "Dinj", "mean", "sum"),
+               "projection": Projection("mlp_out", 1, "Q", _direction(cfg.d_model, 5), "sum")}[name]
     res = path_to_score(tiny_model, batch, readout=bind(readout, pairs, batch.n_pos, batch.n_pairs), chunk_size=4)
     base, src = _caches(tiny_model, batch)
     for p in range(2):
@@ -254,6 +256,47 @@ def test_path_to_heads_with_an_attention_readout_is_a_two_stage_patch(tiny_model
     if readout_layer == 0:  # below every receiver: the baseline value
         np.testing.assert_allclose(res.patched, np.broadcast_to(res.baseline_score[:, None, None], res.patched.shape),
                                    atol=ENGINE_ATOL, rtol=0)
+
+
+def test_path_components_to_heads_with_a_projection_readout(tiny_model, pairs, batch):
+    cfg = tiny_model.cfg
+    L, H, T = cfg.n_layers, cfg.n_heads, batch.n_pos
+    receivers = parse_heads(["2.1", "1.3"])
+    readout = Projection("normalized_resid_post", 2, "CLS", _direction(cfg.d_model, 6))
+    from jaxmech.patching import path_components_to_heads
+
+    res = path_components_to_heads(tiny_model, batch, ["2.1", "1.3"], "v",
+                                   readout=bind(readout, pairs, T, batch.n_pairs))
+    _, src = run_cached(tiny_model, *map(jnp.asarray, batch.perturbed),
+                        capture=frozenset({"resid_pre", "attn_out", "mlp_out"}))
+    p = 1
+    inputs = _inputs(batch, p)
+    for c, site in enumerate(("resid_pre", "attn_out", "mlp_out")):
+        for layer in range(2):
+            for pos in range(0, batch.lengths[p], 4):
+                spec = PatchSpec(site, src[site][p], one_hot(layer, L), one_hot(pos, T))
+                _, cache = _forward(tiny_model, *inputs, [spec], frozenset({"v"}))
+                stage2 = [PatchSpec("v", cache["v"], one_hot(r, L), None, one_hot(h, H)) for r, h in receivers]
+                expected = _value(tiny_model, readout, pairs[p], T, inputs, stage2)
+                np.testing.assert_allclose(res.patched[p, c, layer, pos], expected, atol=ENGINE_ATOL, rtol=0)
+
+
+def test_a_bi_encoder_reads_attention_and_projections_and_refuses_margins(tiny_cross_dir, pairs, batch):
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import from_hf_state_dict
+    from jaxmech.loading import read_state_dict, weight_files
+
+    cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
+    state = {k: v for k, v in read_state_dict(weight_files(tiny_cross_dir)).items() if not k.startswith("classifier")}
+    bi = from_hf_state_dict(state, cfg, "bi")[0]
+    qe = np.random.RandomState(0).randn(batch.n_pairs, cfg.d_model).astype(np.float32)
+    for readout in (AttentionWeight(1, 0, "Dinj", "Q", "mean", "sum"), Projection("resid_pre", 2, "D", _direction(30))):
+        res = activation_patch(bi, batch, "head_all_pos_v", query_embedding=qe,
+                               readout=bind(readout, pairs, batch.n_pos, batch.n_pairs))
+        expected = _loop(bi, batch, pairs, "head_all_pos_v", readout)[:, 0, :, 0, :]
+        np.testing.assert_allclose(res.patched, expected, atol=ENGINE_ATOL, rtol=0)
+    with pytest.raises(ReadoutError, match="compares embeddings"):
+        activation_patch(bi, batch, "head_all_pos_v", query_embedding=qe, readout=LogitMargin(1, 0))
 
 
 def test_the_perturbed_run_is_read_at_the_aligned_positions(tiny_model):

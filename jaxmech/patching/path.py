@@ -39,8 +39,17 @@ from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched
 from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
-from jaxmech.patching.readouts import (SCORE, Readout, as_bound, check_readout, finish_result, layer_value,
-                                       read_block, reduce_site, with_weights)
+from jaxmech.patching.readouts import (
+    SCORE,
+    Readout,
+    as_bound,
+    check_readout,
+    finish_result,
+    layer_value,
+    read_block,
+    reduce_site,
+    with_weights,
+)
 from jaxmech.patching.results import SweepResult
 
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
@@ -69,7 +78,7 @@ def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inp
     mask = data.attention_mask[pair]
     L = readout.layer
     if L is not None:
-        if L < r0:  # static: the receivers sit above the readout
+        if r0 > L:  # static: the receivers sit above the readout
             return read_block(model, readout, data.cache.resid_pre[pair, L], mask.astype(bool),
                               data.read_weights[pair])
         hooks = HookPoints(frozenset({readout.site}), patches)
@@ -292,7 +301,8 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     comps = []
     for site in COMPONENTS:
         out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input, bound.readout), model, prep,
-                         with_weights(prep.data(site), bound, reverse), per_pos=True, per_head=False, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+                         with_weights(prep.data(site), bound, reverse), per_pos=True, per_head=False,
+                         layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
                          positions=positions, steps_per_call=steps_per_call)
         comps.append(out[:, :r_max, :, 0])
     res = SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +65,7 @@ PROJECTION_SITES = ("resid_pre", "resid_mid", "resid_post", "normalized_resid_mi
                     "attn_out", "mlp_out")
 """Sites a `Projection` may read (``[pos, d_model]`` per layer)."""
 
-Selector = Union[int, str]
+Selector = int | str
 
 
 class ReadoutError(ValueError):
@@ -278,7 +277,7 @@ class Projection:
         return weights[0] @ (act @ jnp.asarray(self.direction, act.dtype))
 
 
-Readout = Union[Score, LogitMargin, AttentionWeight, Projection]
+Readout = Score | LogitMargin | AttentionWeight | Projection
 SCORE = Score()
 
 
