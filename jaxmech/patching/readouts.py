@@ -582,8 +582,8 @@ def finish_result(result, model, prep, bound: BoundReadout, reverse: bool):
     return dataclasses.replace(result, baseline_score=base.astype(np.float32), perturbed_score=pert.astype(np.float32))
 
 
-def check_readout(readout: Readout, model=None, *, families: Sequence = (), method: str = "exact") -> None:
-    """Checks a readout against a model and a run's families and method, before anything is computed.
+def check_readout(readout: Readout, model=None, *, method: str = "exact") -> None:
+    """Checks a readout against a model (when given) and a run's method, before anything is computed.
 
     Raises:
         ReadoutError: For a readout the model cannot produce (see each readout's ``check``) or a combination

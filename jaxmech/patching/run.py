@@ -307,7 +307,8 @@ def run_patching(
     from jaxmech.patching.readouts import bind, check_readout, parse_readout
 
     readout = parse_readout(readout) if readout is None or isinstance(readout, str) else readout
-    check_readout(readout, model, families=fams, method=method)
+    check_readout(readout, model, method=method)
+    bind(readout, pairs, max(max(len(p.baseline_ids), len(p.perturbed_ids)) for p in pairs))  # every pair's positions
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
