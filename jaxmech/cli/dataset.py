@@ -53,13 +53,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds ``dataset build`` and ``dataset stats``; each sets ``func`` (parsed arguments -> exit code)."""
-    from jaxmech.data.diagnostic import KINDS
+    from jaxmech.data.diagnostic import ALL_KINDS
 
     p = subparsers.add_parser("dataset", description=__doc__.split("\n\n")[0],
                               help="build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1, E7 idf_front)")
     sub = p.add_subparsers(dest="dataset_command", required=True)
     b = sub.add_parser("build", help="build a dataset file of aligned pairs")
-    b.add_argument("--kind", required=True, choices=KINDS, help="which diagnostic dataset")
+    b.add_argument("--kind", required=True, choices=ALL_KINDS, help="which diagnostic dataset")
     b.add_argument("--source", default="demo", help="demo | shared | ir_datasets:NAME | FILE | FOLDER")
     b.add_argument("--model", default=None, help="tokenizer folder (default: the packaged MiniLM)")
     b.add_argument("--out", required=True, help="output .jsonl file")

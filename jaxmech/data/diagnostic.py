@@ -43,8 +43,11 @@ from jaxmech.data.records import AlignedPair, DataError, DiagnosticSource, term_
 from jaxmech.data.token_types import WordPieces, assign_token_types, word_piece_ids, word_pieces_with_words
 
 BASE_KINDS = ("tfc1", "tfc1_prepend", "stmc1", "tfc2", "lnc1")
-KINDS = BASE_KINDS + tuple(f"{k}_remove" for k in BASE_KINDS) + ("idf_front",)
-"""Every buildable kind; ``idf_front`` is E7 (`jaxmech.data.analysis_kinds.build_idf_front`)."""
+KINDS = BASE_KINDS + tuple(f"{k}_remove" for k in BASE_KINDS)
+"""The document perturbations (the axioms and their reverses)."""
+ALL_KINDS = KINDS + ("idf_front",)
+"""Every kind `build` (``jaxmech dataset build``, sweep datasets) makes; ``idf_front`` is E7, a query
+perturbation (`jaxmech.data.analysis_kinds.build_idf_front`)."""
 ALIGN_MODES = ("append", "prepend", "diff", "paper")
 
 
@@ -457,10 +460,10 @@ def build_lnc1(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int
 # -- dispatch -----------------------------------------------------------------------------------------------
 def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None = None, seed: int = 0,
           **options) -> BuildResult:
-    """Builds any dataset kind of `KINDS` from a source.
+    """Builds any dataset kind of `ALL_KINDS` from a source.
 
     Args:
-        kind: One of `KINDS`.
+        kind: One of `ALL_KINDS`.
         source: The loaded source.
         tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         limit: Build at most this many pairs.

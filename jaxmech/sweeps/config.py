@@ -114,7 +114,8 @@ class DatasetSection:
     Attributes:
         name: Label stored in the pair table's ``dataset`` column (default: kind or file stem).
         file: A dataset file from ``jaxmech dataset build`` (exclusive with ``kind``).
-        kind: A builder kind of `jaxmech.data.KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``, ...).
+        kind: A builder kind of `jaxmech.data.diagnostic.ALL_KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``,
+            ``idf_front``, ...).
         source: Builder source: ``"demo"``, ``"shared"``, ``"ir_datasets:NAME"``, a file or a folder (see
             ``jaxmech dataset build``).
         options: Builder options (``align``, ``term_match``, ...).
@@ -135,12 +136,12 @@ class DatasetSection:
     qids: str = ""
 
     def __post_init__(self):
-        from jaxmech.data import KINDS
+        from jaxmech.data.diagnostic import ALL_KINDS
 
         if bool(self.file) == bool(self.kind):
             raise ValueError("give either file (a built dataset) or kind (+ source) to build one")
         if self.kind:
-            _choice("", "kind", self.kind, KINDS)
+            _choice("", "kind", self.kind, ALL_KINDS)
         if self.sample < 0 or self.per_query < 0:
             raise ValueError("sample and per_query must be >= 0 (0 = all)")
         if not self.name:
