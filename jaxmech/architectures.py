@@ -30,8 +30,11 @@ VERIFIED = {
                    "(slow); bit-exact round trip; SentencePiece pairs and filler ▁a; sweep = loop; PyTorch-hook "
                    "cross-check; attribution = derivative",
     "modernbert": "fp32 parity (every hookable site, logits): tiny odd with / without biases, cls / mean pooling, "
-                  "gte-reranker-modernbert-base shapes (slow); bit-exact round trip; running-sum identities. "
-                  "Forward, capture and interventions only: the restarted patching engine does not run it yet",
+                  "gte-reranker-modernbert-base shapes (slow); bit-exact round trip; running-sum identities; local "
+                  "BPE tokenizer (pairs, truncation, scores) = AutoTokenizer + transformers; patching "
+                  "(`jaxmech.patching.modernbert`, restarted from the cached resid_pre): sweep = loop (activation "
+                  "and path families, padded batch), PyTorch-hook cross-check (activation, path); attribution = "
+                  "derivative; no normalized_resid_post / result families",
 }
 
 POST_LN_IDENTITIES = (
@@ -54,7 +57,7 @@ def architecture_table_markdown() -> str:
                     f"{positions} | {types} | {a.head} | `{a.pair_format}` | {VERIFIED[a.model_type]} |")
     rows.append("| modernbert (own pre-LN blocks, `jaxmech.modernbert`) | `ModernBertForSequenceClassification` | "
                 "`Alibaba-NLP/gte-reranker-modernbert-base` | rotary (global / local theta) | none | pooling (cls or "
-                "mean), dense, act, LayerNorm, classifier | read off its tokenizer (untested here) | "
+                "mean), dense, act, LayerNorm, classifier | `[CLS] q [SEP] d [SEP]` (read off its tokenizer) | "
                 f"{VERIFIED['modernbert']} |")
     return "\n".join(rows)
 
@@ -161,7 +164,12 @@ def modernbert_site_table(cfg, *, name: str = "model") -> str:
         f"- rotary positions (theta {cfg.global_rope_theta:g} global, {cfg.local_rope_theta:g} local); no token types",
         f"- head: {cfg.classifier_pooling} pooling, dense, {cfg.classifier_act}, LayerNorm, classifier",
         "- pre-LayerNorm blocks; these identities hold: " + "; ".join(f"`{i}`" for i in RESIDUAL_IDENTITIES),
-        "- the restarted patching engine does not run ModernBERT yet (forward, capture and interventions do)",
+        "- post-LN identities that do **not** hold here: `resid_post = normalized_resid_mid + mlp_out` (it is "
+        "`resid_mid + mlp_out`), `resid_pre[l+1] = LN(resid_post[l])` (it is `resid_post[l]` itself); there is no "
+        "`normalized_resid_post` and no per-head `result` site",
+        "- patching (`jaxmech.patching.modernbert`): a patch in block l restarts from the cached `resid_pre[l]` "
+        "(the whole residual stream) and runs blocks l.. on every row; every activation family except "
+        "`normalized_resid_post_*` and `*_result` (exact or attribution), and the three path families, exactly",
         "",
         "| site | shape | TransformerLens hook | meaning |",
         "|---|---|---|---|",

@@ -19,8 +19,9 @@ LayerNorm and the classifier.
 
 Sites are `MODERNBERT_SITES`; names follow TransformerLens where it has them (``rot_q`` / ``rot_k``: queries and
 keys after the rotation; ``mlp_pre_linear``: the gate). This module gives the forward, capture and
-interventions at every site, and strict conversion; the restarted patching engine (`jaxmech.patching`) is
-written for the post-LN `jaxmech.model.Block` and does not run ModernBERT blocks yet.
+interventions at every site, strict conversion, and the restart the patching engine needs (`run_from`: blocks
+from ``l`` on the cached ``resid_pre[l]``; `project`: a block's q/k/v from its input); the patching families
+run on it through `jaxmech.patching.modernbert`.
 """
 
 from __future__ import annotations
@@ -429,6 +430,14 @@ class ModernBertCrossEncoder(nnx.Module):
         hooks = HookPoints(validate_capture(capture), interventions)
         embed = hooks("embed", self.W_E[...][tokens])
         x = self.embed_ln(embed, hooks, "embed_ln_scale")
+        x = self._blocks(x, attention_mask, hooks, None)
+        logits = self.readout(x, attention_mask, hooks)
+        return Output(score=logits[self.score_label], logits=logits, embedding=None, cache=hooks.records)
+
+    def _blocks(self, x, attention_mask, hooks: HookPoints, start, stop=None):
+        """The block stack on ``x = resid_pre[start]`` (every block if ``start`` is None; else only blocks
+        ``start <= l < stop``, the others skipped by a ``lax.cond``), recording into ``hooks`` (full stack only)."""
+        cfg = self.cfg
         key_mask: Bool[Array, " pos"] = attention_mask.astype(bool)
         is_global = jnp.asarray(cfg.global_layers)
         thetas = jnp.where(is_global, cfg.global_rope_theta, cfg.local_rope_theta).astype(jnp.float32)
@@ -436,13 +445,69 @@ class ModernBertCrossEncoder(nnx.Module):
         def body(x, xs):
             block, layer = xs
             layer_hooks = hooks.for_layer(layer)
-            x = block(
+            run = lambda x: block(
                 x, key_mask, layer, is_global[layer], thetas[layer], cfg.local_attention // 2, cfg.act_fn, layer_hooks
             )
+            if start is None:
+                x = run(x)
+            else:
+                active = layer >= start if stop is None else (layer >= start) & (layer < stop)
+                x = jax.lax.cond(active, run, lambda x: x, x)
             return x, layer_hooks.records
 
         x, records = jax.lax.scan(body, x, (self.blocks, jnp.arange(cfg.n_layers)))
         hooks.records.update(records)
+        return x
+
+    def run_from(
+        self,
+        resid_pre: Float[Array, "pos d_model"],
+        attention_mask: Int[Array, " pos"],
+        start,
+        *,
+        interventions: Sequence[Any] = (),
+        stop=None,
+    ) -> Float[Array, "pos d_model"]:
+        """The restart of the patching engine: blocks ``start <= l < n_layers`` on ``resid_pre[start]`` (a
+        cached baseline activation), with ``interventions``; blocks before ``start`` are skipped.
+
+        Because a pre-LN block's input is exactly the running sum ``resid_pre[start]``, this equals the full
+        forward with the same interventions whenever none of them acts before block ``start``.
+
+        Args:
+            resid_pre: One example's ``resid_pre`` at layer ``start``.
+            attention_mask: ``[pos]`` real-token mask.
+            start: First block to run (traced scalar; under ``vmap`` it must not be batched, so the skip stays a
+                branch).
+            interventions: Applied at their sites in the blocks that run.
+            stop: Stop before this block and return its input ``resid_pre[stop]`` (default: run to the end).
+
+        Returns:
+            ``resid_post`` of the last block run (before the final LayerNorm; see `score_hidden`), i.e.
+            ``resid_pre[stop]``.
+        """
+        hooks = HookPoints(frozenset(), interventions)
+        return self._blocks(resid_pre, attention_mask, hooks, start, stop)
+
+    def project(self, resid_pre: Float[Array, "pos d_model"], layer, site: str
+                ) -> Float[Array, "pos head_index d_head"]:
+        """Block ``layer``'s ``q``, ``k`` or ``v`` (before the rotation) from its input ``resid_pre`` (LN1 first,
+        except at layer 0, which has none)."""
+        if site not in ("q", "k", "v"):
+            raise ValueError(f"project: site {site!r} is not q, k or v")
+        blocks = self.blocks
+        centered = resid_pre - resid_pre.mean(-1, keepdims=True)
+        scale = jnp.sqrt(jnp.mean(jnp.square(centered), -1, keepdims=True) + blocks.ln1.eps)
+        normed = centered / scale * blocks.ln1.w[...][layer] + blocks.ln1.b[...][layer]
+        normed = jnp.where(layer == 0, resid_pre, normed)
+        W, b = {"q": (blocks.W_Q, blocks.b_Q), "k": (blocks.W_K, blocks.b_K), "v": (blocks.W_V, blocks.b_V)}[site]
+        return jnp.einsum("td,hde->the", normed, W[...][layer]) + b[...][layer]
+
+    def readout(self, x: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"], hooks=None
+                ) -> Float[Array, " n_labels"]:
+        """Final LayerNorm, pooling and head on the last block's ``resid_post``: the logits."""
+        cfg = self.cfg
+        hooks = HookPoints(frozenset()) if hooks is None else hooks
         hidden = self.final_ln(x, hooks, "final_ln_scale")
         if cfg.classifier_pooling == "cls":
             pooled = hidden[0]
@@ -452,8 +517,25 @@ class ModernBertCrossEncoder(nnx.Module):
         pooled = hooks("pooled", pooled)
         dense = activation(cfg.classifier_act)(pooled @ self.head_W[...] + self.head_b[...])
         head = hooks("pooler_out", self.head_ln(dense))
-        logits = hooks("logits", head @ self.classifier_W[...] + self.classifier_b[...])
-        return Output(score=logits[self.score_label], logits=logits, embedding=None, cache=hooks.records)
+        return hooks("logits", head @ self.classifier_W[...] + self.classifier_b[...])
+
+    pair_input = True
+    """Reads query and document together (``[CLS] q [SEP] d [SEP]``)."""
+
+    def relevance(self, out: Output, query_embedding=None) -> Array:
+        """The raw logit (``out.score``); ``query_embedding`` is not used."""
+        return out.score
+
+    def score_hidden(self, x: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
+                     query_embedding=None) -> Float[Array, ""]:
+        """The score from one example's last ``resid_post`` (before the final LayerNorm, unlike
+        `jaxmech.model.HookedEncoder.score_hidden`, whose post-LN blocks end normalised)."""
+        return self.readout(x, attention_mask)[self.score_label]
+
+    @property
+    def readout_uses_cls_only(self) -> bool:
+        """With ``cls`` pooling the score reads position 0 alone."""
+        return self.cfg.classifier_pooling == "cls"
 
     def __call__(
         self,
@@ -633,8 +715,8 @@ def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
 def load_modernbert(path_or_id, *, score_label: int = 0):
     """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
     (a `jaxmech.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
-    files. `jaxmech.loading.load_model` refuses ModernBERT because the restarted patching engine does not run
-    its blocks.
+    files. `jaxmech.loading.load_model` refuses ModernBERT (its CLI paths expect the post-LN encoder); patch it
+    from Python with `jaxmech.patching.modernbert.modernbert_patch` or any `Family.run`.
 
     Raises:
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.

@@ -239,4 +239,35 @@ def wordpiece_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-TOKENIZERS = {"electra": wordpiece_tokenizer, "roberta": roberta_tokenizer, "xlm-roberta": xlmr_tokenizer}
+MODERNBERT_SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+
+
+def modernbert_tokenizer(folder: Path):
+    """A byte-level BPE tokenizer saved as ModernBERT's folders are: ``tokenizer.json`` whose special tokens sit
+    at the end of the vocabulary (as ``[UNK]``..``[MASK]`` = 50280..50284 there), the template
+    ``[CLS] A [SEP] B [SEP]`` (types 0 / 1), and a ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast``
+    with ModernBERT's special tokens and input names (no token types)."""
+    import json
+
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import AutoTokenizer
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(CORPUS, vocab_size=400, min_frequency=1, special_tokens=[])
+    bpe.add_special_tokens(MODERNBERT_SPECIALS)
+    ids = {t: bpe.token_to_id(t) for t in MODERNBERT_SPECIALS}
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True,
+              "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 8192,
+              "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]",
+              "unk_token": "[UNK]"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+TOKENIZERS = {"electra": wordpiece_tokenizer, "roberta": roberta_tokenizer, "xlm-roberta": xlmr_tokenizer,
+              "modernbert": modernbert_tokenizer}

@@ -12,10 +12,11 @@ from pathlib import Path
 # builds or XLA flags, and reading such an entry back crashed XLA:CPU (a segmentation fault in
 # compilation_cache.get_executable_and_time) on a machine whose cache was shared by many processes.
 os.environ.setdefault("JAXMECH_CACHE", tempfile.mkdtemp(prefix="jaxmech-test-cache-"))
-# The persistent compilation cache is off for the suite itself: with jax/jaxlib 0.10.2, serialising the
-# path_components_to_heads program for the cache segfaults XLA:CPU (put_executable_and_time). The tests of the
-# cache itself (tests/test_runtime.py, tests/test_sweep.py) turn it on in their own subprocesses.
+# The persistent compilation cache is off for the suite itself, so that tests compile what they test; the tests
+# of the cache (tests/test_runtime.py, tests/test_sweep.py) turn it on in their own subprocesses.
 os.environ.setdefault("JAXMECH_COMPILATION_CACHE", "0")
+
+import gc  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,6 +33,21 @@ TINY_ODD = dict(vocab_size=211, hidden_size=30, num_hidden_layers=3, num_attenti
                 max_position_embeddings=48, type_vocab_size=2)
 MINILM_L12_SHAPES = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
                          intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Frees every compiled XLA program after each test module.
+
+    XLA:CPU maps each compiled program's code into memory and keeps it mapped while JAX's caches hold the
+    program. The suite compiles thousands of programs in one process; kept, they reach Linux's limit of 65,530
+    memory maps per process (vm.max_map_count) about 60% of the way through, and the next compilation dies
+    with a segmentation fault inside XLA (seen in CI, in ``backend_compile_and_load``). No test relies on a
+    program compiled by another module.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def shared_dir() -> Path:

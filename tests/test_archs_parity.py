@@ -243,3 +243,45 @@ def test_real_shaped_random_checkpoint_matches_hf(name):
 def test_bge_reranker_v2_m3_shaped_random_checkpoint_matches_hf():
     """568M parameters (~7 GB of host memory while both copies exist)."""
     _real_shape_parity("BAAI/bge-reranker-v2-m3", (29, 12))
+
+
+@pytest.mark.parametrize("name", ["cross-encoder/ms-marco-electra-base", "BAAI/bge-reranker-base"])
+def test_full_width_attn_scores_and_result_match_hf(name):
+    """The real rerankers' per-layer shapes (768 wide, 12 heads of 64, 3072 MLP) in a two-layer random model
+    with a small vocabulary: every site, ``attn_scores`` and ``result`` included, on a padded batch, in a few
+    seconds (the full-depth, full-vocabulary checks are the slow tests above: ~40 s each on two CPU cores)."""
+    model_type, sizes = REAL_SHAPES[name]
+    sizes = dict(sizes, num_hidden_layers=2, vocab_size=301)
+    hf = build_hf_model(model_type, sizes, seed=7)
+    model, _ = from_hf_state_dict(_state(hf), EncoderConfig.from_hf_config(hf.config), "cross", source=name)
+    cfg = model.cfg
+    assert (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp) == (768, 12, 64, 3072)
+    ids, tt, mask = padded_batch(cfg.d_vocab, [37, 21, 8], 37, pad_id=cfg.pad_token_id,
+                                 two_types=cfg.n_token_types == 2, seed=4)
+    hf.set_attn_implementation("eager")
+    diffs = check_all_sites(f"{name} width, 2 layers", hf, model, ids, tt, mask)
+    assert {"attn_scores", "result"} <= set(diffs)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SHAPES))
+def test_full_size_attn_scores_and_result_have_the_real_shapes(name):
+    """At the real models' full size, traced abstractly (nothing allocated): the shapes of ``attn_scores``,
+    ``pattern`` and ``result`` on a padded batch."""
+    import jax
+    from flax import nnx
+
+    from jaxmech.convert import build_model
+
+    model_type, sizes = REAL_SHAPES[name]
+    cfg = EncoderConfig.from_hf_config(hf_config(model_type, sizes))
+    ids = jax.ShapeDtypeStruct((3, 37), jnp.int32)
+
+    def forward(ids):
+        model = build_model(cfg)
+        return model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), capture=("attn_scores", "pattern", "result"))
+
+    out = nnx.eval_shape(forward, ids)
+    L, H = cfg.n_layers, cfg.n_heads
+    assert out.cache["attn_scores"].shape == out.cache["pattern"].shape == (3, L, H, 37, 37)
+    assert out.cache["result"].shape == (3, L, 37, H, cfg.d_model)
+    assert out.logits.shape == (3, 1)

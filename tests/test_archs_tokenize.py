@@ -4,6 +4,8 @@ end to end, a checkpoint folder with its tokenizer scores pairs as ``transformer
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ from jaxmech.tokenizer import PairFormat, PairTokenizer
 QUERIES = ["what is the capital of france", "a cat", "how many people live in paris"]
 DOCS = ["paris is the capital and largest city of france", "a cat sat on a mat",
         "the population of france is about sixty eight million a lazy afternoon"]
-FILLER_PIECE = {"electra": "a", "roberta": "Ġa", "xlm-roberta": "▁a"}
+FILLER_PIECE = {"electra": "a", "roberta": "Ġa", "xlm-roberta": "▁a", "modernbert": "Ġa"}
 LAYOUT = {"electra": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
+          "modernbert": ("[CLS]", "[SEP]", "[SEP]", (0, 0, 0, 1, 1)),
           "roberta": ("<s>", "</s></s>", "</s>", (0,) * 5), "xlm-roberta": ("<s>", "</s></s>", "</s>", (0,) * 5)}
 
 
@@ -33,7 +36,7 @@ def test_pair_format_is_read_off_the_post_processor(tok):
     names = lambda ids: "".join(t.hf.convert_ids_to_tokens(list(ids)))
     assert (names(t.format.prefix), names(t.format.middle), names(t.format.suffix)) == (prefix, middle, suffix)
     assert t.format.types == types
-    assert t.format.n_special == (3 if name == "electra" else 4)
+    assert t.format.n_special == (3 if name in ("electra", "modernbert") else 4)
 
 
 def test_batches_equal_the_tokenizers_own_pair_encoding(tok):
@@ -45,7 +48,8 @@ def test_batches_equal_the_tokenizers_own_pair_encoding(tok):
     np.testing.assert_array_equal(enc.token_type_ids * enc.attention_mask,
                                   np.asarray(ref["token_type_ids"]) * enc.attention_mask)
     assert (enc.input_ids[enc.attention_mask == 0] == t.pad_id).all()
-    assert t.pad_id == (0 if name == "electra" else 1)
+    pad = {"electra": 0, "modernbert": t.hf.convert_tokens_to_ids("[PAD]")}.get(name, 1)
+    assert t.pad_id == pad and (name != "modernbert" or pad == len(t.hf) - 2)  # ModernBERT: [PAD] near the end
     for i in range(len(QUERIES)):
         q, d = t.split_pair_ids(enc.input_ids[i, : enc.lengths[i]].tolist())
         assert (q, d) == tuple(t.word_pieces([QUERIES[i], DOCS[i]]))
@@ -80,6 +84,38 @@ def test_filler_is_the_tokenizers_piece_for_a_in_running_text(tok):
     name, _, t = tok
     assert t.hf.convert_ids_to_tokens([t.filler_id]) == [FILLER_PIECE[name]]
     assert t.word_pieces(["the cat sat on a mat"])[0].count(t.filler_id) == 1
+
+
+def test_document_only_keeps_the_document_in_the_tokenizers_single_text_layout(tok):
+    """``<s> q </s></s> d </s>`` becomes ``<s> d </s>`` (not ``<s> </s> d </s>``), ``[CLS] q [SEP] d [SEP]``
+    becomes ``[CLS] d [SEP]``; the position map follows the document tokens, also when they are shifted."""
+    from jaxmech.data.align import align_with_filler, document_only
+    from jaxmech.data.records import AlignedPair
+    from jaxmech.patching.inputs import model_pairs
+
+    name, _, t = tok
+    pair = align_with_filler(t, QUERIES[0], DOCS[0], DOCS[0] + " a cat sat")
+    doc = document_only(pair, t)
+    n_fill = len(t.word_pieces([DOCS[0] + " a cat sat"])[0]) - len(t.word_pieces([DOCS[0]])[0])
+    assert doc.baseline_ids == t.hf(DOCS[0])["input_ids"][:-1] + [t.filler_id] * n_fill + [t.sep_id]
+    assert doc.perturbed_ids == t.hf(DOCS[0] + " a cat sat")["input_ids"]
+    assert doc.position_map == list(range(len(doc.baseline_ids)))
+    assert doc.baseline_token_type_ids == [0] * len(doc.baseline_ids)
+    assert model_pairs([pair], t, pair_input=False) == [doc] and model_pairs([pair], t, pair_input=True) == [pair]
+    # a perturbed query one piece longer shifts every perturbed document position by one
+    q, d = t.word_pieces([QUERIES[1], DOCS[1]])
+    b_ids, b_tt = t.pair_ids(q, d)
+    p_ids, p_tt = t.pair_ids([*q, q[-1]], d)
+    start = len(t.format.prefix) + len(q)
+    pmap = [0, *([-1] * (start - 1)), *range(start + 1, len(p_ids))]
+    shifted = document_only(AlignedPair(b_ids, b_tt, p_ids, p_tt, pmap, token_types=list(range(len(b_ids)))), t)
+    assert shifted.baseline_ids == shifted.perturbed_ids == t.hf(DOCS[1])["input_ids"]
+    assert shifted.position_map == list(range(len(shifted.baseline_ids)))
+    assert shifted.token_types == [0, *range(start + len(t.format.middle), len(b_ids))]
+    if name in ("electra", "modernbert"):  # the old call with a bare sep id still means [CLS] q [SEP] d [SEP]
+        assert document_only(pair, t.sep_id) == doc
+    with pytest.raises(ValueError, match="baseline input is not a pair of this layout"):
+        document_only(dataclasses.replace(pair, baseline_ids=pair.baseline_ids[1:]), t)
 
 
 def test_unknown_pair_layouts_are_refused_naming_the_tokenizer(tok):

@@ -67,3 +67,30 @@ def test_torch_precision_maps_every_jaxmech_precision():
     with torch_precision("tf32") as value:
         assert value == "high" == torch.get_float32_matmul_precision()
     assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_hook_reference_masks_padding(patchers):
+    """transformers builds no padding mask for a custom attention function unless a mask function is registered
+    for it: with padding the reference must still score (and patch) as the unpadded input does."""
+    loop, batched, base_inputs, _, src = patchers
+    ids, tt, mask = (list(a) for a in base_inputs)
+    n_pad = 5
+    padded = (ids + [0] * n_pad, tt + [0] * n_pad, mask + [0] * n_pad)
+    ref = loop.score(base_inputs)
+    assert abs(loop.score(padded) - ref) < ENGINE_ATOL
+    with torch.no_grad():  # a padded batch of two, the first row unpadded
+        two = [torch.tensor([a + [0] * n_pad, b]) for a, b in zip(base_inputs, padded, strict=True)]
+        two[2][0, -n_pad:] = 1
+        two[0][0, -n_pad:] = 7
+        logits = loop.model(input_ids=two[0], token_type_ids=two[1], attention_mask=two[2]).logits[:, 0]
+        loop.model.set_attn_implementation("eager")
+        eager = loop.model(input_ids=two[0], token_type_ids=two[1], attention_mask=two[2]).logits[:, 0]
+        from benchmarks.baselines.torch_hooks import _IMPL
+
+        loop.model.set_attn_implementation(_IMPL)
+    np.testing.assert_allclose(logits.numpy(), eager.numpy(), atol=ENGINE_ATOL, rtol=0)
+    assert abs(float(logits[1]) - ref) < ENGINE_ATOL and abs(float(logits[0]) - ref) > 1e-4
+    pad_src = {k: [torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, n_pad)) if k != "pattern" else x
+                   for x in v] for k, v in src.items()}
+    np.testing.assert_allclose(batched.block_every(padded, pad_src)[..., : len(ids)],
+                               loop.block_every(base_inputs, src), atol=ENGINE_ATOL, rtol=0)

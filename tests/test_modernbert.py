@@ -302,3 +302,74 @@ def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_
                                atol=PARITY_ATOL, rtol=0)
     with pytest.raises(UnsupportedConfigError, match="model_type='modernbert'.*load_modernbert"):
         load_model(tmp_path)
+
+
+def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers(tmp_path):
+    """A local byte-level BPE tokenizer saved as ModernBERT's (``[CLS] q [SEP] d [SEP]``, special tokens at the
+    end of the vocabulary, no token types): `load_modernbert` reads its pair layout and scores padded pairs as
+    ``transformers`` does with ``AutoTokenizer`` on the same folder, truncation included."""
+    from arch_checkpoints import modernbert_tokenizer
+    from transformers import AutoTokenizer
+
+    from jaxmech.modernbert import load_modernbert
+
+    hf_tok = modernbert_tokenizer(tmp_path)
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    sizes = dict(TINY, vocab_size=len(hf_tok), pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
+                 sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"])
+    build(sizes, bias=False, pooling="mean", seed=8).save_pretrained(tmp_path)
+    model, tok = load_modernbert(tmp_path)
+    assert (tok.cls_id, tok.sep_id, tok.pad_id) == (ids["[CLS]"], ids["[SEP]"], ids["[PAD]"])
+    assert tok.format.middle == (ids["[SEP]"],) and tok.format.n_special == 3
+    queries = ["what is the capital of france", "a cat", "how many people live in paris"]
+    docs = ["paris is the capital and largest city of france", "a cat sat on a mat",
+            "the population of france is about sixty eight million a lazy afternoon"]
+    hf = build(sizes, bias=False, pooling="mean", seed=8)
+    ref_tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    for max_length in (64, 16):  # 16 truncates the longer pairs (longest_first)
+        tok.max_length = max_length
+        enc = tok.encode_pairs(queries, docs)
+        ref = ref_tok(queries, docs, padding=True, truncation="longest_first", max_length=max_length,
+                      return_tensors="pt")
+        T = ref["input_ids"].shape[1]
+        np.testing.assert_array_equal(enc.input_ids[:, :T], ref["input_ids"].numpy())
+        assert (enc.input_ids[:, T:] == ids["[PAD]"]).all() and bool(enc.truncations) == (max_length == 16)
+        ours = np.asarray(model(*map(jnp.asarray, enc.arrays)).score)
+        with torch.no_grad():
+            theirs = hf(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).logits[:, 0].numpy()
+        np.testing.assert_allclose(ours, theirs, atol=PARITY_ATOL, rtol=0)
+    assert np.ptp(theirs) > 1e-3, "the pairs must get different scores"
+
+
+def test_full_width_modernbert_attn_scores_match_hf_across_the_window():
+    """gte-reranker-modernbert-base's per-layer shapes (768 wide, 12 heads, GeGLU 1152, window 128) in a
+    global + sliding-window pair of layers with a small vocabulary: every site, ``attn_scores`` and ``rot_q`` /
+    ``rot_k`` included, on a padded batch of 150 > 128 tokens, in seconds (full depth: the slow test above)."""
+    sizes = dict(GTE_RERANKER_SHAPES, num_hidden_layers=2, vocab_size=301, pad_token_id=0, bos_token_id=1,
+                 eos_token_id=2, cls_token_id=1, sep_token_id=2, layer_types=["full_attention", "sliding_attention"])
+    hf = build(sizes, bias=False, pooling="mean", seed=4, init=0.02)
+    model = from_hf_state_dict(_state(hf), ModernBertConfig.from_hf_config(hf.config))
+    assert (model.cfg.d_model, model.cfg.n_heads, model.cfg.d_mlp, model.cfg.local_attention) == (768, 12, 1152, 128)
+    ids, mask = padded(301, [150, 41], 150, pad_id=0, seed=4)
+    out = check_parity("gte-reranker-modernbert-base width, 2 layers", hf, model, ids, mask)
+    far = np.abs(np.arange(150)[:, None] - np.arange(150)[None, :]) > 64
+    assert (np.asarray(out.cache["attn_scores"])[0, 1][:, far] == MASK_VALUE).all()
+
+
+def test_full_size_modernbert_site_shapes_by_eval_shape():
+    """gte-reranker-modernbert-base at full size, traced abstractly (nothing allocated)."""
+    import jax
+    from flax import nnx
+
+    from jaxmech.modernbert import ModernBertCrossEncoder
+
+    cfg = ModernBertConfig.from_hf_config(dict(GTE_RERANKER_SHAPES, model_type="modernbert"))
+
+    def forward(ids):
+        model = ModernBertCrossEncoder(cfg, rngs=nnx.Rngs(0))
+        return model(ids, None, jnp.ones_like(ids), capture=("attn_scores", "pattern", "rot_q", "mlp_pre_linear"))
+
+    out = nnx.eval_shape(forward, jax.ShapeDtypeStruct((2, 150), jnp.int32))
+    assert out.cache["attn_scores"].shape == out.cache["pattern"].shape == (2, 22, 12, 150, 150)
+    assert out.cache["rot_q"].shape == (2, 22, 150, 12, 64) and out.cache["mlp_pre_linear"].shape == (2, 22, 150, 1152)
+    assert sum(cfg.global_layers) == 8 and out.logits.shape == (2, 1)

@@ -10,6 +10,10 @@ Two baselines:
 * `TorchPatcher`: the paper's loop, one hooked forward per site, batch 1.
 * `BatchedTorchPatcher`: what a strong PyTorch user writes: ``B`` copies of the baseline input per forward,
   each row patching its own site (hooks blend with per-row masks), so one forward evaluates ``B`` sites.
+* `ModernBertTorchPatcher`: `TorchPatcher` on ``ModernBertForSequenceClassification`` (its own hook points).
+
+The attention function registered here gets eager's additive mask (padding and sliding windows) through
+transformers' ``AttentionMaskInterface``; padded inputs are therefore scored and patched like unpadded ones.
 
 Both run on the device of the Hugging Face model they are given (`torch_precision` sets the matmul
 precision that matches a jaxmech precision name).
@@ -32,6 +36,7 @@ import contextlib
 import numpy as np
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 _IMPL = "jaxmech_reference"
 
@@ -50,6 +55,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 AttentionInterface.register(_IMPL, _attention)
+# transformers builds the additive padding (and sliding-window) mask only for attention implementations with a
+# registered mask function; without this line ``attention_mask`` arrives as None and padding keys are attended.
+AttentionMaskInterface.register(_IMPL, eager_mask)
 
 
 class TorchPatcher:
@@ -61,8 +69,33 @@ class TorchPatcher:
         cfg = hf_model.config
         self.L, self.H = cfg.num_hidden_layers, cfg.num_attention_heads
         self.dh = cfg.hidden_size // cfg.num_attention_heads
-        self.layers = hf_model.base_model.encoder.layer  # BERT, ELECTRA, RoBERTa, XLM-R trunks
+        self.layers = self._trunk_layers(hf_model)
         self.device = next(hf_model.parameters()).device
+
+    # -- where the sites are (overridden for ModernBERT) -----------------------------------------------------------
+    @staticmethod
+    def _trunk_layers(hf_model):
+        """The transformer blocks (BERT, ELECTRA, RoBERTa, XLM-R trunks)."""
+        return hf_model.base_model.encoder.layer
+
+    def _attn(self, l):
+        """The module the attention function receives (it holds the pattern hook)."""
+        return self.layers[l].attention.self
+
+    def _wo(self, l):
+        """The attention output projection: its input is ``z``, its output ``attn_out``."""
+        return self.layers[l].attention.output.dense
+
+    def _mlp_out(self, l):
+        """The MLP's output projection (its output is ``mlp_out``)."""
+        return self.layers[l].output.dense
+
+    def _qkv(self, l, site: str):
+        """``(module, column offset)``: the linear layer whose output holds ``site`` (q, k or v) of layer ``l``."""
+        return getattr(self._attn(l), {"q": "query", "k": "key", "v": "value"}[site]), 0
+
+    def _forward(self, ids, tt, mask):
+        return self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask)
 
     attention_readout = None
     """``(layer, head, from_weights, to_weights)``: `score` measures ``from_weights @ pattern[head] @ to_weights``
@@ -73,9 +106,9 @@ class TorchPatcher:
     def score(self, inputs) -> float:
         ids, tt, mask = (torch.as_tensor(np.asarray(a)).long()[None].to(self.device) for a in inputs)
         if self.attention_readout is None:
-            return float(self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits[0, 0])
+            return float(self._forward(ids, tt, mask).logits[0, 0])
         layer, head, w_from, w_to = self.attention_readout
-        attn = self.layers[layer].attention.self
+        attn = self._attn(layer)
         inner, seen = getattr(attn, "_pattern_hook", None), {}
 
         def keep(w):
@@ -85,7 +118,7 @@ class TorchPatcher:
 
         attn._pattern_hook = keep
         try:
-            self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+            self._forward(ids, tt, mask)
         finally:
             attn._pattern_hook = inner
         p = seen["pattern"][0, head].double().cpu().numpy()
@@ -99,13 +132,14 @@ class TorchPatcher:
         finally:
             for h in handles:
                 h.remove()
-            for layer in self.layers:
-                layer.attention.self._pattern_hook = None
+            for l in range(self.L):
+                self._attn(l)._pattern_hook = None
 
     @torch.no_grad()
     def cache(self, inputs) -> dict[str, list[torch.Tensor]]:
-        """Per-layer ``resid_pre``, ``v``, ``z``, ``attn_out``, ``mlp_out``, ``pattern`` of one input."""
-        out = {k: [None] * self.L for k in ("resid_pre", "v", "z", "attn_out", "mlp_out", "pattern")}
+        """Per-layer ``resid_pre``, ``q``, ``k``, ``v`` (before any rotation), ``z``, ``attn_out``, ``mlp_out``,
+        ``pattern`` of one input."""
+        out = {k: [None] * self.L for k in ("resid_pre", "q", "k", "v", "z", "attn_out", "mlp_out", "pattern")}
 
         def make():
             hs = []
@@ -118,23 +152,21 @@ class TorchPatcher:
                         with_kwargs=True,
                     )
                 )
+                for site in ("q", "k", "v"):
+                    module, off = self._qkv(l, site)
+                    hs.append(module.register_forward_hook(
+                        lambda m, a, o, l=l, off=off, site=site: out[site].__setitem__(
+                            l, o[..., off: off + self.H * self.dh].clone())))
                 hs.append(
-                    layer.attention.self.value.register_forward_hook(
-                        lambda m, a, o, l=l: out["v"].__setitem__(l, o.clone())
-                    )
+                    self._wo(l).register_forward_pre_hook(lambda m, a, l=l: out["z"].__setitem__(l, a[0].clone()))
                 )
                 hs.append(
-                    layer.attention.output.dense.register_forward_pre_hook(
-                        lambda m, a, l=l: out["z"].__setitem__(l, a[0].clone())
-                    )
-                )
-                hs.append(
-                    layer.attention.output.dense.register_forward_hook(
+                    self._wo(l).register_forward_hook(
                         lambda m, a, o, l=l: out["attn_out"].__setitem__(l, o.clone())
                     )
                 )
                 hs.append(
-                    layer.output.dense.register_forward_hook(
+                    self._mlp_out(l).register_forward_hook(
                         lambda m, a, o, l=l: out["mlp_out"].__setitem__(l, o.clone())
                     )
                 )
@@ -143,7 +175,7 @@ class TorchPatcher:
                     out["pattern"][l] = w.clone()
                     return w
 
-                layer.attention.self._pattern_hook = keep
+                self._attn(l)._pattern_hook = keep
             return hs
 
         with self.hooks(make):
@@ -163,17 +195,24 @@ class TorchPatcher:
 
         return self.layers[l].register_forward_pre_hook(pre, with_kwargs=True)
 
-    def _output_hook(self, module, pos, value, head=None):
-        """Replace a module's output at ``pos`` (all if None), optionally one head's slice."""
-        sl = slice(None) if head is None else slice(head * self.dh, (head + 1) * self.dh)
+    def _output_hook(self, module, pos, value, head=None, offset=0):
+        """Replace a module's output at ``pos`` (all if None), optionally one head's slice; ``value`` holds the
+        columns from ``offset`` on (a fused q/k/v projection's part)."""
+        vs = slice(None) if head is None else slice(head * self.dh, (head + 1) * self.dh)
+        sl = slice(offset, offset + value.shape[-1]) if head is None else slice(offset + vs.start, offset + vs.stop)
         p = slice(None) if pos is None else pos
 
         def fwd(m, a, o):
             o = o.clone()
-            o[:, p, sl] = value[:, p, sl]
+            o[:, p, sl] = value[:, p, vs]
             return o
 
         return module.register_forward_hook(fwd)
+
+    def _qkv_hook(self, l, site, value, pos=None, head=None):
+        """Replace ``site`` (q, k or v, before any rotation) of layer ``l`` by ``value`` ``[1, T, H * d_head]``."""
+        module, off = self._qkv(l, site)
+        return self._output_hook(module, pos, value, head=head, offset=off)
 
     def _z_hook(self, l, pos, head, value):
         sl = slice(head * self.dh, (head + 1) * self.dh)
@@ -184,7 +223,7 @@ class TorchPatcher:
             z[:, p, sl] = value[:, p, sl]
             return (z,)
 
-        return self.layers[l].attention.output.dense.register_forward_pre_hook(pre)
+        return self._wo(l).register_forward_pre_hook(pre)
 
     # -- the paper's experiments ----------------------------------------------------------------------------------
     @staticmethod
@@ -199,8 +238,8 @@ class TorchPatcher:
         for c, l, p in self._sites(out.shape, sites):
             make = [
                 lambda: [self._resid_pre_hook(l, p, src["resid_pre"][l])],
-                lambda: [self._output_hook(self.layers[l].attention.output.dense, p, src["attn_out"][l])],
-                lambda: [self._output_hook(self.layers[l].output.dense, p, src["mlp_out"][l])],
+                lambda: [self._output_hook(self._wo(l), p, src["attn_out"][l])],
+                lambda: [self._output_hook(self._mlp_out(l), p, src["mlp_out"][l])],
             ][c]
             with self.hooks(make):
                 out[c, l, p] = self.score(base_inputs)
@@ -210,10 +249,8 @@ class TorchPatcher:
         """E2: ``[layer, head]`` patched scores, patching one head's ``v`` (or ``z``) at every position."""
         out = np.full((self.L, self.H), np.nan, np.float32)
         for l, h in self._sites(out.shape, sites):
-            if site == "v":
-                make = lambda l=l, h=h: [
-                    self._output_hook(self.layers[l].attention.self.value, None, src["v"][l], head=h)
-                ]
+            if site in ("q", "k", "v"):
+                make = lambda l=l, h=h: [self._qkv_hook(l, site, src[site][l], head=h)]
             else:
                 make = lambda l=l, h=h: [self._z_hook(l, None, h, src["z"][l])]
             with self.hooks(make):
@@ -241,7 +278,7 @@ class TorchPatcher:
                     w[:, h, p] = src["pattern"][l][:, h, p]
                     return w
 
-                self.layers[l].attention.self._pattern_hook = hook
+                self._attn(l)._pattern_hook = hook
                 return []
 
             with self.hooks(make):
@@ -260,7 +297,7 @@ class TorchPatcher:
                     z[:, :, cols] = src["z"][l][:, :, cols]
                 return (z,)
 
-            hs.append(self.layers[l].attention.output.dense.register_forward_pre_hook(pre))
+            hs.append(self._wo(l).register_forward_pre_hook(pre))
         return hs
 
     def path_to_score(self, base_inputs, base, src, sites=None) -> np.ndarray:
@@ -275,7 +312,7 @@ class TorchPatcher:
         """E5: ``[max_receiver_layer, head]``. Step 2: z frozen except the sender, cache the receivers'
         ``q``/``k``/``v``; step 3: a fresh baseline run with only those receiver inputs replaced."""
         r_max = max(r for r, _ in receivers)
-        linear = {"q": "query", "k": "key", "v": "value"}[receiver_input]
+        width = self.H * self.dh
         out = np.full((r_max, self.H), np.nan, np.float32)
         for sl, sh in self._sites(out.shape, sites):
             cached = {}
@@ -283,8 +320,9 @@ class TorchPatcher:
             def freeze(sl=sl, sh=sh):
                 hs = self._freeze_z_hooks(base, src, sl, sh)
                 for r in {r for r, _ in receivers}:
-                    module = getattr(self.layers[r].attention.self, linear)
-                    hs.append(module.register_forward_hook(lambda m, a, o, r=r: cached.__setitem__(r, o.clone())))
+                    module, off = self._qkv(r, receiver_input)
+                    hs.append(module.register_forward_hook(
+                        lambda m, a, o, r=r, off=off: cached.__setitem__(r, o[..., off: off + width].clone())))
                 return hs
 
             with self.hooks(freeze):
@@ -293,13 +331,42 @@ class TorchPatcher:
             def patch_receivers():
                 hs = []
                 for r, h in receivers:
-                    module = getattr(self.layers[r].attention.self, linear)
-                    hs.append(self._output_hook(module, None, cached[r], head=h))
+                    hs.append(self._qkv_hook(r, receiver_input, cached[r], head=h))
                 return hs
 
             with self.hooks(patch_receivers):
                 out[sl, sh] = self.score(base_inputs)
         return out
+
+
+class ModernBertTorchPatcher(TorchPatcher):
+    """`TorchPatcher` on ``ModernBertForSequenceClassification`` (pre-LN blocks, fused ``Wqkv``, rotary
+    positions applied inside the attention after the ``Wqkv`` hook, so ``q``/``k`` are the unrotated ones):
+
+    * ``resid_pre[l]``: the input of ``model.layers[l]``; ``q``/``k``/``v``: column blocks of ``attn.Wqkv``'s
+      output; ``z``: the input of ``attn.Wo``; ``attn_out``: its output; ``mlp_out``: the output of ``mlp.Wo``;
+      ``pattern``: the registered attention function's probabilities (padding and sliding-window masks come
+      from eager's mask function, registered for it above).
+    """
+
+    @staticmethod
+    def _trunk_layers(hf_model):
+        return hf_model.model.layers
+
+    def _attn(self, l):
+        return self.layers[l].attn
+
+    def _wo(self, l):
+        return self.layers[l].attn.Wo
+
+    def _mlp_out(self, l):
+        return self.layers[l].mlp.Wo
+
+    def _qkv(self, l, site: str):
+        return self.layers[l].attn.Wqkv, "qkv".index(site) * self.H * self.dh
+
+    def _forward(self, ids, tt, mask):
+        return self.model(input_ids=ids, attention_mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def discover_circuit(
             raise ValueError("discover_circuit on a bi-encoder needs the tokenizer and the queries")
         from jaxmech.analysis.common import encode_batched
 
-        pairs = [document_only(p, tok.sep_id) for p in pairs]
+        pairs = [document_only(p, tok) for p in pairs]
         qp = tok.word_pieces(list(queries))
         q_emb = encode_batched(model, [[tok.cls_id, *q, tok.sep_id] for q in qp])
     batch = batch_pairs(pairs, max_length=model.cfg.n_ctx)

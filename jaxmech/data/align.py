@@ -139,23 +139,49 @@ def align_texts_with_filler(tokenizer, baseline_doc: str, perturbed_doc: str, *,
                        query=query, baseline_doc=baseline_doc, perturbed_doc=perturbed_doc)
 
 
-def document_only(pair: AlignedPair, sep_id: int) -> AlignedPair:
-    """Turns a cross-encoder pair (``[CLS] q [SEP] d [SEP]``) into a bi-encoder document pair (``[CLS] d [SEP]``),
-    keeping the position map and token types of the document tokens and every other field."""
+def document_only(pair: AlignedPair, layout) -> AlignedPair:
+    """Turns a cross-encoder pair into a bi-encoder document pair: ``[CLS] q [SEP] d [SEP]`` into
+    ``[CLS] d [SEP]``, ``<s> q </s></s> d </s>`` into ``<s> d </s>`` (RoBERTa / XLM-R), keeping the position map
+    and token types of the document tokens and every other field.
 
-    def split(ids):
-        first = ids.index(sep_id)
-        return first, [ids[0], *ids[first + 1:]]
+    Args:
+        pair: An aligned cross-encoder pair.
+        layout: The tokenizer's `jaxmech.tokenizer.PairFormat` (or a `PairTokenizer`, whose ``format`` is
+            used); a bare ``sep_id`` int means BERT's ``[CLS] q [SEP] d [SEP]`` (one separator in the middle).
 
-    fb, b_ids = split(pair.baseline_ids)
-    fp, p_ids = split(pair.perturbed_ids)
-    pmap = [0 if pair.position_map[0] == 0 else -1]
-    for i in range(fb + 1, len(pair.baseline_ids)):
+    Raises:
+        ValueError: If an input does not have the layout's special tokens where they belong, or the layout's
+            single-text suffix differs from its pair suffix (the document's end could not be carried over).
+    """
+    from jaxmech.tokenizer import PairFormat
+
+    fmt = getattr(layout, "format", None) or getattr(layout, "sep_id", layout)
+    if isinstance(fmt, int):
+        head = (pair.baseline_ids[0],)
+        fmt = PairFormat(prefix=head, middle=(fmt,), suffix=(fmt,), single_prefix=head, single_suffix=(fmt,),
+                         types=(0, 0, 0, 1, 1))
+    if tuple(fmt.single_suffix) != tuple(fmt.suffix) or len(fmt.single_prefix) > len(fmt.prefix):
+        raise ValueError(f"{_where(pair.name)}document_only needs a single-text layout that ends like the pair "
+                         f"(suffix {list(fmt.suffix)} vs {list(fmt.single_suffix)}) and a prefix no longer than "
+                         f"the pair's")
+
+    def split(ids, which):
+        try:
+            q, d = fmt.split(ids)
+        except ValueError as e:
+            raise ValueError(f"{_where(pair.name)}the {which} input is not a pair of this layout: {e}") from None
+        return len(fmt.prefix) + len(q) + len(fmt.middle), fmt.single(d)
+
+    ob, b_ids = split(pair.baseline_ids, "baseline")
+    op, p_ids = split(pair.perturbed_ids, "perturbed")
+    s = len(fmt.single_prefix)
+    pmap = [i if pair.position_map[i] == i else -1 for i in range(s)]
+    for i in range(ob, len(pair.baseline_ids)):
         m = pair.position_map[i]
-        pmap.append(m - fp if m > fp else -1)
+        pmap.append(m - op + s if m >= op else -1)
     types = pair.token_types
     if types is not None:
-        types = [types[0], *types[fb + 1:]]
+        types = [*types[:s], *types[ob:]]
     return dataclasses.replace(pair, baseline_ids=b_ids, baseline_token_type_ids=[0] * len(b_ids),
                                perturbed_ids=p_ids, perturbed_token_type_ids=[0] * len(p_ids), position_map=pmap,
                                token_types=types)

@@ -24,7 +24,16 @@ from jaxmech.patching.engine import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
-from jaxmech.patching.readouts import SCORE, Readout, as_bound, check_readout, finish_result, layer_value, with_weights
+from jaxmech.patching.readouts import (
+    SCORE,
+    Readout,
+    as_bound,
+    check_readout,
+    finish_result,
+    layer_value,
+    score_only,
+    with_weights,
+)
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
 
@@ -117,6 +126,12 @@ def activation_patch(
     Raises:
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
+    if getattr(model.cfg, "model_type", None) == "modernbert":  # own pre-LN blocks
+        score_only(readout, "ModernBERT models")
+        from jaxmech.patching.modernbert import modernbert_patch
+
+        return modernbert_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                positions=positions, steps_per_call=steps_per_call)
     fam = get_family(family)
     bound = as_bound(readout)
     check_readout(bound.readout, model)

@@ -146,6 +146,10 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
         AlignmentError: If the batch is longer than the model's context.
         ValueError: If the model scores by comparing embeddings and ``query_embedding`` is missing.
     """
+    if getattr(model.cfg, "model_type", None) == "modernbert":  # pre-LN blocks: their own restart cache
+        from jaxmech.patching.modernbert import prepare as prepare_modernbert
+
+        return prepare_modernbert(model, batch, base_sites=base_sites, source_sites=source_sites, reverse=reverse)
     if batch.n_pos > model.cfg.n_ctx:
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:

@@ -102,7 +102,10 @@ class Family:
         Returns:
             A `jaxmech.patching.results.SweepResult`.
         """
-        module, fn = self.runner.split(":")
+        runner = self.runner
+        if getattr(getattr(model, "cfg", None), "model_type", None) == "modernbert":  # own pre-LN blocks
+            runner = "jaxmech.patching.modernbert:run_modernbert_family"
+        module, fn = runner.split(":")
         runner: Callable = getattr(importlib.import_module(module), fn)
         return runner(model, batch, self, **options)
 

@@ -224,8 +224,8 @@ def read_triples(path: str | Path) -> list[tuple[str, str, str, str]]:
 
 def model_pairs(pairs: Sequence[AlignedPair], tokenizer, *, pair_input: bool) -> list[AlignedPair]:
     """Pairs as the model reads them: unchanged for a cross-encoder (``pair_input``), document-only
-    (``[CLS] d [SEP]``) for a bi-encoder."""
-    return list(pairs) if pair_input else [document_only(p, tokenizer.sep_id) for p in pairs]
+    (``[CLS] d [SEP]``, ``<s> d </s>``) for a bi-encoder."""
+    return list(pairs) if pair_input else [document_only(p, tokenizer) for p in pairs]
 
 
 def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None = None,

@@ -48,6 +48,7 @@ from jaxmech.patching.readouts import (
     layer_value,
     read_block,
     reduce_site,
+    score_only,
     with_weights,
 )
 from jaxmech.patching.results import SweepResult
@@ -56,6 +57,15 @@ COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 __all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "path_components_to_heads",
            "path_to_heads", "path_to_score", "receivers_by_layer"]
+
+
+def _modernbert(model):
+    """`jaxmech.patching.modernbert.modernbert_patch` if ``model`` is a ModernBERT (own pre-LN blocks), else None."""
+    if getattr(getattr(model, "cfg", None), "model_type", None) != "modernbert":
+        return None
+    from jaxmech.patching.modernbert import modernbert_patch
+
+    return modernbert_patch
 
 
 def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -219,6 +229,10 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
         readout: What to measure (see `jaxmech.patching.activation.activation_patch`).
     """
+    if _modernbert(model):
+        score_only(readout, "ModernBERT models")
+        return _modernbert(model)(model, batch, "path_to_score", reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                  steps_per_call=steps_per_call)
     bound = as_bound(readout)
     check_readout(bound.readout, model)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
@@ -256,6 +270,10 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
     """
+    if _modernbert(model):
+        score_only(readout, "ModernBERT models")
+        return _modernbert(model)(model, batch, "path_to_heads", receivers=receivers, receiver_input=receiver_input,
+                                  reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     bound = as_bound(readout)
     check_readout(bound.readout, model)
@@ -293,6 +311,11 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
     """
+    if _modernbert(model):
+        score_only(readout, "ModernBERT models")
+        return _modernbert(model)(model, batch, "path_components_to_heads", receivers=receivers,
+                                  receiver_input=receiver_input, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                                  positions=positions, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     bound = as_bound(readout)
     check_readout(bound.readout, model)

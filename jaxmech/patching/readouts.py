@@ -582,6 +582,17 @@ def finish_result(result, model, prep, bound: BoundReadout, reverse: bool):
     return dataclasses.replace(result, baseline_score=base.astype(np.float32), perturbed_score=pert.astype(np.float32))
 
 
+def score_only(readout, where: str) -> None:
+    """Refuses a readout other than the score where only the score is implemented (``where`` names it).
+
+    Raises:
+        ReadoutError: For a readout other than `Score`.
+    """
+    r = as_bound(readout).readout if not isinstance(readout, (AttentionWeight, Projection)) else readout
+    if not isinstance(r, Score):
+        raise ReadoutError(f"readout {r.spec()!r}: {where} measure the score only")
+
+
 def check_readout(readout: Readout, model=None, *, method: str = "exact") -> None:
     """Checks a readout against a model (when given) and a run's method, before anything is computed.
 

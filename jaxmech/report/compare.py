@@ -119,7 +119,21 @@ def _heads_str(heads: Sequence[tuple[str, float]]) -> str:
 
 
 def _not_in_run(key: str, item: str, paper: str, what: str, figure: str = "") -> Comparison:
-    return Comparison(key, item, paper, f"— ({what} not in this run)", "not in this run", f"needs {what}", figure)
+    return _judge(key, item, paper, figure)(f"— ({what} not in this run)", "not in this run", f"needs {what}")
+
+
+def _in_kind(verdict: str) -> str:
+    """A same-model verdict restated for a different model (compared on the claim's structure)."""
+    return {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+
+
+def _judge(key: str, item: str, paper: str, figure: str = "") -> Any:
+    """The `Comparison` maker of one item: ``judge(ours, verdict, criterion, values=None)``."""
+
+    def judge(ours: str, verdict: str, criterion: str, values: dict | None = None) -> Comparison:
+        return Comparison(key, item, paper, ours, verdict, criterion, figure, dict(values or {}))
+
+    return judge
 
 
 def _model_note(meta: dict, L: int | None) -> str:
@@ -140,43 +154,21 @@ def compare_demo(scores: dict | None, meta: dict) -> Comparison:
     d = PAPER["demo"]
     key, item = "demo_logits", "demo pair logits (baseline / perturbed)"
     paper = f"{d['score_baseline']} / {d['score_perturbed']}"
+    judge = _judge(key, item, paper)
     if scores is None or "error" in scores:
         why = scores["error"] if scores else "the report was built without scoring the demo pair"
-        return Comparison(key, item, paper, f"— ({why})", "not in this run", "needs the run's model")
+        return judge(f"— ({why})", "not in this run", "needs the run's model")
     b, p = float(scores["score_baseline"]), float(scores["score_perturbed"])
     ours = f"{b:.4f} / {p:.4f}"
     vals = {"score_baseline": b, "score_perturbed": p}
     if scores.get("kind") == "bi":
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours + " (cosine similarities)",
-            "not comparable",
-            "a bi-encoder scores by cosine similarity, the paper's model by a raw logit",
-            values=vals,
-        )
+        why = "a bi-encoder scores by cosine similarity, the paper's model by a raw logit"
+        return judge(ours + " (cosine similarities)", "not comparable", why, vals)
     if same_model(meta):
         ok = abs(b - d["score_baseline"]) <= DEMO_ATOL and abs(p - d["score_perturbed"]) <= DEMO_ATOL
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours,
-            "agrees" if ok else "disagrees",
-            f"both logits within {DEMO_ATOL} of the paper's",
-            values=vals,
-        )
-    return Comparison(
-        key,
-        item,
-        paper,
-        ours,
-        "agrees in kind" if p > b else "differs in kind",
-        "different model: logits differ in scale; in kind = the perturbed document (term appended) "
-        "scores higher than the baseline",
-        values=vals,
-    )
+        return judge(ours, "agrees" if ok else "disagrees", f"both logits within {DEMO_ATOL} of the paper's", vals)
+    crit = "different model: logits differ in scale; in kind = the perturbed document (term appended) scores higher "
+    return judge(ours, "agrees in kind" if p > b else "differs in kind", crit + "than the baseline", vals)
 
 
 def compare_block(source: ResultsSource, L: int | None) -> Comparison:
@@ -188,17 +180,10 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
     )
     if "block_every" not in source.families:
         return _not_in_run(key, item, paper, "block_every", fig)
+    judge = _judge(key, item, paper, fig)
     lab = source.by_token_type("block_every")
     if lab is None:
-        return Comparison(
-            key,
-            item,
-            paper,
-            "— (no token types: patch a dataset file)",
-            "not comparable",
-            "needs token-type aggregation",
-            fig,
-        )
+        return judge("— (no token types: patch a dataset file)", "not comparable", "needs token-type aggregation")
     types = lab.labels("token_type")
     rp = lab.select("component", "resid_pre").values  # [layer, type]
     ao = lab.select("component", "attn_out").values
@@ -225,17 +210,8 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
     ours = "; ".join(f"{k}: {v:.2f}" if np.isfinite(v) else f"{k}: absent" for k, (v, _) in checks.items())
     vals = {k: (None if not np.isfinite(v) else v) for k, (v, _) in checks.items()}
     if source.meta.get("kind") == "bi":
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours,
-            "not comparable",
-            "a bi-encoder encodes the document alone and pools its tokens: the query-term and [CLS] "
-            "stages of the paper's flow do not exist in it",
-            fig,
-            vals,
-        )
+        why = "a bi-encoder encodes the document alone and pools its tokens: the query-term and [CLS] stages"
+        return judge(ours, "not comparable", why + " of the paper's flow do not exist in it", vals)
     crit = "each ≥ its threshold (" + ", ".join(f"{th}" for _, th in checks.values()) + ")"
     if len(passed) == len(checks):
         verdict = "agrees"
@@ -244,18 +220,9 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
     else:
         verdict = "disagrees"
     if not same_model(source.meta):
-        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+        verdict = _in_kind(verdict)
         crit = "different model, compared in kind with layers scaled to its depth: " + crit
-    return Comparison(
-        key,
-        item,
-        paper,
-        ours,
-        verdict,
-        crit,
-        fig,
-        vals,
-    )
+    return judge(ours, verdict, crit, vals)
 
 
 def _head_set_verdict(ours: list[str], paper: list[str], n_match_full: int, n_match_part: int) -> str:
@@ -279,6 +246,7 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     paper = ", ".join(f"{h} ≈{v}" for h, v in ref.items()) + "; the rest ≈0"
     if family not in source.families:
         return _not_in_run(key, item, paper, family, fig)
+    judge = _judge(key, item, paper, fig)
     mean = source.pair_mean(family)[0].values
     k = len(ref)
     top = ranked_heads(mean, k)
@@ -289,16 +257,7 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     ours += f"; top {k} carry {share:.0%} of the positive effect"
     if same_model(source.meta):
         verdict = _head_set_verdict([h for h, _ in top], list(ref), k - 1, 1)
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours,
-            verdict,
-            f"our top {k} heads vs the paper's: agrees if ≥{k - 1} shared, partly if ≥1",
-            fig,
-            vals,
-        )
+        return judge(ours, verdict, f"our top {k} heads vs the paper's: agrees if ≥{k - 1} shared, partly if ≥1", vals)
     n = L or mean.shape[0]
     # The paper's E4 top 4 carry ~84% of the positive effect (rest ≈0); its E2 top 3 about half (7 more heads
     # at 0.05-0.08), so the share is part of the E4 claim only.
@@ -306,15 +265,8 @@ def compare_top_heads(source: ResultsSource, family: str, L: int | None) -> Comp
     ok = _last_layers_in_kind(top, n) and (share >= 0.5 or not need_share)
     crit = f"different model ({n} layers): in kind = our top {k} heads all in the last two layers"
     crit += " and carrying ≥50% of the positive effect" if need_share else ""
-    return Comparison(
-        key,
-        item,
-        paper,
-        ours,
-        "agrees in kind" if ok else "differs in kind",
-        crit + " (the paper's are in layer 10 of 12)",
-        fig,
-        vals,
+    return judge(
+        ours, "agrees in kind" if ok else "differs in kind", crit + " (the paper's are in layer 10 of 12)", vals
     )
 
 
@@ -336,31 +288,16 @@ def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
     hit = sorted(set(ours_heads) & set(ref), key=lambda h: tuple(map(int, h.split("."))))
     ours = f"{', '.join(ours_heads) or 'none'} ({len(ours_heads)} heads)"
     vals = {"heads": ours_heads, "shared_with_paper": hit}
+    judge = _judge(key, item, paper, fig)
     if same_model(source.meta):
         verdict = "agrees" if len(hit) >= 9 else "partly agrees" if len(hit) >= 4 else "disagrees"
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours + f"; {len(hit)} shared",
-            verdict,
-            "shared heads: agrees if ≥9 of 13, partly if ≥4",
-            fig,
-            vals,
-        )
+        return judge(ours + f"; {len(hit)} shared", verdict, "shared heads: agrees if ≥9 of 13, partly if ≥4", vals)
     layers = sorted({int(h.split(".")[0]) for h in ours_heads})
     n = L or (max(layers) + 1 if layers else 0)
     ok = bool(ours_heads) and all(lay < n - 1 for lay in layers)
-    return Comparison(
-        key,
-        item,
-        paper,
-        ours,
-        "agrees in kind" if ok else "differs in kind",
-        "different model: in kind = matching heads found, all before the last layer (the paper's "
-        "span layers 0–8 of 12, below the scoring heads)",
-        fig,
-        vals,
+    crit = "different model: in kind = matching heads found, all before the last layer (the paper's span layers "
+    return judge(
+        ours, "agrees in kind" if ok else "differs in kind", crit + "0–8 of 12, below the scoring heads)", vals
     )
 
 
@@ -372,27 +309,11 @@ def compare_scoring_circuit(source: ResultsSource) -> Comparison:
     if heads is None:
         return _not_in_run(key, item, paper, "the circuit analysis", fig)
     ours = ", ".join(heads) or "none"
+    judge = _judge(key, item, paper, fig)
     if same_model(source.meta):
-        return Comparison(
-            key,
-            item,
-            paper,
-            ours,
-            "agrees" if "10.1" in heads else "disagrees",
-            "10.1 among the circuit's relevance_scoring heads",
-            fig,
-            {"heads": heads},
-        )
-    return Comparison(
-        key,
-        item,
-        paper,
-        ours,
-        "not comparable",
-        "different model: head indices do not correspond",
-        fig,
-        {"heads": heads},
-    )
+        verdict = "agrees" if "10.1" in heads else "disagrees"
+        return judge(ours, verdict, "10.1 among the circuit's relevance_scoring heads", {"heads": heads})
+    return judge(ours, "not comparable", "different model: head indices do not correspond", {"heads": heads})
 
 
 def compare_idf_svd(source: ResultsSource) -> Comparison:
@@ -413,32 +334,23 @@ def compare_idf_svd(source: ResultsSource) -> Comparison:
     verdict = "agrees" if strongest and r0 < 0 else "partly agrees" if strongest else "disagrees"
     crit = "|r(U_0, IDF)| larger than every other U_k's (k < 50) and negative (agrees), positive (partly)"
     if not same_model(source.meta):
-        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
+        verdict = _in_kind(verdict)
         crit = "different model, same criterion: " + crit
-    return Comparison(key, item, paper, ours, verdict, crit, fig, {"u0_idf_pearson": r0})
+    return _judge(key, item, paper, fig)(ours, verdict, crit, {"u0_idf_pearson": r0})
 
 
 def compare_linear(source: ResultsSource) -> list[Comparison]:
     """Linear semantic BM25 (r = 0.8157) and tuned BM25 (r = 0.42) against the CE score."""
     fig = "fig-linear_bm25"
+    p_lin, p_bm = PAPER["linear_test_pearson"], PAPER["bm25_test_pearson"]
+    lin_item, bm_item = "linear semantic-BM25 fit, test Pearson r", "BM25 against the CE score, Pearson r"
     a = source.analyses.get("linear_bm25")
     if not isinstance(a, dict):
         return [
-            _not_in_run(
-                "linear_r",
-                "linear semantic-BM25 fit, test Pearson r",
-                str(PAPER["linear_test_pearson"]),
-                "the linear_bm25 analysis",
-                fig,
-            ),
-            _not_in_run(
-                "bm25_r",
-                "BM25 against the CE score, Pearson r",
-                str(PAPER["bm25_test_pearson"]),
-                "the linear_bm25 analysis",
-                fig,
-            ),
+            _not_in_run(key, it, str(ref), "the linear_bm25 analysis", fig)
+            for key, it, ref in (("linear_r", lin_item, p_lin), ("bm25_r", bm_item, p_bm))
         ]
+    judge_lin, judge_bm = _judge("linear_r", lin_item, str(p_lin), fig), _judge("bm25_r", bm_item, str(p_bm), fig)
     try:
         r = float(a["test_pearson"])
         rb = float(a["bm25_test_pearson"]) if "bm25_test_pearson" in a else float("nan")
@@ -448,7 +360,6 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
             f"{source.path}: analyses/linear_bm25.json: malformed ({type(err).__name__}: {err})"
         ) from None
     same = same_model(source.meta)
-    p_lin, p_bm = PAPER["linear_test_pearson"], PAPER["bm25_test_pearson"]
     n_train, n_feat = a.get("n_train"), a.get("n_features")
     if isinstance(n_train, int) and isinstance(n_feat, int) and n_feat >= n_train:
         why = (
@@ -456,24 +367,11 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
             "~8,000 training pairs); its test r is no evidence either way"
         )
         return [
-            Comparison(
-                "linear_r",
-                "linear semantic-BM25 fit, test Pearson r",
-                str(p_lin),
-                f"{r:.4f}",
-                "not comparable",
-                why,
-                fig,
-                {"test_pearson": r, "n_train": n_train, "n_features": n_feat},
-            ),
-            Comparison(
-                "bm25_r",
-                "BM25 against the CE score, Pearson r",
-                str(p_bm),
+            judge_lin(f"{r:.4f}", "not comparable", why, {"test_pearson": r, "n_train": n_train, "n_features": n_feat}),
+            judge_bm(
                 f"{rb:.4f}" if np.isfinite(rb) else "—",
                 "not comparable",
                 "compared only beside a determined linear fit",
-                fig,
                 {"bm25_test_pearson": rb if np.isfinite(rb) else None},
             ),
         ]
@@ -484,46 +382,19 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
     else:
         v1 = "agrees in kind" if beats else "differs in kind"
         c1 = "different model: in kind = the linear fit beats BM25 and random features by >0.1 in r"
+    ours = f"{r:.4f}" + (f" (random features {rr:.3f})" if np.isfinite(rr) else "")
     out = [
-        Comparison(
-            "linear_r",
-            "linear semantic-BM25 fit, test Pearson r",
-            str(p_lin),
-            f"{r:.4f}" + (f" (random features {rr:.3f})" if np.isfinite(rr) else ""),
-            v1,
-            c1,
-            fig,
-            {"test_pearson": r, "random_features_test_pearson": None if not np.isfinite(rr) else rr},
-        )
+        judge_lin(ours, v1, c1, {"test_pearson": r, "random_features_test_pearson": rr if np.isfinite(rr) else None})
     ]
     if not np.isfinite(rb):
-        out.append(_not_in_run("bm25_r", "BM25 against the CE score, Pearson r", str(p_bm), "bm25_test_pearson", fig))
+        out.append(_not_in_run("bm25_r", bm_item, str(p_bm), "bm25_test_pearson", fig))
     elif same:
-        out.append(
-            Comparison(
-                "bm25_r",
-                "BM25 against the CE score, Pearson r",
-                str(p_bm),
-                f"{rb:.4f}",
-                "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees",
-                f"|r − {p_bm}| ≤ {LINEAR_TOL}",
-                fig,
-                {"bm25_test_pearson": rb},
-            )
-        )
+        v2 = "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees"
+        out.append(judge_bm(f"{rb:.4f}", v2, f"|r − {p_bm}| ≤ {LINEAR_TOL}", {"bm25_test_pearson": rb}))
     else:
-        out.append(
-            Comparison(
-                "bm25_r",
-                "BM25 against the CE score, Pearson r",
-                str(p_bm),
-                f"{rb:.4f}",
-                "agrees in kind" if rb < r else "differs in kind",
-                "different model: in kind = BM25 fits the model worse than the linear features",
-                fig,
-                {"bm25_test_pearson": rb},
-            )
-        )
+        v2 = "agrees in kind" if rb < r else "differs in kind"
+        c2 = "different model: in kind = BM25 fits the model worse than the linear features"
+        out.append(judge_bm(f"{rb:.4f}", v2, c2, {"bm25_test_pearson": rb}))
     return out
 
 
@@ -566,10 +437,11 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
         if not isinstance(a, dict) or exp not in a:
             out.append(_not_in_run(key, item, paper, f"soft_tf.{exp}", fig))
             continue
+        judge = _judge(key, item, paper, fig)
         heads = a[exp].get("heads", {})
         trends = {h: _trend(d["mean"]) for h, d in heads.items() if len(d.get("mean", [])) >= 2}
         if not trends:
-            out.append(Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig))
+            out.append(judge("— (no heads)", "not comparable", "needs head curves"))
             continue
         margin = {h: _ci_halfwidth(heads[h]) for h in trends}
         good = [h for h, (delta, sat) in trends.items() if sign * delta > margin[h] and (sat or sign < 0)]
@@ -581,19 +453,10 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
             "any partly"
         )
         if not same_model(source.meta):
-            verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(
-                verdict, "differs in kind"
-            )
+            verdict = _in_kind(verdict)
         out.append(
-            Comparison(
-                key,
-                item,
-                paper,
-                f"{len(good)} of {len(trends)} heads",
-                verdict,
-                crit,
-                fig,
-                {"heads_following": good, "n_heads": len(trends)},
+            judge(
+                f"{len(good)} of {len(trends)} heads", verdict, crit, {"heads_following": good, "n_heads": len(trends)}
             )
         )
     return out
@@ -607,11 +470,10 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
     exp = a.get("stmc1") if isinstance(a, dict) else None
     if not isinstance(exp, dict):
         return _not_in_run(key, item, paper, "soft_tf.stmc1", fig)
+    judge = _judge(key, item, paper, fig)
     xs = [str(x) for x in exp.get("x", [])]
     if "synonym" not in xs or "filler" not in xs:
-        return Comparison(
-            key, item, paper, f"— (conditions {xs})", "not comparable", "needs the filler and synonym conditions", fig
-        )
+        return judge(f"— (conditions {xs})", "not comparable", "needs the filler and synonym conditions")
     i_f, i_s = xs.index("filler"), xs.index("synonym")
     good, n = [], 0
     for h, d in exp.get("heads", {}).items():
@@ -622,18 +484,14 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
         if m[i_s] - m[i_f] > _ci_halfwidth(d, [i_f, i_s]):
             good.append(h)
     if not n:
-        return Comparison(key, item, paper, "— (no heads)", "not comparable", "needs head curves", fig)
+        return judge("— (no heads)", "not comparable", "needs head curves")
     verdict = "agrees" if len(good) / n > 0.5 else "partly agrees" if good else "disagrees"
     if not same_model(source.meta):
-        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
-    return Comparison(
-        key,
-        item,
-        paper,
+        verdict = _in_kind(verdict)
+    return judge(
         f"{len(good)} of {n} heads attend more to the synonym than to a filler",
         verdict,
         "synonym mean − filler mean > the confidence half-width: >50% of heads agrees, any partly",
-        fig,
         {"heads_following": good, "n_heads": n},
     )
 
@@ -651,12 +509,13 @@ def compare_edit(source: ResultsSource) -> Comparison:
     a = source.analyses.get("edit_idf")
     if not isinstance(a, dict):
         return _not_in_run(key, item, paper, "the edit_idf analysis", fig)
+    judge = _judge(key, item, paper, fig)
     score = a.get("score", {})
     edits = {k: v for k, v in score.items() if not _is_control(k)}
     up = {k: v for k, v in edits.items() if "decrease" not in k.lower()}
     down = {k: v for k, v in edits.items() if "decrease" in k.lower()}
     if not up:
-        return Comparison(key, item, paper, "— (no IDF-increase curve)", "not comparable", "needs score curves", fig)
+        return judge("— (no IDF-increase curve)", "not comparable", "needs score curves")
 
     def change(v) -> tuple[float, float]:
         d = v if isinstance(v, dict) else {"mean": v}
@@ -675,17 +534,13 @@ def compare_edit(source: ResultsSource) -> Comparison:
     )
     verdict = "agrees" if up_score and up_att else "partly agrees" if up_score or up_att else "disagrees"
     if not same_model(source.meta):
-        verdict = {"agrees": "agrees in kind", "partly agrees": "partly agrees in kind"}.get(verdict, "differs in kind")
-    return Comparison(
-        key,
-        item,
-        paper,
+        verdict = _in_kind(verdict)
+    return judge(
         ours,
         verdict,
         "from the smallest to the largest scale, the score of IDF-increase edits rises and of IDF-decrease edits "
         "falls by more than the confidence half-width, and the [CLS] attention of the scoring heads rises "
         "(agrees); one of the two (partly); whole-row control edits are not judged",
-        fig,
         {"score_change": {k: d for k, (d, _) in deltas.items()}, "attention_change": att_d},
     )
 
