@@ -244,6 +244,7 @@ def run_patching(
     mesh=None,
     background=None,
     groups: Sequence[Sequence[str]] | None = None,
+    readout=None,
 ) -> PatchingResult:
     """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
 
@@ -284,6 +285,10 @@ def run_patching(
             `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
             over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
         groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
+        readout: What each patched run measures: None or ``"score"`` (the model's score), a readout of
+            `jaxmech.patching.readouts` or its string form (``"attn:10.7:CLS->Qplus"``). The metric then
+            applies to the readout's values, ``pairs["score_baseline"]``/``["score_perturbed"]`` hold the
+            unpatched runs' readout values, and ``meta["readout"]`` names it (absent for the score).
 
     Returns:
         A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
@@ -312,6 +317,11 @@ def run_patching(
     from jaxmech.patching.background import with_background
 
     model, tok = lm.model, lm.tokenizer
+    from jaxmech.patching.readouts import bind, check_readout, parse_readout
+
+    readout = parse_readout(readout) if readout is None or isinstance(readout, str) else readout
+    check_readout(readout, model, method=method)
+    bind(readout, pairs, max(max(len(p.baseline_ids), len(p.perturbed_ids)) for p in pairs))  # every pair's positions
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
@@ -345,8 +355,9 @@ def run_patching(
             queries = [pairs[i].query for i in idx]
             enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
+        bound = bind(readout, [pairs[i] for i in idx], T, batch.n_pairs)
         for fam in fams:
-            res = fam.run(model, batch, query_embedding=qe, **options)
+            res = fam.run(model, batch, query_embedding=qe, readout=bound, **options)
             patched, base, pert = res.patched[:n], res.baseline_score[:n], res.perturbed_score[:n]
             values = apply_metric(metric, patched, base, pert, **metric_kw)
             for store, v in ((effects, values.values), (raw, patched)):
@@ -409,6 +420,8 @@ def run_patching(
         meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
     if aggregate != "mean":
         meta["aggregate"] = aggregate
+    if readout.spec() != "score":  # recorded only when used (results of the default are unchanged)
+        meta["readout"] = readout.spec()
     return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
                           TOKEN_TYPE_ORDER if by_type else (), counts)
 
@@ -457,6 +470,7 @@ def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = No
     summary.update(
         kind=res.meta["kind"],
         metric={"name": res.meta["metric"], "definition": METRIC_DEFINITIONS[res.meta["metric"]]},
+        **({"readout": res.meta["readout"]} if res.meta.get("readout") else {}),
         axes={f: list(res.axes[f]) for f in res.families},
         flagged_no_result=[n for n, x in zip(res.pairs["name"], no_result, strict=True) if x][:10],
     )
@@ -554,6 +568,11 @@ def patch(
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
         raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
+    if isinstance(options.get("readout"), str):  # a malformed spec is refused before the model is loaded
+        from jaxmech.patching.readouts import check_readout, parse_readout
+
+        options["readout"] = parse_readout(options["readout"])
+        check_readout(options["readout"], method=options.get("method", "exact"))
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision", "groups")
                      if k in options})

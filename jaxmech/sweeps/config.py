@@ -14,7 +14,9 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families, groups
                      ([["9.1", "9.2"], ["10.1"]]) for heads_joint
     [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
-                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
+                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16"), readout
+                     (what each patched run measures, `jaxmech.patching.readouts`: "attn:10.7:CLS->Qplus",
+                     "margin:1,0", "proj:resid_post:4:CLS:dir.npy"; default the score)
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
                      step; 0 = from device memory), steps_per_call (steps per compiled call)
     [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
@@ -117,7 +119,8 @@ class DatasetSection:
     Attributes:
         name: Label stored in the pair table's ``dataset`` column (default: kind or file stem).
         file: A dataset file from ``jaxmech dataset build`` (exclusive with ``kind``).
-        kind: A builder kind of `jaxmech.data.KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``, ...).
+        kind: A builder kind of `jaxmech.data.diagnostic.ALL_KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``,
+            ``idf_front``, ...).
         source: Builder source: ``"demo"``, ``"shared"``, ``"ir_datasets:NAME"``, a file or a folder (see
             ``jaxmech dataset build``).
         options: Builder options (``align``, ``term_match``, ...).
@@ -138,12 +141,12 @@ class DatasetSection:
     qids: str = ""
 
     def __post_init__(self):
-        from jaxmech.data import KINDS
+        from jaxmech.data.diagnostic import ALL_KINDS
 
         if bool(self.file) == bool(self.kind):
             raise ValueError("give either file (a built dataset) or kind (+ source) to build one")
         if self.kind:
-            _choice("", "kind", self.kind, KINDS)
+            _choice("", "kind", self.kind, ALL_KINDS)
         if self.sample < 0 or self.per_query < 0:
             raise ValueError("sample and per_query must be >= 0 (0 = all)")
         if not self.name:
@@ -232,12 +235,15 @@ class PatchingSection:
         direction: ``"perturbed_into_baseline"`` (run the baseline, patch in the perturbed run's activations:
             the paper's) or ``"baseline_into_perturbed"``.
         precision: Matmul precision (`jaxmech.runtime` names; fp32 is exact).
+        readout: What each patched run measures, a spec of `jaxmech.patching.readouts.parse_readout` (``""``:
+            the score). Fingerprinted only when set, so runs of the score keep their fingerprints.
     """
 
     metric: str = "normalized"
     min_denominator: float = 1e-3
     direction: str = "perturbed_into_baseline"
     precision: str = "fp32"
+    readout: str = ""
 
     def __post_init__(self):
         _choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
@@ -245,6 +251,10 @@ class PatchingSection:
         _choice("[patching]", "precision", self.precision, PRECISIONS)
         if self.min_denominator < 0:
             raise ValueError(f"[patching] min_denominator={self.min_denominator} must be >= 0")
+        if self.readout:
+            from jaxmech.patching.readouts import parse_readout
+
+            parse_readout(self.readout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +370,8 @@ class SweepConfig:
                 continue
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if (table, k) not in _NOT_FINGERPRINTED}
+            if table == "patching" and not value.get("readout"):  # the score: fingerprints as before readouts
+                value.pop("readout", None)
             out[table] = value
         return out
 
@@ -405,6 +417,11 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(source, "[[datasets]] name", f"dataset names must be unique; repeated: {dup}")
+    readout = kw.get("patching", PatchingSection()).readout
+    attribution = [f.name for f in kw["families"] if f.method == "attribution"]
+    if readout and attribution:
+        raise ConfigError(source, "[patching] readout", f"attribution families ({', '.join(attribution)}) estimate "
+                          "the score only; use method = 'exact' with a readout")
     keys = [f.key for f in kw["families"]]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
