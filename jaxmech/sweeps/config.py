@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmech.sweeps.background import BackgroundSection
-from jaxmech.train.config import ConfigError, parse_section
+from jaxmech.train.config import ConfigError, RunIdentity, check_choice, parse_section
 
 __all__ = [
     "BackgroundSection",
@@ -67,26 +67,14 @@ DIRECTIONS = ("perturbed_into_baseline", "baseline_into_perturbed")
 PRECISIONS = ("fp32", "tf32", "bf16x3", "bf16")
 
 
-def _choice(where: str, name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{where} {name}={value!r}; choose one of {list(choices)}".strip())
-
-
 @dataclasses.dataclass(frozen=True)
-class RunSection:
+class RunSection(RunIdentity):
     """``[run]``.
 
     Attributes:
         name: Run name (default output folder ``runs/<name>``).
         out_dir: Output folder (overridden by ``--out``).
     """
-
-    name: str = ""
-    out_dir: str = ""
-
-    def __post_init__(self):
-        if not self.name:
-            raise ValueError("[run] name is required")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +95,7 @@ class ModelSection:
     max_length: int = 512
 
     def __post_init__(self):
-        _choice("[model]", "kind", self.kind, ("auto", "cross", "bi"))
+        check_choice("[model]", "kind", self.kind, ("auto", "cross", "bi"))
         if not 8 <= self.max_length <= 4096:
             raise ValueError(f"[model] max_length={self.max_length} must be in [8, 4096]")
 
@@ -146,7 +134,7 @@ class DatasetSection:
         if bool(self.file) == bool(self.kind):
             raise ValueError("give either file (a built dataset) or kind (+ source) to build one")
         if self.kind:
-            _choice("", "kind", self.kind, ALL_KINDS)
+            check_choice("", "kind", self.kind, ALL_KINDS)
         if self.sample < 0 or self.per_query < 0:
             raise ValueError("sample and per_query must be >= 0 (0 = all)")
         if not self.name:
@@ -184,8 +172,8 @@ class FamilySection:
             raise ValueError(
                 f"name={self.name!r} is not a patching family; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
             )
-        _choice("", "method", self.method, METHODS)
-        _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
+        check_choice("", "method", self.method, METHODS)
+        check_choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
         from jaxmech.patching.families import get_family
 
         if self.method not in get_family(self.name).methods:
@@ -246,9 +234,9 @@ class PatchingSection:
     readout: str = ""
 
     def __post_init__(self):
-        _choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
-        _choice("[patching]", "direction", self.direction, DIRECTIONS)
-        _choice("[patching]", "precision", self.precision, PRECISIONS)
+        check_choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
+        check_choice("[patching]", "direction", self.direction, DIRECTIONS)
+        check_choice("[patching]", "precision", self.precision, PRECISIONS)
         if self.min_denominator < 0:
             raise ValueError(f"[patching] min_denominator={self.min_denominator} must be >= 0")
         if self.readout:
