@@ -36,12 +36,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from jaxmech.sweeps.background import BackgroundSection
-from jaxmech.train.config import ConfigError, RunIdentity, check_choice, parse_section
+from jaxmech.train.config import ConfigError, RunIdentity, check_choice, parse_section, read_toml
 
 __all__ = [
     "BackgroundSection",
@@ -424,15 +423,4 @@ def load_sweep_config(path: str | os.PathLike) -> SweepConfig:
         ConfigError: If the file is missing or unreadable, is not valid TOML, or has an unknown table or key,
             a value of the wrong type or outside its choices (the message names file and key).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, None, "config file not found") from None
-    except OSError as err:
-        raise ConfigError(path, None, f"cannot read config file: {err}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(path, None, f"invalid TOML: {err}") from None
-    return from_dict(data, source=str(path))
+    return from_dict(read_toml(path), source=str(path))

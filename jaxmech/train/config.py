@@ -490,6 +490,15 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         ConfigError: If the file is missing or unreadable, is not valid TOML, or has an unknown table or key,
             a value of the wrong type, or a value outside its choices (the message names file and key).
     """
+    return from_dict(read_toml(path), source=str(path))
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a TOML config file (any jaxmech config).
+
+    Raises:
+        ConfigError: If the file is missing or unreadable, or is not valid TOML (naming the file).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -498,7 +507,6 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     except OSError as err:
         raise ConfigError(path, None, f"cannot read config file: {err}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, None, f"invalid TOML: {err}") from None
-    return from_dict(data, source=str(path))
