@@ -287,9 +287,11 @@ def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
     assert "| `mlp_pre_linear` | `[4, pos, 37]` |" in table and "mean pooling" in table
 
 
-def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_name(tmp_path):
+def test_a_saved_folder_loads_with_load_modernbert_and_load_model(tmp_path):
+    """`load_modernbert` and `load_model` give the same cross-encoder (scores as transformers); what ModernBERT
+    cannot be (a bi-encoder, a fresh classifier head) is refused by name."""
     from jaxmech.loading import load_model
-    from jaxmech.modernbert import load_modernbert
+    from jaxmech.modernbert import ModernBertCrossEncoder, load_modernbert
 
     hf = build(TINY, bias=False, pooling="cls", seed=6)
     hf.save_pretrained(tmp_path)
@@ -300,8 +302,17 @@ def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_
         ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), None, jnp.asarray(mask)).logits), ref,
                                atol=PARITY_ATOL, rtol=0)
-    with pytest.raises(UnsupportedConfigError, match="model_type='modernbert'.*load_modernbert"):
-        load_model(tmp_path)
+    lm = load_model(tmp_path)
+    assert isinstance(lm.model, ModernBertCrossEncoder) and lm.kind == "cross" and lm.tokenizer is None
+    assert lm.model.cfg == model.cfg
+    np.testing.assert_array_equal(np.asarray(lm.model(jnp.asarray(ids), None, jnp.asarray(mask)).logits),
+                                  np.asarray(model(jnp.asarray(ids), None, jnp.asarray(mask)).logits))
+    with pytest.raises(UnsupportedConfigError, match="kind='bi' is not available for model_type='modernbert'"):
+        load_model(tmp_path, kind="bi")
+    with pytest.raises(UnsupportedConfigError, match="init_missing_head_seed is not available for model_type="):
+        load_model(tmp_path, kind="cross", init_missing_head_seed=0)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        load_model(tmp_path, require_tokenizer=True)
 
 
 def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers(tmp_path):

@@ -220,34 +220,74 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
         modernbert_patch(model, batch, "path_to_heads", receivers=["9.0"])
 
 
-def test_run_patching_runs_a_modernbert_folder_with_its_tokenizer(tmp_path):
-    """End to end through `run_patching` (length buckets, metric) on a ModernBERT folder with a local BPE
-    tokenizer: filler-aligned text triples (filler ``Ġa``), activation and path families; the raw patched
-    scores equal `modernbert_patch` on the same batch."""
+TRIPLES = [("what is the capital of france", "paris is a city", "paris is a city of france"),
+           ("a cat", "a cat sat on a mat", "a cat sat on a mat a cat")]
+
+
+@pytest.fixture(scope="module")
+def mb_folder(tmp_path_factory):
+    """A tiny ModernBERT folder with a local byte-level BPE tokenizer (`arch_checkpoints.modernbert_tokenizer`)."""
     from arch_checkpoints import modernbert_tokenizer
 
-    from jaxmech.convert import ConversionReport
-    from jaxmech.data.align import align_with_filler
-    from jaxmech.loading import LoadedModel
-    from jaxmech.modernbert import load_modernbert
-    from jaxmech.patching.run import run_patching
-
-    hf_tok = modernbert_tokenizer(tmp_path)
+    folder = tmp_path_factory.mktemp("modernbert")
+    hf_tok = modernbert_tokenizer(folder)
     ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
     sizes = dict(TINY, vocab_size=len(hf_tok), pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
                  sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"])
-    build(sizes, bias=False, pooling="cls", seed=12, init=0.2).save_pretrained(tmp_path)
-    model, tok = load_modernbert(tmp_path)
-    triples = [("what is the capital of france", "paris is a city", "paris is a city of france"),
-               ("a cat", "a cat sat on a mat", "a cat sat on a mat a cat")]
-    pairs = [align_with_filler(tok, *t, name=f"t{i}") for i, t in enumerate(triples)]
-    lm = LoadedModel(model, tok, tmp_path, "cross", ConversionReport())
-    res = run_patching(lm, pairs, ["head_all_pos_v", "path_to_score"], metric="raw")
+    build(sizes, bias=False, pooling="cls", seed=12, init=0.2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder_run(mb_folder):
+    """`run_patching` in-process on `load_model` of the folder: (loaded model, pairs, raw result)."""
+    from jaxmech.data.align import align_with_filler
+    from jaxmech.loading import load_model
+    from jaxmech.patching.run import run_patching
+
+    lm = load_model(mb_folder)
+    pairs = [align_with_filler(lm.tokenizer, *t, name=f"t{i}") for i, t in enumerate(TRIPLES)]
+    return lm, pairs, run_patching(lm, pairs, ["head_all_pos_v", "path_to_score"], metric="raw")
+
+
+def test_run_patching_runs_a_modernbert_folder_with_its_tokenizer(folder_run):
+    """End to end through `load_model` and `run_patching` (length buckets, metric) on a ModernBERT folder with a
+    local BPE tokenizer: filler-aligned text triples (filler ``Ġa``), activation and path families; the raw
+    patched scores equal `modernbert_patch` on the same batch."""
+    from jaxmech.modernbert import ModernBertCrossEncoder
+
+    lm, pairs, res = folder_run
+    assert isinstance(lm.model, ModernBertCrossEncoder) and lm.kind == "cross"
+    tok = lm.tokenizer
     batch = batch_pairs(pairs, pad_id=tok.pad_id, max_length=tok.max_length)
     for fam in ("head_all_pos_v", "path_to_score"):
-        np.testing.assert_allclose(res.raw[fam], modernbert_patch(model, batch, fam).patched, atol=ENGINE_ATOL,
+        np.testing.assert_allclose(res.raw[fam], modernbert_patch(lm.model, batch, fam).patched, atol=ENGINE_ATOL,
                                    rtol=0)
     assert np.isfinite(res.raw["path_to_score"]).all()
+
+
+def test_jaxmech_patch_on_a_modernbert_folder_equals_run_patching(mb_folder, folder_run, tmp_path, capsys):
+    """``jaxmech patch --model DIR`` on the local ModernBERT folder writes what `run_patching` computes
+    in-process on the same triples (every array of the ``.npz``: raw scores, metric, lengths)."""
+    import json
+
+    from jaxmech.cli import main
+
+    _, _, res = folder_run
+    triples = tmp_path / "t.tsv"
+    triples.write_text("query\tbaseline_doc\tperturbed_doc\n" + "".join("\t".join(t) + "\n" for t in TRIPLES))
+    out = tmp_path / "r.npz"
+    code = main(["patch", "--model", str(mb_folder), "--triples", str(triples), "--family", "head_all_pos_v",
+                 "--family", "path_to_score", "--metric", "raw", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["pairs"] == 2
+    expected = res.arrays()
+    with np.load(out) as got:
+        for key in ("head_all_pos_v", "raw:head_all_pos_v", "path_to_score", "raw:path_to_score",
+                    "score_baseline", "score_perturbed", "lengths"):
+            np.testing.assert_allclose(got[key], expected[key], atol=ENGINE_ATOL, rtol=0, err_msg=key)
+        assert np.ptp(got["score_perturbed"] - got["score_baseline"]) > 0
+        assert json.loads(str(got["meta"]))["metric"] == "raw"
 
 
 def test_attribution_is_the_derivative_of_the_patch_at_zero(mb):
