@@ -309,9 +309,10 @@ def load_model(
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf_config = json.loads(config_file.read_text())
     if hf_config.get("model_type") == "modernbert":
-        return _load_modernbert(folder, hf_config, config_file, kind=kind, init_missing_head_seed=init_missing_head_seed,
-                                score_label=score_label, max_length=max_length, truncation=truncation,
-                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
+        return _load_modernbert(folder, hf_config, config_file, kind=kind,
+                                init_missing_head_seed=init_missing_head_seed, score_label=score_label,
+                                max_length=max_length, truncation=truncation, tokenizer_path=tokenizer_path,
+                                require_tokenizer=require_tokenizer)
     cfg = EncoderConfig.from_hf_config(hf_config, source=str(config_file))
     if kind == "auto":
         kind = detect_kind(folder, hf_config)
