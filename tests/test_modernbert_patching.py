@@ -213,14 +213,26 @@ def test_patching_matches_pytorch_hooks_on_transformers_modernbert(mb, torch_set
                            chunk_size=None if path else CHUNK)
     np.testing.assert_allclose(res.baseline_score[0], patcher.score(base_inputs), atol=PARITY_ATOL, rtol=0)
     np.testing.assert_allclose(res.perturbed_score[0], patcher.score(pert_inputs), atol=PARITY_ATOL, rtol=0)
+    # per-position families: the hooks at 3 (position, head) sites of every layer (the engine's full grid is
+    # checked against the loop of full forwards above)
+    rng = np.random.RandomState(1)
+    pos_all = np.nonzero(batch.patchable[0])[0]
+    sites = [(layer, int(rng.choice(pos_all)), int(rng.randint(model.cfg.n_heads)))
+             for layer in range(model.cfg.n_layers) for _ in range(3)]
+    if family == "head_by_pos_pattern":  # its axes are [layer, head, query_pos]
+        sites = [(layer, head, pos) for layer, pos, head in sites]
     ref = {"head_all_pos_v": lambda: patcher.head_all_pos(base_inputs, src, "v"),
            "head_all_pos_k": lambda: patcher.head_all_pos(base_inputs, src, "k"),
-           "head_by_pos_z": lambda: patcher.head_by_pos_z(base_inputs, src),
-           "head_by_pos_pattern": lambda: patcher.head_by_pos_pattern(base_inputs, src),
+           "head_by_pos_z": lambda: patcher.head_by_pos_z(base_inputs, src, sites),
+           "head_by_pos_pattern": lambda: patcher.head_by_pos_pattern(base_inputs, src, sites),
            "path_to_score": lambda: patcher.path_to_score(base_inputs, base, src),
            "path_to_heads": lambda: patcher.path_to_heads(base_inputs, base, src, RECEIVERS, "k")}[family]()
     ours = _first_pair(res, batch, len(base_inputs[0]))
     assert ours.shape == ref.shape
+    if family.startswith("head_by_pos"):
+        idx = tuple(np.asarray(sites).T)
+        assert np.isfinite(ref).sum() == len(set(sites)) and np.isfinite(ours[idx]).all()
+        ours, ref = ours[idx], ref[idx]
     np.testing.assert_allclose(ours, ref, atol=PARITY_ATOL, rtol=0)
     assert np.abs(ref - patcher.score(base_inputs)).max() > 1e-3, "patches must have visible effects"
 
