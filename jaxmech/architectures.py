@@ -34,7 +34,8 @@ VERIFIED = {
                   "BPE tokenizer (pairs, truncation, scores) = AutoTokenizer + transformers; patching "
                   "(`jaxmech.patching.modernbert`, restarted from the cached resid_pre): sweep = loop (activation "
                   "and path families, padded batch), PyTorch-hook cross-check (activation, path); attribution = "
-                  "derivative; no normalized_resid_post / result families",
+                  "derivative; no normalized_resid_post / result families; `load_model` (cross-encoder only), so "
+                  "`jaxmech patch` / `score` / `sweep` (`jaxmech patch` = `run_patching`)",
 }
 
 POST_LN_IDENTITIES = (

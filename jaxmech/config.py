@@ -196,7 +196,7 @@ class EncoderConfig:
         problems = []
         model_type = hf.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            hint = "; ModernBERT runs as its own blocks: jaxmech.modernbert.load_modernbert" \
+            hint = "; ModernBERT runs as its own blocks: jaxmech.modernbert.ModernBertConfig / load_model" \
                 if model_type == "modernbert" else ""
             problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES}{hint})")
         pos_type = hf.get("position_embedding_type", "absolute")

@@ -52,7 +52,7 @@ class LoadedModel:
     """A model with everything needed to run it.
 
     Attributes:
-        model: The `CrossEncoder` or `BiEncoder`.
+        model: The `CrossEncoder` or `BiEncoder` (a `jaxmech.modernbert.ModernBertCrossEncoder` for ModernBERT).
         tokenizer: Its `PairTokenizer`, or None if the folder has no tokenizer files (weights only).
         folder: The local folder it came from.
         kind: ``"cross"`` or ``"bi"``.
@@ -281,7 +281,8 @@ def load_model(
     tokenizer_path: str | Path | None = None,
     require_tokenizer: bool = False,
 ) -> LoadedModel:
-    """Loads a cross- or bi-encoder and its tokenizer.
+    """Loads a cross- or bi-encoder and its tokenizer. A ``model_type="modernbert"`` folder loads as a
+    `jaxmech.modernbert.ModernBertCrossEncoder` (cross-encoder only, not cached).
 
     Args:
         path_or_id: A local folder or a Hugging Face hub id (resolved through the hub cache).
@@ -307,6 +308,11 @@ def load_model(
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf_config = json.loads(config_file.read_text())
+    if hf_config.get("model_type") == "modernbert":
+        return _load_modernbert(folder, hf_config, config_file, kind=kind,
+                                init_missing_head_seed=init_missing_head_seed, score_label=score_label,
+                                max_length=max_length, truncation=truncation, tokenizer_path=tokenizer_path,
+                                require_tokenizer=require_tokenizer)
     cfg = EncoderConfig.from_hf_config(hf_config, source=str(config_file))
     if kind == "auto":
         kind = detect_kind(folder, hf_config)
@@ -343,16 +349,48 @@ def load_model(
             with contextlib.suppress(OSError):  # an unwritable cache only costs speed
                 meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
                 atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
-    limit = min(cfg.max_length, max_length or 512)
+    tokenizer = _load_tokenizer(folder, min(cfg.max_length, max_length or 512), truncation=truncation,
+                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
+    return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
+
+
+def _load_tokenizer(folder: Path, limit: int, *, truncation: str, tokenizer_path: str | Path | None,
+                    require_tokenizer: bool) -> PairTokenizer | None:
+    """The `PairTokenizer` of ``tokenizer_path`` (default: the model folder), or None without tokenizer files."""
     tok_dir = Path(tokenizer_path) if tokenizer_path else folder
     has_tokenizer = has_tokenizer_files(tok_dir)
     if tokenizer_path and not has_tokenizer:
         raise ModelNotFoundError(f"{tok_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...)")
     if require_tokenizer and not has_tokenizer:
         raise FileNotFoundError(f"{folder}: the model folder has no tokenizer (tokenizer.json, vocab.txt, ...)")
-    tokenizer = (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
-                 if has_tokenizer else None)
-    return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
+    return (PairTokenizer.from_pretrained(tok_dir, max_length=limit, truncation=truncation)
+            if has_tokenizer else None)
+
+
+def _load_modernbert(folder: Path, hf_config: dict, config_file: Path, *, kind: str,
+                     init_missing_head_seed: int | None, score_label: int, max_length: int | None, truncation: str,
+                     tokenizer_path: str | Path | None, require_tokenizer: bool) -> LoadedModel:
+    """`load_model` on a ``ModernBertForSequenceClassification`` folder: its own pre-LN blocks
+    (`jaxmech.modernbert`), a cross-encoder with its classifier head; converted on every load (no parameter
+    cache). Bi-encoder use and a fresh head are refused by name."""
+    from jaxmech.config import UnsupportedConfigError
+    from jaxmech.modernbert import ModernBertConfig
+    from jaxmech.modernbert import from_hf_state_dict as modernbert_from_hf
+
+    if kind not in ("auto", "cross"):
+        raise UnsupportedConfigError(f"{folder}: kind={kind!r} is not available for model_type='modernbert' "
+                                     "(ModernBERT loads as a cross-encoder only: kind='cross' or 'auto')")
+    if init_missing_head_seed is not None:
+        raise UnsupportedConfigError(f"{folder}: init_missing_head_seed is not available for "
+                                     "model_type='modernbert' (it needs a ModernBertForSequenceClassification "
+                                     "checkpoint with its classifier head)")
+    cfg = ModernBertConfig.from_hf_config(hf_config, source=str(config_file))
+    files = weight_files(folder)
+    model = modernbert_from_hf(read_state_dict(files), cfg, score_label=score_label,
+                               source=", ".join(str(f) for f in files))
+    tokenizer = _load_tokenizer(folder, min(cfg.max_length, max_length or 512), truncation=truncation,
+                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
+    return LoadedModel(model, tokenizer, folder, "cross", ConversionReport())
 
 
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:

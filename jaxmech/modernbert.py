@@ -715,8 +715,9 @@ def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
 def load_modernbert(path_or_id, *, score_label: int = 0):
     """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
     (a `jaxmech.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
-    files. `jaxmech.loading.load_model` refuses ModernBERT (its CLI paths expect the post-LN encoder); patch it
-    from Python with `jaxmech.patching.modernbert.modernbert_patch` or any `Family.run`.
+    files. `jaxmech.loading.load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for
+    `run_patching`, the CLI and sweeps); patch the model with `jaxmech.patching.modernbert.modernbert_patch` or
+    any `Family.run`.
 
     Raises:
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.

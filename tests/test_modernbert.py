@@ -270,10 +270,14 @@ def test_bad_checkpoints_and_options_are_refused_by_name():
 
 @pytest.mark.slow
 def test_gte_reranker_modernbert_base_shaped_random_checkpoint_matches_hf():
-    hf = build(dict(GTE_RERANKER_SHAPES, pad_token_id=50283), bias=False, pooling="mean", seed=4, init=0.02)
+    """Full depth and width (22 layers, 8 global); the vocabulary is cut to 301 rows (the embedding is a row
+    lookup, checked on every tiny model; its 38M parameters only cost time) and the batch to two rows."""
+    hf = build(dict(GTE_RERANKER_SHAPES, vocab_size=301, pad_token_id=0), bias=False, pooling="mean", seed=4,
+               init=0.02)
     model = from_hf_state_dict(_state(hf), ModernBertConfig.from_hf_config(hf.config))
+    assert (model.cfg.n_layers, sum(model.cfg.global_layers), model.cfg.d_model) == (22, 8, 768)
     assert sum(p.size for p in to_hf_state_dict(model).values()) == sum(p.numel() for p in hf.parameters())
-    ids, mask = padded(50368, [150, 41, 9], 150, pad_id=50283, seed=4)  # 150 > 128: the window matters
+    ids, mask = padded(301, [150, 9], 150, pad_id=0, seed=4)  # 150 > 128: the window matters
     check_parity("gte-reranker-modernbert-base shapes, random", hf, model, ids, mask)
 
 
@@ -287,9 +291,11 @@ def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
     assert "| `mlp_pre_linear` | `[4, pos, 37]` |" in table and "mean pooling" in table
 
 
-def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_name(tmp_path):
+def test_a_saved_folder_loads_with_load_modernbert_and_load_model(tmp_path):
+    """`load_modernbert` and `load_model` give the same cross-encoder (scores as transformers); what ModernBERT
+    cannot be (a bi-encoder, a fresh classifier head) is refused by name."""
     from jaxmech.loading import load_model
-    from jaxmech.modernbert import load_modernbert
+    from jaxmech.modernbert import ModernBertCrossEncoder, load_modernbert
 
     hf = build(TINY, bias=False, pooling="cls", seed=6)
     hf.save_pretrained(tmp_path)
@@ -300,8 +306,17 @@ def test_a_saved_folder_loads_with_load_modernbert_and_load_model_refuses_it_by_
         ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), None, jnp.asarray(mask)).logits), ref,
                                atol=PARITY_ATOL, rtol=0)
-    with pytest.raises(UnsupportedConfigError, match="model_type='modernbert'.*load_modernbert"):
-        load_model(tmp_path)
+    lm = load_model(tmp_path)
+    assert isinstance(lm.model, ModernBertCrossEncoder) and lm.kind == "cross" and lm.tokenizer is None
+    assert lm.model.cfg == model.cfg
+    np.testing.assert_array_equal(np.asarray(lm.model(jnp.asarray(ids), None, jnp.asarray(mask)).logits),
+                                  np.asarray(model(jnp.asarray(ids), None, jnp.asarray(mask)).logits))
+    with pytest.raises(UnsupportedConfigError, match="kind='bi' is not available for model_type='modernbert'"):
+        load_model(tmp_path, kind="bi")
+    with pytest.raises(UnsupportedConfigError, match="init_missing_head_seed is not available for model_type="):
+        load_model(tmp_path, kind="cross", init_missing_head_seed=0)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        load_model(tmp_path, require_tokenizer=True)
 
 
 def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers(tmp_path):
