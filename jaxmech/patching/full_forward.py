@@ -30,7 +30,7 @@ from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
-from jaxmech.patching.caches import PreparedBatch, align_source
+from jaxmech.patching.caches import PreparedBatch
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, reverse_batch
 from jaxmech.patching.program import Kernel, run_kernel
