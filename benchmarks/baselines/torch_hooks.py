@@ -97,11 +97,32 @@ class TorchPatcher:
     def _forward(self, ids, tt, mask):
         return self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask)
 
+    attention_readout = None
+    """``(layer, head, from_weights, to_weights)``: `score` measures ``from_weights @ pattern[head] @ to_weights``
+    at ``layer`` (after any pattern patch there) instead of the logit."""
+
     # -- running ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, inputs) -> float:
         ids, tt, mask = (torch.as_tensor(np.asarray(a)).long()[None].to(self.device) for a in inputs)
-        return float(self._forward(ids, tt, mask).logits[0, 0])
+        if self.attention_readout is None:
+            return float(self._forward(ids, tt, mask).logits[0, 0])
+        layer, head, w_from, w_to = self.attention_readout
+        attn = self._attn(layer)
+        inner, seen = getattr(attn, "_pattern_hook", None), {}
+
+        def keep(w):
+            w = inner(w) if inner is not None else w
+            seen["pattern"] = w
+            return w
+
+        attn._pattern_hook = keep
+        try:
+            self._forward(ids, tt, mask)
+        finally:
+            attn._pattern_hook = inner
+        p = seen["pattern"][0, head].double().cpu().numpy()
+        return float(np.asarray(w_from, np.float64) @ p @ np.asarray(w_to, np.float64))
 
     @contextlib.contextmanager
     def hooks(self, handles_fn):

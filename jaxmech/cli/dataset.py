@@ -20,7 +20,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from jaxmech.data.diagnostic import build_dataset_file
 
     result = build_dataset_file(args.kind, args.source, args.out, model=args.model, limit=args.limit,
-                                seed=args.seed, align=args.align, term_match=args.term_match)
+                                seed=args.seed, align=args.align, term_match=args.term_match,
+                                idf_table=args.idf_table)
     print(f"wrote {len(result.pairs)} {args.kind} pairs to {args.out}")
     dropped = {k: v for k, v in result.stats.items() if k.startswith("excluded_") and v}
     if dropped:
@@ -52,13 +53,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds ``dataset build`` and ``dataset stats``; each sets ``func`` (parsed arguments -> exit code)."""
-    from jaxmech.data.diagnostic import KINDS
+    from jaxmech.data.diagnostic import ALL_KINDS
 
     p = subparsers.add_parser("dataset", description=__doc__.split("\n\n")[0],
-                              help="build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1)")
+                              help="build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1, E7 idf_front)")
     sub = p.add_subparsers(dest="dataset_command", required=True)
     b = sub.add_parser("build", help="build a dataset file of aligned pairs")
-    b.add_argument("--kind", required=True, choices=KINDS, help="which diagnostic dataset")
+    b.add_argument("--kind", required=True, choices=ALL_KINDS, help="which diagnostic dataset")
     b.add_argument("--source", default="demo", help="demo | shared | ir_datasets:NAME | FILE | FOLDER")
     b.add_argument("--model", default=None, help="tokenizer folder (default: the packaged MiniLM)")
     b.add_argument("--out", required=True, help="output .jsonl file")
@@ -67,6 +68,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--align", default="diff", choices=("diff", "paper"), help="TFC2 position alignment")
     b.add_argument("--term-match", default="word", choices=("word", "span"),
                    help="match multi-word terms as a span (default: the paper's whole-word rule)")
+    b.add_argument("--idf-table", default=None, help="idf_front (E7): word<TAB>idf TSV choosing each query's "
+                   "highest-IDF word (default: word IDF over the source's documents)")
     b.set_defaults(func=cmd_build)
     s = sub.add_parser("stats", help="summarise a dataset file")
     s.add_argument("file", help="a dataset .jsonl file")

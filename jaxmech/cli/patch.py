@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
                     receivers=args.receiver, receiver_input=args.receiver_input, chunk_size=args.chunk_size,
                     overwrite=args.overwrite, precision=args.precision, pairs_per_chunk=args.pairs_per_chunk,
                     background=background, groups=args.group or None, show_progress=not args.no_progress,
-                    stop_on_sigint=True)
+                    stop_on_sigint=True, readout=args.readout)
     except PatchInterrupted as err:  # Ctrl-C while the pairs ran: stopped after the chunk in progress
         print(f"jaxmech patch: {err}", file=sys.stderr)
         return 130
@@ -76,6 +76,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
                    help="ablated heads' value: zero, or their mean over the pairs' real tokens (clean model)")
     p.add_argument("--ablate-site", default="z", choices=["z", "result"], help="the ablated heads' site")
+    p.add_argument("--readout", default=None, metavar="SPEC",
+                   help="what each patched run measures instead of the score: attn:LAYER.HEAD:FROM->TO[:sum,mean] "
+                   "(attention weight; FROM/TO a position or token types such as CLS, Qplus, Q, Dinj), margin:I,J "
+                   "(logit margin, num_labels > 1), proj:SITE:LAYER:POSITION:FILE.npy[:mean] (projection of a "
+                   "hidden state on a direction); see jaxmech.patching.readouts")
     p.add_argument("--pairs-per-chunk", type=int, default=None,
                    help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
                    "Ctrl-C is acted on between chunks")

@@ -44,6 +44,10 @@ from jaxmech.data.token_types import WordPieces, assign_token_types, word_piece_
 
 BASE_KINDS = ("tfc1", "tfc1_prepend", "stmc1", "tfc2", "lnc1")
 KINDS = BASE_KINDS + tuple(f"{k}_remove" for k in BASE_KINDS)
+"""The document perturbations (the axioms and their reverses)."""
+ALL_KINDS = KINDS + ("idf_front",)
+"""Every kind `build` (``jaxmech dataset build``, sweep datasets) makes; ``idf_front`` is E7, a query
+perturbation (`jaxmech.data.analysis_kinds.build_idf_front`)."""
 ALIGN_MODES = ("append", "prepend", "diff", "paper")
 
 
@@ -456,19 +460,23 @@ def build_lnc1(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int
 # -- dispatch -----------------------------------------------------------------------------------------------
 def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None = None, seed: int = 0,
           **options) -> BuildResult:
-    """Builds any dataset kind of `KINDS` from a source.
+    """Builds any dataset kind of `ALL_KINDS` from a source.
 
     Args:
-        kind: One of `KINDS`.
+        kind: One of `ALL_KINDS`.
         source: The loaded source.
         tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
         limit: Build at most this many pairs.
         seed: Seed (LNC1 partners).
-        **options: Passed to the builder (``align``, ``term_match``, ``whole_words``, ...).
+        **options: Passed to the builder (``align``, ``term_match``, ``whole_words``, ...); for ``idf_front``
+            ``idf_table`` (a ``word<TAB>idf`` TSV path or a ``word -> idf`` mapping; default: word IDF over the
+            source's own documents) and ``docs_per_query``.
 
     Raises:
         ValueError: On an unknown kind.
     """
+    if kind == "idf_front":
+        return _build_idf_front(source, tokenizer, limit=limit, **options)
     base, reverse = _split_kind(kind)
     if base in ("tfc1", "tfc1_prepend"):
         return build_tfc1(source, tokenizer, prepend=base == "tfc1_prepend", reverse=reverse, limit=limit,
@@ -480,9 +488,26 @@ def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None =
     return build_lnc1(source, tokenizer, seed=seed, reverse=reverse, limit=limit, **options)
 
 
+def _build_idf_front(source: DiagnosticSource, tokenizer, *, limit: int | None = None, idf_table=None,
+                     docs_per_query: int | None = None, term_match: str = "word") -> BuildResult:
+    """E7 pairs, the IDF table read from a TSV, given, or computed over the source's own documents."""
+    from jaxmech.data.analysis_kinds import build_idf_front
+    from jaxmech.data.idf import load_idf_tsv, word_idf
+
+    if idf_table is None:
+        texts = list(dict.fromkeys(t for docs in source.docs.values() for t in docs.values()))
+        table = word_idf(texts, tokenizer)
+    elif isinstance(idf_table, (str, os.PathLike)):
+        table = load_idf_tsv(idf_table)
+    else:
+        table = dict(idf_table)
+    return build_idf_front(source, tokenizer, table, docs_per_query=docs_per_query, limit=limit,
+                           term_match=term_match)
+
+
 def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
                        limit: int | None = None, seed: int = 0, align: str = "diff",
-                       term_match: str = "word") -> BuildResult:
+                       term_match: str = "word", idf_table: str | os.PathLike | None = None) -> BuildResult:
     """Builds a dataset from a ``--source`` spec and writes it: ``jaxmech dataset build`` in one call.
 
     Args:
@@ -494,6 +519,7 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
         seed: Seed for LNC1 partners and random term choice.
         align: TFC2 position alignment (``"diff"`` or ``"paper"``).
         term_match: ``"word"`` (the paper's whole-word rule) or ``"span"``.
+        idf_table: ``idf_front`` (E7): a ``word<TAB>idf`` TSV (default: word IDF over the source's documents).
 
     Returns:
         The `BuildResult` written.
@@ -511,6 +537,10 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     options: dict[str, Any] = {"term_match": term_match}
     if kind.startswith("tfc2"):
         options["align"] = align
+    if idf_table is not None:
+        if kind != "idf_front":
+            raise ValueError(f"--idf-table applies to --kind idf_front, not {kind}")
+        options["idf_table"] = idf_table
     result = build(kind, loaded, tokenizer, limit=limit, seed=seed, **options)
     if not result.pairs:
         raise ValueError(f"no {kind} pairs could be built from {loaded.name} (excluded: "

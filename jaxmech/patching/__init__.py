@@ -12,6 +12,8 @@ Find each concern by file name:
 * `activation`, `path`, `attribution`: exact activation patching, path patching (heads to score, heads to
   receiver heads, components to receiver heads), gradient estimates and their exact verification.
 * `metrics`: raw, difference, normalized (with near-zero denominators flagged), rank change.
+* `readouts`: what a patched run measures: the score (default), an attention weight, a logit margin, a
+  projection of a hidden state (declared as data, ``--readout SPEC``).
 * `results`: `SweepResult` (one family, one batch) and `PatchingResult` (a run; save/load).
 * `run`: `run_patching` and `patch`, what ``jaxmech patch`` does.
 
@@ -36,6 +38,8 @@ _EXPORTS = {
     "jaxmech.patching.inputs": ("PairBatch", "batch_pairs", "read_pairs", "reverse_batch"),
     "jaxmech.patching.metrics": ("METRICS", "MetricResult", "apply_metric", "normalized_effect", "rank_change"),
     "jaxmech.patching.path": ("parse_heads", "path_components_to_heads", "path_to_heads", "path_to_score"),
+    "jaxmech.patching.readouts": ("AttentionWeight", "LogitMargin", "Projection", "ReadoutError", "Score",
+                                  "parse_readout"),
     "jaxmech.patching.results": ("PatchingResult", "SweepResult"),
     "jaxmech.patching.run": ("patch", "run_patching"),
     "jaxmech.patching.schedule": ("local_mesh",),

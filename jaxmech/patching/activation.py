@@ -24,6 +24,16 @@ from jaxmech.patching.engine import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.readouts import (
+    SCORE,
+    Readout,
+    as_bound,
+    check_readout,
+    finish_result,
+    layer_value,
+    score_only,
+    with_weights,
+)
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
 
@@ -35,11 +45,13 @@ class ActivationKernel(Kernel):
         site: The patched site.
         per_pos: One position per item (else every patchable position).
         per_head: One head per item (else every head).
+        readout: What each patched run measures (`jaxmech.patching.readouts`; default the score).
     """
 
     site: str
     per_pos: bool
     per_head: bool
+    readout: Readout = SCORE
 
     @property
     def extras(self) -> tuple[str, ...]:
@@ -66,8 +78,12 @@ class ActivationKernel(Kernel):
         )
         # One position per item: restart on that row (dirty rows for resid_pre); k and v reach every row.
         rows = pos[None] if self.per_pos and self.site not in ("k", "v") else None
+        if self.readout.layer is not None:  # stop after the readout's layer, every row; read its block
+            resid = lambda: patched_hidden(model, mask.astype(bool), layer, here, after, spec, rows,
+                                           stop_layer=self.readout.layer)
+            return layer_value(model, self.readout, data, pair, layer, mask.astype(bool), resid, spec=spec)
         hidden = patched_hidden(model, mask.astype(bool), layer, here, after, spec, rows)
-        return model.score_hidden(hidden, mask, data.query_embedding[pair])
+        return self.readout.final_value(model, hidden, mask, data.query_embedding[pair])
 
 
 @runtime.with_precision
@@ -82,6 +98,7 @@ def activation_patch(
     query_embedding=None,
     positions: Sequence[int] | None = None,
     steps_per_call: int | None = None,
+    readout=None,
 ) -> SweepResult:
     """Exact activation patching of one family over a batch of aligned pairs.
 
@@ -99,6 +116,9 @@ def activation_patch(
             document's).
         positions: For per-position families, patch only these positions (others stay NaN).
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
+        readout: What to measure: None (the score), a `jaxmech.patching.readouts` readout that reads no
+            positions, or a `jaxmech.patching.readouts.BoundReadout`; the result's baseline and perturbed
+            values are then the readout's.
 
     Returns:
         A `SweepResult` with TransformerLens-shaped results per pair.
@@ -107,11 +127,14 @@ def activation_patch(
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
     if getattr(model.cfg, "model_type", None) == "modernbert":  # own pre-LN blocks
+        score_only(readout, "ModernBERT models")
         from jaxmech.patching.modernbert import modernbert_patch
 
         return modernbert_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                                 positions=positions, steps_per_call=steps_per_call)
     fam = get_family(family)
+    bound = as_bound(readout)
+    check_readout(bound.readout, model)
     row_sites = [s for s in fam.sites if s not in RESTART_SITES]
     prep = prepare(model, batch, base_sites=row_sites, source_sites=fam.sites, reverse=reverse,
                    query_embedding=query_embedding)
@@ -121,23 +144,26 @@ def activation_patch(
                              f"pairs of equal length; pairs {bad} are not (use filler alignment)")
     comps = []
     for site in fam.sites:
-        kernel = ActivationKernel(site, fam.per_pos, fam.per_head)
-        canonical = run_kernel(kernel, model, prep, prep.data(site), per_pos=fam.per_pos, per_head=fam.per_head,
+        kernel = ActivationKernel(site, fam.per_pos, fam.per_head, bound.readout)
+        data = with_weights(prep.data(site), bound, reverse)
+        canonical = run_kernel(kernel, model, prep, data, per_pos=fam.per_pos, per_head=fam.per_head,
                                chunk_size=chunk_size, mesh=mesh, positions=positions, steps_per_call=steps_per_call)
         comps.append(canonical_to_layout(canonical, fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
-    return SweepResult.from_prepared(fam.name, patched, prep)
+    return finish_result(SweepResult.from_prepared(fam.name, patched, prep), model, prep, bound, reverse)
 
 
 def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family, *, method: str = "exact",
                           reverse: bool = False, chunk_size: int | None = None, query_embedding=None,
-                          mesh: Mesh | None = None, steps_per_call: int | None = None,
+                          mesh: Mesh | None = None, steps_per_call: int | None = None, readout=None,
                           **_path_options) -> SweepResult:
     """The registry's runner of activation families: exact (`activation_patch`) or attribution estimates
     (`jaxmech.patching.attribution.attribution_patch`); receiver options of path families are ignored."""
     if method == "attribution":
         from jaxmech.patching.attribution import attribution_patch
 
+        check_readout(as_bound(readout).readout, model, method=method)
+
         return attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
     return activation_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                            query_embedding=query_embedding, steps_per_call=steps_per_call)
+                            query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)

@@ -85,7 +85,10 @@ def heads_joint(model: HookedEncoder, batch: PairBatch, groups: Sequence, *, rev
     return SweepResult.from_prepared("heads_joint", np.asarray(out), prep)
 
 
-def run_heads_joint(model, batch, family: Family, *, groups=(), reverse=False, query_embedding=None,
+def run_heads_joint(model, batch, family: Family, *, groups=(), reverse=False, query_embedding=None, readout=None,
                     **_options) -> SweepResult:
-    """The registry's runner of ``heads_joint`` (chunking and receiver options are not used)."""
+    """The registry's runner of ``heads_joint`` (chunking and receiver options are not used; the score only)."""
+    from jaxmech.patching.readouts import score_only
+
+    score_only(readout, "heads_joint")
     return heads_joint(model, batch, groups, reverse=reverse, query_embedding=query_embedding, site=family.sites[0])

@@ -39,6 +39,18 @@ from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched
 from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.readouts import (
+    SCORE,
+    Readout,
+    as_bound,
+    check_readout,
+    finish_result,
+    layer_value,
+    read_block,
+    reduce_site,
+    score_only,
+    with_weights,
+)
 from jaxmech.patching.results import SweepResult
 
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
@@ -64,8 +76,9 @@ def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int,
     return tuple((r, tuple(h)) for r, h in sorted(by_layer.items()))
 
 
-def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inputs):
-    """Fresh baseline run with only the receivers' inputs replaced (restarted at the first receiver layer)."""
+def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inputs, readout: Readout = SCORE):
+    """Fresh baseline run with only the receivers' inputs replaced (restarted at the first receiver layer),
+    measured by ``readout`` (a readout below the first receiver layer reads the baseline)."""
     H = model.cfg.n_heads
     patches = [
         HeadReplacement(receiver_input, r, jnp.asarray(np.isin(np.arange(H), heads), jnp.float32), new_inputs[r])
@@ -73,10 +86,19 @@ def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inp
     ]
     r0 = min(r for r, _ in by_layer)
     mask = data.attention_mask[pair]
+    L = readout.layer
+    if L is not None:
+        if r0 > L:  # static: the receivers sit above the readout
+            return read_block(model, readout, data.cache.resid_pre[pair, L], mask.astype(bool),
+                              data.read_weights[pair])
+        hooks = HookPoints(frozenset({readout.site}), patches)
+        _, records = model.run_blocks(data.cache.resid_pre[pair, r0], mask.astype(bool), hooks, start_layer=r0,
+                                      stop_layer=L + 1)
+        return reduce_site(readout, records[readout.site][L], data.read_weights[pair])
     hooks = HookPoints(frozenset(), patches)
     x = data.cache.resid_pre[pair, r0]
     hidden, _ = model.run_blocks(x, mask.astype(bool), hooks, start_layer=r0)
-    return model.score_hidden(hidden, mask, data.query_embedding[pair])
+    return readout.final_value(model, hidden, mask, data.query_embedding[pair])
 
 
 class SenderKernel(Kernel):
@@ -100,20 +122,32 @@ class SenderKernel(Kernel):
 
 @dataclasses.dataclass(frozen=True)
 class PathToScoreKernel(SenderKernel):
-    """Sender head ``z`` (all positions) with every other ``z`` frozen, read at the score."""
+    """Sender head ``z`` (all positions) with every other ``z`` frozen, read at the score (or ``readout``).
+
+    Attributes:
+        readout: What each patched run measures (`jaxmech.patching.readouts`).
+    """
+
+    readout: Readout = SCORE
 
     def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
         """The score with sender ``head`` at ``layer`` patched and every other ``z`` frozen."""
         here, mask, spec = self.sender(model, data, prepared, pair, head)
         final = data.cache.resid_pre[pair, -1]
         attn_out = data.cache.sites["attn_out"][pair]
+        L = self.readout.layer
+        if L is not None:  # every row up to the readout's layer, then its block with z frozen too
+            resid = lambda: frozen_attention_hidden(model, mask.astype(bool), layer, here, attn_out, spec, None,
+                                                    stop_layer=L)
+            return layer_value(model, self.readout, data, pair, layer, mask.astype(bool), resid, spec=spec,
+                               frozen_z=data.cache.sites["z"][pair, L])
         if model.readout_uses_cls_only:
             rows = jnp.zeros((1,), jnp.int32)
             out = frozen_attention_hidden(model, mask.astype(bool), layer, here, attn_out[:, :1], spec, rows)
             hidden = final.at[:1].set(out)
         else:
             hidden = frozen_attention_hidden(model, mask.astype(bool), layer, here, attn_out, spec, None)
-        return model.score_hidden(hidden, mask, data.query_embedding[pair])
+        return self.readout.final_value(model, hidden, mask, data.query_embedding[pair])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +157,12 @@ class PathToHeadsKernel(SenderKernel):
     Attributes:
         by_layer: Receiver heads by layer (`receivers_by_layer`).
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        readout: What each patched run measures (`jaxmech.patching.readouts`).
     """
 
     by_layer: tuple[tuple[int, tuple[int, ...]], ...]
     receiver_input: str
+    readout: Readout = SCORE
 
     def item(self, model, data: SweepData, prepared, layer, pair, head, pos):
         """The score with the receivers' inputs as the sender's patched, frozen-attention run computes them."""
@@ -137,7 +173,7 @@ class PathToHeadsKernel(SenderKernel):
                                           spec, None, stop_layer=r)
             new = layer_slice(model.blocks, r).attn.project(x_r, self.receiver_input)
             new_inputs[r] = jnp.where(layer < r, new, data.cache.site(self.receiver_input)[pair, r])
-        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs)
+        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs, self.readout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +184,13 @@ class ComponentsToHeadsKernel(Kernel):
         site: ``resid_pre``, ``attn_out`` or ``mlp_out``.
         by_layer: Receiver heads by layer.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
+        readout: What each patched run measures (`jaxmech.patching.readouts`).
     """
 
     site: str
     by_layer: tuple[tuple[int, tuple[int, ...]], ...]
     receiver_input: str
+    readout: Readout = SCORE
 
     def prepare(self, model, data: SweepData, layer):
         """Baseline views at ``layer`` and ``layer + 1``, and this layer's sources."""
@@ -173,12 +211,12 @@ class ComponentsToHeadsKernel(Kernel):
             new = layer_slice(model.blocks, r).attn.project(x_r, self.receiver_input)
             reaches = (layer < r) | ((layer == r) & (self.site == "resid_pre"))
             new_inputs[r] = jnp.where(reaches, new, data.cache.site(self.receiver_input)[pair, r])
-        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs)
+        return _stage2(model, self.by_layer, self.receiver_input, data, pair, new_inputs, self.readout)
 
 
 @runtime.with_precision
 def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, chunk_size: int | None = None,
-                  mesh=None, query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
+                  mesh=None, query_embedding=None, steps_per_call: int | None = None, readout=None) -> SweepResult:
     """Path patching from every head to the score (E4). Result ``[pair, layer, head]``.
 
     Args:
@@ -189,15 +227,20 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
+        readout: What to measure (see `jaxmech.patching.activation.activation_patch`).
     """
     if _modernbert(model):
+        score_only(readout, "ModernBERT models")
         return _modernbert(model)(model, batch, "path_to_score", reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                                   steps_per_call=steps_per_call)
+    bound = as_bound(readout)
+    check_readout(bound.readout, model)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
-    out = run_kernel(PathToScoreKernel(), model, prep, prep.data("z"), per_pos=False, per_head=True,
-                     chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
-    return SweepResult.from_prepared("path_to_score", out[:, :, 0, :], prep)
+    out = run_kernel(PathToScoreKernel(bound.readout), model, prep, with_weights(prep.data("z"), bound, reverse),
+                     per_pos=False, per_head=True, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
+    return finish_result(SweepResult.from_prepared("path_to_score", out[:, :, 0, :], prep), model, prep, bound,
+                         reverse)
 
 
 def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
@@ -209,7 +252,7 @@ def _receiver_setup(model: HookedEncoder, receivers, receiver_input: str):
 @runtime.with_precision
 def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                   reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                  query_embedding=None, steps_per_call: int | None = None) -> SweepResult:
+                  query_embedding=None, steps_per_call: int | None = None, readout=None) -> SweepResult:
     """Path patching from every head below the last receiver layer to receiver heads' ``q``/``k``/``v`` (E5).
 
     Args:
@@ -222,27 +265,33 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
         mesh: Devices to shard items over.
         query_embedding: For bi-encoders.
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
+        readout: What to measure (see `jaxmech.patching.activation.activation_patch`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
     """
     if _modernbert(model):
+        score_only(readout, "ModernBERT models")
         return _modernbert(model)(model, batch, "path_to_heads", receivers=receivers, receiver_input=receiver_input,
                                   reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
+    bound = as_bound(readout)
+    check_readout(bound.readout, model)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
-    out = run_kernel(PathToHeadsKernel(by_layer, receiver_input), model, prep, prep.data("z"), per_pos=False,
+    out = run_kernel(PathToHeadsKernel(by_layer, receiver_input, bound.readout), model, prep,
+                     with_weights(prep.data("z"), bound, reverse), per_pos=False,
                      per_head=True, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
                      steps_per_call=steps_per_call)
-    return SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
+    res = SweepResult.from_prepared(f"path_to_heads_{receiver_input}", out[:, :r_max, 0, :], prep)
+    return finish_result(res, model, prep, bound, reverse)
 
 
 @runtime.with_precision
 def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_input: str = "k", *,
                              reverse: bool = False, chunk_size: int | None = None, mesh=None,
-                             query_embedding=None, positions=None, steps_per_call: int | None = None
-                             ) -> SweepResult:
+                             query_embedding=None, positions=None, steps_per_call: int | None = None,
+                             readout=None) -> SweepResult:
     """Path patching from ``resid_pre``/``attn_out``/``mlp_out`` at each layer and position to receiver
     heads' inputs (E6, without the reference code's double patch; see the module docstring).
 
@@ -257,59 +306,69 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
         query_embedding: For bi-encoders.
         positions: Patch only these positions (others stay NaN).
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
+        readout: What to measure (see `jaxmech.patching.activation.activation_patch`).
 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
     """
     if _modernbert(model):
+        score_only(readout, "ModernBERT models")
         return _modernbert(model)(model, batch, "path_components_to_heads", receivers=receivers,
                                   receiver_input=receiver_input, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                                   positions=positions, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
+    bound = as_bound(readout)
+    check_readout(bound.readout, model)
     prep = prepare(model, batch, base_sites=("attn_out", "mlp_out"), source_sites=COMPONENTS, reverse=reverse,
                    query_embedding=query_embedding)
     comps = []
     for site in COMPONENTS:
-        out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input), model, prep, prep.data(site),
-                         per_pos=True, per_head=False, layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
+        out = run_kernel(ComponentsToHeadsKernel(site, by_layer, receiver_input, bound.readout), model, prep,
+                         with_weights(prep.data(site), bound, reverse), per_pos=True, per_head=False,
+                         layers=range(r_max), chunk_size=chunk_size, mesh=mesh,
                          positions=positions, steps_per_call=steps_per_call)
         comps.append(out[:, :r_max, :, 0])
-    return SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
+    res = SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
+    return finish_result(res, model, prep, bound, reverse)
 
 
 # -- the registry's runners (`jaxmech.patching.families`) ---------------------------------------------------------
 
 
 def run_path_to_score(model, batch, family: Family, *, method="exact", reverse=False, chunk_size=None,
-                      query_embedding=None, mesh=None, steps_per_call=None, **_options) -> SweepResult:
+                      query_embedding=None, mesh=None, steps_per_call=None, readout=None, **_options) -> SweepResult:
     """Runner of ``path_to_score`` (receiver options are not used); ``method="attribution"``:
-    `jaxmech.patching.path_attribution.path_attribution_patch`."""
+    `jaxmech.patching.path_attribution.path_attribution_patch` (the score only)."""
     if method == "attribution":
         from jaxmech.patching.path_attribution import path_attribution_patch
+        from jaxmech.patching.readouts import score_only
 
+        score_only(readout, "attribution")
         return path_attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
     return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                         query_embedding=query_embedding, steps_per_call=steps_per_call)
+                         query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)
 
 
 def run_path_to_heads(model, batch, family: Family, *, method="exact", receivers=(), receiver_input="k",
                       reverse=False, chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
-                      **_options) -> SweepResult:
+                      readout=None, **_options) -> SweepResult:
     """Runner of ``path_to_heads``; ``method="attribution"``:
     `jaxmech.patching.path_attribution.path_attribution_patch`."""
     if method == "attribution":
         from jaxmech.patching.path_attribution import path_attribution_patch
+        from jaxmech.patching.readouts import score_only
 
+        score_only(readout, "attribution")
         return path_attribution_patch(model, batch, family, receivers=receivers, receiver_input=receiver_input,
                                       reverse=reverse, query_embedding=query_embedding)
     return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
-                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call)
+                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)
 
 
 def run_path_components_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
                                  chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
-                                 **_options) -> SweepResult:
+                                 readout=None, **_options) -> SweepResult:
     """Runner of ``path_components_to_heads``."""
     return path_components_to_heads(model, batch, receivers, receiver_input, reverse=reverse,
                                     chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding,
-                                    steps_per_call=steps_per_call)
+                                    steps_per_call=steps_per_call, readout=readout)

@@ -23,10 +23,12 @@ from jaxmech.patching.families import get_family
 
 # The keys of the `meta` JSON stored in an .npz file, in file order (the next five only when set: a scale-aware
 # denominator rule, a robust aggregate, a background or head groups, see `jaxmech.patching.run.run_patching`; the
-# last six from `jaxmech.patching.run.patch`: what was read, so a file describes itself).
+# next six from `jaxmech.patching.run.patch`: what was read, so a file describes itself; ``readout`` only for a
+# readout other than the score).
 FILE_META_KEYS = ("model", "kind", "metric", "method", "reverse", "receivers", "receiver_input", "precision", "device",
                   "relative_min_denominator", "relative_denominator_threshold", "aggregate", "background", "groups",
-                  "jaxmech_version", "input", "input_sha256", "max_length", "init_head_seed", "initialized")
+                  "jaxmech_version", "input", "input_sha256", "max_length", "init_head_seed", "initialized",
+                  "readout")
 
 
 def canonical_to_layout(out: Float[np.ndarray, "pair layer pos head"], layout: str) -> np.ndarray:

@@ -244,6 +244,7 @@ def run_patching(
     mesh=None,
     background=None,
     groups: Sequence[Sequence[str]] | None = None,
+    readout=None,
 ) -> PatchingResult:
     """Runs patching families over aligned pairs: what ``jaxmech patch`` computes.
 
@@ -287,6 +288,10 @@ def run_patching(
             families then run by full forwards (`jaxmech.patching.full_forward`: exact, slower; activation
             families of cross-encoders only).
         groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
+        readout: What each patched run measures: None or ``"score"`` (the model's score), a readout of
+            `jaxmech.patching.readouts` or its string form (``"attn:10.7:CLS->Qplus"``). The metric then
+            applies to the readout's values, ``pairs["score_baseline"]``/``["score_perturbed"]`` hold the
+            unpatched runs' readout values, and ``meta["readout"]`` names it (absent for the score).
 
     Returns:
         A `PatchingResult`: ``effects[family]`` and ``raw[family]`` ``[pair, ...]`` with position axes padded
@@ -316,6 +321,11 @@ def run_patching(
     from jaxmech.patching.full_forward import check_supported, full_forward_patch, split_background
 
     model, tok = lm.model, lm.tokenizer
+    from jaxmech.patching.readouts import bind, check_readout, parse_readout
+
+    readout = parse_readout(readout) if readout is None or isinstance(readout, str) else readout
+    check_readout(readout, model, method=method)
+    bind(readout, pairs, max(max(len(p.baseline_ids), len(p.perturbed_ids)) for p in pairs))  # every pair's positions
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
@@ -324,6 +334,8 @@ def run_patching(
     model = lm.model
     for fam in fams if bg_interventions else ():
         check_supported(model, fam, method)
+    if bg_interventions and readout.spec() != "score":
+        raise ValueError(f"readout {readout.spec()!r}: background interventions (PatchSpec) support the score only")
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -352,12 +364,13 @@ def run_patching(
             queries = [pairs[i].query for i in idx]
             enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
+        bound = bind(readout, [pairs[i] for i in idx], T, batch.n_pairs)
         for fam in fams:
             if bg_interventions:  # full forwards (the restarted engine runs blocks without hooks)
                 res = full_forward_patch(model, batch, fam, bg_interventions, reverse=reverse, chunk_size=chunk_size,
                                          mesh=mesh, steps_per_call=steps_per_call)
             else:
-                res = fam.run(model, batch, query_embedding=qe, **options)
+                res = fam.run(model, batch, query_embedding=qe, readout=bound, **options)
             patched, base, pert = res.patched[:n], res.baseline_score[:n], res.perturbed_score[:n]
             values = apply_metric(metric, patched, base, pert, **metric_kw)
             for store, v in ((effects, values.values), (raw, patched)):
@@ -424,6 +437,8 @@ def run_patching(
         meta["relative_denominator_threshold"] = _finite_or_none(relative_threshold)
     if aggregate != "mean":
         meta["aggregate"] = aggregate
+    if readout.spec() != "score":  # recorded only when used (results of the default are unchanged)
+        meta["readout"] = readout.spec()
     return PatchingResult(effects, raw, {f.name: ("pair", *f.axes) for f in fams}, table, meta, by_type,
                           TOKEN_TYPE_ORDER if by_type else (), counts)
 
@@ -472,6 +487,7 @@ def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = No
     summary.update(
         kind=res.meta["kind"],
         metric={"name": res.meta["metric"], "definition": METRIC_DEFINITIONS[res.meta["metric"]]},
+        **({"readout": res.meta["readout"]} if res.meta.get("readout") else {}),
         axes={f: list(res.axes[f]) for f in res.families},
         flagged_no_result=[n for n, x in zip(res.pairs["name"], no_result, strict=True) if x][:10],
     )
@@ -569,6 +585,11 @@ def patch(
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
     if options.get("pairs_per_chunk") is not None and options["pairs_per_chunk"] <= 0:
         raise ValueError(f"--pairs-per-chunk must be a positive number of pairs, got {options['pairs_per_chunk']}")
+    if isinstance(options.get("readout"), str):  # a malformed spec is refused before the model is loaded
+        from jaxmech.patching.readouts import check_readout, parse_readout
+
+        options["readout"] = parse_readout(options["readout"])
+        check_readout(options["readout"], method=options.get("method", "exact"))
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision", "groups")
                      if k in options})

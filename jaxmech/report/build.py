@@ -252,6 +252,7 @@ def run_summary(source: ResultsSource) -> dict:
         "n_pairs": n_pairs,
         "n_flagged": int(np.sum(flagged)) if flagged is not None else None,
         "metric": m.get("metric"),
+        "readout": m.get("readout") or "score",  # what each patched run measured (jaxmech.patching.readouts)
         "method": m.get("method"),
         "receivers": m.get("receivers"),
         "receiver_input": m.get("receiver_input"),
@@ -283,7 +284,7 @@ def family_numbers(source: ResultsSource) -> dict:
 
 
 RUN_KEYS = ("path", "model", "weights_hash", "kind", "n_layers", "n_heads", "dataset", "dataset_hash", "n_pairs",
-            "n_flagged", "metric", "method", "receivers", "receiver_input", "precision", "jaxmech_version",
+            "n_flagged", "metric", "readout", "method", "receivers", "receiver_input", "precision", "jaxmech_version",
             "families", "analyses")
 """The run summary's rows, in the order the page's Run table lists them."""
 _HTML_ONLY_RUN_KEYS = ("receivers", "receiver_input", "families", "analyses")  # report.md lists the rest

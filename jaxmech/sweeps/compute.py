@@ -152,6 +152,7 @@ def compute_chunk(
             min_denominator=patching.min_denominator,
             pairs_per_chunk=chunking.pairs_per_chunk,
             steps_per_call=chunking.steps_per_call,
+            readout=patching.readout or None,
         )
         res.effects[fam.key] = _to_store(r.effects[fam.name], fam.layout, T_max)
         res.raw[fam.key] = _to_store(r.raw[fam.name], fam.layout, T_max)

@@ -14,7 +14,9 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      (["10.1", ...]) and receiver_input ("q" | "k" | "v") for the path families, groups
                      ([["9.1", "9.2"], ["10.1"]]) for heads_joint
     [patching]       metric, min_denominator, direction ("perturbed_into_baseline" = the paper's |
-                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16")
+                     "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16"), readout
+                     (what each patched run measures, `jaxmech.patching.readouts`: "attn:10.7:CLS->Qplus",
+                     "margin:1,0", "proj:resid_post:4:CLS:dir.npy"; default the score)
     [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
                      step; 0 = from device memory), steps_per_call (steps per compiled call)
     [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
@@ -34,12 +36,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from jaxmech.sweeps.background import BackgroundSection
-from jaxmech.train.config import ConfigError, parse_section
+from jaxmech.train.config import ConfigError, RunIdentity, check_choice, parse_section, read_toml
 
 __all__ = [
     "BackgroundSection",
@@ -65,26 +66,14 @@ DIRECTIONS = ("perturbed_into_baseline", "baseline_into_perturbed")
 PRECISIONS = ("fp32", "tf32", "bf16x3", "bf16")
 
 
-def _choice(where: str, name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{where} {name}={value!r}; choose one of {list(choices)}".strip())
-
-
 @dataclasses.dataclass(frozen=True)
-class RunSection:
+class RunSection(RunIdentity):
     """``[run]``.
 
     Attributes:
         name: Run name (default output folder ``runs/<name>``).
         out_dir: Output folder (overridden by ``--out``).
     """
-
-    name: str = ""
-    out_dir: str = ""
-
-    def __post_init__(self):
-        if not self.name:
-            raise ValueError("[run] name is required")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +94,7 @@ class ModelSection:
     max_length: int = 512
 
     def __post_init__(self):
-        _choice("[model]", "kind", self.kind, ("auto", "cross", "bi"))
+        check_choice("[model]", "kind", self.kind, ("auto", "cross", "bi"))
         if not 8 <= self.max_length <= 4096:
             raise ValueError(f"[model] max_length={self.max_length} must be in [8, 4096]")
 
@@ -117,7 +106,8 @@ class DatasetSection:
     Attributes:
         name: Label stored in the pair table's ``dataset`` column (default: kind or file stem).
         file: A dataset file from ``jaxmech dataset build`` (exclusive with ``kind``).
-        kind: A builder kind of `jaxmech.data.KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``, ...).
+        kind: A builder kind of `jaxmech.data.diagnostic.ALL_KINDS` (``tfc1``, ``stmc1``, ``tfc2``, ``lnc1``,
+            ``idf_front``, ...).
         source: Builder source: ``"demo"``, ``"shared"``, ``"ir_datasets:NAME"``, a file or a folder (see
             ``jaxmech dataset build``).
         options: Builder options (``align``, ``term_match``, ...).
@@ -138,12 +128,12 @@ class DatasetSection:
     qids: str = ""
 
     def __post_init__(self):
-        from jaxmech.data import KINDS
+        from jaxmech.data.diagnostic import ALL_KINDS
 
         if bool(self.file) == bool(self.kind):
             raise ValueError("give either file (a built dataset) or kind (+ source) to build one")
         if self.kind:
-            _choice("", "kind", self.kind, KINDS)
+            check_choice("", "kind", self.kind, ALL_KINDS)
         if self.sample < 0 or self.per_query < 0:
             raise ValueError("sample and per_query must be >= 0 (0 = all)")
         if not self.name:
@@ -181,8 +171,8 @@ class FamilySection:
             raise ValueError(
                 f"name={self.name!r} is not a patching family; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
             )
-        _choice("", "method", self.method, METHODS)
-        _choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
+        check_choice("", "method", self.method, METHODS)
+        check_choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
         from jaxmech.patching.families import get_family
 
         if self.method not in get_family(self.name).methods:
@@ -232,19 +222,26 @@ class PatchingSection:
         direction: ``"perturbed_into_baseline"`` (run the baseline, patch in the perturbed run's activations:
             the paper's) or ``"baseline_into_perturbed"``.
         precision: Matmul precision (`jaxmech.runtime` names; fp32 is exact).
+        readout: What each patched run measures, a spec of `jaxmech.patching.readouts.parse_readout` (``""``:
+            the score). Fingerprinted only when set, so runs of the score keep their fingerprints.
     """
 
     metric: str = "normalized"
     min_denominator: float = 1e-3
     direction: str = "perturbed_into_baseline"
     precision: str = "fp32"
+    readout: str = ""
 
     def __post_init__(self):
-        _choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
-        _choice("[patching]", "direction", self.direction, DIRECTIONS)
-        _choice("[patching]", "precision", self.precision, PRECISIONS)
+        check_choice("[patching]", "metric", self.metric, ("normalized", "difference", "raw"))
+        check_choice("[patching]", "direction", self.direction, DIRECTIONS)
+        check_choice("[patching]", "precision", self.precision, PRECISIONS)
         if self.min_denominator < 0:
             raise ValueError(f"[patching] min_denominator={self.min_denominator} must be >= 0")
+        if self.readout:
+            from jaxmech.patching.readouts import parse_readout
+
+            parse_readout(self.readout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +357,8 @@ class SweepConfig:
                 continue
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if (table, k) not in _NOT_FINGERPRINTED}
+            if table == "patching" and not value.get("readout"):  # the score: fingerprints as before readouts
+                value.pop("readout", None)
             out[table] = value
         return out
 
@@ -405,6 +404,11 @@ def from_dict(d: dict[str, Any], *, source: str = "<config>") -> SweepConfig:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(source, "[[datasets]] name", f"dataset names must be unique; repeated: {dup}")
+    readout = kw.get("patching", PatchingSection()).readout
+    attribution = [f.name for f in kw["families"] if f.method == "attribution"]
+    if readout and attribution:
+        raise ConfigError(source, "[patching] readout", f"attribution families ({', '.join(attribution)}) estimate "
+                          "the score only; use method = 'exact' with a readout")
     keys = [f.key for f in kw["families"]]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
@@ -419,15 +423,4 @@ def load_sweep_config(path: str | os.PathLike) -> SweepConfig:
         ConfigError: If the file is missing or unreadable, is not valid TOML, or has an unknown table or key,
             a value of the wrong type or outside its choices (the message names file and key).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, None, "config file not found") from None
-    except OSError as err:
-        raise ConfigError(path, None, f"cannot read config file: {err}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(path, None, f"invalid TOML: {err}") from None
-    return from_dict(data, source=str(path))
+    return from_dict(read_toml(path), source=str(path))

@@ -526,6 +526,7 @@ def run_sweep(
             "families": list(fams.values()),
             "metric": cfg.patching.metric,
             "direction": cfg.patching.direction,
+            **({"readout": cfg.patching.readout} if cfg.patching.readout else {}),
             "precision": cfg.patching.precision,
             "jaxmech_version": __version__,
             "device": describe_device(),

@@ -51,28 +51,44 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
 
 
-def _choice(section: str, name: str, value: Any, choices: tuple) -> None:
+def check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
+    """Refuses a config value that is not one of ``choices``, naming where it is (``"[data]"``) and the key.
+
+    Raises:
+        ValueError: ``[data] source='x'; choose one of [...]``.
+    """
     if value not in choices:
-        raise ValueError(f"[{section}] {name}={value!r}; choose one of {list(choices)}")
+        raise ValueError(f"{where} {name}={value!r}; choose one of {list(choices)}".strip())
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSection:
-    """``[run]``: the run's identity.
+class RunIdentity:
+    """``[run]`` of every jaxmech config (training and sweeps): a required name and an output folder.
 
     Attributes:
         name: Run name (default output folder ``runs/<name>``).
-        seed: Seed of the data order and of freshly initialised weights.
-        out_dir: Output folder (checkpoints, metrics, export); default ``runs/<name>``.
+        out_dir: Output folder; default ``runs/<name>``.
     """
 
     name: str = ""
-    seed: int = 0
     out_dir: str = ""
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("[run] name is required")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection(RunIdentity):
+    """``[run]``: the training run's identity.
+
+    Attributes:
+        name: Run name (default output folder ``runs/<name>``).
+        out_dir: Output folder (checkpoints, metrics, export); default ``runs/<name>``.
+        seed: Seed of the data order and of freshly initialised weights.
+    """
+
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +151,7 @@ class DataSection:
     max_train_queries: int | None = None
 
     def __post_init__(self):
-        _choice("data", "source", self.source, DATA_SOURCES)
+        check_choice("[data]", "source", self.source, DATA_SOURCES)
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"[data] heldout_fraction={self.heldout_fraction} must be in [0, 1)")
         if self.queries_per_batch < 1 or self.docs_per_query < 1:
@@ -176,8 +192,8 @@ class TeacherSection:
     idf: str = "lucene"
 
     def __post_init__(self):
-        _choice("teacher", "kind", self.kind, TEACHER_KINDS)
-        _choice("teacher", "idf", self.idf, IDF_FORMULAS)
+        check_choice("[teacher]", "kind", self.kind, TEACHER_KINDS)
+        check_choice("[teacher]", "idf", self.idf, IDF_FORMULAS)
 
 
 LOSS_KINDS = ("mse", "bce", "sigmoid_mse", "ranknet", "margin", "margin_mse")
@@ -197,7 +213,7 @@ class LossSection:
     margin: float = 1.0
 
     def __post_init__(self):
-        _choice("loss", "kind", self.kind, LOSS_KINDS)
+        check_choice("[loss]", "kind", self.kind, LOSS_KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,9 +241,9 @@ class OptimSection:
     trainable: str = "all"
 
     def __post_init__(self):
-        _choice("optim", "optimizer", self.optimizer, ("adamw", "adam", "sgd"))
-        _choice("optim", "schedule", self.schedule, ("linear", "cosine", "constant"))
-        _choice("optim", "trainable", self.trainable, ("all", "embeddings", "word_embeddings"))
+        check_choice("[optim]", "optimizer", self.optimizer, ("adamw", "adam", "sgd"))
+        check_choice("[optim]", "schedule", self.schedule, ("linear", "cosine", "constant"))
+        check_choice("[optim]", "trainable", self.trainable, ("all", "embeddings", "word_embeddings"))
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"[optim] warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         if self.lr <= 0:
@@ -254,8 +270,8 @@ class IdfInitSection:
     default: float = 1.0
 
     def __post_init__(self):
-        _choice("idf_init", "granularity", self.granularity, ("word", "wordpiece"))
-        _choice("idf_init", "formula", self.formula, ("lucene", "robertson", "log", "smooth"))
+        check_choice("[idf_init]", "granularity", self.granularity, ("word", "wordpiece"))
+        check_choice("[idf_init]", "formula", self.formula, ("lucene", "robertson", "log", "smooth"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,6 +490,15 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         ConfigError: If the file is missing or unreadable, is not valid TOML, or has an unknown table or key,
             a value of the wrong type, or a value outside its choices (the message names file and key).
     """
+    return from_dict(read_toml(path), source=str(path))
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a TOML config file (any jaxmech config).
+
+    Raises:
+        ConfigError: If the file is missing or unreadable, or is not valid TOML (naming the file).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -482,7 +507,6 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     except OSError as err:
         raise ConfigError(path, None, f"cannot read config file: {err}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, None, f"invalid TOML: {err}") from None
-    return from_dict(data, source=str(path))
