@@ -8,6 +8,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ENGINE_ATOL, REPO
@@ -19,6 +20,8 @@ from jaxmech.sweeps.config import ConfigError, from_dict
 
 E1B = REPO / "configs" / "paper" / "e1b_tfc1.toml"
 # paper-notes.md, E1b: the reference code's matching ("duplicate-token") heads.
+# The library runs below use the sweep's chunking, so they reuse the sweep's compiled programs.
+LIB = dict(pairs_per_chunk=2, steps_per_call=8, chunk_size=64)
 E1B_HEADS = ["1.7", "5.9", "7.9", "8.5", "8.3", "8.0", "3.1", "2.1", "7.8", "4.9", "7.2", "7.4", "7.3"]
 
 
@@ -40,7 +43,8 @@ def e1b_config(model: Path, **background) -> dict:
     d = tomllib.loads(E1B.read_text())
     d["model"] = {"path": str(model), "kind": "cross"}
     d["datasets"] = [{"kind": "tfc1", "source": "demo", "sample": 3, "seed": 1}]
-    d["chunking"] = {"pairs_per_chunk": 2}
+    d["chunking"] = {"pairs_per_chunk": LIB["pairs_per_chunk"], "steps_per_call": LIB["steps_per_call"],
+                     "items_per_step": LIB["chunk_size"]}
     d["background"].update(background)
     return d
 
@@ -65,8 +69,8 @@ def test_background_table_is_checked_and_absent_tables_keep_fingerprints():
 
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
 def test_e1b_sweep_on_a_tiny_model_equals_the_library(tmp_path, tiny12, ablation):
-    """The E1b config (pairs in chunks of 2) equals `run_patching` over all of its pairs at once with the same
-    background (mean: the means of the whole sweep, not of a chunk)."""
+    """The E1b config (pairs in chunks of 2) equals `run_patching` over all of its pairs with the same
+    background (mean: the means of all the pairs, not of a chunk)."""
     from jaxmech.loading import load_model
     from jaxmech.patching.run import run_patching
     from jaxmech.sweeps.job import plan_sweep
@@ -79,12 +83,13 @@ def test_e1b_sweep_on_a_tiny_model_equals_the_library(tmp_path, tiny12, ablation
     lm = load_model(tiny12)
     plan = plan_sweep(cfg, lm)
     background = Ablation(tuple(E1B_HEADS), ablation)
-    res = run_patching(lm, plan.pairs, ["block_every"], metric="raw", background=background)
-    plain = run_patching(lm, plan.pairs, ["block_every"], metric="raw")
+    res = run_patching(lm, plan.pairs, ["block_every"], metric="raw", background=background, **LIB)
     stored = np.asarray(run.raw("block_every")[:])
     T = res.raw["block_every"].shape[-1]
     np.testing.assert_allclose(stored[..., :T], res.raw["block_every"], atol=ENGINE_ATOL, rtol=0)
-    assert np.nanmax(np.abs(stored[..., :T] - plain.raw["block_every"])) > 1e-4  # the ablation changed results
+    p = plan.pairs[0]
+    plain = lm.model(*(jnp.asarray([a]) for a in (p.baseline_ids, p.baseline_token_type_ids))).score[0]
+    assert abs(float(plain) - res.pairs["score_baseline"][0]) > 1e-4  # the ablation changed the runs
     if ablation == "mean":
         assert run.meta["background"]["means"] == json.loads(json.dumps(res.meta["background"]["means"]))
 
@@ -123,7 +128,7 @@ def test_heads_joint_in_a_sweep(tmp_path, tiny12):
     assert run["heads_joint"].dims == ("pair", "group") and run["heads_joint"].shape == (3, 2)
     lm = load_model(tiny12)
     res = run_patching(lm, plan_sweep(cfg, lm).pairs, ["heads_joint"], metric="raw", groups=groups,
-                       background=cfg.background.to_ablation())
+                       background=cfg.background.to_ablation(), **LIB)
     np.testing.assert_allclose(np.asarray(run.raw("heads_joint")[:]), res.raw["heads_joint"], atol=ENGINE_ATOL, rtol=0)
 
 
@@ -142,7 +147,7 @@ def test_path_attribution_with_verified_top_k_in_a_sweep(tmp_path, tiny12):
     verify = run.verify("attribution:path_to_heads")
     lm = load_model(tiny12)
     exact = run_patching(lm, plan_sweep(cfg, lm).pairs, ["path_to_heads"], metric="raw", receivers=["8.1"],
-                         background=cfg.background.to_ablation()).raw["path_to_heads"]
+                         background=cfg.background.to_ablation(), **LIB).raw["path_to_heads"]
     for p in range(3):
         layer, head = verify["index"][p, 0].T
         np.testing.assert_allclose(verify["exact"][p, 0], exact[p, layer, head], atol=ENGINE_ATOL, rtol=0)

@@ -24,8 +24,11 @@ position. They are stored in ``describe()`` (the result's ``meta["background"]``
 In a sweep the means are computed once over all of the sweep's pairs, before the chunks run.
 
 Only models whose blocks hold ``attn.W_O``/``attn.b_O`` (BERT-style `jaxmech.model.HookedEncoder`) or
-``W_O``/``b_O`` (ModernBERT; not tested) can be folded; other interventions (any `jaxmech.interventions.PatchSpec`) need
-hooks inside the restarted engine and are not supported as a background.
+``W_O``/``b_O`` (ModernBERT; not tested) can be folded. Other interventions (any `jaxmech.interventions.PatchSpec`)
+would need hooks inside the restarted engine: `jaxmech.patching.run.run_patching` accepts them as a background
+and then runs the families by full forwards (`jaxmech.patching.full_forward`: exact, slower; activation families
+of cross-encoders). The command line, sweep configs and ``patch()`` take head ablations only (a PatchSpec's
+arrays are not expressible there).
 """
 
 from __future__ import annotations
@@ -98,11 +101,13 @@ def as_ablations(background) -> tuple[Ablation, ...]:
         return ()
     if isinstance(background, ResolvedBackground):
         return background.ablations
-    items = (background,) if isinstance(background, Ablation) else tuple(background)
+    single = isinstance(background, Ablation) or hasattr(background, "apply")  # one ablation or intervention
+    items = (background,) if single else tuple(background)
     for a in items:
         if not isinstance(a, Ablation):
-            raise TypeError(f"background: {type(a).__name__} is not supported; give Ablation(heads=..., kind=..., "
-                            "site=...) (other interventions need hooks inside the restarted engine)")
+            raise TypeError(f"background: {type(a).__name__} is not supported here; give Ablation(heads=..., "
+                            "kind=..., site=...) (the command line, sweep configs and patch() take head ablations "
+                            "only; run_patching also takes interventions such as PatchSpec, run by full forwards)")
     heads = [h for a in items for h in a.heads]
     dup = sorted({h for h in heads if heads.count(h) > 1})
     if dup:

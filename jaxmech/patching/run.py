@@ -284,6 +284,9 @@ def run_patching(
         background: Heads ablated in both runs (and so in every patched run): an
             `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
             over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
+            Interventions (any `jaxmech.interventions.PatchSpec`) may be given too, alone or with ablations: the
+            families then run by full forwards (`jaxmech.patching.full_forward`: exact, slower; activation
+            families of cross-encoders only).
         groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
         readout: What each patched run measures: None or ``"score"`` (the model's score), a readout of
             `jaxmech.patching.readouts` or its string form (``"attn:10.7:CLS->Qplus"``). The metric then
@@ -315,6 +318,7 @@ def run_patching(
     if relative_min_denominator is not None and not relative_min_denominator >= 0:
         raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
     from jaxmech.patching.background import with_background
+    from jaxmech.patching.full_forward import check_supported, full_forward_patch, split_background
 
     model, tok = lm.model, lm.tokenizer
     from jaxmech.patching.readouts import bind, check_readout, parse_readout
@@ -325,8 +329,13 @@ def run_patching(
     vocab_size = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if vocab_size is not None:  # before computing anything: JAX would clamp out-of-range ids silently
         check_vocabulary(pairs, vocab_size)
-    lm, resolved_background = with_background(lm, pairs, background)  # the model with the background folded in
+    background, bg_interventions = split_background(background)  # head ablations, other interventions
+    lm, resolved_background = with_background(lm, pairs, background)  # the model with the ablations folded in
     model = lm.model
+    for fam in fams if bg_interventions else ():
+        check_supported(model, fam, method)
+    if bg_interventions and readout.spec() != "score":
+        raise ValueError(f"readout {readout.spec()!r}: background interventions (PatchSpec) support the score only")
     receivers = list(receivers or [])
     # Group pairs by length bucket: one compiled program per bucket.
     buckets: dict[int, list[int]] = {}
@@ -357,7 +366,11 @@ def run_patching(
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
         bound = bind(readout, [pairs[i] for i in idx], T, batch.n_pairs)
         for fam in fams:
-            res = fam.run(model, batch, query_embedding=qe, readout=bound, **options)
+            if bg_interventions:  # full forwards (the restarted engine runs blocks without hooks)
+                res = full_forward_patch(model, batch, fam, bg_interventions, reverse=reverse, chunk_size=chunk_size,
+                                         mesh=mesh, steps_per_call=steps_per_call)
+            else:
+                res = fam.run(model, batch, query_embedding=qe, readout=bound, **options)
             patched, base, pert = res.patched[:n], res.baseline_score[:n], res.perturbed_score[:n]
             values = apply_metric(metric, patched, base, pert, **metric_kw)
             for store, v in ((effects, values.values), (raw, patched)):
@@ -413,6 +426,10 @@ def run_patching(
     }
     if resolved_background is not None:
         meta["background"] = resolved_background.describe()
+    if bg_interventions:
+        from jaxmech.patching.full_forward import describe as describe_interventions
+
+        meta.setdefault("background", {}).update(describe_interventions(bg_interventions))
     if any(f.needs_groups for f in fams):
         meta["groups"] = [[f"{l}.{h}" for l, h in g] for g in check_groups(groups)]
     if relative_threshold is not None:  # recorded only when used (results of the defaults are unchanged)
@@ -576,11 +593,12 @@ def patch(
     check_request(families, model_shape=local_model_shape(model),
                   **{k: options[k] for k in ("method", "metric", "receivers", "receiver_input", "precision", "groups")
                      if k in options})
-    if options.get("background") is not None and local_model_shape(model) is not None:
+    if options.get("background") is not None:  # head ablations only here (the CLI's): PatchSpecs are refused
         from jaxmech.patching.background import as_ablations
 
         for ablation in as_ablations(options["background"]):
-            ablation.check(*local_model_shape(model))
+            if local_model_shape(model) is not None:
+                ablation.check(*local_model_shape(model))
     if out is not None:
         check_output(out, overwrite=overwrite)
     for what, path in (("dataset", dataset), ("triples", triples)):
