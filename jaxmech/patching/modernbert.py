@@ -61,6 +61,9 @@ def check_family(family: str | Family, method: str = "exact") -> Family:
                          + "; ".join(why.get(s, "not a ModernBERT site") for s in missing) + ")")
     if method not in fam.methods:
         raise ValueError(f"family {fam.name}: method={method!r} is not available (choose from {fam.methods})")
+    if method == "attribution" and fam.path:
+        raise ValueError(f"family {fam.name}: method='attribution' is not available on ModernBERT (path attribution "
+                         "differentiates the post-LN engine's frozen run); use method='exact'")
     return fam
 
 

@@ -35,6 +35,7 @@ from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.modernbert import check_family, is_modernbert
 from jaxmech.patching.results import SweepResult
 
 Receivers = tuple[tuple[int, tuple[int, ...]], ...]
@@ -104,6 +105,8 @@ def path_attribution_patch(model: HookedEncoder, batch: PairBatch, family: str |
     Raises:
         ValueError: For another family, or bad receivers.
     """
+    if is_modernbert(model):
+        check_family(family, "attribution")  # refused by name: the gradients below are of the post-LN engine
     fam, by_layer, r_max = _setup(model, family, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("z",), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)
