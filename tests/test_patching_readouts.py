@@ -135,13 +135,15 @@ READOUTS = {
 }
 
 
-@pytest.mark.parametrize("family", ["head_all_pos_v", "block_every", "head_by_pos_pattern", "head_by_pos_k"])
-@pytest.mark.parametrize("name", list(READOUTS))
+# every readout on head_all_pos_v; one readout suffices for the per-position families
+LOOP_CASES = [(name, "head_all_pos_v") for name in READOUTS] + [
+    ("attn_cls_to_query", family) for family in ("block_every", "head_by_pos_pattern", "head_by_pos_k")]
+
+
+@pytest.mark.parametrize(("name", "family"), LOOP_CASES)
 def test_readout_equals_the_full_forward_loop(tiny_model, pairs, batch, family, name):
     """vmapped restarted sweep = a loop of full forwards reading the captured site, for patches below, at
     and above the readout's layer; the unpatched runs give the clean and corrupted values."""
-    if family != "head_all_pos_v" and name != "attn_cls_to_query":
-        pytest.skip("one readout suffices for the per-position families")
     cfg = tiny_model.cfg
     readout = READOUTS[name](cfg)
     res = activation_patch(tiny_model, batch, family, chunk_size=7,
