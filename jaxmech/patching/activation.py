@@ -16,13 +16,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxmech import runtime
-from jaxmech.data.align import AlignmentError
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import RESTART_SITES, SweepData, prepare
 from jaxmech.patching.engine import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
-from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.inputs import PairBatch, require_identity_alignment
 from jaxmech.patching.program import Kernel, run_kernel
 from jaxmech.patching.readouts import (
     SCORE,
@@ -138,10 +137,8 @@ def activation_patch(
     row_sites = [s for s in fam.sites if s not in RESTART_SITES]
     prep = prepare(model, batch, base_sites=row_sites, source_sites=fam.sites, reverse=reverse,
                    query_embedding=query_embedding)
-    if fam.needs_identity_alignment and not prep.batch.identity.all():
-        bad = [prep.batch.names[i] or str(i) for i in np.nonzero(~prep.batch.identity)[0][:5]]
-        raise AlignmentError(f"family {fam.name} patches attention patterns, which needs one-to-one aligned "
-                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")
+    if fam.needs_identity_alignment:
+        require_identity_alignment(fam.name, prep.batch)
     comps = []
     for site in fam.sites:
         kernel = ActivationKernel(site, fam.per_pos, fam.per_head, bound.readout)

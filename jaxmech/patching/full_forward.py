@@ -32,7 +32,7 @@ from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch
 from jaxmech.patching.families import Family, get_family
-from jaxmech.patching.inputs import PairBatch, reverse_batch
+from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
 from jaxmech.patching.program import Kernel, run_kernel
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
@@ -151,10 +151,8 @@ def full_forward_patch(
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:
         batch = reverse_batch(batch)
-    if fam.needs_identity_alignment and not batch.identity.all():
-        bad = [batch.names[i] or str(i) for i in np.nonzero(~batch.identity)[0][:5]]
-        raise AlignmentError(f"family {fam.name} patches attention patterns, which needs one-to-one aligned "
-                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")
+    if fam.needs_identity_alignment:
+        require_identity_alignment(fam.name, batch)
     background = tuple(background)
     base = tuple(map(jnp.asarray, batch.baseline))
     base_out = _run(model, *base, background, capture=frozenset())

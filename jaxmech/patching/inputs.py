@@ -282,3 +282,15 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
 __all__ = ["PairBatch", "batch_pairs", "check_dataset_tokenizer", "check_pair", "check_vocabulary", "model_pairs",
            "read_pairs",
            "read_triples", "reverse_batch"]
+
+
+def require_identity_alignment(family: str, batch: PairBatch) -> None:
+    """Refuses a batch for a family that patches attention patterns unless every pair is aligned one-to-one.
+
+    Raises:
+        AlignmentError: Naming the family and up to five pairs that are not.
+    """
+    if not batch.identity.all():
+        bad = [batch.names[i] or str(i) for i in np.nonzero(~batch.identity)[0][:5]]
+        raise AlignmentError(f"family {family} patches attention patterns, which needs one-to-one aligned "
+                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")

@@ -34,7 +34,7 @@ from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.modernbert import MODERNBERT_SITES
 from jaxmech.patching.caches import PreparedBatch, RestartCache, run_cached
 from jaxmech.patching.families import Family, check_receivers, get_family
-from jaxmech.patching.inputs import PairBatch, reverse_batch
+from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
 from jaxmech.patching.program import Kernel, run_kernel
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
@@ -211,10 +211,8 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
                          per_head=True, **run)
         return SweepResult.from_prepared(fam.name, canonical_to_layout(out, fam.layout), prep)
     prep = prepare(model, batch, source_sites=fam.sites, reverse=reverse)
-    if fam.needs_identity_alignment and not prep.batch.identity.all():
-        bad = [prep.batch.names[i] or str(i) for i in np.nonzero(~prep.batch.identity)[0][:5]]
-        raise AlignmentError(f"family {fam.name} patches attention patterns, which needs one-to-one aligned "
-                             f"pairs of equal length; pairs {bad} are not (use filler alignment)")
+    if fam.needs_identity_alignment:
+        require_identity_alignment(fam.name, prep.batch)
     comps = []
     for site in fam.sites:
         canonical = run_kernel(ModernBertKernel(site, fam.per_pos, fam.per_head), model, prep, prep.data(site),
