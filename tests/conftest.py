@@ -167,3 +167,42 @@ def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len
         tt = [0] * (len(q) + 2) + [1] * (len(d) + inject + 1)
         pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"p{i}"))
     return pairs
+
+
+def tiny_lm(model, buckets=(16, 32), max_length=None):
+    """A stand-in for `jaxmech.loading.LoadedModel` around an in-memory model (tokenizer: buckets only)."""
+    from types import SimpleNamespace
+
+    tok = SimpleNamespace(buckets=tuple(buckets), max_length=max_length or model.cfg.n_ctx, pad_id=0)
+    return SimpleNamespace(model=model, tokenizer=tok, folder="tiny", kind="cross")
+
+
+def save_tiny_cross(folder: Path, minilm_path: Path, *, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                    n_ctx=128, seed=0) -> Path:
+    """Saves a random cross-encoder (std 0.3, so scores differ) with the MiniLM tokenizer as a model folder."""
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import build_model
+    from jaxmech.loading import save_pretrained
+    from jaxmech.tokenizer import PairTokenizer
+
+    cfg = EncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, n_ctx=n_ctx,
+                        initializer_range=0.3)
+    save_pretrained(build_model(cfg, "cross", seed=seed), folder, tokenizer=PairTokenizer.from_pretrained(minilm_path))
+    return folder
+
+
+def zero_ablation_specs(model, heads, T: int):
+    """The zero ablation of ``heads`` written by hand: one `PatchSpec` per layer with ablated heads, over
+    ``T`` positions."""
+    import jax.numpy as jnp
+
+    from jaxmech.interventions import PatchSpec, one_hot
+    from jaxmech.patching.background import Ablation
+
+    cfg = model.cfg
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in Ablation(tuple(heads)).heads:
+        by_layer.setdefault(layer, []).append(head)
+    return [PatchSpec("z", jnp.zeros((cfg.n_layers, T, cfg.n_heads, cfg.d_head)), one_hot(layer, cfg.n_layers),
+                      None, jnp.asarray(np.isin(np.arange(cfg.n_heads), hs), jnp.float32))
+            for layer, hs in sorted(by_layer.items())]

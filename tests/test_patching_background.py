@@ -3,12 +3,10 @@ ablation written as interventions (zero: plain `PatchSpec` s; mean: `HeadAblatio
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, forward_jit, random_pairs
+from conftest import ENGINE_ATOL, forward_jit, random_pairs, tiny_lm, zero_ablation_specs
 
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.patching import run_patching
@@ -19,24 +17,12 @@ HEADS = ["0.1", "1.3", "1.4", "2.0"]
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    tok = SimpleNamespace(buckets=(32,), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    return SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    return tiny_lm(tiny_model, (32,))
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_model):
     return random_pairs(2, tiny_model.cfg.d_vocab, seed=5)
-
-
-def zero_specs(model, heads, T):
-    """The zero ablation written by hand: one `PatchSpec` per layer with ablated heads."""
-    cfg = model.cfg
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in Ablation(tuple(heads)).heads:
-        by_layer.setdefault(layer, []).append(head)
-    return [PatchSpec("z", jnp.zeros((cfg.n_layers, T, cfg.n_heads, cfg.d_head)), one_hot(layer, cfg.n_layers),
-                      None, jnp.asarray(np.isin(np.arange(cfg.n_heads), hs), jnp.float32))
-            for layer, hs in sorted(by_layer.items())]
 
 
 def arrays(p, which):
@@ -77,7 +63,7 @@ def test_folded_model_equals_the_interventions(tiny_model, pairs, site):
     if site == "z":  # zero ablation: the folded model equals the hand-written PatchSpecs
         zero = resolve_background(tiny_model, pairs, Ablation(tuple(HEADS))).fold(tiny_model)
         ids, tt, mask = arrays(pairs[0], "baseline")
-        ref, _ = forward_jit(tiny_model, ids, tt, mask, zero_specs(tiny_model, HEADS, len(ids)))
+        ref, _ = forward_jit(tiny_model, ids, tt, mask, zero_ablation_specs(tiny_model, HEADS, len(ids)))
         got, _ = forward_jit(zero, ids, tt, mask, [])
         np.testing.assert_allclose(got, ref, atol=ENGINE_ATOL, rtol=0)
         assert abs(float(got) - float(forward_jit(tiny_model, ids, tt, mask, [])[0])) > 1e-3  # the ablation matters
@@ -108,7 +94,7 @@ def _block_every_reference(model, p, heads, positions):
     elsewhere)."""
     ids, tt, mask = arrays(p, "baseline")
     T, L = len(ids), model.cfg.n_layers
-    bg = zero_specs(model, heads, T)
+    bg = zero_ablation_specs(model, heads, T)
     sites = ("resid_pre", "attn_out", "mlp_out")
     _, src = forward_jit(model, *arrays(p, "perturbed"), bg, capture=frozenset(sites))
     out = np.full((3, L, T), np.nan, np.float32)
@@ -124,7 +110,7 @@ def _path_to_score_reference(model, p, heads):
     """Path patching to the score by full forwards: every z frozen to the (ablated) baseline's but the sender's."""
     ids, tt, mask = arrays(p, "baseline")
     T, L, H = len(ids), model.cfg.n_layers, model.cfg.n_heads
-    bg = zero_specs(model, heads, T)
+    bg = zero_ablation_specs(model, heads, T)
     z_base = forward_jit(model, ids, tt, mask, bg, capture=frozenset({"z"}))[1]["z"]
     z_pert = forward_jit(model, *arrays(p, "perturbed"), bg, capture=frozenset({"z"}))[1]["z"]
     out = np.zeros((L, H), np.float32)
@@ -149,7 +135,8 @@ def test_zero_background_equals_manual_patchspec_runs(lm, pairs):
     np.testing.assert_allclose(res.raw["path_to_score"][0], _path_to_score_reference(lm.model, p, HEADS),
                                atol=ENGINE_ATOL, rtol=0)
     for i, q in enumerate(pairs):
-        base = forward_jit(lm.model, *arrays(q, "baseline"), zero_specs(lm.model, HEADS, len(q.baseline_ids)))[0]
+        zero = zero_ablation_specs(lm.model, HEADS, len(q.baseline_ids))
+        base = forward_jit(lm.model, *arrays(q, "baseline"), zero)[0]
         np.testing.assert_allclose(res.pairs["score_baseline"][i], base, atol=ENGINE_ATOL, rtol=0)
         plain = forward_jit(lm.model, *arrays(q, "baseline"), [])[0]
         assert abs(float(plain) - float(base)) > 1e-3  # the background matters

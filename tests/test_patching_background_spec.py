@@ -4,12 +4,10 @@ with both interventions."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, forward_jit, random_pairs
+from conftest import ENGINE_ATOL, forward_jit, random_pairs, tiny_lm, zero_ablation_specs
 
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.patching import run_patching
@@ -21,24 +19,12 @@ T = 32  # every pair in one bucket: background PatchSpecs have the padded length
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    tok = SimpleNamespace(buckets=(T,), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    return SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    return tiny_lm(tiny_model, (T,))
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_model):
     return random_pairs(2, tiny_model.cfg.d_vocab, seed=5)
-
-
-def zero_specs(model, heads):
-    """The zero ablation of ``heads`` as `PatchSpec` s (one per layer)."""
-    cfg = model.cfg
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in Ablation(tuple(heads)).heads:
-        by_layer.setdefault(layer, []).append(head)
-    return [PatchSpec("z", jnp.zeros((cfg.n_layers, T, cfg.n_heads, cfg.d_head)), one_hot(layer, cfg.n_layers),
-                      None, jnp.asarray(np.isin(np.arange(cfg.n_heads), hs), jnp.float32))
-            for layer, hs in sorted(by_layer.items())]
 
 
 def blend_spec(model):
@@ -60,7 +46,7 @@ def padded(p, which):
 def test_zero_ablation_as_patchspecs_equals_the_folded_path(lm, pairs):
     """Full forwards with the zero ablation written as PatchSpecs = the restarted engine on the folded model."""
     fams = ["head_all_pos_z", "resid_pre_by_pos"]
-    spec = run_patching(lm, pairs, fams, metric="raw", background=zero_specs(lm.model, HEADS))
+    spec = run_patching(lm, pairs, fams, metric="raw", background=zero_ablation_specs(lm.model, HEADS, T))
     folded = run_patching(lm, pairs, fams, metric="raw", background=Ablation(tuple(HEADS)))
     for f in fams:
         np.testing.assert_allclose(spec.raw[f], folded.raw[f], atol=ENGINE_ATOL, rtol=0)

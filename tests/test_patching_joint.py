@@ -3,12 +3,10 @@ PatchSpecs (one per layer) and a loop over groups."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, forward_jit, random_pairs
+from conftest import ENGINE_ATOL, forward_jit, random_pairs, tiny_lm
 
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.patching import batch_pairs, run_patching
@@ -21,8 +19,7 @@ GROUPS = [["0.1", "2.3"], ["1.0", "1.4", "2.2"], ["2.3"]]
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    tok = SimpleNamespace(buckets=(16, 32), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    return SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    return tiny_lm(tiny_model)
 
 
 @pytest.fixture(scope="module")

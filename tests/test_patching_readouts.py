@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, TINY_ODD, hf_checkpoint, random_pairs
+from conftest import ENGINE_ATOL, TINY_ODD, hf_checkpoint, random_pairs, save_tiny_cross, tiny_lm
 
 from jaxmech.patching import (
     PatchSpec,
@@ -355,13 +355,11 @@ def test_specs_round_trip(tmp_path):
 
 
 def test_run_patching_records_the_readout_and_refuses_bad_combinations(tiny_model, pairs, tmp_path):
-    from types import SimpleNamespace
 
     from jaxmech.patching.results import PatchingResult
     from jaxmech.patching.run import run_patching, summarize
 
-    tok = SimpleNamespace(buckets=(24, 32), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    lm = SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    lm = tiny_lm(tiny_model, (24, 32))
     res = run_patching(lm, pairs, ["head_all_pos_v"], readout="attn:1.2:CLS->Q")
     direct = activation_patch(tiny_model, batch_pairs(pairs, buckets=(24, 32), max_length=48), "head_all_pos_v",
                               readout=bind(AttentionWeight(1, 2, "CLS", "Q"), pairs, 24, 2))
@@ -462,15 +460,7 @@ pairs_per_chunk = 4
 @pytest.fixture(scope="module")
 def tiny_with_tokenizer(tmp_path_factory, minilm_path):
     """A 2-layer cross-encoder with random weights and the MiniLM tokenizer (as tests/test_sweep.py)."""
-    from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
-
-    cfg = EncoderConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=128, initializer_range=0.3)
-    folder = tmp_path_factory.mktemp("model") / "tiny-cross"
-    save_pretrained(build_model(cfg, "cross", seed=0), folder, tokenizer=PairTokenizer.from_pretrained(minilm_path))
-    return folder
+    return save_tiny_cross(tmp_path_factory.mktemp("model") / "tiny-cross", minilm_path)
 
 
 def test_a_sweep_declares_a_readout_on_e7_pairs(tmp_path, tiny_with_tokenizer):

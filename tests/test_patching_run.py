@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, random_pairs
+from conftest import ENGINE_ATOL, random_pairs, tiny_lm
 
 from jaxmech.patching import REGISTRY, PatchingResult, activation_patch, batch_pairs, run_patching
 from jaxmech.patching.run import check_request
@@ -15,8 +14,7 @@ from jaxmech.patching.run import check_request
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    tok = SimpleNamespace(buckets=(16, 32), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    return SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    return tiny_lm(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import PARITY_ATOL, random_pairs
+from conftest import PARITY_ATOL, random_pairs, tiny_lm
 
 from jaxmech.patching import activation_patch, batch_pairs, path_to_score
 
@@ -82,7 +82,6 @@ def test_path_patching_to_receiver_heads_matches_the_hook_implementation(setup, 
 def test_background_ablated_families_match_the_hook_implementation(setup, tiny_model, kind):
     """Block patching and path patching to the score with heads ablated in both runs (jaxmech: folded into
     W_O/b_O; hooks: z overwritten before every patch)."""
-    from types import SimpleNamespace
 
     from jaxmech.patching import run_patching
     from jaxmech.patching.background import Ablation
@@ -90,8 +89,7 @@ def test_background_ablated_families_match_the_hook_implementation(setup, tiny_m
     patcher, batch, base_inputs, _, _, pert_inputs = setup
     pair = random_pairs(1, tiny_model.cfg.d_vocab, seed=11, d_len=(8, 9))[0]
     T = len(pair.baseline_ids)
-    lm = SimpleNamespace(model=tiny_model, tokenizer=SimpleNamespace(buckets=(T,), max_length=48, pad_id=0),
-                         folder="tiny", kind="cross")
+    lm = tiny_lm(tiny_model, (T,), max_length=48)
     ablation = Ablation(("0.1", "1.3", "2.0", "2.4"), kind)
     res = run_patching(lm, [pair], ["block_every", "path_to_score"], metric="raw", background=ablation)
     values = None

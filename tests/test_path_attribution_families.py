@@ -5,13 +5,12 @@ of the top-k senders equals exact path patching."""
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, random_pairs
+from conftest import ENGINE_ATOL, random_pairs, tiny_lm
 
 from jaxmech.patching import PatchSpec, batch_pairs, one_hot, path_to_heads, path_to_score, run_patching
 from jaxmech.patching.caches import run_cached
@@ -84,8 +83,7 @@ def test_exact_top_k_equals_exact_path_patching(tiny_model, batch, family):
 def test_run_patching_and_sweep_config_accept_attribution_for_path_families(tiny_model):
     from jaxmech.sweeps.config import FamilySection
 
-    tok = SimpleNamespace(buckets=(24, 32), max_length=48, pad_id=0)
-    lm = SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    lm = tiny_lm(tiny_model, (24, 32), max_length=48)
     pairs = random_pairs(2, tiny_model.cfg.d_vocab, seed=4)
     res = run_patching(lm, pairs, ["path_to_score", "path_to_heads"], method="attribution", metric="raw",
                        receivers=RECEIVERS)

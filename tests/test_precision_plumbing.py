@@ -3,11 +3,9 @@ before any work, traced with the requested matmul precision (fp32 by default), r
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
-from conftest import random_pairs
+from conftest import random_pairs, tiny_lm
 
 from jaxmech import runtime
 from jaxmech.patching import (
@@ -26,8 +24,7 @@ from jaxmech.patching.run import check_request, summarize
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    tok = SimpleNamespace(buckets=(16, 32), max_length=tiny_model.cfg.n_ctx, pad_id=0)
-    return SimpleNamespace(model=tiny_model, tokenizer=tok, folder="tiny", kind="cross")
+    return tiny_lm(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, REPO
+from conftest import ENGINE_ATOL, REPO, save_tiny_cross
 
 from jaxmech import results
 from jaxmech.sweeps import ResumeError, load_sweep_config, run_sweep
@@ -56,15 +56,7 @@ name = "summary"
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_path) -> Path:
     """A 2-layer cross-encoder with random weights (std 0.3, so scores differ) and the MiniLM tokenizer."""
-    from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
-
-    cfg = EncoderConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=128, initializer_range=0.3)
-    folder = tmp_path_factory.mktemp("model") / "tiny-cross"
-    save_pretrained(build_model(cfg, "cross", seed=0), folder, tokenizer=PairTokenizer.from_pretrained(minilm_path))
-    return folder
+    return save_tiny_cross(tmp_path_factory.mktemp("model") / "tiny-cross", minilm_path)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, REPO
+from conftest import ENGINE_ATOL, REPO, save_tiny_cross
 
 from jaxmech import results
 from jaxmech.patching.background import Ablation
@@ -28,15 +28,8 @@ E1B_HEADS = ["1.7", "5.9", "7.9", "8.5", "8.3", "8.0", "3.1", "2.1", "7.8", "4.9
 @pytest.fixture(scope="module")
 def tiny12(tmp_path_factory, minilm_path) -> Path:
     """A 9-layer, 10-head cross-encoder with random weights (so the E1b heads exist) and the MiniLM tokenizer."""
-    from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
-
-    cfg = EncoderConfig(n_layers=9, d_model=20, n_heads=10, d_head=2, d_mlp=16, n_ctx=64, initializer_range=0.3)
-    folder = tmp_path_factory.mktemp("model") / "tiny9"
-    save_pretrained(build_model(cfg, "cross", seed=1), folder, tokenizer=PairTokenizer.from_pretrained(minilm_path))
-    return folder
+    return save_tiny_cross(tmp_path_factory.mktemp("model") / "tiny9", minilm_path, n_layers=9, d_model=20,
+                           n_heads=10, d_head=2, d_mlp=16, n_ctx=64, seed=1)
 
 
 def e1b_config(model: Path, **background) -> dict:

@@ -4,6 +4,12 @@
 ``reverse``) and returns a `PreparedBatch`: scores, the `RestartCache` of the baseline (what
 `jaxmech.patching.engine` restarts from), the perturbed run's activations moved to baseline positions
 (`align_source`), and the per-pair `SweepData` that kernels read inside the compiled program.
+
+**One compiled forward for both runs.** The two runs differ only in what they capture, and a forward that
+captures other sites is another XLA program. When the captures that one run does not need are small
+(`SHARED_FORWARD_MAX_BYTES`), both runs capture the union, so one compiled forward serves both (the forwards
+were about half of a family's compile time on CPU) and the unneeded arrays are dropped at once; above it
+(large batches, where compile time is amortised) each run captures only its own sites, keeping peak memory.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from jaxmech.sites import get_site
 
 RESTART_SITES = ("resid_pre", "q", "k", "v")
 """Sites every restart cache holds."""
+
+SHARED_FORWARD_MAX_BYTES = 256 * 2**20
+"""Largest size of the captures one run would add for the other's sake (both runs together) for which the
+baseline and perturbed runs share one compiled forward (see the module docstring)."""
 
 
 @jax.tree_util.register_dataclass
@@ -79,12 +89,58 @@ def run_cached(model: HookedEncoder, input_ids, token_type_ids, attention_mask, 
     return out, out.cache
 
 
-def baseline_cache(model: HookedEncoder, inputs, extra_sites: Sequence[str] = ()) -> tuple[Output, RestartCache]:
+def restart_capture(extra_sites: Sequence[str] = ()) -> frozenset[str]:
+    """What the baseline run captures for its `RestartCache` with ``extra_sites``."""
+    return frozenset({"resid_pre", "normalized_resid_post", "q", "k", "v", *extra_sites})
+
+
+def capture_bytes(model, n_pairs: int, n_pos: int, sites, site_table=None) -> int:
+    """Bytes (fp32) of capturing ``sites`` for ``n_pairs`` inputs of ``n_pos`` tokens.
+
+    Args:
+        model: The encoder (its ``cfg`` gives the widths).
+        n_pairs: Inputs in the batch.
+        n_pos: Padded length.
+        sites: Site names.
+        site_table: ``{name: Site}`` (default `jaxmech.sites.get_site`'s table).
+    """
+    cfg = model.cfg
+    width = {"pos": n_pos, "query_pos": n_pos, "key_pos": n_pos, "head_index": cfg.n_heads, "d_head": cfg.d_head,
+             "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "d_embed": getattr(cfg, "embed_width", cfg.d_model),
+             "n_labels": getattr(cfg, "num_labels", 1)}
+    total = 0
+    for name in sites:
+        site = site_table[name] if site_table is not None else get_site(name)
+        total += int(np.prod([width.get(d, 1) for d in site.dims])) * (cfg.n_layers if site.per_layer else 1)
+    return 4 * n_pairs * total
+
+
+def paired_captures(model, batch: PairBatch, base: frozenset[str], source: frozenset[str],
+                    site_table=None) -> tuple[frozenset[str], frozenset[str]]:
+    """The captures of the baseline and perturbed runs: both the union (one compiled forward serves both runs)
+    when what each would add is at most `SHARED_FORWARD_MAX_BYTES`, else each its own."""
+    extra = capture_bytes(model, batch.n_pairs, batch.n_pos, (base - source) | (source - base), site_table)
+    if extra <= SHARED_FORWARD_MAX_BYTES:
+        return base | source, base | source
+    return base, source
+
+
+def baseline_cache(model: HookedEncoder, inputs, extra_sites: Sequence[str] = (), *,
+                   capture: frozenset[str] | None = None) -> tuple[Output, RestartCache]:
     """The baseline run and its `RestartCache` (``resid_pre`` with the final hidden state appended, ``q``,
-    ``k``, ``v`` and ``extra_sites``)."""
-    capture = frozenset({"resid_pre", "normalized_resid_post", "q", "k", "v", *extra_sites})
+    ``k``, ``v`` and ``extra_sites``).
+
+    Args:
+        model: The encoder.
+        inputs: ``(input_ids, token_type_ids, attention_mask)``.
+        extra_sites: Sites the cache keeps beside the restart sites.
+        capture: What the forward captures, a superset of `restart_capture` (``extra_sites``) (default: that);
+            sites beyond it are dropped (see `paired_captures`).
+    """
+    needed = restart_capture(extra_sites)
+    capture = needed if capture is None else capture
     out, cache = run_cached(model, *map(jnp.asarray, inputs), capture=capture)
-    cache = dict(cache)
+    cache = {name: cache[name] for name in needed}
     final = cache["normalized_resid_post"][:, -1:]
     resid_pre = jnp.concatenate([cache.pop("resid_pre"), final], axis=1)
     if "normalized_resid_post" not in extra_sites:
@@ -154,8 +210,10 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:
         batch = reverse_batch(batch)
-    base_out, cache = baseline_cache(model, batch.baseline, base_sites)
-    src_out, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset(source_sites))
+    base_capture, src_capture = paired_captures(model, batch, restart_capture(base_sites), frozenset(source_sites))
+    base_out, cache = baseline_cache(model, batch.baseline, base_sites, capture=base_capture)
+    src_out, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=src_capture)
+    src_cache = {name: src_cache[name] for name in source_sites}
     if model.pair_input:
         query_embedding = jnp.zeros((batch.n_pairs, model.cfg.d_model), jnp.float32)
     elif query_embedding is None:
@@ -165,4 +223,4 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
         query_embedding = jnp.asarray(query_embedding)
     base_score = model.relevance(base_out, query_embedding)
     src_score = model.relevance(src_out, query_embedding)
-    return PreparedBatch(batch, base_score, src_score, cache, dict(src_cache), query_embedding)
+    return PreparedBatch(batch, base_score, src_score, cache, src_cache, query_embedding)

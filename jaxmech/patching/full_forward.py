@@ -28,12 +28,11 @@ from jaxtyping import Array, Float, Int
 
 from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
-from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
-from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.program import SpecKernel, run_kernel
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
 METHOD = "full forward per patched item (background interventions + the patch; vmapped, jitted, chunked)"
@@ -65,18 +64,9 @@ class FullForwardData:
 
 
 @dataclasses.dataclass(frozen=True)
-class FullForwardKernel(Kernel):
-    """One full forward per item: the background, then the site patched at one layer (head/position).
-
-    Attributes:
-        site: The patched site.
-        per_pos: One position per item (else every patchable position).
-        per_head: One head per item (else every head).
-    """
-
-    site: str
-    per_pos: bool
-    per_head: bool
+class FullForwardKernel(SpecKernel):
+    """One full forward per item: the background, then the site patched at one layer (head/position)
+    (fields: `SpecKernel`'s)."""
 
     def prepare(self, model, data: FullForwardData, layer):
         """Nothing per layer (every item runs the whole model)."""
@@ -84,16 +74,8 @@ class FullForwardKernel(Kernel):
 
     def item(self, model, data: FullForwardData, prepared, layer, pair, head, pos):
         """The score of the baseline input with the background and the site patched at ``layer``."""
-        mask = data.attention_mask[pair]
-        T, H, L = mask.shape[0], model.cfg.n_heads, model.cfg.n_layers
-        spec = PatchSpec(
-            self.site,
-            source=data.source[pair],
-            layer_mask=one_hot(layer, L),
-            pos_mask=one_hot(pos, T) if self.per_pos else data.patchable[pair].astype(jnp.float32),
-            head_mask=one_hot(head, H) if self.per_head else None,
-        )
-        out = model.forward_one(data.input_ids[pair], data.token_type_ids[pair], mask,
+        spec = self.item_spec(model, data, layer, pair, head, pos)
+        out = model.forward_one(data.input_ids[pair], data.token_type_ids[pair], data.attention_mask[pair],
                                 interventions=[*data.background, spec])
         return model.relevance(out, data.query_embedding[pair])
 

@@ -30,12 +30,12 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
-from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
+from jaxmech.interventions import HeadReplacement, PatchSpec
 from jaxmech.modernbert import MODERNBERT_SITES
-from jaxmech.patching.caches import PreparedBatch, RestartCache, run_cached
+from jaxmech.patching.caches import PreparedBatch, RestartCache, paired_captures, run_cached
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
-from jaxmech.patching.program import Kernel, run_kernel
+from jaxmech.patching.program import SpecKernel, run_kernel
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
@@ -78,13 +78,15 @@ def prepare(model, batch: PairBatch, *, base_sites=(), source_sites=(), reverse:
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:
         batch = reverse_batch(batch)
-    capture = frozenset({"resid_pre", "q", "k", "v", *base_sites})
-    base_out, cache = run_cached(model, *map(jnp.asarray, batch.baseline), capture=capture)
-    src_out, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset(source_sites))
-    cache = dict(cache)
+    needed = frozenset({"resid_pre", "q", "k", "v", *base_sites})
+    base_capture, src_capture = paired_captures(model, batch, needed, frozenset(source_sites), MODERNBERT_SITES)
+    base_out, cache = run_cached(model, *map(jnp.asarray, batch.baseline), capture=base_capture)
+    src_out, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=src_capture)
+    cache = {name: cache[name] for name in needed}
     restart = RestartCache(*(cache.pop(s) for s in ("resid_pre", "q", "k", "v")), cache)
     qe = jnp.zeros((batch.n_pairs, model.cfg.d_model), jnp.float32)
-    return PreparedBatch(batch, base_out.score, src_out.score, restart, dict(src_cache), qe)
+    return PreparedBatch(batch, base_out.score, src_out.score, restart,
+                         {name: src_cache[name] for name in source_sites}, qe)
 
 
 def _restart_score(model, x, mask, layer, specs, *, stop=None):
@@ -103,23 +105,17 @@ def _freeze_z(model, data, pair, layer):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModernBertKernel(Kernel):
+class ModernBertKernel(SpecKernel):
     """One patch per item at ``site`` of the item's layer, restarted there; optionally every later ``z``
     frozen (``path_to_score``) or read at receiver heads (path families with ``by_layer``).
 
-    Attributes:
-        site: The patched site.
-        per_pos: One position per item (else every patchable position).
-        per_head: One head per item (else every head).
+    Attributes (beyond `SpecKernel`'s ``site``, ``per_pos`` and ``per_head``):
         freeze_z: Freeze every ``z`` after the patched layer to the baseline's.
         by_layer: Receiver heads by layer (path to heads): the score of a fresh baseline run whose receivers'
             ``receiver_input`` is what the patched run computes; empty: the patched run's score.
         receiver_input: ``"q"``, ``"k"`` or ``"v"``.
     """
 
-    site: str
-    per_pos: bool
-    per_head: bool
     freeze_z: bool = False
     by_layer: tuple[tuple[int, tuple[int, ...]], ...] = ()
     receiver_input: str = "k"
@@ -131,19 +127,12 @@ class ModernBertKernel(Kernel):
     def item(self, model, data, prepared, layer, pair, head, pos):
         """The patched score of one item."""
         mask = data.attention_mask[pair]
-        T, H, L = mask.shape[0], model.cfg.n_heads, model.cfg.n_layers
-        spec = PatchSpec(
-            self.site,
-            source=data.source[pair],
-            layer_mask=one_hot(layer, L),
-            pos_mask=one_hot(pos, T) if self.per_pos else data.patchable[pair].astype(jnp.float32),
-            head_mask=one_hot(head, H) if self.per_head else None,
-        )
+        spec = self.item_spec(model, data, layer, pair, head, pos)
         specs = [spec, _freeze_z(model, data, pair, layer)] if self.freeze_z else [spec]
         x = prepared[pair]
         if not self.by_layer:
             return model.score_hidden(_restart_score(model, x, mask, layer, specs), mask)
-        patches = []
+        H, patches = model.cfg.n_heads, []
         for r, heads in self.by_layer:
             x_r = _restart_score(model, x, mask, layer, specs, stop=r)
             new = model.project(x_r, r, self.receiver_input)

@@ -14,6 +14,7 @@ What one item computes is a `Kernel`: per layer it prepares slices of the per-pa
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
+from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.model import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch, SweepData
 from jaxmech.patching.schedule import ItemIndex, auto_chunk_size, enumerate_items, local_mesh
@@ -41,6 +43,37 @@ class Kernel(abc.ABC):
     def item(self, model: HookedEncoder, data: SweepData, prepared, layer: Int[Array, ""], pair: Int[Array, ""],
              head: Int[Array, ""], pos: Int[Array, ""]) -> Float[Array, ""]:
         """The patched score of one item at ``layer``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecKernel(Kernel):
+    """A kernel whose item patches ``site`` through a `PatchSpec` (engines that run the model's own forward
+    with interventions rather than the restart engine's row-local blocks).
+
+    Attributes:
+        site: The patched site.
+        per_pos: One position per item (else every patchable position of the pair).
+        per_head: One head per item (else every head).
+    """
+
+    site: str
+    per_pos: bool
+    per_head: bool
+
+    def item_spec(self, model: HookedEncoder, data, layer: Int[Array, ""], pair: Int[Array, ""],
+                  head: Int[Array, ""], pos: Int[Array, ""]) -> PatchSpec:
+        """The item's patch: ``data.source[pair]`` at ``layer`` (and ``head``/``pos`` where per-item).
+
+        ``data`` needs ``attention_mask``, ``source`` and ``patchable``, each indexed by pair first.
+        """
+        T = data.attention_mask.shape[-1]
+        return PatchSpec(
+            self.site,
+            source=data.source[pair],
+            layer_mask=one_hot(layer, model.cfg.n_layers),
+            pos_mask=one_hot(pos, T) if self.per_pos else data.patchable[pair].astype(jnp.float32),
+            head_mask=one_hot(head, model.cfg.n_heads) if self.per_head else None,
+        )
 
 
 def scan_items(kernel: Kernel, model: HookedEncoder, data: SweepData, items: ItemIndex,
