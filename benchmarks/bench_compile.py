@@ -82,10 +82,10 @@ def _model(setup: str):
 def _pair(vocab: int, n: int = T):
     import numpy as np
 
-    try:
-        from jaxmech.data.records import AlignedPair as Pair
-    except ImportError:  # a checkout from before the one pair type (--baseline-checkout)
+    try:  # a checkout from before the one pair type (--baseline-checkout): patching.pairs.Pair
         from jaxmech.patching.pairs import Pair
+    except ImportError:
+        from jaxmech.data.records import AlignedPair as Pair
 
     rng = np.random.RandomState(0)
     q = list(rng.randint(1000, vocab, 6))
@@ -284,6 +284,7 @@ def main(argv=None) -> None:
         default="",
         help="extra XLA_FLAGS for the measured processes (e.g. --xla_gpu_autotune_level=0), recorded in the JSON",
     )
+    p.add_argument("--baseline-label", default="", help="what the baseline checkout is (e.g. its commit), recorded")
     p.add_argument("--tag", default="", help="suffix of the JSON file name (for variants)")
     p.add_argument(
         "--baseline-checkout",
@@ -323,6 +324,7 @@ def main(argv=None) -> None:
     if args.baseline_checkout:
         checkouts["baseline"] = Path(args.baseline_checkout).resolve()
         result["baseline_checkout"] = str(checkouts["baseline"])
+        result["baseline_label"] = args.baseline_label
     for setup in args.setups.split(","):
         for family in args.families.split(","):
             row = {"setup": setup, "family": family}
