@@ -7,9 +7,10 @@
 
 **One compiled forward for both runs.** The two runs differ only in what they capture, and a forward that
 captures other sites is another XLA program. When the captures that one run does not need are small
-(`SHARED_FORWARD_MAX_BYTES`), both runs capture the union, so one compiled forward serves both (the forwards
-were about half of a family's compile time on CPU) and the unneeded arrays are dropped at once; above it
-(large batches, where compile time is amortised) each run captures only its own sites, keeping peak memory.
+(`SHARED_FORWARD_MAX_BYTES`), both runs capture the union, so one compiled forward serves both and the unneeded
+arrays are dropped at once (the two forwards were 21-56% of a family's XLA compile time on CPU;
+`benchmarks/results/bench_compile_cpu.json`). Above it (large batches, where compile time is amortised) each
+run captures only its own sites, keeping peak memory.
 """
 
 from __future__ import annotations
