@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from jaxmech.config import ARCHITECTURES, EncoderConfig
-from jaxmech.sites import SITES, Site
+from jaxmech.sites import SITES, Site, dim_sizes
 
 # What the test suite verifies for each architecture (tests/test_parity.py, tests/test_archs_*.py).
 VERIFIED = {
@@ -81,8 +81,7 @@ def _meaning(site: Site, cfg: EncoderConfig) -> str:
 
 
 def _shape(site: Site, cfg: EncoderConfig) -> str:
-    sizes = {"d_model": cfg.d_model, "d_embed": cfg.embed_width, "head_index": cfg.n_heads, "d_head": cfg.d_head,
-             "d_mlp": cfg.d_mlp, "one": 1, "n_labels": cfg.num_labels}
+    sizes = dim_sizes(cfg)
     dims = [str(sizes.get(d, d)) for d in site.dims]
     return "[" + ", ".join(([str(cfg.n_layers)] if site.per_layer else []) + dims) + "]"
 
@@ -154,8 +153,7 @@ def modernbert_site_table(cfg, *, name: str = "model") -> str:
     residual stream is a running sum."""
     from jaxmech.modernbert import MODERNBERT_SITES, RESIDUAL_IDENTITIES
 
-    sizes = {"d_model": cfg.d_model, "head_index": cfg.n_heads, "d_head": cfg.d_head, "d_mlp": cfg.d_mlp,
-             "one": 1, "n_labels": cfg.num_labels}
+    sizes = dim_sizes(cfg)
     n_global = sum(cfg.global_layers)
     lines = [
         f"# {name}: modernbert (ModernBertForSequenceClassification), {cfg.n_layers} layers ({n_global} global, "

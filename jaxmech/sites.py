@@ -132,6 +132,21 @@ class UnknownSiteError(KeyError):
         return str(self.args[0])
 
 
+def dim_sizes(cfg, n_pos: int | None = None) -> dict[str, int]:
+    """The size of each axis name of `Site.dims` for a model configuration.
+
+    Args:
+        cfg: An `jaxmech.config.EncoderConfig` or `jaxmech.modernbert.ModernBertConfig` (``d_embed`` is
+            ``d_model`` where the config has no ``embed_width``).
+        n_pos: The padded length; without it the position axes (``pos``, ``query_pos``, ``key_pos``) are absent.
+    """
+    sizes = {"d_model": cfg.d_model, "d_embed": getattr(cfg, "embed_width", cfg.d_model), "head_index": cfg.n_heads,
+             "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "one": 1, "n_labels": cfg.num_labels}
+    if n_pos is not None:
+        sizes.update(pos=n_pos, query_pos=n_pos, key_pos=n_pos)
+    return sizes
+
+
 def get_site(name: str) -> Site:
     """Looks up a site by jaxmech name.
 

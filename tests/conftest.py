@@ -191,18 +191,29 @@ def save_tiny_cross(folder: Path, minilm_path: Path, *, n_layers=2, d_model=16, 
     return folder
 
 
-def zero_ablation_specs(model, heads, T: int):
-    """The zero ablation of ``heads`` written by hand: one `PatchSpec` per layer with ablated heads, over
-    ``T`` positions."""
+def head_group_specs(model, heads, source):
+    """Heads patched together, written by hand: one `PatchSpec` of ``z`` per layer that has any of ``heads``
+    (``(layer, head)`` pairs), each taking ``source`` (``[layer, pos, head_index, d_head]``) at its heads."""
     import jax.numpy as jnp
 
     from jaxmech.interventions import PatchSpec, one_hot
-    from jaxmech.patching.background import Ablation
 
     cfg = model.cfg
     by_layer: dict[int, list[int]] = {}
-    for layer, head in Ablation(tuple(heads)).heads:
+    for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
-    return [PatchSpec("z", jnp.zeros((cfg.n_layers, T, cfg.n_heads, cfg.d_head)), one_hot(layer, cfg.n_layers),
-                      None, jnp.asarray(np.isin(np.arange(cfg.n_heads), hs), jnp.float32))
+    return [PatchSpec("z", source, one_hot(layer, cfg.n_layers), None,
+                      jnp.asarray(np.isin(np.arange(cfg.n_heads), hs), jnp.float32))
             for layer, hs in sorted(by_layer.items())]
+
+
+def zero_ablation_specs(model, heads, T: int):
+    """The zero ablation of ``heads`` (``"L.H"`` names) written by hand over ``T`` positions (`head_group_specs`
+    with a zero source)."""
+    import jax.numpy as jnp
+
+    from jaxmech.patching.background import Ablation
+
+    cfg = model.cfg
+    return head_group_specs(model, Ablation(tuple(heads)).heads,
+                            jnp.zeros((cfg.n_layers, T, cfg.n_heads, cfg.d_head)))

@@ -6,9 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ENGINE_ATOL, forward_jit, random_pairs, tiny_lm
+from conftest import ENGINE_ATOL, forward_jit, head_group_specs, random_pairs, tiny_lm
 
-from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.patching import batch_pairs, run_patching
 from jaxmech.patching.families import REGISTRY, check_groups, describe_families
 from jaxmech.patching.joint import heads_joint
@@ -51,7 +50,6 @@ def test_group_of_one_head_equals_head_all_pos_z(lm, pairs):
 
 def test_joint_equals_manual_patchspecs_and_vmap_equals_loop(lm, pairs):
     model = lm.model
-    L, H = model.cfg.n_layers, model.cfg.n_heads
     batch = batch_pairs(pairs, buckets=(16, 32), max_length=model.cfg.n_ctx)
     res = heads_joint(model, batch, GROUPS)
     loop = np.stack([heads_joint(model, batch, [g]).patched[:, 0] for g in GROUPS], 1)
@@ -62,11 +60,6 @@ def test_joint_equals_manual_patchspecs_and_vmap_equals_loop(lm, pairs):
         z = forward_jit(model, jnp.asarray(p.perturbed_ids), jnp.asarray(p.perturbed_token_type_ids), mask, [],
                         capture=frozenset({"z"}))[1]["z"]
         for g, group in enumerate(check_groups(GROUPS)):
-            by_layer: dict[int, list[int]] = {}
-            for layer, head in group:
-                by_layer.setdefault(layer, []).append(head)
-            specs = [PatchSpec("z", z, one_hot(layer, L), None, jnp.asarray(np.isin(np.arange(H), hs), jnp.float32))
-                     for layer, hs in by_layer.items()]
-            ref = forward_jit(model, ids, tt, mask, specs)[0]
+            ref = forward_jit(model, ids, tt, mask, head_group_specs(model, group, z))[0]
             np.testing.assert_allclose(res.patched[i, g], ref, atol=ENGINE_ATOL, rtol=0)
     assert np.abs(res.patched - res.baseline_score[:, None]).max() > 1e-3  # patches matter

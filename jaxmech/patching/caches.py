@@ -27,7 +27,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxmech.data.align import AlignmentError
 from jaxmech.model import HookedEncoder, Output
 from jaxmech.patching.inputs import PairBatch, reverse_batch
-from jaxmech.sites import get_site
+from jaxmech.sites import dim_sizes, get_site
 
 RESTART_SITES = ("resid_pre", "q", "k", "v")
 """Sites every restart cache holds."""
@@ -105,21 +105,18 @@ def capture_bytes(model, n_pairs: int, n_pos: int, sites, site_table=None) -> in
         sites: Site names.
         site_table: ``{name: Site}`` (default `jaxmech.sites.get_site`'s table).
     """
-    cfg = model.cfg
-    width = {"pos": n_pos, "query_pos": n_pos, "key_pos": n_pos, "head_index": cfg.n_heads, "d_head": cfg.d_head,
-             "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "d_embed": getattr(cfg, "embed_width", cfg.d_model),
-             "n_labels": getattr(cfg, "num_labels", 1)}
-    total = 0
+    sizes, total = dim_sizes(model.cfg, n_pos), 0
     for name in sites:
         site = site_table[name] if site_table is not None else get_site(name)
-        total += int(np.prod([width.get(d, 1) for d in site.dims])) * (cfg.n_layers if site.per_layer else 1)
+        total += int(np.prod([sizes[d] for d in site.dims])) * (model.cfg.n_layers if site.per_layer else 1)
     return 4 * n_pairs * total
 
 
 def paired_captures(model, batch: PairBatch, base: frozenset[str], source: frozenset[str],
                     site_table=None) -> tuple[frozenset[str], frozenset[str]]:
     """The captures of the baseline and perturbed runs: both the union (one compiled forward serves both runs)
-    when what each would add is at most `SHARED_FORWARD_MAX_BYTES`, else each its own."""
+    when what the two would add for each other is at most `SHARED_FORWARD_MAX_BYTES` together, else each its
+    own."""
     extra = capture_bytes(model, batch.n_pairs, batch.n_pos, (base - source) | (source - base), site_table)
     if extra <= SHARED_FORWARD_MAX_BYTES:
         return base | source, base | source

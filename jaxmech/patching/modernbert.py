@@ -32,7 +32,7 @@ from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
 from jaxmech.interventions import HeadReplacement, PatchSpec
 from jaxmech.modernbert import MODERNBERT_SITES
-from jaxmech.patching.caches import PreparedBatch, RestartCache, paired_captures, run_cached
+from jaxmech.patching.caches import RESTART_SITES, PreparedBatch, RestartCache, paired_captures, run_cached
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
 from jaxmech.patching.program import SpecKernel, run_kernel
@@ -78,12 +78,12 @@ def prepare(model, batch: PairBatch, *, base_sites=(), source_sites=(), reverse:
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:
         batch = reverse_batch(batch)
-    needed = frozenset({"resid_pre", "q", "k", "v", *base_sites})
+    needed = frozenset({*RESTART_SITES, *base_sites})
     base_capture, src_capture = paired_captures(model, batch, needed, frozenset(source_sites), MODERNBERT_SITES)
     base_out, cache = run_cached(model, *map(jnp.asarray, batch.baseline), capture=base_capture)
     src_out, src_cache = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=src_capture)
     cache = {name: cache[name] for name in needed}
-    restart = RestartCache(*(cache.pop(s) for s in ("resid_pre", "q", "k", "v")), cache)
+    restart = RestartCache(*(cache.pop(s) for s in RESTART_SITES), cache)
     qe = jnp.zeros((batch.n_pairs, model.cfg.d_model), jnp.float32)
     return PreparedBatch(batch, base_out.score, src_out.score, restart,
                          {name: src_cache[name] for name in source_sites}, qe)
