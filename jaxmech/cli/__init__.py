@@ -6,6 +6,7 @@
     jaxmech train CONFIG ...             (jaxmech.train.cli)
     jaxmech bench ...                    (benchmarks/bench_patching.py of a source checkout)
     jaxmech sites | families             (jaxmech.sites, jaxmech.patching.families)
+    jaxmech verify RUN                   (jaxmech.sweeps.integrity.check_run)
 
 Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` (parsed arguments ->
 exit code); `COMMANDS` lists them, and another owner's command is added by naming its module there. Modules
@@ -32,6 +33,7 @@ COMMANDS = {
     "analyze": ("jaxmech.analysis.cli", "the paper's analyses (circuit, soft-TF, IDF direction, editing, linear BM25)"),
     "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
     "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
+    "verify": ("jaxmech.cli.verify", "check that a sweep's stored chunks are present, whole, with their checksums"),
 }
 """Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
 

@@ -18,14 +18,22 @@ import sys
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Runs ``jaxmech sweep``."""
     from jaxmech.sweeps.config import ConfigError, load_sweep_config
-    from jaxmech.sweeps.distributed import initialize
-    from jaxmech.sweeps.job import ResumeError, run_sweep
+    from jaxmech.sweeps.lock import RunLockedError
 
     try:
-        cfg = load_sweep_config(args.config)
+        cfg = load_sweep_config(args.config)  # imports no JAX: a bad config is reported at once
+        from jaxmech.sweeps.distributed import initialize
+        from jaxmech.sweeps.job import ResumeError, SweepInterrupted, run_sweep
+
         procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
-    except (ConfigError, ResumeError, FileNotFoundError, ValueError, KeyError, ImportError) as err:
+    except SweepInterrupted as err:
+        print(f"jaxmech sweep: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("jaxmech sweep: interrupted before the sweep started; nothing was written", file=sys.stderr)
+        return 130
+    except (ConfigError, ResumeError, RunLockedError, OSError, ValueError, KeyError, ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech sweep: error: {msg}", file=sys.stderr)
         return 2
