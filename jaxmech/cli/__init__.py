@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["bench", "--", *(rest[1:] if rest[:1] == ["--"] else rest)]
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+    from jaxmech.runtime import enable_default_compilation_cache
+
+    enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
     try:
         return args.func(args)
     except USER_ERRORS as err:

@@ -78,6 +78,10 @@ class RunLock:
                 same = False
             if same:
                 self._fd, self.locked = fd, True
+                previous = _read(fd)
+                if previous and log:  # its holder ended without releasing it (killed): the kernel freed the flock
+                    log(f"sweep: {self.folder}: taking over the lock left by a sweep that has ended "
+                        f"({_describe(previous)})")
                 _write(fd, {"host": socket.gethostname(), "pid": os.getpid(),
                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                 return self
