@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
     try:
         return args.func(args)
+    except BrokenPipeError:  # `jaxmech families | head`: the reader left; stop quietly, as `cat` does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech {args.command}: error: {msg}", file=sys.stderr)

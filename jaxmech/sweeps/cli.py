@@ -17,14 +17,15 @@ import sys
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Runs ``jaxmech sweep``."""
-    from jaxmech.sweeps.config import ConfigError, load_sweep_config
+    from jaxmech.sweeps.config import ConfigError, load_sweep_config  # none of these imports JAX
+    from jaxmech.sweeps.distributed import initialize
+    from jaxmech.sweeps.job import ResumeError, SweepInterrupted, run_sweep
     from jaxmech.sweeps.lock import RunLockedError
+    from jaxmech.sweeps.precheck import check_against_model
 
     try:
-        cfg = load_sweep_config(args.config)  # imports no JAX: a bad config is reported at once
-        from jaxmech.sweeps.distributed import initialize
-        from jaxmech.sweeps.job import ResumeError, SweepInterrupted, run_sweep
-
+        cfg = load_sweep_config(args.config)  # a bad config is reported at once
+        check_against_model(cfg)  # against the model's config.json, before JAX is imported
         procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
     except SweepInterrupted as err:

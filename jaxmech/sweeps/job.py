@@ -152,6 +152,8 @@ def _select(records: list, ds, where: str) -> list[int]:
             wanted = {line.strip() for line in Path(ds.qids).read_text().splitlines() if line.strip()}
         except OSError as err:
             raise FileNotFoundError(f"{where} qids: cannot read {ds.qids!r} ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where} qids: {ds.qids}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         idx = np.array([i for i in idx if records[i].qid in wanted], int)
         if not len(idx):
             raise ValueError(f"{where} qids: none of the {len(wanted)} qids in {ds.qids} is in the dataset")
