@@ -39,7 +39,8 @@ def test_bench_help_shows_the_command_and_the_script_options():
 
 def test_config_errors_do_not_import_jax(tmp_path):
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('[run]\nname = "x"\n[model]\npath = "x"\n[[datasets]]\nkind = "tfc1"\n[[families]]\nname = "no_such_family"\n')
+    cfg.write_text('[run]\nname = "x"\n[model]\npath = "x"\n[[datasets]]\nkind = "tfc1"\n'
+                   '[[families]]\nname = "no_such_family"\n')
     code, _, err, jax_imported = jaxmech_nojax("sweep", str(cfg))
     assert code == 2 and "no_such_family" in err and str(cfg) in err and not jax_imported
     train = tmp_path / "train.toml"
@@ -91,3 +92,14 @@ def test_an_unsupported_architecture_lists_modernbert(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf))
     code, _, err, _ = jaxmech_nojax("sites", "--model", str(tmp_path))
     assert code == 2 and "modernbert" in err and "deberta-v2" in err
+
+
+@pytest.mark.parametrize("out", ["afile/report", "/proc/jaxmech-report"])
+def test_report_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, out):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "run").mkdir()
+    target = out if out.startswith("/") else str(tmp_path / out)
+    code, _, err, jax_imported = jaxmech_nojax("report", str(tmp_path / "run"), "--out", target)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err and not jax_imported
+    assert err.startswith(f"jaxmech report: error: --out {target}: ")
+    assert "is a file, not a folder" in err or "cannot write there" in err
