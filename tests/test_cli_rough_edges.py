@@ -103,3 +103,4 @@ def test_report_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path,
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err and not jax_imported
     assert err.startswith(f"jaxmech report: error: --out {target}: ")
     assert "is a file, not a folder" in err or "cannot write there" in err
+
