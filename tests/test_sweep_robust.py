@@ -44,6 +44,9 @@ metric = "{metric}"
 
 [chunking]
 pairs_per_chunk = 2
+
+[[analyses]]
+name = "summary"
 """
 
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
@@ -201,3 +204,21 @@ def test_ctrl_c_stops_between_chunks_keeps_them_and_a_rerun_resumes(tmp_path, ti
     assert summary.complete and summary.chunks_resumed == 1 and summary.chunks_computed == 2
     assert np.asarray(results.open(out)["block_every"]).tobytes() == np.asarray(
         results.open(ref)["block_every"]).tobytes()
+
+
+def test_rerunning_a_finished_sweep_skips_steps_whose_inputs_did_not_change(tmp_path, reference):
+    cfg, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    summary_json = run / "analyses" / "summary.json"
+    before = summary_json.stat().st_mtime_ns
+    logs: list[str] = []
+    summary = run_sweep(cfg, out=run, quiet=True, log=logs.append)
+    assert summary.chunks_computed == 0 and summary.steps["summary"] == summary_json
+    assert any("step summary: inputs unchanged" in line for line in logs) and summary_json.stat().st_mtime_ns == before
+    summary_json.unlink()  # its output gone: the step runs again
+    logs.clear()
+    run_sweep(cfg, out=run, quiet=True, log=logs.append)
+    assert any(line.startswith("sweep: step summary done") for line in logs) and summary_json.exists()
+    record = json.loads((run / "steps.json").read_text())
+    assert record["summary"]["output"] == "analyses/summary.json" and len(record["summary"]["inputs"]) == 64

@@ -404,7 +404,7 @@ def check_resume(old: dict, new: dict) -> list[str]:
     return changes
 
 
-_RUN_FILES = ("meta.json", "pairs.npz", "complete.json")
+_RUN_FILES = ("meta.json", "pairs.npz", "complete.json", "steps.json")
 _RUN_DIRS = ("arrays", "done", "processes", "analyses", "report")
 
 
@@ -743,15 +743,11 @@ def _drop_failing_chunks(store: SweepStore, out: Path, log) -> None:
 
 
 def run_steps(cfg: SweepConfig, out: Path, log) -> dict:
-    """Runs the configured analysis steps, then the report, on a complete run."""
-    from jaxmech.sweeps.steps import run_step
+    """Runs the configured analysis steps, then the report, on a complete run (a step whose inputs did not
+    change since its last run is skipped: `jaxmech.sweeps.steps.run_steps_once`)."""
+    from jaxmech.sweeps.steps import run_steps_once
 
-    results = {}
     todo = [(s.name, s.options) for s in cfg.analyses]
     if cfg.report.enabled:
         todo.append(("report", cfg.report.options))
-    for name, options in todo:
-        t0 = time.perf_counter()
-        results[name] = run_step(name, out, options)
-        log(f"sweep: step {name} done in {time.perf_counter() - t0:.1f}s -> {results[name]}")
-    return results
+    return run_steps_once(out, todo, log)
