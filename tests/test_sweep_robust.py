@@ -222,3 +222,20 @@ def test_rerunning_a_finished_sweep_skips_steps_whose_inputs_did_not_change(tmp_
     assert any(line.startswith("sweep: step summary done") for line in logs) and summary_json.exists()
     record = json.loads((run / "steps.json").read_text())
     assert record["summary"]["output"] == "analyses/summary.json" and len(record["summary"]["inputs"]) == 64
+
+
+@pytest.mark.parametrize("family, extra, message", [
+    ("heads_joint", 'groups = [["0.1", "5.0"]]', r"\[\[families\]\]\[0\] \(heads_joint\): .*5\.0"),
+    ("block_every", '[background]\nablate = ["9.0"]', r"\[background\] .*9"),
+    ("block_every", '[patching]\nreadout = "attn:7.1:CLS->Dinj"',
+     r"\[patching\] readout 'attn:7\.1:CLS->Dinj.*layer 7 is out of range"),
+])
+def test_what_depends_on_the_model_is_checked_before_anything_is_written(tmp_path, tiny_model, family, extra,
+                                                                        message):
+    cfg = write_config(tmp_path, tiny_model, family=family, extra=extra)
+    if "[patching]" in extra:  # one [patching] table
+        text = cfg.read_text().replace('[patching]\nreadout = "attn:7.1:CLS->Dinj"\n', "")
+        cfg.write_text(text.replace('[patching]\n', '[patching]\nreadout = "attn:7.1:CLS->Dinj"\n'))
+    with pytest.raises(ValueError, match=message):
+        run_sweep(cfg, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

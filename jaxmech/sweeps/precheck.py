@@ -1,8 +1,10 @@
 """Checks of a sweep config against its model's ``config.json``, before anything is loaded or written.
 
 `jaxmech.sweeps.config` checks what a config can check alone (names, types, ranges); this module checks
-what depends on the model's shape: receiver heads and head groups (layers and heads) and the background's
-ablated heads (``[model] max_length`` is capped at the model's positions by the loader). It reads only the
+what depends on the model's shape: receiver heads and head groups (layers and heads), the background's
+ablated heads and an attention or projection readout's layer, head and direction size (``[model] max_length``
+is capped at the model's positions by the loader; token-type positions of a readout depend on each pair and
+are checked when the pairs are aligned). It reads only the
 ``config.json`` of a local model folder (a hub id that is not downloaded yet is checked when it is loaded).
 """
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 
 def model_shape(path: str) -> dict | None:
-    """``{"n_layers", "n_heads"}`` from a local model folder's ``config.json`` (None when the
+    """``{"n_layers", "n_heads", "d_model"}`` from a local model folder's ``config.json`` (None when the
     model is not a local folder with one, or the file does not say)."""
     from jaxmech.files import resolve_model_path
 
@@ -23,6 +25,7 @@ def model_shape(path: str) -> dict | None:
         return {
             "n_layers": int(raw["num_hidden_layers"]),
             "n_heads": int(raw["num_attention_heads"]),
+            "d_model": int(raw["hidden_size"]),
         }
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -57,3 +60,22 @@ def check_against_model(cfg) -> None:
             ablation.check(L, H)
         except ValueError as err:
             raise ValueError(f"{cfg.source}: [background] {err} ({what})") from None
+    if cfg.patching.readout:
+        _check_readout(cfg, shape, what)
+
+
+def _check_readout(cfg, shape: dict, what: str) -> None:
+    """The readout's layer, head and direction size against the model (the readouts whose check needs only the
+    model's shape)."""
+    from types import SimpleNamespace
+
+    from jaxmech.patching.readouts import AttentionWeight, Projection, ReadoutError, parse_readout
+
+    readout = parse_readout(cfg.patching.readout)
+    if isinstance(readout, AttentionWeight | Projection):
+        stand_in = SimpleNamespace(cfg=SimpleNamespace(n_layers=shape["n_layers"], n_heads=shape["n_heads"],
+                                                       d_model=shape["d_model"]))
+        try:
+            readout.check(stand_in)
+        except ReadoutError as err:
+            raise ValueError(f"{cfg.source}: [patching] {err} ({what})") from None
