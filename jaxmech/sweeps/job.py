@@ -632,6 +632,8 @@ def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Pro
         chunk_seconds = []
         try:
             for k in todo:
+                if stop.requested:  # Ctrl-C while loading, planning or computing the previous chunk
+                    raise SweepInterrupted(out, store)
                 s, e = chunks[k]
                 t0 = time.perf_counter()
                 res = compute_chunk(lm, plan.pairs[s:e], cfg.families, cfg.patching, cfg.chunking, plan.T_max)
@@ -651,8 +653,6 @@ def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Pro
                                     "files": chunk_files(out, s, e)})
                 chunk_seconds.append(dt)
                 bar.update(chunk_runs[k], chunk_pairs[k])
-                if stop.requested and k != todo[-1]:
-                    raise SweepInterrupted(out, store)
         finally:
             bar.close()
         t_end = time.perf_counter()
@@ -735,6 +735,8 @@ def _drop_failing_chunks(store: SweepStore, out: Path, log) -> None:
     """Removes the markers of chunks whose stored files are missing or have the wrong size (so they are
     recomputed), saying which; the run is then not complete until they are."""
     check = check_run(out)
+    if check.folder:
+        raise ResumeError(f"{out}: {'; '.join(check.folder)}, so it cannot be resumed; rerun with --fresh")
     if check.bad:
         log(f"sweep: {out}: {check.describe()}; recomputing them")
         for k in check.bad:
