@@ -192,15 +192,19 @@ def test_ctrl_c_stops_between_chunks_keeps_them_and_a_rerun_resumes(tmp_path, ti
     monkeypatch.setattr(compute, "compute_chunk", compute_then_ctrl_c)
     cfg, ref = reference
     out = tmp_path / "run"
-    rc = main(["sweep", str(cfg), "--out", str(out), "--quiet"])
+    try:
+        rc = main(["sweep", str(cfg), "--out", str(out), "--quiet"])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the command ignores a further Ctrl-C as it exits
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 130 and len(calls) == 1
     assert err[-1] == (f"jaxmech sweep: interrupted after the chunk in progress: 1/3 chunks complete and kept in "
                        f"{out}; rerun the same command to resume")
     assert "Ctrl-C again to stop at once" in err[-2]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.setattr(compute, "compute_chunk", real)
     summary = run_sweep(cfg, out=out, quiet=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep restored the handler
     assert summary.complete and summary.chunks_resumed == 1 and summary.chunks_computed == 2
     assert np.asarray(results.open(out)["block_every"]).tobytes() == np.asarray(
         results.open(ref)["block_every"]).tobytes()

@@ -29,9 +29,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
     except SweepInterrupted as err:
+        _ignore_sigint()  # a further Ctrl-C while the process exits would print a traceback
         print(f"jaxmech sweep: {err}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
+        _ignore_sigint()
         print("jaxmech sweep: interrupted before the sweep started; nothing was written", file=sys.stderr)
         return 130
     except (ConfigError, ResumeError, RunLockedError, OSError, ValueError, KeyError, ImportError) as err:
@@ -40,6 +42,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     print(summary.line())
     return 0
+
+
+def _ignore_sigint() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
