@@ -31,10 +31,9 @@ def cmd_report(args) -> int:
     from jaxmech.files import check_writable_folder
 
     run = Path(args.run_dir)
-    if not run.exists():
-        raise FileNotFoundError(f"{run}: no such run folder or .npz file")
-    default = run / "report" if run.is_dir() else run.parent
-    check_writable_folder(args.out or default, what="--out" if args.out else "report folder")  # before any work
+    if args.out or run.exists():  # (a missing run is build_report's error)
+        default = run / "report" if run.is_dir() else run.parent
+        check_writable_folder(args.out or default, what="--out" if args.out else "report folder")  # before any work
     from jaxmech.report.build import build_report
 
     print(build_report(args.run_dir, args.out, analyses=args.analyses, score_demo=not args.no_demo_score))
