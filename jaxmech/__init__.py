@@ -9,8 +9,11 @@ from __future__ import annotations
 from jaxmech import runtime as _runtime  # light: imports neither JAX nor transformers
 from jaxmech.lazy import lazy_exports
 
-_runtime.quiet_transformers()  # before anything imports transformers
-_runtime.enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
+# Only a logging filter on transformers' messages that do not apply to jaxmech (before anything imports
+# transformers). Importing jaxmech sets no environment variable and creates no folder: the persistent
+# compilation cache is turned on by the entry points (`jaxmech.cli.main`, `run_sweep`) through
+# `jaxmech.runtime.enable_default_compilation_cache`.
+_runtime.quiet_transformers()
 
 __version__ = "0.1.0"
 

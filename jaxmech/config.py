@@ -196,9 +196,9 @@ class EncoderConfig:
         problems = []
         model_type = hf.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            hint = "; ModernBERT runs as its own blocks: jaxmech.modernbert.ModernBertConfig / load_model" \
-                if model_type == "modernbert" else ""
-            problems.append(f"model_type={model_type!r} (supported: {SUPPORTED_MODEL_TYPES}{hint})")
+            problems.append(f"model_type={model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)}, and "
+                            "modernbert, which jaxmech.loading.load_model runs as its own blocks "
+                            "(jaxmech.modernbert))")
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             problems.append(f"position_embedding_type={pos_type!r} (only 'absolute' is implemented)")

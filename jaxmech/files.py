@@ -91,3 +91,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str = "--out") -> Path:
+    """Checks that files can be written in ``folder`` (created if absent) by writing one, and leaves nothing
+    behind (a folder it had to create is removed again). Works for root too, for whom permission bits do not
+    tell.
+
+    Raises:
+        ValueError: Naming ``what`` and the folder, when it is a file, lies under one, or cannot be written.
+    """
+    folder = Path(folder)
+    missing = []
+    parent = folder
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {folder}: {parent} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".jaxmech-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ValueError(f"{what} {folder}: cannot write there ({err.strerror})") from None
+    finally:
+        for p in missing:  # innermost first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    return folder

@@ -14,6 +14,11 @@
 Pairs are in run order (sorted by length bucket, longest first); ``run.pairs["index"]`` is each pair's index
 in its dataset and ``run.pairs["dataset"]`` its dataset. A run still in progress reads too: ``run.complete`` is
 False and ``run.done`` marks the pairs whose chunk is complete (the others read as NaN).
+
+Opening checks that every completed chunk's stored files are present with the sizes its marker recorded
+(`jaxmech.sweeps.integrity`; one ``stat`` per file) and refuses a run that fails, naming the chunks and files
+(``check=False`` opens it anyway, with the failing chunks left out of ``run.done``). ``jaxmech verify RUN``
+also compares checksums.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ class LazyArray:
 class Run:
     """A sweep's run folder (see the module docstring). Use `open`."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, check: bool = True):
+        from jaxmech.sweeps.integrity import IntegrityError, check_run
         from jaxmech.sweeps.store import SweepStore
 
         self.root = Path(root)
@@ -77,6 +83,12 @@ class Run:
         self._store = SweepStore(self.root)
         self._fams = {f["key"]: f for f in self._meta["families"]}
         self._pairs: dict[str, np.ndarray] | None = None
+        self.check = check_run(self.root)  # what the check on opening found (a RunCheck)
+        if check and not self.check.ok:
+            raise IntegrityError(
+                f"{self.root}: {self.check.describe()}. Rerunning its sweep (jaxmech sweep CONFIG --out "
+                f"{self.root}) recomputes them; results.open(..., check=False) reads the other chunks"
+            )
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -100,15 +112,15 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Whether every chunk is complete."""
-        return (self.root / "complete.json").is_file()
+        """Whether every chunk is complete (and passed the check on opening)."""
+        return (self.root / "complete.json").is_file() and self.check.ok
 
     @property
     def done(self) -> np.ndarray:
         """``[pair]`` whether each pair's chunk is complete."""
         C = self._meta["pairs_per_chunk"]
         out = np.zeros(self._meta["n_pairs"], bool)
-        for k in self._store.done_chunks():
+        for k in self._store.done_chunks() - set(self.check.bad):
             out[k * C : (k + 1) * C] = True
         return out
 
@@ -180,10 +192,16 @@ class Run:
         )
 
 
-def open(run_dir: str | os.PathLike) -> Run:  # noqa: A001 - the contract's name (jaxmech.results.open)
+def open(run_dir: str | os.PathLike, *, check: bool = True) -> Run:  # noqa: A001 - the contract's name
     """Opens a sweep's run folder for reading (lazily).
+
+    Args:
+        run_dir: The run folder.
+        check: Refuse a run whose completed chunks miss stored files or have files of the wrong size (False:
+            open it anyway; ``run.check`` says what failed and ``run.done`` leaves those chunks out).
 
     Raises:
         FileNotFoundError: If the folder holds no sweep.
+        jaxmech.sweeps.integrity.IntegrityError: (a ValueError) if ``check`` and a completed chunk fails.
     """
-    return Run(run_dir)
+    return Run(run_dir, check=check)

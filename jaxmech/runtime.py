@@ -20,8 +20,9 @@ The setting is part of JAX's trace context and jit cache key, so ``with precisio
 
 The persistent compilation cache (`enable_compilation_cache`) stores compiled XLA programs under
 ``$JAXMECH_CACHE/xla`` (default ``~/.cache/jaxmech/xla``) so that a second process running the same
-program loads it instead of compiling. ``import jaxmech`` turns it on unless ``JAXMECH_COMPILATION_CACHE=0``
-is set or the user has configured JAX's own cache directory.
+program loads it instead of compiling. The ``jaxmech`` command and sweeps turn it on
+(`enable_default_compilation_cache`) unless ``JAXMECH_COMPILATION_CACHE=0`` is set or the user has
+configured JAX's own cache directory; ``import jaxmech`` does not.
 
 This module imports neither torch nor (at import time) JAX, so ``import jaxmech`` stays light.
 """
@@ -232,7 +233,8 @@ def compilation_cache_status() -> dict:
 
 
 def enable_default_compilation_cache() -> Path | None:
-    """What ``import jaxmech`` does: the cache under `compilation_cache_dir`, unless
+    """What the ``jaxmech`` command does first (``import jaxmech`` does not): the cache under
+    `compilation_cache_dir`, unless
     ``JAXMECH_COMPILATION_CACHE`` is ``0``/``off`` or JAX's cache folder is already configured (then the
     user's setting stands). It does not import JAX: if JAX is not imported yet, it sets the environment
     variables JAX reads when it is (``JAX_COMPILATION_CACHE_DIR`` and the two thresholds, which child

@@ -138,3 +138,22 @@ def test_sigint_sets_the_flag_only_while_installed_and_the_run_stops_after_the_c
     assert signal.getsignal(signal.SIGINT) == before
     assert tracker.interrupted and calls == [2] and tracker.last.pairs_done == 2
     assert res.meta["stopped"] and res.pairs["done"].tolist() == [True, True, False, False, False]
+
+
+def test_on_step_names_each_family_of_each_chunk_and_the_patch_heartbeat_prints_it(lm, pairs, capsys):
+    import time
+
+    from jaxmech.patching.run import InterruptibleProgress
+
+    steps: list[str] = []
+    run_patching(lm, pairs, FAMS, pairs_per_chunk=2, steps_per_call=2, chunk_size=3, on_step=steps.append)
+    assert len(steps) == 3 * len(FAMS)
+    assert steps[0].startswith("chunk 1/3 (2 pairs of length ") and steps[0].endswith("family resid_pre_by_pos (1/3)")
+    assert steps[-1].startswith("chunk 3/3 (1 pairs of length ") and steps[-1].endswith("family path_to_score (3/3)")
+    with InterruptibleProgress(bar=True, sigint=False, heartbeat=0.05) as tracker:
+        time.sleep(0.2)
+        assert capsys.readouterr().err == ""  # nothing is being computed yet: no heartbeat
+        tracker.step(steps[4])
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert f"patch: computing {steps[4]}, 0s so far" in err

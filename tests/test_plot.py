@@ -228,3 +228,22 @@ def test_store_means_skip_flagged_pairs_chunk_by_chunk():
     expected, _ = mean_by_token_type(block[keep], types, pos_axis=3)
     np.testing.assert_allclose(bt.values, expected, rtol=0, atol=1e-12)
     assert np.nanmax(jp.heatmap_cells(jp.block_patching(src))[0].values) < 10
+
+
+@pytest.mark.parametrize("T", [12, 64, 256])
+def test_position_tick_labels_never_overlap(T):
+    """`jaxmech plot --by pos`: from position 10 on, two-digit labels overlapped; now every k-th is labelled."""
+    values = np.zeros((3, 6, T))
+    fig = jp.block_patching(values, dims=("component", "layer", "pos"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in axes_with_images(fig):
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]
+        texts = [int(t.get_text()) for t in labels]
+        assert texts[0] == 0 and len(texts) >= min(T, 5)  # labelled evenly, from position 0
+        assert len({b - a for a, b in zip(texts, texts[1:], strict=False)}) <= 1

@@ -143,14 +143,15 @@ def test_describe_device_names_the_device():
 _CACHE_CHILD = textwrap.dedent(
     """
     import json, sys
+    from jaxmech import runtime
     if sys.argv[1] == "jaxmech-first":
-        import jaxmech  # turns the cache on without importing JAX
+        runtime.enable_default_compilation_cache()  # turns the cache on without importing JAX
         assert "jax" not in sys.modules
     import jax
     hits = []
     jax.monitoring.register_event_listener(
         lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
-    import jaxmech  # turns the cache on (JAX already imported)
+    runtime.enable_default_compilation_cache()  # what the jaxmech command does (JAX already imported)
     import jax.numpy as jnp
     from jaxmech import runtime
     y = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() * 3.0)(jnp.ones((5, 7)))
@@ -207,6 +208,17 @@ def test_enable_compilation_cache_in_process(tmp_path):
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_enable_compilation_cache", before[1])
         runtime._reset_jax_cache()
+
+
+def test_import_jaxmech_sets_nothing_and_creates_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(PYTHONPATH=REPO, HOME=str(tmp_path / "home"), JAXMECH_CACHE=str(tmp_path / "cache"))
+    env.pop("JAXMECH_COMPILATION_CACHE", None)
+    code = "import os, jaxmech, jaxmech.results, jaxmech.sweeps; print(sorted(k for k in os.environ if 'JAX' in k))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['JAXMECH_CACHE']"
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "home").exists()
 
 
 _QUIET_CHILD = textwrap.dedent(

@@ -10,7 +10,11 @@
 * `steps`: `ANALYSES`, name -> ``step(run_or_model, **options) -> dict``, for sweeps and ``jaxmech analyze``.
 """
 
-from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
-from jaxmech.analysis.steps import ANALYSES, analyze, get_analysis
 
-__all__ = ["ANALYSES", "TOKEN_TYPE_ORDER", "analyze", "get_analysis", "mean_by_token_type", "top_heads"]
+from jaxmech.lazy import lazy_exports
+
+# Loaded on first use, so that `jaxmech analyze --help` and config checks do not import JAX.
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.analysis", {
+    "jaxmech.analysis.aggregate": ("TOKEN_TYPE_ORDER", "mean_by_token_type", "top_heads"),
+    "jaxmech.analysis.steps": ("ANALYSES", "analyze", "get_analysis"),
+}, globals())

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxmech.analysis.common import read_qids, subset_source, write_json
+# jaxmech.analysis.common (JAX) is imported inside the steps, so that checking a step's name imports no JAX.
 
 DEFAULT_MAX_HEADS = {"relevance_scoring": 4, "contextual_query": 4, "matching": 13}
 """Circuit step caps per role (each stage's receivers bound the next stage's cost; 13 matching heads as the paper)."""
@@ -55,6 +55,7 @@ def resolve_model(run_or_model):
 def resolve_source(source, *, qids=None, n_queries: int | None = None, docs_per_query: int | None = None):
     """A (restricted) `DiagnosticSource` from a source or a ``--source`` spec (``n_queries`` counts after the
     ``qids`` filter)."""
+    from jaxmech.analysis.common import read_qids, subset_source
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import DiagnosticSource
 
@@ -67,6 +68,7 @@ def resolve_source(source, *, qids=None, n_queries: int | None = None, docs_per_
 
 
 def _dataset_pairs(dataset, qids=None, limit: int | None = None):
+    from jaxmech.analysis.common import read_qids
     from jaxmech.data.records import read_dataset
 
     _, pairs = read_dataset(dataset)
@@ -322,6 +324,8 @@ def get_analysis(name: str) -> Callable[..., dict]:
 
 def analyze(name: str, model, *, out: str | os.PathLike | None = None, **options: Any) -> dict:
     """Runs one analysis on a model and writes its JSON (atomically) if ``out`` is given."""
+    from jaxmech.analysis.common import write_json
+
     step = get_analysis(name)
     result = step(model, **options)
     if out is not None:
@@ -333,6 +337,7 @@ def analyze_run(name: str, run_dir: str | os.PathLike, **options: Any) -> Path:
     """Runs analysis ``name`` on a finished sweep run (its model, and its arrays where the analysis reads them)
     and writes ``<run_dir>/analyses/<name>.json``, where ``run.analyses`` and the report find it."""
     from jaxmech import results
+    from jaxmech.analysis.common import write_json
 
     result = get_analysis(name)(results.open(run_dir), **options)
     return write_json(Path(run_dir) / "analyses" / f"{name}.json", result)

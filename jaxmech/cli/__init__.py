@@ -6,6 +6,7 @@
     jaxmech train CONFIG ...             (jaxmech.train.cli)
     jaxmech bench ...                    (benchmarks/bench_patching.py of a source checkout)
     jaxmech sites | families             (jaxmech.sites, jaxmech.patching.families)
+    jaxmech verify RUN                   (jaxmech.sweeps.integrity.check_run)
 
 Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` (parsed arguments ->
 exit code); `COMMANDS` lists them, and another owner's command is added by naming its module there. Modules
@@ -32,6 +33,7 @@ COMMANDS = {
     "analyze": ("jaxmech.analysis.cli", "the paper's analyses (circuit, soft-TF, IDF direction, editing, linear BM25)"),
     "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
     "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
+    "verify": ("jaxmech.cli.verify", "check that a sweep's stored chunks are present, whole, with their checksums"),
 }
 """Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""
 
@@ -72,8 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["bench", "--", *(rest[1:] if rest[:1] == ["--"] else rest)]
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+    from jaxmech.runtime import enable_default_compilation_cache
+
+    enable_default_compilation_cache()  # JAXMECH_COMPILATION_CACHE=0 turns it off
     try:
         return args.func(args)
+    except BrokenPipeError:  # `jaxmech families | head`: the reader left; stop quietly, as `cat` does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech {args.command}: error: {msg}", file=sys.stderr)

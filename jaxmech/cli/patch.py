@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from jaxmech.cli.common import add_model_args
+from jaxmech.cli.common import add_model_args, int_in, non_negative_float
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,9 +56,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="exact patching, or first-order attribution estimates (activation families)")
     p.add_argument("--metric", default="normalized", choices=["normalized", "difference", "raw"],
                    help="normalized: (patched - baseline) / (perturbed - baseline), the paper's")
-    p.add_argument("--min-denominator", type=float, default=1e-3,
+    p.add_argument("--min-denominator", type=non_negative_float, default=1e-3,
                    help="normalized metric: flag pairs with |perturbed - baseline| below this")
-    p.add_argument("--relative-min-denominator", type=float, default=None, metavar="FRACTION",
+    p.add_argument("--relative-min-denominator", type=non_negative_float, default=None, metavar="FRACTION",
                    help="normalized metric, scale-aware: also flag pairs with |perturbed - baseline| below FRACTION "
                    "times its median over the pairs (e.g. 0.1); default: only --min-denominator")
     p.add_argument("--aggregate", default="mean", choices=["mean", "median", "trimmed"],
@@ -81,11 +81,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "(attention weight; FROM/TO a position or token types such as CLS, Qplus, Q, Dinj), margin:I,J "
                    "(logit margin, num_labels > 1), proj:SITE:LAYER:POSITION:FILE.npy[:mean] (projection of a "
                    "hidden state on a direction); see jaxmech.patching.readouts")
-    p.add_argument("--pairs-per-chunk", type=int, default=None,
+    p.add_argument("--pairs-per-chunk", type=int_in(1), default=None,
                    help="pairs per chunk within a length bucket (default: the whole bucket); progress is shown and "
                    "Ctrl-C is acted on between chunks")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
-    p.add_argument("--chunk-size", type=int, default=None, help="sites per vmapped step (default: automatic)")
+    p.add_argument("--chunk-size", type=int_in(1), default=None, help="sites per vmapped step (default: automatic)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16x3", "bf16"],
                    help="matmul precision: fp32 (default, exact), or a faster mode on GPUs/TPUs (equal to fp32 on "
                    "CPU); see README, Devices")

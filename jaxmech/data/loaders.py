@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.data.records import DataError, DiagnosticSource, iter_jsonl, iter_tsv, term_in_query
+from jaxmech.data.records import DataError, DiagnosticSource, iter_jsonl, iter_tsv, term_in_query, utf8_file
 
 SHARED_ENV = "JAXMECH_SHARED_DATA"
 PAPER_FILES = {
@@ -73,7 +73,7 @@ def require_paper_dir(folder: str | os.PathLike | None = None) -> Path:
 # -- CSV helpers --------------------------------------------------------------------------------------------
 def _csv_rows(path: Path, *, header: list[str] | None) -> Iterator[tuple[int, list[str]]]:
     """Yields (line number, row); checks the header and the column count of every row."""
-    with path.open(encoding="utf-8", newline="") as f:
+    with utf8_file(path), path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         n_cols = None
         if header is not None:
@@ -103,7 +103,7 @@ def _csv_rows(path: Path, *, header: list[str] | None) -> Iterator[tuple[int, li
 
 def _load_json(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as f:
+        with utf8_file(path), path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(path, f"line {e.lineno}", f"malformed JSON: {e.msg}") from None
@@ -340,7 +340,7 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
         ``qid -> {doc_id: relevance}``.
     """
     path, out = Path(path), {}
-    with path.open(encoding="utf-8") as f:
+    with utf8_file(path), path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             cols = line.split()
             if not cols or (line_no == 1 and cols[0] == "query-id"):

@@ -22,6 +22,7 @@ every line and raises `DatasetFormatError` naming the file, the line and the pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,6 +37,16 @@ FORMAT_VERSION = 1
 
 TOKEN_TYPES = ("CLS", "SEP1", "SEP2", "Qplus", "Qsub", "Dinj", "Dplus", "Dsub", "Dother")
 """The paper's position types (notes §4), in display order."""
+
+
+@contextlib.contextmanager
+def utf8_file(path: str | os.PathLike) -> Iterator[None]:
+    """Turns a `UnicodeDecodeError` while reading ``path`` into a `DataError` naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise DataError(path, None, f"not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded: "
+                        f"{err.reason}); save the file as UTF-8") from None
 
 
 class DataError(ValueError):
@@ -59,7 +70,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     Raises:
         DataError: Naming the line, on malformed JSON or a value that is not an object.
     """
-    with Path(path).open(encoding="utf-8") as f:
+    with utf8_file(path), Path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -78,7 +89,7 @@ def iter_tsv(path: Path, counts: Collection[int], expected: str) -> Iterator[tup
     Raises:
         DataError: Naming the line, ``expected {expected}, got N`` for a wrong column count.
     """
-    with Path(path).open(encoding="utf-8") as f:
+    with utf8_file(path), Path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line:
@@ -326,7 +337,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         DatasetFormatError: On an empty file, malformed JSON or a header of another format/version.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
+    with utf8_file(path), path.open(encoding="utf-8") as f:
         first = f.readline()
     return _parse_header(path, first)
 
@@ -360,7 +371,7 @@ def read_dataset(path: str | os.PathLike) -> tuple[dict[str, Any], list[AlignedP
             ids / token types / position map that disagree, or a pair count different from the header's.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
+    with utf8_file(path), path.open(encoding="utf-8") as f:
         head = _parse_header(path, f.readline())
         pairs = []
         for lineno, line in enumerate(f, start=2):

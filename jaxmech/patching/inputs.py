@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import Bool, Int
 
 from jaxmech.data.align import AlignmentError, align_texts_with_filler, align_with_filler, document_only
-from jaxmech.data.records import AlignedPair, DataError, iter_jsonl
+from jaxmech.data.records import AlignedPair, DataError, iter_jsonl, utf8_file
 from jaxmech.tokenizer import DEFAULT_BUCKETS, bucket_length
 
 
@@ -207,7 +207,7 @@ def read_triples(path: str | Path) -> list[tuple[str, str, str, str]]:
                 raise DataError(path, f"line {i}", f"expected a JSON object with query, baseline_doc, "
                                 f"perturbed_doc (missing {err})") from None
     else:
-        with path.open(newline="") as f:
+        with utf8_file(path), path.open(encoding="utf-8", newline="") as f:
             for i, row in enumerate(csv.reader(f, delimiter="\t"), 1):
                 if i == 1 and [c.strip().lower() for c in row[:3]] == _TRIPLE_COLUMNS:
                     continue

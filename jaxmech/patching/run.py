@@ -75,6 +75,8 @@ class InterruptibleProgress:
     Use as a context manager: it installs a SIGINT handler for its duration only (in the main thread; elsewhere
     none), which sets ``interrupted``; the callback then returns False so `run_patching` stops after the chunk
     in progress. A second SIGINT raises `KeyboardInterrupt` at once. The previous handler is restored on exit.
+    With a bar, a heartbeat line names what is being computed (chunk, bucket, family: `step`, given to
+    `run_patching` as ``on_step``) every ``heartbeat`` seconds, so a long chunk does not look like a hang.
 
     Args:
         inner: Another callback, called first (its falsy non-None answer also stops the run).
@@ -82,15 +84,40 @@ class InterruptibleProgress:
             terminal, else one line per chunk.
         prefix: The bar's label.
         sigint: Install the SIGINT handler (False: a progress bar only).
+        heartbeat: Seconds between heartbeat lines (0: none).
     """
 
     def __init__(self, inner: Callable[[Progress], bool | None] | None = None, *, bar: bool = False,
-                 prefix: str = "patch", sigint: bool = True):
+                 prefix: str = "patch", sigint: bool = True, heartbeat: float = 60.0):
         self.inner, self.show, self.prefix, self.sigint = inner, bar, prefix, sigint
         self.interrupted = False
         self.last: Progress | None = None
         self._bar = None
         self._previous = None
+        self.heartbeat = heartbeat
+        self._step: tuple[str, float] | None = None
+        self._beat = None
+
+    def step(self, description: str) -> None:
+        """`run_patching`'s ``on_step``: remembers what is being computed, for the heartbeat."""
+        import time
+
+        self._step = (description, time.perf_counter())
+
+    def _heartbeat(self, stop) -> None:
+        """With a bar: every ``heartbeat`` seconds, one line saying what is being computed and for how long."""
+        import sys
+        import time
+
+        while not stop.wait(self.heartbeat):
+            if self._step is None:
+                continue
+            what, since = self._step
+            line = f"{self.prefix}: computing {what}, {time.perf_counter() - since:.0f}s so far"
+            if self._bar is not None and self._bar.bar is not None:
+                self._bar.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     def _on_sigint(self, signum, frame):
         if self.interrupted:
@@ -103,6 +130,10 @@ class InterruptibleProgress:
 
         if self.sigint and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if self.show and self.heartbeat:
+            stop = threading.Event()
+            self._beat = (stop, threading.Thread(target=self._heartbeat, args=(stop,), daemon=True))
+            self._beat[1].start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -111,6 +142,10 @@ class InterruptibleProgress:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        if self._beat is not None:
+            self._beat[0].set()
+            self._beat[1].join()
+            self._beat = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -241,6 +276,7 @@ def run_patching(
     pairs_per_chunk: int | None = None,
     steps_per_call: int | None = None,
     progress: Callable[[Progress], bool | None] | None = None,
+    on_step: Callable[[str], None] | None = None,
     mesh=None,
     background=None,
     groups: Sequence[Sequence[str]] | None = None,
@@ -280,6 +316,8 @@ def run_patching(
         steps_per_call: Run sites in calls of a fixed ``steps_per_call x chunk_size`` (see
             `jaxmech.patching.program.run_kernel`).
         progress: Called with a `Progress` after each chunk.
+        on_step: Called with a description (chunk, bucket, family) before each family of each chunk runs (what
+            a heartbeat names while a long chunk computes).
         mesh: Devices to shard sites over (default: every local device).
         background: Heads ablated in both runs (and so in every patched run): an
             `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
@@ -365,7 +403,10 @@ def run_patching(
             enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
             qe = model(*map(jnp.asarray, enc.arrays)).embedding
         bound = bind(readout, [pairs[i] for i in idx], T, batch.n_pairs)
-        for fam in fams:
+        for f, fam in enumerate(fams):
+            if on_step is not None:
+                on_step(f"chunk {k + 1}/{len(chunks)} ({n} pairs of length {T}): family {fam.name} "
+                        f"({f + 1}/{len(fams)})")
             if bg_interventions:  # full forwards (the restarted engine runs blocks without hooks)
                 res = full_forward_patch(model, batch, fam, bg_interventions, reverse=reverse, chunk_size=chunk_size,
                                          mesh=mesh, steps_per_call=steps_per_call)
@@ -615,7 +656,7 @@ def patch(
     if show_progress or stop_on_sigint:
         tracker = InterruptibleProgress(options.pop("progress", None), bar=show_progress, sigint=stop_on_sigint)
         with tracker:
-            res = run_patching(lm, pairs, families, progress=tracker, **options)
+            res = run_patching(lm, pairs, families, progress=tracker, on_step=tracker.step, **options)
         if tracker.interrupted:
             raise PatchInterrupted(tracker.last)
     else:

@@ -115,6 +115,22 @@ def heatmap_cells(fig: Figure) -> list[HeatmapCells]:
     return list(getattr(fig, "heatmap_cells", []))
 
 
+def tick_step(ax: Axes, labels: Sequence[str], *, along: str, rotated: bool, fontsize: float = 8) -> int:
+    """Label every ``step``-th tick so that the labels fit the axes side without overlapping (1: all).
+
+    A label takes its text's width along ``x`` (about 0.6 em per character, plus a gap), or one line's height
+    when it is rotated or along ``y``."""
+    n = len(labels)
+    if n <= 1:
+        return 1
+    box = ax.get_position()
+    fig = ax.get_figure()
+    side_pt = 72 * (box.width * fig.get_figwidth() if along == "x" else box.height * fig.get_figheight())
+    longest = max(len(str(label)) for label in labels)
+    per_label = 1.4 * fontsize if (rotated or along == "y") else 0.62 * fontsize * longest + 4
+    return max(1, int(np.ceil(n * per_label / max(side_pt, 1.0))))
+
+
 def draw_heatmap(
     ax: Axes,
     values: np.ndarray,
@@ -159,10 +175,12 @@ def draw_heatmap(
         aspect="auto",
         interpolation="nearest",
     )
-    ax.set_xticks(range(n_cols), list(col_labels))
-    ax.set_yticks(range(n_rows), list(row_labels))
     if rotate_cols is None:
         rotate_cols = any(len(str(c)) > 3 for c in col_labels)
+    step_c = tick_step(ax, col_labels, along="x", rotated=rotate_cols)
+    step_r = tick_step(ax, row_labels, along="y", rotated=False)
+    ax.set_xticks(range(0, n_cols, step_c), list(col_labels)[::step_c])
+    ax.set_yticks(range(0, n_rows, step_r), list(row_labels)[::step_r])
     if rotate_cols:
         ax.tick_params(axis="x", labelrotation=60)
         for t in ax.get_xticklabels():

@@ -17,20 +17,39 @@ import sys
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Runs ``jaxmech sweep``."""
-    from jaxmech.sweeps.config import ConfigError, load_sweep_config
+    from jaxmech.sweeps.config import ConfigError, load_sweep_config  # none of these imports JAX
     from jaxmech.sweeps.distributed import initialize
-    from jaxmech.sweeps.job import ResumeError, run_sweep
+    from jaxmech.sweeps.job import ResumeError, SweepInterrupted, run_sweep
+    from jaxmech.sweeps.lock import RunLockedError
+    from jaxmech.sweeps.precheck import check_against_model
 
     try:
-        cfg = load_sweep_config(args.config)
+        cfg = load_sweep_config(args.config)  # a bad config is reported at once
+        check_against_model(cfg)  # against the model's config.json, before JAX is imported
         procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
-    except (ConfigError, ResumeError, FileNotFoundError, ValueError, KeyError, ImportError) as err:
+    except SweepInterrupted as err:
+        _ignore_sigint()  # a further Ctrl-C while the process exits would print a traceback
+        print(f"jaxmech sweep: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        _ignore_sigint()
+        print("jaxmech sweep: interrupted before the sweep started; nothing was written", file=sys.stderr)
+        return 130
+    except (ConfigError, ResumeError, RunLockedError, OSError, ValueError, KeyError, ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jaxmech sweep: error: {msg}", file=sys.stderr)
         return 2
     print(summary.line())
     return 0
+
+
+def _ignore_sigint() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def register(subparsers) -> argparse.ArgumentParser:

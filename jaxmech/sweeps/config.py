@@ -164,8 +164,7 @@ class FamilySection:
     groups: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        from jaxmech.patching.families import FAMILIES, PATH_FAMILIES
-        from jaxmech.patching.path import parse_heads
+        from jaxmech.patching.families import FAMILIES, PATH_FAMILIES, parse_heads
 
         if self.name not in FAMILIES and self.name not in PATH_FAMILIES:
             raise ValueError(

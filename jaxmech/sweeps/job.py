@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,10 @@ import numpy as np
 
 from jaxmech.sweeps.config import FamilySection, SweepConfig, load_sweep_config
 from jaxmech.sweeps.distributed import Processes
-from jaxmech.sweeps.progress import CompileMeter, Progress
+from jaxmech.sweeps.integrity import check_run, chunk_files
+from jaxmech.sweeps.lock import LOCK_NAME, RunLock
+from jaxmech.sweeps.precheck import check_against_model
+from jaxmech.sweeps.progress import CompileMeter, Progress, StopOnSigint
 from jaxmech.sweeps.store import SweepStore, atomic_savez, atomic_write_json
 
 FORMAT = "jaxmech.sweep"
@@ -42,6 +46,30 @@ DIM_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head", "g": "grou
 
 class ResumeError(RuntimeError):
     """An existing run folder holds another sweep; the message says what changed."""
+
+
+class SweepInterrupted(Exception):
+    """A sweep stopped by SIGINT (Ctrl-C); the message says which chunks are kept and how to resume.
+
+    Args:
+        out: The run folder.
+        store: Its store (to count the completed chunks).
+        dropped: Whether a chunk in progress was dropped (a second Ctrl-C, or one outside the chunk loop).
+    """
+
+    def __init__(self, out: Path, store: SweepStore, dropped: bool = False):
+        n_done = len(store.done_chunks())
+        try:
+            n = json.loads((Path(out) / "meta.json").read_text())["n_chunks"]
+        except (OSError, ValueError, KeyError):
+            n = None
+        if n is None:
+            what = "interrupted before any chunk was computed; nothing was kept"
+        else:
+            when = "at once (the chunk in progress was dropped)" if dropped else "after the chunk in progress"
+            what = (f"interrupted {when}: {n_done}/{n} chunks complete and kept in {out}; "
+                    f"rerun the same command to resume")
+        super().__init__(what)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,6 +152,8 @@ def _select(records: list, ds, where: str) -> list[int]:
             wanted = {line.strip() for line in Path(ds.qids).read_text().splitlines() if line.strip()}
         except OSError as err:
             raise FileNotFoundError(f"{where} qids: cannot read {ds.qids!r} ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where} qids: {ds.qids}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         idx = np.array([i for i in idx if records[i].qid in wanted], int)
         if not len(idx):
             raise ValueError(f"{where} qids: none of the {len(wanted)} qids in {ds.qids} is in the dataset")
@@ -162,8 +192,7 @@ def _load_records(ds, lm, where: str) -> tuple[list, str]:
 
 def _runs_per_pair(fam: FamilySection, n_patchable: int, cfg) -> int:
     """Exact patched forward passes of one pair (attribution: the verification patches)."""
-    from jaxmech.patching.families import get_family
-    from jaxmech.patching.path import parse_heads
+    from jaxmech.patching.families import get_family, parse_heads
 
     L, H = cfg.n_layers, cfg.n_heads
     if fam.method == "attribution":
@@ -267,8 +296,7 @@ def array_name(kind: str, key: str) -> str:
 
 def family_shapes(cfg: SweepConfig, model_cfg, T_max: int) -> dict[str, dict]:
     """Per family key: dims and shape after ``pair``, and its array names."""
-    from jaxmech.patching.families import get_family
-    from jaxmech.patching.path import parse_heads
+    from jaxmech.patching.families import get_family, parse_heads
 
     out = {}
     L, H = model_cfg.n_layers, model_cfg.n_heads
@@ -376,13 +404,18 @@ def check_resume(old: dict, new: dict) -> list[str]:
     return changes
 
 
-_RUN_FILES = ("meta.json", "pairs.npz", "complete.json")
+_RUN_FILES = ("meta.json", "pairs.npz", "complete.json", "steps.json")
 _RUN_DIRS = ("arrays", "done", "processes", "analyses", "report")
+
+
+def _has_files(out: Path) -> bool:
+    """Whether a folder exists and holds anything but the sweep's lock."""
+    return out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
 
 
 def _clear_run(out: Path) -> None:
     """Removes a previous sweep's files (only a sweep's: never an unrelated folder's contents)."""
-    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not (out / "arrays").exists():
+    if _has_files(out) and not (out / "meta.json").exists() and not (out / "arrays").exists():
         raise ResumeError(
             f"{out}: exists and is not a sweep folder; refusing to delete it for --fresh (choose another --out)"
         )
@@ -457,6 +490,11 @@ def run_sweep(
 ) -> SweepSummary:
     """Runs (or resumes) a sweep; see the module docstring.
 
+    Before anything is loaded or written, the config is checked against the model's ``config.json``
+    (`jaxmech.sweeps.precheck`), and process 0 takes the run folder's lock (`jaxmech.sweeps.lock`; this also
+    checks that ``out`` can be written). The first Ctrl-C stops the sweep after the chunk in progress (a
+    second one at once, dropping that chunk); completed chunks are kept for a rerun to resume from.
+
     Args:
         config: A `SweepConfig` or the path of its TOML file.
         out: Run folder (default: the config's ``run.out_dir`` or ``runs/<name>``).
@@ -470,20 +508,48 @@ def run_sweep(
 
     Raises:
         ConfigError: On a bad config (before anything is computed).
+        ValueError: If the config does not fit the model (before anything is written).
+        RunLockedError: If another sweep is writing ``out`` (naming its host and pid).
+        OSError: If ``out`` cannot be created or written (before anything is computed).
         ResumeError: If ``out`` holds another sweep's results (listing what changed) and not ``fresh``.
+        SweepInterrupted: After a Ctrl-C (SIGINT), saying what is kept.
     """
     import sys
 
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config)
+    procs = processes or Processes()
+    out = Path(out) if out is not None else cfg.out_dir
+    check_against_model(cfg)
+    existed = out.exists()
+    lock = None
+    if procs.index == 0:
+        try:
+            lock = RunLock(out).acquire(log)
+        except BaseException as err:
+            procs.publish("init", f"error: {err}")
+            raise
+    try:
+        with StopOnSigint() as stop:
+            return _run_sweep(cfg, out, fresh, quiet, procs, log, stop)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(out, SweepStore(out), dropped=True) from None
+    finally:
+        if lock is not None:
+            lock.release()
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: a sweep stopped before it wrote anything leaves nothing behind
+
+
+def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Processes, log, stop) -> SweepSummary:
+    """`run_sweep` once its checks have passed and it holds the lock."""
     import jax
 
     from jaxmech import __version__
     from jaxmech.sweeps.compute import compute_chunk
 
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
-    cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config)
-    procs = processes or Processes()
-    out = Path(out) if out is not None else cfg.out_dir
     cache_dir = enable_compilation_cache()
     meter = CompileMeter()
     with precision_context(cfg.patching.precision):
@@ -566,6 +632,8 @@ def run_sweep(
         chunk_seconds = []
         try:
             for k in todo:
+                if stop.requested:  # Ctrl-C while loading, planning or computing the previous chunk
+                    raise SweepInterrupted(out, store)
                 s, e = chunks[k]
                 t0 = time.perf_counter()
                 res = compute_chunk(lm, plan.pairs[s:e], cfg.families, cfg.patching, cfg.chunking, plan.T_max)
@@ -581,7 +649,8 @@ def run_sweep(
                         values[name] = res.verify[key][part]
                 store.write_rows(values, s)
                 dt = time.perf_counter() - t0
-                store.mark_done(k, {"process": procs.index, "seconds": round(dt, 3), "peak_rss_mb": _peak_rss_mb()})
+                store.mark_done(k, {"process": procs.index, "seconds": round(dt, 3), "peak_rss_mb": _peak_rss_mb(),
+                                    "files": chunk_files(out, s, e)})
                 chunk_seconds.append(dt)
                 bar.update(chunk_runs[k], chunk_pairs[k])
         finally:
@@ -649,10 +718,11 @@ def _prepare_folder(
                 + "; ".join(changes)
                 + ". Rerun with --fresh to start over, or choose another --out."
             )
+        _drop_failing_chunks(store, out, log)
         n_done = len(store.done_chunks())
         log(f"sweep: resuming {out}: {n_done}/{meta['n_chunks']} chunks complete")
         return
-    elif out.exists() and any(out.iterdir()) and not (out / "arrays").exists():
+    elif _has_files(out) and not (out / "arrays").exists():
         raise ResumeError(f"{out}: exists, is not empty and is not a sweep folder (choose another --out)")
     # A folder without meta.json holds no complete chunk (meta.json is written before any): start clean.
     store.clear_done()
@@ -661,16 +731,25 @@ def _prepare_folder(
     atomic_write_json(meta_path, meta)
 
 
-def run_steps(cfg: SweepConfig, out: Path, log) -> dict:
-    """Runs the configured analysis steps, then the report, on a complete run."""
-    from jaxmech.sweeps.steps import run_step
+def _drop_failing_chunks(store: SweepStore, out: Path, log) -> None:
+    """Removes the markers of chunks whose stored files are missing or have the wrong size (so they are
+    recomputed), saying which; the run is then not complete until they are."""
+    check = check_run(out)
+    if check.folder:
+        raise ResumeError(f"{out}: {'; '.join(check.folder)}, so it cannot be resumed; rerun with --fresh")
+    if check.bad:
+        log(f"sweep: {out}: {check.describe()}; recomputing them")
+        for k in check.bad:
+            store.unmark(k)
+        (out / "complete.json").unlink(missing_ok=True)
 
-    results = {}
+
+def run_steps(cfg: SweepConfig, out: Path, log) -> dict:
+    """Runs the configured analysis steps, then the report, on a complete run (a step whose inputs did not
+    change since its last run is skipped: `jaxmech.sweeps.steps.run_steps_once`)."""
+    from jaxmech.sweeps.steps import run_steps_once
+
     todo = [(s.name, s.options) for s in cfg.analyses]
     if cfg.report.enabled:
         todo.append(("report", cfg.report.options))
-    for name, options in todo:
-        t0 = time.perf_counter()
-        results[name] = run_step(name, out, options)
-        log(f"sweep: step {name} done in {time.perf_counter() - t0:.1f}s -> {results[name]}")
-    return results
+    return run_steps_once(out, todo, log)

@@ -150,3 +150,35 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StopOnSigint:
+    """While entered (in the main thread), the first SIGINT (Ctrl-C) only sets ``requested`` and says so on
+    stderr, so that a loop can stop at its next safe point; a second SIGINT raises `KeyboardInterrupt` at once.
+    The previous handler is restored on exit. In other threads it installs nothing."""
+
+    def __init__(self, message: str = "sweep: Ctrl-C: stopping after the chunk in progress (Ctrl-C again to "
+                 "stop at once)"):
+        self.message = message
+        self.requested = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(self.message, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopOnSigint:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

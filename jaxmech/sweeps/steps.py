@@ -5,13 +5,20 @@ A step is a name and options (``[[analyses]] name = "summary"`` + ``options = {.
 when a config names it and is called as ``function(run_dir, **options)``. It reads the run with
 `jaxmech.results.open` and writes its output under the run folder (analyses: ``analyses/<name>.json``, read
 back by ``run.analyses``). To add a step, add one line to `STEPS` (or call `register_step`).
+
+A rerun of a finished sweep skips a step whose inputs did not change (`step_inputs`: its name and options, the
+jaxmech version, ``meta.json``, the files every chunk wrote, and the other steps' outputs under
+``analyses/``) and whose output still exists; ``steps.json`` in the run folder records them (delete it to
+run every step again).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +71,65 @@ def check_step(name: str) -> None:
 def run_step(name: str, run_dir: str | Path, options: dict[str, Any] | None = None) -> Any:
     """Runs one step on a finished run."""
     return resolve_step(name)(Path(run_dir), **(options or {}))
+
+
+STEPS_RECORD = "steps.json"
+
+
+def step_inputs(run_dir: str | Path, name: str, options: dict[str, Any] | None = None) -> str:
+    """sha256 of what a step reads from a run (see the module docstring); equal digests, equal inputs."""
+    from jaxmech import __version__
+
+    root = Path(run_dir)
+    h = hashlib.sha256(json.dumps([name, options or {}, __version__], sort_keys=True, default=str).encode())
+    h.update((root / "meta.json").read_bytes())
+    for marker in sorted((root / "done").glob("chunk-*")):
+        files = json.loads(marker.read_text() or "{}").get("files", {})  # not its timings: the data it wrote
+        h.update(marker.name.encode() + json.dumps(files, sort_keys=True).encode())
+    for other in sorted((root / "analyses").glob("*.json")):
+        if other.stem != name:
+            h.update(other.name.encode() + other.read_bytes())
+    return h.hexdigest()
+
+
+def run_steps_once(run_dir: str | Path, todo: list[tuple[str, dict]], log) -> dict[str, Any]:
+    """Runs steps in order, skipping each whose inputs and output are as its last run left them.
+
+    Args:
+        run_dir: A finished run.
+        todo: ``(name, options)`` in order.
+        log: Where a line per step goes.
+
+    Returns:
+        Step name -> its output (a step skipped: the output path recorded).
+    """
+    root = Path(run_dir)
+    record_path = root / STEPS_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    results: dict[str, Any] = {}
+    for name, options in todo:
+        digest = step_inputs(root, name, options)
+        last = record.get(name, {})
+        kept = root / last["output"] if isinstance(last.get("output"), str) else None
+        if last.get("inputs") == digest and kept is not None and kept.exists():
+            results[name] = kept
+            log(f"sweep: step {name}: inputs unchanged since {last.get('finished', '?')}, kept -> {kept} "
+                f"(delete {record_path} to rerun)")
+            continue
+        t0 = time.perf_counter()
+        results[name] = run_step(name, root, options)
+        log(f"sweep: step {name} done in {time.perf_counter() - t0:.1f}s -> {results[name]}")
+        output = results[name]
+        inside = isinstance(output, Path) and output.resolve().is_relative_to(root.resolve())
+        record[name] = {"inputs": digest, "output": str(output.resolve().relative_to(root.resolve())) if inside
+                        else None, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        from jaxmech.sweeps.store import atomic_write_json
+
+        atomic_write_json(record_path, record)
+    return results
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Layout of a run folder::
         raw.<family>             patched scores  [pair, ...]
         verify.<family>.*        exact verification of attribution estimates
         pairs.score_baseline / pairs.score_perturbed / pairs.flagged
-    done/chunk-<k>           completion markers, created (atomically) after every array of chunk k is written
+    done/chunk-<k>           completion markers, created (atomically) after every array of chunk k is written;
+                             each records the files the chunk wrote (size, sha256; `jaxmech.sweeps.integrity`)
     processes/<i>.json       timings of each process
     complete.json            written when every chunk is done (by process 0)
     analyses/<name>.json     analysis steps
@@ -152,6 +153,10 @@ class SweepStore:
     def mark_done(self, chunk: int, info: dict | None = None) -> None:
         """Marks a chunk complete (after its data is written)."""
         atomic_write_json(self.root / DONE / f"chunk-{chunk:06d}", info or {})
+
+    def unmark(self, chunk: int) -> None:
+        """Removes a chunk's completion marker (it is then recomputed)."""
+        (self.root / DONE / f"chunk-{chunk:06d}").unlink(missing_ok=True)
 
     def done_chunks(self) -> set[int]:
         """Chunks whose completion marker exists."""

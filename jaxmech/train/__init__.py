@@ -12,15 +12,11 @@
 * `cli`: ``jaxmech train CONFIG`` and ``jaxmech train eval CONFIG``.
 """
 
-from jaxmech.train.config import ConfigError, TrainConfig, load_config
-from jaxmech.train.trainer import Checkpoints, ResumeError, Trainer, TrainResult
 
-__all__ = [
-    "Checkpoints",
-    "ConfigError",
-    "ResumeError",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "load_config",
-]
+from jaxmech.lazy import lazy_exports
+
+# Loaded on first use, so that reading a config (and `jaxmech train --help`) does not import JAX.
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.train", {
+    "jaxmech.train.config": ("ConfigError", "TrainConfig", "load_config"),
+    "jaxmech.train.trainer": ("Checkpoints", "ResumeError", "Trainer", "TrainResult"),
+}, globals())

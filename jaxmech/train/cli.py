@@ -45,9 +45,7 @@ def _fail(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``train`` or ``train eval`` from parsed arguments."""
-    from jaxmech.loading import ModelNotFoundError
     from jaxmech.train.config import load_config
-    from jaxmech.train.trainer import ResumeError, Trainer
 
     evaluating = args.config == "eval"
     path = args.eval_config if evaluating else args.config
@@ -58,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
     if args.model and not evaluating:
         return _fail("--model is only used by `train eval`")
     try:
-        cfg = load_config(path)
+        cfg = load_config(path)  # imports no JAX: a bad config is reported at once
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(str(err))
+    from jaxmech.loading import ModelNotFoundError
+    from jaxmech.train.trainer import ResumeError, Trainer
+
+    try:
         trainer = Trainer(cfg, out_dir=args.out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if evaluating:
             from pathlib import Path

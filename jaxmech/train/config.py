@@ -506,6 +506,8 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(path, None, "config file not found") from None
     except OSError as err:
         raise ConfigError(path, None, f"cannot read config file: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
