@@ -190,27 +190,37 @@ def circuit_step(
     receiver_inputs: Sequence[str] = ("k", "v"),
     method: str = "exact",
     verify_top_k: int = 10,
+    relative_floor: float | None = None,
+    detector_floor: float | None = None,
     **_ignored,
 ) -> dict:
     """Circuit roles. From a run holding ``path_to_score`` (and no model at hand): stage 1 from its array.
     Otherwise `jaxmech.analysis.circuit.discover_circuit` on TFC1 pairs (``dataset`` or built from
     ``source``), with the exact-match detector on the same pairs' perturbed inputs (``method="attribution"``:
-    estimates for every sender and exact patches of the top ``verify_top_k`` per stage)."""
-    from jaxmech.analysis.circuit import circuit_from_effects, discover_circuit
+    estimates for every sender and exact patches of the top ``verify_top_k`` per stage). ``relative_floor``
+    and ``detector_floor`` default to `jaxmech.analysis.circuit.RELATIVE_FLOOR` / ``DETECTOR_FLOOR``."""
+    from jaxmech.analysis.circuit import DETECTOR_FLOOR, RELATIVE_FLOOR, circuit_from_effects, discover_circuit
     from jaxmech.analysis.common import PairInputs
+
+    rel = RELATIVE_FLOOR if relative_floor is None else relative_floor
+    det_floor = DETECTOR_FLOOR if detector_floor is None else detector_floor
 
     families = getattr(run_or_model, "families", None)
     if families is not None and "path_to_score" in families and source is None and dataset is None:
         import numpy as np
 
         arr = np.asarray(run_or_model["path_to_score"])
-        return circuit_from_effects(
+        out = circuit_from_effects(
             arr,
             thresholds=thresholds,
             max_heads=max_heads,
             min_heads=min_heads,
+            relative_floor=rel,
             model=_run_model(run_or_model.meta),
         )
+        out["stage_note"] = ("stages 2 and 3 (E5) not run: roles from the run's path_to_score array only; give "
+                             "the circuit step a source or dataset to run them")
+        return out
     lm = resolve_model(run_or_model)
     pairs = _tfc1_pairs(lm, source, dataset, qids, n_queries, docs_per_query, limit)
     det = PairInputs(
@@ -230,6 +240,8 @@ def circuit_step(
         detector_inputs=det,
         method=method,
         verify_top_k=verify_top_k,
+        relative_floor=rel,
+        detector_floor=det_floor,
     )
 
 

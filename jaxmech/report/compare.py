@@ -277,28 +277,97 @@ def _circuit_heads(source: ResultsSource, role: str) -> list[str] | None:
     return [f"{int(h['layer'])}.{int(h['head'])}" for h in c["heads"] if h.get("role") == role]
 
 
+def _stage_ran(c: dict, role: str) -> tuple[bool, str]:
+    """Whether the circuit analysis ran the stage of ``role``, and if not, why (older files: from ``effects``)."""
+    if isinstance(c.get("stages_run"), list):
+        ran = role in c["stages_run"]
+    else:
+        from jaxmech.analysis.circuit import STAGE_FAMILIES
+
+        eff = c.get("effects")
+        ran = isinstance(eff, dict) and eff.get(STAGE_FAMILIES[role]) is not None
+    why = str(c.get("stage_note") or f"the circuit analysis did not run the {role} stage (E5)")
+    return ran, why
+
+
+def _matching_evidence(c: dict, detector_floor: float) -> dict:
+    """Matching heads of a circuit JSON checked against the exact-match detector, and where the detector's
+    own exact-match heads sit in the circuit."""
+    heads = [h for h in c.get("heads", []) if isinstance(h, dict)]
+    name = lambda h: f"{int(h['layer'])}.{int(h['head'])}"  # noqa: E731
+    matching = [h for h in heads if h.get("role") == "matching"]
+    has_det = any("detector_score" in h for h in heads) or c.get("detector") is not None
+    det = np.asarray(c["detector"], np.float64) if c.get("detector") is not None else None
+
+    def score(h):
+        if h.get("detector_score") is not None:
+            return float(h["detector_score"])
+        return float(det[int(h["layer"]), int(h["head"])]) if det is not None else float("nan")
+
+    confirmed = [name(h) for h in matching if score(h) >= detector_floor]
+    exact = []  # the detector's exact-match heads anywhere in the circuit
+    if det is not None:
+        role_of = {name(h): h.get("role") for h in heads}
+        for lay, hd in zip(*np.nonzero(np.nan_to_num(det, nan=-1.0) >= detector_floor), strict=True):
+            exact.append((f"{lay}.{hd}", float(det[lay, hd]), role_of.get(f"{lay}.{hd}", "not in the circuit")))
+        exact.sort(key=lambda t: -t[1])
+    rejected = [f"{name(h)} (effect {float(h['effect']):.3f}, detector {score(h):.3f})"
+                for h in c.get("rejected", []) if isinstance(h, dict)]
+    return {"matching": [(name(h), float(h.get("effect", float("nan"))), score(h)) for h in matching],
+            "confirmed": confirmed, "has_detector": has_det, "exact_match_heads": exact, "rejected": rejected}
+
+
 def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
-    """The 13 matching heads of the paper's code against the circuit analysis' matching heads."""
-    key, item, fig = "matching_heads", "matching heads (circuit analysis)", "fig-circuit"
+    """Matching heads of the circuit analysis: the paper's 13 (same model), or a third stage of heads that are
+    exact-match heads by the attention detector (in kind)."""
+    from jaxmech.analysis.circuit import DETECTOR_FLOOR
+
+    key, item, fig = "matching_heads", "matching heads (circuit analysis, stage 3)", "fig-circuit"
     ref = PAPER["matching_heads"]
-    paper = ", ".join(ref) + f" ({len(ref)} heads)"
-    ours_heads = _circuit_heads(source, "matching")
-    if ours_heads is None:
+    paper = ", ".join(ref) + f" ({len(ref)} heads), feeding the contextual-query heads: three stages"
+    c = source.analyses.get("circuit")
+    if not isinstance(c, dict) or "heads" not in c:
         return _not_in_run(key, item, paper, "the circuit analysis", fig)
-    hit = sorted(set(ours_heads) & set(ref), key=lambda h: tuple(map(int, h.split("."))))
-    ours = f"{', '.join(ours_heads) or 'none'} ({len(ours_heads)} heads)"
-    vals = {"heads": ours_heads, "shared_with_paper": hit}
     judge = _judge(key, item, paper, fig)
+    ran, why = _stage_ran(c, "matching")
+    if not ran:
+        return judge(f"— ({why})", "not in this run", "needs the circuit's third stage (E5 into the "
+                     "contextual-query heads)")
+    ev = _matching_evidence(c, DETECTOR_FLOOR)
+    listed = ", ".join(f"{h} (effect {e:.3f}, detector {d:.3f})" for h, e, d in ev["matching"]) or "none"
+    ours = f"stage 3: {listed}"
+    if ev["rejected"]:
+        ours += "; left out by the detector check: " + ", ".join(ev["rejected"])
+    if ev["exact_match_heads"]:
+        ours += "; the detector's exact-match heads: " + ", ".join(
+            f"{h} ({d:.2f}, {r})" for h, d, r in ev["exact_match_heads"])
+    vals = {"heads": [h for h, _, _ in ev["matching"]], "confirmed": ev["confirmed"],
+            "exact_match_heads": [[h, d, r] for h, d, r in ev["exact_match_heads"]]}
+    crit_det = (f"a matching head must be an exact-match head by the attention detector (score ≥ {DETECTOR_FLOOR}: "
+                "its query-term attention on the term's document copies beyond a uniform spread)")
     if same_model(source.meta):
+        hit = sorted(set(vals["heads"]) & set(ref), key=lambda h: tuple(map(int, h.split("."))))
+        vals["shared_with_paper"] = hit
         verdict = "agrees" if len(hit) >= 9 else "partly agrees" if len(hit) >= 4 else "disagrees"
         return judge(ours + f"; {len(hit)} shared", verdict, "shared heads: agrees if ≥9 of 13, partly if ≥4", vals)
-    layers = sorted({int(h.split(".")[0]) for h in ours_heads})
-    n = L or (max(layers) + 1 if layers else 0)
-    ok = bool(ours_heads) and all(lay < n - 1 for lay in layers)
-    crit = "different model: in kind = matching heads found, all before the last layer (the paper's span layers "
-    return judge(
-        ours, "agrees in kind" if ok else "differs in kind", crit + "0–8 of 12, below the scoring heads)", vals
-    )
+    if not ev["has_detector"]:
+        verdict = "partly agrees in kind" if ev["matching"] else "differs in kind"
+        return judge(ours + " (no detector scores in this run)", verdict, "different model: stage-3 heads found "
+                     "(partly: without detector scores they cannot be confirmed as exact-match heads); "
+                     "none found differs", vals)
+    if ev["confirmed"]:
+        verdict = "agrees in kind"
+        ours += f" → {len(ev['confirmed'])} confirmed: three stages"
+    else:
+        verdict = "differs in kind"
+        early = [h for h, _, r in ev["exact_match_heads"] if r == "contextual_query"]
+        ours += (f" → no confirmed matching head; the exact-match heads {', '.join(early)} are in stage 2 "
+                 "and feed the scoring heads directly: the circuit has two stages, not three") if early else \
+            " → no confirmed matching head"
+    crit = ("different model: in kind = at least one stage-3 head (its effect ≥ the stage's absolute threshold and "
+            f"≥ {c.get('rule', {}).get('relative_floor', 'no')} × the stage's largest) that is an exact-match head; "
+            + crit_det)
+    return judge(ours, verdict, crit, vals)
 
 
 def compare_scoring_circuit(source: ResultsSource) -> Comparison:
@@ -545,22 +614,46 @@ def compare_edit(source: ResultsSource) -> Comparison:
     )
 
 
-def compare_all(source: ResultsSource | Any, demo_scores: dict | None = None) -> list[Comparison]:
+def _labelled(c: Comparison, label: str) -> Comparison:
+    """A patching comparison of one dataset: key ``key[label]``, item and figure suffixed."""
+    if not label:
+        return c
+    fig = f"{c.figure}__{label}" if c.figure else ""
+    return dataclasses.replace(c, key=f"{c.key}[{label}]", item=f"{c.item} — {label}", figure=fig)
+
+
+def compare_patching(source: ResultsSource, L: int | None, label: str = "") -> list[Comparison]:
+    """E1, E4 and E2 on one view of the run (one dataset's pairs: ``label``)."""
+    out = [
+        compare_block(source, L),
+        compare_top_heads(source, "path_to_score", L),
+        compare_top_heads(source, "head_all_pos_v", L),
+    ]
+    return [_labelled(c, label) for c in out]
+
+
+def compare_all(
+    source: ResultsSource | Any,
+    demo_scores: dict | None = None,
+    *,
+    views: Sequence[tuple[str, ResultsSource]] | None = None,
+) -> list[Comparison]:
     """Every comparison the run allows, in the order of the paper's checklist (notes §11).
 
     Args:
         source: Results (a `ResultsSource`, run object, run directory or ``.npz``).
         demo_scores: The run's model on the demo pair (`jaxmech.report.demo.score_demo_pair`), or None.
+        views: ``[(label, view)]`` the patching results are judged on, one per dataset
+            (`jaxmech.plot.view.PairView`); default the whole run, unlabelled.
     """
     from jaxmech.plot.source import open_results
 
     source = open_results(source)
     L, _ = model_shape(source)
+    patching = [c for label, view in (views or [("", source)]) for c in compare_patching(view, L, label)]
     out = [
         compare_demo(demo_scores, source.meta),
-        compare_block(source, L),
-        compare_top_heads(source, "path_to_score", L),
-        compare_top_heads(source, "head_all_pos_v", L),
+        *patching,
         compare_scoring_circuit(source),
         compare_matching(source, L),
         compare_idf_svd(source),
