@@ -212,6 +212,7 @@ def circuit_from_effects(
         "rule": {"relative_floor": relative_floor, "detector_floor": detector_floor if det is not None else None,
                  "min_heads": min_heads, "max_heads": dict(mx)},
         "rejected": rejected,
+        **({"detector": det} if det is not None else {}),
         **(extra or {}),
     }
 

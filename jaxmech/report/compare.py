@@ -310,7 +310,9 @@ def _matching_evidence(c: dict, detector_floor: float) -> dict:
         role_of = {name(h): h.get("role") for h in heads}
         for lay, hd in zip(*np.nonzero(np.nan_to_num(det, nan=-1.0) >= detector_floor), strict=True):
             exact.append((f"{lay}.{hd}", float(det[lay, hd]), role_of.get(f"{lay}.{hd}", "not in the circuit")))
-        exact.sort(key=lambda t: -t[1])
+    else:  # per-head scores only: the circuit's own heads
+        exact = [(name(h), score(h), str(h.get("role"))) for h in heads if score(h) >= detector_floor]
+    exact.sort(key=lambda t: -t[1])
     rejected = [f"{name(h)} (effect {float(h['effect']):.3f}, detector {score(h):.3f})"
                 for h in c.get("rejected", []) if isinstance(h, dict)]
     return {"matching": [(name(h), float(h.get("effect", float("nan"))), score(h)) for h in matching],
