@@ -124,3 +124,34 @@ def test_split_term_pieces_are_merged():
     two = [["Dplus", "Dother", "Dplus", "Dplus"]]  # two occurrences: pieces merged, occurrences averaged
     m, _ = mean_by_token_type(np.array([[0.2, 0.0, 0.5, 0.1]]), two, types=("Dplus",), merge_pieces="max")
     assert m == pytest.approx([0.35])
+
+
+def _soft_tf_run(tfc2_curve):
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    for d in run.analyses["soft_tf"]["tfc2"]["heads"].values():
+        d["mean"] = list(tfc2_curve)
+        d["lo"], d["hi"] = [v - 0.01 for v in tfc2_curve], [v + 0.01 for v in tfc2_curve]
+    return run
+
+
+def test_tfc2_saturation_is_judged_from_tf1():
+    sat = [0.0, 0.5, 0.67, 0.75, 0.8, 0.83]  # tf / (tf + 1): saturates
+    lin = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # rises linearly: the old test (first step from tf = 0) passed it
+    v = {c.key: c.verdict for c in compare_all(_soft_tf_run(sat))}
+    assert v["soft_tf_tfc2"] == "agrees in kind"
+    v = {c.key: c.verdict for c in compare_all(_soft_tf_run(lin))}
+    assert v["soft_tf_tfc2"] == "differs in kind"
+    jump = [0.0, 0.6, 0.6, 0.6, 0.6, 0.6]  # all of the rise from tf = 0 (by construction): no rise from tf = 1
+    assert {c.key: c.verdict for c in compare_all(_soft_tf_run(jump))}["soft_tf_tfc2"] == "differs in kind"
+
+
+def test_u0_sign_is_tested_sign_free():
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    a = run.analyses["idf_svd"]
+    a["u0_idf_pearson"], a["u0_idf_pearson_sign_free"] = -0.9, -0.9
+    assert {c.key: c.verdict for c in compare_all(run)}["u0_idf"] == "agrees in kind"
+    a["u0_idf_pearson_sign_free"] = 0.9  # same oriented r (negative by construction), opposite sign-free sign
+    assert {c.key: c.verdict for c in compare_all(run)}["u0_idf"] == "partly agrees in kind"
+    del a["u0_idf_pearson_sign_free"]  # an older file: the sign is not tested at all
+    c = next(c for c in compare_all(run) if c.key == "u0_idf")
+    assert c.verdict == "agrees in kind" and "sign not tested" in c.criterion

@@ -237,7 +237,8 @@ def idf_svd_analysis(
 
     Returns:
         The ``idf_svd`` JSON object (see NOTES.md): ``u0_idf_pearson`` (raw, oriented: negative when -U_0
-        ∝ IDF), ``u0_idf_pearson_centered``, ``u0_mean_cosine``, ``components`` [{k, pearson,
+        ∝ IDF), ``u0_idf_pearson_centered``, ``u0_idf_pearson_sign_free`` (``corr(U_0 * sum(Vt[0]), IDF)``,
+        independent of the SVD's sign), ``u0_mean_cosine``, ``components`` [{k, pearson,
         pearson_centered}], ``variants`` {rule: pearson} (raw and ``<rule>_centered``), ``scatter``,
         ``strongest_component`` and the singular values.
     """
@@ -266,6 +267,9 @@ def idf_svd_analysis(
         "n_nonzero_idf": int(len(nz)),
         "u0_idf_pearson": r_raw[0],
         "u0_idf_pearson_centered": r_cen[0],
+        # the paper's sign-free measure corr(U_0 * sum(Vt[0]), IDF): unlike u0_idf_pearson (oriented by IDF,
+        # so <= 0 by construction) its sign is a property of W_E, and can come out either way
+        "u0_idf_pearson_sign_free": float(np.sign(raw.Vt[0].sum()) * r_raw[0]),
         "u0_mean_cosine": mean_direction_cosine(W, raw),
         "strongest_component": int(np.nanargmax(np.abs(r_raw))),
         "strongest_component_centered": int(np.nanargmax(np.abs(r_cen))),

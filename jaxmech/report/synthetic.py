@@ -260,6 +260,7 @@ def _analyses(rng, agree: bool, model: str, scoring, matching, len_: int = 12) -
             "model": model,
             "u0_idf_pearson": r0,
             "u0_idf_pearson_centered": r0 * 0.95,
+            "u0_idf_pearson_sign_free": r0 if agree else -r0,
             "u0_mean_cosine": 0.1,
             "components": comps,
             "variants": {"raw": r0, "centered": r0 * 0.95},
