@@ -155,3 +155,35 @@ def test_u0_sign_is_tested_sign_free():
     del a["u0_idf_pearson_sign_free"]  # an older file: the sign is not tested at all
     c = next(c for c in compare_all(run) if c.key == "u0_idf")
     assert c.verdict == "agrees in kind" and "sign not tested" in c.criterion
+
+
+def _verdict(run, key):
+    return next(c for c in compare_all(run) if c.key == key)
+
+
+def test_one_share_rule_for_e2_and_e4():
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    assert _verdict(run, "head_all_pos_v").verdict == "agrees in kind"
+    spread = run.arrays["head_all_pos_v"].values
+    spread[:, :4, :] += 0.07  # 16 more heads at 0.07: the top 3 now carry ~25% of the positive effect
+    c = _verdict(run, "head_all_pos_v")
+    assert c.verdict == "differs in kind" and "one rule for E2 and E4" in c.criterion, c
+    assert c.values["top_share_of_positive_effect"] < 0.3
+
+
+@pytest.mark.parametrize("r, verdict", [(0.7, "agrees in kind"), (0.35, "partly agrees in kind"),
+                                        (0.1, "differs in kind")])
+def test_linear_fit_in_kind_needs_a_strong_fit(r, verdict):
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    a = run.analyses["linear_bm25"]
+    a["test_pearson"], a["bm25_test_pearson"], a["random_features_test_pearson"] = r, 0.0, 0.0
+    assert _verdict(run, "linear_r").verdict == verdict
+
+
+def test_stmc1_needs_an_effect_size_not_only_a_sign():
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    assert _verdict(run, "soft_tf_stmc1").verdict == "agrees in kind"
+    for d in run.analyses["soft_tf"]["stmc1"]["heads"].values():  # filler, synonym, exact
+        d["mean"], d["lo"], d["hi"] = [0.10, 0.105, 0.43], [0.1, 0.104, 0.42], [0.1, 0.106, 0.44]
+    c = _verdict(run, "soft_tf_stmc1")  # the synonym gains ~1.5% of the exact match's attention
+    assert c.verdict == "differs in kind" and "1.5%" in c.ours, c
