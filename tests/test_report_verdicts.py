@@ -187,3 +187,24 @@ def test_stmc1_needs_an_effect_size_not_only_a_sign():
         d["mean"], d["lo"], d["hi"] = [0.10, 0.105, 0.43], [0.1, 0.104, 0.42], [0.1, 0.106, 0.44]
     c = _verdict(run, "soft_tf_stmc1")  # the synonym gains ~1.5% of the exact match's attention
     assert c.verdict == "differs in kind" and "1.5%" in c.ours, c
+
+
+def test_lnc1_change_uses_a_paired_interval():
+    from jaxmech.analysis.soft_tf import head_curves, paired_change
+
+    rng = np.random.default_rng(0)
+    n_docs, offsets = 12, rng.normal(0, 0.2, 12)  # documents differ a lot; each drops by 0.05 +- 0.005
+    x = [0, 4] * n_docs
+    groups = [g for g in range(n_docs) for _ in range(2)]
+    values = np.zeros((2 * n_docs, 1, 1))
+    values[0::2, 0, 0] = 0.5 + offsets
+    values[1::2, 0, 0] = 0.45 + offsets + rng.normal(0, 0.005, n_docs)
+    pc = paired_change(values, x, groups, 0, 4, [(0, 0)])
+    curves = head_curves(values, x, [0, 4], [(0, 0)])["heads"]
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    run.analyses["soft_tf"]["lnc1"].update(x=[0, 4], heads={"0.0": {k: list(v) for k, v in curves["0.0"].items()}})
+    assert _verdict(run, "soft_tf_lnc1").verdict == "differs in kind"  # unpaired: the drop is inside the bands
+    run.analyses["soft_tf"]["lnc1"]["paired_change"] = pc
+    c = _verdict(run, "soft_tf_lnc1")
+    assert c.verdict == "agrees in kind" and "paired" in c.criterion, c
+    assert pc["heads"]["0.0"]["mean"] == pytest.approx(-0.05, abs=0.005) and pc["heads"]["0.0"]["n"] == n_docs

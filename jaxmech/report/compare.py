@@ -527,6 +527,19 @@ def _ci_halfwidth(d: dict, idx: Sequence[int] | None = None) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
+def _paired(exp: dict) -> dict[str, tuple[float, float]]:
+    """``{head: (mean change, paired half-width)}`` from a soft-TF experiment's ``paired_change`` (else empty)."""
+    pc = exp.get("paired_change")
+    if not isinstance(pc, dict) or not isinstance(pc.get("heads"), dict):
+        return {}
+    out = {}
+    for h, d in pc["heads"].items():
+        m, lo, hi = (np.nan if d.get(k) is None else float(d[k]) for k in ("mean", "lo", "hi"))
+        if np.isfinite(m):
+            out[h] = (m, (hi - lo) / 2 if np.isfinite(hi - lo) else 0.0)
+    return out
+
+
 def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
     """Soft-TF: TFC2 attention rises and saturates; LNC1 attention falls with length."""
     fig = "fig-soft_tf"
@@ -550,6 +563,10 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
             out.append(judge("— (no heads)", "not comparable", "needs head curves"))
             continue
         margin = {h: _ci_halfwidth(heads[h]) for h in trends}
+        paired = _paired(a[exp])
+        if paired:  # the same documents in every condition: the change's own (paired) interval
+            trends = {h: (paired[h][0], sat) for h, (_, sat) in trends.items() if h in paired}
+            margin = {h: paired[h][1] for h in trends}
         good = [h for h, (delta, sat) in trends.items() if sign * delta > margin[h] and (sat or sign < 0)]
         frac = len(good) / len(trends)
         verdict = "agrees" if frac > 0.5 else "partly agrees" if good else "disagrees"
@@ -559,6 +576,8 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
             + (f" and saturates (its last step ≤ {SATURATION_RATIO} × its step from tf = 1 to 2; tf = 0 is left out: "
                "0 by construction)" if sign > 0 else "")
             + ": >50% agrees, any partly"
+            + ("; the change and its interval are paired (per document)" if paired else
+               "; intervals of the two conditions (unpaired: this analysis stored no paired change)")
         )
         if not same_model(source.meta):
             verdict = _in_kind(verdict)
@@ -584,6 +603,7 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
         return judge(f"— (conditions {xs})", "not comparable", "needs the filler and synonym conditions")
     i_f, i_s = xs.index("filler"), xs.index("synonym")
     i_e = xs.index("exact") if "exact" in xs else None
+    paired = _paired(exp)
     good, n, ratios = [], 0, {}
     for h, d in exp.get("heads", {}).items():
         m = [np.nan if v is None else float(v) for v in d.get("mean", [])]
@@ -594,7 +614,10 @@ def compare_stmc1(source: ResultsSource) -> Comparison:
         if i_e is not None and np.isfinite(m[i_e]) and m[i_e] - m[i_f] > 0:
             ratios[h] = gain / (m[i_e] - m[i_f])  # the synonym's gain as a share of the exact match's
         big = h not in ratios or ratios[h] >= SEMANTIC_SHARE
-        if gain > _ci_halfwidth(d, [i_f, i_s]) and big:
+        margin = _ci_halfwidth(d, [i_f, i_s])
+        if h in paired:
+            gain, margin = paired[h]
+        if gain > margin and big:
             good.append(h)
     if not n:
         return judge("— (no heads)", "not comparable", "needs head curves")
