@@ -283,11 +283,19 @@ def linear_bm25_step(
     split: str = "query",
     seed: int = 42,
     idf_table=None,
+    test_qids=None,
+    bm25_fallback: str | None = None,
     **_ignored,
 ) -> dict:
     """`jaxmech.analysis.linear_bm25.linear_bm25` on a source's TFC1-perturbed pairs, or on a dataset's
-    perturbed documents."""
+    perturbed documents. ``test_qids``: a list or a file of query ids, the fixed test set; ``bm25_fallback``:
+    ``None``/``"none"`` (the paper's) or ``"beir"``."""
     from jaxmech.analysis.linear_bm25 import linear_bm25
+
+    if isinstance(test_qids, (str, os.PathLike)):
+        test_qids = read_qids(test_qids)
+    fb = None if bm25_fallback in (None, "none") else bm25_fallback
+    extra = {"test_qids": test_qids, "bm25_fallback": fb}
 
     lm = resolve_model(run_or_model)
     idf = _idf_vector(lm, idf_table, source if dataset is None else None, dataset) if (idf_table or dataset) else None
@@ -303,10 +311,11 @@ def linear_bm25_step(
             idf=idf,
             split=split,
             seed=seed,
+            **extra,
         )
     src = resolve_source(source, qids=qids)
     return linear_bm25(
-        lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split, seed=seed
+        lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split, seed=seed, **extra
     )
 
 

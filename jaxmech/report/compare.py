@@ -479,16 +479,31 @@ def compare_linear(source: ResultsSource) -> list[Comparison]:
     out = [
         judge_lin(ours, v1, c1, {"test_pearson": r, "random_features_test_pearson": rr if np.isfinite(rr) else None})
     ]
+    rb_text = f"{rb:.4f}" + _bm25_notes(a)
     if not np.isfinite(rb):
         out.append(_not_in_run("bm25_r", bm_item, str(p_bm), "bm25_test_pearson", fig))
     elif same:
         v2 = "agrees" if abs(rb - p_bm) <= LINEAR_TOL else "disagrees"
-        out.append(judge_bm(f"{rb:.4f}", v2, f"|r − {p_bm}| ≤ {LINEAR_TOL}", {"bm25_test_pearson": rb}))
+        out.append(judge_bm(rb_text, v2, f"|r − {p_bm}| ≤ {LINEAR_TOL}", {"bm25_test_pearson": rb}))
     else:
         v2 = "agrees in kind" if rb < r else "differs in kind"
         c2 = "different model: in kind = BM25 fits the model worse than the linear features"
-        out.append(judge_bm(f"{rb:.4f}", v2, c2, {"bm25_test_pearson": rb}))
+        out.append(judge_bm(rb_text, v2, c2, {"bm25_test_pearson": rb}))
     return out
+
+
+def _bm25_notes(a: dict) -> str:
+    """The BM25 baseline's IDF-0 rule, its tuned (k1, b) and where they sit on the grid, and the other rule's r."""
+    parts = []
+    if a.get("bm25_fallback"):
+        parts.append(f"IDF-0 rule: {a['bm25_fallback']}")
+    if a.get("bm25_k1") is not None:
+        parts.append(f"k1 = {a['bm25_k1']:g}, b = {a.get('bm25_b', float('nan')):g} "
+                     f"({a.get('bm25_grid_edge', 'grid edge not recorded')})")
+    other = a.get("bm25_other_fallback")
+    if isinstance(other, dict) and other.get("test_pearson") is not None:
+        parts.append(f"with IDF-0 rule {other.get('fallback')}: r = {float(other['test_pearson']):.4f}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _trend(mean: Sequence[float]) -> tuple[float, bool]:
