@@ -126,3 +126,16 @@ def test_sign_free_u0_measure_can_come_out_either_way():
     assert a["u0_idf_pearson"] == pytest.approx(b["u0_idf_pearson"]) and a["u0_idf_pearson"] < -0.95
     assert a["u0_idf_pearson_sign_free"] == pytest.approx(-b["u0_idf_pearson_sign_free"])
     assert abs(a["u0_idf_pearson_sign_free"]) > 0.95
+
+
+def test_base_comparison_tells_an_inherited_u0_from_a_learned_one():
+    from jaxmech.analysis.idf_svd import base_comparison
+
+    W, idf = _planted(seed=4)
+    rng = np.random.default_rng(5)
+    close = base_comparison(W + 0.003 * rng.normal(size=W.shape), W, idf)  # fine-tuning barely moved W_E
+    assert close["u0_abs_cosine"] > 0.99 and close["w_e_relative_difference"] < 0.01
+    other = base_comparison(W, rng.normal(size=W.shape), idf)  # a base without the IDF direction
+    assert other["u0_abs_cosine"] < 0.2 and abs(other["base_u0_idf_pearson"]) < 0.2
+    with pytest.raises(ValueError, match="not its base"):
+        base_comparison(W, W[:10], idf)

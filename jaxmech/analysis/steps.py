@@ -121,21 +121,24 @@ def idf_svd_step(
     idf_table=None,
     formula: str = "lucene",
     n_components: int = 50,
+    base=None,
     **_ignored,
 ) -> dict:
     """`jaxmech.analysis.idf_svd.idf_svd`: IDF from ``idf_table`` (word TSV) or streamed from ``collection``,
-    the dataset's or the source's documents."""
+    the dataset's or the source's documents; ``base`` (the model's pre-trained base, a path or ``"packaged"``)
+    adds U_0 of the base beside the model's."""
     from jaxmech.analysis.idf_svd import idf_svd
     from jaxmech.data.idf import load_idf_tsv
 
     lm = resolve_model(run_or_model)
     if idf_table is not None:
-        return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components)
+        return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components, base=base)
     return idf_svd(
         lm,
         collection=_texts(source, dataset, collection) if collection is None else Path(collection),
         formula=formula,
         n_components=n_components,
+        base=base,
     )
 
 

@@ -424,6 +424,12 @@ def compare_idf_svd(source: ResultsSource) -> Comparison:
         verdict = "agrees" if strongest and free < 0 else "partly agrees" if strongest else "disagrees"
         crit += (" and negative in the sign-free measure corr(U_0·ΣVt_0, IDF) (agrees), positive (partly); the r "
                  "shown first is oriented by IDF and negative by construction")
+    b = a.get("base")
+    if isinstance(b, dict) and b.get("u0_abs_cosine") is not None:
+        ours += (f"; base model {b.get('base')}: |cos(U_0, U_0 base)| = {float(b['u0_abs_cosine']):.3f}, W_E differs "
+                 f"by {float(b['w_e_relative_difference']):.2%}, "
+                 f"base r(U_0, IDF) = {float(b['base_u0_idf_pearson']):+.3f}"
+                 " (U_0 inherited from pre-training when the cosine is near 1)")
     if not same_model(source.meta):
         verdict = _in_kind(verdict)
         crit = "different model, same criterion: " + crit
