@@ -208,3 +208,15 @@ def test_lnc1_change_uses_a_paired_interval():
     c = _verdict(run, "soft_tf_lnc1")
     assert c.verdict == "agrees in kind" and "paired" in c.criterion, c
     assert pc["heads"]["0.0"]["mean"] == pytest.approx(-0.05, abs=0.005) and pc["heads"]["0.0"]["n"] == n_docs
+
+
+def test_e5_receivers_off_the_runs_own_e4_are_warned_about():
+    from jaxmech.report.build import receiver_warnings
+
+    run = synthetic_run(n_pairs=3, seq=10, n_layers=6, n_heads=4, model=L6)
+    assert receiver_warnings(_src(run)) == []  # the synthetic E5 receives at its top E4 head
+    for fam in run.meta["config"]["families"]:
+        if fam["receivers"]:
+            fam["receivers"] = ["0.0"]
+    w = receiver_warnings(_src(run))
+    assert w and "receivers 0.0 are not among this run's E4 top heads" in w[0]

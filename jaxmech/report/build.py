@@ -230,7 +230,13 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
     c = source.analyses.get("circuit")
     rows = []
     if isinstance(c, dict) and isinstance(c.get("heads"), list):
-        origin = "the circuit analysis (analyses/circuit.json)"
+        n = f" on its own {c['n_pairs']} pairs" if isinstance(c.get("n_pairs"), int) else ""
+        origin = (f"the circuit analysis (analyses/circuit.json){n}, stages run: "
+                  f"{', '.join(c.get('stages_run') or ['not recorded'])}. Its relevance-scoring heads pass its "
+                  "thresholds on its own inputs; the E4 rows above rank the sweep's patched pairs per dataset "
+                  "with the report's statistic, so the two lists can differ")
+        if c.get("stage_note"):
+            origin += f". {c['stage_note']}"
         order = list(ROLE_FIGURES)
         for h in c["heads"]:
             role = str(h.get("role", ""))
@@ -389,6 +395,26 @@ def _model_keys(name: Any) -> set[str]:
     """Last path component / hub-id part of a model description (a string, or a run meta's model dict)."""
     names = [name.get("id"), name.get("folder")] if isinstance(name, dict) else [name]
     return {str(n).rstrip("/").rsplit("/", 1)[-1].lower() for n in names if n}
+
+
+def receiver_warnings(source: ResultsSource, views: list[tuple[str, Any]] | None = None) -> list[str]:
+    """E5 families whose receivers are not among the run's own E4 scoring heads (its top heads by
+    ``path_to_score``, per dataset view): their result says nothing about the scoring heads' inputs."""
+    from jaxmech.plot.source import family_info
+
+    if "path_to_score" not in source.families:
+        return []
+    out = []
+    for label, view in views or [("", source)]:
+        top = [h for h, _ in ranked_heads(view.pair_mean("path_to_score")[0].values, len(PAPER["scoring_heads"]))]
+        for fam in source.families:
+            recs = [str(r) for r in family_info(source.meta, fam)["receivers"]]
+            off = [r for r in recs if r not in top]
+            if base_family(fam).startswith("path") and off:
+                out.append(f"{fam}: receivers {', '.join(off)} are not among this run's E4 top heads "
+                           f"({', '.join(top)}{'; ' + label if label else ''}); choose receivers from the run's "
+                           "own E4 (path_to_score) for E5 to follow its scoring heads")
+    return out
 
 
 def analysis_model_warnings(source: ResultsSource) -> list[str]:
@@ -758,6 +784,7 @@ def build_report(
         skipped += [f"{label}: {x}" if label else x for x in skip]
     entries = fam_figs + analysis_figures(source)
     summary = run_summary(source, views)
+    summary["warnings"] = summary["warnings"] + receiver_warnings(source, views)
     summary["left_out"] = {label or "all": {**v.flags.counts(), "floor": v.flags.floor, "spread": v.flags.spread,
                                             "aggregate": v.meta["aggregate_label"], "pairs": v.flagged_pairs()}
                            for label, v in views}
