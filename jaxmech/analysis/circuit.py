@@ -133,6 +133,14 @@ def _stage_mean(a) -> np.ndarray:
     return np.nanmean(a, axis=0) if a.ndim == 3 else a
 
 
+def _head_entry(layer: int, head: int, role: str, effect: float, det, detector_floor) -> dict:
+    entry = {"layer": layer, "head": head, "role": role, "effect": effect}
+    if det is not None:
+        entry["detector_score"] = float(det[layer, head])
+        entry["exact_match"] = bool(detector_floor is not None and det[layer, head] >= detector_floor)
+    return entry
+
+
 def circuit_from_effects(
     score_effect: np.ndarray,
     contextual_effect: np.ndarray | None = None,
@@ -193,14 +201,11 @@ def circuit_from_effects(
         sel = select_heads(_stage_mean(eff), threshold=th[role], use_abs=absolute, max_heads=mx.get(role),
                            min_heads=min_heads, exclude=taken, relative_floor=relative_floor)
         for layer, h, v in sel:
-            entry = {"layer": layer, "head": h, "role": role, "effect": v}
-            if det is not None:
-                entry["detector_score"] = float(det[layer, h])
-                entry["exact_match"] = bool(detector_floor is not None and det[layer, h] >= detector_floor)
+            entry = _head_entry(layer, h, role, v, det, detector_floor)
             if role == "matching" and det is not None and detector_floor is not None and not entry["exact_match"]:
                 rejected.append({**entry, "why": f"detector score {det[layer, h]:.3f} < {detector_floor}"})
-                continue
-            heads.append(entry)
+            else:
+                heads.append(entry)
         taken += [(layer, h) for layer, h, _ in sel]
     return {
         "analysis": "circuit",

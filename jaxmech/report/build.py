@@ -718,6 +718,46 @@ def render_markdown(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _demo_scores(source: ResultsSource) -> dict:
+    """The run's model on the paper's demo pair (`jaxmech.report.demo.score_demo_pair`)."""
+    from jaxmech.report.demo import score_demo_pair
+
+    folder = source.meta.get("model_folder")
+    ref = folder if folder and Path(folder).is_dir() else source.meta.get("model", "")
+    return score_demo_pair(str(ref), source.path)
+
+
+def _render_figures(entries: list[FigureEntry], out: Path, dpi: int) -> list[tuple[FigureEntry, str]]:
+    """Each figure as inline SVG for the page, its PNG written under ``out/figures``."""
+    rendered = []
+    for entry in entries:
+        svg, png = figure_svg(entry.fig, dpi=dpi, label=entry.title)
+        _atomic_write(out / "figures" / f"{entry.id.removeprefix('fig-')}.png", png)
+        rendered.append((entry, svg))
+        entry.fig.clear()
+    return rendered
+
+
+def _all_figures(source: ResultsSource, views: list[tuple[str, PairView]]) -> tuple[list[FigureEntry], list[str]]:
+    """Every view's family figures, then the analyses' figures; and what was not drawn."""
+    fam_figs, skipped = [], []
+    for label, view in views:
+        figs, skip = family_figures(view, label)
+        fam_figs += figs
+        skipped += [f"{label}: {x}" if label else x for x in skip]
+    return fam_figs + analysis_figures(source), skipped
+
+
+def _judged_summary(source: ResultsSource, views: list[tuple[str, PairView]]) -> dict:
+    """`run_summary` with the receiver warnings and, per view, the pairs left out and why."""
+    summary = run_summary(source, views)
+    summary["warnings"] = summary["warnings"] + receiver_warnings(source, views)
+    summary["left_out"] = {label or "all": {**v.flags.counts(), "floor": v.flags.floor, "spread": v.flags.spread,
+                                            "aggregate": v.meta["aggregate_label"], "pairs": v.flagged_pairs()}
+                           for label, v in views}
+    return summary
+
+
 def build_report(
     run_dir: str | Path | Any,
     out_dir: str | Path | None = None,
@@ -769,31 +809,11 @@ def build_report(
         out_dir = default_out_dir(source.path)
     out = Path(out_dir)
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    demo = None
-    if score_demo:
-        from jaxmech.report.demo import score_demo_pair
-
-        folder = source.meta.get("model_folder")
-        ref = folder if folder and Path(folder).is_dir() else source.meta.get("model", "")
-        demo = score_demo_pair(str(ref), source.path)
+    demo = _demo_scores(source) if score_demo else None
     comparisons = compare_all(source, demo, views=views)
-    fam_figs, skipped = [], []
-    for label, view in views:
-        figs, skip = family_figures(view, label)
-        fam_figs += figs
-        skipped += [f"{label}: {x}" if label else x for x in skip]
-    entries = fam_figs + analysis_figures(source)
-    summary = run_summary(source, views)
-    summary["warnings"] = summary["warnings"] + receiver_warnings(source, views)
-    summary["left_out"] = {label or "all": {**v.flags.counts(), "floor": v.flags.floor, "spread": v.flags.spread,
-                                            "aggregate": v.meta["aggregate_label"], "pairs": v.flagged_pairs()}
-                           for label, v in views}
-    rendered = []
-    for entry in entries:
-        svg, png = figure_svg(entry.fig, dpi=dpi, label=entry.title)
-        _atomic_write(out / "figures" / f"{entry.id.removeprefix('fig-')}.png", png)
-        rendered.append((entry, svg))
-        entry.fig.clear()
+    entries, skipped = _all_figures(source, views)
+    summary = _judged_summary(source, views)
+    rendered = _render_figures(entries, out, dpi)
     circuit = circuit_rows(source, {e.id for e in entries})
     numbers = {
         "jaxmech_report_version": REPORT_VERSION,
@@ -806,9 +826,7 @@ def build_report(
         "circuit": {"origin": circuit[1], "heads": circuit[0]},
         "families": family_numbers(source),
         "analyses": analysis_numbers(source),
-        "figures": [
-            {"id": e.id, "title": e.title, "file": f"figures/{e.id.removeprefix('fig-')}.png"} for e in entries
-        ],
+        "figures": [{"id": e.id, "title": e.title, "file": f"figures/{e.id[4:]}.png"} for e in entries],
         "not_drawn": skipped,
         "pairs_left_out": summary["left_out"],
     }
