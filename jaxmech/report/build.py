@@ -551,8 +551,7 @@ def render_html(
             f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
             f'<div class="crit">{_e(c.criterion)}</div></td></tr>'
         )
-    h.append("</tbody></table>")
-    h += _left_out_html(summary)
+    h += ["</tbody></table>", *_left_out_html(summary)]
     h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
     if rows:
         paper_col = summary["same_model_as_paper"]
