@@ -220,3 +220,17 @@ def test_e5_receivers_off_the_runs_own_e4_are_warned_about():
             fam["receivers"] = ["0.0"]
     w = receiver_warnings(_src(run))
     assert w and "receivers 0.0 are not among this run's E4 top heads" in w[0]
+
+
+def test_report_counts_and_lists_the_pairs_left_out(tmp_path):
+    import json
+
+    from jaxmech.report.build import build_report
+
+    page = build_report(_outlier_run(), tmp_path, score_demo=False)
+    left = json.loads((tmp_path / "numbers.json").read_text())["pairs_left_out"]["all"]
+    assert (left["pairs"], left["kept"], left["flagged_small_change"]) == (6, 5, 1)
+    assert [p["why"] for p in left["left_out"]] == ["small change"] and left["left_out"][0]["pair"] == "q1/d1"
+    html = page.read_text()
+    assert "Pairs left out" in html and "q1/d1 (+0.0020: small change)" in html
+    assert "10%-trimmed mean over 5 of 6 pairs; 1 flagged" in html  # the statistic, as on every figure

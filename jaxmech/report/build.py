@@ -636,7 +636,7 @@ def _left_out_html(summary: dict) -> list[str]:
          "<table><thead><tr><th>dataset</th><th>pairs</th><th>kept</th><th>small change</th><th>wrong sign</th>"
          "<th>run's flag</th><th>floor (spread)</th><th>aggregate</th><th>left out (first 20)</th></tr></thead><tbody>"]
     for label, d in left.items():
-        pairs = "; ".join(f"{p['pair']} ({p['change']:+.4f}: {p['why']})" for p in d["pairs"]) or "—"
+        pairs = "; ".join(f"{p['pair']} ({p['change']:+.4f}: {p['why']})" for p in d["left_out"]) or "—"
         h.append(f"<tr><td>{_e(label)}</td><td>{d['pairs']}</td><td>{d['kept']}</td>"
                  f"<td>{d['flagged_small_change']}</td><td>{d['flagged_wrong_sign']}</td><td>{d['flagged_stored']}</td>"
                  f"<td>{_e(_fmt(d['floor']))} ({_e(_fmt(d['spread']))})</td><td>{_e(d['aggregate'])}</td>"
@@ -752,7 +752,7 @@ def _judged_summary(source: ResultsSource, views: list[tuple[str, PairView]]) ->
     summary = run_summary(source, views)
     summary["warnings"] = summary["warnings"] + receiver_warnings(source, views)
     summary["left_out"] = {label or "all": {**v.flags.counts(), "floor": v.flags.floor, "spread": v.flags.spread,
-                                            "aggregate": v.meta["aggregate_label"], "pairs": v.flagged_pairs()}
+                                            "aggregate": v.meta["aggregate_label"], "left_out": v.flagged_pairs()}
                            for label, v in views}
     return summary
 

@@ -223,6 +223,10 @@ def compare_block(source: ResultsSource, L: int | None) -> Comparison:
         why = "a bi-encoder encodes the document alone and pools its tokens: the query-term and [CLS] stages"
         return judge(ours, "not comparable", why + " of the paper's flow do not exist in it", vals)
     crit = "each ≥ its threshold (" + ", ".join(f"{th}" for _, th in checks.values()) + ")"
+    if source.meta.get("merge_pieces") not in (None, "mean"):
+        crit += f"; a split term's pieces merged by {source.meta['merge_pieces']}"
+    if source.meta.get("aggregate_label"):
+        crit += f"; {source.meta['aggregate_label']}"
     if len(passed) == len(checks):
         verdict = "agrees"
     elif passed:
