@@ -234,3 +234,15 @@ def test_report_counts_and_lists_the_pairs_left_out(tmp_path):
     html = page.read_text()
     assert "Pairs left out" in html and "q1/d1 (+0.0020: small change)" in html
     assert "10%-trimmed mean over 5 of 6 pairs; 1 flagged" in html  # the statistic, as on every figure
+
+
+def test_the_earlier_rules_stay_reachable():
+    run = _outlier_run()
+    src = _src(run)
+    old = PairView(src, statistic="mean", relative_floor=0, wrong_sign=False, merge_pieces="mean")
+    for fam in ("path_to_score", "head_all_pos_v"):
+        np.testing.assert_allclose(old.pair_mean(fam)[0].values, src.pair_mean(fam)[0].values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(old.by_token_type("block_every").values, src.by_token_type("block_every").values,
+                               rtol=0, atol=1e-12)
+    new = PairView(src)
+    assert not np.allclose(new.pair_mean("path_to_score")[0].values, src.pair_mean("path_to_score")[0].values)
