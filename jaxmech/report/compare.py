@@ -381,9 +381,10 @@ def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
         ours += (f" → no confirmed matching head; the exact-match heads {', '.join(early)} are in stage 2 "
                  "and feed the scoring heads directly: the circuit has two stages, not three") if early else \
             " → no confirmed matching head"
-    crit = ("different model: in kind = at least one stage-3 head (its effect ≥ the stage's absolute threshold and "
-            f"≥ {c.get('rule', {}).get('relative_floor', 'no')} × the stage's largest) that is an exact-match head; "
-            + crit_det)
+    rel = (c.get("rule") or {}).get("relative_floor")
+    floor = f"and ≥ {rel} × the stage's largest" if rel else "(an older analysis: no relative floor)"
+    crit = ("different model: in kind = at least one stage-3 head (its effect ≥ the stage's absolute threshold "
+            f"{floor}) that is an exact-match head; " + crit_det)
     return judge(ours, verdict, crit, vals)
 
 
