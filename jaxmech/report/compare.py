@@ -354,7 +354,9 @@ def compare_matching(source: ResultsSource, L: int | None) -> Comparison:
     listed = ", ".join(f"{h} (effect {e:.3f}, detector {d:.3f})" for h, e, d in ev["matching"]) or "none"
     ours = f"stage 3: {listed}"
     if ev["rejected"]:
-        ours += "; left out by the detector check: " + ", ".join(ev["rejected"])
+        more = len(ev["rejected"]) - 4
+        ours += (f"; {len(ev['rejected'])} left out by the detector check: " + ", ".join(ev["rejected"][:4])
+                 + (f" and {more} more" if more > 0 else ""))
     if ev["exact_match_heads"]:
         ours += "; the detector's exact-match heads: " + ", ".join(
             f"{h} ({d:.2f}, {r})" for h, d, r in ev["exact_match_heads"])
