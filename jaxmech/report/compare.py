@@ -599,8 +599,9 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
         frac = len(good) / len(trends)
         verdict = "agrees" if frac > 0.5 else "partly agrees" if good else "disagrees"
         crit = (
-            f"share of heads whose mean {'rises from tf = 1 to the largest tf' if sign > 0 else 'falls'} "
-            "from the first to the last condition by more than its confidence half-width"
+            "share of heads whose mean "
+            + ("rises from tf = 1 to the largest tf" if sign > 0 else "falls from the first to the last condition")
+            + " by more than its confidence half-width"
             + (f" and saturates (its last step ≤ {SATURATION_RATIO} × its step from tf = 1 to 2; tf = 0 is left out: "
                "0 by construction)" if sign > 0 else "")
             + ": >50% agrees, any partly"
@@ -609,11 +610,10 @@ def compare_soft_tf(source: ResultsSource) -> list[Comparison]:
         )
         if not same_model(source.meta):
             verdict = _in_kind(verdict)
-        out.append(
-            judge(
-                f"{len(good)} of {len(trends)} heads", verdict, crit, {"heads_following": good, "n_heads": len(trends)}
-            )
-        )
+        changes = ", ".join(f"{h} {trends[h][0]:+.3f}" for h in list(trends)[:8])
+        ours = f"{len(good)} of {len(trends)} heads ({', '.join(good) or 'none'}); change {changes}"
+        out.append(judge(ours, verdict, crit, {"heads_following": good, "n_heads": len(trends),
+                                                "change": {h: t[0] for h, t in trends.items()}}))
     return out
 
 
