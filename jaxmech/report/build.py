@@ -247,6 +247,7 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
                     "head_index": int(h["head"]),
                     "role": role,
                     "effect": h.get("effect"),
+                    "detector_score": h.get("detector_score"),
                 }
             )
         rows.sort(key=lambda r: (order.index(r["role"]) if r["role"] in order else 9, -r["layer"], r["head_index"]))
@@ -564,7 +565,7 @@ def render_html(
             + "</summary>"
         )
         h.append(
-            "<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
+            "<table><thead><tr><th>head</th><th>role</th><th>effect</th><th>exact-match detector</th>"
             + ("<th>paper's role</th>" if paper_col else "")
             + "<th>figures</th></tr></thead><tbody>"
         )
@@ -572,7 +573,7 @@ def render_html(
             links = " ".join(f'<a href="#{_e(f)}">{_e(f.removeprefix("fig-"))}</a>' for f in r["figures"])
             h.append(
                 f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
-                f"<td>{_e(_fmt(r['effect']))}</td>"
+                f"<td>{_e(_fmt(r['effect']))}</td><td>{_e(_fmt(r.get('detector_score')))}</td>"
                 + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
                 + f"<td>{links}</td></tr>"
             )
@@ -691,10 +692,10 @@ def render_markdown(
     md += _left_out_md(summary)
     md += ["", "## Circuit", "", f"Source: {origin}.", ""]
     if rows:
-        md += ["| head | role | effect | figures |", "|---|---|---|---|"]
+        md += ["| head | role | effect | exact-match detector | figures |", "|---|---|---|---|---|"]
         for r in rows:
             md.append(
-                f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | "
+                f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | {_fmt(r.get('detector_score'))} | "
                 + ", ".join(f.removeprefix("fig-") for f in r["figures"])
                 + " |"
             )
