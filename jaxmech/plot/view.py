@@ -141,6 +141,8 @@ class PairView:
                  + (f" ({dataset})" if dataset else ""))
         if c["kept"] < c["pairs"]:
             label += f"; {c['pairs'] - c['kept']} flagged"
+        if source.pairs.get("token_types") is None:
+            label += "; token-type panels: the file's stored means"
         self.meta = {**source.meta, "aggregate": statistic, "aggregate_label": label,
                      "merge_pieces": merge_pieces, "view_flags": c, "view_dataset": dataset}
 
@@ -166,12 +168,15 @@ class PairView:
                        metric=self.meta.get("metric", "normalized")), int(len(values))
 
     def by_token_type(self, family: str) -> Labeled | None:
-        """Token-type values per kept pair (word pieces merged), then the view's statistic over pairs."""
+        """Token-type values per kept pair (word pieces merged), then the view's statistic over pairs (a source
+        without per-pair token types, a ``jaxmech patch`` ``.npz``: its stored token-type means)."""
         from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
 
         types = self._src.pairs.get("token_types")
+        if types is None:  # a `jaxmech patch` .npz stores token-type means only: used as stored (see meta)
+            return self._src.by_token_type(family)
         values, dims = self._values(family)
-        if types is None or "pos" not in dims:
+        if "pos" not in dims:
             return None
         kept_types = [list(t) for t, k in zip(types, self.flags.keep, strict=True) if k]
         mean, _ = mean_by_token_type(values, kept_types, pos_axis=dims.index("pos"), statistic=self.statistic,
