@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmech.data.bm25 import (
+    MAX_K1,
     BM25Index,
     grid_search_bm25,
     pearson,
@@ -257,8 +258,12 @@ def test_grid_widens_until_the_optimum_is_inside(token_data):
     qs, ds, idf = token_data
     y = token_bm25(qs, ds, idf, k1=8.0, b=0.3, fallback=None)
     narrow = grid_search_bm25(qs, ds, y, idf, fallback=None, k1_grid=[0.5, 1.0, 2.0, 3.0], b_grid=[0.0, 0.3, 0.6])
-    assert narrow.k1 == 3.0 and "k1 = 3" in narrow.edge  # on the edge: said, not hidden
+    assert narrow.k1 == 3.0 and "k1 = 3, the widest" in narrow.edge  # on the edge: said, not hidden
     wide = grid_search_bm25(qs, ds, y, idf, fallback=None, k1_grid=[0.5, 1.0, 2.0, 3.0], b_grid=[0.0, 0.3, 0.6],
                             widen=True)
     assert wide.k1_grid.max() > 8.0 and wide.k1 < wide.k1_grid.max() and "k1" not in wide.edge
     assert wide.r > narrow.r and wide.b == 0.3
+    flat = [list(q) for q in qs]  # scores linear in tf (k1 -> infinity): widened to MAX_K1 and said so
+    y_lin = np.array([sum(idf[t] * d.count(t) for t in q) / (len(d) / 84.32) for q, d in zip(flat, ds, strict=True)])
+    res = grid_search_bm25(qs, ds, y_lin, idf, fallback=None, k1_grid=[1.0, 2.0, 3.0], b_grid=[1.0], widen=True)
+    assert res.k1_grid.max() == MAX_K1 and res.k1 == MAX_K1 and "no term-frequency saturation" in res.edge

@@ -305,13 +305,16 @@ def grid_search_bm25(query_ids: Sequence[Sequence[int]], doc_ids: Sequence[Seque
             raise ValueError("BM25 scores are constant for every (k1, b); no correlation to maximise")
         i, j = np.unravel_index(np.nanargmax(r), r.shape)
         top = float(k1g.max())
-        if not (widen and len(k1g) > 1 and i == len(k1g) - 1 and top < MAX_K1):
+        more = np.unique(np.round(np.clip(np.geomspace(top * 1.25, 2 * top, 4), None, MAX_K1), 3))
+        more = more[more > top]
+        if not (widen and len(k1g) > 1 and k1g[i] == top and more.size):
             break
-        k1g = np.r_[k1g, np.round(np.geomspace(top * 1.25, min(2 * top, MAX_K1), 4), 3)]
+        k1g = np.r_[k1g, more]
     edge = []
-    if len(k1g) > 1 and i == len(k1g) - 1:
-        edge.append(f"k1 = {k1g[i]:g} (the widest k1{' tried' if not widen else ''})")
-    if len(k1g) > 1 and i == 0 and k1g[0] > 0:
+    if len(k1g) > 1 and k1g[i] == k1g.max():
+        edge.append(f"k1 = {k1g[i]:g}, the widest k1 " + ("(no term-frequency saturation fits best)" if widen
+                                                        else "of the grid"))
+    if len(k1g) > 1 and k1g[i] == k1g.min() and k1g[i] > 0:
         edge.append(f"k1 = {k1g[i]:g} (the smallest k1)")
     if len(bg) > 1 and j in (0, len(bg) - 1):
         edge.append(f"b = {bg[j]:g} ({'its range ends at ' if bg[j] in (0.0, 1.0) else 'the grid ends at '}{bg[j]:g})")
