@@ -511,8 +511,8 @@ def _bm25_notes(a: dict) -> str:
     if a.get("bm25_fallback"):
         parts.append(f"IDF-0 rule: {a['bm25_fallback']}")
     if a.get("bm25_k1") is not None:
-        parts.append(f"k1 = {a['bm25_k1']:g}, b = {a.get('bm25_b', float('nan')):g} "
-                     f"({a.get('bm25_grid_edge', 'grid edge not recorded')})")
+        parts.append(f"tuned k1 = {a['bm25_k1']:g}, b = {a.get('bm25_b', float('nan')):g}; on the grid: "
+                     f"{a.get('bm25_grid_edge', 'not recorded')}")
     other = a.get("bm25_other_fallback")
     if isinstance(other, dict) and other.get("test_pearson") is not None:
         parts.append(f"with IDF-0 rule {other.get('fallback')}: r = {float(other['test_pearson']):.4f}")
