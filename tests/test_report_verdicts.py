@@ -76,7 +76,7 @@ def _src(run):
 def _outlier_run():
     """Six pairs planting the E4 scoring heads in the last layers; pair 1 changes its score by 0.002 only and
     has huge effects at head 0.3 (as the STMC1 pair of issue 18)."""
-    run = synthetic_run(n_pairs=6, seq=10, n_layers=6, n_heads=4, model=L6)
+    run = synthetic_run(n_pairs=6, seq=10, n_layers=6, n_heads=12, model=L6)
     sb, sp = run.pairs["score_baseline"], run.pairs["score_perturbed"]
     sp[1] = sb[1] + 0.002
     run.arrays["path_to_score"].values[1, 0, 3] = 9.65 * 6
