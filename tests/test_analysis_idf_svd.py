@@ -115,3 +115,27 @@ def test_stream_idf_equals_the_in_memory_table(tokenizer):
     )
     with pytest.raises(ValueError, match="empty"):
         stream_idf([], tokenizer)
+
+
+def test_sign_free_u0_measure_can_come_out_either_way():
+    """The stored u0_idf_pearson is oriented by IDF (negative by construction); the sign-free measure
+    corr(U_0 * sum(Vt[0]), IDF) is a property of W_E: negating W_E flips it and leaves the oriented r alone."""
+    W, idf = _planted(seed=3)
+    a = idf_svd_analysis(W, {"word": idf}, n_components=5)
+    b = idf_svd_analysis(-W, {"word": idf}, n_components=5)
+    assert a["u0_idf_pearson"] == pytest.approx(b["u0_idf_pearson"]) and a["u0_idf_pearson"] < -0.95
+    assert a["u0_idf_pearson_sign_free"] == pytest.approx(-b["u0_idf_pearson_sign_free"])
+    assert abs(a["u0_idf_pearson_sign_free"]) > 0.95
+
+
+def test_base_comparison_tells_an_inherited_u0_from_a_learned_one():
+    from jaxmech.analysis.idf_svd import base_comparison
+
+    W, idf = _planted(seed=4)
+    rng = np.random.default_rng(5)
+    close = base_comparison(W + 0.003 * rng.normal(size=W.shape), W, idf)  # fine-tuning barely moved W_E
+    assert close["u0_abs_cosine"] > 0.99 and close["w_e_relative_difference"] < 0.01
+    other = base_comparison(W, rng.normal(size=W.shape), idf)  # a base without the IDF direction
+    assert other["u0_abs_cosine"] < 0.2 and abs(other["base_u0_idf_pearson"]) < 0.2
+    with pytest.raises(ValueError, match="not its base"):
+        base_comparison(W, W[:10], idf)

@@ -109,3 +109,28 @@ def test_soft_tf_features_read_the_planted_head():
     assert tf.shape == (2, 2, 2, 5) and score.shape == (2,)
     np.testing.assert_allclose(tf[0, 0, 0], [2 / 3, 1 / 2, 0, 0, 0], atol=0.02)
     np.testing.assert_allclose(tf[1, 0, 0], 0.0, atol=0.02)
+
+
+def test_fixed_test_queries_and_both_bm25_fallbacks():
+    from jaxmech.analysis.linear_bm25 import split_indices
+    from jaxmech.data.bm25 import token_bm25
+
+    groups = ["q1", "q1", "q2", "q3", "q3", "q4"]
+    train, test = split_indices(6, groups, test_groups={"q3"})
+    assert test.tolist() == [3, 4] and train.tolist() == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="cover 0 of 6"):
+        split_indices(6, groups, test_groups={"q9"})
+    rng = np.random.default_rng(1)
+    idf = rng.uniform(0.5, 5.0, 50)
+    idf[:10] = 0.0  # word pieces without an IDF: only the BEIR fallback gives them a weight
+    qs = [list(rng.integers(0, 20, 5)) for _ in range(200)]
+    ds = [list(rng.integers(0, 50, rng.integers(20, 80))) for _ in range(200)]
+    y = token_bm25(qs, ds, idf, k1=1.2, b=0.75, avg_len=60.0, fallback="beir")
+    tr, te = np.arange(160), np.arange(160, 200)
+    grid = dict(avg_len=60.0, k1_grid=[0.6, 1.2, 2.0], b_grid=[0.5, 0.75, 1.0])
+    paper = bm25_baseline(qs, ds, y, idf, tr, te, **grid)  # default: no fallback
+    beir = bm25_baseline(qs, ds, y, idf, tr, te, fallback="beir", **grid)
+    assert paper["fallback"] is None and beir["test"]["pearson"] == pytest.approx(1.0, abs=1e-12)
+    assert paper["test"]["pearson"] < 0.99
+    with pytest.raises(ValueError, match="fallback"):
+        bm25_baseline(qs, ds, y, idf, tr, te, fallback="zero", **grid)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmech.data.bm25 import (
+    MAX_K1,
     BM25Index,
     grid_search_bm25,
     pearson,
@@ -227,3 +228,42 @@ def test_vocab_idf_maps_decoded_ids_and_zero_elsewhere(tok, tmp_path):
     assert piece.startswith("##")
     by_token = vocab_idf({piece: 0.5}, tok, key="token")
     assert by_token[tok.token_id(piece)] == 0.5 and np.count_nonzero(by_token) == 1
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson"])
+@pytest.mark.parametrize(("k1", "b"), [(1.5, 0.75), (0.5, 0.9), (3.0, 1.0)])
+def test_hand_written_bm25_matches_bm25s(method, k1, b):
+    """Both BM25s (document level, `BM25Index`; token level, `token_bm25` without the IDF-0 fallback) against
+    the maintained library with the same k1, b and IDF variant. bm25s drops the constant k1 + 1 factor and
+    stores float32 (its scores here are below 10: float32 rounding stays below 2e-6)."""
+    bm25s = pytest.importorskip("bm25s")
+    docs = [simple_tokenize(d) for d in CORPUS]
+    queries = [["owl", "night"], ["rock"], ["the", "owl", "owl"], ["glows", "lava", "ice"]]
+    ref = bm25s.BM25(k1=k1, b=b, method=method)
+    ref.index(docs, show_progress=False)
+    want = np.array([ref.get_scores(q) for q in queries], np.float64) * (k1 + 1)
+    got = BM25Index(CORPUS, k1=k1, b=b, idf=method).scores(queries)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * (k1 + 1))
+    # token level: word ids, the corpus's own IDF per id and average length, one document per pair
+    vocab = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
+    n, df = len(docs), Counter(t for d in docs for t in set(d))
+    idf = np.array([idf_values(np.array([df[t]]), n, method)[0] for t in sorted(vocab)])
+    qi = [[vocab[t] for t in q] for q in queries for _ in docs]
+    di = [[vocab[t] for t in d] for _ in queries for d in docs]
+    tok = token_bm25(qi, di, idf, k1=k1, b=b, avg_len=float(np.mean([len(d) for d in docs])), fallback=None)
+    np.testing.assert_allclose(tok, want.ravel(), rtol=0, atol=2e-6 * (k1 + 1))
+
+
+def test_grid_widens_until_the_optimum_is_inside(token_data):
+    qs, ds, idf = token_data
+    y = token_bm25(qs, ds, idf, k1=8.0, b=0.3, fallback=None)
+    narrow = grid_search_bm25(qs, ds, y, idf, fallback=None, k1_grid=[0.5, 1.0, 2.0, 3.0], b_grid=[0.0, 0.3, 0.6])
+    assert narrow.k1 == 3.0 and "k1 = 3, the widest" in narrow.edge  # on the edge: said, not hidden
+    wide = grid_search_bm25(qs, ds, y, idf, fallback=None, k1_grid=[0.5, 1.0, 2.0, 3.0], b_grid=[0.0, 0.3, 0.6],
+                            widen=True)
+    assert wide.k1_grid.max() > 8.0 and wide.k1 < wide.k1_grid.max() and "k1" not in wide.edge
+    assert wide.r > narrow.r and wide.b == 0.3
+    flat = [list(q) for q in qs]  # scores linear in tf (k1 -> infinity): widened to MAX_K1 and said so
+    y_lin = np.array([sum(idf[t] * d.count(t) for t in q) / (len(d) / 84.32) for q, d in zip(flat, ds, strict=True)])
+    res = grid_search_bm25(qs, ds, y_lin, idf, fallback=None, k1_grid=[1.0, 2.0, 3.0], b_grid=[1.0], widen=True)
+    assert res.k1_grid.max() == MAX_K1 and res.k1 == MAX_K1 and "no term-frequency saturation" in res.edge

@@ -28,6 +28,7 @@ NUMBERS_KEYS = {
     "analyses",
     "figures",
     "not_drawn",
+    "pairs_left_out",
 }
 
 

@@ -120,3 +120,14 @@ def test_sampling_is_seeded_spread_over_queries_and_never_the_first_n(tmp_path):
     assert len(kept) == 3 and {records[i].qid for i in kept} <= {"q2", "q7"}
     with pytest.raises(ValueError, match="here sample=2000 but the dataset has only 1000 pairs"):
         pick(sample=2000)
+
+
+def test_report_aggregation_is_chosen_in_the_config_and_not_fingerprinted(tmp_path):
+    base = load_sweep_config(write(tmp_path, GOOD))
+    chosen = "[report]\noptions = { aggregate = 'median', relative_floor = 0.05 }\n"
+    cfg = load_sweep_config(write(tmp_path, GOOD + chosen))
+    assert cfg.report.options["aggregate"] == "median" and cfg.fingerprint() == base.fingerprint()
+    with pytest.raises(ConfigError, match=r"\[report\].*aggregate='mode'; choose one of"):
+        load_sweep_config(write(tmp_path, GOOD + "[report]\noptions = { aggregate = 'mode' }\n"))
+    with pytest.raises(ConfigError, match="relative_floor=-1"):
+        load_sweep_config(write(tmp_path, GOOD + "[report]\noptions = { relative_floor = -1 }\n"))

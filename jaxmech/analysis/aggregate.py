@@ -19,6 +19,15 @@ STATISTICS = ("mean", "median", "trimmed")
 """How results are aggregated over pairs: the mean (default), the median, or the mean of the middle 80%
 (`TRIM_FRACTION` of the pairs cut at each end, per entry); all ignore NaN."""
 TRIM_FRACTION = 0.1
+STATISTIC_LABELS = {"mean": "mean", "median": "median", "trimmed": f"{int(TRIM_FRACTION * 100)}%-trimmed mean"}
+"""How each statistic is named on figures and in the report."""
+TERM_TYPES = ("Qplus", "Dinj", "Dplus")
+"""Token types that hold one word (an occurrence of the query term): a run of adjacent positions of one of these
+types is the word pieces of one occurrence."""
+PIECE_MERGES = ("mean", "sum", "max")
+"""How the pieces of a split term are merged before positions are averaged: ``"mean"`` (every piece a position,
+the rule before merging: a term in two pieces roughly halves its effect), ``"sum"`` or ``"max"`` (of the
+pieces' effects; ``max`` is the default of the report)."""
 
 
 def over_pairs(values: np.ndarray, statistic: str = "mean") -> np.ndarray:
@@ -51,6 +60,24 @@ def over_pairs(values: np.ndarray, statistic: str = "mean") -> np.ndarray:
         return np.where(kept > 0, total / np.maximum(kept, 1), np.nan)
 
 
+def _runs(sel: np.ndarray) -> list[np.ndarray]:
+    """Index arrays of the maximal runs of adjacent True entries."""
+    idx = np.flatnonzero(sel)
+    return np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if idx.size else []
+
+
+def _merge_runs(chunk: np.ndarray, sel: np.ndarray, how: str) -> np.ndarray:
+    """``[..., n_sel]`` -> ``[..., n_runs]``: the positions of each run of ``sel`` merged by ``how`` (NaN-aware:
+    a run with no finite entry stays NaN)."""
+    out = []
+    for run in _runs(sel):
+        block = chunk[..., np.searchsorted(np.flatnonzero(sel), run)]
+        ok = np.isfinite(block)
+        merged = np.where(ok, block, 0).sum(-1) if how == "sum" else np.where(ok, block, -np.inf).max(-1)
+        out.append(np.where(ok.any(-1), merged, np.nan))
+    return np.stack(out, -1)
+
+
 def mean_by_token_type(
     values: np.ndarray,
     token_types: Sequence[Sequence[str]],
@@ -58,6 +85,7 @@ def mean_by_token_type(
     pos_axis: int = -1,
     types: Sequence[str] = TOKEN_TYPE_ORDER,
     statistic: str = "mean",
+    merge_pieces: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Averages a per-position result over the positions of each token type, then over pairs.
 
@@ -67,11 +95,15 @@ def mean_by_token_type(
         pos_axis: The position axis of ``values``.
         types: Type names, in the order of the output's last axis.
         statistic: How pairs are aggregated (`over_pairs`; within a pair, positions are always averaged).
+        merge_pieces: `PIECE_MERGES`: for `TERM_TYPES`, the adjacent positions of one occurrence (its word
+            pieces) are merged by ``sum`` or ``max`` first, then occurrences averaged (``"mean"``: no merge).
 
     Returns:
         ``(mean, count)``: ``mean`` is ``[..., n_types]`` (position axis replaced by types, pair axis
         averaged, NaN for a type no pair has); ``count`` is ``[n_types]`` pairs that have each type.
     """
+    if merge_pieces not in PIECE_MERGES:
+        raise ValueError(f"merge_pieces={merge_pieces!r}; choose one of {PIECE_MERGES}")
     values = np.moveaxis(np.asarray(values, np.float64), pos_axis, -1)
     n_pairs, T = values.shape[0], values.shape[-1]
     if len(token_types) != n_pairs:
@@ -83,6 +115,8 @@ def mean_by_token_type(
             sel = labels == name
             if sel.any():
                 chunk = values[p][..., sel]
+                if merge_pieces != "mean" and name in TERM_TYPES:
+                    chunk = _merge_runs(chunk, sel, merge_pieces)
                 ok = np.isfinite(chunk)
                 mean_t = np.where(ok, chunk, 0).sum(-1) / np.maximum(ok.sum(-1), 1)
                 per_pair[p, ..., t] = np.where(ok.any(-1), mean_t, np.nan)

@@ -29,6 +29,18 @@ from jaxmech.analysis.common import DEFAULT_BATCH, PairInputs, attention_to, hea
 
 ROLES = ("relevance_scoring", "contextual_query", "matching")
 DEFAULT_THRESHOLDS = {"relevance_scoring": 0.05, "contextual_query": 0.01, "matching": 0.005}
+RELATIVE_FLOOR = 0.1
+"""A head joins a stage only if its (absolute) effect is at least this fraction of the stage's largest: the
+absolute thresholds alone let a stage whose strongest sender is itself negligible fill up with noise."""
+DETECTOR_FLOOR = 0.1
+"""A matching head must put at least this much more of its query-term attention on the term's document copies
+than a uniform spread would (`match_scores`); real exact-match heads score 0.3-0.5, others ~0."""
+STAGE_FAMILIES = {
+    "relevance_scoring": "path_to_score",
+    "contextual_query": "path_to_heads_scoring",
+    "matching": "path_to_heads_contextual",
+}
+"""The ``effects`` entry of the circuit JSON each role is selected from."""
 
 
 # -- the detector -------------------------------------------------------------------------------------------
@@ -78,6 +90,7 @@ def select_heads(
     max_heads: int | None = None,
     min_heads: int = 0,
     exclude: Sequence[tuple[int, int]] = (),
+    relative_floor: float = 0.0,
 ) -> list[tuple[int, int, float]]:
     """Heads whose effect (or ``|effect|``) is at least ``threshold``, strongest first.
 
@@ -86,8 +99,9 @@ def select_heads(
         threshold: Inclusion threshold.
         use_abs: Rank and threshold by magnitude (path effects into keys/values can be negative).
         max_heads: Keep at most this many.
-        min_heads: Keep at least this many (the strongest), even below the threshold.
+        min_heads: Keep at least this many (the strongest), even below the thresholds.
         exclude: Heads not eligible (e.g. the receivers themselves).
+        relative_floor: Also require at least this fraction of the largest eligible (absolute) effect.
 
     Returns:
         ``[(layer, head, effect)]``.
@@ -99,17 +113,32 @@ def select_heads(
         if layer < key.shape[0]:
             key[layer, head] = -np.inf
     order = np.argsort(-key.ravel(), kind="stable")
+    top = key.ravel()[order[0]] if key.size else -np.inf
+    floor = max(threshold, relative_floor * top) if np.isfinite(top) else threshold
     out = []
     for i in order:
         layer, head = divmod(int(i), e.shape[1])
         if not np.isfinite(key[layer, head]):
             break
-        if key[layer, head] < threshold and len(out) >= min_heads:
+        if key[layer, head] < floor and len(out) >= min_heads:
             break
         out.append((layer, head, float(e[layer, head])))
         if max_heads is not None and len(out) >= max_heads:
             break
     return out
+
+
+def _stage_mean(a) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return np.nanmean(a, axis=0) if a.ndim == 3 else a
+
+
+def _head_entry(layer: int, head: int, role: str, effect: float, det, detector_floor) -> dict:
+    entry = {"layer": layer, "head": head, "role": role, "effect": effect}
+    if det is not None:
+        entry["detector_score"] = float(det[layer, head])
+        entry["exact_match"] = bool(detector_floor is not None and det[layer, head] >= detector_floor)
+    return entry
 
 
 def circuit_from_effects(
@@ -121,6 +150,9 @@ def circuit_from_effects(
     max_heads: dict | None = None,
     min_heads: int = 0,
     use_abs: bool = True,
+    relative_floor: float = RELATIVE_FLOOR,
+    detector: np.ndarray | None = None,
+    detector_floor: float | None = DETECTOR_FLOOR,
     model: str = "",
     extra: dict | None = None,
 ) -> dict:
@@ -133,38 +165,47 @@ def circuit_from_effects(
         matching_effect: E5 effects into the contextual-query heads; None stops after stage 2.
         thresholds: Per role (`ROLES`) the inclusion threshold; defaults `DEFAULT_THRESHOLDS`.
         max_heads: Per role, the most heads kept.
-        min_heads: Keep at least this many heads per stage (the strongest).
+        min_heads: Keep at least this many heads per stage (the strongest), except matching heads that fail
+            the detector check.
         use_abs: Select contextual-query and matching heads by ``|effect|`` (scoring heads by signed effect).
+        relative_floor: Per stage, heads below this fraction of the stage's largest effect are left out
+            (`RELATIVE_FLOOR`; 0 = the absolute thresholds only, the rule before it).
+        detector: `match_scores` ``[layer, head]``; with ``detector_floor``, a stage-3 head is a matching head
+            only if its score reaches the floor (else it is listed under ``rejected``), and every head gets
+            ``detector_score`` and ``exact_match`` (score >= floor).
+        detector_floor: See ``detector`` (`DETECTOR_FLOOR`; None = no check).
         model: Model label.
         extra: Merged into the output (e.g. the effect arrays).
 
     Returns:
-        The ``circuit`` JSON object: ``heads`` [{layer, head, role, effect}], ``thresholds``, ``roles``
-        {role: ["L.H", ...]}.
+        The ``circuit`` JSON object: ``heads`` [{layer, head, role, effect[, detector_score, exact_match]}],
+        ``thresholds``, ``roles`` {role: ["L.H", ...]}, ``stages_run`` (the roles whose stage ran),
+        ``rule`` (the selection settings) and ``rejected`` (stage-3 heads failing the detector check).
     """
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = sorted(set(th) - set(ROLES))
     if unknown:
         raise ValueError(f"unknown roles in thresholds: {unknown}; roles are {ROLES}")
     mx = max_heads or {}
-
-    def mean(a):
-        a = np.asarray(a, np.float64)
-        return np.nanmean(a, axis=0) if a.ndim == 3 else a
-
+    det = None if detector is None else np.asarray(detector, np.float64)
     stages = [
         ("relevance_scoring", score_effect, False),
         ("contextual_query", contextual_effect, use_abs),
         ("matching", matching_effect, use_abs),
     ]
-    heads, taken = [], []
+    heads, taken, rejected, ran = [], [], [], []
     for role, eff, absolute in stages:
         if eff is None:
             break
-        sel = select_heads(
-            mean(eff), threshold=th[role], use_abs=absolute, max_heads=mx.get(role), min_heads=min_heads, exclude=taken
-        )
-        heads += [{"layer": layer, "head": h, "role": role, "effect": v} for layer, h, v in sel]
+        ran.append(role)
+        sel = select_heads(_stage_mean(eff), threshold=th[role], use_abs=absolute, max_heads=mx.get(role),
+                           min_heads=min_heads, exclude=taken, relative_floor=relative_floor)
+        for layer, h, v in sel:
+            entry = _head_entry(layer, h, role, v, det, detector_floor)
+            if role == "matching" and det is not None and detector_floor is not None and not entry["exact_match"]:
+                rejected.append({**entry, "why": f"detector score {det[layer, h]:.3f} < {detector_floor}"})
+            else:
+                heads.append(entry)
         taken += [(layer, h) for layer, h, _ in sel]
     return {
         "analysis": "circuit",
@@ -172,6 +213,11 @@ def circuit_from_effects(
         "heads": heads,
         "thresholds": th,
         "roles": {r: [head_name(x["layer"], x["head"]) for x in heads if x["role"] == r] for r in ROLES},
+        "stages_run": ran,
+        "rule": {"relative_floor": relative_floor, "detector_floor": detector_floor if det is not None else None,
+                 "min_heads": min_heads, "max_heads": dict(mx)},
+        "rejected": rejected,
+        **({"detector": det} if det is not None else {}),
         **(extra or {}),
     }
 
@@ -197,6 +243,8 @@ def discover_circuit(
     detector_inputs: PairInputs | None = None,
     method: str = "exact",
     verify_top_k: int = 10,
+    relative_floor: float = RELATIVE_FLOOR,
+    detector_floor: float | None = DETECTOR_FLOOR,
 ) -> dict:
     """Runs E4 and two E5 stages on aligned pairs and assigns circuit roles.
 
@@ -218,6 +266,8 @@ def discover_circuit(
             (`jaxmech.patching.path_attribution.verified_path_patch`); the heads verified per stage are listed in
             ``verified``.
         verify_top_k: With ``method="attribution"``: senders verified exactly per stage.
+        relative_floor: Per stage, the fraction of its largest effect a head needs (`circuit_from_effects`).
+        detector_floor: With ``detector_inputs``: the exact-match score a matching head needs.
 
     Returns:
         The ``circuit`` JSON object with ``effects`` (the three mean arrays) and ``n_pairs``/``n_flagged``.
@@ -254,8 +304,9 @@ def discover_circuit(
     elif method != "exact":
         raise ValueError(f"discover_circuit: method={method!r}; choose 'exact' or 'attribution'")
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    sel = dict(thresholds=th, max_heads=max_heads, min_heads=min_heads, relative_floor=relative_floor)
     e4, flagged = _path_effects(lambda: path_to_score(model, batch, **kw), min_denominator)
-    stage1 = circuit_from_effects(e4, thresholds=th, max_heads=max_heads, min_heads=min_heads)
+    stage1 = circuit_from_effects(e4, **sel)
     scoring = [(h["layer"], h["head"]) for h in stage1["heads"]]
     e5a = e5b = None
     if scoring and max(layer for layer, _ in scoring) > 0:
@@ -263,7 +314,7 @@ def discover_circuit(
             _path_effects(lambda r=r: path_to_heads(model, batch, scoring, r, **kw), min_denominator)[0]
             for r in receiver_inputs
         )
-        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), thresholds=th, max_heads=max_heads, min_heads=min_heads)
+        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), **sel)
         # a layer-0 head reads the embeddings only: nothing upstream of it to find
         contextual = [
             (h["layer"], h["head"]) for h in stage2["heads"] if h["role"] == "contextual_query" and h["layer"] > 0
@@ -274,13 +325,14 @@ def discover_circuit(
                 for r in receiver_inputs
             )
     effects = {"path_to_score": e4, "path_to_heads_scoring": e5a, "path_to_heads_contextual": e5b}
+    det = None if detector_inputs is None else match_scores(model, detector_inputs)
     out = circuit_from_effects(
         e4,
         None if e5a is None else _pad(e5a, e4.shape),
         None if e5b is None else _pad(e5b, e4.shape),
-        thresholds=th,
-        max_heads=max_heads,
-        min_heads=min_heads,
+        **sel,
+        detector=det,
+        detector_floor=detector_floor,
         model=model_label(lm),
         extra={
             "effects": effects,
@@ -291,12 +343,11 @@ def discover_circuit(
                if method == "attribution" else {}),
         },
     )
-    if detector_inputs is not None:
-        det = match_scores(model, detector_inputs)
+    if e5a is not None and e5b is None:
+        out["stage_note"] = "stage 3 not run: every contextual-query head is in layer 0 (nothing upstream)"
+    if det is not None:
         out["detector"] = det
         out["detector_top"] = [head_name(*h) for h in top_heads_of(det, 10)]
-        for h in out["heads"]:
-            h["detector_score"] = float(det[h["layer"], h["head"]])
     return out
 
 

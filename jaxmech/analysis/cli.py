@@ -25,6 +25,9 @@ HEADLINES = {
         "test_pearson",
         "test_p_value",
         "bm25_test_pearson",
+        "bm25_fallback",
+        "bm25_grid_edge",
+        "bm25_other_fallback",
         "random_features_test_pearson",
         "n_pairs",
         "heads",
@@ -54,7 +57,7 @@ def check_inputs(name: str, opts: dict) -> None:
     """
     from pathlib import Path
 
-    for key in ("dataset", "qids", "idf_table", "collection"):
+    for key in ("dataset", "qids", "idf_table", "collection", "test_qids"):
         if opts.get(key) is not None and not Path(opts[key]).is_file():
             raise FileNotFoundError(f"--{key.replace('_', '-')} {opts[key]}: no such file")
     src = opts.get("source")
@@ -157,7 +160,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--docs-per-query", type=int, default=20)
     q.add_argument("--heads", nargs="+", help="matching heads LAYER.HEAD (default: the detector's top --n-heads)")
     q.add_argument("--n-heads", type=int, default=13)
-    q.add_argument("--split", default="query", choices=["query", "pair"])
+    q.add_argument("--split", default="query", choices=["query", "pair"],
+                   help="held-out queries (default) or pairs (leaks test queries into training)")
+    q.add_argument("--test-qids", help="file of query ids (one a line): train on the other queries, test on "
+                   "exactly these (overrides --split)")
+    q.add_argument("--bm25-fallback", default="none", choices=["none", "beir"],
+                   help="BM25 baseline IDF-0 rule: none (the paper's MS MARCO BM25; default) or the BEIR script's "
+                   "fallback; the other is reported beside it")
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--idf-table", help="word<TAB>idf TSV (default: streamed from the documents)")
     return p

@@ -237,7 +237,8 @@ def idf_svd_analysis(
 
     Returns:
         The ``idf_svd`` JSON object (see NOTES.md): ``u0_idf_pearson`` (raw, oriented: negative when -U_0
-        ∝ IDF), ``u0_idf_pearson_centered``, ``u0_mean_cosine``, ``components`` [{k, pearson,
+        ∝ IDF), ``u0_idf_pearson_centered``, ``u0_idf_pearson_sign_free`` (``corr(U_0 * sum(Vt[0]), IDF)``,
+        independent of the SVD's sign), ``u0_mean_cosine``, ``components`` [{k, pearson,
         pearson_centered}], ``variants`` {rule: pearson} (raw and ``<rule>_centered``), ``scatter``,
         ``strongest_component`` and the singular values.
     """
@@ -266,6 +267,9 @@ def idf_svd_analysis(
         "n_nonzero_idf": int(len(nz)),
         "u0_idf_pearson": r_raw[0],
         "u0_idf_pearson_centered": r_cen[0],
+        # the paper's sign-free measure corr(U_0 * sum(Vt[0]), IDF): unlike u0_idf_pearson (oriented by IDF,
+        # so <= 0 by construction) its sign is a property of W_E, and can come out either way
+        "u0_idf_pearson_sign_free": float(np.sign(raw.Vt[0].sum()) * r_raw[0]),
         "u0_mean_cosine": mean_direction_cosine(W, raw),
         "strongest_component": int(np.nanargmax(np.abs(r_raw))),
         "strongest_component_centered": int(np.nanargmax(np.abs(r_cen))),
@@ -278,6 +282,37 @@ def idf_svd_analysis(
     }
 
 
+def base_comparison(
+    W_E: Float[np.ndarray, "vocab d_model"],
+    W_base: Float[np.ndarray, "vocab d_model"],
+    idf: Float[np.ndarray, " vocab"],
+    *,
+    base: str = "",
+) -> dict:
+    """U_0 of a fine-tuned model beside its base model's (is the IDF direction learned in fine-tuning, or
+    inherited from pre-training?).
+
+    Returns:
+        ``{"base", "w_e_relative_difference" (||W - W_base|| / ||W_base||), "u0_abs_cosine" (|cos(U_0, U_0 of
+        the base)|), "base_u0_idf_pearson", "base_u0_idf_pearson_sign_free"}``.
+
+    Raises:
+        ValueError: If the two matrices differ in shape.
+    """
+    W, B = np.asarray(W_E, np.float64), np.asarray(W_base, np.float64)
+    if W.shape != B.shape:
+        raise ValueError(f"base model embedding {B.shape} differs from the model's {W.shape}: not its base")
+    ft, bs = embedding_svd(W, idf=idf), embedding_svd(B, idf=idf)
+    r = component_correlations(bs.U, idf, n_components=1)[0]
+    return {
+        "base": base,
+        "w_e_relative_difference": float(np.linalg.norm(W - B) / np.linalg.norm(B)),
+        "u0_abs_cosine": float(abs(ft.U[:, 0] @ bs.U[:, 0])),
+        "base_u0_idf_pearson": float(r),
+        "base_u0_idf_pearson_sign_free": float(np.sign(bs.Vt[0].sum()) * r),
+    }
+
+
 def idf_svd(
     lm,
     *,
@@ -287,9 +322,11 @@ def idf_svd(
     piece_table: Mapping[str, float] | None = None,
     formula: str = "lucene",
     n_components: int = 50,
+    base=None,
     **kw,
 ) -> dict:
-    """`idf_svd_analysis` of a loaded model, with IDF tables given or streamed from a collection.
+    """`idf_svd_analysis` of a loaded model, with IDF tables given or streamed from a collection; with
+    ``base`` (its pre-trained model, loaded or a path/``"packaged"``), `base_comparison` under ``"base"``.
 
     Args:
         lm: A `jaxmech.loading.LoadedModel` (needs its tokenizer).
@@ -326,11 +363,19 @@ def idf_svd(
         raise ValueError(f"the embedding has {W_E.shape[0]} rows but the tokenizer {len(tok.hf)} ids")
     out = idf_svd_analysis(W_E, rules, n_components=n_components, model=model_label(lm), **kw)
     out["idf_formula"] = formula
+    if base is not None:
+        from jaxmech.loading import LoadedModel, load_model
+
+        blm = base if isinstance(base, LoadedModel) else load_model(base)
+        bmodel, _ = unwrap(blm)
+        main = out["main_rule"]
+        out["base"] = base_comparison(W_E, np.asarray(bmodel.embed.W_E[...]), rules[main], base=model_label(blm))
     return out
 
 
 __all__ = [
     "IDF_RULES",
+    "base_comparison",
     "EmbeddingSVD",
     "component_correlations",
     "embedding_svd",

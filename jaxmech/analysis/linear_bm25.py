@@ -130,13 +130,21 @@ def feature_matrix(
 
 # -- fitting ------------------------------------------------------------------------------------------------
 def split_indices(
-    n: int, groups: Sequence | None, *, split: str = "query", test_size: float = 0.2, seed: int = 42
+    n: int, groups: Sequence | None, *, split: str = "query", test_size: float = 0.2, seed: int = 42,
+    test_groups: set | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices: by group (``"query"``: whole queries held out) or by pair (``"pair"``).
+    """Seeded train/test indices: by group (``"query"``: whole queries held out) or by pair (``"pair"``); with
+    ``test_groups``, exactly the pairs of those groups are the test set (``split`` is ignored).
 
     Raises:
-        ValueError: On an unknown split, or fewer than two groups/pairs to split.
+        ValueError: On an unknown split, or fewer than two groups/pairs to split, or a fixed test set that
+            leaves no pair on one side.
     """
+    if test_groups is not None:
+        is_test = np.array([g in test_groups for g in (groups or [])], bool)
+        if len(is_test) != n or not is_test.any() or is_test.all():
+            raise ValueError(f"the fixed test queries cover {int(is_test.sum())} of {n} pairs; both sides need pairs")
+        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
     rng = np.random.default_rng(seed)
     if split == "pair":
         if n < 2:
@@ -208,13 +216,23 @@ def random_features_like(X: np.ndarray, seed: int = 0) -> np.ndarray:
     return rng.normal(X.mean(0), X.std(0), size=X.shape)
 
 
+BM25_FALLBACKS = (None, "beir")
+"""IDF-0 rules of the BM25 baseline: ``None`` (the paper's MS MARCO BM25: a word piece without an IDF scores
+0) or ``"beir"`` (the BEIR script's fallback ``log((1 + |d|) / (1 + tf)) + 1``, which gives every word piece a
+weight and raises the held-out r)."""
+
+
 def bm25_baseline(
-    query_pieces, doc_pieces, y: np.ndarray, idf: np.ndarray, train: np.ndarray, test: np.ndarray, **grid
+    query_pieces, doc_pieces, y: np.ndarray, idf: np.ndarray, train: np.ndarray, test: np.ndarray, *,
+    fallback: str | None = None, **grid
 ) -> dict:
-    """Token-level BM25 with (k1, b) tuned on the training pairs; Pearson r on the test pairs (and tuned on
-    all pairs, the paper's in-sample number)."""
+    """Token-level BM25 with (k1, b) tuned on the training pairs (the k1 grid widened until the optimum is
+    inside it); Pearson r on the test pairs (and tuned on all pairs, the paper's in-sample number)."""
     from jaxmech.data.bm25 import grid_search_bm25, token_bm25
 
+    if fallback not in BM25_FALLBACKS:
+        raise ValueError(f"bm25 fallback={fallback!r}; choose one of {BM25_FALLBACKS}")
+    grid = {"widen": True, **grid, "fallback": fallback}
     y = np.asarray(y, np.float64)
     tr = grid_search_bm25([query_pieces[i] for i in train], [doc_pieces[i] for i in train], y[train], idf, **grid)
     s = token_bm25(
@@ -224,15 +242,20 @@ def bm25_baseline(
         k1=tr.k1,
         b=tr.b,
         avg_len=grid.get("avg_len", tr.avg_len),
+        fallback=fallback,
     )
     full = grid_search_bm25(query_pieces, doc_pieces, y, idf, **grid)
     return {
+        "fallback": fallback,
         "k1": tr.k1,
         "b": tr.b,
+        "edge": tr.edge,
+        "k1_grid_max": float(tr.k1_grid.max()),
         "test": regression_metrics(y[test], s),
         "tuned_on_all_pearson": full.r,
         "tuned_on_all_k1": full.k1,
         "tuned_on_all_b": full.b,
+        "tuned_on_all_edge": full.edge,
     }
 
 
@@ -247,10 +270,12 @@ def linear_bm25_from_arrays(
     seed: int = 42,
     test_size: float = 0.2,
     random_seed: int = 0,
+    test_groups: set | None = None,
 ) -> dict:
-    """Fit, evaluate and control on precomputed soft TF ``[n, n_heads, qtok]`` and IDF features ``[n, qtok]``."""
+    """Fit, evaluate and control on precomputed soft TF ``[n, n_heads, qtok]`` and IDF features ``[n, qtok]``
+    (``test_groups``: a fixed test set of queries, see `split_indices`)."""
     X, names = feature_matrix(tf, idf_feat)
-    train, test = split_indices(len(y), groups, split=split, test_size=test_size, seed=seed)
+    train, test = split_indices(len(y), groups, split=split, test_size=test_size, seed=seed, test_groups=test_groups)
     fit = fit_linear(X, y, train, test)
     ctrl = fit_linear(random_features_like(X, random_seed), y, train, test)
     return {"X": X, "names": names, "train": train, "test": test, "fit": fit, "random": ctrl}
@@ -275,6 +300,8 @@ def linear_bm25(
     batch_size: int = DEFAULT_BATCH,
     bm25_grid: dict | None = None,
     predictions: int = 2000,
+    bm25_fallback: str | None = None,
+    test_qids: Sequence[str] | None = None,
 ) -> dict:
     """The linear semantic-BM25 analysis on TFC1-perturbed pairs of a source (or given query/doc lists).
 
@@ -298,6 +325,11 @@ def linear_bm25(
         batch_size: Inputs per forward.
         bm25_grid: Passed to `jaxmech.data.bm25.grid_search_bm25` (``k1_grid``, ``b_grid``, ``avg_len``).
         predictions: At most this many test predictions in the JSON (seeded sample).
+        bm25_fallback: The BM25 baseline's IDF-0 rule (`BM25_FALLBACKS`; default the paper's, none); the other
+            rule is reported beside it (``bm25_other_fallback``).
+        test_qids: A fixed test set: train on the other queries and test on exactly these (``split`` becomes
+            ``"fixed"``; no ``other_split``). Default: the seeded query split (the pair split, reported under
+            ``other_split``, leaks test queries into training).
 
     Returns:
         The ``linear_bm25`` JSON object (NOTES.md contract plus ``heads``, ``n_pairs``, ``bm25_k1``, ...).
@@ -313,6 +345,8 @@ def linear_bm25(
         raise ValueError("linear_bm25 needs the model's tokenizer")
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; choose one of {SPLITS}")
+    if bm25_fallback not in BM25_FALLBACKS:
+        raise ValueError(f"bm25_fallback={bm25_fallback!r}; choose one of {BM25_FALLBACKS}")
     if source is not None:
         keep = set(qids) if qids is not None else None
         if keep is not None and not keep & set(source.docs):
@@ -344,6 +378,13 @@ def linear_bm25(
     if len(kept) < 10:
         raise ValueError(f"linear_bm25: only {len(kept)} pairs have a query of >= {n_query_tokens} word pieces")
     groups = [groups[i] for i in kept]
+    fixed = None
+    if test_qids is not None:
+        fixed = {str(q) for q in test_qids}
+        n_fixed = sum(g in fixed for g in groups)
+        if not n_fixed or n_fixed == len(groups):
+            raise ValueError(f"linear_bm25: the {len(fixed)} test qids cover {n_fixed} of {len(groups)} pairs; "
+                             "the test and the training queries both need pairs")
 
     W_E = np.asarray(model.embed.W_E[...])
     svd = isvd.embedding_svd(W_E, idf=idf)
@@ -359,12 +400,19 @@ def linear_bm25(
     tf = np.stack([tf_all[:, layer, h, :] for layer, h in heads], 1)
     idf_feat = idf_feat_vocab[np.asarray(qp)]
     runs = {}
-    for sp in SPLITS:
-        runs[sp] = linear_bm25_from_arrays(tf, idf_feat, y, groups, split=sp, seed=seed, test_size=test_size)
+    if fixed is not None:
+        split = "fixed"
+        runs[split] = linear_bm25_from_arrays(tf, idf_feat, y, groups, seed=seed, test_groups=fixed)
+    else:
+        for sp in SPLITS:
+            runs[sp] = linear_bm25_from_arrays(tf, idf_feat, y, groups, split=sp, seed=seed, test_size=test_size)
     main = runs[split]
     test = main["test"]
-    bm = bm25_baseline(qp, dp, y, idf, main["train"], test, max_query_tokens=None, **(bm25_grid or {}))
-    other = SPLITS[1 - SPLITS.index(split)]
+    rules = (bm25_fallback, *[f for f in BM25_FALLBACKS if f != bm25_fallback])
+    bms = {fb: bm25_baseline(qp, dp, y, idf, main["train"], test, fallback=fb, max_query_tokens=None,
+                             **(bm25_grid or {})) for fb in rules}
+    bm, bm_other = bms[rules[0]], bms[rules[1]]
+    other = SPLITS[1 - SPLITS.index(split)] if fixed is None else None
     rng = np.random.default_rng(0)
     show = np.sort(rng.choice(len(test), size=min(predictions, len(test)), replace=False))
     fit = main["fit"]
@@ -390,13 +438,20 @@ def linear_bm25(
         "bm25_k1": bm["k1"],
         "bm25_b": bm["b"],
         "bm25_tuned_on_all_pearson": bm["tuned_on_all_pearson"],
+        "bm25_fallback": bm25_fallback or "none (paper: a word piece without an IDF scores 0)",
+        "bm25_grid_edge": bm["edge"] or "inside the grid",
+        "bm25_k1_grid_max": bm["k1_grid_max"],
+        "bm25_other_fallback": {"fallback": bm_other["fallback"] or "none", "test_pearson": bm_other["test"]["pearson"],
+                                "k1": bm_other["k1"], "b": bm_other["b"], "edge": bm_other["edge"] or "inside the grid",
+                                "tuned_on_all_pearson": bm_other["tuned_on_all_pearson"]},
         "random_features_test_pearson": main["random"]["test"]["pearson"],
-        "other_split": {
+        **({"other_split": {
             "split": other,
             "test_pearson": runs[other]["fit"]["test"]["pearson"],
             "test_p_value": runs[other]["fit"]["test"]["p_value"],
             "random_features_test_pearson": runs[other]["random"]["test"]["pearson"],
-        },
+            "note": "the pair split leaks test queries into training" if other == "pair" else "",
+        }} if other else {"test_qids": sorted(fixed)}),
         "test_predictions": {"y_true": y[test][show], "y_pred": fit["y_pred"][show]},
         "top_coefficients": sorted(
             ({"feature": n, "coef": float(c)} for n, c in zip(main["names"], fit["coef"], strict=True)),
@@ -407,6 +462,7 @@ def linear_bm25(
 
 
 __all__ = [
+    "BM25_FALLBACKS",
     "SPLITS",
     "bm25_baseline",
     "doc_targets",

@@ -41,6 +41,11 @@ from jaxmech.analysis.common import (
 from jaxmech.data.records import DiagnosticSource
 
 EXPERIMENTS = ("tfc2", "lnc1", "stmc1")
+GROUPS = "_groups"
+"""Key of the inputs' info holding each input's document (one document's conditions share it; not written)."""
+PAIRED = {"tfc2": (1, 5), "lnc1": (0, 4), "stmc1": ("filler", "synonym")}
+"""Per experiment, the two conditions whose per-document difference ``paired_change`` reports (TFC2 from tf 1:
+tf 0 has no copy to attend to)."""
 
 
 def term_attention(
@@ -103,6 +108,33 @@ def head_curves(
     return {"heads": curves, "_all": means}
 
 
+def paired_change(
+    values: Float[np.ndarray, "n layer head"],
+    x: Sequence,
+    groups: Sequence[int],
+    first,
+    last,
+    heads: Sequence[tuple[int, int]],
+    *,
+    level: float = 0.95,
+) -> dict:
+    """Per head, the mean and paired confidence interval of ``value(last) - value(first)`` over the documents
+    (``groups``) that have both conditions: the conditions are the same document, so their difference, not two
+    independent intervals, is what varies.
+
+    Returns:
+        ``{"from": first, "to": last, "heads": {"L.H": {"mean", "lo", "hi", "n"}}}``.
+    """
+    at: dict[int, dict] = defaultdict(dict)
+    for i, (xv, g) in enumerate(zip(x, groups, strict=True)):
+        at[g][xv] = i
+    both = [(d[first], d[last]) for d in at.values() if first in d and last in d]
+    diff = np.stack([values[b] - values[a] for a, b in both]) if both else np.full((0, *values.shape[1:]), np.nan)
+    m, lo, hi = mean_ci(diff, axis=0, level=level)
+    return {"from": first, "to": last, "heads": {
+        head_name(l, h): {"mean": m[l, h], "lo": lo[l, h], "hi": hi[l, h], "n": len(both)} for l, h in heads}}
+
+
 # -- the three experiments' inputs --------------------------------------------------------------------------
 def tfc2_inputs(
     source: DiagnosticSource, tokenizer, *, max_tf: int = 5, limit: int | None = None
@@ -110,7 +142,7 @@ def tfc2_inputs(
     """TFC2 documents at tf 0..max_tf (answers with exactly ``max_tf`` occurrences), natural length."""
     from jaxmech.data.diagnostic import count_occurrences, tfc2_variants
 
-    qs, ds, ts, xs = [], [], [], []
+    qs, ds, ts, xs, gs = [], [], [], [], []
     used, skipped = 0, 0
     for qid, answers in source.answers.items():
         term, pronoun = source.terms.get(qid), source.pronouns.get(qid)
@@ -126,8 +158,10 @@ def tfc2_inputs(
                 ds.append(variant)
                 ts.append(term)
                 xs.append(k)
+                gs.append(used)
     inputs = PairInputs(tokenizer, qs, ds, ts)
-    return inputs, [xs[i] for i in inputs.kept], {"answers": used, "answers_skipped": skipped}
+    return inputs, [xs[i] for i in inputs.kept], {"answers": used, "answers_skipped": skipped,
+                                                  GROUPS: [gs[i] for i in inputs.kept]}
 
 
 def lnc1_inputs(
@@ -144,15 +178,17 @@ def lnc1_inputs(
         groups[key][0] = p.baseline_doc
         groups[key][int(p.meta["n_sentences"])] = p.perturbed_doc
         query_of[key], term_of[key] = p.query, p.term
-    qs, ds, ts, xs = [], [], [], []
-    for key in list(groups)[:limit]:
+    qs, ds, ts, xs, gs = [], [], [], [], []
+    for g, key in enumerate(list(groups)[:limit]):
         for n, doc in sorted(groups[key].items()):
             qs.append(query_of[key])
             ds.append(doc)
             ts.append(term_of[key])
             xs.append(n)
+            gs.append(g)
     inputs = PairInputs(tokenizer, qs, ds, ts)
-    return inputs, [xs[i] for i in inputs.kept], {"documents": len(groups), "seed": seed}
+    return inputs, [xs[i] for i in inputs.kept], {"documents": len(groups), "seed": seed,
+                                                  GROUPS: [gs[i] for i in inputs.kept]}
 
 
 def appended_inputs(
@@ -167,7 +203,7 @@ def appended_inputs(
     "filler": "a"}``: which word, by source table), the appended pieces marked ``Dinj``."""
     from jaxmech.data.token_types import word_piece_ids
 
-    qs, ds, ts, xs, base = [], [], [], [], []
+    qs, ds, ts, xs, base, gs = [], [], [], [], [], []
     n_docs = 0
     for qid, docs in source.docs.items():
         term = source.terms.get(qid)
@@ -186,6 +222,7 @@ def appended_inputs(
                 ts.append(term)
                 xs.append(cond)
                 base.append(doc)
+                gs.append(n_docs)
     base_len = {
         d: len(ids)
         for d, ids in zip(dict.fromkeys(base), word_piece_ids(tokenizer, list(dict.fromkeys(base))), strict=True)
@@ -193,7 +230,7 @@ def appended_inputs(
     full = dict(zip(dict.fromkeys(ds), word_piece_ids(tokenizer, list(dict.fromkeys(ds))), strict=True))
     changed = [list(range(base_len[b], len(full[d]))) for b, d in zip(base, ds, strict=True)]
     inputs = PairInputs(tokenizer, qs, ds, ts, changed=changed)
-    return inputs, [xs[i] for i in inputs.kept], {"documents": n_docs}
+    return inputs, [xs[i] for i in inputs.kept], {"documents": n_docs, GROUPS: [gs[i] for i in inputs.kept]}
 
 
 # -- the analysis -------------------------------------------------------------------------------------------
@@ -293,7 +330,9 @@ def soft_tf(
         if not len(inputs):
             raise ValueError(f"soft_tf {exp}: the source yields no inputs (missing answers/documents?)")
         curves = head_curves(values, x, x_values, chosen, level=level)
+        groups = info.pop(GROUPS)
         out[exp] = {
+            "paired_change": paired_change(values, x, groups, *PAIRED[exp], chosen, level=level),
             "x_label": label,
             "x": x_values,
             "heads": curves["heads"],
@@ -304,4 +343,5 @@ def soft_tf(
     return out
 
 
-__all__ = ["EXPERIMENTS", "appended_inputs", "head_curves", "lnc1_inputs", "soft_tf", "term_attention", "tfc2_inputs"]
+__all__ = ["EXPERIMENTS", "appended_inputs", "head_curves", "lnc1_inputs", "paired_change", "soft_tf", "term_attention",
+           "tfc2_inputs"]

@@ -123,21 +123,24 @@ def idf_svd_step(
     idf_table=None,
     formula: str = "lucene",
     n_components: int = 50,
+    base=None,
     **_ignored,
 ) -> dict:
     """`jaxmech.analysis.idf_svd.idf_svd`: IDF from ``idf_table`` (word TSV) or streamed from ``collection``,
-    the dataset's or the source's documents."""
+    the dataset's or the source's documents; ``base`` (the model's pre-trained base, a path or ``"packaged"``)
+    adds U_0 of the base beside the model's."""
     from jaxmech.analysis.idf_svd import idf_svd
     from jaxmech.data.idf import load_idf_tsv
 
     lm = resolve_model(run_or_model)
     if idf_table is not None:
-        return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components)
+        return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components, base=base)
     return idf_svd(
         lm,
         collection=_texts(source, dataset, collection) if collection is None else Path(collection),
         formula=formula,
         n_components=n_components,
+        base=base,
     )
 
 
@@ -192,27 +195,37 @@ def circuit_step(
     receiver_inputs: Sequence[str] = ("k", "v"),
     method: str = "exact",
     verify_top_k: int = 10,
+    relative_floor: float | None = None,
+    detector_floor: float | None = None,
     **_ignored,
 ) -> dict:
     """Circuit roles. From a run holding ``path_to_score`` (and no model at hand): stage 1 from its array.
     Otherwise `jaxmech.analysis.circuit.discover_circuit` on TFC1 pairs (``dataset`` or built from
     ``source``), with the exact-match detector on the same pairs' perturbed inputs (``method="attribution"``:
-    estimates for every sender and exact patches of the top ``verify_top_k`` per stage)."""
-    from jaxmech.analysis.circuit import circuit_from_effects, discover_circuit
+    estimates for every sender and exact patches of the top ``verify_top_k`` per stage). ``relative_floor``
+    and ``detector_floor`` default to `jaxmech.analysis.circuit.RELATIVE_FLOOR` / ``DETECTOR_FLOOR``."""
+    from jaxmech.analysis.circuit import DETECTOR_FLOOR, RELATIVE_FLOOR, circuit_from_effects, discover_circuit
     from jaxmech.analysis.common import PairInputs
+
+    rel = RELATIVE_FLOOR if relative_floor is None else relative_floor
+    det_floor = DETECTOR_FLOOR if detector_floor is None else detector_floor
 
     families = getattr(run_or_model, "families", None)
     if families is not None and "path_to_score" in families and source is None and dataset is None:
         import numpy as np
 
         arr = np.asarray(run_or_model["path_to_score"])
-        return circuit_from_effects(
+        out = circuit_from_effects(
             arr,
             thresholds=thresholds,
             max_heads=max_heads,
             min_heads=min_heads,
+            relative_floor=rel,
             model=_run_model(run_or_model.meta),
         )
+        out["stage_note"] = ("stages 2 and 3 (E5) not run: roles from the run's path_to_score array only; give "
+                             "the circuit step a source or dataset to run them")
+        return out
     lm = resolve_model(run_or_model)
     pairs = _tfc1_pairs(lm, source, dataset, qids, n_queries, docs_per_query, limit)
     det = PairInputs(
@@ -232,6 +245,8 @@ def circuit_step(
         detector_inputs=det,
         method=method,
         verify_top_k=verify_top_k,
+        relative_floor=rel,
+        detector_floor=det_floor,
     )
 
 
@@ -273,11 +288,19 @@ def linear_bm25_step(
     split: str = "query",
     seed: int = 42,
     idf_table=None,
+    test_qids=None,
+    bm25_fallback: str | None = None,
     **_ignored,
 ) -> dict:
     """`jaxmech.analysis.linear_bm25.linear_bm25` on a source's TFC1-perturbed pairs, or on a dataset's
-    perturbed documents."""
+    perturbed documents. ``test_qids``: a list or a file of query ids, the fixed test set; ``bm25_fallback``:
+    ``None``/``"none"`` (the paper's) or ``"beir"``."""
     from jaxmech.analysis.linear_bm25 import linear_bm25
+
+    if isinstance(test_qids, (str, os.PathLike)):
+        test_qids = read_qids(test_qids)
+    fb = None if bm25_fallback in (None, "none") else bm25_fallback
+    extra = {"test_qids": test_qids, "bm25_fallback": fb}
 
     lm = resolve_model(run_or_model)
     idf = _idf_vector(lm, idf_table, source if dataset is None else None, dataset) if (idf_table or dataset) else None
@@ -293,10 +316,11 @@ def linear_bm25_step(
             idf=idf,
             split=split,
             seed=seed,
+            **extra,
         )
     src = resolve_source(source, qids=qids)
     return linear_bm25(
-        lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split, seed=seed
+        lm, src, heads=heads, n_heads=n_heads, idf=idf, docs_per_query=docs_per_query, split=split, seed=seed, **extra
     )
 
 

@@ -247,6 +247,8 @@ class GridSearchResult:
         b_grid: Grid of b.
         r_grid: ``[len(k1_grid), len(b_grid)]`` Pearson r (NaN where the BM25 scores are constant).
         avg_len: ``L`` used.
+        edge: Where the optimum still sits on the grid's edge after widening (``"k1 = 64 (the widest k1)"``,
+            ``"b = 1 (its range ends at 1)"``), empty when inside.
     """
 
     k1: float
@@ -256,17 +258,21 @@ class GridSearchResult:
     b_grid: np.ndarray
     r_grid: np.ndarray
     avg_len: float
+    edge: str = ""
 
 
 DEFAULT_K1_GRID = np.round(np.arange(0.1, 3.01, 0.1), 2)
 DEFAULT_B_GRID = np.round(np.arange(0.0, 1.001, 0.05), 2)
+MAX_K1 = 100.0
+"""The widest k1 `grid_search_bm25` widens to: beyond it the tf factor ``tf (k1 + 1) / (tf + k1 K)`` is within
+a few percent of its linear limit ``tf (1 + 1/k1) / K`` for the term counts of a passage."""
 
 
 def grid_search_bm25(query_ids: Sequence[Sequence[int]], doc_ids: Sequence[Sequence[int]],
                      model_scores: Sequence[float], idf: Float[np.ndarray, " vocab"], *,
                      k1_grid: Sequence[float] = DEFAULT_K1_GRID, b_grid: Sequence[float] = DEFAULT_B_GRID,
                      avg_len: float | None = PAPER_AVG_LEN, fallback: str | None = "beir",
-                     max_query_tokens: int | None = None) -> GridSearchResult:
+                     max_query_tokens: int | None = None, widen: bool = False) -> GridSearchResult:
     """Finds the (k1, b) whose token-level BM25 correlates best (Pearson) with the model's scores.
 
     Args:
@@ -279,6 +285,8 @@ def grid_search_bm25(query_ids: Sequence[Sequence[int]], doc_ids: Sequence[Seque
         avg_len: ``L`` (``None``: mean document length).
         fallback: IDF-0 fallback (`token_bm25`).
         max_query_tokens: Use only the first this many query pieces.
+        widen: While the best k1 is the grid's largest, extend the k1 grid geometrically (x2 up to `MAX_K1`);
+            b is bounded by 1, so an optimum at b = 1 is reported in ``edge``.
 
     Raises:
         ValueError: If every setting gives constant scores (no correlation defined).
@@ -288,15 +296,30 @@ def grid_search_bm25(query_ids: Sequence[Sequence[int]], doc_ids: Sequence[Seque
         raise ValueError(f"{y.shape[0] if y.ndim else 0} model scores for {len(query_ids)} pairs")
     m = token_matches(query_ids, doc_ids, max_query_tokens=max_query_tokens)
     k1g, bg = np.asarray(k1_grid, np.float64), np.asarray(b_grid, np.float64)
-    s = token_bm25(m, None, idf, k1=k1g, b=bg, avg_len=avg_len, fallback=fallback)
-    if s.ndim == 1:
-        s = s[None, None]
-    r = pearson(s, y)
-    if np.all(np.isnan(r)):
-        raise ValueError("BM25 scores are constant for every (k1, b); no correlation to maximise")
-    i, j = np.unravel_index(np.nanargmax(r), r.shape)
+    while True:
+        s = token_bm25(m, None, idf, k1=k1g, b=bg, avg_len=avg_len, fallback=fallback)
+        if s.ndim == 1:
+            s = s[None, None]
+        r = pearson(s, y)
+        if np.all(np.isnan(r)):
+            raise ValueError("BM25 scores are constant for every (k1, b); no correlation to maximise")
+        i, j = np.unravel_index(np.nanargmax(r), r.shape)
+        top = float(k1g.max())
+        more = np.unique(np.round(np.clip(np.geomspace(top * 1.25, 2 * top, 4), None, MAX_K1), 3))
+        more = more[more > top]
+        if not (widen and len(k1g) > 1 and k1g[i] == top and more.size):
+            break
+        k1g = np.r_[k1g, more]
+    edge = []
+    if len(k1g) > 1 and k1g[i] == k1g.max():
+        edge.append(f"k1 = {k1g[i]:g}, the widest k1 " + ("(no term-frequency saturation fits best)" if widen
+                                                        else "of the grid"))
+    if len(k1g) > 1 and k1g[i] == k1g.min() and k1g[i] > 0:
+        edge.append(f"k1 = {k1g[i]:g} (the smallest k1)")
+    if len(bg) > 1 and j in (0, len(bg) - 1):
+        edge.append(f"b = {bg[j]:g} ({'its range ends at ' if bg[j] in (0.0, 1.0) else 'the grid ends at '}{bg[j]:g})")
     L = float(m.doc_len.mean()) if avg_len is None else float(avg_len)
-    return GridSearchResult(float(k1g[i]), float(bg[j]), float(r[i, j]), k1g, bg, r, L)
+    return GridSearchResult(float(k1g[i]), float(bg[j]), float(r[i, j]), k1g, bg, r, L, "; ".join(edge))
 
 
 def split_pair(ids: Sequence[int], sep_id: int) -> tuple[list[int], list[int]]:

@@ -39,13 +39,16 @@ TITLES = {
 _TOKEN_AXIS = {"token_type": "token type", "pos": "position"}
 
 
-def _title(family: str, n_pairs: int | None, receivers: str = "") -> str:
+def _title(family: str, n_pairs: int | None, receivers: str = "", meta: dict | None = None) -> str:
     base = TITLES.get(base_family(family), family)
     if family.startswith("attribution:"):
         base += " (attribution estimate)"
     if receivers:
         base += f" {receivers}"
-    if n_pairs is not None:
+    label = (meta or {}).get("aggregate_label")  # a judged view (jaxmech.plot.view) names its statistic
+    if label:
+        base += f"\n{label}"
+    elif n_pairs is not None:
         base += f"\nmean over {n_pairs} pair{'s' if n_pairs != 1 else ''}"
     return base
 
@@ -177,7 +180,8 @@ def block_patching(
     colorbar(fig, im, list(axes), lab.metric)
     suptitle(
         fig,
-        title or _title(family, n_pairs, _receivers(meta, family) if base_family(family).startswith("path") else ""),
+        title or _title(family, n_pairs, _receivers(meta, family) if base_family(family).startswith("path") else "",
+                        meta),
         fontsize=11,
     )
     return fig
@@ -262,7 +266,8 @@ def head_heatmap(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     colorbar(fig, im, list(axes[: len(panels)]), lab.metric)
-    sub = title or _title(family, n_pairs, _receivers(meta, family) if base_family(family) == "path_to_heads" else "")
+    sub = title or _title(family, n_pairs, _receivers(meta, family) if base_family(family) == "path_to_heads" else "",
+                          meta)
     if marks:
         sub += "\n(outlined: the paper's heads)"
     suptitle(fig, sub, fontsize=11)
@@ -295,7 +300,7 @@ def head_by_position(
     Returns:
         The figure.
     """
-    lab, n_pairs, _ = resolve(data, family, dims, by=by)
+    lab, n_pairs, meta = resolve(data, family, dims, by=by)
     if "component" in lab.dims:
         lab = lab.select("component", component)
     pos = _pos_dim(lab)
@@ -329,7 +334,7 @@ def head_by_position(
     )
     colorbar(fig, im, ax, lab.metric)
     sel = "" if heads is not None else f" (top {len(chosen)} heads)"
-    suptitle(fig, title or _title(family, n_pairs) + sel, fontsize=11)
+    suptitle(fig, title or _title(family, n_pairs, meta=meta) + sel, fontsize=11)
     return fig
 
 

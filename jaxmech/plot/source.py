@@ -425,7 +425,9 @@ def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
     Raises:
         ResultsError: If the path does not exist or is neither kind.
     """
-    if isinstance(results, (NpzSource, StoreSource)):
+    if isinstance(results, (NpzSource, StoreSource)) or (
+        not isinstance(results, (str, Path)) and isinstance(results, ResultsSource)
+    ):  # any source (e.g. a jaxmech.plot.view.PairView)
         return results
     if not isinstance(results, (str, Path)):
         if hasattr(results, "families") and hasattr(results, "__getitem__"):

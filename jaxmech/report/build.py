@@ -24,6 +24,7 @@ from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
 from jaxmech.plot.dispatch import family_figure
 from jaxmech.plot.source import ResultsError, ResultsSource, base_family, open_results, read_analyses_dir
+from jaxmech.plot.view import DEFAULT_MERGE, DEFAULT_RELATIVE_FLOOR, DEFAULT_STATISTIC, PairView, datasets_of
 from jaxmech.report.compare import (
     PAPER,
     PAPER_MODEL,
@@ -89,7 +90,7 @@ CAPTIONS = {
     "head_by_pos_z": "One head's output z at one position patched in, averaged by token type (paper E3); the heads "
     "with the largest effect anywhere are shown.",
     "path_to_score": "Sender head z patched with every other head's z frozen: the head's direct path to the score "
-    "and through MLPs only (paper E4). Outlined: the paper's relevance scoring heads (same model).",
+    "and through MLPs only (paper E4).",
     "path_to_heads": "Sender head z into the receiver heads' chosen input only (paper E5). The paper finds the "
     "contextual query representation heads this way, and, recursing, the matching heads.",
     "path_components_to_heads": "A component at one layer and position, into the receivers' inputs (paper E6, "
@@ -119,8 +120,38 @@ def _highlight(source: ResultsSource, family: str) -> list[str]:
     return []
 
 
-def family_figures(source: ResultsSource) -> tuple[list[FigureEntry], list[str]]:
-    """One figure per patching family with a drawable result; the skipped families with why."""
+def _caption(source: ResultsSource, family: str) -> str:
+    """A family's caption, true to what the figure shows (outlines, merged word pieces, the statistic)."""
+    base = base_family(family)
+    text = CAPTIONS.get(base, "")
+    if base in ("path_to_score", "head_all_pos_v", "path_to_heads"):
+        outlined = _highlight(source, family)
+        who = "relevance scoring" if base != "path_to_heads" else "matching"
+        text += (f" Outlined: the paper's {who} heads ({', '.join(outlined)})." if outlined else
+                 " Nothing is outlined: the paper's heads are of another model.")
+    merge = source.meta.get("merge_pieces")
+    if merge and merge != "mean" and "pos" in family_dims_of(family):
+        text += (f" A query term split into word pieces counts once per occurrence: its pieces' effects are "
+                 f"merged by {merge} (Qplus, Dinj, Dplus), then occurrences averaged.")
+    label = source.meta.get("aggregate_label")
+    if label:
+        text += f" Aggregate over pairs: {label}."
+    return text
+
+
+def family_dims_of(family: str) -> tuple[str, ...]:
+    """A family's axes, empty for an unknown one."""
+    from jaxmech.plot.source import family_dims
+
+    try:
+        return family_dims(family)
+    except ResultsError:
+        return ()
+
+
+def family_figures(source: ResultsSource, label: str = "") -> tuple[list[FigureEntry], list[str]]:
+    """One figure per patching family with a drawable result; the skipped families with why. ``label`` (a
+    dataset) suffixes ids (``fig-block_every__tfc1``) and titles."""
     out, skipped = [], []
     for fam in source.families:
         try:
@@ -134,7 +165,9 @@ def family_figures(source: ResultsSource) -> tuple[list[FigureEntry], list[str]]
             kwargs["highlight"] = _highlight(source, fam)
         fig = fn(source, **kwargs)
         title = P.TITLES.get(base, base) + (" (attribution estimate)" if fam.startswith("attribution:") else "")
-        out.append(FigureEntry(figure_id(fam), title, "Patching", CAPTIONS.get(base, ""), fig))
+        fid = figure_id(fam) + (f"__{label}" if label else "")
+        section = f"Patching — {label}" if label else "Patching"
+        out.append(FigureEntry(fid, title + (f" — {label}" if label else ""), section, _caption(source, fam), fig))
     return out, skipped
 
 
@@ -180,12 +213,30 @@ def analysis_figures(source: ResultsSource) -> list[FigureEntry]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def judged_views(source: ResultsSource, *, aggregate: str = DEFAULT_STATISTIC,
+                 relative_floor: float | None = DEFAULT_RELATIVE_FLOOR, wrong_sign: bool = True,
+                 merge_pieces: str = DEFAULT_MERGE, per_dataset: bool = True) -> list[tuple[str, PairView]]:
+    """``[(dataset, view)]`` the patching results are judged on: one per dataset when the run has several (and
+    ``per_dataset``), else one unlabelled view of every pair (`jaxmech.plot.view.PairView`)."""
+    kw = dict(statistic=aggregate, relative_floor=relative_floor, wrong_sign=wrong_sign, merge_pieces=merge_pieces)
+    names = datasets_of(source) if per_dataset else []
+    if len(names) > 1:
+        return [(d, PairView(source, dataset=d, **kw)) for d in names]
+    return [("", PairView(source, **kw))]
+
+
 def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict], str]:
     """Rows of the circuit table and where they come from (the circuit analysis, else the E4 top heads)."""
     c = source.analyses.get("circuit")
     rows = []
     if isinstance(c, dict) and isinstance(c.get("heads"), list):
-        origin = "the circuit analysis (analyses/circuit.json)"
+        n = f" on its own {c['n_pairs']} pairs" if isinstance(c.get("n_pairs"), int) else ""
+        origin = (f"the circuit analysis (analyses/circuit.json){n}, stages run: "
+                  f"{', '.join(c.get('stages_run') or ['not recorded'])}. Its relevance-scoring heads pass its "
+                  "thresholds on its own inputs; the E4 rows above rank the sweep's patched pairs per dataset "
+                  "with the report's statistic, so the two lists can differ")
+        if c.get("stage_note"):
+            origin += f". {c['stage_note']}"
         order = list(ROLE_FIGURES)
         for h in c["heads"]:
             role = str(h.get("role", ""))
@@ -196,6 +247,7 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
                     "head_index": int(h["head"]),
                     "role": role,
                     "effect": h.get("effect"),
+                    "detector_score": h.get("detector_score"),
                 }
             )
         rows.sort(key=lambda r: (order.index(r["role"]) if r["role"] in order else 9, -r["layer"], r["head_index"]))
@@ -211,7 +263,7 @@ def circuit_rows(source: ResultsSource, figure_ids: set[str]) -> tuple[list[dict
         return [], "no circuit analysis and no path_to_score results in this run"
     by_base: dict[str, list[str]] = {}
     for fid in sorted(figure_ids):
-        stem = fid.removeprefix("fig-")
+        stem = fid.removeprefix("fig-").split("__")[0]  # a dataset's figure: fig-<family>__<dataset>
         by_base.setdefault(stem if stem in ANALYSIS_STEMS else base_family(stem.replace("-", ":", 1)), []).append(fid)
     for r in rows:
         r["figures"] = [fid for f in ROLE_FIGURES.get(r["role"], ("circuit",)) for fid in by_base.get(f, [])]
@@ -227,8 +279,25 @@ def _paper_role(head: str) -> str:
     return ""
 
 
-def run_summary(source: ResultsSource) -> dict:
-    """Model, data, config, device and timings of the run (what its meta records)."""
+def _path_receivers(source: ResultsSource) -> tuple[Any, Any]:
+    """Receivers and receiver input of the run's path families (a sweep's config lists them per family)."""
+    from jaxmech.plot.source import family_info
+
+    m = source.meta
+    if m.get("receivers"):
+        return m.get("receivers"), m.get("receiver_input")
+    recs, inputs = [], []
+    for fam in source.families:
+        info = family_info(m, fam)
+        if info["receivers"]:
+            recs.append(f"{fam}: {', '.join(map(str, info['receivers']))}")
+            inputs.append(f"{fam}: {info['receiver_input']}")
+    return (recs or None), (inputs or None)
+
+
+def run_summary(source: ResultsSource, views: list[tuple[str, Any]] | None = None) -> dict:
+    """Model, data, config, device and timings of the run (what its meta records), and per view (dataset) the
+    pairs aggregated and left out."""
     m = source.meta
     L, H = model_shape(source)
     pairs = source.pairs
@@ -238,6 +307,10 @@ def run_summary(source: ResultsSource) -> dict:
             n_pairs = len(np.atleast_1d(pairs[key]))
             break
     flagged = pairs.get("flagged")
+    receivers, receiver_input = _path_receivers(source)
+    per_view = {label or "all": v.flags.counts() for label, v in (views or [])}
+    if per_view:
+        flagged = None
     return {
         "path": str(source.path),
         "model": m.get("model"),
@@ -250,12 +323,16 @@ def run_summary(source: ResultsSource) -> dict:
         "dataset": m.get("dataset"),
         "dataset_hash": m.get("dataset_hash"),
         "n_pairs": n_pairs,
-        "n_flagged": int(np.sum(flagged)) if flagged is not None else None,
+        "n_flagged": (sum(c["pairs"] - c["kept"] for c in per_view.values()) if per_view
+                      else int(np.sum(flagged)) if flagged is not None else None),
+        "pairs_by_dataset": per_view or None,
+        "aggregate": (views[0][1].meta.get("aggregate") if views else "mean"),
+        "analysis_inputs": _analysis_inputs(source),
         "metric": m.get("metric"),
         "readout": m.get("readout") or "score",  # what each patched run measured (jaxmech.patching.readouts)
         "method": m.get("method"),
-        "receivers": m.get("receivers"),
-        "receiver_input": m.get("receiver_input"),
+        "receivers": receivers,
+        "receiver_input": receiver_input,
         "config": m.get("config"),
         "device": m.get("device"),
         "precision": m.get("precision"),
@@ -265,6 +342,21 @@ def run_summary(source: ResultsSource) -> dict:
         "analyses": sorted(source.analyses),
         "warnings": analysis_model_warnings(source),
     }
+
+
+def _analysis_inputs(source: ResultsSource) -> dict[str, Any]:
+    """What each analysis ran on (its own inputs, not the patched pairs): pairs, inputs or training pairs."""
+    out: dict[str, Any] = {}
+    for name, a in sorted(source.analyses.items()):
+        if not isinstance(a, dict):
+            continue
+        for key in ("n_pairs", "n_inputs", "n_train", "n_test"):
+            if isinstance(a.get(key), int):
+                out.setdefault(name, {})[key] = a[key]
+        for exp in ("tfc2", "lnc1", "stmc1"):
+            if isinstance(a.get(exp), dict) and isinstance(a[exp].get("n_inputs"), int):
+                out.setdefault(name, {})[f"{exp} inputs"] = a[exp]["n_inputs"]
+    return out
 
 
 def family_numbers(source: ResultsSource) -> dict:
@@ -284,7 +376,8 @@ def family_numbers(source: ResultsSource) -> dict:
 
 
 RUN_KEYS = ("path", "model", "weights_hash", "kind", "n_layers", "n_heads", "dataset", "dataset_hash", "n_pairs",
-            "n_flagged", "metric", "readout", "method", "receivers", "receiver_input", "precision", "jaxmech_version",
+            "n_flagged", "pairs_by_dataset", "aggregate", "analysis_inputs", "metric", "readout", "method", "receivers",
+            "receiver_input", "precision", "jaxmech_version",
             "families", "analyses")
 """The run summary's rows, in the order the page's Run table lists them."""
 _HTML_ONLY_RUN_KEYS = ("receivers", "receiver_input", "families", "analyses")  # report.md lists the rest
@@ -303,6 +396,26 @@ def _model_keys(name: Any) -> set[str]:
     """Last path component / hub-id part of a model description (a string, or a run meta's model dict)."""
     names = [name.get("id"), name.get("folder")] if isinstance(name, dict) else [name]
     return {str(n).rstrip("/").rsplit("/", 1)[-1].lower() for n in names if n}
+
+
+def receiver_warnings(source: ResultsSource, views: list[tuple[str, Any]] | None = None) -> list[str]:
+    """E5 families whose receivers are not among the run's own E4 scoring heads (its top heads by
+    ``path_to_score``, per dataset view): their result says nothing about the scoring heads' inputs."""
+    from jaxmech.plot.source import family_info
+
+    if "path_to_score" not in source.families:
+        return []
+    out = []
+    for label, view in views or [("", source)]:
+        top = [h for h, _ in ranked_heads(view.pair_mean("path_to_score")[0].values, len(PAPER["scoring_heads"]))]
+        for fam in source.families:
+            recs = [str(r) for r in family_info(source.meta, fam)["receivers"]]
+            off = [r for r in recs if r not in top]
+            if base_family(fam).startswith("path") and off:
+                out.append(f"{fam}: receivers {', '.join(off)} are not among this run's E4 top heads "
+                           f"({', '.join(top)}{'; ' + label if label else ''}); choose receivers from the run's "
+                           "own E4 (path_to_score) for E5 to follow its scoring heads")
+    return out
 
 
 def analysis_model_warnings(source: ResultsSource) -> list[str]:
@@ -394,6 +507,8 @@ def _e(x: Any) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
     if isinstance(v, float):
         return f"{v:.4f}"
     if v is None:
@@ -419,7 +534,7 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>jaxmech report — {_e(summary['model'])}</title><style>{CSS}</style></head><body>",
         f"<h1>jaxmech report: {_e(summary['model'])}</h1>",
-        f'<p class="muted">{_e(summary["n_pairs"])} pairs · {_e(summary["kind"])} · generated {_e(generated)}</p>',
+        f'<p class="muted">{_e(_pairs_line(summary))} · {_e(summary["kind"])} · generated {_e(generated)}</p>',
         f'<div class="{notice_cls}" id="model-notice">{_e(model_notice(summary))}</div>',
         *(f'<div class="notice warn">{_e(w)}</div>' for w in summary.get("warnings", [])),
         '<nav><a href="#comparison">Beside the paper</a><a href="#circuit">Circuit</a>'
@@ -437,7 +552,7 @@ def render_html(
             f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
             f'<div class="crit">{_e(c.criterion)}</div></td></tr>'
         )
-    h.append("</tbody></table>")
+    h += ["</tbody></table>", *_left_out_html(summary)]
     h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
     if rows:
         paper_col = summary["same_model_as_paper"]
@@ -450,7 +565,7 @@ def render_html(
             + "</summary>"
         )
         h.append(
-            "<table><thead><tr><th>head</th><th>role</th><th>effect</th>"
+            "<table><thead><tr><th>head</th><th>role</th><th>effect</th><th>exact-match detector</th>"
             + ("<th>paper's role</th>" if paper_col else "")
             + "<th>figures</th></tr></thead><tbody>"
         )
@@ -458,7 +573,7 @@ def render_html(
             links = " ".join(f'<a href="#{_e(f)}">{_e(f.removeprefix("fig-"))}</a>' for f in r["figures"])
             h.append(
                 f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
-                f"<td>{_e(_fmt(r['effect']))}</td>"
+                f"<td>{_e(_fmt(r['effect']))}</td><td>{_e(_fmt(r.get('detector_score')))}</td>"
                 + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
                 + f"<td>{links}</td></tr>"
             )
@@ -494,6 +609,56 @@ def render_html(
     return "\n".join(h)
 
 
+def _pairs_line(summary: dict) -> str:
+    """The header's pair count: patched pairs (per dataset, kept of all) and the analyses' own inputs."""
+    text = f"{summary['n_pairs']} patched pairs"
+    per = summary.get("pairs_by_dataset") or {}
+    if per:
+        text += " (" + ", ".join(f"{k}: {c['kept']} of {c['pairs']} kept" for k, c in per.items()) + ")"
+    inputs = summary.get("analysis_inputs") or {}
+    if inputs:
+        text += "; analyses on their own inputs: " + "; ".join(
+            f"{a} " + ", ".join(f"{k} {v}" for k, v in d.items()) for a, d in inputs.items())
+    return text
+
+
+LEFT_OUT_RULE = (
+    "A pair is left out of the patching results when its score change |perturbed − baseline| is below the floor "
+    "(a fraction of the run's score spread: its normalized effect divides by almost nothing), or has the opposite "
+    "sign to its dataset's median change (its normalized effect reverses meaning), or the run flagged it."
+)
+
+
+def _left_out_html(summary: dict) -> list[str]:
+    left = summary.get("left_out") or {}
+    if not left:
+        return []
+    h = ['<h3 id="left-out">Pairs left out</h3>', f'<p class="muted">{_e(LEFT_OUT_RULE)}</p>',
+         "<table><thead><tr><th>dataset</th><th>pairs</th><th>kept</th><th>small change</th><th>wrong sign</th>"
+         "<th>run's flag</th><th>floor (spread)</th><th>aggregate</th><th>left out (first 20)</th></tr></thead><tbody>"]
+    for label, d in left.items():
+        pairs = "; ".join(f"{p['pair']} ({p['change']:+.4f}: {p['why']})" for p in d["left_out"]) or "—"
+        h.append(f"<tr><td>{_e(label)}</td><td>{d['pairs']}</td><td>{d['kept']}</td>"
+                 f"<td>{d['flagged_small_change']}</td><td>{d['flagged_wrong_sign']}</td><td>{d['flagged_stored']}</td>"
+                 f"<td>{_e(_fmt(d['floor']))} ({_e(_fmt(d['spread']))})</td><td>{_e(d['aggregate'])}</td>"
+                 f"<td>{_e(pairs)}</td></tr>")
+    h.append("</tbody></table>")
+    return h
+
+
+def _left_out_md(summary: dict) -> list[str]:
+    left = summary.get("left_out") or {}
+    if not left:
+        return []
+    md = ["", "### Pairs left out", "", LEFT_OUT_RULE, "",
+          "| dataset | pairs | kept | small change | wrong sign | run's flag | floor (spread) | aggregate |",
+          "|---|---|---|---|---|---|---|---|"]
+    for label, d in left.items():
+        md.append(f"| {label} | {d['pairs']} | {d['kept']} | {d['flagged_small_change']} | {d['flagged_wrong_sign']} "
+                  f"| {d['flagged_stored']} | {_fmt(d['floor'])} ({_fmt(d['spread'])}) | {_md_cell(d['aggregate'])} |")
+    return md
+
+
 def _md_cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -510,7 +675,7 @@ def render_markdown(
     md = [
         f"# jaxmech report: {summary['model']}",
         "",
-        f"{summary['n_pairs']} pairs · {summary['kind']} · generated {generated}",
+        f"{_pairs_line(summary)} · {summary['kind']} · generated {generated}",
         "",
         f"> {model_notice(summary)}",
         *(line for w in summary.get("warnings", []) for line in ("", f"> **Warning:** {w}")),
@@ -524,12 +689,13 @@ def render_markdown(
         md.append(
             "| " + " | ".join(_md_cell(x) for x in (c.item, c.paper, c.ours, f"**{c.verdict}**", c.criterion)) + " |"
         )
+    md += _left_out_md(summary)
     md += ["", "## Circuit", "", f"Source: {origin}.", ""]
     if rows:
-        md += ["| head | role | effect | figures |", "|---|---|---|---|"]
+        md += ["| head | role | effect | exact-match detector | figures |", "|---|---|---|---|---|"]
         for r in rows:
             md.append(
-                f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | "
+                f"| {r['head']} | {r['role']} | {_fmt(r['effect'])} | {_fmt(r.get('detector_score'))} | "
                 + ", ".join(f.removeprefix("fig-") for f in r["figures"])
                 + " |"
             )
@@ -552,6 +718,46 @@ def render_markdown(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _demo_scores(source: ResultsSource) -> dict:
+    """The run's model on the paper's demo pair (`jaxmech.report.demo.score_demo_pair`)."""
+    from jaxmech.report.demo import score_demo_pair
+
+    folder = source.meta.get("model_folder")
+    ref = folder if folder and Path(folder).is_dir() else source.meta.get("model", "")
+    return score_demo_pair(str(ref), source.path)
+
+
+def _render_figures(entries: list[FigureEntry], out: Path, dpi: int) -> list[tuple[FigureEntry, str]]:
+    """Each figure as inline SVG for the page, its PNG written under ``out/figures``."""
+    rendered = []
+    for entry in entries:
+        svg, png = figure_svg(entry.fig, dpi=dpi, label=entry.title)
+        _atomic_write(out / "figures" / f"{entry.id.removeprefix('fig-')}.png", png)
+        rendered.append((entry, svg))
+        entry.fig.clear()
+    return rendered
+
+
+def _all_figures(source: ResultsSource, views: list[tuple[str, PairView]]) -> tuple[list[FigureEntry], list[str]]:
+    """Every view's family figures, then the analyses' figures; and what was not drawn."""
+    fam_figs, skipped = [], []
+    for label, view in views:
+        figs, skip = family_figures(view, label)
+        fam_figs += figs
+        skipped += [f"{label}: {x}" if label else x for x in skip]
+    return fam_figs + analysis_figures(source), skipped
+
+
+def _judged_summary(source: ResultsSource, views: list[tuple[str, PairView]]) -> dict:
+    """`run_summary` with the receiver warnings and, per view, the pairs left out and why."""
+    summary = run_summary(source, views)
+    summary["warnings"] = summary["warnings"] + receiver_warnings(source, views)
+    summary["left_out"] = {label or "all": {**v.flags.counts(), "floor": v.flags.floor, "spread": v.flags.spread,
+                                            "aggregate": v.meta["aggregate_label"], "left_out": v.flagged_pairs()}
+                           for label, v in views}
+    return summary
+
+
 def build_report(
     run_dir: str | Path | Any,
     out_dir: str | Path | None = None,
@@ -559,8 +765,18 @@ def build_report(
     analyses: str | Path | None = None,
     score_demo: bool = True,
     dpi: int = 100,
+    aggregate: str = DEFAULT_STATISTIC,
+    relative_floor: float | None = DEFAULT_RELATIVE_FLOOR,
+    wrong_sign: bool = True,
+    merge_pieces: str = DEFAULT_MERGE,
+    per_dataset: bool = True,
 ) -> Path:
     """Writes report.html, report.md, numbers.json and figures/*.png for a run.
+
+    Patching results are judged and drawn per dataset (`judged_views`): pairs whose score change is below
+    ``relative_floor`` times the run's score spread, or against their dataset's direction, are flagged, counted
+    and listed; the rest are aggregated by ``aggregate``. ``aggregate="mean", relative_floor=None,
+    wrong_sign=False, merge_pieces="mean", per_dataset=False`` is the report before these rules.
 
     Args:
         run_dir: A results-store run directory, a ``jaxmech patch`` ``.npz``, or a run object.
@@ -569,6 +785,12 @@ def build_report(
             directory's own ``analyses/`` is read anyway.
         score_demo: Load the run's model (when it is available here) to score the paper's demo pair.
         dpi: Resolution of the figures.
+        aggregate: Statistic over pairs (`jaxmech.analysis.aggregate.STATISTICS`), stated on every figure.
+        relative_floor: Flag pairs whose ``|perturbed - baseline|`` is below this fraction of the run's score
+            spread (None: the run's own flags only).
+        wrong_sign: Flag pairs whose score change goes against their dataset's median change.
+        merge_pieces: How a split term's pieces are merged in token-type means (``"mean"``: not merged).
+        per_dataset: One set of patching results and figures per dataset of the run.
 
     Returns:
         The path of report.html.
@@ -579,29 +801,19 @@ def build_report(
     source = open_results(run_dir)
     if analyses is not None:
         source.analyses = {**source.analyses, **read_analyses_dir(analyses)}
+    views = judged_views(source, aggregate=aggregate, relative_floor=relative_floor, wrong_sign=wrong_sign,
+                         merge_pieces=merge_pieces, per_dataset=per_dataset)
     if out_dir is None:
         if str(source.path).startswith("<"):
             raise ResultsError("build_report: give out_dir for an in-memory run")
         out_dir = default_out_dir(source.path)
     out = Path(out_dir)
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    demo = None
-    if score_demo:
-        from jaxmech.report.demo import score_demo_pair
-
-        folder = source.meta.get("model_folder")
-        ref = folder if folder and Path(folder).is_dir() else source.meta.get("model", "")
-        demo = score_demo_pair(str(ref), source.path)
-    comparisons = compare_all(source, demo)
-    fam_figs, skipped = family_figures(source)
-    entries = fam_figs + analysis_figures(source)
-    summary = run_summary(source)
-    rendered = []
-    for entry in entries:
-        svg, png = figure_svg(entry.fig, dpi=dpi, label=entry.title)
-        _atomic_write(out / "figures" / f"{entry.id.removeprefix('fig-')}.png", png)
-        rendered.append((entry, svg))
-        entry.fig.clear()
+    demo = _demo_scores(source) if score_demo else None
+    comparisons = compare_all(source, demo, views=views)
+    entries, skipped = _all_figures(source, views)
+    summary = _judged_summary(source, views)
+    rendered = _render_figures(entries, out, dpi)
     circuit = circuit_rows(source, {e.id for e in entries})
     numbers = {
         "jaxmech_report_version": REPORT_VERSION,
@@ -614,10 +826,9 @@ def build_report(
         "circuit": {"origin": circuit[1], "heads": circuit[0]},
         "families": family_numbers(source),
         "analyses": analysis_numbers(source),
-        "figures": [
-            {"id": e.id, "title": e.title, "file": f"figures/{e.id.removeprefix('fig-')}.png"} for e in entries
-        ],
+        "figures": [{"id": e.id, "title": e.title, "file": f"figures/{e.id[4:]}.png"} for e in entries],
         "not_drawn": skipped,
+        "pairs_left_out": summary["left_out"],
     }
     _atomic_write(out / "numbers.json", json.dumps(to_jsonable(numbers), indent=2, default=str))
     _atomic_write(out / "report.md", render_markdown(summary, comparisons, circuit, entries, generated))

@@ -201,7 +201,7 @@ def synthetic_run(
     }
     out = {}
     if analyses:
-        out = _analyses(rng, agree, model, scoring, matching)
+        out = _analyses(rng, agree, model, scoring, matching, L)
     return SyntheticRun(Path(path), meta, arrays, pairs, out)
 
 
@@ -215,7 +215,7 @@ def _curve(mean: list[float], half: float = 0.05) -> dict:
     }
 
 
-def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
+def _analyses(rng, agree: bool, model: str, scoring, matching, len_: int = 12) -> dict:
     n = 200
     idf = rng.uniform(1, 12, n)
     u0 = (-0.01 * idf if agree else 0.0) + rng.normal(0, 0.01 if agree else 0.05, n)
@@ -260,6 +260,7 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
             "model": model,
             "u0_idf_pearson": r0,
             "u0_idf_pearson_centered": r0 * 0.95,
+            "u0_idf_pearson_sign_free": r0 if agree else -r0,
             "u0_mean_cosine": 0.1,
             "components": comps,
             "variants": {"raw": r0, "centered": r0 * 0.95},
@@ -284,8 +285,10 @@ def _analyses(rng, agree: bool, model: str, scoring, matching) -> dict:
             "model": model,
             "thresholds": {"effect": 0.05},
             "heads": [{"layer": a, "head": b, "role": "relevance_scoring", "effect": 0.15} for a, b in scoring]
-            + [{"layer": 9, "head": 11, "role": "contextual_query", "effect": 0.08}]
-            + [{"layer": a, "head": b, "role": "matching", "effect": 0.05} for a, b in matching],
+            + [{"layer": 9 % len_, "head": 11, "role": "contextual_query", "effect": 0.08, "detector_score": 0.0}]
+            + [{"layer": a, "head": b, "role": "matching", "effect": 0.05, "detector_score": 0.3 if agree else 0.0}
+               for a, b in matching],
+            "stages_run": ["relevance_scoring", "contextual_query", "matching"],
         },
         "edit_idf": {  # as jaxmech.analysis.editing writes it: score gain per condition, attention of u0_increase
             "analysis": "edit_idf",

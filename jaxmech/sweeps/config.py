@@ -288,13 +288,26 @@ class ReportSection:
 
     Attributes:
         enabled: Build the report (the ``report`` step) after the analyses.
-        options: Keyword options of the report step.
+        options: Keyword options of the report step (`jaxmech.report.build_report`), e.g. ``aggregate``
+            (``"trimmed"`` default, ``"median"``, ``"mean"``: the statistic over pairs, stated on every figure),
+            ``relative_floor`` (fraction of the run's score spread below which a pair's score change is flagged),
+            ``wrong_sign``, ``merge_pieces`` (``"max"``, ``"sum"``, ``"mean"``), ``per_dataset``. Not
+            fingerprinted: they change how stored results are judged, not the results.
     """
 
     enabled: bool = False
     options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        from jaxmech.analysis.aggregate import PIECE_MERGES, STATISTICS
+
+        if "aggregate" in self.options:
+            check_choice("[report] options", "aggregate", self.options["aggregate"], STATISTICS)
+        if "merge_pieces" in self.options:
+            check_choice("[report] options", "merge_pieces", self.options["merge_pieces"], PIECE_MERGES)
+        floor = self.options.get("relative_floor")
+        if floor is not None and not (isinstance(floor, (int, float)) and floor >= 0):
+            raise ValueError(f"[report] options relative_floor={floor!r} must be a number >= 0")
         if self.enabled:
             from jaxmech.sweeps.steps import check_step
 
