@@ -146,3 +146,45 @@ def test_idf_svd_step_takes_wordfreq_source(packaged_ce):
     assert out["idf_source"] == "table wordfreq"
     assert out["n_nonzero_idf"] > 1000  # whole-word vocabulary entries found in the table
     assert -1 <= out["u0_idf_pearson"] <= 0  # oriented by the sign convention
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fp32_folder(folder: Path, tensors: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_make_packaged_ce_is_reproducible_fp16_rounding(tmp_path):
+    from safetensors.numpy import load_file
+
+    make = _script("make_packaged_ce").make
+    rng = np.random.default_rng(0)
+    w = {"b.weight": rng.standard_normal((7, 5)).astype(np.float32), "a.bias": np.float32([1e-7, -3.3, 0.1])}
+    src = _fp32_folder(tmp_path / "src", w)
+    first, second = make(src, tmp_path / "one"), make(src, tmp_path / "two")
+    assert first == second  # byte-identical folders (sha256 of every file)
+    stored = load_file(str(tmp_path / "one" / "model.safetensors"))
+    for k, v in w.items():
+        assert stored[k].dtype == np.float16
+        np.testing.assert_array_equal(stored[k], v.astype(np.float16))
+
+
+def test_make_packaged_ce_refuses_what_fp16_cannot_hold(tmp_path):
+    make = _script("make_packaged_ce").make
+    src = _fp32_folder(tmp_path / "src", {"w": np.float32([1.0, 7e4])})
+    with pytest.raises(ValueError, match="w overflows fp16"):
+        make(src, tmp_path / "out")
