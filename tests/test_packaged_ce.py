@@ -188,3 +188,12 @@ def test_make_packaged_ce_refuses_what_fp16_cannot_hold(tmp_path):
     src = _fp32_folder(tmp_path / "src", {"w": np.float32([1.0, 7e4])})
     with pytest.raises(ValueError, match="w overflows fp16"):
         make(src, tmp_path / "out")
+
+
+def test_packaged_names_resolve_everywhere_a_model_is_named(tmp_path):
+    from jaxmech.files import packaged_ce_path, resolve_model_path
+    from jaxmech.report.demo import resolve_model
+
+    assert resolve_model("packaged-ce", tmp_path) == "packaged-ce"  # the report's demo-pair scoring
+    assert resolve_model_path("packaged-ce/") == "packaged-ce/"  # only the exact name; a folder path is a folder
+    assert (packaged_ce_path() / "SOURCE.txt").is_file()
