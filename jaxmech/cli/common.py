@@ -7,7 +7,9 @@ import argparse
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--kind``, ``--init-head-seed``, ``--max-length``."""
-    p.add_argument("--model", required=True, help="local folder, hub id, or 'packaged' (all-MiniLM-L6-v2)")
+    p.add_argument("--model", required=True,
+                   help="local folder, hub id, 'packaged' (all-MiniLM-L6-v2 bi-encoder) or 'packaged-ce' "
+                   "(MiniLM-L6 cross-encoder)")
     p.add_argument("--kind", default="auto", choices=["auto", "cross", "bi"],
                    help="cross-encoder or bi-encoder (default: from the folder)")
     p.add_argument("--init-head-seed", type=int, default=None,

@@ -61,7 +61,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build a dataset file of aligned pairs")
     b.add_argument("--kind", required=True, choices=ALL_KINDS, help="which diagnostic dataset")
     b.add_argument("--source", default="demo", help="demo | shared | ir_datasets:NAME | FILE | FOLDER")
-    b.add_argument("--model", default=None, help="tokenizer folder (default: the packaged MiniLM)")
+    b.add_argument("--model", default=None, help="tokenizer folder, 'packaged' or 'packaged-ce' "
+                   "(default: the packaged MiniLM)")
     b.add_argument("--out", required=True, help="output .jsonl file")
     b.add_argument("--limit", type=int, default=None, help="at most this many pairs (>= 1)")
     b.add_argument("--seed", type=int, default=0, help="seed for LNC1 partners and random term choice")

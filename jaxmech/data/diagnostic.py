@@ -526,12 +526,12 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     """
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import write_dataset
-    from jaxmech.files import packaged_model_path
+    from jaxmech.files import packaged_model_path, resolve_model_path
     from jaxmech.tokenizer import PairTokenizer
 
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")
-    model = model or packaged_model_path()
+    model = resolve_model_path(model) if model else packaged_model_path()  # "packaged"/"packaged-ce" too
     tokenizer = PairTokenizer.from_pretrained(model)
     loaded = load_source(source, seed=seed)
     options: dict[str, Any] = {"term_match": term_match}

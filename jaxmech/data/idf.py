@@ -17,6 +17,11 @@ punctuation split: the words of `jaxmech.data.token_types`), word-piece tables u
 (``"##ing"``). Both are saved as TSV, one ``term<TAB>idf`` row per term (floats written with ``repr`` so they
 round-trip exactly), no header; a header row ``term<TAB>idf`` is accepted on reading.
 
+**The packaged table** (``"wordfreq"``, `WORDFREQ`): word IDF for ~90k English words, derived once by
+``scripts/make_wordfreq_idf.py`` from the ``wordfreq`` package's English word frequencies (a document-frequency
+proxy on the scale of MS MARCO: see the script) and shipped as ``jaxmech/demo/idf_wordfreq_en.tsv``
+(CC BY-SA 4.0, as wordfreq's data). `load_idf_tsv` reads it by that name, so every ``idf_table`` option takes it.
+
 **Vocab vectors** (notes §6): ``idf[i] = table.get(tokenizer.decode([i]), 0)`` for every vocabulary id; with a
 word table, word pieces (``##x``), special tokens and words missing from the corpus get 0.
 """
@@ -35,6 +40,13 @@ from jaxtyping import Bool, Float
 from jaxmech.data.records import DataError, iter_tsv
 
 IDF_FORMULAS = ("lucene", "robertson", "log", "smooth")
+WORDFREQ = "wordfreq"
+"""The ``idf_table`` name of the packaged word table (module docstring); a file of that name is ``./wordfreq``."""
+
+
+def packaged_idf_path() -> Path:
+    """Path of the packaged word IDF table (`WORDFREQ`)."""
+    return Path(__file__).resolve().parent.parent / "demo" / "idf_wordfreq_en.tsv"
 
 
 def idf_values(df: np.ndarray, n_docs: int, formula: str = "lucene") -> np.ndarray:
@@ -118,12 +130,13 @@ def save_idf_tsv(path: str | os.PathLike, table: Mapping[str, float]) -> Path:
 
 
 def load_idf_tsv(path: str | os.PathLike) -> dict[str, float]:
-    """Reads a ``term<TAB>idf`` TSV (an optional ``term<TAB>idf`` header is skipped).
+    """Reads a ``term<TAB>idf`` TSV (an optional ``term<TAB>idf`` header is skipped); ``"wordfreq"`` names the
+    packaged table (`WORDFREQ`).
 
     Raises:
         DataError: Naming the line, on a row without two columns, a non-numeric IDF or a repeated term.
     """
-    path, out = Path(path), {}
+    path, out = (packaged_idf_path() if str(path) == WORDFREQ else Path(path)), {}
     for n, cols in iter_tsv(path, (2,), "'term<TAB>idf' columns"):
         if n == 1 and cols == ["term", "idf"]:
             continue

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmech.files import PACKAGED_NAMES, resolve_model_path
 from jaxmech.report.compare import PAPER
 
 
 def resolve_model(model: str, results_path: Path) -> str | None:
-    """A loadable reference for the model named in a run's meta: ``packaged``, an existing folder (as given,
-    or relative to the results), or a hub id (``owner/name`` that is not a path); None if none fits."""
+    """A loadable reference for the model named in a run's meta: ``packaged``/``packaged-ce``, an existing
+    folder (as given, or relative to the results), or a hub id (``owner/name`` that is not a path); None if
+    none fits."""
     if not model:
         return None
-    if model == "packaged":
+    if model in PACKAGED_NAMES:
         return model
     for cand in (Path(model), results_path.parent / model, results_path / model):
         if cand.is_dir():
@@ -46,10 +48,8 @@ def score_demo_pair(model: str, results_path: Path) -> dict:
         from jaxmech.data.align import align_with_filler
         from jaxmech.loading import load_model
 
-        if ref == "packaged":
-            from jaxmech.files import packaged_model_path
-
-            ref = str(packaged_model_path())
+        if ref in PACKAGED_NAMES:
+            ref = str(resolve_model_path(ref))
         lm = load_model(ref)
         tok = lm.tokenizer
         if lm.kind == "bi":

