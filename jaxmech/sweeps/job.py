@@ -493,6 +493,7 @@ def run_sweep(
 
         # [background]: the model with the ablated heads folded in (means over all of the sweep's pairs, once).
         lm, background = with_background(lm, plan.pairs, cfg.background.to_ablation())
+        cfg = _sized(cfg, lm.model, plan.T_max, procs, log)  # pairs_per_chunk from compiled memory, checked
         t_plan = time.perf_counter() - t_start
         fams = family_shapes(cfg, lm.model.cfg, plan.T_max)
         C = cfg.chunking.pairs_per_chunk
@@ -626,6 +627,16 @@ def run_sweep(
     patched = "cross-encoder" if lm.kind == "cross" else "bi-encoder: document side patched, query fixed"
     return SweepSummary(out, plan.n_pairs, list(fams), len(todo), len(mine) - len(todo), complete, timings, steps,
                         model=f"{cfg.model.path} ({patched})")
+
+
+def _sized(cfg: SweepConfig, model, T_max: int, procs, log) -> SweepConfig:
+    """``cfg`` with ``pairs_per_chunk`` chosen from compiled memory (`jaxmech.sweeps.sizing`); with several
+    processes an unset value is 16 (every process must cut the same chunks), a given one is still checked."""
+    from jaxmech.sweeps.sizing import resolve_chunking
+
+    if procs.count > 1 and not cfg.chunking.pairs_per_chunk:
+        cfg = dataclasses.replace(cfg, chunking=dataclasses.replace(cfg.chunking, pairs_per_chunk=16))
+    return dataclasses.replace(cfg, chunking=resolve_chunking(cfg, model, T_max, log))
 
 
 def _peak_rss_mb() -> float:
