@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=64, help="l6: TFC1 pairs")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--root", type=Path, default=REPO, help="checkout whose configs/demo.toml is read")
     args = ap.parse_args()
     os.environ["JAXMECH_COMPILATION_CACHE"] = "0"
     sys.path.insert(0, str(REPO))
@@ -137,7 +138,7 @@ def main() -> None:
     instrument(labels)
     tmp = Path(tempfile.mkdtemp(prefix="count-programs-"))
     label = args.label or (Path(args.what).stem if args.what not in ("demo", "l6") else args.what)
-    cfg_path = {"demo": REPO / "configs" / "demo.toml"}.get(args.what) or (
+    cfg_path = {"demo": args.root / "configs" / "demo.toml"}.get(args.what) or (
         l6_config(tmp, L6, args.sample) if args.what == "l6" else Path(args.what))
     cfg = load_sweep_config(cfg_path)
     import dataclasses
@@ -153,7 +154,9 @@ def main() -> None:
     from jaxmech.sweeps.job import run_sweep
 
     t0 = time.perf_counter()
-    summary = run_sweep(cfg, out=tmp / "run", fresh=True, quiet=True)
+    lines: list[str] = []
+    summary = run_sweep(cfg, out=tmp / "run", fresh=True, quiet=True,
+                        log=lambda line: (lines.append(line), print(line, file=sys.stderr)))
     wall = time.perf_counter() - t0
     per = collections.defaultdict(list)
     for lab, prog in labels.programs:
@@ -170,6 +173,8 @@ def main() -> None:
         "wall_seconds_not_comparable": round(wall, 1),
         "programs_logged": len(labels.programs),
         "sweep_timings": summary.timings,
+        "sweep_log": lines,
+        "compile_share_of_wall": round(summary.timings["compile_seconds"] / summary.timings["total_seconds"], 3),
         "programs_by_family": dict(by_family),
         "programs_by_bucket_family_stage": {k: len(v) for k, v in sorted(per.items())},
         "programs": {k: v for k, v in sorted(per.items())},
