@@ -105,3 +105,8 @@ def test_unset_picks_the_most_that_fit_and_says_so(tmp_path, model_folder, memor
     import json
 
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["pairs_per_chunk"] == 2
+    # The roofline (jaxmech.sweeps.roofline) is in complete.json and the summary line.
+    t = json.loads((tmp_path / "run" / "complete.json").read_text())["timings"]
+    assert t["flops_per_patched_run"] > 0 and t["matmul_flops"] > 0
+    assert t["achieved_flops"] == pytest.approx(t["fraction_of_matmul_rate"] * t["matmul_flops"], rel=1e-3)
+    assert "GFLOP per patched run" in summary.line() and "of the measured matmul rate" in summary.line()

@@ -431,10 +431,28 @@ class SweepSummary:
             f"sweep {state}: {self.pairs} pairs x {len(self.families)} families "
             f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
             f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s, "
-            f"{t['xla_compiles']} XLA compiles) "
+            f"{t['xla_compiles']} XLA compiles{_roofline_text(t)}) "
             + (f"on {self.model}, {t.get('device', '?')} " if self.model else "")
             + f"-> {self.out}"
         )
+
+
+def _roofline_text(t: dict) -> str:
+    """``, 0.91 GFLOP per patched run, 52 GFLOP/s = 19% of the measured matmul rate`` (empty when unknown)."""
+    if t.get("fraction_of_matmul_rate") is None:
+        return ""
+    return (f", {t['flops_per_patched_run'] / 1e9:.3g} GFLOP per patched run, {t['achieved_flops'] / 1e9:.3g} "
+            f"GFLOP/s = {t['fraction_of_matmul_rate']:.0%} of the measured matmul rate")
+
+
+def _roofline(model_cfg, families, plan: Plan, chunks, todo, seconds: float) -> dict:
+    """FLOPs per patched run, achieved FLOP/s and the fraction of a matmul rate measured now
+    (`jaxmech.sweeps.roofline`), over the chunks this process computed."""
+    from jaxmech.sweeps.roofline import roofline
+
+    idx = [i for k in todo for i in range(*chunks[k])]
+    return roofline(model_cfg, families, [plan.pairs[i] for i in idx], plan.table["bucket"][idx], _runs_per_pair,
+                    seconds)
 
 
 def _load_model(cfg: SweepConfig):
@@ -602,6 +620,7 @@ def run_sweep(
             "peak_rss_mb": _peak_rss_mb(),
             "device": jax.devices()[0].device_kind,
         }
+        timings.update(_roofline(lm.model.cfg, cfg.families, plan, chunks, todo, t_end - t_compute))
         atomic_write_json(out / "processes" / f"{procs.index}.json", timings)
         procs.publish(f"finished/{procs.index}", "ok")
         complete = False
