@@ -92,7 +92,7 @@ fi
 if has 4; then
 say "stage 4: the main job's programs and compile share (configs/demo.toml)"
 tiny=""; [ "${GPU_CHECK_TINY:-0}" = 1 ] && tiny="--tiny"
-timeout 200 "$PY" benchmarks/count_programs.py demo $tiny --label demo_gpu --out "$OUT/programs_demo_gpu.json" \
+timeout 240 "$PY" benchmarks/count_programs.py demo $tiny --label demo_gpu --out "$OUT/programs_demo_gpu.json" \
     2>&1 | tee -a "$LOG" | grep -v Warning | tail -n 30
 fi
 
