@@ -96,4 +96,4 @@ def roofline(cfg, families, pairs, buckets, runs_per_pair, compute_seconds: floa
     rate = matmul_rate(cfg.d_model)
     achieved = total / compute_seconds
     return {"flops_per_patched_run": total / max(runs, 1), "achieved_flops": achieved, "matmul_flops": rate,
-            "fraction_of_matmul_rate": round(achieved / rate, 4)}
+            "fraction_of_matmul_rate": achieved / rate}
