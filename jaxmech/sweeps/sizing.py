@@ -70,7 +70,8 @@ def _program_bytes(compiled) -> tuple[int, int]:
 
 
 def _pairs_bytes(model, sites, attribution_sites, T: int, C: int) -> int:
-    """Peak bytes of a chunk of ``C`` pairs: both runs' captures held, plus the largest program's peak."""
+    """Peak bytes of a chunk of ``C`` pairs: both runs' captures and one aligned copy held, plus the largest
+    program's peak."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -81,7 +82,9 @@ def _pairs_bytes(model, sites, attribution_sites, T: int, C: int) -> int:
 
     ids = jax.ShapeDtypeStruct((C, T), jnp.int32)
     out, peak = _program_bytes(run_cached.lower(model, ids, ids, ids, capture=restart_capture(sites)).compile())
-    need = out + peak  # the other run's captures are alive while the second forward runs
+    # The other run's captures are alive while the second forward runs, and finish_prepare writes the aligned
+    # copies of one run's captures.
+    need = 2 * out + peak
     if attribution_sites:
         L, sizes = model.cfg.n_layers, dim_sizes(model.cfg, T)
         zeros = {s: np.zeros((L, *[sizes[d] for d in get_site(s).dims]), np.float32) for s in attribution_sites}
