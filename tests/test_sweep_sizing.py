@@ -110,3 +110,7 @@ def test_unset_picks_the_most_that_fit_and_says_so(tmp_path, model_folder, memor
     assert t["flops_per_patched_run"] > 0 and t["matmul_flops"] > 0
     assert t["achieved_flops"] == pytest.approx(t["fraction_of_matmul_rate"] * t["matmul_flops"], rel=1e-3)
     assert "GFLOP per patched run" in summary.line() and "of the measured matmul rate" in summary.line()
+    # Resuming with more free memory keeps the run's chunks (a new choice would refuse to resume).
+    _budget_for(monkeypatch, memory, 3)
+    again = run_sweep(_config(tmp_path, model_folder, "memory_fraction = 1.0"), out=tmp_path / "run", quiet=True)
+    assert again.complete and again.chunks_computed == 0 and again.chunks_resumed == 2

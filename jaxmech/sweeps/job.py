@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -511,7 +512,7 @@ def run_sweep(
 
         # [background]: the model with the ablated heads folded in (means over all of the sweep's pairs, once).
         lm, background = with_background(lm, plan.pairs, cfg.background.to_ablation())
-        cfg = _sized(cfg, lm.model, plan.T_max, procs, log)  # pairs_per_chunk from compiled memory, checked
+        cfg = _sized(cfg, lm.model, plan.T_max, procs, log, out / "meta.json" if not fresh else None)
         t_plan = time.perf_counter() - t_start
         fams = family_shapes(cfg, lm.model.cfg, plan.T_max)
         C = cfg.chunking.pairs_per_chunk
@@ -648,13 +649,17 @@ def run_sweep(
                         model=f"{cfg.model.path} ({patched})")
 
 
-def _sized(cfg: SweepConfig, model, T_max: int, procs, log) -> SweepConfig:
-    """``cfg`` with ``pairs_per_chunk`` chosen from compiled memory (`jaxmech.sweeps.sizing`); with several
-    processes an unset value is 16 (every process must cut the same chunks), a given one is still checked."""
+def _sized(cfg: SweepConfig, model, T_max: int, procs, log, previous: Path | None) -> SweepConfig:
+    """``cfg`` with ``pairs_per_chunk`` chosen from compiled memory (`jaxmech.sweeps.sizing`), checked either way.
+    Unset, it is the ``previous`` run's (``meta.json``, when resuming: free memory may have changed since), or 16
+    with several processes (every process must cut the same chunks)."""
     from jaxmech.sweeps.sizing import resolve_chunking
 
-    if procs.count > 1 and not cfg.chunking.pairs_per_chunk:
-        cfg = dataclasses.replace(cfg, chunking=dataclasses.replace(cfg.chunking, pairs_per_chunk=16))
+    if not cfg.chunking.pairs_per_chunk:
+        chosen = 16 if procs.count > 1 else 0
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):  # no run there: check_resume says
+            chosen = int(json.loads(previous.read_text()).get("pairs_per_chunk", chosen)) if previous else chosen
+        cfg = dataclasses.replace(cfg, chunking=dataclasses.replace(cfg.chunking, pairs_per_chunk=chosen))
     return dataclasses.replace(cfg, chunking=resolve_chunking(cfg, model, T_max, log))
 
 
