@@ -2,7 +2,9 @@
 
 ``run_patching`` keeps program shapes fixed per length bucket (``pairs_per_chunk`` pairs per batch, the last
 filled with inert pairs; sites in calls of ``steps_per_call x chunk_size`` items), so each family compiles once
-per bucket and a resumed or repeated run reuses the persistent compilation cache. What this module adds: the
+per bucket and a resumed or repeated run reuses the persistent compilation cache. Inside a chunk every family
+captures the sites of all (`jaxmech.patching.caches.shared_forward` with `sweep_sites`), so the families of a
+bucket share one compiled forward. What this module adds: the
 run's position axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution
 estimates (`jaxmech.patching.attribution.verify_top_k`, and `jaxmech.patching.path_attribution.path_verify_top_k`
 for path families, which ``run_patching`` does not run).
