@@ -67,7 +67,7 @@ def sweep_flops(cfg, families, pairs, buckets, runs_per_pair) -> float | None:
 
 def matmul_rate(d_model: int, seconds: float = 0.3) -> float:
     """The best fp32 (or the enclosing matmul precision's) FLOP/s of jitted ``[m, d] @ [d, 4d]`` products over a
-    few row counts, each timed for about ``seconds`` (three small programs, compiled once per process)."""
+    few row counts, each timed for about ``seconds`` (three small programs, one per row count, compiled per call)."""
     import jax
 
     best = 0.0
