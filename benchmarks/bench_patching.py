@@ -75,96 +75,11 @@ from jaxmech.patching import (  # noqa: E402
     path_to_heads,
     path_to_score,
 )
+from jaxmech.patching.flops import family_flops, full_forward_flops, path_to_heads_flops  # noqa: E402
 
 T = 128
 ALL_FAMILIES = "block_every,head_all_pos_v,head_all_pos_z,head_by_pos_z,head_by_pos_pattern,path_to_score,path_to_heads"
 SMALL_SAMPLE_S = 2.0  # a PyTorch timing shorter than this (or of fewer than 32 sites) is flagged as noisy
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Analytic matmul FLOPs (2 * m * n * k per product), per site
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def layer_flops(c: EncoderConfig, rows: int, key_rows: int, qkv_rows: int) -> float:
-    """One block: q/k/v projections for ``qkv_rows`` rows (keys/values of every key row), attention and
-    everything after it for ``rows`` query rows."""
-    d, f = c.d_model, c.d_mlp
-    return 2 * 3 * qkv_rows * d * d + 2 * 2 * rows * key_rows * d + 2 * rows * d * d + 2 * 2 * rows * d * f
-
-
-def full_forward_flops(c: EncoderConfig, n: int) -> float:
-    return c.n_layers * layer_flops(c, n, n, n) + 2 * c.d_model * c.d_model
-
-
-def cls_last_flops(c: EncoderConfig, n: int, dirty: bool) -> float:
-    """The CLS-only last block; k/v for every row unless only one row changed (dirty)."""
-    d, f = c.d_model, c.d_mlp
-    kv = 2 * 2 * (1 if dirty else n) * d * d
-    return kv + 2 * 2 * d * d + 2 * 2 * n * d + 2 * 2 * d * f
-
-
-def engine_flops(c: EncoderConfig, n: int, layer: int, kind: str) -> float:
-    """FLOPs of jaxmech's restarted run for one site at ``layer``.
-
-    ``kind``: ``"row"`` (row-local site at one position: the patched block on one row, then dirty rows),
-    ``"dirty"`` (resid_pre at one position), ``"global"`` (k/v/all-position sites: the patched block's
-    attention and MLP on all rows from cached q/k/v), ``"frozen"`` (path patching to the score).
-    """
-    L, d, f = c.n_layers, c.d_model, c.d_mlp
-    one_row = 2 * 2 * n * d + 2 * d * d + 2 * 2 * d * f
-    dirty = layer_flops(c, n, n, 1)
-    total = 0.0
-    if kind == "frozen":
-        return one_row + (L - 1 - layer) * (2 * 2 * d * f) + 2 * d * d
-    if kind == "row":
-        total += one_row
-        start, first_dirty = layer + 1, True
-    elif kind == "dirty":
-        start, first_dirty = layer, True
-    else:
-        total += layer_flops(c, n, n, 0)
-        start, first_dirty = layer + 1, False
-    for j in range(start, L):
-        is_first = j == start and first_dirty
-        if j == L - 1:
-            total += cls_last_flops(c, n, is_first)
-        else:
-            total += dirty if is_first else layer_flops(c, n, n, n)
-    return total + 2 * d * d
-
-
-def path_to_heads_flops(c: EncoderConfig, n: int, layer: int, receiver_layer: int) -> float:
-    """Stage 1 (frozen attention, every row, up to the receiver layer, then the receivers' projection) and
-    stage 2 (a full run from the receiver layer)."""
-    d, f = c.d_model, c.d_mlp
-    if layer >= receiver_layer:
-        return 0.0
-    stage1 = layer_flops(c, n, n, 0) + (receiver_layer - layer - 1) * 2 * 2 * n * d * f + 2 * n * d * d
-    return stage1 + (c.n_layers - receiver_layer) * layer_flops(c, n, n, n) + 2 * d * d
-
-
-FAMILY_KIND = {
-    "block_every": ("dirty", "row", "row"),
-    "head_all_pos_v": ("global",),
-    "head_all_pos_z": ("global",),
-    "head_by_pos_z": ("row",),
-    "head_by_pos_pattern": ("row",),
-    "path_to_score": ("frozen",),
-}
-
-
-def family_flops(c: EncoderConfig, n: int, family: str, result: np.ndarray) -> float:
-    """Total engine FLOPs over the sites that were evaluated (finite entries of ``result``)."""
-    kinds = FAMILY_KIND[family]
-    arr = result if len(kinds) > 1 else result[None]
-    total = 0.0
-    for comp, kind in enumerate(kinds):
-        for layer in range(c.n_layers):
-            # layer axis: first axis after the component axis for every family here
-            count = np.isfinite(arr[comp, layer]).sum()
-            total += count * engine_flops(c, n, layer, kind)
-    return total
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -541,7 +456,9 @@ def bench_setup(
             print(json.dumps(brief(name, row)), flush=True)
             checkpoint()
         if "head_by_pos_z" in families:
-            attribution[precision] = attribution_row(model, batch, runs["head_by_pos_z"], args.repeats)
+            attribution[precision] = attribution_row(model, batch, runs["head_by_pos_z"], args.repeats,
+                                                     flops_per_pair=5 * fwd_flops,
+                                                     matmul_rate=rates[precision]["jax_best_flops"])
             print(
                 json.dumps(
                     {
@@ -568,7 +485,10 @@ def bench_setup(
             checkpoint()
 
 
-def attribution_row(model, batch, exact_run, repeats: int) -> dict:
+def attribution_row(model, batch, exact_run, repeats: int, *, flops_per_pair: float, matmul_rate: float) -> dict:
+    """Attribution estimates of ``head_by_pos_z``: sites/s, against exact patching, and (like every row) FLOPs
+    per site and the fraction of the same-run matmul rate; ``flops_per_pair``: the baseline and perturbed
+    forwards and one forward + backward (about 2 forwards) per pair, 5 full forwards."""
     exact, exact_times = repeat(exact_run, 1)
     est_run = lambda: attribution_patch(model, batch, "head_by_pos_z")
     est_run()
@@ -582,6 +502,9 @@ def attribution_row(model, batch, exact_run, repeats: int) -> dict:
         "sites_per_s": rate,
         "seconds": spread(times),
         "speedup_over_exact_head_by_pos": rate / (n_exact / exact_times[0]),
+        "jaxmech_flops_per_site": flops_per_pair * batch.n_pairs / n_all,
+        "jaxmech_achieved_flops": flops_per_pair * batch.n_pairs / float(np.median(times)),
+        "jaxmech_fraction_of_matmul_rate": flops_per_pair * batch.n_pairs / float(np.median(times)) / matmul_rate,
         "pearson_with_exact": float(np.corrcoef(est.patched[m], exact.patched[m])[0, 1]),
     }
 

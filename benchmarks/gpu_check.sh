@@ -10,16 +10,21 @@
 #     run(command="bash benchmarks/gpu_check.sh", timeout_s=600)
 #
 # Stages, each bounded by `timeout` so that the call ends inside the tool's 10-minute limit and every JSON
-# written so far comes back (the benchmarks rewrite their JSON after every row):
+# written so far comes back (the benchmarks rewrite their JSON after every row). Default order "1 2 4 3":
 #   1. environment: GPU, versions, `import jaxmech`, one fp32 forward against PyTorch on the GPU.
 #   2. compile time (bench_compile.py, L12 shapes, fresh processes): cold and warm persistent cache for
-#      head_by_pos_z and block_every at fp32; head_by_pos_z again with XLA's autotuning off and with Triton
-#      GEMMs off (to see what autotuning costs).
+#      head_by_pos_z and block_every at fp32 (target: first call <= 5 s, rerun from the cache < 1 s).
+#      "2b" (opt-in): head_by_pos_z again with XLA's autotuning off and with Triton GEMMs off.
+#   4. the README's main job (configs/demo.toml, packaged model, compilation cache off) in one process:
+#      programs per family and bucket, compile seconds against wall time (target: compile < a tenth of the
+#      wall), and the pairs_per_chunk chosen from compiled memory (benchmarks/count_programs.py).
+#      GPU_CHECK_TINY=1 runs it on a narrow random model instead (the CPU dry run).
 #   3. throughput (bench_patching.py, L12 shapes, every position): fp32 for four families against the PyTorch
 #      loop and batched hooks (B = 128, 512) on the same GPU with TF32 off; tf32, bf16x3 and bf16 for
-#      head_by_pos_z with their error against fp32; attribution patching.
-# Record the JSON files in benchmarks/results/ (bench_compile_gpu*.json, bench_patching_gpu.json) with the
-# device named, and the numbers in README's benchmark section.
+#      head_by_pos_z with their error against fp32; attribution patching. Every row has FLOPs per site and
+#      the fraction of the matmul rate measured in the same run.
+# Record the JSON files in benchmarks/results/ (bench_compile_gpu*.json, bench_patching_gpu.json,
+# programs_demo_gpu.json) with the device named, and the numbers in README's benchmark section.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
@@ -32,7 +37,7 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 say() { echo "[$(elapsed) s] $*" | tee -a "$LOG"; }
 
-STAGES="${GPU_CHECK_STAGES:-1 2 3}"  # e.g. GPU_CHECK_STAGES=1 for a dry run of the environment check
+STAGES="${GPU_CHECK_STAGES:-1 2 4 3}"  # e.g. GPU_CHECK_STAGES=1 for a dry run of the environment check
 has() { case " $STAGES " in *" $1 "*) return 0;; *) return 1;; esac; }
 
 if has 1; then
@@ -74,10 +79,21 @@ if has 2; then
 say "stage 2: compile time"
 timeout 230 "$PY" benchmarks/bench_compile.py --setups l12 --families head_by_pos_z,block_every --out "$OUT" \
     2>&1 | tee -a "$LOG" | grep -v Warning
+fi
+
+if has 2b; then
+say "stage 2b: compile time without autotuning, without Triton GEMMs"
 timeout 110 "$PY" benchmarks/bench_compile.py --setups l12 --families head_by_pos_z --no-warm --out "$OUT" \
     --xla-flags=--xla_gpu_autotune_level=0 --tag autotune0 2>&1 | tee -a "$LOG" | grep -v Warning
 timeout 90 "$PY" benchmarks/bench_compile.py --setups l12 --families head_by_pos_z --no-warm --out "$OUT" \
     --xla-flags=--xla_gpu_enable_triton_gemm=false --tag no_triton_gemm 2>&1 | tee -a "$LOG" | grep -v Warning
+fi
+
+if has 4; then
+say "stage 4: the main job's programs and compile share (configs/demo.toml)"
+tiny=""; [ "${GPU_CHECK_TINY:-0}" = 1 ] && tiny="--tiny"
+timeout 240 "$PY" benchmarks/count_programs.py demo $tiny --label demo_gpu --out "$OUT/programs_demo_gpu.json" \
+    2>&1 | tee -a "$LOG" | grep -v Warning | tail -n 30
 fi
 
 if has 3; then

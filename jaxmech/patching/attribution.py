@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmech import runtime
@@ -70,9 +69,10 @@ def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Fami
                    query_embedding=query_embedding)
     b = prep.batch
     L = model.cfg.n_layers
-    base = {s: prep.cache.site(s)[:, :L] for s in set(fam.sites)}  # the restart cache's resid_pre has L + 1 layers
-    zeros = {s: jnp.zeros_like(a[0]) for s, a in base.items()}
-    grads = activation_gradients(model, *map(jnp.asarray, b.baseline), zeros, prep.query_embedding)
+    # On the host: the restart cache's resid_pre has L + 1 layers (eager slices were programs of their own).
+    base = {s: np.asarray(prep.cache.site(s))[:, :L] for s in set(fam.sites)}
+    zeros = {s: np.zeros(a.shape[1:], np.float32) for s, a in base.items()}
+    grads = activation_gradients(model, *b.baseline, zeros, prep.query_embedding)
     patchable = b.patchable.astype(np.float32)
     comps = []
     for site in fam.sites:
@@ -91,8 +91,11 @@ def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Fami
 
 
 @functools.partial(jax.jit, static_argnames=("site",))
-def _exact_sites(model, ids, tt, mask, source, q_emb, layers, heads, pos_masks, *, site):
+def _exact_sites(model, ids, tt, mask, source, q_emb, pair, layers, heads, pos_masks, *, site):
+    """Exact patched scores of pair ``pair`` (a traced index into the batch arrays) at ``k`` sites: one program
+    per batch shape, ``k`` and site (indexing the batch inside, not eagerly, keeps it one)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    ids, tt, mask, source, q_emb = (a[pair] for a in (ids, tt, mask, source, q_emb))
 
     def one(layer, head, pos_mask):
         spec = PatchSpec(site, source, one_hot(layer, L), pos_mask, one_hot(head, H) if heads is not None else None)
@@ -133,9 +136,9 @@ def verify_top_k(model: HookedEncoder, batch: PairBatch, estimate: SweepResult, 
                 pos_masks = np.eye(T, dtype=np.float32)[get["p"]]
             else:
                 pos_masks = np.repeat(b.patchable[p][None].astype(np.float32), len(top), 0)
-            exact = _exact_sites(model, *(jnp.asarray(a[p]) for a in b.baseline), prep.source(site)[p],
-                                 prep.query_embedding[p], jnp.asarray(layers),
-                                 None if heads is None else jnp.asarray(heads), jnp.asarray(pos_masks), site=site)
+            exact = _exact_sites(model, *b.baseline, prep.source(site), prep.query_embedding, np.int32(p),
+                                 layers.astype(np.int32), None if heads is None else heads.astype(np.int32),
+                                 pos_masks, site=site)
             out.append({"pair": p, "component": site, "index": idx, "estimated": est.ravel()[top],
                         "exact": np.asarray(exact)})
     return out

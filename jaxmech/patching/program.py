@@ -79,7 +79,7 @@ class SpecKernel(Kernel):
 def scan_items(kernel: Kernel, model: HookedEncoder, data: SweepData, items: ItemIndex,
                layers: Sequence[int] | None = None) -> Float[Array, "layer chunks chunk_size"]:
     """Runs ``kernel`` on every item at every layer (or ``layers``): ``[layer, chunks, chunk_size]`` outputs."""
-    layers = jnp.arange(model.cfg.n_layers) if layers is None else jnp.asarray(layers, jnp.int32)
+    layers = np.arange(model.cfg.n_layers, dtype=np.int32) if layers is None else np.asarray(layers, np.int32)
     return _scan_items(model, data, items, layers, kernel=kernel)
 
 

@@ -339,8 +339,6 @@ def run_patching(
         UnknownFamilyError, ValueError: See `check_request`; `jaxmech.data.align.AlignmentError` for pairs
             that cannot be patched.
     """
-    import jax.numpy as jnp
-
     from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
     from jaxmech.analysis.aggregate import STATISTICS
     from jaxmech.patching.inputs import batch_pairs, check_vocabulary
@@ -356,6 +354,7 @@ def run_patching(
     if relative_min_denominator is not None and not relative_min_denominator >= 0:
         raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
     from jaxmech.patching.background import with_background
+    from jaxmech.patching.caches import query_embeddings
     from jaxmech.patching.full_forward import check_supported, full_forward_patch, split_background
 
     model, tok = lm.model, lm.tokenizer
@@ -399,9 +398,7 @@ def run_patching(
         n = len(idx)
         qe = None
         if not model.pair_input:  # the patched run is the document's; the score compares with the query's
-            queries = [pairs[i].query for i in idx]
-            enc = tok.encode_texts(queries + queries[:1] * (batch.n_pairs - n))
-            qe = model(*map(jnp.asarray, enc.arrays)).embedding
+            qe = query_embeddings(model, tok, [pairs[i].query for i in idx], batch.n_pairs)
         bound = bind(readout, [pairs[i] for i in idx], T, batch.n_pairs)
         for f, fam in enumerate(fams):
             if on_step is not None:

@@ -2,7 +2,9 @@
 
 ``run_patching`` keeps program shapes fixed per length bucket (``pairs_per_chunk`` pairs per batch, the last
 filled with inert pairs; sites in calls of ``steps_per_call x chunk_size`` items), so each family compiles once
-per bucket and a resumed or repeated run reuses the persistent compilation cache. What this module adds: the
+per bucket and a resumed or repeated run reuses the persistent compilation cache. Inside a chunk every family
+captures the sites of all (`jaxmech.patching.caches.shared_forward` with `sweep_sites`), so the families of a
+bucket share one compiled forward. What this module adds: the
 run's position axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution
 estimates (`jaxmech.patching.attribution.verify_top_k`, and `jaxmech.patching.path_attribution.path_verify_top_k`
 for path families, which ``run_patching`` does not run).
@@ -58,9 +60,8 @@ def _verify(
     chunking: ChunkingSection,
 ) -> dict[str, np.ndarray]:
     """Exact patches of the ``verify_top_k`` sites with the largest estimated effect, per pair and component."""
-    import jax.numpy as jnp
-
     from jaxmech.patching.attribution import verify_top_k
+    from jaxmech.patching.caches import query_embeddings
     from jaxmech.patching.families import get_family
     from jaxmech.patching.inputs import batch_pairs
     from jaxmech.patching.results import SweepResult
@@ -89,11 +90,7 @@ def _verify(
         est[: len(idx)] = raw[idx][(slice(None), *trim)]
         pad = np.concatenate([idx, np.repeat(idx[-1:], C - len(idx))])  # inert pairs repeat the last pair's scores
         estimate = SweepResult(f"attribution:{fam.name}", est, base[pad], pert[pad], list(batch.names), batch.lengths)
-        qe = None
-        if not model.pair_input:
-            queries = [pairs[i].query for i in idx]
-            enc = tok.encode_texts(queries + queries[:1] * (C - len(idx)))
-            qe = model(*map(jnp.asarray, enc.arrays)).embedding
+        qe = None if model.pair_input else query_embeddings(model, tok, [pairs[i].query for i in idx], C)
         if family.is_path:  # path_to_score / path_to_heads estimates: exact path patches of the top senders
             from jaxmech.patching.path_attribution import path_verify_top_k
 
@@ -132,6 +129,25 @@ def compute_chunk(
     Returns:
         A `ChunkResult` for the pairs, in their order.
     """
+    from jaxmech.patching.caches import shared_forward
+
+    with shared_forward(sweep_sites(families)):  # one compiled forward per bucket for every family
+        return _compute_chunk(lm, pairs, families, patching, chunking, T_max)
+
+
+def sweep_sites(families: Sequence[FamilySection]) -> tuple[str, ...]:
+    """Every site the families' forwards capture: their patched sites, and for path families the cached head
+    outputs and block outputs their kernels read."""
+    from jaxmech.patching.families import get_family
+
+    sites = set()
+    for fam in families:
+        family = get_family(fam.name)
+        sites |= set(family.sites) | ({"z", "attn_out", "mlp_out"} if family.is_path else set())
+    return tuple(sorted(sites))
+
+
+def _compute_chunk(lm, pairs, families, patching, chunking, T_max) -> ChunkResult:
     from jaxmech.patching.run import run_patching
 
     n = len(pairs)

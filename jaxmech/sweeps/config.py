@@ -17,8 +17,9 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      "baseline_into_perturbed"), precision ("fp32" | "tf32" | "bf16x3" | "bf16"), readout
                      (what each patched run measures, `jaxmech.patching.readouts`: "attn:10.7:CLS->Qplus",
                      "margin:1,0", "proj:resid_post:4:CLS:dir.npy"; default the score)
-    [chunking]       pairs_per_chunk (one stored, resumable chunk), items_per_step (patched runs per vmapped
-                     step; 0 = from device memory), steps_per_call (steps per compiled call)
+    [chunking]       pairs_per_chunk (one stored, resumable chunk; 0 or unset = from compiled memory),
+                     items_per_step (patched runs per vmapped step; 0 = from device memory), steps_per_call
+                     (steps per compiled call), memory_fraction (of the free device memory a chunk may use)
     [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
                      "mean": over all of the sweep's pairs), site ("z" | "result"); see jaxmech.sweeps.background
     [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
@@ -251,18 +252,25 @@ class ChunkingSection:
     Attributes:
         pairs_per_chunk: Pairs per stored chunk: the unit of resume, of the share of each process and of the
             store's chunk along ``pair``. Every chunk of a length bucket has this many pairs (the last one is
-            padded with inert pairs), so each bucket compiles once.
+            padded with inert pairs), so each bucket compiles once. 0 (unset): the most that fit
+            ``memory_fraction`` of the device's free memory by the compiled programs' memory analysis, at most
+            32 (`jaxmech.sweeps.sizing`); a given value that does not fit is refused before anything runs.
         items_per_step: Patched runs per vmapped step (0 = from the device's free memory).
         steps_per_call: Steps per compiled call (fixed, so the call compiles once per bucket).
+        memory_fraction: Share of the free device memory (CPU: available system memory) a chunk may use.
     """
 
-    pairs_per_chunk: int = 16
+    pairs_per_chunk: int = 0
     items_per_step: int = 0
     steps_per_call: int = 8
+    memory_fraction: float = 0.5
 
     def __post_init__(self):
-        if self.pairs_per_chunk < 1 or self.steps_per_call < 1 or self.items_per_step < 0:
-            raise ValueError("[chunking] pairs_per_chunk and steps_per_call must be >= 1, items_per_step >= 0")
+        if self.pairs_per_chunk < 0 or self.steps_per_call < 1 or self.items_per_step < 0:
+            raise ValueError("[chunking] pairs_per_chunk must be >= 0 (0: from memory), steps_per_call >= 1, "
+                             "items_per_step >= 0")
+        if not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"[chunking] memory_fraction must be in (0, 1], got {self.memory_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +333,8 @@ _TABLES: dict[str, type] = {
 }
 _ARRAYS: dict[str, type] = {"datasets": DatasetSection, "families": FamilySection, "analyses": StepSection}
 # Settings that do not change results (allowed to differ when resuming).
-_NOT_FINGERPRINTED = {("run", "out_dir"), ("run", "name"), ("analyses", None), ("report", None)}
+_NOT_FINGERPRINTED = {("run", "out_dir"), ("run", "name"), ("analyses", None), ("report", None),
+                      ("chunking", "memory_fraction")}
 
 
 @dataclasses.dataclass(frozen=True)

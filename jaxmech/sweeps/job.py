@@ -464,10 +464,28 @@ class SweepSummary:
             f"sweep {state}: {self.pairs} pairs x {len(self.families)} families "
             f"({self.chunks_computed} chunks computed, {self.chunks_resumed} resumed) in {t['total_seconds']:.1f}s "
             f"({t.get('patched_runs_per_second', 0):.0f} patched runs/s, compile {t['compile_seconds']:.1f}s, "
-            f"{t['xla_compiles']} XLA compiles) "
+            f"{t['xla_compiles']} XLA compiles{_roofline_text(t)}) "
             + (f"on {self.model}, {t.get('device', '?')} " if self.model else "")
             + f"-> {self.out}"
         )
+
+
+def _roofline_text(t: dict) -> str:
+    """``, 0.91 GFLOP per patched run, 52 GFLOP/s = 19% of the measured matmul rate`` (empty when unknown)."""
+    if t.get("fraction_of_matmul_rate") is None:
+        return ""
+    return (f", {t['flops_per_patched_run'] / 1e9:.3g} GFLOP per patched run, {t['achieved_flops'] / 1e9:.3g} "
+            f"GFLOP/s = {t['fraction_of_matmul_rate']:.0%} of the measured matmul rate")
+
+
+def _roofline(model_cfg, families, plan: Plan, chunks, todo, seconds: float) -> dict:
+    """FLOPs per patched run, achieved FLOP/s and the fraction of a matmul rate measured now
+    (`jaxmech.sweeps.roofline`), over the chunks this process computed."""
+    from jaxmech.sweeps.roofline import roofline
+
+    idx = [i for k in todo for i in range(*chunks[k])]
+    return roofline(model_cfg, families, [plan.pairs[i] for i in idx], plan.table["bucket"][idx], _runs_per_pair,
+                    seconds)
 
 
 def _load_model(cfg: SweepConfig):
@@ -559,6 +577,7 @@ def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Pro
 
         # [background]: the model with the ablated heads folded in (means over all of the sweep's pairs, once).
         lm, background = with_background(lm, plan.pairs, cfg.background.to_ablation())
+        cfg = _sized(cfg, lm.model, plan.T_max, procs, log, out / "meta.json" if not fresh else None)
         t_plan = time.perf_counter() - t_start
         fams = family_shapes(cfg, lm.model.cfg, plan.T_max)
         C = cfg.chunking.pairs_per_chunk
@@ -670,6 +689,7 @@ def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Pro
             "peak_rss_mb": _peak_rss_mb(),
             "device": jax.devices()[0].device_kind,
         }
+        timings.update(_roofline(lm.model.cfg, cfg.families, plan, chunks, todo, t_end - t_compute))
         atomic_write_json(out / "processes" / f"{procs.index}.json", timings)
         procs.publish(f"finished/{procs.index}", "ok")
         complete = False
@@ -695,6 +715,20 @@ def _run_sweep(cfg: SweepConfig, out: Path, fresh: bool, quiet: bool, procs: Pro
     patched = "cross-encoder" if lm.kind == "cross" else "bi-encoder: document side patched, query fixed"
     return SweepSummary(out, plan.n_pairs, list(fams), len(todo), len(mine) - len(todo), complete, timings, steps,
                         model=f"{cfg.model.path} ({patched})")
+
+
+def _sized(cfg: SweepConfig, model, T_max: int, procs, log, previous: Path | None) -> SweepConfig:
+    """``cfg`` with ``pairs_per_chunk`` chosen from compiled memory (`jaxmech.sweeps.sizing`), checked either way.
+    Unset, it is the ``previous`` run's (``meta.json``, when resuming: free memory may have changed since), or 16
+    with several processes (every process must cut the same chunks)."""
+    from jaxmech.sweeps.sizing import resolve_chunking
+
+    if not cfg.chunking.pairs_per_chunk:
+        chosen = 16 if procs.count > 1 else 0
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):  # no run there: check_resume says
+            chosen = int(json.loads(previous.read_text()).get("pairs_per_chunk", chosen)) if previous else chosen
+        cfg = dataclasses.replace(cfg, chunking=dataclasses.replace(cfg.chunking, pairs_per_chunk=chosen))
+    return dataclasses.replace(cfg, chunking=resolve_chunking(cfg, model, T_max, log))
 
 
 def _peak_rss_mb() -> float:
