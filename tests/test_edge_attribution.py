@@ -60,8 +60,8 @@ def test_ig_activations_is_complete_toward_the_empty_circuit(tiny_model, setup):
 def _planted(model, scale: float):
     """``model`` with every head's and MLP's output scaled by ``scale`` (small: the direct edge dominates)."""
     m = jax.tree.map(lambda x: x, model)
-    m.blocks.attn.W_O.value = model.blocks.attn.W_O[...] * scale
-    m.blocks.mlp.W_out.value = model.blocks.mlp.W_out[...] * scale
+    m.blocks.attn.W_O[...] = model.blocks.attn.W_O[...] * scale
+    m.blocks.mlp.W_out[...] = model.blocks.mlp.W_out[...] * scale
     return m
 
 

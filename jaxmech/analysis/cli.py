@@ -19,6 +19,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from jaxmech.analysis.edges_cli import HEADLINES as EDGE_HEADLINES
+from jaxmech.analysis.edges_cli import add_edges_parser
+
 HEADLINES = {
     "idf_svd": ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "strongest_component", "variants"),
     "linear_bm25": (
@@ -32,6 +35,7 @@ HEADLINES = {
     "soft_tf": ("matching_heads",),
     "circuit": ("roles",),
     "edit_idf": ("heads", "scales", "unedited"),
+    "edges": EDGE_HEADLINES,
 }
 
 
@@ -160,6 +164,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--split", default="query", choices=["query", "pair"])
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--idf-table", help="word<TAB>idf TSV (default: streamed from the documents)")
+    add_edges_parser(sub, common)
     return p
 
 
