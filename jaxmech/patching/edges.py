@@ -13,7 +13,8 @@ values at ``alpha = 0``; EAP-IG over inputs multiplies gradients by these).
 each edge's input change ``T_{s->r}(o_s' - o_s)`` at every receiver, then each edge is a frozen-scale forward
 restarted at its receiver's layer from the baseline's residual with that change added to the one receiver
 input (heads: projected by the head's ``W_Q``/``W_K``/``W_V``; MLPs: added to the MLP's input; the score: to
-the final hidden state). Edges are vmapped in chunks per receiver layer.
+the final hidden state). Edges are vmapped in chunks per receiver layer; when the readout reads [CLS] alone
+the last layer runs the [CLS] row only (queries, residual, MLP).
 """
 
 from __future__ import annotations
@@ -219,31 +220,41 @@ def edge_input_changes(model: HookedEncoder, ex: EdgeData):
     return d_att, d_mlp, D
 
 
+def _frozen_block(block, x, key_mask, s1, s2, qkv_add=(0.0, 0.0, 0.0), mlp_add=0.0, *, cls_only: bool = False):
+    """One block with frozen LayerNorm scales and additive changes to its q/k/v and MLP input; ``cls_only``:
+    only row 0 continues (queries, residual and MLP), enough for a readout that reads [CLS] alone."""
+    H = block.attn.W_Q.shape[0]
+    q, k, v = (t + a for t, a in zip(project_qkv(block, jnp.broadcast_to(x, (3, H, *x.shape))), qkv_add,
+                                     strict=True))
+    if cls_only:
+        q, x, s1, s2 = q[:1], x[:1], s1[:1], s2[:1]
+        mlp_add = mlp_add[:1] if jnp.ndim(mlp_add) else mlp_add
+    x = frozen_ln(block.ln1, x + attend(block, q, k, v, key_mask).sum(1) + block.attn.b_O[...], s1)
+    return frozen_ln(block.ln2, x + block.mlp(x + mlp_add, NO_HOOKS), s2)
+
+
 def _restart_item(model, ex: EdgeData, layer: int, d_att, d_mlp, kind, head, sender):
     """Score of one edge into layer ``layer``: input ``kind`` (0-2 q/k/v, 3 the MLP) of ``head``."""
-    H = model.cfg.n_heads
-    blocks = jax.tree.map(lambda p: p[layer:], model.blocks)
-    block = jax.tree.map(lambda p: p[0], blocks)
-    x, key_mask = ex.resid_pre[layer], ex.mask.astype(bool)
-    a = block.attn
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    cls = bool(model.readout_uses_cls_only)
+    block_at = lambda i: jax.tree.map(lambda p: p[i], model.blocks)
+    key_mask = ex.mask.astype(bool)
+    a = block_at(layer).attn
     W = jnp.stack([a.W_Q[...], a.W_K[...], a.W_V[...]])[jnp.minimum(kind, 2), head]
-    qkv = list(project_qkv(block, jnp.broadcast_to(x, (3, H, *x.shape))))
     add = (d_att[sender] @ W)[:, None, :] * jax.nn.one_hot(head, H)[None, :, None]
-    qkv = [t + add * (kind == c) for c, t in enumerate(qkv)]
-    res = attend(block, *qkv, key_mask)
-    x = frozen_ln(block.ln1, x + res.sum(1) + a.b_O[...], ex.ln1[layer])
-    mo = block.mlp(x + d_mlp[sender] * (kind == 3), NO_HOOKS)
-    x = frozen_ln(block.ln2, x + mo, ex.ln2[layer])
+    x = _frozen_block(block_at(layer), ex.resid_pre[layer], key_mask, ex.ln1[layer], ex.ln2[layer],
+                      tuple(add * (kind == c) for c in range(3)), d_mlp[sender] * (kind == 3),
+                      cls_only=cls and layer == L - 1)
+    if layer < L - 1:
+        def body(x, xs):
+            blk, s1, s2 = xs
+            return _frozen_block(blk, x, key_mask, s1, s2), None
 
-    def body(x, xs):
-        blk, s1, s2 = xs
-        res = attend(blk, *project_qkv(blk, jnp.broadcast_to(x, (3, H, *x.shape))), key_mask)
-        x = frozen_ln(blk.ln1, x + res.sum(1) + blk.attn.b_O[...], s1)
-        return frozen_ln(blk.ln2, x + blk.mlp(x, NO_HOOKS), s2), None
-
-    rest = jax.tree.map(lambda p: p[1:], blocks)
-    x, _ = jax.lax.scan(body, x, (rest, ex.ln1[layer + 1:], ex.ln2[layer + 1:]))
-    return model.score_hidden(x, ex.mask, ex.q_emb)
+        mid = jax.tree.map(lambda p: p[layer + 1:L - 1], model.blocks)
+        x, _ = jax.lax.scan(body, x, (mid, ex.ln1[layer + 1:L - 1], ex.ln2[layer + 1:L - 1]))
+        x = _frozen_block(block_at(L - 1), x, key_mask, ex.ln1[L - 1], ex.ln2[L - 1], cls_only=cls)
+    hidden = ex.resid_pre[-1].at[:1].set(x) if cls else x  # rows past [CLS] are not read when cls
+    return model.score_hidden(hidden, ex.mask, ex.q_emb)
 
 
 @functools.partial(jax.jit, static_argnames=("layer",))
