@@ -63,3 +63,42 @@ def test_exact_edges_match_hooked_forwards(tiny_model, batch, data):
             assert exact[p, i] == pytest.approx(ref, abs=ENGINE_ATOL), g.edge_name(e)
             moved += abs(ref - float(data.baseline_score[p])) > 1e-3
     assert moved >= 10  # the edges do change the score: the comparison is not between baselines
+
+
+def _linear_ln_model(silent_mlps: bool = True):
+    """A tiny cross-encoder whose LayerNorms are linear to fp32 precision (eps 1e8: the scale ``sqrt(var + eps)``
+    moves by ~var / 2e8) with weights scaled back up, and whose MLPs output nothing (``W_out = 0``): every head's
+    only path to the score is the direct one."""
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import build_model
+
+    cfg = EncoderConfig(n_layers=3, d_model=24, n_heads=3, d_head=8, d_mlp=16, n_ctx=48, d_vocab=211,
+                        initializer_range=0.3, eps=1e8)
+    m = build_model(cfg, "cross", seed=4)
+    for ln in (m.blocks.ln1, m.blocks.ln2, m.embed.ln):
+        ln.w[...] = ln.w[...] * 1e4
+    m.blocks.mlp.W_out[...] = m.blocks.mlp.W_out[...] * (0 if silent_mlps else 1)
+    return m
+
+
+@pytest.mark.parametrize("silent_mlps", [True, False])
+def test_edges_into_the_score_are_path_patching_when_that_is_the_only_path(silent_mlps):
+    """`path_to_score` (every other head's ``z`` frozen, MLPs and LayerNorms live) coincides with the edge
+    ``a{l}.h{h} -> logits`` when the LayerNorms are linear and the MLPs silent (one engine each), and not when
+    the MLPs give the heads a second path."""
+    from jaxmech.patching import path_to_score
+
+    model = _linear_ln_model(silent_mlps)
+    batch = edge_batch(model, seed=6)
+    data = edge_data(model, batch)
+    g = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
+    names = [g.edge_name(e) for e in range(g.n_edges)]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    edges = [names.index(f"a{lyr}.h{h}->logits") for lyr in range(L) for h in range(H)]
+    exact = exact_edge_scores(model, data, edges).reshape(2, L, H)
+    path = path_to_score(model, batch).patched
+    assert np.abs(path - np.asarray(data.baseline_score)[:, None, None]).max() > 1e-2  # the heads matter
+    if silent_mlps:
+        np.testing.assert_allclose(exact, path, rtol=0, atol=ENGINE_ATOL)
+    else:
+        assert np.abs(exact - path).max() > 1e-3
