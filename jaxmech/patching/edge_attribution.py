@@ -40,8 +40,10 @@ def midpoints(steps: int) -> np.ndarray:
     return (np.arange(steps) + 0.5) / steps
 
 
-def _grad_one(model, ex: EdgeData, method: str, steps: int, valid):
-    """``[receiver, sender]`` mean gradient of one pair's score in ``alpha`` along the method's path."""
+def _grad_one(model, ex: EdgeData, method: str, steps: int, valid, spans: bool):
+    """``[receiver, sender(, group)]`` mean gradient of one pair's score in ``alpha`` along the method's path."""
+    if spans:
+        valid = jnp.broadcast_to(valid[..., None], (*valid.shape, ex.spans.shape[0]))
     zero = jnp.zeros(valid.shape, jnp.float32)
     if method == "eap":
         return jax.grad(lambda a: edge_forward(model, ex, a))(zero)
@@ -57,20 +59,21 @@ def _grad_one(model, ex: EdgeData, method: str, steps: int, valid):
     return total / steps
 
 
-@functools.partial(jax.jit, static_argnames=("method", "steps"))
-def edge_gradients(model: HookedEncoder, data: EdgeData, *, method: str = "eap",
-                   steps: int = 1) -> Float[Array, "pair edge"]:
+@functools.partial(jax.jit, static_argnames=("method", "steps", "spans"))
+def edge_gradients(model: HookedEncoder, data: EdgeData, *, method: str = "eap", steps: int = 1,
+                   spans: bool = False) -> Float[Array, "pair edge"]:
     """Estimated ``patched - baseline`` of every edge for the pairs of ``data`` (vmapped over pairs; one program
-    per shape, method and step count; the IG steps run in a scan, so the program does not grow with them)."""
+    per shape, method, step count and span flag; the IG steps run in a scan, so the program does not grow with
+    them). ``spans``: per edge and span group of ``data.spans``, ``[pair, edge, group]``."""
     graph = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
     valid = jnp.asarray(graph.valid, jnp.float32)
-    grads = jax.vmap(lambda ex: _grad_one(model, ex, method, steps, valid))(data)
+    grads = jax.vmap(lambda ex: _grad_one(model, ex, method, steps, valid, spans))(data)
     return grads[:, graph.edges[:, 0], graph.edges[:, 1]]
 
 
 @runtime.with_precision
 def estimate_edges(model: HookedEncoder, data: EdgeData, method: str = "eap-ig-inputs", *, steps: int = 5,
-                   pair_chunk: int = 4) -> np.ndarray:
+                   pair_chunk: int = 4, spans: bool = False) -> np.ndarray:
     """EAP / EAP-IG estimates ``[pair, edge]`` of every edge (see the module docstring).
 
     Args:
@@ -79,6 +82,8 @@ def estimate_edges(model: HookedEncoder, data: EdgeData, method: str = "eap-ig-i
         method: One of `METHODS`.
         steps: IG steps (EAP: ignored).
         pair_chunk: Pairs per call (bounds the backward's memory; the last chunk is padded to it).
+        spans: Per span group of ``data.spans`` too: ``[pair, edge, group]`` (the groups of a partition of the
+            positions sum to the edge's estimate for EAP and EAP-IG over inputs).
 
     Raises:
         ValueError: For an unknown method or ``steps < 1``, before any compute.
@@ -90,10 +95,11 @@ def estimate_edges(model: HookedEncoder, data: EdgeData, method: str = "eap-ig-i
     check_edge_model(model)
     steps = 1 if method == "eap" else steps
     n = int(data.ids.shape[0])
+    pair_chunk = min(pair_chunk, n)
     out = []
     for i in range(0, n, pair_chunk):
         idx = np.minimum(np.arange(i, i + pair_chunk), n - 1)
-        est = edge_gradients(model, data.pair(idx), method=method, steps=steps)
+        est = edge_gradients(model, data.pair(idx), method=method, steps=steps, spans=spans)
         out.append(np.asarray(est)[: min(pair_chunk, n - i)])
     return np.concatenate(out, 0)
 

@@ -49,6 +49,7 @@ class EdgeData:
         mlp_base: ``[pair, layer, pos, d_model]`` ``mlp_out``. mlp_pert: perturbed run's.
         q_emb: ``[pair, d_model]`` query embedding (bi-encoders; zeros otherwise).
         baseline_score: ``[pair]``. perturbed_score: ``[pair]``.
+        spans: ``[pair, group, pos]`` position groups for span-aware edges (one all-ones group by default).
     """
 
     ids: Int[Array, "pair pos"]
@@ -67,6 +68,7 @@ class EdgeData:
     q_emb: Float[Array, "pair d_model"]
     baseline_score: Float[Array, " pair"]
     perturbed_score: Float[Array, " pair"]
+    spans: Float[Array, "pair group pos"]
 
     def pair(self, p) -> EdgeData:
         """One pair's slice (no pair axis)."""
@@ -84,7 +86,8 @@ def check_edge_model(model) -> EdgeGraph:
 
 
 @runtime.with_precision
-def edge_data(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, query_embedding=None) -> EdgeData:
+def edge_data(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, query_embedding=None,
+              spans=None) -> EdgeData:
     """Runs the baseline and perturbed inputs once (two forwards) and gathers what the edge engine reads.
 
     Args:
@@ -92,6 +95,8 @@ def edge_data(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, 
         batch: Aligned pairs.
         reverse: Swap baseline and perturbed roles.
         query_embedding: For bi-encoders.
+        spans: ``[pair, group, pos]`` 0/1 position groups for span-aware edges (default: one group, every
+            position).
     """
     check_edge_model(model)
     prep = prepare(model, batch, base_sites=("result", "mlp_out", "ln1_scale", "ln2_scale"),
@@ -110,7 +115,8 @@ def edge_data(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, 
         emb_base, keep(prep.source("resid_pre")[:, 0], emb_base, 1),
         c.sites["result"], keep(prep.source("result"), c.sites["result"], 2),
         c.sites["mlp_out"], keep(prep.source("mlp_out"), c.sites["mlp_out"], 2),
-        prep.query_embedding, prep.baseline_score, prep.perturbed_score)
+        prep.query_embedding, prep.baseline_score, prep.perturbed_score,
+        jnp.ones((b.n_pairs, 1, b.n_pos), jnp.float32) if spans is None else jnp.asarray(spans, jnp.float32))
 
 
 # -- the frozen-scale forward ------------------------------------------------------------------------------------
@@ -135,21 +141,30 @@ def attend(block, q, k, v, key_mask) -> Float[Array, "pos head_index d_model"]:
     return block.attn.result(block.attn.mix(pattern, v))
 
 
+def combine(a, D: Float[Array, "sender pos d"], spans: Float[Array, "group pos"] | None):
+    """``sum_s a[..., s] D[s]`` (``spans`` None, ``a [..., sender]``), or with span groups
+    ``sum_{s,g} a[..., s, g] spans[g] D[s]`` (``a [..., sender, group]``)."""
+    if spans is None:
+        return jnp.einsum("...s,spd->...pd", a, D)
+    return jnp.einsum("...sg,gp,spd->...pd", a, spans, D)
+
+
 def _stack_layer(ex: EdgeData, fixed: bool, H: int, carry, xs):
     """One block of `edge_forward` (scan body): receivers read ``x + alpha D``, then the stack takes the
     layer's heads and MLP and passes the frozen LayerNorms."""
     x, D = carry
     block, layer, a_att, a_mlp, s1, s2, rb, rp, mb, mp = xs
     pm, key_mask = ex.patchable, ex.mask.astype(bool)
+    spans = ex.spans if a_mlp.ndim == 2 else None
     d_in = D
-    ins = x[None] + jnp.einsum("rs,spd->rpd", a_att, D)
+    ins = x[None] + combine(a_att, D, spans)
     res = attend(block, *project_qkv(block, ins.reshape(3, H, *x.shape)), key_mask)
     new = ((rp - (rb if fixed else res)) * pm[:, None, None]).transpose(1, 0, 2)
     D = jax.lax.dynamic_update_slice(D, new, (1 + layer * (H + 1), 0, 0))
     x = frozen_ln(block.ln1, x + res.sum(1) + block.attn.b_O[...], s1)
     D = frozen_ln(block.ln1, D, s1, bias=False)
     d_mlp = D
-    mo = block.mlp(x + jnp.einsum("s,spd->pd", a_mlp, D), NO_HOOKS)
+    mo = block.mlp(x + combine(a_mlp, D, spans), NO_HOOKS)
     D = jax.lax.dynamic_update_slice(D, ((mp - (mb if fixed else mo)) * pm[:, None])[None],
                                      (1 + layer * (H + 1) + H, 0, 0))
     x = frozen_ln(block.ln2, x + mo, s2)
@@ -163,7 +178,7 @@ def _stack_run(model, ex: EdgeData, alpha, emb_t, fixed: bool):
     d_emb = ex.emb_pert - ex.emb_base
     x = ex.emb_base + emb_t * d_emb
     D = jnp.zeros((S, *x.shape), x.dtype).at[0].set(d_emb if fixed else ex.emb_pert - x)
-    per_layer = alpha[:-1].reshape(L, 3 * H + 1, S)
+    per_layer = alpha[:-1].reshape(L, 3 * H + 1, *alpha.shape[1:])
     xs = (model.blocks, jnp.arange(L), per_layer[:, :3 * H], per_layer[:, 3 * H], ex.ln1, ex.ln2, ex.res_base,
           ex.res_pert, ex.mlp_base, ex.mlp_pert)
     (x, D), stacks = jax.lax.scan(functools.partial(_stack_layer, ex, fixed, H), (x, D), xs)
@@ -181,12 +196,13 @@ def edge_forward(model: HookedEncoder, ex: EdgeData, alpha: Float[Array, "receiv
     Args:
         model: A post-LN encoder.
         ex: One pair's `EdgeData`.
-        alpha: ``[receiver, sender]`` (`EdgeGraph` layout; entries that are not edges have no effect).
+        alpha: ``[receiver, sender]`` (`EdgeGraph` layout; entries that are not edges have no effect), or
+            ``[receiver, sender, group]`` for span-aware edges (``ex.spans`` groups the positions).
         emb_t: Interpolation of the embeddings' output.
         fixed_delta: Carry the baseline's ``o_s' - o_s`` instead of the current run's (see the module docstring).
     """
     x, D, _ = _stack_run(model, ex, alpha, emb_t, fixed_delta)
-    hidden = x + jnp.einsum("s,spd->pd", alpha[-1], D)
+    hidden = x + combine(alpha[-1], D, ex.spans if alpha.ndim == 3 else None)
     return model.score_hidden(hidden, ex.mask, ex.q_emb)
 
 
@@ -233,17 +249,24 @@ def _frozen_block(block, x, key_mask, s1, s2, qkv_add=(0.0, 0.0, 0.0), mlp_add=0
     return frozen_ln(block.ln2, x + block.mlp(x + mlp_add, NO_HOOKS), s2)
 
 
-def _restart_item(model, ex: EdgeData, layer: int, d_att, d_mlp, kind, head, sender):
-    """Score of one edge into layer ``layer``: input ``kind`` (0-2 q/k/v, 3 the MLP) of ``head``."""
+def _span_mask(ex: EdgeData, group):
+    """``[pos, 1]``: the positions of span ``group`` (every position for ``group < 0``)."""
+    return jnp.where(group < 0, 1.0, ex.spans[jnp.maximum(group, 0)])[:, None]
+
+
+def _restart_item(model, ex: EdgeData, layer: int, d_att, d_mlp, kind, head, sender, group):
+    """Score of one edge into layer ``layer``: input ``kind`` (0-2 q/k/v, 3 the MLP) of ``head``, at the
+    positions of span ``group`` (all for -1)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     cls = bool(model.readout_uses_cls_only)
     block_at = lambda i: jax.tree.map(lambda p: p[i], model.blocks)
     key_mask = ex.mask.astype(bool)
     a = block_at(layer).attn
     W = jnp.stack([a.W_Q[...], a.W_K[...], a.W_V[...]])[jnp.minimum(kind, 2), head]
-    add = (d_att[sender] @ W)[:, None, :] * jax.nn.one_hot(head, H)[None, :, None]
+    span = _span_mask(ex, group)
+    add = ((d_att[sender] * span) @ W)[:, None, :] * jax.nn.one_hot(head, H)[None, :, None]
     x = _frozen_block(block_at(layer), ex.resid_pre[layer], key_mask, ex.ln1[layer], ex.ln2[layer],
-                      tuple(add * (kind == c) for c in range(3)), d_mlp[sender] * (kind == 3),
+                      tuple(add * (kind == c) for c in range(3)), d_mlp[sender] * span * (kind == 3),
                       cls_only=cls and layer == L - 1)
     if layer < L - 1:
         def body(x, xs):
@@ -258,14 +281,15 @@ def _restart_item(model, ex: EdgeData, layer: int, d_att, d_mlp, kind, head, sen
 
 
 @functools.partial(jax.jit, static_argnames=("layer",))
-def _layer_edge_scores(model, ex: EdgeData, d_att, d_mlp, kinds, heads, senders, *, layer: int):
-    return jax.vmap(lambda k, h, s: _restart_item(model, ex, layer, d_att[layer], d_mlp[layer], k, h, s))(
-        kinds, heads, senders)
+def _layer_edge_scores(model, ex: EdgeData, d_att, d_mlp, kinds, heads, senders, groups, *, layer: int):
+    return jax.vmap(lambda k, h, s, g: _restart_item(model, ex, layer, d_att[layer], d_mlp[layer], k, h, s, g))(
+        kinds, heads, senders, groups)
 
 
 @jax.jit
-def _score_edge_scores(model, ex: EdgeData, d_final, senders):
-    return jax.vmap(lambda s: model.score_hidden(ex.resid_pre[-1] + d_final[s], ex.mask, ex.q_emb))(senders)
+def _score_edge_scores(model, ex: EdgeData, d_final, senders, groups):
+    return jax.vmap(lambda s, g: model.score_hidden(ex.resid_pre[-1] + d_final[s] * _span_mask(ex, g), ex.mask,
+                                                    ex.q_emb))(senders, groups)
 
 
 def _chunks(n: int, size: int):
@@ -273,7 +297,8 @@ def _chunks(n: int, size: int):
 
 
 @runtime.with_precision
-def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, chunk_size: int = 64) -> np.ndarray:
+def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, groups=None,
+                      chunk_size: int = 64) -> np.ndarray:
     """Exact edge-patched scores ``[pair, edge]`` (one edge patched at a time).
 
     Programs per shape: `edge_input_changes` once, one restarted program per receiver layer holding a
@@ -284,6 +309,8 @@ def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, chunk
         model: A post-LN encoder.
         data: `edge_data` of the pairs.
         edges: Indices into ``EdgeGraph.edges`` (default: all).
+        groups: Per requested edge, the span group of ``data.spans`` it is patched at (default: every
+            position; -1 also means every position).
         chunk_size: Edges per vmapped call.
     """
     graph = check_edge_model(model)
@@ -292,6 +319,7 @@ def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, chunk
     layer = graph.receiver_layer(r)
     j = r - layer * (3 * graph.n_heads + 1)
     kinds, heads = np.where(j == 3 * graph.n_heads, 3, j // graph.n_heads), j % graph.n_heads
+    groups = np.full(len(edges), -1, np.int32) if groups is None else np.asarray(groups, np.int32)
     n_pairs = data.ids.shape[0]
     out = np.zeros((n_pairs, len(edges)), np.float32)
     for p in range(n_pairs):
@@ -300,16 +328,17 @@ def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, chunk
         for lyr in np.unique(layer):
             sel = np.flatnonzero(layer == lyr)
             if lyr == graph.n_layers:
-                out[p, sel] = np.asarray(_score_edge_scores(model, ex, d_final, jnp.asarray(s[sel])))
+                out[p, sel] = np.asarray(_score_edge_scores(model, ex, d_final, jnp.asarray(s[sel]),
+                                                            jnp.asarray(groups[sel])))
                 continue
             for chunk in _chunks(len(sel), chunk_size):
                 idx = sel[np.pad(chunk, (0, chunk_size - len(chunk)), mode="edge")] if len(sel) > chunk_size \
                     else sel[chunk]
                 vals = _layer_edge_scores(model, ex, d_att, d_mlp, jnp.asarray(kinds[idx]), jnp.asarray(heads[idx]),
-                                          jnp.asarray(s[idx]), layer=int(lyr))
+                                          jnp.asarray(s[idx]), jnp.asarray(groups[idx]), layer=int(lyr))
                 out[p, sel[chunk]] = np.asarray(vals)[:len(chunk)]
     return out
 
 
 __all__ = ["EdgeData", "attend", "check_edge_model", "edge_data", "edge_forward", "edge_input_changes",
-           "edges_patched_scores", "exact_edge_scores", "frozen_ln", "project_qkv"]
+           "edges_patched_scores", "exact_edge_scores", "frozen_ln", "project_qkv", "combine"]
