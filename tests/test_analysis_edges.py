@@ -74,13 +74,16 @@ def test_command_writes_the_edges_json(minilm_path, tmp_path, capsys):
     model_dir = save_tiny_cross(tmp_path / "tiny", minilm_path)
     out, graph = tmp_path / "edges.json", tmp_path / "graph.json"
     argv = ["analyze", "edges", "--model", str(model_dir), "--source", "demo", "--limit", "2", "--method", "eap",
-            "--verify-top-k", "5", "--n-random", "5", "--exact-all", "--out", str(out), "--eap-ig-json", str(graph)]
+            "--verify-top-k", "5", "--n-random", "5", "--exact-all", "--out", str(out), "--eap-ig-json", str(graph),
+            "--spans"]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["n_edges"] == EdgeGraph(2, 2).n_edges and res["top_recall_scope"] == "all edges"
     assert -1 <= res["verified_spearman"] <= 1 and 0 <= res["top_recall"] <= 1
     assert res["faithfulness"][0] == {"n_edges": 0, "recovery": pytest.approx(0.0, abs=1e-6)}
     assert json.loads(graph.read_text())["cfg"]["n_layers"] == 2
+    spans = res["top_span_edges"]
+    assert len(spans) == 20 and "@" in spans[0]["edge"] and abs(spans[0]["estimate"]) >= abs(spans[-1]["estimate"])
     assert '"verified_spearman"' in capsys.readouterr().out
     assert main(["analyze", "edges", "--model", str(model_dir), "--source", "demo", "--method", "eap",
                  "--steps", "0", "--out", str(out)]) == 2

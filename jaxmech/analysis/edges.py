@@ -127,12 +127,28 @@ def faithfulness(model, data: EdgeData, effect, grid: Sequence[int] = DEFAULT_GR
             "smallest": None if hit is None else {"n_edges": int(hit), "fraction": hit / E, "target": target}}
 
 
+def span_report(model, data: EdgeData, method: str, steps: int, k: int = 20) -> list[dict]:
+    """The ``k`` span-aware edges (`jaxmech.analysis.edge_spans.SPAN_GROUPS` of ``data.spans``) with the largest
+    mean estimated effect (``eap-ig-inputs`` when ``method`` is exact), each verified by its exact span patch."""
+    from jaxmech.analysis.edge_spans import SPAN_GROUPS
+
+    graph = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
+    est = estimate_edges(model, data, "eap-ig-inputs" if method == "exact" else method, steps=steps,
+                         spans=True).mean(0)
+    top = top_edges(est.ravel(), k)
+    edges, groups = np.divmod(top, est.shape[1])
+    exact = (exact_edge_scores(model, data, edges, groups=groups) - np.asarray(data.baseline_score)[:, None]).mean(0)
+    names = list(SPAN_GROUPS)
+    return [{"edge": f"{graph.edge_name(int(e))}@{names[g] if len(names) == est.shape[1] else g}",
+             "estimate": float(est[e, g]), "exact": float(x)} for e, g, x in zip(edges, groups, exact, strict=True)]
+
+
 def edge_circuits(model, data: EdgeData, *, method: str = "eap-ig-inputs", steps: int = 5, verify_top_k: int = 50,
                   n_random: int = 50, recall_n: int = 50, exact_all: bool = False, grid=DEFAULT_GRID,
-                  heads: dict | None = None, seed: int = 0, model_label: str = "") -> dict:
+                  heads: dict | None = None, seed: int = 0, model_label: str = "", spans: bool = False) -> dict:
     """The ``edges`` analysis JSON (see the module docstring); ``heads``: ``{"sources": [...], "targets":
     [...]}`` whose connections in the smallest 80 % circuit are reported (default `PAPER_HEADS` when the model has
-    their layers and heads)."""
+    their layers and heads); ``spans``: also `span_report` (``data.spans`` holds the groups)."""
     check_method(method, steps)
     graph = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
     per_pair = edge_effects(model, data, method, steps)
@@ -163,6 +179,8 @@ def edge_circuits(model, data: EdgeData, *, method: str = "eap-ig-inputs", steps
         out["spearman_exact_top200"] = float(spearmanr(effect[top200], exact[top200]).statistic)
     if heads:
         out["connections_80"] = connections(graph, circuit, heads["sources"], heads["targets"])
+    if spans:
+        out["top_span_edges"] = span_report(model, data, method, steps)
     out["eap_ig_graph"] = to_eap_ig_json(graph, effect, circuit, d_model=model.cfg.d_model)
     return out
 
@@ -173,10 +191,11 @@ def edges_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries:
                docs_per_query: int | None = 2, limit: int | None = 16, max_length: int | None = None,
                method: str = "eap-ig-inputs", steps: int = 5, verify_top_k: int = 50, n_random: int = 50,
                recall_n: int = 50, exact_all: bool = False, heads=None, eap_ig_json=None, seed: int = 0,
-               **_ignored) -> dict:
+               spans: bool = False, **_ignored) -> dict:
     """`edge_circuits` on TFC1 pairs (``dataset`` or built from ``source``; pairs longer than ``max_length``
     tokens left out). ``heads``: ``"2.9,1.1->5.7,5.1"`` (sources -> targets) whose connections are reported;
-    ``eap_ig_json``: also write the circuit there in EAP-IG's graph format."""
+    ``eap_ig_json``: also write the circuit there in EAP-IG's graph format; ``spans``: also the top span-aware
+    edges (`span_report`, groups from the pairs' token types)."""
     from jaxmech.analysis.steps import _tfc1_pairs, resolve_model
     from jaxmech.patching.edges import check_edge_model, edge_data
     from jaxmech.patching.inputs import batch_pairs
@@ -192,10 +211,16 @@ def edges_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries:
         src, _, dst = heads.partition("->")
         heads = {"sources": [h.strip() for h in src.split(",") if h.strip()],
                  "targets": [h.strip() for h in dst.split(",") if h.strip()]}
-    data = edge_data(lm.model, batch_pairs(pairs, max_length=lm.model.cfg.n_ctx))
+    batch = batch_pairs(pairs, max_length=lm.model.cfg.n_ctx)
+    groups = None
+    if spans:
+        from jaxmech.analysis.edge_spans import span_masks
+
+        groups = span_masks(pairs, batch.n_pos)
+    data = edge_data(lm.model, batch, spans=groups)
     out = edge_circuits(lm.model, data, method=method, steps=steps, verify_top_k=verify_top_k, n_random=n_random,
-                        recall_n=recall_n, exact_all=exact_all, heads=heads, seed=seed,
-                        model_label=str(getattr(lm, "folder", "")))
+                        recall_n=recall_n, exact_all=bool(exact_all), heads=heads, seed=seed,
+                        model_label=str(getattr(lm, "folder", "")), spans=bool(spans))
     if eap_ig_json is not None:
         import json
 

@@ -30,3 +30,5 @@ def add_edges_parser(sub, common) -> None:
     q.add_argument("--heads", help="connections to report, e.g. '2.9,1.1->5.7,5.1,5.5,5.3'")
     q.add_argument("--eap-ig-json", help="also write the 80%% circuit in EAP-IG's graph JSON")
     q.add_argument("--seed", type=int, default=0, help="random verification sample")
+    q.add_argument("--spans", action="store_true", default=None,
+                   help="also the top span-aware edges (CLS, query term, document matches, injected term, ...)")
