@@ -87,3 +87,22 @@ def test_command_writes_the_edges_json(minilm_path, tmp_path, capsys):
     assert '"verified_spearman"' in capsys.readouterr().out
     assert main(["analyze", "edges", "--model", str(model_dir), "--source", "demo", "--method", "eap",
                  "--steps", "0", "--out", str(out)]) == 2
+
+
+def test_circuit_graph_figure(tmp_path):
+    from jaxmech.plot.edges import edge_circuit_graph
+
+    g = EdgeGraph(3, 2)
+    names = [g.edge_name(e) for e in range(g.n_edges)]
+    circuit = np.zeros(g.n_edges, bool)
+    for n in ("input->a0.h1<q>", "a0.h1->a1.h0<k>", "a1.h0->a2.h1<v>", "a2.h1->logits", "m1->logits"):
+        circuit[names.index(n)] = True
+    scores = np.linspace(-1, 1, g.n_edges)
+    fig = edge_circuit_graph({"method": "eap", "eap_ig_graph": to_eap_ig_json(g, scores, circuit, d_model=8)},
+                             roles={"matching": ["0.1"], "scoring": ["2.1"]})
+    ax = fig.axes[0]
+    assert len(ax.lines) == 5 and "5 edges" in ax.get_title()
+    fig.savefig(tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="eap_ig_graph"):
+        edge_circuit_graph({"method": "eap"})
