@@ -36,11 +36,12 @@ def test_eap_and_ig_inputs_are_derivatives_of_the_hooked_edge_patch(tiny_model, 
     eap = estimate_edges(tiny_model, data, "eap")
     ig = estimate_edges(tiny_model, data, "eap-ig-inputs", steps=2)
     for p in range(2):
-        for name in PICKS:
+        for i, name in enumerate(PICKS):
             e = index[name]
             assert eap[p, e] == pytest.approx(_slope(tiny_model, batch, base, src, p, name), abs=1e-5), name
-            want = np.mean([_slope(tiny_model, batch, base, src, p, name, emb_t=t) for t in midpoints(2)])
-            assert ig[p, e] == pytest.approx(want, abs=1e-5), name
+            if (i + p) % 2:  # EAP-IG on half of them (each costs two more hooked derivatives)
+                want = np.mean([_slope(tiny_model, batch, base, src, p, name, emb_t=t) for t in midpoints(2)])
+                assert ig[p, e] == pytest.approx(want, abs=1e-5), name
     assert np.abs(ig - eap).max() > 1e-3  # the interpolated runs differ from the baseline
 
 
