@@ -19,7 +19,7 @@ DISTILLED = REPO.parent / "shared" / "models" / "minilm6-ce-distilled"
 
 
 def test_registry_names_every_analysis():
-    assert set(ANALYSES) == {"circuit", "soft_tf", "idf_svd", "edit_idf", "linear_bm25"}
+    assert set(ANALYSES) == {"circuit", "soft_tf", "idf_svd", "edit_idf", "linear_bm25", "edges"}
     assert get_analysis("soft-tf") is ANALYSES["soft_tf"]
     with pytest.raises(KeyError, match="unknown analysis"):
         get_analysis("attention")

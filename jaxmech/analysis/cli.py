@@ -19,6 +19,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from jaxmech.analysis.edges_cli import HEADLINES as EDGE_HEADLINES
+from jaxmech.analysis.edges_cli import add_edges_parser
+
 HEADLINES = {
     "idf_svd": ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "strongest_component", "variants"),
     "linear_bm25": (
@@ -35,6 +38,7 @@ HEADLINES = {
     "soft_tf": ("matching_heads",),
     "circuit": ("roles",),
     "edit_idf": ("heads", "scales", "unedited"),
+    "edges": EDGE_HEADLINES,
 }
 
 
@@ -171,6 +175,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "fallback; the other is reported beside it")
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--idf-table", help="word<TAB>idf TSV (default: streamed from the documents)")
+    add_edges_parser(sub, common)
     return p
 
 

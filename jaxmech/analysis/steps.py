@@ -331,12 +331,20 @@ def linear_bm25_step(
     )
 
 
+def edges_step(run_or_model, **options) -> dict:
+    """`jaxmech.analysis.edges.edges_step`: edge-level circuits on TFC1 pairs."""
+    from jaxmech.analysis.edges import edges_step as step
+
+    return step(run_or_model, **options)
+
+
 ANALYSES: dict[str, Callable[..., dict]] = {
     "circuit": circuit_step,
     "soft_tf": soft_tf_step,
     "idf_svd": idf_svd_step,
     "edit_idf": edit_idf_step,
     "linear_bm25": linear_bm25_step,
+    "edges": edges_step,
 }
 """Analysis name -> ``step(run_or_model, **options) -> dict`` (the JSON object of NOTES.md's contract)."""
 

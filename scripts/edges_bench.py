@@ -1,0 +1,73 @@
+"""Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes, random weights and pairs:
+
+    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512
+
+Times (wall clock, each after a warm-up call so compile time is reported apart): `estimate_edges` (EAP and
+EAP-IG over inputs) for every edge of ``--pairs`` pairs; exact patches of ``--sample`` random edges of one pair,
+extrapolated to every edge of every pair (the cost the estimate replaces); and the exact top-50 verification of
+all pairs. Run it alone on the machine: timings under load are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--pos", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--sample", type=int, default=512)
+    p.add_argument("--layers", type=int, default=12)
+    args = p.parse_args()
+    from jaxmech.config import EncoderConfig
+    from jaxmech.convert import build_model
+    from jaxmech.data.records import AlignedPair
+    from jaxmech.patching.edge_attribution import estimate_edges
+    from jaxmech.patching.edge_graph import EdgeGraph
+    from jaxmech.patching.edges import edge_data, exact_edge_scores
+    from jaxmech.patching.inputs import batch_pairs
+
+    cfg = EncoderConfig(n_layers=args.layers, d_model=384, n_heads=12, d_head=32, d_mlp=1536, n_ctx=512)
+    model = build_model(cfg, "cross", seed=0)
+    rng = np.random.RandomState(0)
+    pairs = []
+    for i in range(args.pairs):
+        q, d = list(rng.randint(1000, 30000, 8)), list(rng.randint(1000, 30000, args.pos - 14))
+        base, pert = [101, *q, 102, *d, 1037, 1037, 102], [101, *q, 102, *d, *q[:2], 102]
+        tt = [0] * 10 + [1] * (len(base) - 10)
+        pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"b{i}"))
+    batch = batch_pairs(pairs, buckets=(args.pos,), max_length=512)
+    data = edge_data(model, batch)
+    graph = EdgeGraph(cfg.n_layers, cfg.n_heads)
+    res = {"pairs": args.pairs, "pos": args.pos, "layers": args.layers, "n_edges": graph.n_edges}
+    for method in ("eap", "eap-ig-inputs"):
+        _, first = _timed(lambda m=method: estimate_edges(model, data, m, steps=args.steps))
+        _, again = _timed(lambda m=method: estimate_edges(model, data, m, steps=args.steps))
+        res[method] = {"first_call_s": first, "run_s": again}
+    sample = rng.choice(graph.n_edges, args.sample, replace=False)
+    one = data.pair(np.array([0]))
+    _, first = _timed(lambda: exact_edge_scores(model, one, sample))
+    _, again = _timed(lambda: exact_edge_scores(model, one, sample))
+    res["exact_sample"] = {"edges": args.sample, "first_call_s": first, "run_s": again,
+                           "all_edges_all_pairs_s": again / args.sample * graph.n_edges * args.pairs}
+    top = rng.choice(graph.n_edges, 50, replace=False)
+    _, first = _timed(lambda: exact_edge_scores(model, data, top))
+    _, again = _timed(lambda: exact_edge_scores(model, data, top))
+    res["verify_top50"] = {"first_call_s": first, "run_s": again}
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
