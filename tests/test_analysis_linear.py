@@ -134,3 +134,18 @@ def test_fixed_test_queries_and_both_bm25_fallbacks():
     assert paper["test"]["pearson"] < 0.99
     with pytest.raises(ValueError, match="fallback"):
         bm25_baseline(qs, ds, y, idf, tr, te, fallback="zero", **grid)
+
+
+def test_linear_bm25_step_reads_test_qids_from_a_file(tmp_path, monkeypatch):
+    """``--test-qids FILE`` reaches `linear_bm25` as the list of ids in the file (the step reads it)."""
+    import jaxmech.analysis.linear_bm25 as lb
+    from jaxmech.analysis import steps
+
+    seen = {}
+    monkeypatch.setattr(steps, "resolve_model", lambda m: m)
+    monkeypatch.setattr(steps, "resolve_source", lambda source, qids=None: source)
+    monkeypatch.setattr(lb, "linear_bm25", lambda lm, src, **kw: seen.update(kw) or {"ok": True})
+    f = tmp_path / "test_qids.txt"
+    f.write_text("q3\nq7\n")
+    assert steps.linear_bm25_step("model", source="src", test_qids=f) == {"ok": True}
+    assert seen["test_qids"] == ["q3", "q7"] and seen["bm25_fallback"] is None

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _repo_on_path_by_pth() -> bool:
-    """Whether the install put the clone on ``sys.path`` (``pip install -e . --config-settings editable_mode=compat``)."""
+    """Whether the install put the clone on ``sys.path`` (``pip install -e . --config-settings
+    editable_mode=compat``)."""
     out = subprocess.run([sys.executable, "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
                          capture_output=True, text=True, check=True).stdout.split("\n")
     return str(REPO) in out

@@ -302,6 +302,7 @@ def linear_bm25_step(
     """`jaxmech.analysis.linear_bm25.linear_bm25` on a source's TFC1-perturbed pairs, or on a dataset's
     perturbed documents. ``test_qids``: a list or a file of query ids, the fixed test set; ``bm25_fallback``:
     ``None``/``"none"`` (the paper's) or ``"beir"``."""
+    from jaxmech.analysis.common import read_qids
     from jaxmech.analysis.linear_bm25 import linear_bm25
 
     if isinstance(test_qids, (str, os.PathLike)):
