@@ -30,7 +30,7 @@ def command_lines() -> list[tuple[int, str]]:
     for pos, lang, body in BLOCKS:
         if lang != "bash":
             continue
-        for line in body.splitlines():
+        for line in re.sub(r"\\\n\s*", " ", body).splitlines():  # a command continued with \ is one line
             line = re.split(r"\s{2,}#", line)[0].strip()
             if line.startswith("jaxmech "):
                 lines.append((pos, line))
