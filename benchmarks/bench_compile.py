@@ -73,7 +73,7 @@ def _model(setup: str):
     import dataclasses
 
     from jaxmech.config import MINILM_L12_H384
-    from jaxmech.convert import build_model
+    from jaxmech.hf.convert import build_model
 
     cfg = MINILM_L12_H384 if setup == "l12" else dataclasses.replace(MINILM_L12_H384, n_layers=6)
     return build_model(cfg, "cross", seed=0)

@@ -35,7 +35,7 @@ def main() -> None:
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import read_dataset, write_dataset
     from jaxmech.files import packaged_model_path as default_model_path
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     t = time.perf_counter()
     tok = PairTokenizer.from_pretrained(default_model_path())

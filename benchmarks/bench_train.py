@@ -41,7 +41,7 @@ def one(seq_len: int, batch: int, trainable: str, steps: int) -> dict:
     import numpy as np
 
     from jaxmech.files import packaged_model_path as default_model_path
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.train.config import OptimSection
     from jaxmech.train.losses import margin_mse
     from jaxmech.train.trainer import make_optimizer, make_train_step, split_params, trainable_keys

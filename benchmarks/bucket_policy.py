@@ -3,7 +3,7 @@
     python benchmarks/bucket_policy.py RUN_FOLDER [RUN_FOLDER ...] [--programs-per-bucket 4] [--compile-s 1.7]
 
 Reads a sweep's ``pairs.npz`` (each pair's token length and its patched runs) and, for every set of buckets
-drawn from the tokenizer's `jaxmech.tokenizer.DEFAULT_BUCKETS` that holds the longest pair, prices it:
+drawn from the tokenizer's `jaxmech.hf.tokenizer.DEFAULT_BUCKETS` that holds the longest pair, prices it:
 
 * padding: each patched run costs ``T * (c_lin + c_att * T)`` per layer at padded length ``T`` (the block's
   matmuls per token, ``2 * (4 d^2 + 2 d d_mlp)``, and attention's ``4 d T``), so the FLOPs of a set are
@@ -46,7 +46,7 @@ def price(lengths, runs, buckets, *, d, d_mlp, n_layers, rate, programs, compile
 
 
 def main() -> None:
-    from jaxmech.tokenizer import DEFAULT_BUCKETS
+    from jaxmech.hf.tokenizer import DEFAULT_BUCKETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)

@@ -53,9 +53,9 @@ def tiny_model(folder: Path, like: Path, kind: str) -> Path:
     """A random 64-wide model of ``kind`` with the depth and head count (receivers stay valid) and the tokenizer
     of ``like``."""
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.convert import build_model
+    from jaxmech.hf.loading import save_pretrained
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     real = json.loads((like / "config.json").read_text())
     n_heads = real["num_attention_heads"]

@@ -52,7 +52,7 @@ import jaxmech
 from jaxmech import runtime
 from jaxmech.config import MINILM_L12_H384
 from jaxmech.config import EncoderConfig
-from jaxmech.convert import from_hf_state_dict
+from jaxmech.hf.convert import from_hf_state_dict
 print(runtime.device_line(), runtime.compilation_cache_status())
 torch.manual_seed(0)
 hf = BertForSequenceClassification(BertConfig(**{**MINILM_L12_H384.to_hf_config(), "architectures": None,

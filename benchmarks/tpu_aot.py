@@ -46,7 +46,7 @@ def main() -> None:
     from jax.sharding import SingleDeviceSharding
 
     from jaxmech.files import packaged_model_path
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     t0 = time.perf_counter()
     topo = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")

@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "jaxmech.config": ("MINILM_L6_H384", "MINILM_L12_H384", "EncoderConfig", "UnsupportedConfigError"),
-    "jaxmech.convert": ("ConversionError", "build_model", "from_hf_state_dict", "to_hf_state_dict"),
-    "jaxmech.loading": ("LoadedModel", "ModelNotFoundError", "WeightsError", "load_model", "save_pretrained"),
-    "jaxmech.model": ("BiEncoder", "CrossEncoder", "HookedEncoder", "HookPoints", "Output", "PoolingConfig"),
+    "jaxmech.hf.convert": ("ConversionError", "build_model", "from_hf_state_dict", "to_hf_state_dict"),
+    "jaxmech.hf.loading": ("LoadedModel", "ModelNotFoundError", "WeightsError", "load_model", "save_pretrained"),
+    "jaxmech.models.bert": ("BiEncoder", "CrossEncoder", "HookedEncoder", "HookPoints", "Output", "PoolingConfig"),
     "jaxmech.interventions": ("PatchSpec",),
     "jaxmech.data.align": ("align_with_filler",),
     "jaxmech.patching": ("PatchingResult", "activation_patch", "attribution_patch", "batch_pairs",
                          "path_components_to_heads", "path_to_heads", "path_to_score", "run_patching"),
     "jaxmech.sites": ("SITES", "Site", "UnknownSiteError", "get_site", "parse_tl_name"),
-    "jaxmech.tokenizer": ("EncodedBatch", "PairTokenizer", "Truncation", "TruncationError"),
+    "jaxmech.hf.tokenizer": ("EncodedBatch", "PairTokenizer", "Truncation", "TruncationError"),
 }
 __all__, __getattr__, __dir__ = lazy_exports("jaxmech", _EXPORTS, globals())

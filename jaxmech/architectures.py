@@ -32,7 +32,7 @@ VERIFIED = {
     "modernbert": "fp32 parity (every hookable site, logits): tiny odd with / without biases, cls / mean pooling, "
                   "gte-reranker-modernbert-base shapes (slow); bit-exact round trip; running-sum identities; local "
                   "BPE tokenizer (pairs, truncation, scores) = AutoTokenizer + transformers; patching "
-                  "(`jaxmech.patching.modernbert`, restarted from the cached resid_pre): sweep = loop (activation "
+                  "(`jaxmech.patching.engines.pre_ln`, restarted from the cached resid_pre): sweep = loop (activation "
                   "and path families, padded batch), PyTorch-hook cross-check (activation, path); attribution = "
                   "derivative; no normalized_resid_post / result families; `load_model` (cross-encoder only), so "
                   "`jaxmech patch` / `score` / `sweep` (`jaxmech patch` = `run_patching`)",
@@ -56,7 +56,7 @@ def architecture_table_markdown() -> str:
         types = "2 (query 0, document 1)" if a.model_type in ("bert", "electra") else "1 (all 0)"
         rows.append(f"| {a.model_type} | `{a.cross_class}` | {', '.join(f'`{e}`' for e in a.examples)} | "
                     f"{positions} | {types} | {a.head} | `{a.pair_format}` | {VERIFIED[a.model_type]} |")
-    rows.append("| modernbert (own pre-LN blocks, `jaxmech.modernbert`) | `ModernBertForSequenceClassification` | "
+    rows.append("| modernbert (pre-LN, `jaxmech.models.modernbert`) | `ModernBertForSequenceClassification` | "
                 "`Alibaba-NLP/gte-reranker-modernbert-base` | rotary (global / local theta) | none | pooling (cls or "
                 "mean), dense, act, LayerNorm, classifier | `[CLS] q [SEP] d [SEP]` (read off its tokenizer) | "
                 f"{VERIFIED['modernbert']} |")
@@ -129,7 +129,7 @@ def site_table_for(model: str | Path) -> str:
         ModelNotFoundError: If the folder or id cannot be found or has no ``config.json``.
         UnsupportedConfigError: If the architecture or an option is not supported (named in the message).
     """
-    from jaxmech.loading import ModelNotFoundError, detect_kind, resolve_model_dir
+    from jaxmech.hf.loading import ModelNotFoundError, detect_kind, resolve_model_dir
 
     folder = resolve_model_dir(model)
     config_file = folder / "config.json"
@@ -137,7 +137,7 @@ def site_table_for(model: str | Path) -> str:
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf = json.loads(config_file.read_text())
     if hf.get("model_type") == "modernbert":
-        from jaxmech.modernbert import ModernBertConfig
+        from jaxmech.models.modernbert import ModernBertConfig
 
         return modernbert_site_table(ModernBertConfig.from_hf_config(hf, source=str(config_file)), name=str(model))
     cfg = EncoderConfig.from_hf_config(hf, source=str(config_file))
@@ -149,9 +149,9 @@ def site_table_for(model: str | Path) -> str:
 
 
 def modernbert_site_table(cfg, *, name: str = "model") -> str:
-    """The site table of a ModernBERT cross-encoder (`jaxmech.modernbert.ModernBertConfig`): pre-LN, so the
+    """The site table of a ModernBERT cross-encoder (`jaxmech.models.modernbert.ModernBertConfig`): pre-LN, so the
     residual stream is a running sum."""
-    from jaxmech.modernbert import MODERNBERT_SITES, RESIDUAL_IDENTITIES
+    from jaxmech.models.modernbert import MODERNBERT_SITES, RESIDUAL_IDENTITIES
 
     sizes = dim_sizes(cfg)
     n_global = sum(cfg.global_layers)
@@ -166,7 +166,7 @@ def modernbert_site_table(cfg, *, name: str = "model") -> str:
         "- post-LN identities that do **not** hold here: `resid_post = normalized_resid_mid + mlp_out` (it is "
         "`resid_mid + mlp_out`), `resid_pre[l+1] = LN(resid_post[l])` (it is `resid_post[l]` itself); there is no "
         "`normalized_resid_post` and no per-head `result` site",
-        "- patching (`jaxmech.patching.modernbert`): a patch in block l restarts from the cached `resid_pre[l]` "
+        "- patching (`jaxmech.patching.engines.pre_ln`): a patch in block l restarts from the cached `resid_pre[l]` "
         "(the whole residual stream) and runs blocks l.. on every row; every activation family except "
         "`normalized_resid_post_*` and `*_result` (exact or attribution), and the three path families, exactly",
         "",

@@ -34,7 +34,7 @@ HEAD_ACTIVATIONS = ("tanh", "gelu")
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """How one Hugging Face ``model_type`` maps onto the encoder (checkpoint key names live in `jaxmech.convert`).
+    """How one Hugging Face ``model_type`` maps onto the encoder (checkpoint key names live in `jaxmech.hf.convert`).
 
     Attributes:
         model_type: Hugging Face ``model_type``.
@@ -197,8 +197,8 @@ class EncoderConfig:
         model_type = hf.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
             problems.append(f"model_type={model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)}, and "
-                            "modernbert, which jaxmech.loading.load_model runs as its own blocks "
-                            "(jaxmech.modernbert))")
+                            "modernbert, which jaxmech.hf.loading.load_model runs as its own blocks "
+                            "(jaxmech.models.modernbert))")
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             problems.append(f"position_embedding_type={pos_type!r} (only 'absolute' is implemented)")

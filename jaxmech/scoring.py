@@ -14,7 +14,7 @@ def score_texts(lm, query: str, docs: Sequence[str]) -> tuple[Float[np.ndarray, 
     """Scores of ``docs`` for ``query``: raw logits of a cross-encoder, similarities of a bi-encoder.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel`.
+        lm: A `jaxmech.hf.loading.LoadedModel`.
         query: The query.
         docs: The documents.
 
@@ -56,7 +56,7 @@ def score(model: str | os.PathLike, query: str, docs: Sequence[str], *, kind: st
     Returns:
         ``{"model", "kind", "score", "scores", "truncated"[, "initialized"]}`` (JSON-ready).
     """
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,
                     truncation=truncation, require_tokenizer=True)

@@ -136,7 +136,7 @@ def dim_sizes(cfg, n_pos: int | None = None) -> dict[str, int]:
     """The size of each axis name of `Site.dims` for a model configuration.
 
     Args:
-        cfg: An `jaxmech.config.EncoderConfig` or `jaxmech.modernbert.ModernBertConfig` (``d_embed`` is
+        cfg: An `jaxmech.config.EncoderConfig` or `jaxmech.models.modernbert.ModernBertConfig` (``d_embed`` is
             ``d_model`` where the config has no ``embed_width``).
         n_pos: The padded length; without it the position axes (``pos``, ``query_pos``, ``key_pos``) are absent.
     """

@@ -32,8 +32,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=12)
     args = p.parse_args()
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
     from jaxmech.data.records import AlignedPair
+    from jaxmech.hf.convert import build_model
     from jaxmech.patching.edge_attribution import estimate_edges
     from jaxmech.patching.edge_graph import EdgeGraph
     from jaxmech.patching.edges import edge_data, exact_edge_scores

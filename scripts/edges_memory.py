@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=12)
     args = p.parse_args()
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
+    from jaxmech.hf.convert import build_model
     from jaxmech.patching.edge_attribution import edge_gradients
 
     cfg = EncoderConfig(n_layers=args.layers, d_model=384, n_heads=12, d_head=32, d_mlp=1536, n_ctx=512)

@@ -64,7 +64,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     from jaxmech.analysis.edge_export import connections
     from jaxmech.analysis.edges import PAPER_HEADS, faithfulness, top_edges
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.edge_attribution import estimate_edges
     from jaxmech.patching.edge_graph import EdgeGraph
     from jaxmech.patching.edges import edge_data, exact_edge_scores

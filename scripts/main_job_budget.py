@@ -4,7 +4,7 @@ The README's main job (``jaxmech sweep configs/demo.toml``) as a fresh machine r
 empty jaxmech cache (converted parameters and JAX's persistent compilation cache, in a temporary
 ``$JAXMECH_CACHE``), in this process. Records, for the patching part and for each step after it (analyses,
 report): wall time, this process's CPU time, the programs JAX needed and how many it compiled with XLA
-(JAX's monitoring events, counted as `jaxmech.sweeps.progress.CompileMeter` does, by listeners of this
+(JAX's monitoring events, counted as `jaxmech.progress.CompileMeter` does, by listeners of this
 script's own: the sweep installs its meter anew), and the peak RSS; then the totals and whether the report was written.
 Counts do not depend on the machine's load; times do, so run it alone on the machine the budget is for
 (the issue's: 2 idle CPU cores, at most 8 minutes in all):
@@ -37,9 +37,9 @@ def main() -> int:
 
     import jax.monitoring as mon
 
+    from jaxmech.progress import _BACKEND, _COMPILE_EVENTS, _HIT
     from jaxmech.sweeps import steps as steps_mod
     from jaxmech.sweeps.job import run_sweep
-    from jaxmech.sweeps.progress import _BACKEND, _COMPILE_EVENTS, _HIT
 
     counts = {"programs": 0, "cache_hits": 0, "compile_seconds": 0.0}
 

@@ -32,7 +32,7 @@ def main() -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.train import load_config
     from jaxmech.train.data import build_pair_table, load_candidates, split_queries, tasb_reference
     from jaxmech.train.evaluate import evaluate_run, run_from_rows

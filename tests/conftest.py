@@ -94,7 +94,7 @@ def minilm_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(minilm_path):
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     return PairTokenizer.from_pretrained(minilm_path)
 
@@ -136,8 +136,8 @@ def tiny_model(tiny_cross_dir):
     import json
 
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import from_hf_state_dict
-    from jaxmech.loading import read_state_dict, weight_files
+    from jaxmech.hf.convert import from_hf_state_dict
+    from jaxmech.hf.loading import read_state_dict, weight_files
 
     cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
     model, _ = from_hf_state_dict(read_state_dict(weight_files(tiny_cross_dir)), cfg, "cross")
@@ -170,7 +170,7 @@ def random_pairs(n_pairs: int, vocab: int, *, seed: int = 0, q_len=(3, 5), d_len
 
 
 def tiny_lm(model, buckets=(16, 32), max_length=None):
-    """A stand-in for `jaxmech.loading.LoadedModel` around an in-memory model (tokenizer: buckets only)."""
+    """A stand-in for `jaxmech.hf.loading.LoadedModel` around an in-memory model (tokenizer: buckets only)."""
     from types import SimpleNamespace
 
     tok = SimpleNamespace(buckets=tuple(buckets), max_length=max_length or model.cfg.n_ctx, pad_id=0)
@@ -181,9 +181,9 @@ def save_tiny_cross(folder: Path, minilm_path: Path, *, n_layers=2, d_model=16, 
                     n_ctx=128, seed=0) -> Path:
     """Saves a random cross-encoder (std 0.3, so scores differ) with the MiniLM tokenizer as a model folder."""
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import save_pretrained
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.convert import build_model
+    from jaxmech.hf.loading import save_pretrained
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     cfg = EncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, n_ctx=n_ctx,
                         initializer_range=0.3)

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmech.config import EncoderConfig
-from jaxmech.model import CrossEncoder
+from jaxmech.models.bert import CrossEncoder
 
 CLS, SEP, PAD = 1, 2, 0
 VOCAB = 32  # every token is a one-hot embedding direction, so exact matches are exactly recognisable

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 from jaxmech.analysis import ANALYSES, get_analysis
-from jaxmech.analysis.cli import main
+from jaxmech.cli.analyze import main
 
 DISTILLED = REPO.parent / "shared" / "models" / "minilm6-ce-distilled"
 
@@ -57,7 +57,7 @@ def test_main_command_has_analyze():
 def distilled(shared_data):
     if not (DISTILLED / "model.safetensors").exists():
         pytest.skip(f"the distilled cross-encoder is not at {DISTILLED}")
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     return load_model(DISTILLED)
 

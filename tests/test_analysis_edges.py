@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from edge_reference import edge_batch
 
-from jaxmech.analysis.cli import main
 from jaxmech.analysis.edge_export import connections, to_eap_ig_json
 from jaxmech.analysis.edges import faithfulness, verify
+from jaxmech.cli.analyze import main
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores
 

@@ -11,7 +11,7 @@ from arch_checkpoints import TOKENIZERS
 from jaxmech.data.align import align_with_filler
 from jaxmech.data.demo import load_demo
 from jaxmech.data.diagnostic import build_tfc1
-from jaxmech.tokenizer import PairTokenizer
+from jaxmech.hf.tokenizer import PairTokenizer
 
 
 @pytest.fixture(scope="module", params=sorted(TOKENIZERS))
@@ -84,7 +84,7 @@ def test_text_to_run_patching_matches_the_torch_hooks_end_to_end(tmp_path, model
     from transformers import AutoModelForSequenceClassification
 
     from benchmarks.baselines.torch_hooks import TorchPatcher
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
 
     hf_tok = TOKENIZERS[model_type](tmp_path / "tok")

@@ -23,8 +23,8 @@ from conftest import PARITY_ATOL
 from test_parity import SITES_COMPARED
 
 from jaxmech.config import EncoderConfig, UnsupportedConfigError
-from jaxmech.convert import ConversionError, from_hf_state_dict, hf_shapes, to_hf_state_dict
-from jaxmech.loading import load_model, save_pretrained
+from jaxmech.hf.convert import ConversionError, from_hf_state_dict, hf_shapes, to_hf_state_dict
+from jaxmech.hf.loading import load_model, save_pretrained
 from jaxmech.sites import MASK_VALUE
 
 torch = pytest.importorskip("torch")
@@ -270,7 +270,7 @@ def test_full_size_attn_scores_and_result_have_the_real_shapes(name):
     import jax
     from flax import nnx
 
-    from jaxmech.convert import build_model
+    from jaxmech.hf.convert import build_model
 
     model_type, sizes = REAL_SHAPES[name]
     cfg = EncoderConfig.from_hf_config(hf_config(model_type, sizes))

@@ -13,7 +13,7 @@ from conftest import ENGINE_ATOL, PARITY_ATOL
 from conftest import forward_jit as _forward
 from test_patching import _as_canonical, _loop_reference
 
-from jaxmech.loading import load_model
+from jaxmech.hf.loading import load_model
 from jaxmech.patching import (
     AlignedPair,
     PatchSpec,

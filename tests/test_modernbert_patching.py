@@ -1,5 +1,5 @@
 """Patching on ModernBERT (pre-LN blocks, rotary positions, alternating local / global attention, GeGLU): the
-batched, restarted sweeps (`jaxmech.patching.modernbert`) equal a loop of full forwards with `PatchSpec`
+batched, restarted sweeps (`jaxmech.patching.engines.pre_ln`) equal a loop of full forwards with `PatchSpec`
 interventions (the definition), agree with PyTorch forward hooks on transformers' ModernBERT
 (`ModernBertTorchPatcher`), path patching included, and families ModernBERT cannot run are refused by name."""
 
@@ -15,11 +15,11 @@ from test_modernbert import TINY, _state, build
 from test_patching import _as_canonical, _source
 
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
-from jaxmech.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict
+from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict
 from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
+from jaxmech.patching.engines.pre_ln import modernbert_patch
 from jaxmech.patching.families import get_family
-from jaxmech.patching.modernbert import modernbert_patch
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -320,7 +320,7 @@ def mb_folder(tmp_path_factory):
 def folder_run(mb_folder):
     """`run_patching` in-process on `load_model` of the folder: (loaded model, pairs, raw result)."""
     from jaxmech.data.align import align_with_filler
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
 
     lm = load_model(mb_folder)
@@ -332,7 +332,7 @@ def test_run_patching_runs_a_modernbert_folder_with_its_tokenizer(folder_run):
     """End to end through `load_model` and `run_patching` (length buckets, metric) on a ModernBERT folder with a
     local BPE tokenizer: filler-aligned text triples (filler ``Ġa``), activation and path families; the raw
     patched scores equal `modernbert_patch` on the same batch."""
-    from jaxmech.modernbert import ModernBertCrossEncoder
+    from jaxmech.models.modernbert import ModernBertCrossEncoder
 
     lm, pairs, res = folder_run
     assert isinstance(lm.model, ModernBertCrossEncoder) and lm.kind == "cross"

@@ -34,7 +34,7 @@ LAM = 6.0  # Hoeffding: P(exceeding) <= 2 exp(-18) = 3e-8 per pair
 
 @pytest.fixture(scope="module")
 def packaged_ce():
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     return load_model("packaged-ce", use_cache=False)
 
@@ -43,7 +43,7 @@ def packaged_ce():
 def shared_ce():
     if not (SHARED_CE / "model.safetensors").is_file():
         pytest.skip(f"the shared fp32 cross-encoder is not at {SHARED_CE}")
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     return load_model(SHARED_CE, use_cache=False)
 
@@ -66,7 +66,7 @@ def test_packaged_ce_resolves_and_loads_as_a_cross_encoder(packaged_ce):
 def test_packaged_ce_parameters_round_trip(packaged_ce, tmp_path):
     """Loaded as fp32, every parameter is exactly an fp16 value (storage lost nothing beyond the rounding),
     and saving and reloading gives the same parameters bit for bit."""
-    from jaxmech.loading import flat_params, load_model, save_pretrained
+    from jaxmech.hf.loading import flat_params, load_model, save_pretrained
 
     flat = flat_params(packaged_ce.model)
     for name, p in flat.items():
@@ -81,7 +81,7 @@ def test_packaged_ce_parameters_round_trip(packaged_ce, tmp_path):
 
 
 def test_packaged_ce_is_the_shared_model_rounded_to_fp16(packaged_ce, shared_ce):
-    from jaxmech.loading import flat_params
+    from jaxmech.hf.loading import flat_params
 
     ours, ref = flat_params(packaged_ce.model), flat_params(shared_ce.model)
     assert sorted(ours) == sorted(ref)
@@ -117,7 +117,7 @@ def test_packaged_ce_logits_within_fp16_storage_rounding(packaged_ce, shared_ce,
 
 def test_fp16_storage_tolerance_rejects_another_model(shared_ce, fp16_storage_tolerance):
     """Not vacuous: weights moved by 5 % (random, seeded), not by fp16 rounding, leave the tolerance."""
-    from jaxmech.loading import flat_params, load_flat_params
+    from jaxmech.hf.loading import flat_params, load_flat_params
 
     flat = flat_params(shared_ce.model)
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import MINILM_L12_SHAPES, PARITY_ATOL, TINY_ODD, hf_checkpoint
 
-from jaxmech.loading import load_model
+from jaxmech.hf.loading import load_model
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -216,7 +216,7 @@ def test_real_minilm_l6_as_cross_encoder_matches_hf(minilm_path, tmp_path, token
     lm = load_model(minilm_path, kind="cross", init_missing_head_seed=7, use_cache=False)
     assert lm.report.initialized == ["classifier.W", "classifier.b"]
     # The same seeded head, written into a HF sequence-classification folder.
-    from jaxmech.convert import to_hf_state_dict
+    from jaxmech.hf.convert import to_hf_state_dict
 
     (tmp_path / "config.json").write_text(json.dumps(lm.model.cfg.to_hf_config()))
     save_file(to_hf_state_dict(lm.model), str(tmp_path / "model.safetensors"))

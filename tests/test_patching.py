@@ -233,7 +233,7 @@ def test_four_devices_give_the_same_results_as_one(tiny_cross_dir, tmp_path):
 import json, sys, numpy as np, jax
 sys.path.insert(0, {str(REPO / 'tests')!r})
 from conftest import random_pairs
-from jaxmech.loading import load_model
+from jaxmech.hf.loading import load_model
 from jaxmech.patching import activation_patch, batch_pairs, path_to_score
 lm = load_model({str(tiny_cross_dir)!r}, use_cache=False)
 batch = batch_pairs(random_pairs(3, lm.model.cfg.d_vocab, seed=4), buckets=(24, 32), max_length=48)

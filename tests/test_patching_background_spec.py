@@ -1,5 +1,5 @@
 """Backgrounds given as interventions (`PatchSpec`): families run by full forwards
-(`jaxmech.patching.full_forward`), checked against the folded head-ablation path and a loop of full forwards
+(`jaxmech.patching.engines.full_forward`), checked against the folded head-ablation path and a loop of full forwards
 with both interventions."""
 
 from __future__ import annotations

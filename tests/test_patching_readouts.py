@@ -192,8 +192,8 @@ def test_the_score_readout_is_bit_identical(tiny_model, batch):
 @pytest.fixture(scope="module")
 def tiny_3label(tmp_path_factory):
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import from_hf_state_dict
-    from jaxmech.loading import read_state_dict, weight_files
+    from jaxmech.hf.convert import from_hf_state_dict
+    from jaxmech.hf.loading import read_state_dict, weight_files
 
     d = hf_checkpoint(tmp_path_factory.mktemp("tiny3"), TINY_ODD, seed=4, num_labels=3, init=0.2)
     cfg = EncoderConfig.from_hf_config(json.loads((d / "config.json").read_text()))
@@ -287,8 +287,8 @@ def test_path_components_to_heads_with_a_projection_readout(tiny_model, pairs, b
 
 def test_a_bi_encoder_reads_attention_and_projections_and_refuses_margins(tiny_cross_dir, pairs, batch):
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import from_hf_state_dict
-    from jaxmech.loading import read_state_dict, weight_files
+    from jaxmech.hf.convert import from_hf_state_dict
+    from jaxmech.hf.loading import read_state_dict, weight_files
 
     cfg = EncoderConfig.from_hf_config(json.loads((tiny_cross_dir / "config.json").read_text()))
     state = {k: v for k, v in read_state_dict(weight_files(tiny_cross_dir)).items() if not k.startswith("classifier")}
@@ -465,7 +465,7 @@ def tiny_with_tokenizer(tmp_path_factory, minilm_path):
 
 def test_a_sweep_declares_a_readout_on_e7_pairs(tmp_path, tiny_with_tokenizer):
     from jaxmech import results
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
     from jaxmech.sweeps import load_sweep_config, run_sweep
     from jaxmech.sweeps.job import plan_sweep

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxmech import plot as jp
-from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
+from jaxmech.patching.summaries import TOKEN_TYPE_ORDER, mean_by_token_type
 from jaxmech.plot.source import Labeled, NpzSource, ResultsError, StoreSource
 from jaxmech.report.synthetic import synthetic_run
 

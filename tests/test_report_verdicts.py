@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxmech.analysis.aggregate import mean_by_token_type
 from jaxmech.analysis.circuit import circuit_from_effects
+from jaxmech.patching.summaries import mean_by_token_type
 from jaxmech.plot.view import PairView, pair_flags
 from jaxmech.report.build import judged_views
 from jaxmech.report.compare import compare_all, compare_matching

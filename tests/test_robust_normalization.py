@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxmech.analysis.aggregate import mean_by_token_type, over_pairs, top_heads
 from jaxmech.patching.metrics import normalized_effect, relative_denominator_flags
+from jaxmech.patching.summaries import mean_by_token_type, over_pairs, top_heads
 
 BASE = np.zeros(5)
 PERT = np.array([1.0, 0.9, 1.1, 0.005, 0.95])  # pair 3: a planted small denominator

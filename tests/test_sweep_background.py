@@ -64,7 +64,7 @@ def test_background_table_is_checked_and_absent_tables_keep_fingerprints():
 def test_e1b_sweep_on_a_tiny_model_equals_the_library(tmp_path, tiny12, ablation):
     """The E1b config (pairs in chunks of 2) equals `run_patching` over all of its pairs with the same
     background (mean: the means of all the pairs, not of a chunk)."""
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
     from jaxmech.sweeps.job import plan_sweep
 
@@ -104,7 +104,7 @@ def test_cli_ablate_records_the_background(capsys, tmp_path, tiny12):
 
 
 def test_heads_joint_in_a_sweep(tmp_path, tiny12):
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
     from jaxmech.sweeps.job import plan_sweep
 
@@ -128,7 +128,7 @@ def test_heads_joint_in_a_sweep(tmp_path, tiny12):
 def test_path_attribution_with_verified_top_k_in_a_sweep(tmp_path, tiny12):
     """``method = "attribution"`` for path_to_heads with ``verify_top_k``, over the E1b background: the stored
     exact values equal exact path patching of the same senders."""
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
     from jaxmech.sweeps.job import plan_sweep
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, save_tiny_cross
 
 from jaxmech import results
+from jaxmech.results.integrity import IntegrityError
 from jaxmech.sweeps import run_sweep
-from jaxmech.sweeps.integrity import IntegrityError
 from jaxmech.sweeps.lock import RunLock, RunLockedError
 
 CONFIG = """

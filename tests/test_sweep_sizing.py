@@ -51,7 +51,7 @@ def _config(folder: Path, model: Path, chunking: str) -> Path:
 @pytest.fixture(scope="module")
 def memory(model_folder):
     """The tiny model's chunk estimate at the demo pairs' longest bucket (what the sweep computes)."""
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     lm = load_model(model_folder, kind="cross", require_tokenizer=True)
     fams = load_sweep_config(_config(model_folder.parent, model_folder, "")).families

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxmech.tokenizer import PairTokenizer, TruncationError, bucket_length, pad_sequences
+from jaxmech.hf.tokenizer import PairTokenizer, TruncationError, bucket_length, pad_sequences
 
 QUERIES = ["what is the acceptance rate at wellesley", "how do tides form", "mitochondria function"]
 DOCS = ["College acceptance rates in the USA are becoming more competitive.",

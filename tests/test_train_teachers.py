@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from jaxmech.config import EncoderConfig
-from jaxmech.convert import ConversionReport, build_model
 from jaxmech.data.bm25 import BM25Index
-from jaxmech.loading import LoadedModel
+from jaxmech.hf.convert import ConversionReport, build_model
+from jaxmech.hf.loading import LoadedModel
 from jaxmech.train.data import Candidates
 from jaxmech.train.teachers import BiEncoderTeacher, BM25Teacher, CrossEncoderTeacher
 
@@ -21,7 +21,7 @@ TINY = EncoderConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_v
 
 @pytest.fixture(scope="module")
 def tok():
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     return PairTokenizer.from_pretrained(gt.get_model_path(), max_length=64)
 

@@ -90,7 +90,7 @@ def test_resume_after_kill_gives_the_parameters_of_an_uninterrupted_run(tmp_path
     path.write_text(to_toml(cfg))
     assert load_config(path).fingerprint() == tiny(tmp_path).fingerprint()  # same trajectory as the fixture
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jaxmech.train.cli", "train", str(path)],
+        [sys.executable, "-m", "jaxmech.cli.train", "train", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

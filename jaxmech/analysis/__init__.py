@@ -15,6 +15,6 @@ from jaxmech.lazy import lazy_exports
 
 # Loaded on first use, so that `jaxmech analyze --help` and config checks do not import JAX.
 __all__, __getattr__, __dir__ = lazy_exports("jaxmech.analysis", {
-    "jaxmech.analysis.aggregate": ("TOKEN_TYPE_ORDER", "mean_by_token_type", "top_heads"),
+    "jaxmech.patching.summaries": ("TOKEN_TYPE_ORDER", "mean_by_token_type", "top_heads"),
     "jaxmech.analysis.steps": ("ANALYSES", "analyze", "get_analysis"),
 }, globals())

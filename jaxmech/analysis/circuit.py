@@ -249,7 +249,7 @@ def discover_circuit(
     """Runs E4 and two E5 stages on aligned pairs and assigns circuit roles.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel` or a bare model.
+        lm: A `jaxmech.hf.loading.LoadedModel` or a bare model.
         pairs: `jaxmech.patching.Pair` list (cross-encoder inputs; bi-encoders get their documents and need
             ``queries``).
         queries: Query texts per pair (bi-encoders: encoded for the similarity).

@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxmech.files import atomic_write
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 
 DEFAULT_BATCH = 32
 

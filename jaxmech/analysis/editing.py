@@ -194,7 +194,7 @@ def editing_curves(
     """Scores and [CLS]-to-term attention under U_0 edits (and the whole-row control) across scales.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel`.
+        lm: A `jaxmech.hf.loading.LoadedModel`.
         pairs: TFC1 `jaxmech.data.records.AlignedPair` list (identity alignment).
         token_ids: Ids to edit; default the pairs' ``Qplus`` pieces.
         heads: Heads whose [CLS] attention is read (``"L.H"``); None: cross-encoders, the top ``n_heads`` by

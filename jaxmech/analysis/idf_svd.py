@@ -83,7 +83,7 @@ def stream_idf(
 
     Args:
         texts: Documents (any iterable; consumed once).
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         level: ``"word"`` (the tokenizer's normalised words) or ``"wordpiece"`` (vocabulary strings).
         formula: One of `jaxmech.data.idf.IDF_FORMULAS`.
         chunk_size: Documents tokenised per call.
@@ -329,7 +329,7 @@ def idf_svd(
     ``base`` (its pre-trained model, loaded or a path/``"packaged"``), `base_comparison` under ``"base"``.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel` (needs its tokenizer).
+        lm: A `jaxmech.hf.loading.LoadedModel` (needs its tokenizer).
         collection: A collection file (`iter_collection`) or an iterable of texts, streamed once per level.
         texts: Same as an iterable ``collection`` (kept for symmetry with `jaxmech.data.idf`).
         word_table: A word-level ``term -> idf`` table (instead of streaming).
@@ -364,7 +364,7 @@ def idf_svd(
     out = idf_svd_analysis(W_E, rules, n_components=n_components, model=model_label(lm), **kw)
     out["idf_formula"] = formula
     if base is not None:
-        from jaxmech.loading import LoadedModel, load_model
+        from jaxmech.hf.loading import LoadedModel, load_model
 
         blm = base if isinstance(base, LoadedModel) else load_model(base)
         bmodel, _ = unwrap(blm)

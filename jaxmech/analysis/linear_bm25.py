@@ -306,7 +306,7 @@ def linear_bm25(
     """The linear semantic-BM25 analysis on TFC1-perturbed pairs of a source (or given query/doc lists).
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel`.
+        lm: A `jaxmech.hf.loading.LoadedModel`.
         source: Queries, terms and documents; pairs are (query, doc + " " + term).
         queries: Instead of ``source``: one query per pair.
         docs: Instead of ``source``: one document per pair (used as given).

@@ -270,7 +270,7 @@ def soft_tf(
     """Soft-TF curves of matching heads: TFC2 saturation, LNC1 length, STMC1 exact vs synonym.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel` (bi-encoders run their trunk on the concatenated pair).
+        lm: A `jaxmech.hf.loading.LoadedModel` (bi-encoders run their trunk on the concatenated pair).
         source: The diagnostic source (answers for TFC2/LNC1, documents and related words for STMC1).
         heads: Heads to report (``"L.H"``); None: the detector's top ``n_heads``.
         n_heads: How many detected heads when ``heads`` is None.

@@ -1,7 +1,7 @@
 """The analyses as steps: one callable per analysis, ``step(run_or_model, **options) -> dict`` (the JSON).
 
 `ANALYSES` maps the names a sweep config lists (``analyses = ["circuit", "soft_tf", ...]``) and the command
-``jaxmech analyze NAME`` uses to these steps. ``run_or_model`` is a `jaxmech.loading.LoadedModel`, a model
+``jaxmech analyze NAME`` uses to these steps. ``run_or_model`` is a `jaxmech.hf.loading.LoadedModel`, a model
 folder / hub id / ``"packaged"``, or a sweep run (an object with ``meta["model"]``; `circuit` reads its
 ``path_to_score`` array when the run has one and no model is needed for stage 1). Options name where the
 inputs come from:
@@ -34,7 +34,7 @@ def resolve_model(run_or_model):
     Raises:
         ValueError: If nothing names a model.
     """
-    from jaxmech.loading import LoadedModel, load_model
+    from jaxmech.hf.loading import LoadedModel, load_model
 
     if isinstance(run_or_model, LoadedModel):
         return run_or_model

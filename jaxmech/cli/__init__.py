@@ -3,10 +3,10 @@
     jaxmech score --model PATH_OR_ID --query Q --doc D [--doc D ...]     (jaxmech.scoring.score)
     jaxmech patch --model M --dataset tfc1.jsonl --family block_every --out r.npz   (jaxmech.patching.run.patch)
     jaxmech dataset build|stats ...      (jaxmech.data.diagnostic.build, jaxmech.cli.dataset.summarize)
-    jaxmech train CONFIG ...             (jaxmech.train.cli)
+    jaxmech train CONFIG ...             (jaxmech.cli.train)
     jaxmech bench ...                    (benchmarks/bench_patching.py of a source checkout)
     jaxmech sites | families             (jaxmech.sites, jaxmech.patching.families)
-    jaxmech verify RUN                   (jaxmech.sweeps.integrity.check_run)
+    jaxmech verify RUN                   (jaxmech.results.integrity.check_run)
 
 Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` (parsed arguments ->
 exit code); `COMMANDS` lists them, and another owner's command is added by naming its module there. Modules
@@ -26,14 +26,14 @@ COMMANDS = {
     "score": ("jaxmech.cli.score", "score documents for a query (raw logits or similarities) as JSON"),
     "patch": ("jaxmech.cli.patch", "activation / path / attribution patching sweeps to an .npz file"),
     "dataset": ("jaxmech.cli.dataset", "build and inspect diagnostic datasets (TFC1, STMC1, TFC2, LNC1)"),
-    "train": ("jaxmech.train.cli", "fine-tune or distil a cross-encoder from a TOML config"),
+    "train": ("jaxmech.cli.train", "fine-tune or distil a cross-encoder from a TOML config"),
     "sites": ("jaxmech.cli.sites", "print the activation-site table"),
     "families": ("jaxmech.cli.families", "list patching families (sites, result axes, description)"),
     "bench": ("jaxmech.cli.bench", "run benchmarks/bench_patching.py (source checkout)"),
-    "sweep": ("jaxmech.sweeps.cli", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
-    "analyze": ("jaxmech.analysis.cli", "the paper's analyses (circuit, soft-TF, IDF direction, editing, linear BM25)"),
-    "plot": ("jaxmech.plot.cli", "draw one figure of a run or a `jaxmech patch` .npz"),
-    "report": ("jaxmech.report.cli", "write report.html, report.md and numbers.json for a run"),
+    "sweep": ("jaxmech.cli.sweep", "run or resume a declared patching sweep (TOML) into a chunked on-disk store"),
+    "analyze": ("jaxmech.cli.analyze", "the paper's analyses (circuit, soft-TF, IDF direction, editing, linear BM25)"),
+    "plot": ("jaxmech.cli.plot", "draw one figure of a run or a `jaxmech patch` .npz"),
+    "report": ("jaxmech.cli.report", "write report.html, report.md and numbers.json for a run"),
     "verify": ("jaxmech.cli.verify", "check that a sweep's stored chunks are present, whole, with their checksums"),
 }
 """Command name -> (module with a ``register(subparsers)`` hook, one-line help), in ``--help`` order."""

@@ -1,5 +1,5 @@
 """``jaxmech verify RUN``: checks every completed chunk of a sweep's run folder against what its marker recorded
-(presence, sizes and sha256 of every stored file; `jaxmech.sweeps.integrity.check_run` with ``full=True``).
+(presence, sizes and sha256 of every stored file; `jaxmech.results.integrity.check_run` with ``full=True``).
 
 Prints one line; exit code 0 when the run is complete and intact, 1 when a chunk fails or is not computed yet
 (rerunning the sweep recomputes both), 2 when RUN is not a run folder.
@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     """Checks the run and prints the verdict."""
     from pathlib import Path
 
-    from jaxmech.sweeps.integrity import check_run
+    from jaxmech.results.integrity import check_run
 
     root = Path(args.run)
     if not (root / "meta.json").is_file():

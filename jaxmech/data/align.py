@@ -81,7 +81,7 @@ def align_with_filler(tokenizer, query: str, baseline_doc: str, perturbed_doc: s
     1), so both inputs have the same length and the position map is the identity (the paper's scheme).
 
     Args:
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         query: Query text.
         baseline_doc: The document of the run that gets patched.
         perturbed_doc: The document whose activations are patched in.
@@ -146,14 +146,14 @@ def document_only(pair: AlignedPair, layout) -> AlignedPair:
 
     Args:
         pair: An aligned cross-encoder pair.
-        layout: The tokenizer's `jaxmech.tokenizer.PairFormat` (or a `PairTokenizer`, whose ``format`` is
+        layout: The tokenizer's `jaxmech.hf.tokenizer.PairFormat` (or a `PairTokenizer`, whose ``format`` is
             used); a bare ``sep_id`` int means BERT's ``[CLS] q [SEP] d [SEP]`` (one separator in the middle).
 
     Raises:
         ValueError: If an input does not have the layout's special tokens where they belong, or the layout's
             single-text suffix differs from its pair suffix (the document's end could not be carried over).
     """
-    from jaxmech.tokenizer import PairFormat
+    from jaxmech.hf.tokenizer import PairFormat
 
     fmt = getattr(layout, "format", None) or getattr(layout, "sep_id", layout)
     if isinstance(fmt, int):

@@ -69,7 +69,7 @@ def build_idf_front(
 
     Args:
         source: Queries and documents (``source.docs``).
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         idf_table: Word-level ``word -> idf`` (e.g. `jaxmech.analysis.idf_svd.stream_idf` of the collection).
         docs_per_query: Use the first this many documents of each query.
         limit: Build at most this many pairs.

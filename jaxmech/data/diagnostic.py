@@ -111,7 +111,7 @@ def build_pairs(kind: str, items: Sequence[PerturbationItem], tokenizer, *, alig
     Args:
         kind: Kind recorded in each pair.
         items: Document pairs to build.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         align: ``"append"`` / ``"prepend"`` (the longer document extends the shorter at the end / start; the
             shorter is padded with fillers there: identity map), ``"diff"`` (token diff, no padding) or
             ``"paper"`` (fillers at the end of the shorter whatever the change).
@@ -260,7 +260,7 @@ def build_tfc1(source: DiagnosticSource, tokenizer, *, prepend: bool = False, re
 
     Args:
         source: Queries, terms and documents.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         prepend: Put the term before the document (``tfc1_prepend``).
         reverse: Reverse axiom: the baseline has the term, the perturbed input has fillers instead.
         limit: Build at most this many pairs (the first, in source order).
@@ -281,7 +281,7 @@ def build_stmc1(source: DiagnosticSource, tokenizer, *, related: dict[str, str] 
 
     Args:
         source: Queries, terms and documents; ``source.related`` is the default mapping.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         related: ``qid -> word`` to append instead of ``source.related``.
         reverse: Reverse axiom (the related word removed).
         limit: Build at most this many pairs.
@@ -340,7 +340,7 @@ def build_tfc2(source: DiagnosticSource, tokenizer, *, align: str = "diff", max_
 
     Args:
         source: Queries, terms, pronouns and answers.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         align: ``"diff"`` (exact token alignment, lengths may differ) or ``"paper"`` (fillers at the end).
         max_tf: Highest restored term frequency.
         whole_words: Match the term as a whole word instead of a substring.
@@ -423,7 +423,7 @@ def build_lnc1(source: DiagnosticSource, tokenizer, *, seed: int = 0, n_max: int
 
     Args:
         source: Queries, terms, pronouns and answers.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         seed: Seed of the partner permutation.
         n_max: Most sentences appended.
         reverse: Reverse axiom (the added sentences removed).
@@ -465,7 +465,7 @@ def build(kind: str, source: DiagnosticSource, tokenizer, *, limit: int | None =
     Args:
         kind: One of `ALL_KINDS`.
         source: The loaded source.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         limit: Build at most this many pairs.
         seed: Seed (LNC1 partners).
         **options: Passed to the builder (``align``, ``term_match``, ``whole_words``, ...); for ``idf_front``
@@ -527,7 +527,7 @@ def build_dataset_file(kind: str, source: str, out: str | os.PathLike, *, model:
     from jaxmech.data.loaders import load_source
     from jaxmech.data.records import write_dataset
     from jaxmech.files import packaged_model_path, resolve_model_path
-    from jaxmech.tokenizer import PairTokenizer
+    from jaxmech.hf.tokenizer import PairTokenizer
 
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be a positive number of pairs, got {limit}")

@@ -92,7 +92,7 @@ def word_idf(texts: Sequence[str], tokenizer, *, formula: str = "lucene") -> dic
 
     Args:
         texts: Corpus documents.
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer` (its words; see `jaxmech.data.token_types`).
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer` (its words; see `jaxmech.data.token_types`).
         formula: IDF formula.
     """
     from jaxmech.data.token_types import word_pieces_with_words
@@ -159,7 +159,7 @@ def vocab_idf_known(table: Mapping[str, float], tokenizer, *, key: str = "decode
 
     Args:
         table: ``term -> idf`` (word or word-piece table).
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         key: ``"decode"``: look up ``tokenizer.decode([i])`` (the paper's choice, notes §6, for word tables);
             ``"token"``: look up the vocabulary string (``"##ing"``), for word-piece tables.
         default: The IDF of ids the table does not have.
@@ -186,7 +186,7 @@ def vocab_idf(table: Mapping[str, float], tokenizer, *, key: str = "decode") -> 
 
     Args:
         table: ``term -> idf`` (word or word-piece table).
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         key: ``"decode"`` or ``"token"``.
 
     Returns:

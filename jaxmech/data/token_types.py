@@ -95,7 +95,7 @@ def word_pieces_with_words(tokenizer, texts: Sequence[str]) -> list[WordPieces]:
     """Batch-tokenises texts into `WordPieces` with the fast tokenizer's word ids.
 
     Args:
-        tokenizer: A `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: A `jaxmech.hf.tokenizer.PairTokenizer`.
         texts: Texts to tokenise.
     """
     if not texts:

@@ -1,7 +1,7 @@
 """Exact activation patching of one family over a batch of aligned pairs.
 
 Each work item patches one site at one layer (and one head and/or position) from the perturbed run into the
-baseline, restarted at its layer (`jaxmech.patching.engine.patched_hidden`); `jaxmech.patching.program` runs
+baseline, restarted at its layer (`jaxmech.patching.engines.post_ln.patched_hidden`); `jaxmech.patching.program` runs
 every item at every layer as one compiled program.
 """
 
@@ -17,9 +17,9 @@ from jax.sharding import Mesh
 
 from jaxmech import runtime
 from jaxmech.interventions import PatchSpec, one_hot
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import RESTART_SITES, SweepData, prepare
-from jaxmech.patching.engine import layer_view, patched_hidden
+from jaxmech.patching.engines.post_ln import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment
 from jaxmech.patching.program import Kernel, run_kernel
@@ -127,7 +127,7 @@ def activation_patch(
     """
     if getattr(model.cfg, "model_type", None) == "modernbert":  # own pre-LN blocks
         score_only(readout, "ModernBERT models")
-        from jaxmech.patching.modernbert import modernbert_patch
+        from jaxmech.patching.engines.pre_ln import modernbert_patch
 
         return modernbert_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                                 positions=positions, steps_per_call=steps_per_call)

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.interventions import AdditiveDelta, PatchSpec, one_hot
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch

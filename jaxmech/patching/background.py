@@ -23,10 +23,10 @@ over positions: one ``[d_head]`` (``z``) or ``[d_model]`` (``result``) vector pe
 position. They are stored in ``describe()`` (the result's ``meta["background"]``) with the number of tokens.
 In a sweep the means are computed once over all of the sweep's pairs, before the chunks run.
 
-Only models whose blocks hold ``attn.W_O``/``attn.b_O`` (BERT-style `jaxmech.model.HookedEncoder`) or
+Only models whose blocks hold ``attn.W_O``/``attn.b_O`` (BERT-style `jaxmech.models.bert.HookedEncoder`) or
 ``W_O``/``b_O`` (ModernBERT; not tested) can be folded. Other interventions (any `jaxmech.interventions.PatchSpec`)
 would need hooks inside the restarted engine: `jaxmech.patching.run.run_patching` accepts them as a background
-and then runs the families by full forwards (`jaxmech.patching.full_forward`: exact, slower; activation families
+and then runs the families by full forwards (`jaxmech.patching.engines.full_forward`: exact, slower; activation families
 of cross-encoders). The command line, sweep configs and ``patch()`` take head ablations only (a PatchSpec's
 arrays are not expressible there).
 """
@@ -131,7 +131,7 @@ class ResolvedBackground:
 
     def interventions(self) -> list:
         """The background as `jaxmech.patching.head_sets.HeadAblation` interventions for
-        `jaxmech.model.HookedEncoder.forward_one` (the definition)."""
+        `jaxmech.models.bert.HookedEncoder.forward_one` (the definition)."""
         import jax.numpy as jnp
 
         from jaxmech.patching.head_sets import HeadAblation
@@ -204,9 +204,9 @@ def dataset_means(model, pairs, sites: Sequence[str], *, pad_id: int = 0, batch_
     """
     import jax.numpy as jnp
 
+    from jaxmech.hf.tokenizer import bucket_length
     from jaxmech.patching.caches import run_cached
     from jaxmech.patching.inputs import DEFAULT_BUCKETS
-    from jaxmech.tokenizer import bucket_length
 
     if not pairs:
         raise ValueError("mean ablation needs pairs to average over; none given")
@@ -284,7 +284,7 @@ def resolve_background(model, pairs, background, *, pad_id: int = 0, buckets: Se
 def with_background(lm, pairs, background):
     """``(lm with its model folded, ResolvedBackground)``; ``(lm, None)`` when there is no background.
 
-    ``lm`` is a `jaxmech.loading.LoadedModel` (or anything with ``model`` and ``tokenizer``); it is not changed.
+    ``lm`` is a `jaxmech.hf.loading.LoadedModel` (or anything with ``model`` and ``tokenizer``); it is not changed.
     """
     tok = lm.tokenizer
     resolved = resolve_background(lm.model, pairs, background, pad_id=getattr(tok, "pad_id", 0),

@@ -2,7 +2,7 @@
 
 `prepare` runs both inputs of a `jaxmech.patching.inputs.PairBatch` once (swapping them first for
 ``reverse``) and returns a `PreparedBatch`: scores, the `RestartCache` of the baseline (what
-`jaxmech.patching.engine` restarts from), the perturbed run's activations moved to baseline positions
+`jaxmech.patching.engines.post_ln` restarts from), the perturbed run's activations moved to baseline positions
 (`align_source`), and the per-pair `SweepData` that kernels read inside the compiled program.
 
 **One compiled forward for both runs.** The two runs differ only in what they capture, and a forward that
@@ -33,7 +33,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.data.align import AlignmentError
-from jaxmech.model import HookedEncoder, Output
+from jaxmech.models.bert import HookedEncoder, Output
 from jaxmech.patching.inputs import PairBatch, reverse_batch
 from jaxmech.sites import dim_sizes, get_site
 
@@ -308,7 +308,7 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
         ValueError: If the model scores by comparing embeddings and ``query_embedding`` is missing.
     """
     if getattr(model.cfg, "model_type", None) == "modernbert":  # pre-LN blocks: their own restart cache
-        from jaxmech.patching.modernbert import prepare as prepare_modernbert
+        from jaxmech.patching.engines.pre_ln import prepare as prepare_modernbert
 
         return prepare_modernbert(model, batch, base_sites=base_sites, source_sites=source_sites, reverse=reverse)
     if batch.n_pos > model.cfg.n_ctx:

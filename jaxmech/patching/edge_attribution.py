@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxmech import runtime
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import EdgeData, check_edge_model, edge_forward
 

@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxmech import runtime
-from jaxmech.model import NO_HOOKS, HookedEncoder
+from jaxmech.models.bert import NO_HOOKS, HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.inputs import PairBatch

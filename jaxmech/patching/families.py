@@ -109,7 +109,7 @@ class Family:
         """
         runner = self.runner
         if getattr(getattr(model, "cfg", None), "model_type", None) == "modernbert":  # own pre-LN blocks
-            runner = "jaxmech.patching.modernbert:run_modernbert_family"
+            runner = "jaxmech.patching.engines.pre_ln:run_modernbert_family"
         module, fn = runner.split(":")
         runner: Callable = getattr(importlib.import_module(module), fn)
         return runner(model, batch, self, **options)

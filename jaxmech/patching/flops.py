@@ -4,7 +4,7 @@ Why analytic and not XLA's ``cost_analysis()``: XLA counts a while loop's body o
 (a 10-step ``lax.scan`` of matmuls reports a tenth of its FLOPs; the sweep's programs are scans over layers,
 chunks and, inside each restarted run, the remaining layers under a ``lax.cond``, whose cost XLA takes as the
 larger branch), so its numbers for these programs are those of one iteration. The counts here follow what the
-engine computes (`jaxmech.patching.engine`): a restarted run from the patched layer, dirty rows only where one
+engine computes (`jaxmech.patching.engines.post_ln`): a restarted run from the patched layer, dirty rows only where one
 row changed, the last block on the [CLS] row only. `benchmarks/bench_patching.py` reports them beside its
 timings and the sweep (`jaxmech.sweeps.roofline`) per patched run.
 """

@@ -20,7 +20,7 @@ from jaxtyping import Bool, Int
 
 from jaxmech.data.align import AlignmentError, align_texts_with_filler, align_with_filler, document_only
 from jaxmech.data.records import AlignedPair, DataError, iter_jsonl, utf8_file
-from jaxmech.tokenizer import DEFAULT_BUCKETS, bucket_length
+from jaxmech.hf.tokenizer import DEFAULT_BUCKETS, bucket_length
 
 
 @dataclasses.dataclass
@@ -235,7 +235,7 @@ def read_pairs(tokenizer, *, pair_input: bool = True, dataset: str | Path | None
     """Aligned pairs from one of: a dataset file, a triples file, or one (query, baseline, perturbed) triple.
 
     Args:
-        tokenizer: The model's `jaxmech.tokenizer.PairTokenizer`.
+        tokenizer: The model's `jaxmech.hf.tokenizer.PairTokenizer`.
         pair_input: The model reads ``[CLS] q [SEP] d [SEP]`` (a cross-encoder); False for a bi-encoder, whose
             pairs are document-only (the query is kept on each pair and embedded separately).
         dataset: A file from ``jaxmech dataset build`` (pairs with token types).

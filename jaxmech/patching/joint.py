@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxmech import runtime
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.families import Family, check_groups
 from jaxmech.patching.head_sets import HeadSetPatch

@@ -33,9 +33,9 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
-from jaxmech.model import HookedEncoder, HookPoints, layer_slice
+from jaxmech.models.bert import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
-from jaxmech.patching.engine import frozen_attention_hidden, layer_view, patched_hidden
+from jaxmech.patching.engines.post_ln import frozen_attention_hidden, layer_view, patched_hidden
 from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
@@ -60,10 +60,10 @@ __all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "p
 
 
 def _modernbert(model):
-    """`jaxmech.patching.modernbert.modernbert_patch` if ``model`` is a ModernBERT (own pre-LN blocks), else None."""
+    """`jaxmech.patching.engines.pre_ln.modernbert_patch` if ``model`` is a ModernBERT (own pre-LN), else None."""
     if getattr(getattr(model, "cfg", None), "model_type", None) != "modernbert":
         return None
-    from jaxmech.patching.modernbert import modernbert_patch
+    from jaxmech.patching.engines.pre_ln import modernbert_patch
 
     return modernbert_patch
 

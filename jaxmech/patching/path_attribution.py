@@ -31,11 +31,11 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.interventions import AdditiveDelta, HeadReplacement, PatchSpec, one_hot
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
+from jaxmech.patching.engines.pre_ln import check_family, is_modernbert
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch
-from jaxmech.patching.modernbert import check_family, is_modernbert
 from jaxmech.patching.results import SweepResult
 
 Receivers = tuple[tuple[int, tuple[int, ...]], ...]

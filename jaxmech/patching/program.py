@@ -1,7 +1,7 @@
 """The compiled sweep program: every work item at every layer, as one jitted ``lax.scan``.
 
 The program is a ``lax.scan`` over layers (so the layer is a traced scalar that is not batched, and
-`jaxmech.patching.engine` can restart there) and over chunks of items (`jaxmech.patching.schedule`), with
+`jaxmech.patching.engines.post_ln` can restart there) and over chunks of items (`jaxmech.patching.schedule`), with
 ``jax.vmap`` over the items of a chunk. One compile serves every layer; per-pair data is gathered by index,
 so pairs of one length bucket share the program; the host synchronises once per sweep, not per site. With
 several local devices the item axis is sharded over them (``jax.sharding``), which shards sites and pairs
@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 from jaxmech.interventions import PatchSpec, one_hot
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch, SweepData
 from jaxmech.patching.schedule import ItemIndex, auto_chunk_size, enumerate_items, local_mesh
 

@@ -36,7 +36,7 @@ it)::
 **How the engine computes a layer readout.** A readout at layer ``L`` (attention weight, projection) needs
 the patched run's ``resid_pre[L]`` at *every* row (the attention at ``L`` reads every key), then block ``L``
 itself (with the patch applied when the patch is at ``L``). The kernels therefore stop the restarted engine
-after layer ``L`` (`jaxmech.patching.engine.patched_hidden` with ``stop_layer=L``, full rows; the [CLS]-only
+after layer ``L`` (`jaxmech.patching.engines.post_ln.patched_hidden` with ``stop_layer=L``, full rows; the [CLS]-only
 last block is never used), and a patch above ``L`` reads the baseline value. Path to the score with frozen
 attention propagates every row to ``L`` and freezes block ``L``'s ``z`` too; path families through receiver
 heads read the readout in their second stage. Attribution (gradient) estimates are refused for readouts other
@@ -55,7 +55,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxmech.data.records import TOKEN_TYPES
-from jaxmech.model import NO_HOOKS, Hooks, layer_slice
+from jaxmech.models.bert import NO_HOOKS, Hooks, layer_slice
 from jaxmech.patching.caches import SweepData
 
 TYPE_GROUPS = {"Q": ("Qplus", "Qsub"), "D": ("Dinj", "Dplus", "Dsub", "Dother"), "SEP": ("SEP1", "SEP2")}

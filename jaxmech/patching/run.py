@@ -80,7 +80,7 @@ class InterruptibleProgress:
 
     Args:
         inner: Another callback, called first (its falsy non-None answer also stops the run).
-        bar: Show progress (pairs done, ETA) on stderr with `jaxmech.sweeps.progress.Progress`: a tqdm bar on a
+        bar: Show progress (pairs done, ETA) on stderr with `jaxmech.progress.Progress`: a tqdm bar on a
             terminal, else one line per chunk.
         prefix: The bar's label.
         sigint: Install the SIGINT handler (False: a progress bar only).
@@ -154,7 +154,7 @@ class InterruptibleProgress:
         if self.show:
             import sys
 
-            from jaxmech.sweeps.progress import Progress as Bar
+            from jaxmech.progress import Progress as Bar
 
             if self._bar is None:
                 self._bar = Bar(event.pairs_total, event.pairs_total, quiet=not sys.stderr.isatty(),
@@ -290,7 +290,7 @@ def run_patching(
     ``meta["stopped"]`` True).
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel` (model and tokenizer).
+        lm: A `jaxmech.hf.loading.LoadedModel` (model and tokenizer).
         pairs: Aligned pairs as the model reads them (see `jaxmech.patching.inputs.read_pairs`; for a
             bi-encoder document-only pairs with ``query`` set).
         families: Family names from `jaxmech.patching.families.REGISTRY`.
@@ -306,7 +306,7 @@ def run_patching(
             `jaxmech.patching.metrics.relative_denominator_flags`); the threshold is in ``meta``. None: only the
             absolute rule.
         aggregate: How ``by_type`` aggregates pairs: ``"mean"`` (default), ``"median"`` or ``"trimmed"`` (see
-            `jaxmech.analysis.aggregate.over_pairs`); `summarize` ranks ``top_heads`` the same way.
+            `jaxmech.patching.summaries.over_pairs`); `summarize` ranks ``top_heads`` the same way.
         precision: Matmul precision, a name of `jaxmech.runtime.PRECISIONS` (keyword; default ``"fp32"``, or an
             enclosing call's); checked before anything runs and recorded in ``meta["precision"]``.
         pairs_per_chunk: Pairs per chunk within a length bucket (default: the whole bucket). Every chunk of a
@@ -323,7 +323,7 @@ def run_patching(
             `jaxmech.patching.background.Ablation`, a list of them, or a resolved background; means are computed
             over ``pairs`` first (see `jaxmech.patching.background`); recorded in ``meta["background"]``.
             Interventions (any `jaxmech.interventions.PatchSpec`) may be given too, alone or with ablations: the
-            families then run by full forwards (`jaxmech.patching.full_forward`: exact, slower; activation
+            families then run by full forwards (`jaxmech.patching.engines.full_forward`: exact, slower; activation
             families of cross-encoders only).
         groups: Head groups for ``heads_joint`` (``[["9.1", "9.2"], ["10.1"]]``; recorded in ``meta["groups"]``).
         readout: What each patched run measures: None or ``"score"`` (the model's score), a readout of
@@ -340,10 +340,10 @@ def run_patching(
             that cannot be patched.
     """
     from jaxmech.analysis import TOKEN_TYPE_ORDER, mean_by_token_type
-    from jaxmech.analysis.aggregate import STATISTICS
+    from jaxmech.hf.tokenizer import bucket_length
     from jaxmech.patching.inputs import batch_pairs, check_vocabulary
     from jaxmech.patching.metrics import apply_metric, relative_denominator_flags
-    from jaxmech.tokenizer import bucket_length
+    from jaxmech.patching.summaries import STATISTICS
 
     fams = check_request(families, method=method, metric=metric, receivers=receivers, receiver_input=receiver_input,
                          groups=groups)
@@ -355,7 +355,7 @@ def run_patching(
         raise ValueError(f"--relative-min-denominator must be >= 0, got {relative_min_denominator}")
     from jaxmech.patching.background import with_background
     from jaxmech.patching.caches import query_embeddings
-    from jaxmech.patching.full_forward import check_supported, full_forward_patch, split_background
+    from jaxmech.patching.engines.full_forward import check_supported, full_forward_patch, split_background
 
     model, tok = lm.model, lm.tokenizer
     from jaxmech.patching.readouts import bind, check_readout, parse_readout
@@ -465,7 +465,7 @@ def run_patching(
     if resolved_background is not None:
         meta["background"] = resolved_background.describe()
     if bg_interventions:
-        from jaxmech.patching.full_forward import describe as describe_interventions
+        from jaxmech.patching.engines.full_forward import describe as describe_interventions
 
         meta.setdefault("background", {}).update(describe_interventions(bg_interventions))
     if any(f.needs_groups for f in fams):
@@ -499,7 +499,7 @@ def summarize(res: PatchingResult, *, top_k: int = 5, aggregate: str | None = No
     Pairs, the metric, result shapes and axes, the first scores, flagged pairs, seconds, and for
     ``[layer, head]`` families the ``top_k`` heads by their mean effect over unflagged pairs (or the
     ``aggregate`` statistic, default ``meta["aggregate"]`` or ``"mean"``; see
-    `jaxmech.analysis.aggregate.over_pairs`); ``warnings`` when no pair gave a result.
+    `jaxmech.patching.summaries.over_pairs`); ``warnings`` when no pair gave a result.
     """
     from jaxmech.analysis import top_heads
 
@@ -642,7 +642,7 @@ def patch(
     for what, path in (("dataset", dataset), ("triples", triples)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: {what} file not found")
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
     from jaxmech.patching.inputs import read_pairs
 
     lm = load_model(model, kind=kind, init_missing_head_seed=init_head_seed, max_length=max_length,

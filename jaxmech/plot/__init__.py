@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-# Names are imported on first use, so `jaxmech.plot.cli` (the CLI hook) loads without matplotlib.
+# Names are imported on first use, so `jaxmech.cli.plot` (the CLI hook) loads without matplotlib.
 _EXPORTS = {
     "circuit_map": "analyses",
     "editing_curves": "analyses",

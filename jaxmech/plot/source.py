@@ -302,7 +302,7 @@ class StoreSource:
     def by_token_type(self, family: str) -> Labeled | None:
         """Token-type means over unflagged pairs from the per-pair ``token_types`` column, one stored chunk at
         a time (None when the run has no token types or the family no position axis)."""
-        from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
+        from jaxmech.patching.summaries import TOKEN_TYPE_ORDER, mean_by_token_type
 
         types = self.pairs.get("token_types")
         arr, shape, dims = self._stored(family)

@@ -12,8 +12,8 @@ recomputes nothing from the model: the stored per-pair normalized effects ``(pat
   0.002 on logits spread over 5 units passes it and turns into effects of +-10.
 * ``wrong_sign``: a pair is flagged when its score change has the opposite sign to its dataset's median
   change (for TFC1/STMC1: the perturbation lowered the score): its normalized effect reverses meaning.
-* ``statistic``: `jaxmech.analysis.aggregate.STATISTICS` over the kept pairs (default the 10%-trimmed mean).
-* ``merge_pieces``: `jaxmech.analysis.aggregate.PIECE_MERGES` for token-type means.
+* ``statistic``: `jaxmech.patching.summaries.STATISTICS` over the kept pairs (default the 10%-trimmed mean).
+* ``merge_pieces``: `jaxmech.patching.summaries.PIECE_MERGES` for token-type means.
 
 Flagged pairs are counted per reason (`PairView.flags`) and named on every figure (``meta["aggregate_label"]``).
 """
@@ -110,16 +110,16 @@ class PairView:
     Args:
         source: The run.
         dataset: One dataset's pairs (None: all).
-        statistic: Over pairs (`jaxmech.analysis.aggregate.STATISTICS`).
+        statistic: Over pairs (`jaxmech.patching.summaries.STATISTICS`).
         relative_floor: Fraction of the run's score spread (None: the stored flags only).
         wrong_sign: Flag pairs whose score change goes against their dataset's median change.
-        merge_pieces: For token-type means (`jaxmech.analysis.aggregate.PIECE_MERGES`).
+        merge_pieces: For token-type means (`jaxmech.patching.summaries.PIECE_MERGES`).
     """
 
     def __init__(self, source: ResultsSource, *, dataset: str | None = None, statistic: str = DEFAULT_STATISTIC,
                  relative_floor: float | None = DEFAULT_RELATIVE_FLOOR, wrong_sign: bool = True,
                  merge_pieces: str = DEFAULT_MERGE):
-        from jaxmech.analysis.aggregate import PIECE_MERGES, STATISTIC_LABELS, STATISTICS
+        from jaxmech.patching.summaries import PIECE_MERGES, STATISTIC_LABELS, STATISTICS
 
         if statistic not in STATISTICS:
             raise ResultsError(f"aggregate={statistic!r}: choose one of {STATISTICS}")
@@ -160,7 +160,7 @@ class PairView:
 
     def pair_mean(self, family: str) -> tuple[Labeled, int]:
         """The view's statistic over kept pairs (NaN ignored), and how many pairs."""
-        from jaxmech.analysis.aggregate import over_pairs
+        from jaxmech.patching.summaries import over_pairs
 
         values, dims = self._values(family)
         out = over_pairs(values, self.statistic) if len(values) else np.full(values.shape[1:], np.nan)
@@ -170,7 +170,7 @@ class PairView:
     def by_token_type(self, family: str) -> Labeled | None:
         """Token-type values per kept pair (word pieces merged), then the view's statistic over pairs (a source
         without per-pair token types, a ``jaxmech patch`` ``.npz``: its stored token-type means)."""
-        from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type
+        from jaxmech.patching.summaries import TOKEN_TYPE_ORDER, mean_by_token_type
 
         types = self._src.pairs.get("token_types")
         if types is None:  # a `jaxmech patch` .npz stores token-type means only: used as stored (see meta)

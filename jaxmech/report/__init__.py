@@ -14,6 +14,6 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:  # imported on first use, so `jaxmech.report.cli` loads without matplotlib
+    if name in _EXPORTS:  # imported on first use, so `jaxmech.cli.report` loads without matplotlib
         return getattr(importlib.import_module(f"jaxmech.report.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'jaxmech.report' has no attribute {name!r}")

@@ -785,7 +785,7 @@ def build_report(
             directory's own ``analyses/`` is read anyway.
         score_demo: Load the run's model (when it is available here) to score the paper's demo pair.
         dpi: Resolution of the figures.
-        aggregate: Statistic over pairs (`jaxmech.analysis.aggregate.STATISTICS`), stated on every figure.
+        aggregate: Statistic over pairs (`jaxmech.patching.summaries.STATISTICS`), stated on every figure.
         relative_floor: Flag pairs whose ``|perturbed - baseline|`` is below this fraction of the run's score
             spread (None: the run's own flags only).
         wrong_sign: Flag pairs whose score change goes against their dataset's median change.

@@ -46,7 +46,7 @@ def score_demo_pair(model: str, results_path: Path) -> dict:
         import jax.numpy as jnp
 
         from jaxmech.data.align import align_with_filler
-        from jaxmech.loading import load_model
+        from jaxmech.hf.loading import load_model
 
         if ref in PACKAGED_NAMES:
             ref = str(resolve_model_path(ref))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER
+from jaxmech.patching.summaries import TOKEN_TYPE_ORDER
 
 PAPER_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 MATCHING = ("7.9", "8.1", "4.9", "2.1", "8.8", "6.5", "1.7", "5.7", "5.9", "3.1", "8.0", "6.3", "0.8")

@@ -60,12 +60,12 @@ def _verify(
     chunking: ChunkingSection,
 ) -> dict[str, np.ndarray]:
     """Exact patches of the ``verify_top_k`` sites with the largest estimated effect, per pair and component."""
+    from jaxmech.hf.tokenizer import bucket_length
     from jaxmech.patching.attribution import verify_top_k
     from jaxmech.patching.caches import query_embeddings
     from jaxmech.patching.families import get_family
     from jaxmech.patching.inputs import batch_pairs
     from jaxmech.patching.results import SweepResult
-    from jaxmech.tokenizer import bucket_length
 
     family = get_family(fam.name)
     tok, model = lm.tokenizer, lm.model
@@ -119,7 +119,7 @@ def compute_chunk(
     """Patches one chunk of pairs for every declared family.
 
     Args:
-        lm: A `jaxmech.loading.LoadedModel`.
+        lm: A `jaxmech.hf.loading.LoadedModel`.
         pairs: The chunk's `jaxmech.data.records.AlignedPair` s as the model reads them.
         families: The declared families.
         patching: Metric and direction (precision is applied by the caller).

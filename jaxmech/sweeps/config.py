@@ -308,7 +308,7 @@ class ReportSection:
     options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        from jaxmech.analysis.aggregate import PIECE_MERGES, STATISTICS
+        from jaxmech.patching.summaries import PIECE_MERGES, STATISTICS
 
         if "aggregate" in self.options:
             check_choice("[report] options", "aggregate", self.options["aggregate"], STATISTICS)

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxmech.progress import CompileMeter, Progress, StopOnSigint
+from jaxmech.results.integrity import check_run, chunk_files
+from jaxmech.results.store import SweepStore, atomic_savez, atomic_write_json
 from jaxmech.sweeps.config import FamilySection, SweepConfig, load_sweep_config
 from jaxmech.sweeps.distributed import Processes
-from jaxmech.sweeps.integrity import check_run, chunk_files
 from jaxmech.sweeps.lock import LOCK_NAME, RunLock
 from jaxmech.sweeps.precheck import check_against_model
-from jaxmech.sweeps.progress import CompileMeter, Progress, StopOnSigint
-from jaxmech.sweeps.store import SweepStore, atomic_savez, atomic_write_json
 
 FORMAT = "jaxmech.sweep"
 FORMAT_VERSION = 1
@@ -101,7 +101,7 @@ def enable_compilation_cache() -> Path | None:
     try:
         from jaxmech.runtime import enable_compilation_cache as enable
     except ImportError:
-        from jaxmech.loading import cache_root
+        from jaxmech.hf.loading import cache_root
 
         path = cache_root() / "xla"
         path.mkdir(parents=True, exist_ok=True)
@@ -215,8 +215,8 @@ def plan_sweep(cfg: SweepConfig, lm) -> Plan:
         FileNotFoundError, ValueError: Naming the config file and the dataset entry.
     """
     from jaxmech.data.records import TOKEN_TYPES, pair_to_json
+    from jaxmech.hf.tokenizer import bucket_length
     from jaxmech.patching.inputs import model_pairs
-    from jaxmech.tokenizer import bucket_length
 
     tok = lm.tokenizer
     code = {t: i for i, t in enumerate(TOKEN_TYPES)}
@@ -358,7 +358,7 @@ def _create_arrays(store: SweepStore, cfg: SweepConfig, fams: dict, n: int) -> N
 
 
 def _weights_sha256(folder: Path) -> str:
-    from jaxmech.loading import weight_files
+    from jaxmech.hf.loading import weight_files
 
     h = hashlib.sha256()
     for f in weight_files(folder):
@@ -489,7 +489,7 @@ def _roofline(model_cfg, families, plan: Plan, chunks, todo, seconds: float) -> 
 
 
 def _load_model(cfg: SweepConfig):
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     m = cfg.model
     return load_model(

@@ -126,7 +126,7 @@ def run_steps_once(run_dir: str | Path, todo: list[tuple[str, dict]], log) -> di
         inside = isinstance(output, Path) and output.resolve().is_relative_to(root.resolve())
         record[name] = {"inputs": digest, "output": str(output.resolve().relative_to(root.resolve())) if inside
                         else None, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        from jaxmech.sweeps.store import atomic_write_json
+        from jaxmech.results.store import atomic_write_json
 
         atomic_write_json(record_path, record)
     return results
@@ -151,8 +151,8 @@ def summary(run_dir: Path, *, top_k: int = 10) -> Path:
         The JSON file written.
     """
     from jaxmech import results
-    from jaxmech.analysis.aggregate import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
-    from jaxmech.sweeps.store import atomic_write_text
+    from jaxmech.patching.summaries import TOKEN_TYPE_ORDER, mean_by_token_type, top_heads
+    from jaxmech.results.store import atomic_write_text
 
     run = results.open(run_dir)
     pairs = run.pairs

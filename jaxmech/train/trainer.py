@@ -1,7 +1,7 @@
 """The trainer: optax, a jitted train step, embedding-only tuning, resumable orbax checkpoints, HF export.
 
 **State.** Parameters are handled as a flat ``{"embed.W_E": array, "blocks.attn.W_Q": array, ...}`` dict
-(the names of `jaxmech.loading.flat_params`); `merge_params` rebuilds the NNX module from it inside the
+(the names of `jaxmech.hf.loading.flat_params`); `merge_params` rebuilds the NNX module from it inside the
 jitted step (NNX tree mode: ``nnx.merge`` of the split graph). The model has **no dropout** (its forward is
 the eval-mode forward of ``transformers``), so training is deterministic given the data order.
 
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxmech.model import CrossEncoder
+from jaxmech.models.bert import CrossEncoder
 from jaxmech.train.config import TrainConfig
 from jaxmech.train.data import (
     GroupSampler,
@@ -265,9 +265,9 @@ class Trainer:
     def load_student(self):
         """``(model, tokenizer)``: the cross-encoder to train (pretrained, or fresh: ``[model.random]``)."""
         from jaxmech.config import EncoderConfig
-        from jaxmech.convert import build_model
-        from jaxmech.loading import load_model
-        from jaxmech.tokenizer import PairTokenizer
+        from jaxmech.hf.convert import build_model
+        from jaxmech.hf.loading import load_model
+        from jaxmech.hf.tokenizer import PairTokenizer
 
         m = self.cfg.model
         path = resolve_model_path(m.path)
@@ -597,7 +597,7 @@ class Trainer:
 
     def export(self, model: CrossEncoder, folder: str | Path) -> Path:
         """Writes ``model`` and the tokenizer as a Hugging Face folder, replacing an earlier export."""
-        from jaxmech.loading import save_pretrained
+        from jaxmech.hf.loading import save_pretrained
 
         folder = Path(folder)
         new = folder.with_name(folder.name + ".new")

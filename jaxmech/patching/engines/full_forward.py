@@ -2,9 +2,9 @@
 
 A background given as interventions (any `jaxmech.interventions.PatchSpec`, or another
 `jaxmech.interventions.Intervention`) acts inside blocks that the restarted engine
-(`jaxmech.patching.engine`) runs without hooks, so it cannot be folded into a model copy as head ablations
+(`jaxmech.patching.engines.post_ln`) runs without hooks, so it cannot be folded into a model copy as head ablations
 are (`jaxmech.patching.background`). Such families run here instead: every work item is one full forward
-(`jaxmech.model.HookedEncoder.forward_one`) with the background interventions followed by the item's patch,
+(`jaxmech.models.bert.HookedEncoder.forward_one`) with the background interventions followed by the item's patch,
 vmapped over a chunk of items and jitted (the same `jaxmech.patching.program.run_kernel` chunking as the
 restarted engine). The baseline and perturbed runs, and so the patch sources and both scores, carry the
 background too. Slower than the restarted engine (every item reruns every layer) but exact by construction.
@@ -28,7 +28,7 @@ from jaxtyping import Array, Float, Int
 
 from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
-from jaxmech.model import HookedEncoder
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch

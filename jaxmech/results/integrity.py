@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from jaxmech.sweeps.store import ARRAYS, DONE
+from jaxmech.results.store import ARRAYS, DONE
 
 
 class IntegrityError(ValueError):

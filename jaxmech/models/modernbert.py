@@ -21,7 +21,7 @@ Sites are `MODERNBERT_SITES`; names follow TransformerLens where it has them (``
 keys after the rotation; ``mlp_pre_linear``: the gate). This module gives the forward, capture and
 interventions at every site, strict conversion, and the restart the patching engine needs (`run_from`: blocks
 from ``l`` on the cached ``resid_pre[l]``; `project`: a block's q/k/v from its input); the patching families
-run on it through `jaxmech.patching.modernbert`.
+run on it through `jaxmech.patching.engines.pre_ln`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import UnsupportedConfigError
-from jaxmech.model import HookPoints, LayerNorm, Output, activation
+from jaxmech.models.bert import HookPoints, LayerNorm, Output, activation
 from jaxmech.sites import MASK_VALUE, Site
 
 _SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
@@ -392,7 +392,7 @@ class ModernBlock(nnx.Module):
 class ModernBertCrossEncoder(nnx.Module):
     """``ModernBertForSequenceClassification``: embeddings + LN, pre-LN blocks, final LN, pooling, head.
 
-    The score is the raw logit ``logits[score_label]``. Called like `jaxmech.model.HookedEncoder` (token types
+    The score is the raw logit ``logits[score_label]``. Called like `jaxmech.models.bert.HookedEncoder` (token types
     are accepted and ignored).
     """
 
@@ -529,7 +529,7 @@ class ModernBertCrossEncoder(nnx.Module):
     def score_hidden(self, x: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
                      query_embedding=None) -> Float[Array, ""]:
         """The score from one example's last ``resid_post`` (before the final LayerNorm, unlike
-        `jaxmech.model.HookedEncoder.score_hidden`, whose post-LN blocks end normalised)."""
+        `jaxmech.models.bert.HookedEncoder.score_hidden`, whose post-LN blocks end normalised)."""
         return self.readout(x, attention_mask)[self.score_label]
 
     @property
@@ -546,7 +546,7 @@ class ModernBertCrossEncoder(nnx.Module):
         capture: Iterable[str] | str = (),
         interventions: Sequence[Any] = (),
     ) -> Output:
-        """Batched forward (see `jaxmech.model.HookedEncoder.__call__`)."""
+        """Batched forward (see `jaxmech.models.bert.HookedEncoder.__call__`)."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         capture = validate_capture(capture)
@@ -612,9 +612,9 @@ def from_hf_state_dict(
     tensor consumed, every shape checked, errors naming the tensor.
 
     Raises:
-        jaxmech.convert.ConversionError: Listing every problem.
+        jaxmech.hf.convert.ConversionError: Listing every problem.
     """
-    from jaxmech.convert import ConversionError
+    from jaxmech.hf.convert import ConversionError
 
     state = {k: np.asarray(v, np.float32) for k, v in state.items()}
     model = nnx.eval_shape(lambda: ModernBertCrossEncoder(cfg, rngs=nnx.Rngs(0), score_label=score_label))
@@ -714,9 +714,9 @@ def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
 
 def load_modernbert(path_or_id, *, score_label: int = 0):
     """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
-    (a `jaxmech.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
-    files. `jaxmech.loading.load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for
-    `run_patching`, the CLI and sweeps); patch the model with `jaxmech.patching.modernbert.modernbert_patch` or
+    (a `jaxmech.hf.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
+    files. `jaxmech.hf.loading.load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for
+    `run_patching`, the CLI and sweeps); patch the model with `jaxmech.patching.engines.pre_ln.modernbert_patch` or
     any `Family.run`.
 
     Raises:
@@ -724,8 +724,8 @@ def load_modernbert(path_or_id, *, score_label: int = 0):
     """
     import json
 
-    from jaxmech.loading import ModelNotFoundError, read_state_dict, resolve_model_dir, weight_files
-    from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files
+    from jaxmech.hf.loading import ModelNotFoundError, read_state_dict, resolve_model_dir, weight_files
+    from jaxmech.hf.tokenizer import PairTokenizer, has_tokenizer_files
 
     folder = resolve_model_dir(path_or_id)
     config_file = folder / "config.json"

@@ -2,7 +2,7 @@
 
 A patch at one site of block ``l`` leaves everything before it unchanged, so a patched run can restart from the
 baseline's cached activations instead of re-running the prefix. This module evaluates exactly the same
-function as the full forward with a `PatchSpec` (`jaxmech.model.HookedEncoder.forward_one` with
+function as the full forward with a `PatchSpec` (`jaxmech.models.bert.HookedEncoder.forward_one` with
 ``interventions=[spec]``; the tests check the two agree), doing less arithmetic:
 
 1. **Restart at the patched layer.** Queries, keys and values of block ``l`` come from the cache.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.interventions import PatchSpec
-from jaxmech.model import NO_HOOKS, Block, HookedEncoder, Hooks, layer_slice
+from jaxmech.models.bert import NO_HOOKS, Block, HookedEncoder, Hooks, layer_slice
 from jaxmech.patching.caches import RestartCache
 from jaxmech.sites import BLOCK_ORDER, get_site
 

@@ -19,8 +19,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from jaxmech.analysis.edges_cli import HEADLINES as EDGE_HEADLINES
-from jaxmech.analysis.edges_cli import add_edges_parser
+from jaxmech.cli.edges import HEADLINES as EDGE_HEADLINES
+from jaxmech.cli.edges import add_edges_parser
 
 HEADLINES = {
     "idf_svd": ("u0_idf_pearson", "u0_idf_pearson_centered", "u0_mean_cosine", "strongest_component", "variants"),
@@ -180,7 +180,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jaxmech.analysis.cli analyze ...``: the command on its own."""
+    """``python -m jaxmech.cli.analyze analyze ...``: the command on its own."""
     from jaxmech.data.records import DataError
 
     parser = argparse.ArgumentParser(prog="jaxmech")

@@ -16,7 +16,7 @@ in its dataset and ``run.pairs["dataset"]`` its dataset. A run still in progress
 False and ``run.done`` marks the pairs whose chunk is complete (the others read as NaN).
 
 Opening checks that every completed chunk's stored files are present with the sizes its marker recorded
-(`jaxmech.sweeps.integrity`; one ``stat`` per file) and refuses a run that fails, naming the chunks and files
+(`jaxmech.results.integrity`; one ``stat`` per file) and refuses a run that fails, naming the chunks and files
 (``check=False`` opens it anyway, with the failing chunks left out of ``run.done``). ``jaxmech verify RUN``
 also compares checksums.
 """
@@ -72,8 +72,8 @@ class Run:
     """A sweep's run folder (see the module docstring). Use `open`."""
 
     def __init__(self, root: str | os.PathLike, *, check: bool = True):
-        from jaxmech.sweeps.integrity import IntegrityError, check_run
-        from jaxmech.sweeps.store import SweepStore
+        from jaxmech.results.integrity import IntegrityError, check_run
+        from jaxmech.results.store import SweepStore
 
         self.root = Path(root)
         meta_path = self.root / "meta.json"
@@ -202,6 +202,6 @@ def open(run_dir: str | os.PathLike, *, check: bool = True) -> Run:  # noqa: A00
 
     Raises:
         FileNotFoundError: If the folder holds no sweep.
-        jaxmech.sweeps.integrity.IntegrityError: (a ValueError) if ``check`` and a completed chunk fails.
+        jaxmech.results.integrity.IntegrityError: (a ValueError) if ``check`` and a completed chunk fails.
     """
     return Run(run_dir, check=check)

@@ -73,7 +73,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """``python -m jaxmech.sweeps.cli CONFIG ...``."""
+    """``python -m jaxmech.cli.sweep CONFIG ...``."""
     parser = argparse.ArgumentParser(prog="jaxmech")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])

@@ -29,11 +29,11 @@ import numpy as np
 from flax import nnx
 
 from jaxmech.config import EncoderConfig
-from jaxmech.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
 from jaxmech.files import atomic_write, resolve_model_path
-from jaxmech.model import HookedEncoder, PoolingConfig
+from jaxmech.hf.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
+from jaxmech.hf.tokenizer import PairTokenizer, has_tokenizer_files
+from jaxmech.models.bert import HookedEncoder, PoolingConfig
 from jaxmech.runtime import cache_root
-from jaxmech.tokenizer import PairTokenizer, has_tokenizer_files
 
 CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
 _REPORT_KEY = "jaxmech_conversion_report"
@@ -52,7 +52,7 @@ class LoadedModel:
     """A model with everything needed to run it.
 
     Attributes:
-        model: The `CrossEncoder` or `BiEncoder` (a `jaxmech.modernbert.ModernBertCrossEncoder` for ModernBERT).
+        model: The `CrossEncoder` or `BiEncoder` (a `jaxmech.models.modernbert.ModernBertCrossEncoder` for ModernBERT).
         tokenizer: Its `PairTokenizer`, or None if the folder has no tokenizer files (weights only).
         folder: The local folder it came from.
         kind: ``"cross"`` or ``"bi"``.
@@ -282,7 +282,7 @@ def load_model(
     require_tokenizer: bool = False,
 ) -> LoadedModel:
     """Loads a cross- or bi-encoder and its tokenizer. A ``model_type="modernbert"`` folder loads as a
-    `jaxmech.modernbert.ModernBertCrossEncoder` (cross-encoder only, not cached).
+    `jaxmech.models.modernbert.ModernBertCrossEncoder` (cross-encoder only, not cached).
 
     Args:
         path_or_id: A local folder or a Hugging Face hub id (resolved through the hub cache).
@@ -371,11 +371,11 @@ def _load_modernbert(folder: Path, hf_config: dict, config_file: Path, *, kind: 
                      init_missing_head_seed: int | None, score_label: int, max_length: int | None, truncation: str,
                      tokenizer_path: str | Path | None, require_tokenizer: bool) -> LoadedModel:
     """`load_model` on a ``ModernBertForSequenceClassification`` folder: its own pre-LN blocks
-    (`jaxmech.modernbert`), a cross-encoder with its classifier head; converted on every load (no parameter
+    (`jaxmech.models.modernbert`), a cross-encoder with its classifier head; converted on every load (no parameter
     cache). Bi-encoder use and a fresh head are refused by name."""
     from jaxmech.config import UnsupportedConfigError
-    from jaxmech.modernbert import ModernBertConfig
-    from jaxmech.modernbert import from_hf_state_dict as modernbert_from_hf
+    from jaxmech.models.modernbert import ModernBertConfig
+    from jaxmech.models.modernbert import from_hf_state_dict as modernbert_from_hf
 
     if kind not in ("auto", "cross"):
         raise UnsupportedConfigError(f"{folder}: kind={kind!r} is not available for model_type='modernbert' "

@@ -1,4 +1,4 @@
-"""Patching families on ModernBERT (`jaxmech.modernbert.ModernBertCrossEncoder`): restarted, batched, jitted.
+"""Patching families on ModernBERT (`jaxmech.models.modernbert.ModernBertCrossEncoder`): restarted, batched, jitted.
 
 ModernBERT's blocks are pre-LN, so the block input ``resid_pre[l]`` is the residual stream itself (a running
 sum) and nothing in block ``l`` or later depends on earlier blocks except through it. A patch at a site of
@@ -8,7 +8,7 @@ block ``l`` therefore restarts exactly from the baseline's cached ``resid_pre[l]
 This is the same function as the full forward with those interventions (the tests check it, and check it
 against transformers' ModernBERT with PyTorch hooks, `benchmarks.baselines.torch_hooks.ModernBertTorchPatcher`).
 
-What the post-LN engine (`jaxmech.patching.engine`) adds on top of restarting — running the patched block on
+What the post-LN engine (`jaxmech.patching.engines.post_ln`) adds on top of restarting — running the patched block on
 the patched rows alone, dirty rows in the next block, CLS-only last blocks, row-wise frozen attention — is not
 done here: every restarted block runs on every row. Items still run as one compiled program per family
 (`jaxmech.patching.program.run_kernel`: ``lax.scan`` over layers, ``vmap`` over items), and the restart skips
@@ -31,7 +31,7 @@ import numpy as np
 from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
 from jaxmech.interventions import HeadReplacement, PatchSpec
-from jaxmech.modernbert import MODERNBERT_SITES
+from jaxmech.models.modernbert import MODERNBERT_SITES
 from jaxmech.patching.caches import RESTART_SITES, PreparedBatch, RestartCache, paired_captures, run_cached
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
@@ -152,7 +152,7 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
     """Runs an activation or path family on a ModernBERT cross-encoder (exact; see the module docstring).
 
     Args:
-        model: A `jaxmech.modernbert.ModernBertCrossEncoder`.
+        model: A `jaxmech.models.modernbert.ModernBertCrossEncoder`.
         batch: Aligned pairs (`jaxmech.patching.inputs.batch_pairs` with the model's pad id).
         family: A family name of `jaxmech.patching.families.REGISTRY`.
         receivers: Receiver heads of ``path_to_heads`` / ``path_components_to_heads``.

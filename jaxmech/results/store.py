@@ -11,7 +11,7 @@ Layout of a run folder::
         verify.<family>.*        exact verification of attribution estimates
         pairs.score_baseline / pairs.score_perturbed / pairs.flagged
     done/chunk-<k>           completion markers, created (atomically) after every array of chunk k is written;
-                             each records the files the chunk wrote (size, sha256; `jaxmech.sweeps.integrity`)
+                             each records the files the chunk wrote (size, sha256; `jaxmech.results.integrity`)
     processes/<i>.json       timings of each process
     complete.json            written when every chunk is done (by process 0)
     analyses/<name>.json     analysis steps

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmech.config import EncoderConfig
-from jaxmech.model import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+from jaxmech.models.bert import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
 
 
 class ConversionError(ValueError):

@@ -9,7 +9,7 @@ The config format is described in `jaxmech.train.config`. ``train eval`` prints 
 (the same split, labels and reference as training). Progress goes to stderr, results (JSON) to stdout. Errors
 in the config, the data or the run folder are printed as one line naming the file and the problem, exit code 2.
 
-`register` adds the command to the main ``jaxmech`` parser; ``python -m jaxmech.train.cli`` runs it alone.
+`register` adds the command to the main ``jaxmech`` parser; ``python -m jaxmech.cli.train`` runs it alone.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(path)  # imports no JAX: a bad config is reported at once
     except (ValueError, FileNotFoundError) as err:
         return _fail(str(err))
-    from jaxmech.loading import ModelNotFoundError
+    from jaxmech.hf.loading import ModelNotFoundError
     from jaxmech.train.trainer import ResumeError, Trainer
 
     try:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if evaluating:
             from pathlib import Path
 
-            from jaxmech.loading import load_model
+            from jaxmech.hf.loading import load_model
 
             folder = Path(args.model) if args.model else trainer.out_dir / "export"
             if not folder.is_dir():
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jaxmech.train.cli train CONFIG ...``."""
+    """``python -m jaxmech.cli.train train CONFIG ...``."""
     parser = argparse.ArgumentParser(prog="jaxmech")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
