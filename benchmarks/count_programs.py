@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=REPO, help="checkout whose configs/demo.toml is read")
     args = ap.parse_args()
     os.environ["JAXMECH_COMPILATION_CACHE"] = "0"
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(args.root.resolve()))  # the checkout measured (its jaxmech), not this script's
     import jax
 
     from jaxmech.sweeps.config import load_sweep_config

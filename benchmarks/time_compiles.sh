@@ -14,6 +14,7 @@ REPO=$PWD
 BEFORE=${1:-1df8c7f}
 AFTER=${2:-HEAD}
 PY="${PYTHON:-python}"
+export JAXMECH_SHARED_DATA="${JAXMECH_SHARED_DATA:-$REPO/../shared/data/msmarco-diagnostic}"  # worktrees live in /tmp
 tmp=$(mktemp -d)
 trap 'git worktree remove --force "$tmp/before" >/dev/null 2>&1; git worktree remove --force "$tmp/after" >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 git worktree add --detach "$tmp/before" "$BEFORE" >/dev/null
