@@ -70,19 +70,23 @@ def test_a_closed_pipe_ends_quietly(argv):
     assert proc.wait(timeout=120) == 141 and err == ""
 
 
-def test_non_utf8_input_names_the_file(tmp_path):
+def test_non_utf8_input_names_the_file(tmp_path, capsys):
+    from jaxmech.cli import main  # in this process: no second JAX import and model load (tests' time)
+
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes('{"qid": "caf\xe9"}\n'.encode("latin-1"))
-    code, _, err, _ = jaxmech_nojax("dataset", "stats", str(bad))
+    code, err = main(["dataset", "stats", str(bad)]), capsys.readouterr().err
     assert code == 2 and f"{bad}: not UTF-8 text (byte 0xe9" in err and len(err.splitlines()) == 1
     triples = tmp_path / "triples.tsv"
     triples.write_bytes("caf\xe9\tdoc a\tdoc b\n".encode("latin-1"))
-    code, _, err, _ = jaxmech_nojax("patch", "--model", "packaged", "--family", "block_every", "--triples",
-                                    str(triples), "--out", str(tmp_path / "x.npz"))
-    assert code == 2 and f"{triples}: not UTF-8 text" in err, err
+    code = main(["patch", "--model", "packaged", "--family", "block_every", "--triples", str(triples), "--out",
+                 str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{triples}: not UTF-8 text" in err and len(err.splitlines()) == 1, err
 
 
-def test_an_unsupported_architecture_lists_modernbert(tmp_path):
+def test_an_unsupported_architecture_lists_modernbert(tmp_path, capsys):
+    from jaxmech.cli import main
     from jaxmech.config import EncoderConfig, UnsupportedConfigError
 
     hf = {"model_type": "deberta-v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -90,7 +94,8 @@ def test_an_unsupported_architecture_lists_modernbert(tmp_path):
                        r"modernbert"):
         EncoderConfig.from_hf_config(hf, source="config.json")
     (tmp_path / "config.json").write_text(json.dumps(hf))
-    code, _, err, _ = jaxmech_nojax("sites", "--model", str(tmp_path))
+    code = main(["sites", "--model", str(tmp_path)])  # in this process (tests' time)
+    err = capsys.readouterr().err
     assert code == 2 and "modernbert" in err and "deberta-v2" in err
 
 
@@ -104,3 +109,11 @@ def test_report_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path,
     assert err.startswith(f"jaxmech report: error: --out {target}: ")
     assert "is a file, not a folder" in err or "cannot write there" in err
 
+
+
+def test_verify_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    from jaxmech.cli import main
+
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxmech verify: error: {tmp_path}: not a sweep run folder (no meta.json)\n"

@@ -76,3 +76,11 @@ def test_malformed_training_file_is_exit_2_naming_file_and_line(tmp_path, capsys
 def test_eval_needs_a_config(capsys):
     assert main(["train", "eval"]) == 2
     assert "train eval needs a CONFIG" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_model_folder_is_exit_2_naming_it(tmp_path, capsys):
+    cfg = tmp_path / "smoke.toml"
+    cfg.write_text(SMOKE)
+    assert main(["train", "eval", str(cfg), "--model", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert f"jaxmech train: error: {tmp_path / 'absent'}: no such model folder (train first, or pass --model)" in err

@@ -25,16 +25,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_report(args) -> int:
-    """Builds the report, prints the page's path."""
-    from pathlib import Path
-
-    from jaxmech.files import check_writable_folder
-
-    run = Path(args.run_dir)
-    if args.out or run.exists():  # (a missing run is build_report's error)
-        default = run / "report" if run.is_dir() else run.parent
-        check_writable_folder(args.out or default, what="--out" if args.out else "report folder")  # before any work
-    from jaxmech.report.build import build_report
+    """Builds the report (`jaxmech.report.build.build_report`), prints the page's path."""
+    from jaxmech.report.build import build_report  # checks that --out can be written before any work
 
     print(build_report(args.run_dir, args.out, analyses=args.analyses, score_demo=not args.no_demo_score))
     return 0

@@ -16,18 +16,16 @@ import sys
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Runs ``jaxmech sweep``."""
-    from jaxmech.sweeps.config import ConfigError, load_sweep_config  # none of these imports JAX
-    from jaxmech.sweeps.distributed import initialize
-    from jaxmech.sweeps.job import ResumeError, SweepInterrupted, run_sweep
+    """Runs ``jaxmech sweep`` (`jaxmech.sweeps.launch.launch_sweep`)."""
+    from jaxmech.sweeps.config import ConfigError  # none of these imports JAX
+    from jaxmech.sweeps.job import ResumeError, SweepInterrupted
+    from jaxmech.sweeps.launch import launch_sweep
     from jaxmech.sweeps.lock import RunLockedError
-    from jaxmech.sweeps.precheck import check_against_model
 
     try:
-        cfg = load_sweep_config(args.config)  # a bad config is reported at once
-        check_against_model(cfg)  # against the model's config.json, before JAX is imported
-        procs = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
-        summary = run_sweep(cfg, out=args.out, fresh=args.fresh, quiet=args.quiet, processes=procs)
+        summary = launch_sweep(args.config, out=args.out, fresh=args.fresh, quiet=args.quiet,
+                               coordinator=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id, distributed=args.distributed)
     except SweepInterrupted as err:
         _ignore_sigint()  # a further Ctrl-C while the process exits would print a traceback
         print(f"jaxmech sweep: {err}", file=sys.stderr)

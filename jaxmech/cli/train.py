@@ -44,9 +44,7 @@ def _fail(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs ``train`` or ``train eval`` from parsed arguments."""
-    from jaxmech.train.config import load_config
-
+    """Runs ``train`` or ``train eval`` from parsed arguments (`jaxmech.train.run`)."""
     evaluating = args.config == "eval"
     path = args.eval_config if evaluating else args.config
     if evaluating and path is None:
@@ -55,45 +53,22 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"unexpected argument {args.eval_config!r} (did you mean `train eval CONFIG`?)")
     if args.model and not evaluating:
         return _fail("--model is only used by `train eval`")
-    try:
-        cfg = load_config(path)  # imports no JAX: a bad config is reported at once
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(str(err))
-    from jaxmech.hf.loading import ModelNotFoundError
-    from jaxmech.train.trainer import ResumeError, Trainer
+    from jaxmech.train.run import evaluate_from_config, train_from_config  # imports no JAX
 
     try:
-        trainer = Trainer(cfg, out_dir=args.out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if evaluating:
-            from pathlib import Path
-
-            from jaxmech.hf.loading import load_model
-
-            folder = Path(args.model) if args.model else trainer.out_dir / "export"
-            if not folder.is_dir():
-                return _fail(f"{folder}: no such model folder (train first, or pass --model)")
-            model = load_model(folder, kind="cross").model
-            print(json.dumps(trainer.evaluate(model), indent=1))
-            return 0
-        result = trainer.fit(resume=args.resume)
-    except (
-        ValueError,
-        ResumeError,
-        ModelNotFoundError,
-        FileNotFoundError,
-    ) as err:  # Config/Data/WeightsError too
+            out = evaluate_from_config(path, out=args.out, model=args.model)
+        else:
+            out = train_from_config(path, out=args.out, resume=args.resume)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError, WeightsError, ModelNotFoundError too
         return _fail(str(err))
-    print(
-        json.dumps(
-            {
-                "step": result.step,
-                "out_dir": str(trainer.out_dir),
-                "eval_before": result.eval_before,
-                "eval_after": result.eval_after,
-            },
-            indent=1,
-        )
-    )
+    except RuntimeError as err:
+        from jaxmech.train.trainer import ResumeError  # imported already: the trainer raises it
+
+        if not isinstance(err, ResumeError):
+            raise
+        return _fail(str(err))
+    print(json.dumps(out, indent=1))
     return 0
 
 

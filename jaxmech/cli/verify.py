@@ -18,9 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxmech.results.integrity import check_run
 
     root = Path(args.run)
-    if not (root / "meta.json").is_file():
-        raise FileNotFoundError(f"{root}: not a sweep run folder (no meta.json)")
-    check = check_run(root, full=not args.quick)
+    check = check_run(root, full=not args.quick)  # FileNotFoundError when RUN is not a run folder
     how = "sizes and sha256" if check.full else "sizes"
     counted = f"{len(check.done)}/{check.n_chunks} chunks complete, {check.files} files checked ({how})"
     old = (f"; {len(check.unrecorded)} chunks written by an older jaxmech record no files and were not checked"

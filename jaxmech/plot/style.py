@@ -166,7 +166,6 @@ def draw_heatmap(
         The image artist (for a colour bar).
     """
     values = np.asarray(values, np.float64)
-    n_rows, n_cols = values.shape
     im = ax.imshow(
         np.ma.masked_invalid(values),
         cmap=diverging_cmap(),
@@ -177,6 +176,37 @@ def draw_heatmap(
     )
     if rotate_cols is None:
         rotate_cols = any(len(str(c)) > 3 for c in col_labels)
+    _label_axes(ax, values.shape, row_labels, col_labels, row_name, col_name, rotate_cols)
+    if annotate is None:
+        annotate = values.size <= 160
+    if annotate:
+        _annotate_cells(ax, values, norm)
+    for r, c in highlight:
+        ax.add_patch(
+            matplotlib.patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6)
+        )
+    fig = ax.figure
+    if not hasattr(fig, "heatmap_cells"):
+        fig.heatmap_cells = []
+    fig.heatmap_cells.append(
+        HeatmapCells(
+            ax, values, row_name, col_name, [str(x) for x in row_labels], [str(x) for x in col_labels], panel, metric
+        )
+    )
+    return im
+
+
+def _label_axes(
+    ax: Axes,
+    shape: tuple[int, int],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    row_name: str,
+    col_name: str,
+    rotate_cols: bool,
+) -> None:
+    """Tick labels that fit (every ``tick_step``-th), axis names, and a white grid between the cells."""
+    n_rows, n_cols = shape
     step_c = tick_step(ax, col_labels, along="x", rotated=rotate_cols)
     step_r = tick_step(ax, row_labels, along="y", rotated=False)
     ax.set_xticks(range(0, n_cols, step_c), list(col_labels)[::step_c])
@@ -193,37 +223,25 @@ def draw_heatmap(
     ax.set_yticks(np.arange(-0.5, n_rows, 1), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.5)
     ax.tick_params(which="minor", length=0)
-    if annotate is None:
-        annotate = values.size <= 160
-    if annotate:
-        vmax = max(abs(norm.vmin), abs(norm.vmax))
-        fmt = cell_format(vmax)
-        for r in range(n_rows):
-            for c in range(n_cols):
-                v = values[r, c]
-                if np.isfinite(v):
-                    ax.text(
-                        c,
-                        r,
-                        fmt(v),
-                        ha="center",
-                        va="center",
-                        fontsize=6.5,
-                        color="white" if abs(v) > 0.6 * vmax else "black",
-                    )
-    for r, c in highlight:
-        ax.add_patch(
-            matplotlib.patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6)
-        )
-    fig = ax.figure
-    if not hasattr(fig, "heatmap_cells"):
-        fig.heatmap_cells = []
-    fig.heatmap_cells.append(
-        HeatmapCells(
-            ax, values, row_name, col_name, [str(x) for x in row_labels], [str(x) for x in col_labels], panel, metric
-        )
-    )
-    return im
+
+
+def _annotate_cells(ax: Axes, values: np.ndarray, norm: Normalize) -> None:
+    """Writes each finite value in its cell, white on the darker colours."""
+    vmax = max(abs(norm.vmin), abs(norm.vmax))
+    fmt = cell_format(vmax)
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            v = values[r, c]
+            if np.isfinite(v):
+                ax.text(
+                    c,
+                    r,
+                    fmt(v),
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="white" if abs(v) > 0.6 * vmax else "black",
+                )
 
 
 def colorbar(fig: Figure, im, axes, metric: str):

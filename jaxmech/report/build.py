@@ -13,6 +13,7 @@ import dataclasses
 import datetime as _dt
 import html
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxmech.files import check_writable_folder
 from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
 from jaxmech.plot.dispatch import family_figure
@@ -525,11 +527,21 @@ def render_html(
     generated: str,
 ) -> str:
     """The page."""
-    rows, origin = circuit
     fig_ids = {f.id for f, _ in figures}
-    counts = summary_counts(comparisons)
+    h = _html_head(summary, generated)
+    h += _comparison_html(comparisons, summary_counts(comparisons), fig_ids)
+    h += _left_out_html(summary)
+    h += _circuit_html(*circuit, paper_col=summary["same_model_as_paper"])
+    h += _figures_html(figures, skipped)
+    h += _run_table_html(summary)
+    h.append(f"<script>{SCRIPT}</script></body></html>")
+    return "\n".join(h)
+
+
+def _html_head(summary: dict, generated: str) -> list[str]:
+    """The document head, the title, the model notice, the warnings and the navigation bar."""
     notice_cls = "notice same" if summary["same_model_as_paper"] else "notice"
-    h = [
+    return [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>jaxmech report — {_e(summary['model'])}</title><style>{CSS}</style></head><body>",
@@ -539,6 +551,12 @@ def render_html(
         *(f'<div class="notice warn">{_e(w)}</div>' for w in summary.get("warnings", [])),
         '<nav><a href="#comparison">Beside the paper</a><a href="#circuit">Circuit</a>'
         '<a href="#figures">Figures</a><a href="#run">Run</a></nav>',
+    ]
+
+
+def _comparison_html(comparisons: list[Comparison], counts: dict[str, int], fig_ids: set[str]) -> list[str]:
+    """The verdict counts and the table of results beside the paper's (a link to each result's figure)."""
+    h = [
         '<h2 id="comparison">Results beside the paper</h2>',
         "<p>"
         + " · ".join(f'<span class="verdict {_verdict_class(k)}">{_e(k)}</span> {n}' for k, n in sorted(counts.items()))
@@ -552,37 +570,47 @@ def render_html(
             f'<td><span class="verdict {_verdict_class(c.verdict)}">{_e(c.verdict)}</span>'
             f'<div class="crit">{_e(c.criterion)}</div></td></tr>'
         )
-    h += ["</tbody></table>", *_left_out_html(summary)]
-    h.append(f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>')
-    if rows:
-        paper_col = summary["same_model_as_paper"]
-        roles: dict[str, int] = {}
-        for r in rows:
-            roles[r["role"]] = roles.get(r["role"], 0) + 1
-        h.append(
-            f"<details{' open' if len(rows) <= 24 else ''}><summary>{len(rows)} heads: "
-            + ", ".join(f"{_e(k)} {n}" for k, n in roles.items())
-            + "</summary>"
-        )
-        h.append(
-            "<table><thead><tr><th>head</th><th>role</th><th>effect</th><th>exact-match detector</th>"
-            + ("<th>paper's role</th>" if paper_col else "")
-            + "<th>figures</th></tr></thead><tbody>"
-        )
-        for r in rows:
-            links = " ".join(f'<a href="#{_e(f)}">{_e(f.removeprefix("fig-"))}</a>' for f in r["figures"])
-            h.append(
-                f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
-                f"<td>{_e(_fmt(r['effect']))}</td><td>{_e(_fmt(r.get('detector_score')))}</td>"
-                + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
-                + f"<td>{links}</td></tr>"
-            )
-        h.append("</tbody></table></details>")
+    h.append("</tbody></table>")
+    return h
+
+
+def _circuit_html(rows: list[dict], origin: str, *, paper_col: bool) -> list[str]:
+    """The circuit's heads by role, folded when there are more than 24 (``paper_col``: the paper's role too)."""
+    h = [f'<h2 id="circuit">Circuit</h2><p class="muted">Source: {_e(origin)}.</p>']
+    if not rows:
+        return h
+    roles: dict[str, int] = {}
+    for r in rows:
+        roles[r["role"]] = roles.get(r["role"], 0) + 1
     h.append(
+        f"<details{' open' if len(rows) <= 24 else ''}><summary>{len(rows)} heads: "
+        + ", ".join(f"{_e(k)} {n}" for k, n in roles.items())
+        + "</summary>"
+    )
+    h.append(
+        "<table><thead><tr><th>head</th><th>role</th><th>effect</th><th>exact-match detector</th>"
+        + ("<th>paper's role</th>" if paper_col else "")
+        + "<th>figures</th></tr></thead><tbody>"
+    )
+    for r in rows:
+        links = " ".join(f'<a href="#{_e(f)}">{_e(f.removeprefix("fig-"))}</a>' for f in r["figures"])
+        h.append(
+            f'<tr id="head-{_e(r["head"])}"><td>{_e(r["head"])}</td><td>{_e(r["role"])}</td>'
+            f"<td>{_e(_fmt(r['effect']))}</td><td>{_e(_fmt(r.get('detector_score')))}</td>"
+            + (f"<td>{_e(r['paper_role'] or '—')}</td>" if paper_col else "")
+            + f"<td>{links}</td></tr>"
+        )
+    h.append("</tbody></table></details>")
+    return h
+
+
+def _figures_html(figures: list[tuple[FigureEntry, str]], skipped: list[str]) -> list[str]:
+    """The figures (inline SVG) under a heading per section, and what was not drawn."""
+    h = [
         '<h2 id="figures">Figures</h2><p class="muted">Hover a heatmap cell for its value, layer, head and '
         "token type. Colour scales are symmetric about zero (white: no effect; red: restores the perturbed "
         "score; blue: moves away from it; grey: not patched, or a token type the pairs do not have).</p>"
-    )
+    ]
     section = None
     for entry, svg in figures:
         if entry.section != section:
@@ -594,7 +622,12 @@ def render_html(
         )
     if skipped:
         h.append("<p class='muted'>Not drawn: " + "; ".join(_e(s) for s in skipped) + "</p>")
-    h.append('<h2 id="run">Run</h2><table><tbody>')
+    return h
+
+
+def _run_table_html(summary: dict) -> list[str]:
+    """The run's settings (`RUN_KEYS`), device, timings and config."""
+    h = ['<h2 id="run">Run</h2><table><tbody>']
     for k in RUN_KEYS:
         v = summary.get(k)
         h.append(
@@ -605,8 +638,7 @@ def render_html(
         body = "not recorded" if v is None else f"<pre>{_e(json.dumps(v, indent=1, default=str))}</pre>"
         h.append(f"<tr><th>{_e(k)}</th><td>{body}</td></tr>")
     h.append("</tbody></table>")
-    h.append(f"<script>{SCRIPT}</script></body></html>")
-    return "\n".join(h)
+    return h
 
 
 def _pairs_line(summary: dict) -> str:
@@ -758,6 +790,17 @@ def _judged_summary(source: ResultsSource, views: list[tuple[str, PairView]]) ->
     return summary
 
 
+def _check_out_dir(run_dir: str | Path | Any, out_dir: str | Path | None) -> None:
+    """Checks that the report's folder can be written, before any work (a missing run is `open_results`'s
+    error; an in-memory run's folder is checked when written)."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        return
+    run = Path(run_dir)
+    if out_dir or run.exists():
+        default = run / "report" if run.is_dir() else run.parent
+        check_writable_folder(out_dir or default, what="--out" if out_dir else "report folder")
+
+
 def build_report(
     run_dir: str | Path | Any,
     out_dir: str | Path | None = None,
@@ -797,7 +840,9 @@ def build_report(
 
     Raises:
         ResultsError: If the results cannot be read or an analysis JSON is malformed (the message names it).
+        ValueError: If the output folder cannot be written (checked before any work).
     """
+    _check_out_dir(run_dir, out_dir)
     source = open_results(run_dir)
     if analyses is not None:
         source.analyses = {**source.analyses, **read_analyses_dir(analyses)}

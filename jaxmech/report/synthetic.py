@@ -101,10 +101,20 @@ def synthetic_run(
     Returns:
         The run.
     """
-    rng = np.random.default_rng(seed)
-    L, H, T = n_layers, n_heads, seq
-    n_query = 4
-    types = [_token_types(T, n_query) for _ in range(n_pairs)]
+    rng = np.random.default_rng(seed)  # drawn from in a fixed order: arrays, pairs, analyses
+    L, H = n_layers, n_heads
+    scoring = [_head(h) for h in SCORING] if agree else [(2, 3), (3, 5), (1, 0), (4, 4)]
+    scoring = [(a % L, b % H) for a, b in scoring]
+    matching = [(a % L, b % H) for a, b in map(_head, MATCHING)] if agree else [(L - 1, h) for h in range(H)][:13]
+    arrays = _planted_arrays(rng, n_pairs, L, H, seq, agree, scoring, matching)
+    pairs = _pairs(rng, n_pairs, seq, agree)
+    meta = _meta(model, n_pairs, L, H, receivers=[f"{a}.{b}" for a, b in scoring[:1]])
+    out = _analyses(rng, agree, model, scoring, matching, L) if analyses else {}
+    return SyntheticRun(Path(path), meta, arrays, pairs, out)
+
+
+def _planted_arrays(rng, n_pairs: int, L: int, H: int, T: int, agree: bool, scoring, matching) -> dict:
+    """The six families with the paper's effects planted over noise (``scoring``, ``matching``: heads)."""
     qplus, dinj = 2, T - 2
     noise = lambda *s: rng.normal(0, 0.01, s)  # noqa: E731
 
@@ -120,8 +130,6 @@ def synthetic_run(
     block[:, 1, L - 2, 0] += 0.8 if agree else 0.02
     block[:, 2, (2 * L) // 3, qplus] += 0.35
 
-    scoring = [_head(h) for h in SCORING] if agree else [(2, 3), (3, 5), (1, 0), (4, 4)]
-    scoring = [(a % L, b % H) for a, b in scoring]
     path_score = noise(n_pairs, L, H)
     for (a, b), v in zip(scoring, (0.16, 0.17, 0.12, 0.07), strict=True):
         path_score[:, a, b] += v
@@ -129,7 +137,6 @@ def synthetic_run(
     by_pos = noise(n_pairs, L, T, H)
     for a, b in scoring:
         by_pos[:, a, 0, b] += 0.3
-    matching = [(a % L, b % H) for a, b in map(_head, MATCHING)] if agree else [(L - 1, h) for h in range(H)][:13]
     for a, b in matching:
         by_pos[:, a, dinj, b] += 0.2
     recv_layer = max(a for a, _ in scoring) if scoring else L - 1
@@ -139,7 +146,7 @@ def synthetic_run(
             path_heads[:, a, b] -= 0.05
     comps = noise(n_pairs, 3, recv_layer, T)
     comps[:, 0, :, qplus] += 0.3
-    arrays = {
+    return {
         "block_every": SyntheticArray(block, ("pair", "component", "layer", "pos")),
         "head_all_pos_v": SyntheticArray(head_v, ("pair", "layer", "head")),
         "head_by_pos_z": SyntheticArray(by_pos, ("pair", "layer", "pos", "head")),
@@ -147,8 +154,12 @@ def synthetic_run(
         "path_to_heads_k": SyntheticArray(path_heads, ("pair", "layer", "head")),
         "path_components_to_heads_k": SyntheticArray(comps, ("pair", "component", "layer", "pos")),
     }
+
+
+def _pairs(rng, n_pairs: int, T: int, agree: bool) -> dict:
+    """The pairs table: pair 0 is the paper's demo pair (its scores when ``agree``), every pair ``T`` tokens."""
     demo_b, demo_p = (-5.6513, 4.3892) if agree else (1.0, 0.5)
-    pairs = {
+    return {
         "name": np.array(["demo"] + [f"q{i}/d{i}" for i in range(1, n_pairs)]),
         "qid": np.array(["demo"] + [f"q{i}" for i in range(1, n_pairs)]),
         "doc_id": np.array([f"d{i}" for i in range(n_pairs)]),
@@ -157,7 +168,7 @@ def synthetic_run(
         "score_baseline": np.r_[demo_b, rng.normal(-2, 1, n_pairs - 1)],
         "score_perturbed": np.r_[demo_p, rng.normal(3, 1, n_pairs - 1)],
         "flagged": np.zeros(n_pairs, bool),
-        "token_types": types,
+        "token_types": [_token_types(T, 4) for _ in range(n_pairs)],
         "tokens": [
             ["[CLS]", "what", "wellesley", "rate", "at", "[SEP]"]
             + [f"w{i}" for i in range(T - 8)]
@@ -165,9 +176,11 @@ def synthetic_run(
         ]
         * n_pairs,
     }
-    receivers = [f"{a}.{b}" for a, b in scoring[:1]]
-    # Laid out as the results store's meta.json (jaxmech.sweeps.job): nested model and datasets entries.
-    meta = {
+
+
+def _meta(model: str, n_pairs: int, L: int, H: int, receivers: list[str]) -> dict:
+    """Laid out as the results store's meta.json (jaxmech.sweeps.job): nested model and datasets entries."""
+    return {
         "format": "jaxmech.sweep",
         "model": {
             "id": model,
@@ -199,10 +212,6 @@ def synthetic_run(
         "device": {"platform": "cpu", "description": "synthetic"},
         "timings": {"block_every": 1.5, "path_to_score": 0.25, "total": 3.0},
     }
-    out = {}
-    if analyses:
-        out = _analyses(rng, agree, model, scoring, matching, L)
-    return SyntheticRun(Path(path), meta, arrays, pairs, out)
 
 
 def _curve(mean: list[float], half: float = 0.05) -> dict:
@@ -216,6 +225,27 @@ def _curve(mean: list[float], half: float = 0.05) -> dict:
 
 
 def _analyses(rng, agree: bool, model: str, scoring, matching, len_: int = 12) -> dict:
+    """The five analyses' JSON dicts as their steps write them (drawn from ``rng`` in this order)."""
+    return {
+        "idf_svd": _idf_svd(rng, agree, model),
+        "linear_bm25": _linear_bm25(rng, agree, model),
+        "soft_tf": _soft_tf(rng, agree, model, matching),
+        "circuit": {
+            "analysis": "circuit",
+            "model": model,
+            "thresholds": {"effect": 0.05},
+            "heads": [{"layer": a, "head": b, "role": "relevance_scoring", "effect": 0.15} for a, b in scoring]
+            + [{"layer": 9 % len_, "head": 11, "role": "contextual_query", "effect": 0.08, "detector_score": 0.0}]
+            + [{"layer": a, "head": b, "role": "matching", "effect": 0.05, "detector_score": 0.3 if agree else 0.0}
+               for a, b in matching],
+            "stages_run": ["relevance_scoring", "contextual_query", "matching"],
+        },
+        "edit_idf": _edit_idf(agree, model, scoring),
+    }
+
+
+def _idf_svd(rng, agree: bool, model: str) -> dict:
+    """U_0 against IDF over 200 tokens: anti-correlated when ``agree``; 50 components."""
     n = 200
     idf = rng.uniform(1, 12, n)
     u0 = (-0.01 * idf if agree else 0.0) + rng.normal(0, 0.01 if agree else 0.05, n)
@@ -224,12 +254,43 @@ def _analyses(rng, agree: bool, model: str, scoring, matching, len_: int = 12) -
         {"k": k, "pearson": float(rng.normal(0, 0.05)), "pearson_centered": float(rng.normal(0, 0.05))}
         for k in range(1, 50)
     ]
+    return {
+        "analysis": "idf_svd",
+        "model": model,
+        "u0_idf_pearson": r0,
+        "u0_idf_pearson_centered": r0 * 0.95,
+        "u0_idf_pearson_sign_free": r0 if agree else -r0,
+        "u0_mean_cosine": 0.1,
+        "components": comps,
+        "variants": {"raw": r0, "centered": r0 * 0.95},
+        "scatter": {"u0": u0.tolist(), "idf": idf.tolist()},
+    }
+
+
+def _linear_bm25(rng, agree: bool, model: str) -> dict:
+    """A linear fit over 150 test pairs, at r ~ 0.8 when ``agree``."""
     y = rng.normal(0, 3, 150)
     pred = y + rng.normal(0, 1.9 if agree else 8.0, 150)
     r_lin = float(np.corrcoef(y, pred)[0, 1])
-    x_tf = list(range(6))
+    return {
+        "analysis": "linear_bm25",
+        "model": model,
+        "test_pearson": r_lin,
+        "test_p_value": 1e-30,
+        "test_spearman": r_lin * 0.98,
+        "test_rmse": 1.9,
+        "test_r2": r_lin**2,
+        "bm25_test_pearson": 0.4 if agree else 0.6,
+        "random_features_test_pearson": 0.05,
+        "split": {"test_size": 0.2, "seed": 42},
+        "test_predictions": {"y_true": y.tolist(), "y_pred": pred.tolist()},
+    }
+
+
+def _soft_tf(rng, agree: bool, model: str, matching) -> dict:
+    """Curves of five matching heads on TFC2 and STMC1 (rising) and LNC1 (falling), flat unless ``agree``."""
     soft = {"analysis": "soft_tf", "model": model}
-    for name, xs, sign in (("tfc2", x_tf, 1), ("lnc1", list(range(5)), -1), ("stmc1", [0, 1, 2], 1)):
+    for name, xs, sign in (("tfc2", list(range(6)), 1), ("lnc1", list(range(5)), -1), ("stmc1", [0, 1, 2], 1)):
         heads = {}
         for i, (a, b) in enumerate(matching[:5]):
             base = (0.45 if sign < 0 else 0.1) + 0.02 * i
@@ -253,58 +314,26 @@ def _analyses(rng, agree: bool, model: str, scoring, matching, len_: int = 12) -
         }
     soft["matching_heads"] = [f"{a}.{b}" for a, b in matching[:5]]
     soft["level"] = 0.95
+    return soft
+
+
+def _edit_idf(agree: bool, model: str, scoring) -> dict:
+    """As jaxmech.analysis.editing writes it: score gain per condition, attention of u0_increase."""
     scales = [1.0, 1.5, 2.0, 3.0]
     return {
-        "idf_svd": {
-            "analysis": "idf_svd",
-            "model": model,
-            "u0_idf_pearson": r0,
-            "u0_idf_pearson_centered": r0 * 0.95,
-            "u0_idf_pearson_sign_free": r0 if agree else -r0,
-            "u0_mean_cosine": 0.1,
-            "components": comps,
-            "variants": {"raw": r0, "centered": r0 * 0.95},
-            "scatter": {"u0": u0.tolist(), "idf": idf.tolist()},
+        "analysis": "edit_idf",
+        "model": model,
+        "scales": scales,
+        "conditions": ["u0_increase", "u0_decrease", "full_increase"],
+        "score": {
+            "u0_increase": _curve([12.0 + (0.4 if agree else -0.4) * (s - 1) for s in scales]),
+            "u0_decrease": _curve([12.0 - (0.4 if agree else -0.4) * (s - 1) for s in scales]),
+            "full_increase": _curve([12.0 - 0.5 * (s - 1) for s in scales]),
         },
-        "linear_bm25": {
-            "analysis": "linear_bm25",
-            "model": model,
-            "test_pearson": r_lin,
-            "test_p_value": 1e-30,
-            "test_spearman": r_lin * 0.98,
-            "test_rmse": 1.9,
-            "test_r2": r_lin**2,
-            "bm25_test_pearson": 0.4 if agree else 0.6,
-            "random_features_test_pearson": 0.05,
-            "split": {"test_size": 0.2, "seed": 42},
-            "test_predictions": {"y_true": y.tolist(), "y_pred": pred.tolist()},
+        "cls_attention": {
+            f"{a}.{b}": [0.29 + (0.002 if agree else -0.002) * (s - 1) for s in scales] for a, b in scoring[:2]
         },
-        "soft_tf": soft,
-        "circuit": {
-            "analysis": "circuit",
-            "model": model,
-            "thresholds": {"effect": 0.05},
-            "heads": [{"layer": a, "head": b, "role": "relevance_scoring", "effect": 0.15} for a, b in scoring]
-            + [{"layer": 9 % len_, "head": 11, "role": "contextual_query", "effect": 0.08, "detector_score": 0.0}]
-            + [{"layer": a, "head": b, "role": "matching", "effect": 0.05, "detector_score": 0.3 if agree else 0.0}
-               for a, b in matching],
-            "stages_run": ["relevance_scoring", "contextual_query", "matching"],
-        },
-        "edit_idf": {  # as jaxmech.analysis.editing writes it: score gain per condition, attention of u0_increase
-            "analysis": "edit_idf",
-            "model": model,
-            "scales": scales,
-            "conditions": ["u0_increase", "u0_decrease", "full_increase"],
-            "score": {
-                "u0_increase": _curve([12.0 + (0.4 if agree else -0.4) * (s - 1) for s in scales]),
-                "u0_decrease": _curve([12.0 - (0.4 if agree else -0.4) * (s - 1) for s in scales]),
-                "full_increase": _curve([12.0 - 0.5 * (s - 1) for s in scales]),
-            },
-            "cls_attention": {
-                f"{a}.{b}": [0.29 + (0.002 if agree else -0.002) * (s - 1) for s in scales] for a, b in scoring[:2]
-            },
-            "cls_attention_condition": "u0_increase",
-        },
+        "cls_attention_condition": "u0_increase",
     }
 
 

@@ -146,8 +146,13 @@ def check_run(root: str | os.PathLike, *, full: bool = False) -> RunCheck:
 
     Returns:
         A `RunCheck`.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a sweep run folder (no ``meta.json``).
     """
     root = Path(root)
+    if not (root / "meta.json").is_file():
+        raise FileNotFoundError(f"{root}: not a sweep run folder (no meta.json)")
     meta = json.loads((root / "meta.json").read_text())
     folder = root / DONE
     done = sorted(int(p.name[len("chunk-"):]) for p in folder.iterdir() if p.name.startswith("chunk-")) \

@@ -487,9 +487,29 @@ class Trainer:
 
     def _fit(self, ckpt: Checkpoints, resume: bool, max_steps: int | None) -> TrainResult:
         cfg = self.cfg
+        result = TrainResult(step=0, params={})
+        params, opt_state, start = self._start(ckpt, resume, result)
+        params = {k: jnp.array(v) for k, v in params.items()}  # fresh buffers: the step donates its inputs
+        stop = min(cfg.train.steps, max_steps) if max_steps is not None else cfg.train.steps
+        params, opt_state, saved_at, result.pairs_per_s = self._steps(ckpt, params, opt_state, start, stop)
+        if saved_at != stop:
+            self._save(ckpt, stop, params, opt_state)
+        result.step = stop
+        result.params = {k: np.asarray(v) for k, v in params.items()}
+        if stop == cfg.train.steps:
+            self._finish(merge_params(self.graphdef, self.template, params), result)
+        return result
+
+    def _start(self, ckpt: Checkpoints, resume: bool, result: TrainResult) -> tuple[dict, Any, int]:
+        """``(params, opt_state, first step)``: restored from the newest checkpoint, or fresh (then the model is
+        evaluated first when ``[eval] before``); writes the run's config.json either way.
+
+        Raises:
+            ResumeError: If checkpoints exist and ``resume`` is False, or another config wrote them.
+        """
+        cfg = self.cfg
         _, _, params = split_params(self.model)
         latest = ckpt.latest_step()
-        result = TrainResult(step=0, params={})
         if latest is not None and not resume:
             raise ResumeError(
                 f"{ckpt.directory} already holds checkpoint(s) up to step {latest}; pass --resume "
@@ -499,35 +519,39 @@ class Trainer:
         (self.out_dir / "config.json").write_text(
             json.dumps({"source": cfg.source, "fingerprint": cfg.fingerprint(), **cfg.to_dict()}, indent=1)
         )
-        if latest is not None:
-            state, meta = ckpt.restore(latest, self._abstract_state(params))
-            if meta.get("fingerprint") != cfg.fingerprint():
-                old = meta.get("config", {})
-                diffs = [
-                    f"[{s}] {k}: {old.get(s, {}).get(k)!r} -> {v!r}"
-                    for s, sec in cfg.trajectory_settings().items()
-                    for k, v in sec.items()
-                    if old.get(s, {}).get(k) != v
-                ]
-                raise ResumeError(
-                    f"{ckpt.directory}: checkpoints were written with another config; differences: " + "; ".join(diffs)
-                )
-            params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-            result.resumed_from = start
-            _trim_metrics(self.out_dir / "metrics.jsonl", start)
-            self.log(f"resumed from step {start} ({ckpt.directory})")
-        else:
-            opt_state, start = self.optimizer.init({k: params[k] for k in self.trainable}), 0
+        if latest is None:
+            opt_state = self.optimizer.init({k: params[k] for k in self.trainable})
             if cfg.eval.before and len(self.heldout_table):
                 result.eval_before = self.evaluate(self.model)
                 self._write_json("eval_before.json", result.eval_before)
                 self.log(f"eval before: {json.dumps(result.eval_before)}")
-        params = {k: jnp.array(v) for k, v in params.items()}  # fresh buffers: the step donates its inputs
-        stop = min(cfg.train.steps, max_steps) if max_steps is not None else cfg.train.steps
+            return params, opt_state, 0
+        state, meta = ckpt.restore(latest, self._abstract_state(params))
+        if meta.get("fingerprint") != cfg.fingerprint():
+            old = meta.get("config", {})
+            diffs = [
+                f"[{s}] {k}: {old.get(s, {}).get(k)!r} -> {v!r}"
+                for s, sec in cfg.trajectory_settings().items()
+                for k, v in sec.items()
+                if old.get(s, {}).get(k) != v
+            ]
+            raise ResumeError(
+                f"{ckpt.directory}: checkpoints were written with another config; differences: " + "; ".join(diffs)
+            )
+        start = int(state["step"])
+        result.resumed_from = start
+        _trim_metrics(self.out_dir / "metrics.jsonl", start)
+        self.log(f"resumed from step {start} ({ckpt.directory})")
+        return state["params"], state["opt_state"], start
+
+    def _steps(self, ckpt: Checkpoints, params: dict, opt_state: Any, start: int, stop: int):
+        """Runs steps ``start..stop-1``, logging to metrics.jsonl every ``log_every`` steps and checkpointing every
+        ``checkpoint_every``; returns ``(params, opt_state, last step saved, pairs/s of steps whose batch shape
+        was compiled already, or None)``."""
+        cfg = self.cfg
         steady_pairs, steady_time, seen_shapes = 0, 0.0, set()
-        metrics_file = (self.out_dir / "metrics.jsonl").open("a")
         saved_at = start
-        try:
+        with (self.out_dir / "metrics.jsonl").open("a") as metrics_file:
             for step in range(start, stop):
                 rows, valid = self.sampler.indices(step)
                 b = make_batch(self.train_table, self.train_targets, rows, valid)
@@ -557,43 +581,37 @@ class Trainer:
                         f"T={rec['seq_len']} {dt:.2f} s/step"
                     )
                 if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < stop:
-                    ckpt.save(
-                        done,
-                        {"params": params, "opt_state": opt_state, "step": np.int64(done)},
-                        self._meta(done),
-                    )
+                    self._save(ckpt, done, params, opt_state)
                     saved_at = done
-        finally:
-            metrics_file.close()
-        if saved_at != stop:
-            ckpt.save(stop, {"params": params, "opt_state": opt_state, "step": np.int64(stop)}, self._meta(stop))
-        result.step = stop
-        result.params = {k: np.asarray(v) for k, v in params.items()}
-        result.pairs_per_s = steady_pairs / steady_time if steady_time > 0 else None
-        if stop == cfg.train.steps:
-            model = merge_params(self.graphdef, self.template, params)
-            if len(self.heldout_table):
-                result.eval_after = self.evaluate(model)
-                self._write_json("eval_after.json", result.eval_after)
-                self.log(f"eval after: {json.dumps(result.eval_after)}")
-            if cfg.export.enabled:
-                result.export_dir = self.export(model, self.out_dir / "export")
-                self.log(f"exported to {result.export_dir}")
-            before = result.eval_before
-            if before is None and (self.out_dir / "eval_before.json").exists():
-                before = json.loads((self.out_dir / "eval_before.json").read_text())
-            self._write_json(
-                "summary.json",
-                {
-                    "steps": stop,
-                    "fingerprint": cfg.fingerprint(),
-                    "pairs_per_s_this_session": result.pairs_per_s,
-                    "eval_before": before,
-                    "eval_after": result.eval_after,
-                    "export_dir": str(result.export_dir) if result.export_dir else None,
-                },
-            )
-        return result
+        return params, opt_state, saved_at, (steady_pairs / steady_time if steady_time > 0 else None)
+
+    def _save(self, ckpt: Checkpoints, step: int, params: dict, opt_state: Any) -> None:
+        ckpt.save(step, {"params": params, "opt_state": opt_state, "step": np.int64(step)}, self._meta(step))
+
+    def _finish(self, model: CrossEncoder, result: TrainResult) -> None:
+        """After the last step: evaluates on the held-out queries, exports, and writes summary.json."""
+        cfg = self.cfg
+        if len(self.heldout_table):
+            result.eval_after = self.evaluate(model)
+            self._write_json("eval_after.json", result.eval_after)
+            self.log(f"eval after: {json.dumps(result.eval_after)}")
+        if cfg.export.enabled:
+            result.export_dir = self.export(model, self.out_dir / "export")
+            self.log(f"exported to {result.export_dir}")
+        before = result.eval_before
+        if before is None and (self.out_dir / "eval_before.json").exists():
+            before = json.loads((self.out_dir / "eval_before.json").read_text())
+        self._write_json(
+            "summary.json",
+            {
+                "steps": result.step,
+                "fingerprint": cfg.fingerprint(),
+                "pairs_per_s_this_session": result.pairs_per_s,
+                "eval_before": before,
+                "eval_after": result.eval_after,
+                "export_dir": str(result.export_dir) if result.export_dir else None,
+            },
+        )
 
     def export(self, model: CrossEncoder, folder: str | Path) -> Path:
         """Writes ``model`` and the tokenizer as a Hugging Face folder, replacing an earlier export."""
