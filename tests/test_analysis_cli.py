@@ -97,6 +97,25 @@ def test_a_sweep_config_with_a_misspelt_analysis_option_fails_when_read(tmp_path
     assert "n_heads" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_option_choices_are_the_analyses_own_and_refuse_other_values():
+    """The Options' choices (kept JAX-free) equal the analysis modules' constants; a value outside them is refused."""
+    from jaxmech.analysis import editing, linear_bm25, soft_tf
+    from jaxmech.analysis import options as opt
+    from jaxmech.data.idf import IDF_FORMULAS
+    from jaxmech.patching.edge_attribution import METHODS
+
+    assert opt.SoftTfOptions.choices["experiments"] == soft_tf.EXPERIMENTS
+    assert opt.EditIdfOptions.choices["methods"] == editing.METHODS
+    assert opt.LinearBm25Options.choices["split"] == linear_bm25.SPLITS
+    assert set(opt.LinearBm25Options.choices["bm25_fallback"]) == {*linear_bm25.BM25_FALLBACKS, "none"}
+    assert opt.IdfSvdOptions.choices["formula"] == IDF_FORMULAS
+    assert opt.EdgesOptions.choices["method"] == ("exact", *METHODS)
+    with pytest.raises(ValueError, match=r"^analysis 'circuit': method='fast'; choose from exact, attribution$"):
+        get_analysis("circuit").parse({"method": "fast"})
+    with pytest.raises(ValueError, match=r"analysis 'soft_tf': experiments=\['tfc2', 'tfc9'\]"):
+        opt.SoftTfOptions(experiments=["tfc2", "tfc9"])
+
+
 def test_analysis_options_are_checked_without_importing_jax():
     code = ("import sys; from jaxmech.analysis.registry import check_options\n"
             "try:\n    check_options('linear_bm25', {'n_head': 2})\nexcept ValueError as e:\n    print(e)\n"

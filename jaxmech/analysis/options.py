@@ -31,13 +31,24 @@ class AnalysisOptions:
     """Base of the analyses' options; ``analysis`` is the name the messages use."""
 
     analysis: ClassVar[str] = ""
+    choices: ClassVar[Mapping[str, tuple]] = {}
+    """Option -> its allowed values (an option holding a list: each of its items), checked on construction."""
+
+    def __post_init__(self):
+        for key, allowed in self.choices.items():
+            value = getattr(self, key)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(v not in allowed for v in items):
+                raise ValueError(f"analysis {self.analysis!r}: {key}={value!r}; choose from "
+                                 f"{', '.join(map(str, allowed))}")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None = None):
         """The options of ``options`` (a dict of keyword values), refusing a key the analysis does not have.
 
         Raises:
-            ValueError: One line naming the analysis, the unknown key and the known keys.
+            ValueError: One line naming the analysis, the unknown key and the known keys (or a value outside
+                its `choices`).
         """
         options = dict(options or {})
         known = [f.name for f in dataclasses.fields(cls)]
@@ -63,6 +74,7 @@ class IdfSvdOptions(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "idf_svd"
+    choices: ClassVar[Mapping[str, tuple]] = {"formula": ("lucene", "robertson", "log", "smooth")}
     source: Any = None
     dataset: Any = None
     collection: Any = None
@@ -88,6 +100,7 @@ class SoftTfOptions(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "soft_tf"
+    choices: ClassVar[Mapping[str, tuple]] = {"experiments": ("tfc2", "lnc1", "stmc1")}
     source: Any = None
     qids: Any = None
     heads: Sequence[str] | None = None
@@ -122,6 +135,7 @@ class CircuitOptions(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "circuit"
+    choices: ClassVar[Mapping[str, tuple]] = {"method": ("exact", "attribution"), "receiver_inputs": ("q", "k", "v")}
     source: Any = None
     dataset: Any = None
     qids: Any = None
@@ -157,6 +171,7 @@ class EditIdfOptions(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "edit_idf"
+    choices: ClassVar[Mapping[str, tuple]] = {"methods": ("u0", "row")}
     source: Any = None
     dataset: Any = None
     qids: Any = None
@@ -189,6 +204,7 @@ class LinearBm25Options(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "linear_bm25"
+    choices: ClassVar[Mapping[str, tuple]] = {"split": ("query", "pair"), "bm25_fallback": (None, "none", "beir")}
     source: Any = None
     dataset: Any = None
     qids: Any = None
@@ -227,6 +243,7 @@ class EdgesOptions(AnalysisOptions):
     """
 
     analysis: ClassVar[str] = "edges"
+    choices: ClassVar[Mapping[str, tuple]] = {"method": ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")}
     source: Any = None
     dataset: Any = None
     qids: Any = None
