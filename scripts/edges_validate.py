@@ -22,7 +22,7 @@ import numpy as np
 
 def _pairs(lm, n: int, max_len: int):
     """The first ``n`` TFC1 pairs of the shared data no longer than ``max_len`` tokens."""
-    from jaxmech.analysis.steps import _tfc1_pairs
+    from jaxmech.analysis.inputs import tfc1_pairs as _tfc1_pairs
 
     pool = _tfc1_pairs(lm, source="shared", docs_per_query=2, limit=8 * n)
     return [q for q in pool if len(q.baseline_ids) <= max_len][:n]

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from jaxmech.analysis.common import to_jsonable, write_json
-from jaxmech.analysis.steps import analyze, resolve_model
+from jaxmech.analysis.inputs import resolve_model
+from jaxmech.analysis.registry import analyze
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "analyses"
@@ -29,7 +30,7 @@ EDIT_QIDS = ["1101090"]  # the paper's editing query ("dr azadpour phone number"
 
 
 def settings(quick: bool, docs_per_query: int | None) -> dict[str, dict]:
-    """Options per analysis (`jaxmech.analysis.steps`)."""
+    """Options per analysis (`jaxmech.analysis.options`)."""
     q = 0.5 if quick else 1.0
     return {
         "idf_svd": {"source": SHARED},

@@ -43,6 +43,89 @@ def test_argument_errors_exit_2_before_loading(argv, msg, capsys):
     assert msg in err and err.count("\n") == 1
 
 
+def test_a_misspelt_option_is_refused_before_the_model_is_loaded():
+    """Keywords are checked against the analysis' Options: one line naming the analysis, the key, the known keys."""
+    from jaxmech.analysis.registry import analyze
+
+    with pytest.raises(ValueError) as err:
+        analyze("circuit", "/nonexistent/model", source="demo", tresholds={"matching": 0.1})
+    msg = str(err.value)
+    assert msg.startswith("analysis 'circuit': unknown option 'tresholds' (known: source, dataset, qids,")
+    assert "thresholds" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="analysis 'edges': unknown option 'step'"):
+        ANALYSES["edges"]("/nonexistent/model", step=3)
+
+
+def test_every_command_argument_is_an_option_of_its_analysis():
+    """The command builds each analysis' Options from its arguments (defaults included): no argument is dropped."""
+    import argparse
+
+    from jaxmech.cli.analyze import options_from_args, register
+
+    parser = argparse.ArgumentParser(prog="jaxmech")
+    register(parser.add_subparsers(dest="command", required=True))
+    for name, entry in ANALYSES.items():
+        args = parser.parse_args(["analyze", name.replace("_", "-"), "--model", "m", "--out", "x.json"])
+        assert isinstance(options_from_args(args), entry.options), name
+    args = parser.parse_args(["analyze", "circuit", "--model", "m", "--out", "x.json", "--threshold", "matching=0.2",
+                              "--receiver-inputs", "q"])
+    opts = options_from_args(args)
+    assert opts.thresholds == {"matching": 0.2} and opts.receiver_inputs == ["q"] and opts.limit == 200
+
+
+def test_the_command_refuses_a_misspelt_option(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["analyze", "circuit", "--model", "m", "--out", "x.json", "--source", "demo", "--tresholds", "a=1"])
+    assert err.value.code == 2 and "unrecognized arguments: --tresholds" in capsys.readouterr().err
+
+
+def test_a_sweep_config_with_a_misspelt_analysis_option_fails_when_read(tmp_path):
+    """``[[analyses]] options`` are checked when the config is read, before any compute; steps that are not
+    analyses (``summary``) keep their options."""
+    from jaxmech.sweeps.config import ConfigError, load_sweep_config
+
+    base = ('[run]\nname = "x"\n[[datasets]]\nkind = "tfc1"\nsource = "demo"\nsample = 4\n'
+            '[[families]]\nname = "block_every"\n[[analyses]]\nname = "summary"\noptions = { top_k = 3 }\n')
+    good = tmp_path / "good.toml"
+    good.write_text(base + '[[analyses]]\nname = "soft_tf"\noptions = { source = "demo", n_heads = 2 }\n')
+    assert [a.name for a in load_sweep_config(good).analyses] == ["summary", "soft_tf"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + '[[analyses]]\nname = "soft_tf"\noptions = { source = "demo", n_head = 2 }\n')
+    with pytest.raises(ConfigError) as err:
+        load_sweep_config(bad)
+    assert str(err.value).startswith(f"{bad}: [[analyses]][1]: analysis 'soft_tf': unknown option 'n_head' (known:")
+    assert "n_heads" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_option_choices_are_the_analyses_own_and_refuse_other_values():
+    """The Options' choices (kept JAX-free) equal the analysis modules' constants; a value outside them is refused."""
+    from jaxmech.analysis import editing, linear_bm25, soft_tf
+    from jaxmech.analysis import options as opt
+    from jaxmech.data.idf import IDF_FORMULAS
+    from jaxmech.patching.edge_attribution import METHODS
+
+    assert opt.SoftTfOptions.choices["experiments"] == soft_tf.EXPERIMENTS
+    assert opt.EditIdfOptions.choices["methods"] == editing.METHODS
+    assert opt.LinearBm25Options.choices["split"] == linear_bm25.SPLITS
+    assert set(opt.LinearBm25Options.choices["bm25_fallback"]) == {*linear_bm25.BM25_FALLBACKS, "none"}
+    assert opt.IdfSvdOptions.choices["formula"] == IDF_FORMULAS
+    assert opt.EdgesOptions.choices["method"] == ("exact", *METHODS)
+    with pytest.raises(ValueError, match=r"^analysis 'circuit': method='fast'; choose from exact, attribution$"):
+        get_analysis("circuit").parse({"method": "fast"})
+    with pytest.raises(ValueError, match=r"analysis 'soft_tf': experiments=\['tfc2', 'tfc9'\]"):
+        opt.SoftTfOptions(experiments=["tfc2", "tfc9"])
+
+
+def test_analysis_options_are_checked_without_importing_jax():
+    code = ("import sys; from jaxmech.analysis.registry import check_options\n"
+            "try:\n    check_options('linear_bm25', {'n_head': 2})\nexcept ValueError as e:\n    print(e)\n"
+            "print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.splitlines()[-1] == "False", out
+    assert "analysis 'linear_bm25': unknown option 'n_head'" in out.stdout
+
+
 def test_main_command_has_analyze():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
@@ -67,7 +150,7 @@ def test_soft_tf_on_the_distilled_model(distilled, shared_data, tmp_path):
     """The detector's top matching head saturates: attention grows with TF and its increments shrink."""
     import numpy as np
 
-    from jaxmech.analysis.steps import analyze
+    from jaxmech.analysis.registry import analyze
 
     out = tmp_path / "soft_tf.json"
     res = analyze(

@@ -140,6 +140,7 @@ def test_linear_bm25_step_reads_test_qids_from_a_file(tmp_path, monkeypatch):
     """``--test-qids FILE`` reaches `linear_bm25` as the list of ids in the file (the step reads it)."""
     import jaxmech.analysis.linear_bm25 as lb
     from jaxmech.analysis import steps
+    from jaxmech.analysis.options import LinearBm25Options
 
     seen = {}
     monkeypatch.setattr(steps, "resolve_model", lambda m: m)
@@ -147,5 +148,5 @@ def test_linear_bm25_step_reads_test_qids_from_a_file(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "linear_bm25", lambda lm, src, **kw: seen.update(kw) or {"ok": True})
     f = tmp_path / "test_qids.txt"
     f.write_text("q3\nq7\n")
-    assert steps.linear_bm25_step("model", source="src", test_qids=f) == {"ok": True}
+    assert steps.linear_bm25_step("model", LinearBm25Options(source="src", test_qids=f)) == {"ok": True}
     assert seen["test_qids"] == ["q3", "q7"] and seen["bm25_fallback"] is None

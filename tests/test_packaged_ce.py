@@ -140,9 +140,10 @@ def test_wordfreq_idf_table_is_packaged_and_ordered():
 
 
 def test_idf_svd_step_takes_wordfreq_source(packaged_ce):
+    from jaxmech.analysis.options import IdfSvdOptions
     from jaxmech.analysis.steps import idf_svd_step
 
-    out = idf_svd_step(packaged_ce, source="wordfreq", n_components=4)
+    out = idf_svd_step(packaged_ce, IdfSvdOptions(source="wordfreq", n_components=4))
     assert out["idf_source"] == "table wordfreq"
     assert out["n_nonzero_idf"] > 1000  # whole-word vocabulary entries found in the table
     assert -1 <= out["u0_idf_pearson"] <= 0  # oriented by the sign convention

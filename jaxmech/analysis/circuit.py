@@ -230,20 +230,10 @@ def _path_effects(fn, min_denominator: float) -> tuple[np.ndarray, int]:
 
 
 def discover_circuit(
-    lm,
-    pairs,
-    *,
-    queries: Sequence[str] | None = None,
-    thresholds: dict | None = None,
-    max_heads: dict | None = None,
-    min_heads: int = 1,
-    receiver_inputs: Sequence[str] = ("k", "v"),
-    min_denominator: float = 1e-3,
-    chunk_size: int | None = None,
-    detector_inputs: PairInputs | None = None,
-    method: str = "exact",
-    verify_top_k: int = 10,
-    relative_floor: float = RELATIVE_FLOOR,
+    lm, pairs, *, queries: Sequence[str] | None = None, thresholds: dict | None = None,
+    max_heads: dict | None = None, min_heads: int = 1, receiver_inputs: Sequence[str] = ("k", "v"),
+    min_denominator: float = 1e-3, chunk_size: int | None = None, detector_inputs: PairInputs | None = None,
+    method: str = "exact", verify_top_k: int = 10, relative_floor: float = RELATIVE_FLOOR,
     detector_floor: float | None = DETECTOR_FLOOR,
 ) -> dict:
     """Runs E4 and two E5 stages on aligned pairs and assigns circuit roles.
@@ -272,58 +262,15 @@ def discover_circuit(
     Returns:
         The ``circuit`` JSON object with ``effects`` (the three mean arrays) and ``n_pairs``/``n_flagged``.
     """
-    from jaxmech.data.align import document_only
     from jaxmech.patching.inputs import batch_pairs
-    from jaxmech.patching.path import path_to_heads, path_to_score
 
     model, tok = unwrap(lm)
-    q_emb = None
-    if not model.pair_input:
-        if tok is None or queries is None:
-            raise ValueError("discover_circuit on a bi-encoder needs the tokenizer and the queries")
-        from jaxmech.analysis.common import encode_batched
-
-        pairs = [document_only(p, tok) for p in pairs]
-        qp = tok.word_pieces(list(queries))
-        q_emb = encode_batched(model, [[tok.cls_id, *q, tok.sep_id] for q in qp])
+    pairs, q_emb = _encoder_inputs(model, tok, pairs, queries)
     batch = batch_pairs(pairs, max_length=model.cfg.n_ctx)
-    kw = dict(chunk_size=chunk_size, query_embedding=q_emb)
-    verified: dict[str, list[str]] = {}
-    if method == "attribution":  # estimates for every sender, the top ones verified exactly
-        from jaxmech.patching.path_attribution import verified_path_patch
-
-        def fast(family, receivers=(), receiver_input="k", stage=""):
-            res, heads = verified_path_patch(model, batch, family, k=verify_top_k, receivers=receivers,
-                                             receiver_input=receiver_input, query_embedding=q_emb)
-            verified[stage] = [head_name(*h) for h in heads]
-            return res
-
-        path_to_score = lambda model, batch, **_: fast("path_to_score", stage="path_to_score")  # noqa: E731
-        path_to_heads = lambda model, batch, receivers, r, **_: fast(  # noqa: E731
-            "path_to_heads", receivers, r, stage=f"path_to_heads_{r}:{','.join(head_name(*h) for h in receivers)}")
-    elif method != "exact":
-        raise ValueError(f"discover_circuit: method={method!r}; choose 'exact' or 'attribution'")
+    to_score, to_heads, verified = _stage_runners(model, batch, method, verify_top_k, q_emb, chunk_size)
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     sel = dict(thresholds=th, max_heads=max_heads, min_heads=min_heads, relative_floor=relative_floor)
-    e4, flagged = _path_effects(lambda: path_to_score(model, batch, **kw), min_denominator)
-    stage1 = circuit_from_effects(e4, **sel)
-    scoring = [(h["layer"], h["head"]) for h in stage1["heads"]]
-    e5a = e5b = None
-    if scoring and max(layer for layer, _ in scoring) > 0:
-        e5a = sum(
-            _path_effects(lambda r=r: path_to_heads(model, batch, scoring, r, **kw), min_denominator)[0]
-            for r in receiver_inputs
-        )
-        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), **sel)
-        # a layer-0 head reads the embeddings only: nothing upstream of it to find
-        contextual = [
-            (h["layer"], h["head"]) for h in stage2["heads"] if h["role"] == "contextual_query" and h["layer"] > 0
-        ]
-        if contextual:
-            e5b = sum(
-                _path_effects(lambda r=r: path_to_heads(model, batch, contextual, r, **kw), min_denominator)[0]
-                for r in receiver_inputs
-            )
+    e4, e5a, e5b, flagged = _stages(to_score, to_heads, sel, receiver_inputs, min_denominator)
     effects = {"path_to_score": e4, "path_to_heads_scoring": e5a, "path_to_heads_contextual": e5b}
     det = None if detector_inputs is None else match_scores(model, detector_inputs)
     out = circuit_from_effects(
@@ -349,6 +296,67 @@ def discover_circuit(
         out["detector"] = det
         out["detector_top"] = [head_name(*h) for h in top_heads_of(det, 10)]
     return out
+
+
+def _encoder_inputs(model, tok, pairs, queries):
+    """``(pairs, query_embedding)``: a cross-encoder's pairs as given (no embedding); a bi-encoder's
+    documents (`jaxmech.data.align.document_only`) and its encoded queries."""
+    if model.pair_input:
+        return pairs, None
+    from jaxmech.analysis.common import encode_batched
+    from jaxmech.data.align import document_only
+
+    if tok is None or queries is None:
+        raise ValueError("discover_circuit on a bi-encoder needs the tokenizer and the queries")
+    pairs = [document_only(p, tok) for p in pairs]
+    qp = tok.word_pieces(list(queries))
+    return pairs, encode_batched(model, [[tok.cls_id, *q, tok.sep_id] for q in qp])
+
+
+def _stage_runners(model, batch, method: str, verify_top_k: int, q_emb, chunk_size: int | None):
+    """``(to_score(), to_heads(receivers, receiver_input), verified)``: each stage's path patch, exact, or by
+    attribution with its ``verify_top_k`` senders verified exactly (recorded in ``verified`` per stage)."""
+    from jaxmech.patching.path import path_to_heads, path_to_score
+
+    verified: dict[str, list[str]] = {}
+    if method == "exact":
+        kw = dict(chunk_size=chunk_size, query_embedding=q_emb)
+        return (lambda: path_to_score(model, batch, **kw),
+                lambda receivers, r: path_to_heads(model, batch, receivers, r, **kw), verified)
+    if method != "attribution":
+        raise ValueError(f"discover_circuit: method={method!r}; choose 'exact' or 'attribution'")
+    from jaxmech.patching.path_attribution import verified_path_patch
+
+    def fast(family, receivers=(), receiver_input="k", stage=""):
+        res, heads = verified_path_patch(model, batch, family, k=verify_top_k, receivers=receivers,
+                                         receiver_input=receiver_input, query_embedding=q_emb)
+        verified[stage] = [head_name(*h) for h in heads]
+        return res
+
+    def to_heads(receivers, r):
+        return fast("path_to_heads", receivers, r,
+                    stage=f"path_to_heads_{r}:{','.join(head_name(*h) for h in receivers)}")
+
+    return lambda: fast("path_to_score", stage="path_to_score"), to_heads, verified
+
+
+def _stages(to_score, to_heads, sel: dict, receiver_inputs: Sequence[str], min_denominator: float):
+    """``(E4, E5 into the scoring heads, E5 into the contextual-query heads, flagged pairs)``: a stage with no
+    receivers above layer 0 is None (a layer-0 head reads the embeddings only: nothing upstream of it)."""
+    e4, flagged = _path_effects(to_score, min_denominator)
+    stage1 = circuit_from_effects(e4, **sel)
+    scoring = [(h["layer"], h["head"]) for h in stage1["heads"]]
+    e5a = e5b = None
+    if scoring and max(layer for layer, _ in scoring) > 0:
+        e5a = sum(_path_effects(lambda r=r: to_heads(scoring, r), min_denominator)[0] for r in receiver_inputs)
+        stage2 = circuit_from_effects(e4, _pad(e5a, e4.shape), **sel)
+        contextual = [
+            (h["layer"], h["head"]) for h in stage2["heads"] if h["role"] == "contextual_query" and h["layer"] > 0
+        ]
+        if contextual:
+            e5b = sum(_path_effects(lambda r=r: to_heads(contextual, r), min_denominator)[0]
+                      for r in receiver_inputs)
+    return e4, e5a, e5b, flagged
 
 
 def _pad(effect: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

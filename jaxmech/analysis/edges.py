@@ -28,6 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from jaxmech.analysis.edge_export import connections, to_eap_ig_json
+from jaxmech.analysis.options import EdgesOptions
 from jaxmech.patching.edge_attribution import METHODS, estimate_edges
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import EdgeData, edges_patched_scores, exact_edge_scores
@@ -187,19 +188,21 @@ def edge_circuits(model, data: EdgeData, *, method: str = "eap-ig-inputs", steps
 
 
 
-def edges_step(run_or_model, *, source=None, dataset=None, qids=None, n_queries: int | None = None,
-               docs_per_query: int | None = 2, limit: int | None = 16, max_length: int | None = None,
-               method: str = "eap-ig-inputs", steps: int = 5, verify_top_k: int = 50, n_random: int = 50,
-               recall_n: int = 50, exact_all: bool = False, heads=None, eap_ig_json=None, seed: int = 0,
-               spans: bool = False, **_ignored) -> dict:
+def edges_step(run_or_model, options: EdgesOptions) -> dict:
     """`edge_circuits` on TFC1 pairs (``dataset`` or built from ``source``; pairs longer than ``max_length``
     tokens left out). ``heads``: ``"2.9,1.1->5.7,5.1"`` (sources -> targets) whose connections are reported;
     ``eap_ig_json``: also write the circuit there in EAP-IG's graph format; ``spans``: also the top span-aware
-    edges (`span_report`, groups from the pairs' token types)."""
-    from jaxmech.analysis.steps import _tfc1_pairs, resolve_model
+    edges (`span_report`, groups from the pairs' token types). ``options``: `EdgesOptions`, whose defaults hold."""
+    from jaxmech.analysis.inputs import resolve_model
+    from jaxmech.analysis.inputs import tfc1_pairs as _tfc1_pairs
     from jaxmech.patching.edges import check_edge_model, edge_data
     from jaxmech.patching.inputs import batch_pairs
 
+    o = options
+    source, dataset, qids, n_queries, docs_per_query = o.source, o.dataset, o.qids, o.n_queries, o.docs_per_query
+    limit, max_length, method, steps, heads, spans = o.limit, o.max_length, o.method, o.steps, o.heads, o.spans
+    verify_top_k, n_random, recall_n, exact_all, eap_ig_json, seed = (o.verify_top_k, o.n_random, o.recall_n,
+                                                                      o.exact_all, o.eap_ig_json, o.seed)
     check_method(method, steps)
     lm = resolve_model(run_or_model)
     check_edge_model(lm.model)

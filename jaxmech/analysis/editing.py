@@ -178,17 +178,9 @@ def scoring_heads(model, pairs, n_heads: int = 3, *, chunk_size: int | None = No
 
 
 def editing_curves(
-    lm,
-    pairs,
-    *,
-    token_ids: Sequence[int] | None = None,
-    heads=None,
-    n_heads: int = 3,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    directions: Sequence[str] = DIRECTIONS,
-    methods: Sequence[str] = METHODS,
-    idf: np.ndarray | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    lm, pairs, *, token_ids: Sequence[int] | None = None, heads=None, n_heads: int = 3,
+    scales: Sequence[float] = DEFAULT_SCALES, directions: Sequence[str] = DIRECTIONS,
+    methods: Sequence[str] = METHODS, idf: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH,
     level: float = 0.95,
 ) -> dict:
     """Scores and [CLS]-to-term attention under U_0 edits (and the whole-row control) across scales.
@@ -223,44 +215,22 @@ def editing_curves(
         raise ValueError(f"editing_curves: unknown directions/methods {bad}")
     if not pairs:
         raise ValueError("editing_curves: no pairs")
-    if token_ids is None:
-        token_ids = sorted({p.baseline_ids[i] for p in pairs for i, t in enumerate(p.token_types) if t == "Qplus"})
     W = np.asarray(model.embed.W_E[...], np.float64)
-    ids = _check_ids(token_ids, W.shape[0])
-    if heads is None:
-        heads = [] if not model.pair_input else scoring_heads(model, pairs, n_heads)
-    else:
-        heads = parse_head_names(heads, model.cfg.n_layers, model.cfg.n_heads, where="edit_idf heads")
+    ids, heads = _edit_targets(model, pairs, token_ids, heads, n_heads, W.shape[0])
     svd = embedding_svd(W, idf=idf)
 
-    def summarize(m):
-        gain = m["perturbed"] - m["baseline"]
-        g, lo, hi = mean_ci(gain)
-        return {
-            "gain": float(g),
-            "lo": float(lo),
-            "hi": float(hi),
-            "baseline": float(np.mean(m["baseline"])),
-            "perturbed": float(np.mean(m["perturbed"])),
-            "attention": np.nanmean(m["cls_attention"], 0) if len(heads) else np.zeros(0),
-        }
+    def run(W_new=None) -> dict:
+        edited = model if W_new is None else with_embedding(model, W_new)
+        return _summarize(measure(edited, tok, pairs, heads, batch_size=batch_size), len(heads))
 
-    ref = summarize(measure(model, tok, pairs, heads, batch_size=batch_size))
+    ref = run()
     score, attn = {}, {}
     for method in methods:
         for direction in directions:
             cond = f"{method}_{direction}"
-            rows = []
-            for s in scales:
-                W_new = edit_u0(W, svd, ids, s, direction) if method == "u0" else edit_rows(W, ids, s, direction)
-                rows.append(summarize(measure(with_embedding(model, W_new), tok, pairs, heads, batch_size=batch_size)))
-            score[cond] = {
-                "mean": [r["gain"] for r in rows],
-                "lo": [r["lo"] for r in rows],
-                "hi": [r["hi"] for r in rows],
-                "baseline_mean": [r["baseline"] for r in rows],
-                "perturbed_mean": [r["perturbed"] for r in rows],
-            }
+            rows = [run(edit_u0(W, svd, ids, s, direction) if method == "u0" else edit_rows(W, ids, s, direction))
+                    for s in scales]
+            score[cond] = {key: [r[field] for r in rows] for key, field in _CURVE_FIELDS}
             attn[cond] = {head_name(*h): [float(r["attention"][j]) for r in rows] for j, h in enumerate(heads)}
     names = tok.hf.convert_ids_to_tokens(ids.tolist()) if tok is not None else [str(i) for i in ids]
     main = "u0_increase" if "u0_increase" in attn else next(iter(attn))
@@ -275,11 +245,7 @@ def editing_curves(
         "cls_attention_by_condition": attn,
         "heads": [head_name(*h) for h in heads],
         "unedited": {
-            "gain": ref["gain"],
-            "lo": ref["lo"],
-            "hi": ref["hi"],
-            "baseline": ref["baseline"],
-            "perturbed": ref["perturbed"],
+            **{k: ref[k] for k in ("gain", "lo", "hi", "baseline", "perturbed")},
             "cls_attention": {head_name(*h): float(ref["attention"][j]) for j, h in enumerate(heads)},
         },
         "edited_tokens": names,
@@ -287,6 +253,37 @@ def editing_curves(
         "n_queries": len({p.qid for p in pairs}),
         "oriented_by_idf": idf is not None,
         "level": level,
+    }
+
+
+def _edit_targets(model, pairs, token_ids, heads, n_heads: int, vocab: int):
+    """``(ids to edit, heads read)``: the given ids or the pairs' ``Qplus`` pieces; the given heads, or a
+    cross-encoder's top ``n_heads`` by E4 (a bi-encoder's: none)."""
+    if token_ids is None:
+        token_ids = sorted({p.baseline_ids[i] for p in pairs for i, t in enumerate(p.token_types) if t == "Qplus"})
+    ids = _check_ids(token_ids, vocab)
+    if heads is None:
+        return ids, ([] if not model.pair_input else scoring_heads(model, pairs, n_heads))
+    return ids, parse_head_names(heads, model.cfg.n_layers, model.cfg.n_heads, where="edit_idf heads")
+
+
+_CURVE_FIELDS = (("mean", "gain"), ("lo", "lo"), ("hi", "hi"), ("baseline_mean", "baseline"),
+                 ("perturbed_mean", "perturbed"))
+"""A condition's ``score`` keys and the `_summarize` field each lists over the scales."""
+
+
+def _summarize(m: dict, n_heads: int) -> dict:
+    """One measurement's mean gain (perturbed - baseline) with its 95 % interval, mean scores, and the heads'
+    mean [CLS] attention."""
+    gain = m["perturbed"] - m["baseline"]
+    g, lo, hi = mean_ci(gain)
+    return {
+        "gain": float(g),
+        "lo": float(lo),
+        "hi": float(hi),
+        "baseline": float(np.mean(m["baseline"])),
+        "perturbed": float(np.mean(m["perturbed"])),
+        "attention": np.nanmean(m["cls_attention"], 0) if n_heads else np.zeros(0),
     }
 
 

@@ -282,25 +282,12 @@ def linear_bm25_from_arrays(
 
 
 def linear_bm25(
-    lm,
-    source: DiagnosticSource | None = None,
-    *,
-    queries: Sequence[str] | None = None,
-    docs: Sequence[str] | None = None,
-    qids: Sequence[str] | None = None,
-    heads: Sequence[str | tuple[int, int]] | None = None,
-    n_heads: int = 13,
-    idf: np.ndarray | None = None,
-    idf_texts: Sequence[str] | None = None,
-    n_query_tokens: int = 5,
-    docs_per_query: int | None = 20,
-    split: str = "query",
-    seed: int = 42,
-    test_size: float = 0.2,
-    batch_size: int = DEFAULT_BATCH,
-    bm25_grid: dict | None = None,
-    predictions: int = 2000,
-    bm25_fallback: str | None = None,
+    lm, source: DiagnosticSource | None = None, *, queries: Sequence[str] | None = None,
+    docs: Sequence[str] | None = None, qids: Sequence[str] | None = None,
+    heads: Sequence[str | tuple[int, int]] | None = None, n_heads: int = 13, idf: np.ndarray | None = None,
+    idf_texts: Sequence[str] | None = None, n_query_tokens: int = 5, docs_per_query: int | None = 20,
+    split: str = "query", seed: int = 42, test_size: float = 0.2, batch_size: int = DEFAULT_BATCH,
+    bm25_grid: dict | None = None, predictions: int = 2000, bm25_fallback: str | None = None,
     test_qids: Sequence[str] | None = None,
 ) -> dict:
     """The linear semantic-BM25 analysis on TFC1-perturbed pairs of a source (or given query/doc lists).
@@ -337,9 +324,6 @@ def linear_bm25(
     Raises:
         ValueError: On inconsistent inputs, before running the model.
     """
-    from jaxmech.analysis import idf_svd as isvd
-    from jaxmech.analysis.circuit import top_heads_of
-
     model, tok = unwrap(lm)
     if tok is None:
         raise ValueError("linear_bm25 needs the model's tokenizer")
@@ -348,43 +332,108 @@ def linear_bm25(
     if bm25_fallback not in BM25_FALLBACKS:
         raise ValueError(f"bm25_fallback={bm25_fallback!r}; choose one of {BM25_FALLBACKS}")
     if source is not None:
-        keep = set(qids) if qids is not None else None
-        if keep is not None and not keep & set(source.docs):
-            raise ValueError("linear_bm25: none of the given qids has documents in the source")
-        queries, docs, groups = [], [], []
-        for qid, ds in source.docs.items():
-            if (keep is not None and qid not in keep) or qid not in source.terms:
-                continue
-            for d in list(ds.values())[:docs_per_query]:
-                queries.append(source.queries[qid])
-                docs.append(f"{d} {source.terms[qid]}")
-                groups.append(qid)
+        queries, docs, groups = _source_pairs(source, qids, docs_per_query)
         if idf is None and idf_texts is None:
             idf_texts = list(dict.fromkeys(t for ds in source.docs.values() for t in ds.values()))
     else:
-        if queries is None or docs is None or len(queries) != len(docs):
-            raise ValueError("linear_bm25: give a source, or queries and docs of equal length")
-        groups = list(qids) if qids is not None else list(queries)
-        if len(groups) != len(queries):
-            raise ValueError(f"linear_bm25: {len(groups)} qids for {len(queries)} pairs")
+        groups = _given_groups(queries, docs, qids)
     if heads is not None:
         heads = parse_head_names(heads, model.cfg.n_layers, model.cfg.n_heads, where="linear_bm25 heads")
-    if idf is None:
-        if idf_texts is None:
-            raise ValueError("linear_bm25: give idf, idf_texts or a source to stream IDF from")
-        idf = isvd.vocab_idf_rules(isvd.stream_idf(idf_texts, tok), None, tok)["word"]
-    idf = np.asarray(idf, np.float64)
+    idf = _idf_of(idf, idf_texts, tok)
     kept, qp, dp = truncated_inputs(tok, queries, docs, n_query_tokens=n_query_tokens)
     if len(kept) < 10:
         raise ValueError(f"linear_bm25: only {len(kept)} pairs have a query of >= {n_query_tokens} word pieces")
     groups = [groups[i] for i in kept]
-    fixed = None
-    if test_qids is not None:
-        fixed = {str(q) for q in test_qids}
-        n_fixed = sum(g in fixed for g in groups)
-        if not n_fixed or n_fixed == len(groups):
-            raise ValueError(f"linear_bm25: the {len(fixed)} test qids cover {n_fixed} of {len(groups)} pairs; "
-                             "the test and the training queries both need pairs")
+    fixed = _fixed_test_set(test_qids, groups)
+    tf, idf_feat, y, heads = _features(model, tok, qp, dp, idf, heads, n_heads, batch_size)
+    if fixed is not None:
+        split = "fixed"
+        runs = {split: linear_bm25_from_arrays(tf, idf_feat, y, groups, seed=seed, test_groups=fixed)}
+    else:
+        runs = {sp: linear_bm25_from_arrays(tf, idf_feat, y, groups, split=sp, seed=seed, test_size=test_size)
+                for sp in SPLITS}
+    rules = (bm25_fallback, *[f for f in BM25_FALLBACKS if f != bm25_fallback])
+    bms = [bm25_baseline(qp, dp, y, idf, runs[split]["train"], runs[split]["test"], fallback=fb,
+                         max_query_tokens=None, **(bm25_grid or {})) for fb in rules]
+    head = {"analysis": "linear_bm25", "model": model_label(lm), "split": split, "seed": seed, "test_size": test_size}
+    return {**head, **_result_fields(runs, split, y, groups, heads, bms, bm25_fallback, fixed, predictions)}
+
+
+def _idf_of(idf, idf_texts, tok) -> np.ndarray:
+    """``idf`` as float64, or streamed (word rule) from ``idf_texts``."""
+    from jaxmech.analysis import idf_svd as isvd
+
+    if idf is None:
+        if idf_texts is None:
+            raise ValueError("linear_bm25: give idf, idf_texts or a source to stream IDF from")
+        idf = isvd.vocab_idf_rules(isvd.stream_idf(idf_texts, tok), None, tok)["word"]
+    return np.asarray(idf, np.float64)
+
+
+def _result_fields(runs: dict, split: str, y, groups, heads, bms, bm25_fallback, fixed, predictions: int) -> dict:
+    """The JSON fields after ``analysis``, ``model``, ``split``, ``seed`` and ``test_size``."""
+    main = runs[split]
+    return {
+        "n_pairs": len(y),
+        "n_train": len(main["train"]),
+        "n_test": len(main["test"]),
+        "n_queries": len(set(groups)),
+        "n_features": main["X"].shape[1],
+        "heads": [head_name(*h) for h in heads],
+        **_fit_fields(main["fit"]),
+        **_bm25_fields(bms[0], bms[1], bm25_fallback),
+        "random_features_test_pearson": main["random"]["test"]["pearson"],
+        **(_other_split_fields(runs, split) if fixed is None else {"test_qids": sorted(fixed)}),
+        **_prediction_fields(main, y, predictions),
+        "doc_range": "each pair's own first [SEP] + 1 .. final [SEP] (inclusive)",
+    }
+
+
+def _source_pairs(source: DiagnosticSource, qids, docs_per_query: int | None) -> tuple[list, list, list]:
+    """``(queries, docs, groups)``: each query's first ``docs_per_query`` documents with its term appended
+    (TFC1-perturbed), grouped by qid; only queries with a term (and in ``qids`` when given)."""
+    keep = set(qids) if qids is not None else None
+    if keep is not None and not keep & set(source.docs):
+        raise ValueError("linear_bm25: none of the given qids has documents in the source")
+    queries, docs, groups = [], [], []
+    for qid, ds in source.docs.items():
+        if (keep is not None and qid not in keep) or qid not in source.terms:
+            continue
+        for d in list(ds.values())[:docs_per_query]:
+            queries.append(source.queries[qid])
+            docs.append(f"{d} {source.terms[qid]}")
+            groups.append(qid)
+    return queries, docs, groups
+
+
+def _given_groups(queries, docs, qids) -> list:
+    """The split groups of given query/doc lists: ``qids``, or the queries themselves."""
+    if queries is None or docs is None or len(queries) != len(docs):
+        raise ValueError("linear_bm25: give a source, or queries and docs of equal length")
+    groups = list(qids) if qids is not None else list(queries)
+    if len(groups) != len(queries):
+        raise ValueError(f"linear_bm25: {len(groups)} qids for {len(queries)} pairs")
+    return groups
+
+
+def _fixed_test_set(test_qids, groups: Sequence) -> set[str] | None:
+    """The fixed test queries (None: a seeded split); both sides must keep pairs."""
+    if test_qids is None:
+        return None
+    fixed = {str(q) for q in test_qids}
+    n_fixed = sum(g in fixed for g in groups)
+    if not n_fixed or n_fixed == len(groups):
+        raise ValueError(f"linear_bm25: the {len(fixed)} test qids cover {n_fixed} of {len(groups)} pairs; "
+                         "the test and the training queries both need pairs")
+    return fixed
+
+
+def _features(model, tok, qp, dp, idf: np.ndarray, heads, n_heads: int, batch_size: int):
+    """``(tf [pair, head, qtok], idf_feat [pair, qtok], y [pair], heads)``: the matching heads' soft TF (heads
+    from the exact-match detector on the first 256 pairs when not given), -U_0's IDF feature of each query
+    piece, and the model's scores."""
+    from jaxmech.analysis import idf_svd as isvd
+    from jaxmech.analysis.circuit import top_heads_of
 
     W_E = np.asarray(model.embed.W_E[...])
     svd = isvd.embedding_svd(W_E, idf=idf)
@@ -398,42 +447,23 @@ def linear_bm25(
         det = match_scores(model, PairInputs.from_pieces(tok, qp[:256], dp[:256]), batch_size=batch_size)
         heads = top_heads_of(det, n_heads)
     tf = np.stack([tf_all[:, layer, h, :] for layer, h in heads], 1)
-    idf_feat = idf_feat_vocab[np.asarray(qp)]
-    runs = {}
-    if fixed is not None:
-        split = "fixed"
-        runs[split] = linear_bm25_from_arrays(tf, idf_feat, y, groups, seed=seed, test_groups=fixed)
-    else:
-        for sp in SPLITS:
-            runs[sp] = linear_bm25_from_arrays(tf, idf_feat, y, groups, split=sp, seed=seed, test_size=test_size)
-    main = runs[split]
-    test = main["test"]
-    rules = (bm25_fallback, *[f for f in BM25_FALLBACKS if f != bm25_fallback])
-    bms = {fb: bm25_baseline(qp, dp, y, idf, main["train"], test, fallback=fb, max_query_tokens=None,
-                             **(bm25_grid or {})) for fb in rules}
-    bm, bm_other = bms[rules[0]], bms[rules[1]]
-    other = SPLITS[1 - SPLITS.index(split)] if fixed is None else None
-    rng = np.random.default_rng(0)
-    show = np.sort(rng.choice(len(test), size=min(predictions, len(test)), replace=False))
-    fit = main["fit"]
+    return tf, idf_feat_vocab[np.asarray(qp)], y, heads
+
+
+def _fit_fields(fit: dict) -> dict:
     return {
-        "analysis": "linear_bm25",
-        "model": model_label(lm),
-        "split": split,
-        "seed": seed,
-        "test_size": test_size,
-        "n_pairs": len(y),
-        "n_train": len(main["train"]),
-        "n_test": len(test),
-        "n_queries": len(set(groups)),
-        "n_features": main["X"].shape[1],
-        "heads": [head_name(*h) for h in heads],
         "test_pearson": fit["test"]["pearson"],
         "test_p_value": fit["test"]["p_value"],
         "test_spearman": fit["test"]["spearman"],
         "test_rmse": fit["test"]["rmse"],
         "test_r2": fit["test"]["r2"],
         "train_pearson": fit["train"]["pearson"],
+    }
+
+
+def _bm25_fields(bm: dict, bm_other: dict, bm25_fallback: str | None) -> dict:
+    """The tuned BM25 baseline with the chosen IDF-0 rule, and the other rule beside it."""
+    return {
         "bm25_test_pearson": bm["test"]["pearson"],
         "bm25_k1": bm["k1"],
         "bm25_b": bm["b"],
@@ -444,20 +474,31 @@ def linear_bm25(
         "bm25_other_fallback": {"fallback": bm_other["fallback"] or "none", "test_pearson": bm_other["test"]["pearson"],
                                 "k1": bm_other["k1"], "b": bm_other["b"], "edge": bm_other["edge"] or "inside the grid",
                                 "tuned_on_all_pearson": bm_other["tuned_on_all_pearson"]},
-        "random_features_test_pearson": main["random"]["test"]["pearson"],
-        **({"other_split": {
-            "split": other,
-            "test_pearson": runs[other]["fit"]["test"]["pearson"],
-            "test_p_value": runs[other]["fit"]["test"]["p_value"],
-            "random_features_test_pearson": runs[other]["random"]["test"]["pearson"],
-            "note": "the pair split leaks test queries into training" if other == "pair" else "",
-        }} if other else {"test_qids": sorted(fixed)}),
+    }
+
+
+def _other_split_fields(runs: dict, split: str) -> dict:
+    other = SPLITS[1 - SPLITS.index(split)]
+    return {"other_split": {
+        "split": other,
+        "test_pearson": runs[other]["fit"]["test"]["pearson"],
+        "test_p_value": runs[other]["fit"]["test"]["p_value"],
+        "random_features_test_pearson": runs[other]["random"]["test"]["pearson"],
+        "note": "the pair split leaks test queries into training" if other == "pair" else "",
+    }}
+
+
+def _prediction_fields(main: dict, y: np.ndarray, predictions: int) -> dict:
+    """A seeded sample of at most ``predictions`` test predictions and the 15 largest coefficients."""
+    test, fit = main["test"], main["fit"]
+    rng = np.random.default_rng(0)
+    show = np.sort(rng.choice(len(test), size=min(predictions, len(test)), replace=False))
+    return {
         "test_predictions": {"y_true": y[test][show], "y_pred": fit["y_pred"][show]},
         "top_coefficients": sorted(
             ({"feature": n, "coef": float(c)} for n, c in zip(main["names"], fit["coef"], strict=True)),
             key=lambda d: -abs(d["coef"]),
         )[:15],
-        "doc_range": "each pair's own first [SEP] + 1 .. final [SEP] (inclusive)",
     }
 
 

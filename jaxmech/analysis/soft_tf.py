@@ -310,37 +310,51 @@ def soft_tf(
     if detector is not None:
         out["detector_scores"] = {head_name(l, h): detector[l, h] for l, h in chosen}
     for exp in experiments:
-        if exp == "tfc2":
-            inputs, x, info = tfc2_inputs(source, tok, limit=limit)
-            values = term_attention(model, inputs, dst=("Dplus",), batch_size=batch_size)
-            x_values, label = list(range(6)), "term frequency (occurrences restored)"
-        elif exp == "lnc1":
-            inputs, x, info = lnc1_inputs(source, tok, seed=seed, limit=limit)
-            values = term_attention(model, inputs, dst=("Dplus",), batch_size=batch_size)
-            x_values, label = list(range(5)), "non-relevant sentences added"
-            info["doc_length"] = [
-                float(np.mean([len(inputs.doc_pieces[i]) for i in range(len(x)) if x[i] == v])) if v in x else None
-                for v in x_values
-            ]
-        else:
-            conds = {"filler": "filler", "synonym": "synonym", "exact": "exact"}
-            inputs, x, info = appended_inputs(source, tok, conds, docs_per_query=docs_per_query, limit=limit)
-            values = term_attention(model, inputs, dst=("Dinj",), batch_size=batch_size)
-            x_values, label = list(conds), "appended word"
-        if not len(inputs):
-            raise ValueError(f"soft_tf {exp}: the source yields no inputs (missing answers/documents?)")
-        curves = head_curves(values, x, x_values, chosen, level=level)
-        groups = info.pop(GROUPS)
-        out[exp] = {
-            "paired_change": paired_change(values, x, groups, *PAIRED[exp], chosen, level=level),
-            "x_label": label,
-            "x": x_values,
-            "heads": curves["heads"],
-            "mean_all": curves["_all"],
-            "n_inputs": len(inputs),
-            **info,
-        }
+        out[exp] = _experiment(exp, model, tok, source, chosen, docs_per_query=docs_per_query, limit=limit,
+                               seed=seed, batch_size=batch_size, level=level)
     return out
+
+
+def _experiment(exp: str, model, tok, source: DiagnosticSource, chosen, *, docs_per_query: int,
+                limit: int | None, seed: int, batch_size: int, level: float) -> dict:
+    """One experiment's JSON: the heads' curves over its x values, the paired change and its build info."""
+    inputs, x, info, values, x_values, label = _experiment_values(
+        exp, model, tok, source, docs_per_query=docs_per_query, limit=limit, seed=seed, batch_size=batch_size)
+    if not len(inputs):
+        raise ValueError(f"soft_tf {exp}: the source yields no inputs (missing answers/documents?)")
+    curves = head_curves(values, x, x_values, chosen, level=level)
+    groups = info.pop(GROUPS)
+    return {
+        "paired_change": paired_change(values, x, groups, *PAIRED[exp], chosen, level=level),
+        "x_label": label,
+        "x": x_values,
+        "heads": curves["heads"],
+        "mean_all": curves["_all"],
+        "n_inputs": len(inputs),
+        **info,
+    }
+
+
+def _experiment_values(exp: str, model, tok, source: DiagnosticSource, *, docs_per_query: int,
+                       limit: int | None, seed: int, batch_size: int):
+    """``(inputs, x, info, attention values, x values, x label)`` of one experiment."""
+    if exp == "tfc2":
+        inputs, x, info = tfc2_inputs(source, tok, limit=limit)
+        values = term_attention(model, inputs, dst=("Dplus",), batch_size=batch_size)
+        return inputs, x, info, values, list(range(6)), "term frequency (occurrences restored)"
+    if exp == "lnc1":
+        inputs, x, info = lnc1_inputs(source, tok, seed=seed, limit=limit)
+        values = term_attention(model, inputs, dst=("Dplus",), batch_size=batch_size)
+        x_values = list(range(5))
+        info["doc_length"] = [
+            float(np.mean([len(inputs.doc_pieces[i]) for i in range(len(x)) if x[i] == v])) if v in x else None
+            for v in x_values
+        ]
+        return inputs, x, info, values, x_values, "non-relevant sentences added"
+    conds = {"filler": "filler", "synonym": "synonym", "exact": "exact"}
+    inputs, x, info = appended_inputs(source, tok, conds, docs_per_query=docs_per_query, limit=limit)
+    values = term_attention(model, inputs, dst=("Dinj",), batch_size=batch_size)
+    return inputs, x, info, values, list(conds), "appended word"
 
 
 __all__ = ["EXPERIMENTS", "appended_inputs", "head_curves", "lnc1_inputs", "paired_change", "soft_tf", "term_attention",

@@ -9,7 +9,8 @@
 ``--source`` is ``shared``, ``demo`` or a folder (the paper's files or an MS MARCO-style collection +
 queries + qrels); ``--dataset`` a file of `jaxmech dataset build`; ``--qids`` a file of query ids (one per
 line). The JSON follows the analysis contract of the project notes; the command prints its headline numbers.
-Errors are one line naming what was wrong, exit code 2.
+The arguments become the analysis' typed Options (`jaxmech.analysis.options`, `options_from_args`); errors
+are one line naming what was wrong, exit code 2.
 """
 
 from __future__ import annotations
@@ -53,18 +54,25 @@ def _thresholds(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def check_inputs(name: str, opts: dict) -> None:
+def check_inputs(name: str, options) -> None:
     """Fails fast, before a model is loaded: missing files, or no input for an analysis that needs one.
+
+    Args:
+        name: The analysis.
+        options: Its `jaxmech.analysis.options` dataclass.
 
     Raises:
         FileNotFoundError / ValueError: Naming the option.
     """
     from pathlib import Path
 
+    def opt(key):
+        return getattr(options, key, None)
+
     for key in ("dataset", "qids", "idf_table", "collection", "test_qids"):
-        if opts.get(key) is not None and not Path(opts[key]).is_file():
-            raise FileNotFoundError(f"--{key.replace('_', '-')} {opts[key]}: no such file")
-    src = opts.get("source")
+        if opt(key) is not None and not Path(opt(key)).is_file():
+            raise FileNotFoundError(f"--{key.replace('_', '-')} {opt(key)}: no such file")
+    src = opt("source")
     if (
         src is not None
         and src not in ("shared", "demo")
@@ -72,62 +80,73 @@ def check_inputs(name: str, opts: dict) -> None:
         and not Path(src).exists()
     ):
         raise FileNotFoundError(f"--source {src}: not 'shared', 'demo', 'ir_datasets:NAME' or an existing path")
-    inputs = [k for k in ("source", "dataset", "collection", "idf_table") if opts.get(k) is not None]
+    inputs = [k for k in ("source", "dataset", "collection", "idf_table") if opt(k) is not None]
     if not inputs:
         need = "--source" if name == "soft_tf" else "--source or --dataset"
         raise ValueError(f"{name.replace('_', '-')} needs {need}")
-    if name == "soft_tf" and opts.get("source") is None:
+    if name == "soft_tf" and opt("source") is None:
         raise ValueError("soft-tf needs --source (TFC2/LNC1 answers and STMC1 documents)")
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    """Runs one analysis (`jaxmech.analysis.steps.analyze`) and prints its headline numbers."""
-    from jaxmech.analysis.steps import analyze
+_NOT_OPTIONS = ("command", "func", "analysis", "model", "out")
+"""Arguments of the command that are not the analysis' options."""
 
-    opts = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("command", "func", "analysis", "model", "out") and v is not None
-    }
+
+def options_from_args(args: argparse.Namespace):
+    """The analysis' Options (`jaxmech.analysis.options`) from the command's arguments: every argument given
+    (not None) but the model and the output, ``--threshold ROLE=VALUE`` as ``thresholds`` and
+    ``--experiments a,b`` as a list.
+
+    Raises:
+        ValueError: An argument the analysis has no option for, or a malformed ``--threshold``.
+    """
+    from jaxmech.analysis.registry import parse_options
+
+    opts = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS and v is not None}
     if "threshold" in opts:
         opts["thresholds"] = _thresholds(opts.pop("threshold"))
     if "experiments" in opts:
         opts["experiments"] = [e.strip() for e in opts["experiments"].split(",") if e.strip()]
+    return parse_options(args.analysis, opts)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Runs one analysis (`jaxmech.analysis.registry.analyze`) and prints its headline numbers."""
+    from jaxmech.analysis.registry import analyze
+
     name = args.analysis.replace("-", "_")
-    check_inputs(name, opts)
-    result = analyze(name, args.model, out=args.out, **opts)
+    options = options_from_args(args)
+    check_inputs(name, options)
+    result = analyze(name, args.model, options, out=args.out)
     print(json.dumps({"out": args.out, **{k: result.get(k) for k in HEADLINES[name]}}, default=str))
     return 0
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    """Adds ``analyze`` (with one subcommand per analysis) to the main parser's subparsers."""
-    p = subparsers.add_parser(
-        "analyze", help="the paper's analyses (circuit, soft-TF, IDF direction, editing, linear semantic BM25) as JSON"
-    )
-    sub = p.add_subparsers(dest="analysis", required=True)
-
-    def common(q, *, source=True, dataset=True):
-        q.add_argument("--model", required=True,
-                       help="local folder, hub id, 'packaged' (all-MiniLM-L6-v2 bi-encoder) or 'packaged-ce' "
-                       "(MiniLM-L6 cross-encoder)")
-        q.add_argument("--out", required=True, help="output JSON file")
-        if source:
-            q.add_argument("--source", help="shared | demo | DIR (the paper's files or an MS MARCO-style folder)")
-        if dataset:
-            q.add_argument("--dataset", help="a dataset file of `jaxmech dataset build`")
+def _common(q, *, source=True, dataset=True, qids=True) -> None:
+    """The arguments every analysis command has (``--model``, ``--out``) and the inputs it reads."""
+    q.add_argument("--model", required=True,
+                   help="local folder, hub id, 'packaged' (all-MiniLM-L6-v2 bi-encoder) or 'packaged-ce' "
+                   "(MiniLM-L6 cross-encoder)")
+    q.add_argument("--out", required=True, help="output JSON file")
+    if source:
+        q.add_argument("--source", help="shared | demo | DIR (the paper's files or an MS MARCO-style folder)")
+    if dataset:
+        q.add_argument("--dataset", help="a dataset file of `jaxmech dataset build`")
+    if qids:
         q.add_argument("--qids", help="file of query ids (one per line) to restrict the queries")
-        q.set_defaults(func=cmd_analyze)
+    q.set_defaults(func=cmd_analyze)
 
-    q = sub.add_parser("idf-svd", help="SVD of the word embeddings vs IDF (raw and centred)")
-    common(q)
+
+def _idf_svd_args(q) -> None:
+    _common(q, qids=False)
     q.add_argument("--collection", help="collection to stream IDF from (pid<TAB>text TSV or JSONL)")
     q.add_argument("--idf-table", help="word<TAB>idf TSV instead of streaming")
     q.add_argument("--formula", default="lucene", choices=["lucene", "robertson", "log", "smooth"])
     q.add_argument("--n-components", type=int, default=50)
 
-    q = sub.add_parser("soft-tf", help="matching heads' attention to term matches: TFC2, LNC1, STMC1")
-    common(q, dataset=False)
+
+def _soft_tf_args(q) -> None:
+    _common(q, dataset=False)
     q.add_argument("--heads", nargs="+", help="heads LAYER.HEAD (default: the exact-match detector's top)")
     q.add_argument("--n-heads", type=int, default=8)
     q.add_argument("--experiments", default="tfc2,lnc1,stmc1", help="comma-separated subset of tfc2,lnc1,stmc1")
@@ -135,8 +154,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, help="at most this many answers/documents per experiment")
     q.add_argument("--seed", type=int, default=0, help="LNC1 partner permutation seed")
 
-    q = sub.add_parser("circuit", help="relevance-scoring, contextual-query and matching heads (E4, E5, E5)")
-    common(q)
+
+def _circuit_args(q) -> None:
+    _common(q)
     q.add_argument("--docs-per-query", type=int, default=5)
     q.add_argument("--n-queries", type=int)
     q.add_argument("--limit", type=int, default=200, help="at most this many pairs")
@@ -150,8 +170,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "--verify-top-k per stage")
     q.add_argument("--verify-top-k", type=int, default=10, help="with --method attribution: senders verified exactly")
 
-    q = sub.add_parser("edit-idf", help="raise/lower tokens' U_0 coordinate; scores and [CLS] attention")
-    common(q)
+
+def _edit_idf_args(q) -> None:
+    _common(q)
     q.add_argument("--n-queries", type=int, default=5)
     q.add_argument("--docs-per-query", type=int, default=6)
     q.add_argument("--limit", type=int)
@@ -161,8 +182,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--methods", nargs="+", default=["u0", "row"], choices=["u0", "row"])
     q.add_argument("--idf-table", help="word<TAB>idf TSV orienting U_0 (default: streamed from the documents)")
 
-    q = sub.add_parser("linear-bm25", help="linear semantic BM25 vs tuned BM25 and random features")
-    common(q)
+
+def _linear_bm25_args(q) -> None:
+    _common(q)
     q.add_argument("--docs-per-query", type=int, default=20)
     q.add_argument("--heads", nargs="+", help="matching heads LAYER.HEAD (default: the detector's top --n-heads)")
     q.add_argument("--n-heads", type=int, default=13)
@@ -175,7 +197,25 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "fallback; the other is reported beside it")
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--idf-table", help="word<TAB>idf TSV (default: streamed from the documents)")
-    add_edges_parser(sub, common)
+
+
+_ARGUMENTS = {"idf_svd": _idf_svd_args, "soft_tf": _soft_tf_args, "circuit": _circuit_args,
+              "edit_idf": _edit_idf_args, "linear_bm25": _linear_bm25_args}
+"""Analysis -> the function adding its command's arguments (``edges``: `jaxmech.cli.edges.add_edges_parser`)."""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``analyze`` (with one subcommand per analysis) to the main parser's subparsers (help texts from
+    `jaxmech.analysis.registry.ANALYSES`)."""
+    from jaxmech.analysis.registry import ANALYSES
+
+    p = subparsers.add_parser(
+        "analyze", help="the paper's analyses (circuit, soft-TF, IDF direction, editing, linear semantic BM25) as JSON"
+    )
+    sub = p.add_subparsers(dest="analysis", required=True)
+    for name, add_arguments in _ARGUMENTS.items():
+        add_arguments(sub.add_parser(name.replace("_", "-"), help=ANALYSES[name].description))
+    add_edges_parser(sub, _common)
     return p
 
 

@@ -1,7 +1,9 @@
 """Diagnostic datasets and IR signals.
 
 * `records`: the `AlignedPair` record, `DiagnosticSource`, dataset files (`write_dataset`, `read_dataset`).
+* `pairs`: the builders' generic core (`build_pairs`: perturbation items to aligned, typed pairs).
 * `diagnostic`: builders of TFC1 (append/prepend), STMC1, TFC2, LNC1 and their reverse axioms (`build`).
+* `analysis_kinds`: the analyses' kinds (E7 ``idf_front``, LNC1 realigned).
 * `align`: position alignment of baseline and perturbed sequences (fillers, token diff).
 * `token_types`: the paper's token types (CLS, SEP1, SEP2, Qplus, Qsub, Dinj, Dplus, Dsub, Dother).
 * `loaders`: the paper's public files, MS MARCO-style TSV/JSONL, ``ir_datasets``.
@@ -27,16 +29,14 @@ _EXPORTS = {
     "jaxmech.data.demo": ("load_demo",),
     "jaxmech.data.diagnostic": (
         "KINDS",
-        "BuildResult",
-        "PerturbationItem",
         "build",
         "build_lnc1",
-        "build_pairs",
         "build_stmc1",
         "build_tfc1",
         "build_tfc2",
         "tfc2_variants",
     ),
+    "jaxmech.data.pairs": ("BuildResult", "PerturbationItem", "build_pairs"),
     "jaxmech.data.idf": (
         "load_idf_tsv",
         "save_idf_tsv",

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxmech.data.diagnostic import ALIGN_MODES, BuildResult, PerturbationItem, build_pairs
+from jaxmech.data.pairs import ALIGN_MODES, BuildResult, PerturbationItem, build_pairs
 from jaxmech.data.records import AlignedPair, DataError, DiagnosticSource
 from jaxmech.data.token_types import assign_token_types, word_pieces_with_words
 
@@ -85,16 +85,7 @@ def build_idf_front(
         raise DataError(source.name, None, "E7 (idf_front) needs documents (source.docs is empty)")
     if not idf_table:
         raise DataError(source.name, None, "E7 (idf_front) needs a non-empty word IDF table")
-    moved: dict[str, tuple[str, int, str]] = {}
-    already_first: list[dict[str, Any]] = []
-    for qid in source.docs:
-        if qid not in source.queries:
-            raise DataError(source.name, f"qid {qid}", "unknown qid (no such query loaded)")
-        m = idf_front_query(source.queries[qid], idf_table, tokenizer)
-        if m[1] == 0:
-            already_first.append({"qid": qid, "reason": "already_first", "word": m[2]})
-        else:
-            moved[qid] = m
+    moved, already_first = _moved_queries(source, idf_table, tokenizer)
     items = [
         (qid, doc_id, doc)
         for qid, docs in source.docs.items()
@@ -110,57 +101,62 @@ def build_idf_front(
         )
     )
     wp = dict(zip(texts, word_pieces_with_words(tokenizer, texts), strict=True))
-    pairs, too_long = [], 0
-    for qid, doc_id, doc in items:
-        query, (pert_query, index, word) = source.queries[qid], moved[qid]
-        qb, qp, d = wp[query], wp[pert_query], wp[doc]
-        b_ids, b_tt = tokenizer.pair_ids(qb.ids, d.ids)
-        p_ids, p_tt = tokenizer.pair_ids(qp.ids, d.ids)
-        if len(b_ids) > tokenizer.max_length:
-            too_long += 1
-            continue
-        # exact token alignment of the permuted query span: the moved word's pieces first, then the rest
-        word_of = qb.word_index
-        moved_words = _moved_word_indices(query, index, wp[word], tokenizer)
-        first = [j for j, w in enumerate(word_of) if w in moved_words]
-        rest = [j for j, w in enumerate(word_of) if w not in moved_words]
-        perm_q = {j: 1 + k for k, j in enumerate(first + rest)}
-        permutation = [0, *[perm_q[j] for j in range(len(qb.ids))], *range(len(qb.ids) + 1, len(b_ids))]
-        types = assign_token_types(qb, d, wp[word].words, term_match=term_match)
-        meta = {
-            "perturbed_query": pert_query,
-            "moved_word": word,
-            "moved_from_word": index,
-            "permutation": permutation,
-            "moved_positions": list(range(1, 1 + len(first))),
-            "alignment": "identity",
-        }
-        pairs.append(
-            AlignedPair(
-                b_ids,
-                b_tt,
-                p_ids,
-                p_tt,
-                list(range(len(b_ids))),
-                kind=E7_KIND,
-                qid=qid,
-                doc_id=doc_id,
-                query=query,
-                baseline_doc=doc,
-                perturbed_doc=doc,
-                token_types=types,
-                term=word,
-                meta=meta,
-            )
-        )
+    made = [_idf_front_pair(qid, doc_id, doc, source.queries[qid], moved[qid], wp, tokenizer, term_match)
+            for qid, doc_id, doc in items]
+    pairs = [p for p in made if p is not None]
     stats = {
         "items": len(items),
         "built": len(pairs),
-        "excluded_too_long": too_long,
+        "excluded_too_long": len(made) - len(pairs),
         "excluded_already_first": len(already_first),
         "excluded": already_first,
     }
     return BuildResult(E7_KIND, pairs, stats)
+
+
+def _moved_queries(source: DiagnosticSource, idf_table: Mapping[str, float], tokenizer):
+    """``({qid: idf_front_query(...)}, [exclusion records])``: each query of ``source.docs`` with its
+    highest-IDF word moved first, or left out when that word is already first."""
+    moved: dict[str, tuple[str, int, str]] = {}
+    already_first: list[dict[str, Any]] = []
+    for qid in source.docs:
+        if qid not in source.queries:
+            raise DataError(source.name, f"qid {qid}", "unknown qid (no such query loaded)")
+        m = idf_front_query(source.queries[qid], idf_table, tokenizer)
+        if m[1] == 0:
+            already_first.append({"qid": qid, "reason": "already_first", "word": m[2]})
+        else:
+            moved[qid] = m
+    return moved, already_first
+
+
+def _idf_front_pair(qid: str, doc_id: str, doc: str, query: str, moved: tuple[str, int, str], wp: Mapping,
+                    tokenizer, term_match: str) -> AlignedPair | None:
+    """One E7 pair (None when the baseline is longer than the tokenizer's ``max_length``)."""
+    pert_query, index, word = moved
+    qb, qp, d = wp[query], wp[pert_query], wp[doc]
+    b_ids, b_tt = tokenizer.pair_ids(qb.ids, d.ids)
+    p_ids, p_tt = tokenizer.pair_ids(qp.ids, d.ids)
+    if len(b_ids) > tokenizer.max_length:
+        return None
+    # exact token alignment of the permuted query span: the moved word's pieces first, then the rest
+    word_of = qb.word_index
+    moved_words = _moved_word_indices(query, index, wp[word], tokenizer)
+    first = [j for j, w in enumerate(word_of) if w in moved_words]
+    rest = [j for j, w in enumerate(word_of) if w not in moved_words]
+    perm_q = {j: 1 + k for k, j in enumerate(first + rest)}
+    permutation = [0, *[perm_q[j] for j in range(len(qb.ids))], *range(len(qb.ids) + 1, len(b_ids))]
+    types = assign_token_types(qb, d, wp[word].words, term_match=term_match)
+    meta = {
+        "perturbed_query": pert_query,
+        "moved_word": word,
+        "moved_from_word": index,
+        "permutation": permutation,
+        "moved_positions": list(range(1, 1 + len(first))),
+        "alignment": "identity",
+    }
+    return AlignedPair(b_ids, b_tt, p_ids, p_tt, list(range(len(b_ids))), kind=E7_KIND, qid=qid, doc_id=doc_id,
+                       query=query, baseline_doc=doc, perturbed_doc=doc, token_types=types, term=word, meta=meta)
 
 
 def _moved_word_indices(query: str, index: int, word_wp, tokenizer) -> set[int]:
@@ -176,7 +172,7 @@ def realign(result: BuildResult | Sequence[AlignedPair], tokenizer, *, align: st
     Args:
         result: A `BuildResult` or its pairs.
         tokenizer: The tokenizer they were built with.
-        align: One of ``append``, ``prepend``, ``diff``, ``paper`` (`jaxmech.data.diagnostic.build_pairs`).
+        align: One of ``append``, ``prepend``, ``diff``, ``paper`` (`jaxmech.data.pairs.build_pairs`).
 
     Returns:
         A `BuildResult` with the same kind, texts and meta, aligned anew.

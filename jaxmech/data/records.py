@@ -396,10 +396,17 @@ def iter_kinds(pairs: Iterable[AlignedPair]) -> dict[str, int]:
     return out
 
 
+def count_token_types(types_per_pair: Iterable[Sequence[str]]) -> dict[str, int]:
+    """Total number of positions of each type over many pairs, in `TOKEN_TYPES` order."""
+    counts = dict.fromkeys(TOKEN_TYPES, 0)
+    for types in types_per_pair:
+        for t in types:
+            counts[t] += 1
+    return counts
+
+
 def summarize_dataset(header: dict, pairs: Sequence[AlignedPair]) -> dict[str, Any]:
     """Summary of a dataset: counts by kind, lengths, token types, exclusions (``jaxmech dataset stats``)."""
-    from jaxmech.data.token_types import count_token_types
-
     def lengths(xs):
         if not xs:
             return {}

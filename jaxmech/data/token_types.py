@@ -175,12 +175,3 @@ def assign_token_types(query: WordPieces, doc: WordPieces, term: Sequence[str] |
     types.append("SEP2")
     assert all(t in TOKEN_TYPES for t in types)
     return types
-
-
-def count_token_types(types_per_pair: Iterable[Sequence[str]]) -> dict[str, int]:
-    """Total number of positions of each type over many pairs, in `TOKEN_TYPES` order."""
-    counts = dict.fromkeys(TOKEN_TYPES, 0)
-    for types in types_per_pair:
-        for t in types:
-            counts[t] += 1
-    return counts

@@ -286,9 +286,11 @@ class StepSection:
     options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        from jaxmech.analysis.registry import check_options
         from jaxmech.sweeps.steps import check_step
 
         check_step(self.name)
+        check_options(self.name, self.options)  # an analysis' misspelt option fails here, before any compute
 
 
 @dataclasses.dataclass(frozen=True)

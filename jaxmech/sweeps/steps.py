@@ -49,7 +49,7 @@ def resolve_step(name: str) -> Callable:
         from jaxmech.analysis import ANALYSES  # the paper's analyses are steps too, by their names
 
         if name in ANALYSES:
-            from jaxmech.analysis.steps import analyze_run
+            from jaxmech.analysis.registry import analyze_run
 
             return functools.partial(analyze_run, name)
         raise ValueError(f"name={name!r} is not a step; known: {sorted(STEPS) + sorted(ANALYSES)}")
