@@ -74,6 +74,7 @@ class Plan:
 
     @property
     def n_pairs(self) -> int:
+        """Pairs in the run."""
         return len(self.pairs)
 
     def chunks(self, size: int) -> list[tuple[int, int]]:
