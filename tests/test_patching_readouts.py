@@ -476,8 +476,8 @@ def test_a_sweep_declares_a_readout_on_e7_pairs(tmp_path, tiny_with_tokenizer):
     assert run_sweep(path, out=tmp_path / "run", quiet=True).complete
     run = results.open(tmp_path / "run")
     assert run.meta["readout"] == spec
-    from jaxmech.plot.source import open_results
     from jaxmech.report.build import run_summary
+    from jaxmech.results.source import open_results
 
     assert run_summary(open_results(tmp_path / "run"))["readout"] == spec  # the report's Run table names it
     lm = load_model(tiny_with_tokenizer)

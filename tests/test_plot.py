@@ -12,8 +12,8 @@ import pytest
 
 from jaxmech import plot as jp
 from jaxmech.patching.summaries import TOKEN_TYPE_ORDER, mean_by_token_type
-from jaxmech.plot.source import Labeled, NpzSource, ResultsError, StoreSource
 from jaxmech.report.synthetic import synthetic_run
+from jaxmech.results.source import Labeled, NpzSource, ResultsError, StoreSource
 
 
 @pytest.fixture(scope="module")

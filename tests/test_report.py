@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from jaxmech.plot.source import ResultsError
 from jaxmech.report.build import build_report
 from jaxmech.report.compare import PAPER, compare_all
 from jaxmech.report.synthetic import synthetic_run
+from jaxmech.results.source import ResultsError
 
 NUMBERS_KEYS = {
     "jaxmech_report_version",

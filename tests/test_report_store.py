@@ -61,7 +61,7 @@ def store_run(tmp_path_factory, minilm_path):
 @pytest.mark.slow  # one small sweep of the packaged model
 def test_report_of_a_store_run(store_run, capsys):
     from jaxmech.cli import main
-    from jaxmech.plot.source import open_results
+    from jaxmech.results.source import open_results
 
     src = open_results(store_run)
     run = results.open(store_run)

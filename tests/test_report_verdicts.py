@@ -68,7 +68,7 @@ def test_matching_verdict_agrees_differs_or_not_run():
 
 
 def _src(run):
-    from jaxmech.plot.source import open_results
+    from jaxmech.results.source import open_results
 
     return open_results(run)
 

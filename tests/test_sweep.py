@@ -112,7 +112,7 @@ def assert_identical_runs(a: Path, b: Path) -> None:
 def test_results_match_the_library_and_read_lazily(reference, tiny_model):
     from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
-    from jaxmech.sweeps.job import plan_sweep
+    from jaxmech.sweeps.plan import plan_sweep
 
     cfg_path, out = reference
     run = results.open(out)

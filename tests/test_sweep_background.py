@@ -66,7 +66,7 @@ def test_e1b_sweep_on_a_tiny_model_equals_the_library(tmp_path, tiny12, ablation
     background (mean: the means of all the pairs, not of a chunk)."""
     from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
-    from jaxmech.sweeps.job import plan_sweep
+    from jaxmech.sweeps.plan import plan_sweep
 
     cfg = from_dict(e1b_config(tiny12, ablation=ablation))
     summary = run_sweep(cfg, out=tmp_path / "run", quiet=True)
@@ -106,7 +106,7 @@ def test_cli_ablate_records_the_background(capsys, tmp_path, tiny12):
 def test_heads_joint_in_a_sweep(tmp_path, tiny12):
     from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
-    from jaxmech.sweeps.job import plan_sweep
+    from jaxmech.sweeps.plan import plan_sweep
 
     d = e1b_config(tiny12)
     groups = [["8.5", "8.3"], ["1.7"]]
@@ -130,7 +130,7 @@ def test_path_attribution_with_verified_top_k_in_a_sweep(tmp_path, tiny12):
     exact values equal exact path patching of the same senders."""
     from jaxmech.hf.loading import load_model
     from jaxmech.patching.run import run_patching
-    from jaxmech.sweeps.job import plan_sweep
+    from jaxmech.sweeps.plan import plan_sweep
 
     d = e1b_config(tiny12)
     d["families"] = [{"name": "path_to_heads", "method": "attribution", "verify_top_k": 3, "receivers": ["8.1"]}]

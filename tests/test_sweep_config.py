@@ -105,10 +105,10 @@ def test_sampling_is_seeded_spread_over_queries_and_never_the_first_n(tmp_path):
     from types import SimpleNamespace
 
     from jaxmech.sweeps.config import DatasetSection
-    from jaxmech.sweeps.job import _select
+    from jaxmech.sweeps.plan import select_indices
 
     records = [SimpleNamespace(qid=f"q{i // 100}", doc_id=str(i)) for i in range(1000)]  # TFC1-like: 100 per query
-    pick = lambda **kw: _select(records, DatasetSection(kind="tfc1", **kw), "here")
+    pick = lambda **kw: select_indices(records, DatasetSection(kind="tfc1", **kw), "here")
     a = pick(sample=50, seed=1)
     assert a == pick(sample=50, seed=1) != pick(sample=50, seed=2)
     assert len(a) == 50 and a == sorted(a) and len({records[i].qid for i in a}) > 5 and a != list(range(50))
@@ -131,3 +131,38 @@ def test_report_aggregation_is_chosen_in_the_config_and_not_fingerprinted(tmp_pa
         load_sweep_config(write(tmp_path, GOOD + "[report]\noptions = { aggregate = 'mode' }\n"))
     with pytest.raises(ConfigError, match="relative_floor=-1"):
         load_sweep_config(write(tmp_path, GOOD + "[report]\noptions = { relative_floor = -1 }\n"))
+
+
+def test_receivers_are_parsed_once_and_stay_out_of_the_fingerprint(tmp_path):
+    import dataclasses
+
+    from jaxmech.sweeps.config import FamilySection
+
+    fam = FamilySection(name="path_to_heads", receivers=["5.1", "3.0"])
+    assert fam.receiver_heads == ((5, 1), (3, 0)) and fam.max_receiver_layer == 5
+    assert list(dataclasses.asdict(fam)) == ["name", "method", "verify_top_k", "receivers", "receiver_input", "groups"]
+    assert FamilySection(name="block_every").receiver_heads == ()
+
+
+def test_run_meta_is_written_in_the_file_order_with_optional_entries_only_when_set():
+    import dataclasses
+    import hashlib
+
+    from jaxmech.results.meta import DatasetEntry, FamilyArrays, ModelEntry, RunMeta
+
+    fam = FamilyArrays("block_every", "block_every", "exact", ("pair", "layer"), (2,), "effects.b", "raw.b")
+    meta = RunMeta(
+        fingerprint="f", config={}, config_file="c.toml", result_settings={},
+        model=ModelEntry("m", "/m", "cross", "ab", 2, 2, 16),
+        datasets=(DatasetEntry("tfc1", "build:tfc1:demo", 3, "00"),),
+        n_pairs=3, T_max=32, pairs_per_chunk=2, n_chunks=2, families=(fam,), metric="normalized",
+        direction="perturbed_into_baseline", readout="", precision="fp32", jaxmech_version="0", device={}, processes=1,
+        created="t",
+    )
+    out = meta.to_json()
+    assert list(out) == ["format", "version", "fingerprint", "config", "config_file", "result_settings", "model",
+                         "datasets", "dataset_sha256", "n_pairs", "T_max", "pairs_per_chunk", "n_chunks", "families",
+                         "metric", "direction", "precision", "jaxmech_version", "device", "processes", "created"]
+    assert out["dataset_sha256"] == hashlib.sha256(b"00").hexdigest() and list(out["families"][0])[-1] == "raw"
+    full = list(dataclasses.replace(meta, readout="margin:1,0", background={"ablations": []}).to_json())
+    assert full[full.index("direction") + 1] == "readout" and full[-1] == "background"

@@ -29,12 +29,12 @@ _EXPORTS = {
     "head_by_position": "patching",
     "head_heatmap": "patching",
     "path_patching": "patching",
-    "Labeled": "source",
-    "NpzSource": "source",
-    "ResultsError": "source",
-    "ResultsSource": "source",
-    "StoreSource": "source",
-    "open_results": "source",
+    "Labeled": "jaxmech.results.source",
+    "NpzSource": "jaxmech.results.source",
+    "ResultsError": "jaxmech.results.source",
+    "ResultsSource": "jaxmech.results.source",
+    "StoreSource": "jaxmech.results.source",
+    "open_results": "jaxmech.results.source",
     "HeatmapCells": "style",
     "heatmap_cells": "style",
 }
@@ -43,5 +43,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"jaxmech.plot.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]  # a module of jaxmech.plot, or a full name (the results sources)
+        return getattr(importlib.import_module(module if "." in module else f"jaxmech.plot.{module}"), name)
     raise AttributeError(f"module 'jaxmech.plot' has no attribute {name!r}")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxmech.plot.source import ResultsError, open_results, read_analysis
 from jaxmech.plot.style import LINESTYLES, OKABE_ITO, new_figure, suptitle
+from jaxmech.results.source import ResultsError, open_results, read_analysis
 
 PAPER_LINEAR_R = 0.8157
 PAPER_BM25_R = 0.42

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
-from jaxmech.plot.source import ResultsError, family_dims, open_results
+from jaxmech.results.source import ResultsError, family_dims, open_results
 
 # analysis name -> figure functions drawn for it (in the report, in this order).
 ANALYSIS_FIGURES: dict[str, tuple[Callable[..., Figure], ...]] = {

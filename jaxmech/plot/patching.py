@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxmech.plot.source import (
+from jaxmech.plot.style import colorbar, draw_heatmap, new_figure, suptitle, symmetric_norm
+from jaxmech.results.source import (
     Labeled,
     ResultsError,
     ResultsSource,
@@ -24,7 +25,6 @@ from jaxmech.plot.source import (
     family_info,
     open_results,
 )
-from jaxmech.plot.style import colorbar, draw_heatmap, new_figure, suptitle, symmetric_norm
 
 TITLES = {
     "block_every": "E1 block patching",
@@ -83,7 +83,7 @@ def resolve(
         if dims is None:
             base = family_dims(family)
             dims = ("pair", *base) if values.ndim == len(base) + 1 else base
-        from jaxmech.plot.source import coords_for
+        from jaxmech.results.source import coords_for
 
         lab = Labeled(values, tuple(dims), coords_for(family, dims), name=family)
     else:

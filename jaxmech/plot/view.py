@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.plot.source import Labeled, ResultsError, ResultsSource, coords_for
+from jaxmech.results.source import Labeled, ResultsError, ResultsSource, coords_for
 
 DEFAULT_STATISTIC = "trimmed"
 DEFAULT_RELATIVE_FLOOR = 0.02

@@ -25,7 +25,6 @@ from jaxmech.files import check_writable_folder
 from jaxmech.plot import analyses as A
 from jaxmech.plot import patching as P
 from jaxmech.plot.dispatch import family_figure
-from jaxmech.plot.source import ResultsError, ResultsSource, base_family, open_results, read_analyses_dir
 from jaxmech.plot.view import DEFAULT_MERGE, DEFAULT_RELATIVE_FLOOR, DEFAULT_STATISTIC, PairView, datasets_of
 from jaxmech.report.compare import (
     PAPER,
@@ -39,6 +38,7 @@ from jaxmech.report.compare import (
     to_jsonable,
 )
 from jaxmech.report.embed import figure_svg
+from jaxmech.results.source import ResultsError, ResultsSource, base_family, open_results, read_analyses_dir
 
 REPORT_VERSION = 1
 ANALYSIS_STEMS = ("circuit", "soft_tf", "idf_svd_bars", "idf_svd_scatter", "edit_idf", "linear_bm25")
@@ -143,7 +143,7 @@ def _caption(source: ResultsSource, family: str) -> str:
 
 def family_dims_of(family: str) -> tuple[str, ...]:
     """A family's axes, empty for an unknown one."""
-    from jaxmech.plot.source import family_dims
+    from jaxmech.results.source import family_dims
 
     try:
         return family_dims(family)
@@ -283,7 +283,7 @@ def _paper_role(head: str) -> str:
 
 def _path_receivers(source: ResultsSource) -> tuple[Any, Any]:
     """Receivers and receiver input of the run's path families (a sweep's config lists them per family)."""
-    from jaxmech.plot.source import family_info
+    from jaxmech.results.source import family_info
 
     m = source.meta
     if m.get("receivers"):
@@ -403,7 +403,7 @@ def _model_keys(name: Any) -> set[str]:
 def receiver_warnings(source: ResultsSource, views: list[tuple[str, Any]] | None = None) -> list[str]:
     """E5 families whose receivers are not among the run's own E4 scoring heads (its top heads by
     ``path_to_score``, per dataset view): their result says nothing about the scoring heads' inputs."""
-    from jaxmech.plot.source import family_info
+    from jaxmech.results.source import family_info
 
     if "path_to_score" not in source.families:
         return []

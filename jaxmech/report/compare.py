@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.plot.source import ResultsError, ResultsSource, base_family
+from jaxmech.results.source import ResultsError, ResultsSource, base_family
 
 PAPER_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 PAPER = {
@@ -745,7 +745,7 @@ def compare_all(
         views: ``[(label, view)]`` the patching results are judged on, one per dataset
             (`jaxmech.plot.view.PairView`); default the whole run, unlabelled.
     """
-    from jaxmech.plot.source import open_results
+    from jaxmech.results.source import open_results
 
     source = open_results(source)
     L, _ = model_shape(source)

@@ -2,7 +2,7 @@
 
 Layout of a run folder::
 
-    meta.json                run metadata (config, fingerprint, model + weights hash, datasets + hash, ...)
+    meta.json                run metadata (`jaxmech.results.meta.RunMeta`: config, fingerprint, model, datasets, ...)
     pairs.npz                the static per-pair table (dataset, qid, doc id, lengths, token types, ...)
     arrays/<name>/           zarr v3 arrays, chunked along ``pair`` by ``pairs_per_chunk`` (one stored chunk =
                              one sweep chunk), with named dimensions (``dimension_names``):

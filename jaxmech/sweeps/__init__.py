@@ -2,18 +2,17 @@
 device and host.
 
 * `config`: the TOML config (`load_sweep_config`, `SweepConfig`), strict like the trainer's.
-* `job`: `run_sweep` (plan, store, resume, compute, finish).
+* `plan`: the pairs of a run in run order and the arrays of each family, typed (`plan_sweep`, `Plan`).
+* `job`: `run_sweep` (plan, store, resume, compute, finish), in short steps; the run's `meta.json` is a
+  `jaxmech.results.meta.RunMeta`.
 * `compute`: one chunk = `jaxmech.patching.run.run_patching` per family, shaped for the store (`compute_chunk`).
-* `store`: zarr v3 arrays through tensorstore, completion markers, atomic writes.
-* `integrity`: what each chunk wrote (sizes, sha256), checked on opening, on resuming and by ``jaxmech verify``.
 * `lock`: one writer per run folder.
 * `precheck`: a config checked against its model's ``config.json`` before anything is written.
-* `progress`: the progress bar / log lines and the compile-time meter.
 * `distributed`: several processes through ``jax.distributed``.
 * `steps`: the registry of analysis and report steps run after a sweep.
-* `cli`: ``jaxmech sweep``.
 
-Results are read with `jaxmech.results.open`.
+Results are stored and read by `jaxmech.results` (`store`, `integrity`, ``jaxmech.results.open``); the command
+is `jaxmech.cli.sweep`; progress bars are `jaxmech.progress`.
 """
 
 from jaxmech.sweeps.config import ConfigError, SweepConfig, load_sweep_config

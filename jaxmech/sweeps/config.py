@@ -1,4 +1,4 @@
-"""Sweep configuration: a frozen dataclass read from a TOML file, strictly (as `jaxmech.train.config`).
+"""Sweep configuration: a frozen dataclass read strictly from a TOML file (`jaxmech.tomlconfig`).
 
 A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs it::
 
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmech.sweeps.background import BackgroundSection
-from jaxmech.train.config import ConfigError, RunIdentity, check_choice, parse_section, read_toml
+from jaxmech.tomlconfig import ConfigError, RunIdentity, check_choice, parse_section, read_toml
 
 __all__ = [
     "BackgroundSection",
@@ -187,13 +187,24 @@ class FamilySection:
             raise ValueError(f'{self.name} needs receivers, e.g. receivers = ["10.1"]')
         if self.receivers and not needs:
             raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
-        parse_heads([str(r) for r in self.receivers])
+        # parsed once, here: the plan, the store layout and the FLOP counts read `receiver_heads`
+        object.__setattr__(self, "_receiver_heads", parse_heads([str(r) for r in self.receivers]))
         from jaxmech.patching.families import check_groups, get_family
 
         if get_family(self.name).needs_groups:
             check_groups(self.groups)
         elif self.groups:
             raise ValueError(f"groups apply to heads_joint, not {self.name}")
+
+    @property
+    def receiver_heads(self) -> tuple[tuple[int, int], ...]:
+        """``receivers`` as ``(layer, head)`` pairs (parsed once, when the section is read)."""
+        return self._receiver_heads
+
+    @property
+    def max_receiver_layer(self) -> int:
+        """The highest receiver's layer (senders are the heads below it; 0 without receivers)."""
+        return max((layer for layer, _ in self._receiver_heads), default=0)
 
     @property
     def key(self) -> str:

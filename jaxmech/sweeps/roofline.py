@@ -28,7 +28,7 @@ def _site_kind(site: str, per_pos: bool) -> str:
 def run_flops(cfg, fam, T: int) -> float | None:
     """Mean matmul FLOPs of one patched run of ``fam`` (a `jaxmech.sweeps.config.FamilySection`) at length ``T``
     (None where no count is known)."""
-    from jaxmech.patching.families import get_family, parse_heads
+    from jaxmech.patching.families import get_family
 
     family, L = get_family(fam.name), cfg.n_layers
     if fam.method == "attribution":
@@ -38,7 +38,7 @@ def run_flops(cfg, fam, T: int) -> float | None:
     if fam.name == "path_to_score":
         return float(np.mean([engine_flops(cfg, T, layer, "frozen") for layer in range(L)]))
     if fam.name == "path_to_heads":
-        r_max = max(r for r, _ in parse_heads([str(r) for r in fam.receivers]))
+        r_max = fam.max_receiver_layer
         return float(np.mean([path_to_heads_flops(cfg, T, layer, r_max) for layer in range(r_max)]))
     kinds = [_site_kind(s, family.per_pos) for s in family.sites]
     return float(np.mean([engine_flops(cfg, T, layer, k) for k in kinds for layer in range(L)]))

@@ -1,6 +1,7 @@
-"""What the figures and the report read: labelled arrays and a small results-source protocol.
+"""What the figures and the report read: labelled arrays, the axes and labels of stored results (from the run's
+meta and the family registry), and a small results-source protocol.
 
-Two kinds of results exist: a run directory of the sweeps results store (``jaxmech.results.open``; NOTES.md
+Two kinds of results exist: a run directory of the sweeps results store (``jaxmech.results.open``; the
 contract: ``run.meta``, ``run.families``, ``run[family]`` with ``.dims``, ``run.pairs``, ``run.analyses``) and
 the ``.npz`` that ``jaxmech patch`` writes (one array per family, TransformerLens shapes, ``by_type:<family>``
 token-type means, ``meta`` JSON). `open_results` turns either into a `ResultsSource`; any object with the
@@ -440,14 +441,10 @@ def open_results(results: str | Path | ResultsSource | Any) -> ResultsSource:
         if path.suffix != ".npz":
             raise ResultsError(f"{path}: expected a .npz from `jaxmech patch` or a run directory")
         return NpzSource(path)
+    from jaxmech.results.run import open as open_run
+
     try:
-        from jaxmech import results as store
-    except ImportError:
-        raise ResultsError(
-            f"{path}: reading a run directory needs the results store (jaxmech.results), which this installation lacks"
-        ) from None
-    try:
-        run = store.open(path)
+        run = open_run(path)
     except (OSError, ValueError, KeyError) as err:
         raise ResultsError(f"{path}: not a readable run directory ({type(err).__name__}: {err})") from None
     return StoreSource(run, path)
