@@ -65,6 +65,33 @@ def test_exact_edges_match_hooked_forwards(tiny_model, batch, data):
     assert moved >= 10  # the edges do change the score: the comparison is not between baselines
 
 
+@pytest.mark.torch
+def test_exact_edges_match_an_independent_pytorch_implementation(tiny_cross_dir, tiny_model, batch, data):
+    """The same edges by forward hooks on transformers' BERT (`benchmarks.baselines.torch_edges`: no jaxmech code),
+    one kind of edge each: embeddings -> q/k/v and MLP, head -> head, head -> MLP, MLP -> head, into the score."""
+    pytest.importorskip("torch")
+    from transformers import BertForSequenceClassification
+
+    from benchmarks.baselines.torch_edges import TorchEdgePatcher
+
+    patcher = TorchEdgePatcher(BertForSequenceClassification.from_pretrained(tiny_cross_dir))
+    g = EdgeGraph(tiny_model.cfg.n_layers, tiny_model.cfg.n_heads)
+    picks = ["input->a0.h1<q>", "input->m1", "a0.h2->a1.h0<k>", "a1.h3->a2.h2<v>", "a0.h4->m1", "m0->a2.h4<v>",
+             "m1->logits", "a2.h0->logits"]
+    index = {g.edge_name(e): e for e in range(g.n_edges)}
+    exact = exact_edge_scores(tiny_model, data, [index[n] for n in picks], chunk_size=4)
+    moved = 0
+    for p in range(2):
+        n = int(batch.lengths[p])
+        base, pert = (tuple(np.asarray(a[p])[:n] for a in run) for run in (batch.baseline, batch.perturbed))
+        for i, name in enumerate(picks):
+            sender, receiver = name.split("->")
+            ref = patcher.edge_score(base, pert, sender, receiver, patchable=batch.patchable[p][:n])
+            assert exact[p, i] == pytest.approx(ref, abs=ENGINE_ATOL), name
+            moved += abs(ref - float(data.baseline_score[p])) > 1e-3
+    assert moved >= 12  # the edges change the score: the comparison is not between baselines
+
+
 def _linear_ln_model(silent_mlps: bool = True):
     """A tiny cross-encoder whose LayerNorms are linear to fp32 precision (eps 1e8: the scale ``sqrt(var + eps)``
     moves by ~var / 2e8) with weights scaled back up, and whose MLPs output nothing (``W_out = 0``): every head's
