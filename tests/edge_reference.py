@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from conftest import forward_jit as _forward
 from conftest import random_pairs
 
+from jaxmech.data.records import AlignedPair
 from jaxmech.interventions import AdditiveDelta, PatchSpec, one_hot
 from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
@@ -70,3 +73,25 @@ def reference_edge(model, batch, base, src, p, receiver: str, sender: str, eps=1
         frozen = frozen + [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, L), pm, alpha=emb_t)]
     score, _ = _forward(model, *inputs, frozen + [add])
     return score
+
+
+def planted_model(model, scale: float):
+    """``model`` with every head's and MLP's output scaled by ``scale`` (small: the direct edge dominates)."""
+    m = jax.tree.map(lambda x: x, model)
+    m.blocks.attn.W_O[...] = model.blocks.attn.W_O[...] * scale
+    m.blocks.mlp.W_out[...] = model.blocks.mlp.W_out[...] * scale
+    return m
+
+
+def planted_pairs(at_cls: bool):
+    """Pairs whose perturbed input changes the [CLS] token (``at_cls``) or only a document token."""
+    rng = np.random.RandomState(5)
+    pairs = []
+    for i in range(2):
+        q, d = list(rng.randint(10, 200, 4)), list(rng.randint(10, 200, 8))
+        base = [1, *q, 2, *d, 2]
+        pert = list(base)
+        pert[0 if at_cls else len(q) + 3] = 3 + i
+        tt = [0] * (len(q) + 2) + [1] * (len(d) + 1)
+        pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"c{i}"))
+    return batch_pairs(pairs, buckets=(24,), max_length=48)
