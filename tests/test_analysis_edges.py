@@ -10,7 +10,7 @@ import pytest
 from edge_reference import edge_batch, planted_model, planted_pairs
 
 from jaxmech.analysis.edge_export import connections, to_eap_ig_json
-from jaxmech.analysis.edges import circuit_mask, faithfulness, recovery, verify
+from jaxmech.analysis.edges import check_method, circuit_mask, faithfulness, recovery, verify
 from jaxmech.cli.analyze import main
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores, mean_ablated
@@ -90,6 +90,10 @@ def test_threshold_circuits(tiny_model, setup):
     assert recovery(tiny_model, data, circuit, (f["full_score"], f["empty_score"])) == pytest.approx(rec[7], abs=1e-6)
     with pytest.raises(ValueError, match="exactly one"):
         circuit_mask(exact, n=3, threshold=0.1)
+    with pytest.raises(ValueError, match="ablation 'zero': expected one of perturbed, mean, both"):
+        check_method("eap", 1, "zero")
+    with pytest.raises(ValueError, match="threshold=-0.1 must be"):
+        check_method("eap", 1, threshold=-0.1)
 
 
 def test_verify_ranks_exact_perfectly_and_noise_poorly(tiny_model, setup):
