@@ -7,13 +7,13 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from edge_reference import edge_batch
+from edge_reference import edge_batch, planted_model, planted_pairs
 
 from jaxmech.analysis.edge_export import connections, to_eap_ig_json
-from jaxmech.analysis.edges import faithfulness, verify
+from jaxmech.analysis.edges import check_method, circuit_mask, faithfulness, recovery, verify
 from jaxmech.cli.analyze import main
 from jaxmech.patching.edge_graph import EdgeGraph
-from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores
+from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores, mean_ablated
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,62 @@ def test_faithfulness_anchors_and_curve(tiny_model, setup):
     small = f["smallest"]
     assert rec[small["n_edges"]] >= 0.8 and all(r < 0.8 for n, r in rec.items() if n < small["n_edges"])
     assert 0 < f["cpr"] < 1.5 and f["cmd"] >= 0
+
+
+def test_mean_ablation_patches_to_the_mean_token(tiny_model, setup):
+    data, g, _ = setup
+    mean = mean_ablated(data)
+    mask = np.asarray(data.mask, bool)
+    base = np.asarray(data.res_base).transpose(0, 2, 1, 3, 4)  # [pair, pos, layer, head, d]
+    got = np.asarray(mean.res_pert).transpose(0, 2, 1, 3, 4)
+    want = base[mask].mean(0)  # over every real token of every pair
+    np.testing.assert_allclose(got[mask], np.broadcast_to(want, got[mask].shape), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got[~mask], base[~mask])  # padding keeps the baseline
+    emb = np.asarray(data.emb_base)[mask].mean(0)
+    np.testing.assert_allclose(np.asarray(mean.emb_pert)[mask], np.broadcast_to(emb, (mask.sum(), emb.size)),
+                               rtol=0, atol=1e-6)
+    assert (~mask).any() and np.array_equal(np.asarray(mean.patchable), mask)
+    keep = jnp.ones((2, g.n_edges))
+    np.testing.assert_allclose(edges_patched_scores(tiny_model, mean, keep), data.baseline_score, rtol=0, atol=1e-5)
+
+
+def test_mean_ablation_and_perturbed_patching_differ_where_planted(tiny_model):
+    """Weak components, a perturbation of one document token, a score that reads [CLS] alone: patching
+    ``input->logits`` to its perturbed value changes nothing (the [CLS] row does not move), mean-ablating it
+    replaces the [CLS] embedding by the mean token's and must change the score most of all edges; the one-edge
+    circuit it makes then recovers a large share of the score under mean ablation."""
+    model = planted_model(tiny_model, 0.1)
+    data = edge_data(model, planted_pairs(at_cls=False))
+    mean = mean_ablated(data)
+    g = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
+    direct = [g.edge_name(e) for e in range(g.n_edges)].index("input->logits")
+    base = np.asarray(data.baseline_score)[:, None]
+    perturbed = np.abs(exact_edge_scores(model, data) - base).mean(0)
+    by_mean = np.abs(exact_edge_scores(model, mean) - base).mean(0)
+    assert perturbed[direct] < 1e-6 and np.count_nonzero(perturbed > 1e-4) > 20
+    assert int(np.argmax(by_mean)) == direct and by_mean[direct] > perturbed.max()
+    f = faithfulness(model, mean, by_mean, grid=(1,))
+    rec = {p["n_edges"]: p["recovery"] for p in f["curve"]}
+    assert rec[0] == pytest.approx(0.0, abs=1e-6) and rec[g.n_edges] == pytest.approx(1.0, abs=1e-5)
+    assert rec[1] > 0.25  # one edge of 351 holds a large share of the mean-ablated score (0.44 here)
+    empty_perturbed = float(np.mean(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges)))))
+    assert abs(f["empty_score"] - empty_perturbed) > 1e-2
+
+
+def test_threshold_circuits(tiny_model, setup):
+    data, g, exact = setup
+    thr = float(np.sort(np.abs(exact))[-7])  # the seventh largest |effect|: a 7-edge circuit
+    circuit = circuit_mask(exact, threshold=thr)
+    assert circuit.sum() == 7 and np.array_equal(circuit, circuit_mask(exact, n=7))
+    f = faithfulness(tiny_model, data, exact, grid=(7,))
+    rec = {p["n_edges"]: p["recovery"] for p in f["curve"]}
+    assert recovery(tiny_model, data, circuit, (f["full_score"], f["empty_score"])) == pytest.approx(rec[7], abs=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        circuit_mask(exact, n=3, threshold=0.1)
+    with pytest.raises(ValueError, match="ablation 'zero': expected one of perturbed, mean, both"):
+        check_method("eap", 1, "zero")
+    with pytest.raises(ValueError, match="threshold=-0.1 must be"):
+        check_method("eap", 1, threshold=-0.1)
 
 
 def test_verify_ranks_exact_perfectly_and_noise_poorly(tiny_model, setup):
@@ -75,13 +131,22 @@ def test_command_writes_the_edges_json(minilm_path, tmp_path, capsys):
     out, graph = tmp_path / "edges.json", tmp_path / "graph.json"
     argv = ["analyze", "edges", "--model", str(model_dir), "--source", "demo", "--limit", "2", "--method", "eap",
             "--verify-top-k", "5", "--n-random", "5", "--exact-all", "--out", str(out), "--eap-ig-json", str(graph),
-            "--spans"]
+            "--spans", "--ablation", "both", "--prune-threshold", "0.01"]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["n_edges"] == EdgeGraph(2, 2).n_edges and res["top_recall_scope"] == "all edges"
     assert -1 <= res["verified_spearman"] <= 1 and 0 <= res["top_recall"] <= 1
     assert res["faithfulness"][0] == {"n_edges": 0, "recovery": pytest.approx(0.0, abs=1e-6)}
     assert json.loads(graph.read_text())["cfg"]["n_layers"] == 2
+    mean_curve = {p["n_edges"]: p["recovery"] for p in res["mean_ablation"]["faithfulness"]}
+    assert mean_curve[0] == pytest.approx(0.0, abs=1e-6) and mean_curve[res["n_edges"]] == pytest.approx(1.0, abs=1e-5)
+    assert res["ablation"] == "both" and res["mean_ablation"]["empty_score"] != res["empty_score"]
+    scores = {n: e for n, e in res["eap_ig_graph"]["edges"].items()}
+    chosen = {n for n, e in scores.items() if abs(e["score"]) >= 0.01}
+    assert chosen == {n for n, e in scores.items() if e["in_graph"]} and 0 < len(chosen) < res["n_edges"]
+    thr = res["threshold_circuit"]
+    assert res["circuit"] == {"rule": "threshold", "n_edges": len(chosen)} and thr["n_edges"] == len(chosen)
+    assert np.isfinite(thr["recovery"]) and np.isfinite(thr["recovery_mean"])
     spans = res["top_span_edges"]
     assert len(spans) == 20 and "@" in spans[0]["edge"] and abs(spans[0]["estimate"]) >= abs(spans[-1]["estimate"])
     assert '"verified_spearman"' in capsys.readouterr().out

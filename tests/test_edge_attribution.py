@@ -6,10 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from edge_reference import edge_batch, hooked_caches, reference_edge
+from edge_reference import edge_batch, hooked_caches, planted_model, planted_pairs, reference_edge
 
-from jaxmech.data.records import AlignedPair
-from jaxmech.patching import batch_pairs
 from jaxmech.patching.edge_attribution import estimate_edges, midpoints
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores
@@ -58,41 +56,19 @@ def test_ig_activations_is_complete_toward_the_empty_circuit(tiny_model, setup):
     assert np.all(errors[1] < errors[0] / 8), errors  # the midpoint rule converges (O(steps^-2))
 
 
-def _planted(model, scale: float):
-    """``model`` with every head's and MLP's output scaled by ``scale`` (small: the direct edge dominates)."""
-    m = jax.tree.map(lambda x: x, model)
-    m.blocks.attn.W_O[...] = model.blocks.attn.W_O[...] * scale
-    m.blocks.mlp.W_out[...] = model.blocks.mlp.W_out[...] * scale
-    return m
-
-
-def _pairs(at_cls: bool):
-    """Pairs whose perturbed input changes the [CLS] token (``at_cls``) or only a document token."""
-    rng = np.random.RandomState(5)
-    pairs = []
-    for i in range(2):
-        q, d = list(rng.randint(10, 200, 4)), list(rng.randint(10, 200, 8))
-        base = [1, *q, 2, *d, 2]
-        pert = list(base)
-        pert[0 if at_cls else len(q) + 3] = 3 + i
-        tt = [0] * (len(q) + 2) + [1] * (len(d) + 1)
-        pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"c{i}"))
-    return batch_pairs(pairs, buckets=(24,), max_length=48)
-
-
 def test_planted_direct_edge_comes_first_under_every_method(tiny_model):
     """The perturbation changes [CLS] itself and the components are weak: ``input->logits`` (the [CLS] change
     read directly by the score) must rank first everywhere. With the change on a document token instead, it must
     have no effect at all (the score reads [CLS] only)."""
-    model = _planted(tiny_model, 0.1)
+    model = planted_model(tiny_model, 0.1)
     g = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
     direct = [g.edge_name(e) for e in range(g.n_edges)].index("input->logits")
     for at_cls in (True, False):
-        data = edge_data(model, _pairs(at_cls))
+        data = edge_data(model, planted_pairs(at_cls))
         exact = exact_edge_scores(model, data) - np.asarray(data.baseline_score)[:, None]
         methods = {"exact": exact, "eap": estimate_edges(model, data, "eap"),
-                   "eap-ig-inputs": estimate_edges(model, data, "eap-ig-inputs", steps=3),
-                   "eap-ig-activations": estimate_edges(model, data, "eap-ig-activations", steps=3)}
+                   "eap-ig-inputs": estimate_edges(model, data, "eap-ig-inputs", steps=2),
+                   "eap-ig-activations": estimate_edges(model, data, "eap-ig-activations", steps=8)}  # as above: reused
         for name, est in methods.items():
             effect = np.abs(est).mean(0)
             assert np.count_nonzero(effect > 1e-4) > 20, name  # many edges do something

@@ -23,6 +23,22 @@ def batch(tiny_model):
 def data(tiny_model, batch):
     return edge_data(tiny_model, batch)
 
+
+PICKS = ["input->a0.h1<q>", "a0.h2->a1.h0<k>", "m0->a2.h4<v>", "a1.h3->m1", "input->m0", "a2.h1->logits",
+         "m2->logits", "a0.h0->m2", "m1->a2.h2<q>"]
+"""One edge of every kind: embeddings -> q and MLP, head -> k, head -> MLP, head -> score, MLP -> v, q, score."""
+
+
+@pytest.fixture(scope="module")
+def picked(tiny_model, data):
+    """``(edges, exact scores [pair, edge])``: `PICKS` and 6 random edges, exact (computed once: each reference
+    below reads them)."""
+    g = EdgeGraph(tiny_model.cfg.n_layers, tiny_model.cfg.n_heads)
+    index = {g.edge_name(e): e for e in range(g.n_edges)}
+    edges = [index[n] for n in PICKS] + list(np.random.RandomState(0).choice(g.n_edges, 6, replace=False))
+    return edges, exact_edge_scores(tiny_model, data, edges, chunk_size=4)
+
+
 def test_graph_counts_and_names():
     g = EdgeGraph(2, 2)
     assert (g.n_senders, g.n_receivers) == (7, 15)
@@ -42,15 +58,10 @@ def test_no_edge_patched_is_the_baseline(tiny_model, data):
                                atol=ENGINE_ATOL)
 
 
-def test_exact_edges_match_hooked_forwards(tiny_model, batch, data):
+def test_exact_edges_match_hooked_forwards(tiny_model, batch, data, picked):
     g = EdgeGraph(tiny_model.cfg.n_layers, tiny_model.cfg.n_heads)
     base, src = hooked_caches(tiny_model, batch)
-    rng = np.random.RandomState(0)
-    picks = ["input->a0.h1<q>", "a0.h2->a1.h0<k>", "m0->a2.h4<v>", "a1.h3->m1", "input->m0", "a2.h1->logits",
-             "m2->logits", "a0.h0->m2", "m1->a2.h2<q>"]
-    index = {g.edge_name(e): e for e in range(g.n_edges)}
-    edges = [index[n] for n in picks] + list(rng.choice(g.n_edges, 6, replace=False))
-    exact = exact_edge_scores(tiny_model, data, edges, chunk_size=4)
+    edges, exact = picked
     keep = np.ones((len(edges), g.n_edges), np.float32)
     keep[np.arange(len(edges)), edges] = 0
     moved = 0
@@ -63,6 +74,28 @@ def test_exact_edges_match_hooked_forwards(tiny_model, batch, data):
             assert exact[p, i] == pytest.approx(ref, abs=ENGINE_ATOL), g.edge_name(e)
             moved += abs(ref - float(data.baseline_score[p])) > 1e-3
     assert moved >= 10  # the edges do change the score: the comparison is not between baselines
+
+
+@pytest.mark.torch
+def test_exact_edges_match_an_independent_pytorch_implementation(tiny_cross_dir, tiny_model, batch, data, picked):
+    """`PICKS` by forward hooks on transformers' BERT (`benchmarks.baselines.torch_edges`: no jaxmech code)."""
+    pytest.importorskip("torch")
+    from transformers import BertForSequenceClassification
+
+    from benchmarks.baselines.torch_edges import TorchEdgePatcher
+
+    patcher = TorchEdgePatcher(BertForSequenceClassification.from_pretrained(tiny_cross_dir))
+    exact = picked[1]
+    moved = 0
+    for p in range(2):
+        n = int(batch.lengths[p])
+        base, pert = (tuple(np.asarray(a[p])[:n] for a in run) for run in (batch.baseline, batch.perturbed))
+        for i, name in enumerate(PICKS):
+            sender, receiver = name.split("->")
+            ref = patcher.edge_score(base, pert, sender, receiver, patchable=batch.patchable[p][:n])
+            assert exact[p, i] == pytest.approx(ref, abs=ENGINE_ATOL), name
+            moved += abs(ref - float(data.baseline_score[p])) > 1e-3
+    assert moved >= 12  # the edges change the score: the comparison is not between baselines
 
 
 def _linear_ln_model(silent_mlps: bool = True):

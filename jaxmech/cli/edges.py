@@ -2,6 +2,9 @@
 
     jaxmech analyze edges --model ../shared/models/minilm6-ce-distilled --source shared --limit 16 \\
         --method eap-ig-inputs --steps 5 --verify-top-k 50 --out edges.json --eap-ig-json circuit.json
+
+``--ablation mean|both`` patches the edges outside a circuit to their means over the pairs (both: two curves);
+``--prune-threshold X`` exports the circuit of every edge with ``|mean effect| >= X``.
 """
 
 from __future__ import annotations
@@ -30,5 +33,11 @@ def add_edges_parser(sub, common) -> None:
     q.add_argument("--heads", help="connections to report, e.g. '2.9,1.1->5.7,5.1,5.5,5.3'")
     q.add_argument("--eap-ig-json", help="also write the 80%% circuit in EAP-IG's graph JSON")
     q.add_argument("--seed", type=int, default=0, help="random verification sample")
+    q.add_argument("--ablation", default="perturbed", choices=["perturbed", "mean", "both"],
+                   help="edges outside a circuit patched to their perturbed values, their means over the pairs, "
+                   "or both (two faithfulness curves)")
+    q.add_argument("--prune-threshold", type=float,
+                   help="export the circuit of every edge whose |mean effect| is at least this (default: the "
+                   "smallest circuit recovering 80%%)")
     q.add_argument("--spans", action="store_true", default=None,
                    help="also the top span-aware edges (CLS, query term, document matches, injected term, ...)")

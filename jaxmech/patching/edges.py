@@ -119,6 +119,32 @@ def edge_data(model: HookedEncoder, batch: PairBatch, *, reverse: bool = False, 
         jnp.ones((b.n_pairs, 1, b.n_pos), jnp.float32) if spans is None else jnp.asarray(spans, jnp.float32))
 
 
+def mean_ablated(data: EdgeData) -> EdgeData:
+    """``data`` with every sender's patched value its mean instead of its perturbed value (mean ablation).
+
+    The mean of a sender's output (the embeddings' output, a head's ``result``, an MLP's output) is taken over
+    every real token (``mask == 1``) of every pair's baseline run, pooled over positions (one ``[d_model]`` vector
+    per sender, the same at every position: the pairs' positions do not line up across documents of different
+    lengths). Every real position may be patched (``patchable = mask``); padding keeps the baseline's values.
+    Every edge function takes the result in place of ``data``: a patched edge then carries ``T_{s->r}(mean_s)``
+    instead of ``T_{s->r}(o_s')``, and `edges_patched_scores` with ``keep`` a circuit's mask runs the circuit with
+    every other edge mean-ablated. ``perturbed_score`` becomes NaN (no input was run).
+    """
+    m = jnp.asarray(data.mask, jnp.float32)
+    n_tokens = m.sum()
+
+    def mean_of(base, pos_axis):  # [pair, ..., pos, ..., d]: the masked mean over pairs and positions
+        w = m.reshape([m.shape[0] if i == 0 else m.shape[1] if i == pos_axis else 1 for i in range(base.ndim)])
+        mean = (w * base).sum((0, pos_axis), keepdims=True) / n_tokens
+        w = jnp.broadcast_to(w, base.shape)
+        return jnp.where(w > 0, jnp.broadcast_to(mean, base.shape), base)
+
+    return dataclasses.replace(
+        data, patchable=m, emb_pert=mean_of(data.emb_base, 1),
+        res_pert=mean_of(data.res_base, 2), mlp_pert=mean_of(data.mlp_base, 2),
+        perturbed_score=jnp.full_like(data.perturbed_score, jnp.nan))
+
+
 # -- the frozen-scale forward ------------------------------------------------------------------------------------
 
 
@@ -341,4 +367,4 @@ def exact_edge_scores(model: HookedEncoder, data: EdgeData, edges=None, *, group
 
 
 __all__ = ["EdgeData", "attend", "check_edge_model", "edge_data", "edge_forward", "edge_input_changes",
-           "edges_patched_scores", "exact_edge_scores", "frozen_ln", "project_qkv", "combine"]
+           "edges_patched_scores", "exact_edge_scores", "frozen_ln", "mean_ablated", "project_qkv", "combine"]

@@ -83,7 +83,8 @@ def edge_circuit_graph(data: Any, *, roles: dict[str, list[str]] | None = None, 
     ax.set_ylabel("layer")
     method = data.get("method", "")
     ax.set_title(f"edge circuit ({method}): {len(edges)} edges shown")
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    if roles:
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
     return fig
 
 

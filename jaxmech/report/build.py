@@ -37,6 +37,7 @@ from jaxmech.report.compare import (
     summary_counts,
     to_jsonable,
 )
+from jaxmech.report.edges import edge_figures
 from jaxmech.report.embed import figure_svg
 from jaxmech.results.source import ResultsError, ResultsSource, base_family, open_results, read_analyses_dir
 
@@ -777,7 +778,8 @@ def _all_figures(source: ResultsSource, views: list[tuple[str, PairView]]) -> tu
         figs, skip = family_figures(view, label)
         fam_figs += figs
         skipped += [f"{label}: {x}" if label else x for x in skip]
-    return fam_figs + analysis_figures(source), skipped
+    edges = [FigureEntry(*f) for f in edge_figures(source.analyses, str(source.path))]
+    return fam_figs + analysis_figures(source) + edges, skipped
 
 
 def _judged_summary(source: ResultsSource, views: list[tuple[str, PairView]]) -> dict:

@@ -1,0 +1,183 @@
+"""An independent PyTorch implementation of exact edge patching (jaxmech's edge definition, see
+`jaxmech.patching.edge_graph`), with forward hooks on a Hugging Face ``BertForSequenceClassification``.
+
+It shares no code with jaxmech (only the inputs and the definition), so agreement with
+`jaxmech.patching.edges.exact_edge_scores` is evidence that both implement the definition:
+
+* every LayerNorm between components (each layer's ``attention.output.LayerNorm`` and ``output.LayerNorm``) is
+  frozen at the baseline run: its output is recomputed as ``(x - mean(x)) / s * w + b`` with ``s`` the baseline's
+  ``sqrt(var + eps)`` per position;
+* stage A: a frozen-scale forward on the baseline input in which every head's ``result`` and every MLP's output is
+  set to its baseline value except the sender's, set to its value in the perturbed run (at patchable positions);
+  the receiver's input there, minus its input in the same run without the sender's change, is the edge's input
+  change ``T_{s->r}(o_s' - o_s)``;
+* stage B: a frozen-scale forward on the baseline input with that change added to the one receiver input (a head's
+  query, key or value: projected by that head's rows of the projection; an MLP: its input; the score: the final
+  hidden state the pooler reads); everything after the receiver is recomputed.
+
+Batch 1, one input at its real length (no padding), eager attention. Node names are EAP-IG's (``input``,
+``a{l}.h{h}``, ``m{l}``; receivers ``a{l}.h{h}<q|k|v>``, ``m{l}``, ``logits``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+
+class TorchEdgePatcher:
+    """Exact edge patching by hooks on a Hugging Face BERT ``*ForSequenceClassification`` (eval mode, batch 1)."""
+
+    def __init__(self, hf_model):
+        self.model = hf_model.eval()
+        self.model.set_attn_implementation("eager")
+        self.bert = hf_model.base_model
+        self.layers = self.bert.encoder.layer
+        cfg = hf_model.config
+        self.H = cfg.num_attention_heads
+        self.dh = cfg.hidden_size // cfg.num_attention_heads
+
+    @staticmethod
+    def _tensors(inputs):
+        return tuple(torch.as_tensor(np.asarray(a)).long()[None] for a in inputs)
+
+    def _score(self, inputs) -> torch.Tensor:
+        ids, tt, mask = self._tensors(inputs)
+        return self.model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits[0, 0]
+
+    @contextlib.contextmanager
+    def _hooked(self, hooks):
+        handles = [register(fn) for register, fn in hooks]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _lns(self):
+        for layer in self.layers:
+            yield layer.attention.output.LayerNorm
+            yield layer.output.LayerNorm
+
+    @torch.no_grad()
+    def _capture(self, inputs) -> dict:
+        """The LayerNorm scales, the embeddings' output, each head's ``result`` and each MLP's output of a run."""
+        out = {"scale": [], "z": [], "mlp": []}
+
+        def scale(m, a, o):
+            x = a[0]
+            out["scale"].append(torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + m.eps))
+
+        hooks = [(ln.register_forward_hook, scale) for ln in self._lns()]
+        hooks.append((self.bert.embeddings.register_forward_hook, lambda m, a, o: out.__setitem__("emb", o)))
+        for layer in self.layers:
+            hooks.append((layer.attention.output.dense.register_forward_pre_hook,
+                          lambda m, a: out["z"].append(a[0])))
+            hooks.append((layer.output.dense.register_forward_hook, lambda m, a, o: out["mlp"].append(o)))
+        with self._hooked(hooks):
+            self._score(inputs)
+        W_O = [layer.attention.output.dense.weight for layer in self.layers]
+        # per-head result [T, H, d_model]: z_h @ W_O[:, h]^T (W_O is [d_model, H * d_head] in torch's layout)
+        out["result"] = [torch.einsum("thd,mhd->thm", z[0].reshape(z.shape[1], self.H, self.dh),
+                                      w.reshape(w.shape[0], self.H, self.dh))
+                         for z, w in zip(out["z"], W_O, strict=True)]
+        out["mlp"] = [m[0] for m in out["mlp"]]
+        out["emb"] = out["emb"][0]
+        return out
+
+    def _frozen_ln_hooks(self, scales):
+        def frozen(s):
+            def fwd(m, a, o):
+                x = a[0]
+                return (x - x.mean(-1, keepdim=True)) / s * m.weight + m.bias
+
+            return fwd
+
+        return [(ln.register_forward_hook, frozen(s)) for ln, s in zip(self._lns(), scales, strict=True)]
+
+    def _component_hooks(self, base, pert, sender: str | None, pm):
+        """Stage A: every head's and MLP's output set to the baseline's, the sender's to the perturbed value."""
+        hooks = []
+        if sender == "input":
+            emb = base["emb"] + pm * (pert["emb"] - base["emb"])
+            hooks.append((self.bert.embeddings.register_forward_hook, lambda m, a, o: emb[None]))
+        for l, layer in enumerate(self.layers):
+            res = base["result"][l].clone()
+            mlp = base["mlp"][l].clone()
+            if sender == f"m{l}":
+                mlp = mlp + pm * (pert["mlp"][l] - mlp)
+            for h in range(self.H):
+                if sender == f"a{l}.h{h}":
+                    res[:, h] = res[:, h] + pm * (pert["result"][l][:, h] - res[:, h])
+            attn_out = res.sum(1) + layer.attention.output.dense.bias
+            hooks.append((layer.attention.output.dense.register_forward_hook, lambda m, a, o, v=attn_out: v[None]))
+            hooks.append((layer.output.dense.register_forward_hook, lambda m, a, o, v=mlp: v[None]))
+        return hooks
+
+    def _receiver_input_hook(self, receiver: str, store: dict | None = None, add: torch.Tensor | None = None):
+        """A hook that reads (``store``) or adds to (``add``) the receiver's input (a residual vector ``[T, d]``)."""
+        if receiver == "logits":
+            module, layer, kind = self.bert.pooler, None, None
+        elif receiver.startswith("m"):
+            module, layer, kind = self.layers[int(receiver[1:])].intermediate, None, None
+        else:
+            head, kind = receiver[1:-1].split("<")
+            l, h = (int(t) for t in head.split(".h"))
+            module, layer = self.layers[l], (l, h)
+        if store is not None:
+            def read(m, a, kw):
+                store["x"] = (a[0] if a else kw["hidden_states"])[0]
+
+            return module.register_forward_pre_hook, read, True
+        if layer is None:
+            return module.register_forward_pre_hook, lambda m, a: (a[0] + add[None], *a[1:]), False
+        l, h = layer
+        proj = getattr(self.layers[l].attention.self, {"q": "query", "k": "key", "v": "value"}[kind])
+        cols = slice(h * self.dh, (h + 1) * self.dh)
+        extra = add @ proj.weight[cols].T
+
+        def fwd(m, a, o):
+            o = o.clone()
+            o[0, :, cols] = o[0, :, cols] + extra
+            return o
+
+        return proj.register_forward_hook, fwd, False
+
+    @torch.no_grad()
+    def _receiver_input(self, inputs, scales, base, pert, sender, receiver, pm) -> torch.Tensor:
+        store = {}
+        register, fn, kwargs = self._receiver_input_hook(receiver, store=store)
+        hooks = self._frozen_ln_hooks(scales) + self._component_hooks(base, pert, sender, pm)
+        with self._hooked(hooks):
+            handle = register(fn, with_kwargs=kwargs)
+            try:
+                self._score(inputs)
+            finally:
+                handle.remove()
+        return store["x"]
+
+    @torch.no_grad()
+    def edge_score(self, base_inputs, pert_inputs, sender: str, receiver: str, patchable=None) -> float:
+        """The baseline's score with edge ``sender -> receiver`` patched to its perturbed value.
+
+        Args:
+            base_inputs: ``(ids, token_type_ids, attention_mask)`` of the baseline (one unpadded input).
+            pert_inputs: The perturbed input, aligned position by position.
+            sender: ``input``, ``a{l}.h{h}`` or ``m{l}``.
+            receiver: ``a{l}.h{h}<q|k|v>``, ``m{l}`` or ``logits`` (after the sender in the forward).
+            patchable: ``[pos]`` 1 where the perturbed value may replace the baseline's (default: everywhere).
+        """
+        base, pert = self._capture(base_inputs), self._capture(pert_inputs)
+        n = len(base_inputs[0])
+        pm = torch.ones(n, 1) if patchable is None else torch.as_tensor(np.asarray(patchable), dtype=torch.float32)
+        pm = pm.reshape(n, 1)
+        change = (self._receiver_input(base_inputs, base["scale"], base, pert, sender, receiver, pm)
+                  - self._receiver_input(base_inputs, base["scale"], base, pert, None, receiver, pm))
+        register, fn, _ = self._receiver_input_hook(receiver, add=change)
+        with self._hooked(self._frozen_ln_hooks(base["scale"]) + [(register, fn)]):
+            return float(self._score(base_inputs))
+
+
+__all__ = ["TorchEdgePatcher"]
