@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from jaxmech.plot.source import ResultsError
 
 from jaxmech.analysis.edge_export import to_eap_ig_json
 from jaxmech.patching.edge_graph import EdgeGraph
-from jaxmech.plot.source import ResultsError
 from jaxmech.report.build import build_report
 
 
