@@ -14,8 +14,9 @@ from test_archs_patching import random_pairs
 from test_modernbert import TINY, _state, build
 from test_patching import _as_canonical, _source
 
+from jaxmech.hf.convert import modernbert_from_hf_state_dict as from_hf_state_dict
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
-from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict
+from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig
 from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
 from jaxmech.patching.engines.pre_ln import modernbert_patch
