@@ -293,6 +293,8 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
         modernbert_patch(model, batch, "normalized_resid_post_by_pos")
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):
         get_family("head_all_pos_result").run(model, batch)
+    with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):  # attribution asks the engine too
+        get_family("head_all_pos_result").run(model, batch, method="attribution")
     with pytest.raises(ValueError, match="method='attribution' is not available"):
         get_family("path_to_score").run(model, batch, method="attribution")
     with pytest.raises(ValueError, match="receiver head 9.0 is out of range"):

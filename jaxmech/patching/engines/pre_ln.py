@@ -75,7 +75,9 @@ def prepare(model, batch: PairBatch, *, base_sites=(), source_sites=(), reverse:
             query_embedding=None) -> PreparedBatch:
     """Baseline run (capturing ``resid_pre``, ``q``, ``k``, ``v`` and ``base_sites``) and perturbed run
     (capturing ``source_sites``) of a ModernBERT batch; roles swapped first if ``reverse``. ``query_embedding``
-    is not used (the model reads the query itself); the prepared batch holds zeros.
+    is not used (the model reads the query itself); the prepared batch holds zeros. Compiles the forward
+    (`jaxmech.patching.caches.run_cached`) once per batch shape when both runs capture the same sites
+    (`paired_captures`), else twice.
 
     Raises:
         AlignmentError: If the batch is longer than the model's context.
