@@ -53,7 +53,7 @@ def architecture_table_markdown() -> str:
             "|---|---|---|---|---|---|---|---|"]
     for a in ARCHITECTURES.values():
         positions = "0, 1, 2, ..." if a.positions == "absolute" else "pad + 1, pad + 2, ... (padding: pad)"
-        types = "2 (query 0, document 1)" if a.model_type in ("bert", "electra") else "1 (all 0)"
+        types = "2 (query 0, document 1)" if a.n_token_types == 2 else "1 (all 0)"
         rows.append(f"| {a.model_type} | `{a.cross_class}` | {', '.join(f'`{e}`' for e in a.examples)} | "
                     f"{positions} | {types} | {a.head} | `{a.pair_format}` | {VERIFIED[a.model_type]} |")
     rows.append("| modernbert (pre-LN, `jaxmech.models.modernbert`) | `ModernBertForSequenceClassification` | "
@@ -73,9 +73,9 @@ def _meaning(site: Site, cfg: EncoderConfig) -> str:
     if site.name == "resid_pre" and cfg.has_embed_proj:
         return (f"block input: at l=0 the normalised embeddings projected {cfg.embed_width} -> {cfg.d_model} "
                 f"(W_proj, b_proj), else normalized_resid_post[l-1] (post-LN, not a running sum)")
-    if site.name == "pooler_out" and a.model_type != "bert":
+    if site.name == "pooler_out" and not a.pooler:
         return f"{cfg.head_act}(classifier.dense(h_0)): the head's dense layer on the first token ({a.head})"
-    if site.name == "logits" and a.model_type != "bert":
+    if site.name == "logits" and not a.pooler:
         return "classifier.out_proj(pooler_out): the raw relevance logit(s)"
     return site.meaning
 
@@ -136,10 +136,9 @@ def site_table_for(model: str | Path) -> str:
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf = json.loads(config_file.read_text())
-    if hf.get("model_type") == "modernbert":
-        from jaxmech.models.modernbert import ModernBertConfig
-
-        return modernbert_site_table(ModernBertConfig.from_hf_config(hf, source=str(config_file)), name=str(model))
+    own_blocks = _OWN_SITE_TABLES.get(hf.get("model_type"))
+    if own_blocks is not None:
+        return own_blocks(hf, str(config_file), str(model))
     cfg = EncoderConfig.from_hf_config(hf, source=str(config_file))
     try:
         kind = detect_kind(folder, hf)
@@ -177,3 +176,14 @@ def modernbert_site_table(cfg, *, name: str = "model") -> str:
         dims = ([str(cfg.n_layers)] if s.per_layer else []) + [str(sizes.get(d, d)) for d in s.dims]
         lines.append(f"| `{s.name}` | `[{', '.join(dims)}]` | `{s.tl_name}` | {s.meaning} |")
     return "\n".join(lines)
+
+
+def _modernbert_site_table_from_hf(hf: dict, source: str, name: str) -> str:
+    from jaxmech.models.modernbert import ModernBertConfig
+
+    return modernbert_site_table(ModernBertConfig.from_hf_config(hf, source=source), name=name)
+
+
+_OWN_SITE_TABLES = {"modernbert": _modernbert_site_table_from_hf}
+"""`site_table_for`'s table builders by ``model_type`` for families with their own blocks (and sites); every
+other ``model_type`` is a BERT-family architecture (`jaxmech.config.ARCHITECTURES`)."""

@@ -45,6 +45,11 @@ class Architecture:
         head: The classification head, in words.
         pair_format: The tokenizer's pair layout.
         examples: Public checkpoints of this architecture.
+        n_token_types: Token types its tokenizer gives a pair (2: query 0, document 1; 1: all 0).
+        pooler: Whether the head is the trunk's pooler and a classifier (BERT: ``pooler.dense``); else a
+            classification head of its own (``classifier.dense`` and ``classifier.out_proj``).
+        embed_proj: Whether ``embedding_size`` may differ from ``hidden_size`` (ELECTRA's ``embeddings_project``).
+        hf_extra: Fixed ``config.json`` entries this architecture's configs carry (`EncoderConfig.to_hf_config`).
     """
 
     model_type: str
@@ -55,22 +60,28 @@ class Architecture:
     head: str
     pair_format: str
     examples: tuple[str, ...]
+    n_token_types: int = 2
+    pooler: bool = False
+    embed_proj: bool = False
+    hf_extra: tuple[tuple[str, int], ...] = ()
 
 
 _ROBERTA_PAIR = "<s> q </s></s> d </s>, all token types 0"
+_ROBERTA_IDS = (("bos_token_id", 0), ("eos_token_id", 2))
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture("bert", "BertForSequenceClassification", "BertModel", "absolute", "tanh",
                          "pooler (dense, tanh) on [CLS], then classifier", "[CLS] q [SEP] d [SEP], types 0 / 1",
-                         ("cross-encoder/ms-marco-MiniLM-L-12-v2",)),
+                         ("cross-encoder/ms-marco-MiniLM-L-12-v2",), pooler=True),
     "electra": Architecture("electra", "ElectraForSequenceClassification", "ElectraModel", "absolute", "gelu",
                             "dense, erf GELU, out_proj on [CLS]; no pooler", "[CLS] q [SEP] d [SEP], types 0 / 1",
-                            ("cross-encoder/ms-marco-electra-base",)),
+                            ("cross-encoder/ms-marco-electra-base",), embed_proj=True),
     "roberta": Architecture("roberta", "RobertaForSequenceClassification", "RobertaModel", "padding_offset", "tanh",
                             "dense, tanh, out_proj on <s>; no pooler", _ROBERTA_PAIR,
-                            ("cross-encoder/stsb-roberta-base",)),
+                            ("cross-encoder/stsb-roberta-base",), n_token_types=1, hf_extra=_ROBERTA_IDS),
     "xlm-roberta": Architecture("xlm-roberta", "XLMRobertaForSequenceClassification", "XLMRobertaModel",
                                 "padding_offset", "tanh", "dense, tanh, out_proj on <s>; no pooler", _ROBERTA_PAIR,
-                                ("BAAI/bge-reranker-base", "BAAI/bge-reranker-v2-m3")),
+                                ("BAAI/bge-reranker-base", "BAAI/bge-reranker-v2-m3"), n_token_types=1,
+                                hf_extra=_ROBERTA_IDS),
 }
 
 
@@ -218,8 +229,10 @@ class EncoderConfig:
                 f"{hf['num_attention_heads']}"
             )
         embedding_size = hf.get("embedding_size")
-        if embedding_size is not None and model_type != "electra":
-            problems.append(f"embedding_size={embedding_size} (an embedding projection exists only for 'electra')")
+        projecting = [name for name, a in ARCHITECTURES.items() if a.embed_proj]
+        if embedding_size is not None and model_type not in projecting:
+            problems.append(f"embedding_size={embedding_size} (an embedding projection exists only for "
+                            f"{', '.join(map(repr, projecting))})")
         if hf.get("type_vocab_size", 2) < 1:
             problems.append(f"type_vocab_size={hf.get('type_vocab_size')} (need at least one token type)")
         if problems:
@@ -281,10 +294,9 @@ class EncoderConfig:
             "hidden_dropout_prob": 0.1,
             "attention_probs_dropout_prob": 0.1,
         }
-        if self.model_type == "electra":
+        if self.arch.embed_proj:
             out["embedding_size"] = self.embed_width
-        if self.model_type in ("roberta", "xlm-roberta"):
-            out["bos_token_id"], out["eos_token_id"] = 0, 2
+        out.update(self.arch.hf_extra)
         if architecture.endswith("ForSequenceClassification"):
             out["num_labels"] = self.num_labels
             out["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}

@@ -13,7 +13,9 @@ from conftest import PARITY_ATOL
 
 from jaxmech.config import UnsupportedConfigError
 from jaxmech.hf.convert import ConversionError
-from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict, to_hf_state_dict
+from jaxmech.hf.convert import modernbert_from_hf_state_dict as from_hf_state_dict
+from jaxmech.hf.convert import modernbert_to_hf_state_dict as to_hf_state_dict
+from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig
 from jaxmech.sites import MASK_VALUE
 
 torch = pytest.importorskip("torch")
@@ -294,8 +296,8 @@ def test_site_table_for_a_modernbert_folder_states_the_running_sum(tmp_path):
 def test_a_saved_folder_loads_with_load_modernbert_and_load_model(tmp_path):
     """`load_modernbert` and `load_model` give the same cross-encoder (scores as transformers); what ModernBERT
     cannot be (a bi-encoder, a fresh classifier head) is refused by name."""
-    from jaxmech.hf.loading import load_model
-    from jaxmech.models.modernbert import ModernBertCrossEncoder, load_modernbert
+    from jaxmech.hf.loading import load_model, load_modernbert
+    from jaxmech.models.modernbert import ModernBertCrossEncoder
 
     hf = build(TINY, bias=False, pooling="cls", seed=6)
     hf.save_pretrained(tmp_path)
@@ -326,7 +328,7 @@ def test_a_folder_with_a_modernbert_style_tokenizer_scores_pairs_as_transformers
     from arch_checkpoints import modernbert_tokenizer
     from transformers import AutoTokenizer
 
-    from jaxmech.models.modernbert import load_modernbert
+    from jaxmech.hf.loading import load_modernbert
 
     hf_tok = modernbert_tokenizer(tmp_path)
     ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}

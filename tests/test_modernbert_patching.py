@@ -14,8 +14,9 @@ from test_archs_patching import random_pairs
 from test_modernbert import TINY, _state, build
 from test_patching import _as_canonical, _source
 
+from jaxmech.hf.convert import modernbert_from_hf_state_dict as from_hf_state_dict
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
-from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig, from_hf_state_dict
+from jaxmech.models.modernbert import MODERNBERT_SITES, ModernBertConfig
 from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
 from jaxmech.patching.engines.pre_ln import modernbert_patch
@@ -292,6 +293,8 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
         modernbert_patch(model, batch, "normalized_resid_post_by_pos")
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):
         get_family("head_all_pos_result").run(model, batch)
+    with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):  # attribution asks the engine too
+        get_family("head_all_pos_result").run(model, batch, method="attribution")
     with pytest.raises(ValueError, match="method='attribution' is not available"):
         get_family("path_to_score").run(model, batch, method="attribution")
     with pytest.raises(ValueError, match="receiver head 9.0 is out of range"):

@@ -12,6 +12,11 @@ The architectures share the trunk's names under their own prefix (`TRUNK_PREFIX`
 ``classifier.out_proj`` (ELECTRA, RoBERTa, XLM-R), which fill the same `Pooler` and `Classifier` parameters.
 ELECTRA's ``embeddings_project`` fills ``embed.W_proj`` / ``embed.b_proj`` when ``embedding_size`` differs from
 ``hidden_size``.
+
+ModernBERT (`jaxmech.models.modernbert`) has its own table (`modernbert_from_hf_state_dict`,
+`modernbert_to_hf_state_dict`): the fused ``Wqkv`` splits into ``W_Q``, ``W_K``, ``W_V`` and GeGLU's ``Wi`` into
+``W_in`` and ``W_gate``; layer 0 has no attention LayerNorm. Every key map lives here, so models import nothing
+from `jaxmech.hf`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +32,7 @@ from flax import nnx
 
 from jaxmech.config import EncoderConfig
 from jaxmech.models.bert import BiEncoder, CrossEncoder, HookedEncoder, PoolingConfig
+from jaxmech.models.modernbert import ModernBertConfig, ModernBertCrossEncoder
 
 
 class ConversionError(ValueError):
@@ -138,7 +145,7 @@ def key_map(cfg: EncoderConfig, kind: str) -> list[tuple[str, KeyRule, int | Non
 def _ignored_patterns(cfg: EncoderConfig, kind: str) -> dict[str, str]:
     if kind == "bi":
         return dict(IGNORED, **IGNORED_FOR_BI)
-    if cfg.model_type != "bert":
+    if not cfg.arch.pooler:
         return dict(IGNORED, **IGNORED_FOR_CROSS_WITHOUT_POOLER)
     return dict(IGNORED)
 
@@ -226,18 +233,42 @@ def from_hf_state_dict(
     """
     state, original = _normalise_keys(state, TRUNK_PREFIX[cfg.model_type])
     rows = key_map(cfg, kind)
-    ignored_patterns = _ignored_patterns(cfg, kind)
     report = ConversionReport()
-    problems: list[str] = []
-
     template = build_model(cfg, kind, pooling=pooling, score_label=score_label, seed=init_missing_head_seed or 0) \
         if init_missing_head_seed is not None else \
         nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
     graphdef, abstract = nnx.split(template, nnx.Param)
     flat = {path: var for path, var in nnx.to_flat_state(abstract)}
+    values, problems = _convert_rows(state, original, rows, cfg, flat, report)
+    problems += _unexpected_tensors(state, original, rows, _ignored_patterns(cfg, kind), report)
+    problems += _missing_tensors(state, rows, init_missing_head_seed is not None, report)
+    if problems:
+        listing = "\n  ".join(problems)
+        head_missing = any(rule.param in _HEAD_PARAMS and hf_key not in state for hf_key, rule, _ in rows)
+        hint = ("\n  (an encoder-only checkpoint has no classifier head: --init-head-seed S, or "
+                "init_missing_head_seed=S from Python, builds a seeded one and reports it)" if head_missing else "")
+        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  {listing}{hint}")
+    new_flat = []
+    for path, var in flat.items():
+        if path in values:
+            new_flat.append((path, var.replace(jnp.asarray(values[path], jnp.float32))))
+        else:  # a freshly initialised head parameter (init_missing_head_seed)
+            new_flat.append((path, var))
+    model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
+    return model, report
+
+
+_HEAD_PARAMS = {("pooler", "W"), ("pooler", "b"), ("classifier", "W"), ("classifier", "b")}
+
+
+def _convert_rows(state: dict[str, np.ndarray], original: dict[str, str], rows, cfg: EncoderConfig, flat: dict,
+                  report: ConversionReport) -> tuple[dict[tuple[str, ...], np.ndarray], list[str]]:
+    """Every key-map row present in ``state``, converted and shape-checked against the template's parameters
+    (``flat``): the parameter values (per-layer rows stacked) and the problems, each naming the tensor; consumed
+    keys are added to ``report``."""
     per_layer: dict[tuple[str, ...], list] = {}
     values: dict[tuple[str, ...], np.ndarray] = {}
-
+    problems: list[str] = []
     for hf_key, rule, layer in rows:
         if hf_key not in state:
             continue
@@ -257,7 +288,17 @@ def from_hf_state_dict(
             values[rule.param] = value
         else:
             per_layer.setdefault(rule.param, [None] * cfg.n_layers)[layer] = value
+    for param, layers in per_layer.items():
+        if all(x is not None for x in layers):  # else a layer is missing or misshapen: a problem listed elsewhere
+            values[param] = np.stack(layers)
+    return values, problems
 
+
+def _unexpected_tensors(state: dict[str, np.ndarray], original: dict[str, str], rows,
+                        ignored_patterns: dict[str, str], report: ConversionReport) -> list[str]:
+    """Checkpoint tensors no row takes: deliberately ignored ones go to ``report`` with the reason, the others
+    are problems."""
+    problems = []
     expected_keys = {k for k, _, _ in rows}
     for k in sorted(set(state) - expected_keys):
         reason = next((why for pat, why in ignored_patterns.items() if re.fullmatch(pat, k)), None)
@@ -265,33 +306,22 @@ def from_hf_state_dict(
             problems.append(f"{original[k]}: unexpected tensor (no jaxmech parameter takes it)")
         else:
             report.ignored[original[k]] = reason
+    return problems
 
-    head_params = {("pooler", "W"), ("pooler", "b"), ("classifier", "W"), ("classifier", "b")}
+
+def _missing_tensors(state: dict[str, np.ndarray], rows, init_head: bool, report: ConversionReport) -> list[str]:
+    """Rows the checkpoint lacks: problems, except head parameters when a seeded head is asked for
+    (``init_head``; those go to ``report.initialized``)."""
+    problems = []
     for hf_key, rule, _ in rows:
         if hf_key in state:
             continue
-        if init_missing_head_seed is not None and rule.param in head_params:
+        if init_head and rule.param in _HEAD_PARAMS:
             if ".".join(rule.param) not in report.initialized:
                 report.initialized.append(".".join(rule.param))
             continue
         problems.append(f"{hf_key}: missing from the checkpoint (needed for {'.'.join(rule.param)})")
-    if problems:
-        listing = "\n  ".join(problems)
-        head_missing = any(rule.param in head_params and hf_key not in state for hf_key, rule, _ in rows)
-        hint = ("\n  (an encoder-only checkpoint has no classifier head: --init-head-seed S, or "
-                "init_missing_head_seed=S from Python, builds a seeded one and reports it)" if head_missing else "")
-        raise ConversionError(f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  {listing}{hint}")
-
-    for param, layers in per_layer.items():
-        values[param] = np.stack(layers)
-    new_flat = []
-    for path, var in flat.items():
-        if path in values:
-            new_flat.append((path, var.replace(jnp.asarray(values[path], jnp.float32))))
-        else:  # a freshly initialised head parameter (init_missing_head_seed)
-            new_flat.append((path, var))
-    model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
-    return model, report
+    return problems
 
 
 def hf_shapes(cfg: EncoderConfig, kind: str = "cross") -> dict[str, tuple[int, ...]]:
@@ -332,4 +362,161 @@ def to_hf_state_dict(model: HookedEncoder) -> dict[str, np.ndarray]:
             value = value[layer]
         key = hf_key if hf_key.startswith("classifier.") else prefix + hf_key
         out[key] = np.ascontiguousarray(jax_to_torch(value))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ModernBERT (`jaxmech.models.modernbert`): fused Wqkv and GeGLU Wi split into TransformerLens parameters
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _modernbert_rules(cfg: ModernBertConfig) -> list[tuple[str, tuple[str, ...], Any, Any]]:
+    """``(hf_key, param path, torch->jax, jax->torch)``; ``{l}`` is the layer. Bias rows only where HF has them."""
+    H, d, dh, m = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
+    T = (lambda w: w.T, lambda p: p.T)
+    ID = (lambda w: w, lambda p: p)
+    rows = [
+        ("model.embeddings.tok_embeddings.weight", ("W_E",), *ID),
+        ("model.embeddings.norm.weight", ("embed_ln", "w"), *ID),
+    ]
+    L = "model.layers.{l}."
+    rows += [
+        (L + "attn_norm.weight", ("blocks", "ln1", "w"), *ID),
+        (L + "mlp_norm.weight", ("blocks", "ln2", "w"), *ID),
+        (L + "attn.Wo.weight", ("blocks", "W_O"), lambda w: w.T.reshape(H, dh, d), lambda p: p.reshape(H * dh, d).T),
+        (L + "mlp.Wi.weight", ("blocks", "W_in"), lambda w: w[:m].T, None),
+        (L + "mlp.Wo.weight", ("blocks", "W_out"), *T),
+    ]
+    rows += [
+        ("model.final_norm.weight", ("final_ln", "w"), *ID),
+        ("head.dense.weight", ("head_W",), *T),
+        ("head.norm.weight", ("head_ln", "w"), *ID),
+        ("classifier.weight", ("classifier_W",), *T),
+        ("classifier.bias", ("classifier_b",), *ID),
+    ]
+    if cfg.norm_bias:
+        rows += [
+            ("model.embeddings.norm.bias", ("embed_ln", "b"), *ID),
+            (L + "attn_norm.bias", ("blocks", "ln1", "b"), *ID),
+            (L + "mlp_norm.bias", ("blocks", "ln2", "b"), *ID),
+            ("model.final_norm.bias", ("final_ln", "b"), *ID),
+            ("head.norm.bias", ("head_ln", "b"), *ID),
+        ]
+    if cfg.attention_bias:
+        rows += [(L + "attn.Wo.bias", ("blocks", "b_O"), *ID)]
+    if cfg.mlp_bias:
+        rows += [(L + "mlp.Wo.bias", ("blocks", "b_out"), *ID)]
+    if cfg.classifier_bias:
+        rows += [("head.dense.bias", ("head_b",), *ID)]
+    return rows
+
+
+def _split_qkv(w: np.ndarray, cfg: ModernBertConfig) -> list[np.ndarray]:
+    """HF ``Wqkv`` ``[3 * d, d]`` (q, k, v stacked on the output axis) -> three ``[H, d, dh]``."""
+    return [part.T.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).transpose(1, 0, 2) for part in np.split(w, 3)]
+
+
+def modernbert_from_hf_state_dict(
+    state: Mapping[str, np.ndarray], cfg: ModernBertConfig, *, score_label: int = 0, source: str = "checkpoint"
+) -> ModernBertCrossEncoder:
+    """A `ModernBertCrossEncoder` from a ``ModernBertForSequenceClassification`` state dict, strictly: every
+    tensor consumed, every shape checked, errors naming the tensor.
+
+    Raises:
+        ConversionError: Listing every problem.
+    """
+    state = {k: np.asarray(v, np.float32) for k, v in state.items()}
+    model = nnx.eval_shape(lambda: ModernBertCrossEncoder(cfg, rngs=nnx.Rngs(0), score_label=score_label))
+    graphdef, abstract = nnx.split(model, nnx.Param)
+    flat = {path: var for path, var in nnx.to_flat_state(abstract)}
+    values = {path: np.zeros(var.get_value().shape, np.float32) for path, var in flat.items()}
+    for path in values:  # LayerNorm scales default to one (layer 0's unused ln1; bias-free norms keep b = 0)
+        if path[-1] == "w" and any("ln" in str(p) for p in path):
+            values[path][...] = 1.0
+    consumed, problems = set(), []
+
+    def put(key, path, value, layer=None):
+        target = values[path] if layer is None else values[path][layer]
+        if value.shape != target.shape:
+            problems.append(f"{key}: converted shape {value.shape} != expected {target.shape}")
+            return
+        target[...] = value
+        consumed.add(key)
+
+    for hf_key, path, fwd, _ in _modernbert_rules(cfg):
+        for layer in range(cfg.n_layers) if "{l}" in hf_key else [None]:
+            key = hf_key.format(l=layer)
+            if layer == 0 and "attn_norm" in key:
+                continue  # HF's layer 0 has no attention LayerNorm (Identity)
+            if key not in state:
+                problems.append(f"{key}: missing from the checkpoint (needed for {'.'.join(path)})")
+                continue
+            put(key, path, fwd(state[key]), layer)
+    H, d, dh, m = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
+    for layer in range(cfg.n_layers):
+        key = f"model.layers.{layer}.mlp.Wi.weight"
+        if key in state:
+            put(key, ("blocks", "W_gate"), state[key][m:].T, layer)
+        key = f"model.layers.{layer}.attn.Wqkv.weight"
+        if key not in state:
+            problems.append(f"{key}: missing from the checkpoint (needed for W_Q, W_K, W_V)")
+        elif state[key].shape != (3 * H * dh, d):
+            problems.append(f"{key}: shape {state[key].shape} != expected {(3 * H * dh, d)}")
+        else:
+            for name, w in zip(("W_Q", "W_K", "W_V"), _split_qkv(state[key], cfg), strict=True):
+                put(key, ("blocks", name), w, layer)
+        for hf_name, params in (("attn.Wqkv.bias", ("b_Q", "b_K", "b_V")), ("mlp.Wi.bias", ("b_in", "b_gate"))):
+            key = f"model.layers.{layer}.{hf_name}"
+            biased = cfg.attention_bias if hf_name.startswith("attn") else cfg.mlp_bias
+            if biased and key in state:
+                parts = np.split(state[key], len(params))
+                for name, b in zip(params, parts, strict=True):
+                    put(
+                        key,
+                        ("blocks", name),
+                        b.reshape(H, dh) if name.startswith("b_") and len(params) == 3 else b,
+                        layer,
+                    )
+            elif biased:
+                problems.append(f"{key}: missing from the checkpoint")
+    for key in sorted(set(state) - consumed):
+        if not re.fullmatch(r"model\.layers\.\d+\.attn\.rotary_emb\..*", key):
+            problems.append(f"{key}: unexpected tensor (no jaxmech parameter takes it)")
+    if problems:
+        raise ConversionError(
+            f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  " + "\n  ".join(problems)
+        )
+    new = [(path, var.replace(jnp.asarray(values[path]))) for path, var in flat.items()]
+    return nnx.merge(graphdef, nnx.from_flat_state(new))
+
+
+def modernbert_to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
+    """The ``ModernBertForSequenceClassification`` state dict of a model (inverse of
+    `modernbert_from_hf_state_dict`)."""
+    cfg = model.cfg
+    flat = {
+        path: np.asarray(var.get_value(), np.float32) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+    out = {}
+    for hf_key, path, _, back in _modernbert_rules(cfg):
+        if back is None:
+            continue
+        for layer in range(cfg.n_layers) if "{l}" in hf_key else [None]:
+            if layer == 0 and "attn_norm" in hf_key:
+                continue
+            value = flat[path] if layer is None else flat[path][layer]
+            out[hf_key.format(l=layer)] = np.ascontiguousarray(back(value))
+    H, dh = cfg.n_heads, cfg.d_head
+    for layer in range(cfg.n_layers):
+        b = lambda name, layer=layer: flat[("blocks", name)][layer]
+        out[f"model.layers.{layer}.attn.Wqkv.weight"] = np.concatenate(
+            [b(n).transpose(1, 0, 2).reshape(cfg.d_model, H * dh).T for n in ("W_Q", "W_K", "W_V")]
+        )
+        out[f"model.layers.{layer}.mlp.Wi.weight"] = np.concatenate([b("W_in").T, b("W_gate").T])
+        if cfg.attention_bias:
+            out[f"model.layers.{layer}.attn.Wqkv.bias"] = np.concatenate(
+                [b(n).reshape(-1) for n in ("b_Q", "b_K", "b_V")]
+            )
+        if cfg.mlp_bias:
+            out[f"model.layers.{layer}.mlp.Wi.bias"] = np.concatenate([b("b_in"), b("b_gate")])
     return out

@@ -28,11 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmech.config import EncoderConfig
+from jaxmech.config import EncoderConfig, UnsupportedConfigError
 from jaxmech.files import atomic_write, resolve_model_path
-from jaxmech.hf.convert import ConversionReport, build_model, from_hf_state_dict, to_hf_state_dict
+from jaxmech.hf.convert import (
+    ConversionReport,
+    build_model,
+    from_hf_state_dict,
+    modernbert_from_hf_state_dict,
+    to_hf_state_dict,
+)
 from jaxmech.hf.tokenizer import PairTokenizer, has_tokenizer_files
+from jaxmech.models.base import Encoder
 from jaxmech.models.bert import HookedEncoder, PoolingConfig
+from jaxmech.models.modernbert import ModernBertConfig, ModernBertCrossEncoder
 from jaxmech.runtime import cache_root
 
 CACHE_FORMAT = 2  # 2: the conversion report is stored with the parameters
@@ -60,7 +68,7 @@ class LoadedModel:
         from_cache: Whether the parameters came from jaxmech's converted-parameter cache.
     """
 
-    model: HookedEncoder
+    model: Encoder
     tokenizer: PairTokenizer | None
     folder: Path
     kind: str
@@ -281,8 +289,9 @@ def load_model(
     tokenizer_path: str | Path | None = None,
     require_tokenizer: bool = False,
 ) -> LoadedModel:
-    """Loads a cross- or bi-encoder and its tokenizer. A ``model_type="modernbert"`` folder loads as a
-    `jaxmech.models.modernbert.ModernBertCrossEncoder` (cross-encoder only, not cached).
+    """Loads a cross- or bi-encoder and its tokenizer. The config's ``model_type`` picks the loader
+    (`MODEL_LOADERS`): a ``"modernbert"`` folder loads as a `jaxmech.models.modernbert.ModernBertCrossEncoder`
+    (cross-encoder only, not cached), every other as a BERT-family `CrossEncoder` or `BiEncoder`.
 
     Args:
         path_or_id: A local folder or a Hugging Face hub id (resolved through the hub cache).
@@ -304,54 +313,70 @@ def load_model(
             named in the message.
     """
     folder = resolve_model_dir(resolve_model_path(path_or_id))
+    hf_config, config_file = _read_hf_config(folder)
+    load = MODEL_LOADERS.get(hf_config.get("model_type"), _load_encoder)
+    model, kind, report, from_cache = load(folder, hf_config, config_file, kind=kind,
+                                           init_missing_head_seed=init_missing_head_seed, score_label=score_label,
+                                           use_cache=use_cache)
+    tokenizer = _load_tokenizer(folder, min(model.cfg.max_length, max_length or 512), truncation=truncation,
+                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
+    return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
+
+
+def _read_hf_config(folder: Path) -> tuple[dict, Path]:
+    """The ``config.json`` of a model folder, and its path.
+
+    Raises:
+        ModelNotFoundError: If the folder has none.
+    """
     config_file = folder / "config.json"
     if not config_file.exists():
         raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    hf_config = json.loads(config_file.read_text())
-    if hf_config.get("model_type") == "modernbert":
-        return _load_modernbert(folder, hf_config, config_file, kind=kind,
-                                init_missing_head_seed=init_missing_head_seed, score_label=score_label,
-                                max_length=max_length, truncation=truncation, tokenizer_path=tokenizer_path,
-                                require_tokenizer=require_tokenizer)
+    return json.loads(config_file.read_text()), config_file
+
+
+def _load_encoder(folder: Path, hf_config: dict, config_file: Path, *, kind: str, init_missing_head_seed: int | None,
+                  score_label: int, use_cache: bool) -> tuple[HookedEncoder, str, ConversionReport, bool]:
+    """`load_model`'s BERT-family loader (BERT, ELECTRA, (XLM-)RoBERTa): ``(model, kind, report, from_cache)``,
+    the parameters read from the converted-parameter cache when it holds them."""
     cfg = EncoderConfig.from_hf_config(hf_config, source=str(config_file))
     if kind == "auto":
         kind = detect_kind(folder, hf_config)
-    pooling = read_pooling(folder) if kind == "bi" else None
-    if kind == "bi" and pooling is None:
-        pooling = PoolingConfig()
+    pooling = (read_pooling(folder) or PoolingConfig()) if kind == "bi" else None
     files = weight_files(folder)
-
     key = _cache_key(files, kind, f"seed={init_missing_head_seed}|{cfg}")
     cached = cache_root() / "converted" / f"{key}.safetensors"
-    report, from_cache = ConversionReport(), False
-    if use_cache and cached.exists():
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
+    hit = _read_cached(cached, cfg, kind, pooling, score_label) if use_cache and cached.exists() else None
+    if hit is not None:
+        return hit[0], kind, hit[1], True
+    model, report = from_hf_state_dict(
+        read_state_dict(files), cfg, kind, pooling=pooling, score_label=score_label,
+        init_missing_head_seed=init_missing_head_seed, source=", ".join(str(f) for f in files),
+    )
+    if use_cache:
+        from safetensors.numpy import save_file
 
-        try:
-            with safe_open(str(cached), framework="numpy") as f:
-                report = ConversionReport(**json.loads((f.metadata() or {})[_REPORT_KEY]))
-            template = nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
-            model = load_flat_params(template, load_file(str(cached)))
-            from_cache = True
-        except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt below
-            report = ConversionReport()
-            cached.unlink(missing_ok=True)
-    if not from_cache:
-        state = read_state_dict(files)
-        model, report = from_hf_state_dict(
-            state, cfg, kind, pooling=pooling, score_label=score_label,
-            init_missing_head_seed=init_missing_head_seed, source=", ".join(str(f) for f in files),
-        )
-        if use_cache:
-            from safetensors.numpy import save_file
+        with contextlib.suppress(OSError):  # an unwritable cache only costs speed
+            meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
+            atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
+    return model, kind, report, False
 
-            with contextlib.suppress(OSError):  # an unwritable cache only costs speed
-                meta = {_REPORT_KEY: json.dumps(dataclasses.asdict(report))}
-                atomic_write(cached, lambda tmp: save_file(flat_params(model), tmp, metadata=meta))
-    tokenizer = _load_tokenizer(folder, min(cfg.max_length, max_length or 512), truncation=truncation,
-                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
-    return LoadedModel(model, tokenizer, folder, kind, report, from_cache)
+
+def _read_cached(cached: Path, cfg: EncoderConfig, kind: str, pooling: PoolingConfig | None,
+                 score_label: int) -> tuple[HookedEncoder, ConversionReport] | None:
+    """The model and conversion report stored in a converted-parameter cache entry, or None (and the entry
+    removed) when it is stale or damaged."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        with safe_open(str(cached), framework="numpy") as f:
+            report = ConversionReport(**json.loads((f.metadata() or {})[_REPORT_KEY]))
+        template = nnx.eval_shape(lambda: build_model(cfg, kind, pooling=pooling, score_label=score_label))
+        return load_flat_params(template, load_file(str(cached))), report
+    except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt by the caller
+        cached.unlink(missing_ok=True)
+        return None
 
 
 def _load_tokenizer(folder: Path, limit: int, *, truncation: str, tokenizer_path: str | Path | None,
@@ -368,15 +393,11 @@ def _load_tokenizer(folder: Path, limit: int, *, truncation: str, tokenizer_path
 
 
 def _load_modernbert(folder: Path, hf_config: dict, config_file: Path, *, kind: str,
-                     init_missing_head_seed: int | None, score_label: int, max_length: int | None, truncation: str,
-                     tokenizer_path: str | Path | None, require_tokenizer: bool) -> LoadedModel:
-    """`load_model` on a ``ModernBertForSequenceClassification`` folder: its own pre-LN blocks
+                     init_missing_head_seed: int | None, score_label: int,
+                     use_cache: bool) -> tuple[ModernBertCrossEncoder, str, ConversionReport, bool]:
+    """`load_model`'s loader of ``ModernBertForSequenceClassification`` folders: its own pre-LN blocks
     (`jaxmech.models.modernbert`), a cross-encoder with its classifier head; converted on every load (no parameter
-    cache). Bi-encoder use and a fresh head are refused by name."""
-    from jaxmech.config import UnsupportedConfigError
-    from jaxmech.models.modernbert import ModernBertConfig
-    from jaxmech.models.modernbert import from_hf_state_dict as modernbert_from_hf
-
+    cache, ``use_cache`` is not used). Bi-encoder use and a fresh head are refused by name."""
     if kind not in ("auto", "cross"):
         raise UnsupportedConfigError(f"{folder}: kind={kind!r} is not available for model_type='modernbert' "
                                      "(ModernBERT loads as a cross-encoder only: kind='cross' or 'auto')")
@@ -386,11 +407,36 @@ def _load_modernbert(folder: Path, hf_config: dict, config_file: Path, *, kind: 
                                      "checkpoint with its classifier head)")
     cfg = ModernBertConfig.from_hf_config(hf_config, source=str(config_file))
     files = weight_files(folder)
-    model = modernbert_from_hf(read_state_dict(files), cfg, score_label=score_label,
-                               source=", ".join(str(f) for f in files))
-    tokenizer = _load_tokenizer(folder, min(cfg.max_length, max_length or 512), truncation=truncation,
-                                tokenizer_path=tokenizer_path, require_tokenizer=require_tokenizer)
-    return LoadedModel(model, tokenizer, folder, "cross", ConversionReport())
+    model = modernbert_from_hf_state_dict(read_state_dict(files), cfg, score_label=score_label,
+                                          source=", ".join(str(f) for f in files))
+    return model, "cross", ConversionReport(), False
+
+
+MODEL_LOADERS = {"modernbert": _load_modernbert}
+"""`load_model`'s loader by the config's ``model_type``, for model families with their own blocks; every other
+``model_type`` loads as a BERT-family encoder (`EncoderConfig.from_hf_config` refuses what it does not support).
+A loader takes ``(folder, hf_config, config_file, *, kind, init_missing_head_seed, score_label, use_cache)`` and
+returns ``(model, kind, report, from_cache)``."""
+
+
+def load_modernbert(path_or_id, *, score_label: int = 0) -> tuple[ModernBertCrossEncoder, PairTokenizer | None]:
+    """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
+    (a `jaxmech.hf.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
+    files. `load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for `run_patching`, the CLI and
+    sweeps); patch the model with `jaxmech.patching.engines.pre_ln.modernbert_patch` or any `Family.run`.
+
+    Raises:
+        ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.
+    """
+    folder = resolve_model_dir(path_or_id)
+    hf_config, config_file = _read_hf_config(folder)
+    cfg = ModernBertConfig.from_hf_config(hf_config, source=str(config_file))
+    files = weight_files(folder)
+    model = modernbert_from_hf_state_dict(read_state_dict(files), cfg, score_label=score_label,
+                                          source=", ".join(str(f) for f in files))
+    tokenizer = PairTokenizer.from_pretrained(folder, max_length=min(cfg.max_length, 512)) \
+        if has_tokenizer_files(folder) else None
+    return model, tokenizer
 
 
 def save_pretrained(model: HookedEncoder, folder: str | Path, *, tokenizer: PairTokenizer | None = None) -> Path:

@@ -14,10 +14,11 @@ under ``jit`` and the patched forward is the same program as the clean one plus 
 The math is written per example (``tokens: [pos]``); `HookedEncoder.__call__` vmaps it over a batch.
 Post-LayerNorm structure and the site table are documented in `jaxmech.sites`.
 
-Every class is abstract or final: `HookedEncoder` is the abstract trunk (embeddings, stacked blocks, the
-forward) whose readout is abstract; `CrossEncoder` and `BiEncoder` are final and define the readout and how
-a forward's output becomes a relevance score (`HookedEncoder.relevance`), so no caller switches on the
-model's type. `Hooks` is the abstract hook interface; `HookPoints` is the forward's final implementation.
+Every class is abstract or final: `HookedEncoder` is the abstract post-LN trunk (embeddings, stacked blocks, the
+forward; a `jaxmech.models.base.Encoder` whose engine is ``"post_ln"``) whose readout is abstract; `CrossEncoder`
+and `BiEncoder` are final and define the readout and how a forward's output becomes a relevance score
+(`HookedEncoder.relevance`), so no caller switches on the model's type. `Hooks` (the abstract hook interface),
+`HookPoints` (the forward's final implementation) and `Output` live in `jaxmech.models.base` and are re-exported.
 """
 
 from __future__ import annotations
@@ -34,62 +35,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import EncoderConfig
 from jaxmech.interventions import Intervention
+from jaxmech.models.base import NO_HOOKS, Encoder, HookPoints, Hooks, Output
 from jaxmech.sites import MASK_VALUE, validate_capture
-
-# --------------------------------------------------------------------------------------------------------------
-# Hook points
-# --------------------------------------------------------------------------------------------------------------
-
-
-class Hooks(abc.ABC):
-    """What a module calls at each hook point: ``x = hooks(name, x)`` (a trace-time helper, not a pytree)."""
-
-    @abc.abstractmethod
-    def wants(self, name: str) -> bool:
-        """Whether anything reads or writes ``name`` (lets the forward skip optional work such as ``result``)."""
-
-    @abc.abstractmethod
-    def __call__(self, name: str, x: Array) -> Array:
-        """The value the forward continues with at hook point ``name``."""
-
-
-@final
-class HookPoints(Hooks):
-    """Applies interventions and records activations at named sites.
-
-    Args:
-        capture: Site names to record.
-        interventions: Applied in order at their sites (`jaxmech.interventions.Intervention`).
-        layer: The current layer index (a traced scalar inside the layer scan) or None for embedding/readout.
-    """
-
-    def __init__(self, capture: frozenset[str], interventions: Sequence[Intervention] = (), layer=None):
-        self.capture = capture
-        self.interventions = tuple(interventions)
-        self.layer = layer
-        self.records: dict[str, Array] = {}
-
-    def wants(self, name: str) -> bool:
-        """Whether anything reads or writes ``name``."""
-        return name in self.capture or any(iv.site == name for iv in self.interventions)
-
-    def __call__(self, name: str, x: Array) -> Array:
-        """Applies the interventions at ``name`` and records the result if captured."""
-        for iv in self.interventions:
-            if iv.site == name:
-                x = iv.apply(x, self.layer)
-        if name in self.capture:
-            self.records[name] = x
-        return x
-
-    def for_layer(self, layer) -> HookPoints:
-        """The same hooks at ``layer`` (with their own records)."""
-        return HookPoints(self.capture, self.interventions, layer)
-
-
-NO_HOOKS = HookPoints(frozenset())
-"""Hook points that record nothing and apply nothing."""
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Modules
@@ -317,28 +264,12 @@ def _default_segments(ids: Array, token_type_ids: Array | None, attention_mask: 
             jnp.ones_like(ids) if attention_mask is None else attention_mask)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Output:
-    """What a forward returns (per batch when called on a batch).
+class HookedEncoder(Encoder):
+    """The abstract post-LayerNorm encoder trunk (`jaxmech.models.base.Encoder`): embeddings, stacked blocks and
+    the forward. The final subclasses (`CrossEncoder`, `BiEncoder`) define the readout and the relevance score.
+    Patched by the post-LN restart engine (`jaxmech.patching.engines.post_ln`)."""
 
-    Attributes:
-        score: The relevance score: the raw logit ``logits[..., score_label]`` for cross-encoders; for
-            bi-encoders the pooled embedding has no score until compared (see `BiEncoder.similarity`).
-        logits: Classifier outputs ``[..., num_labels]`` (cross-encoders) or None.
-        embedding: Pooled (and possibly normalised) embedding ``[..., d_model]`` (bi-encoders) or None.
-        cache: Captured activations, site name to array (per-layer sites stacked ``[..., layer, ...]``).
-    """
-
-    score: Array | None
-    logits: Array | None
-    embedding: Array | None
-    cache: dict[str, Array]
-
-
-class HookedEncoder(nnx.Module, abc.ABC):
-    """The abstract encoder trunk: embeddings, stacked blocks and the forward. The final subclasses
-    (`CrossEncoder`, `BiEncoder`) define the readout and the relevance score."""
+    engine: ClassVar[str] = "post_ln"
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -438,47 +369,16 @@ class HookedEncoder(nnx.Module, abc.ABC):
         one = lambda t, tt, m: self.forward_one(t, tt, m, capture=capture, interventions=interventions)
         return jax.vmap(one)(input_ids, token_type_ids, attention_mask)
 
-    def run_with_cache(self, input_ids, token_type_ids=None, attention_mask=None, *, capture="all", **kw) -> Output:
-        """`__call__` capturing every site by default (TransformerLens's name for it)."""
-        return self(input_ids, token_type_ids, attention_mask, capture=capture, **kw)
-
-    # -- readout (abstract: each final subclass defines it) ------------------------------------------------------
-    kind: ClassVar[str]
-    """``"cross"`` or ``"bi"``: the model family, for file formats and reports (never to switch behaviour on)."""
-    pair_input: ClassVar[bool]
-    """Whether the model reads query and document together (``[CLS] q [SEP] d [SEP]``); False when it reads
-    one text and compares embeddings (then a patched run is the document's and the score needs the query's
-    embedding)."""
-
+    # -- readout (abstract: each final subclass defines it, and `relevance`, `score_name`, ...) ----------------
     @abc.abstractmethod
     def readout(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
                 hooks: Hooks) -> Output:
         """From final hidden states to the `Output` (score and logits, or the pooled embedding)."""
 
-    @abc.abstractmethod
-    def relevance(self, out: Output, query_embedding: Float[Array, "... d_model"] | None = None) -> Array:
-        """The scalar relevance score of a forward's `Output` (per example).
-
-        Args:
-            out: What a forward returned (batched or not).
-            query_embedding: The query's embedding, for models that score by comparing embeddings (required
-                there, ignored otherwise).
-        """
-
     def score_hidden(self, hidden: Float[Array, "pos d_model"], attention_mask: Int[Array, " pos"],
                      query_embedding: Float[Array, " d_model"] | None = None) -> Float[Array, ""]:
         """The relevance score from one example's final hidden states (see `relevance`)."""
         return self.relevance(self.readout(hidden, attention_mask, NO_HOOKS), query_embedding)
-
-    @property
-    @abc.abstractmethod
-    def score_name(self) -> str:
-        """What the relevance score is, for outputs (``"raw logit"``, ``"cosine similarity"``)."""
-
-    @property
-    @abc.abstractmethod
-    def readout_uses_cls_only(self) -> bool:
-        """True when the score depends on the final hidden state of position 0 ([CLS]) alone."""
 
 
 class Pooler(nnx.Module):

@@ -19,26 +19,27 @@ LayerNorm and the classifier.
 
 Sites are `MODERNBERT_SITES`; names follow TransformerLens where it has them (``rot_q`` / ``rot_k``: queries and
 keys after the rotation; ``mlp_pre_linear``: the gate). This module gives the forward, capture and
-interventions at every site, strict conversion, and the restart the patching engine needs (`run_from`: blocks
+interventions at every site, and the restart the patching engine needs (`run_from`: blocks
 from ``l`` on the cached ``resid_pre[l]``; `project`: a block's q/k/v from its input); the patching families
-run on it through `jaxmech.patching.engines.pre_ln`.
+run on it through `jaxmech.patching.engines.pre_ln` (the model declares ``engine = "pre_ln"``). Strict conversion
+from and to Hugging Face checkpoints is `jaxmech.hf.convert` (`modernbert_from_hf_state_dict`); loading,
+`jaxmech.hf.loading.load_model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, final
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import UnsupportedConfigError
-from jaxmech.models.bert import HookPoints, LayerNorm, Output, activation
+from jaxmech.models.base import Encoder, HookPoints, Output
+from jaxmech.models.bert import LayerNorm, activation
 from jaxmech.sites import MASK_VALUE, Site
 
 _SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
@@ -389,12 +390,16 @@ class ModernBlock(nnx.Module):
         return hooks("resid_post", resid_mid + mlp_out)
 
 
-class ModernBertCrossEncoder(nnx.Module):
+@final
+class ModernBertCrossEncoder(Encoder):
     """``ModernBertForSequenceClassification``: embeddings + LN, pre-LN blocks, final LN, pooling, head.
 
     The score is the raw logit ``logits[score_label]``. Called like `jaxmech.models.bert.HookedEncoder` (token types
-    are accepted and ignored).
+    are accepted and ignored). Patched by the pre-LN restart engine (`jaxmech.patching.engines.pre_ln`).
     """
+
+    engine: ClassVar[str] = "pre_ln"
+    kind: ClassVar[str] = "cross"
 
     def __init__(self, cfg: ModernBertConfig, *, rngs: nnx.Rngs, score_label: int = 0):
         if not 0 <= score_label < cfg.num_labels:
@@ -519,8 +524,13 @@ class ModernBertCrossEncoder(nnx.Module):
         head = hooks("pooler_out", self.head_ln(dense))
         return hooks("logits", head @ self.classifier_W[...] + self.classifier_b[...])
 
-    pair_input = True
+    pair_input: ClassVar[bool] = True
     """Reads query and document together (``[CLS] q [SEP] d [SEP]``)."""
+
+    @property
+    def score_name(self) -> str:
+        """What the score is: ``"raw logit"``."""
+        return "raw logit"
 
     def relevance(self, out: Output, query_embedding=None) -> Array:
         """The raw logit (``out.score``); ``query_embedding`` is not used."""
@@ -553,188 +563,3 @@ class ModernBertCrossEncoder(nnx.Module):
         one = lambda t, m: self.forward_one(t, None, m, capture=capture, interventions=interventions)
         return jax.vmap(one)(input_ids, attention_mask)
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Conversion
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _rules(cfg: ModernBertConfig) -> list[tuple[str, tuple[str, ...], Any, Any]]:
-    """``(hf_key, param path, torch->jax, jax->torch)``; ``{l}`` is the layer. Bias rows only where HF has them."""
-    H, d, dh, m = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
-    T = (lambda w: w.T, lambda p: p.T)
-    ID = (lambda w: w, lambda p: p)
-    rows = [
-        ("model.embeddings.tok_embeddings.weight", ("W_E",), *ID),
-        ("model.embeddings.norm.weight", ("embed_ln", "w"), *ID),
-    ]
-    L = "model.layers.{l}."
-    rows += [
-        (L + "attn_norm.weight", ("blocks", "ln1", "w"), *ID),
-        (L + "mlp_norm.weight", ("blocks", "ln2", "w"), *ID),
-        (L + "attn.Wo.weight", ("blocks", "W_O"), lambda w: w.T.reshape(H, dh, d), lambda p: p.reshape(H * dh, d).T),
-        (L + "mlp.Wi.weight", ("blocks", "W_in"), lambda w: w[:m].T, None),
-        (L + "mlp.Wo.weight", ("blocks", "W_out"), *T),
-    ]
-    rows += [
-        ("model.final_norm.weight", ("final_ln", "w"), *ID),
-        ("head.dense.weight", ("head_W",), *T),
-        ("head.norm.weight", ("head_ln", "w"), *ID),
-        ("classifier.weight", ("classifier_W",), *T),
-        ("classifier.bias", ("classifier_b",), *ID),
-    ]
-    if cfg.norm_bias:
-        rows += [
-            ("model.embeddings.norm.bias", ("embed_ln", "b"), *ID),
-            (L + "attn_norm.bias", ("blocks", "ln1", "b"), *ID),
-            (L + "mlp_norm.bias", ("blocks", "ln2", "b"), *ID),
-            ("model.final_norm.bias", ("final_ln", "b"), *ID),
-            ("head.norm.bias", ("head_ln", "b"), *ID),
-        ]
-    if cfg.attention_bias:
-        rows += [(L + "attn.Wo.bias", ("blocks", "b_O"), *ID)]
-    if cfg.mlp_bias:
-        rows += [(L + "mlp.Wo.bias", ("blocks", "b_out"), *ID)]
-    if cfg.classifier_bias:
-        rows += [("head.dense.bias", ("head_b",), *ID)]
-    return rows
-
-
-def _split_qkv(w: np.ndarray, cfg: ModernBertConfig) -> list[np.ndarray]:
-    """HF ``Wqkv`` ``[3 * d, d]`` (q, k, v stacked on the output axis) -> three ``[H, d, dh]``."""
-    return [part.T.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).transpose(1, 0, 2) for part in np.split(w, 3)]
-
-
-def from_hf_state_dict(
-    state: Mapping[str, np.ndarray], cfg: ModernBertConfig, *, score_label: int = 0, source: str = "checkpoint"
-) -> ModernBertCrossEncoder:
-    """A `ModernBertCrossEncoder` from a ``ModernBertForSequenceClassification`` state dict, strictly: every
-    tensor consumed, every shape checked, errors naming the tensor.
-
-    Raises:
-        jaxmech.hf.convert.ConversionError: Listing every problem.
-    """
-    from jaxmech.hf.convert import ConversionError
-
-    state = {k: np.asarray(v, np.float32) for k, v in state.items()}
-    model = nnx.eval_shape(lambda: ModernBertCrossEncoder(cfg, rngs=nnx.Rngs(0), score_label=score_label))
-    graphdef, abstract = nnx.split(model, nnx.Param)
-    flat = {path: var for path, var in nnx.to_flat_state(abstract)}
-    values = {path: np.zeros(var.get_value().shape, np.float32) for path, var in flat.items()}
-    for path in values:  # LayerNorm scales default to one (layer 0's unused ln1; bias-free norms keep b = 0)
-        if path[-1] == "w" and any("ln" in str(p) for p in path):
-            values[path][...] = 1.0
-    consumed, problems = set(), []
-
-    def put(key, path, value, layer=None):
-        target = values[path] if layer is None else values[path][layer]
-        if value.shape != target.shape:
-            problems.append(f"{key}: converted shape {value.shape} != expected {target.shape}")
-            return
-        target[...] = value
-        consumed.add(key)
-
-    for hf_key, path, fwd, _ in _rules(cfg):
-        for layer in range(cfg.n_layers) if "{l}" in hf_key else [None]:
-            key = hf_key.format(l=layer)
-            if layer == 0 and "attn_norm" in key:
-                continue  # HF's layer 0 has no attention LayerNorm (Identity)
-            if key not in state:
-                problems.append(f"{key}: missing from the checkpoint (needed for {'.'.join(path)})")
-                continue
-            put(key, path, fwd(state[key]), layer)
-    H, d, dh, m = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
-    for layer in range(cfg.n_layers):
-        key = f"model.layers.{layer}.mlp.Wi.weight"
-        if key in state:
-            put(key, ("blocks", "W_gate"), state[key][m:].T, layer)
-        key = f"model.layers.{layer}.attn.Wqkv.weight"
-        if key not in state:
-            problems.append(f"{key}: missing from the checkpoint (needed for W_Q, W_K, W_V)")
-        elif state[key].shape != (3 * H * dh, d):
-            problems.append(f"{key}: shape {state[key].shape} != expected {(3 * H * dh, d)}")
-        else:
-            for name, w in zip(("W_Q", "W_K", "W_V"), _split_qkv(state[key], cfg), strict=True):
-                put(key, ("blocks", name), w, layer)
-        for hf_name, params in (("attn.Wqkv.bias", ("b_Q", "b_K", "b_V")), ("mlp.Wi.bias", ("b_in", "b_gate"))):
-            key = f"model.layers.{layer}.{hf_name}"
-            biased = cfg.attention_bias if hf_name.startswith("attn") else cfg.mlp_bias
-            if biased and key in state:
-                parts = np.split(state[key], len(params))
-                for name, b in zip(params, parts, strict=True):
-                    put(
-                        key,
-                        ("blocks", name),
-                        b.reshape(H, dh) if name.startswith("b_") and len(params) == 3 else b,
-                        layer,
-                    )
-            elif biased:
-                problems.append(f"{key}: missing from the checkpoint")
-    for key in sorted(set(state) - consumed):
-        if not re.fullmatch(r"model\.layers\.\d+\.attn\.rotary_emb\..*", key):
-            problems.append(f"{key}: unexpected tensor (no jaxmech parameter takes it)")
-    if problems:
-        raise ConversionError(
-            f"{source}: {len(problems)} problem(s) converting to jaxmech:\n  " + "\n  ".join(problems)
-        )
-    new = [(path, var.replace(jnp.asarray(values[path]))) for path, var in flat.items()]
-    return nnx.merge(graphdef, nnx.from_flat_state(new))
-
-
-def to_hf_state_dict(model: ModernBertCrossEncoder) -> dict[str, np.ndarray]:
-    """The ``ModernBertForSequenceClassification`` state dict of a model (inverse of `from_hf_state_dict`)."""
-    cfg = model.cfg
-    flat = {
-        path: np.asarray(var.get_value(), np.float32) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-    out = {}
-    for hf_key, path, _, back in _rules(cfg):
-        if back is None:
-            continue
-        for layer in range(cfg.n_layers) if "{l}" in hf_key else [None]:
-            if layer == 0 and "attn_norm" in hf_key:
-                continue
-            value = flat[path] if layer is None else flat[path][layer]
-            out[hf_key.format(l=layer)] = np.ascontiguousarray(back(value))
-    H, dh = cfg.n_heads, cfg.d_head
-    for layer in range(cfg.n_layers):
-        b = lambda name, layer=layer: flat[("blocks", name)][layer]
-        out[f"model.layers.{layer}.attn.Wqkv.weight"] = np.concatenate(
-            [b(n).transpose(1, 0, 2).reshape(cfg.d_model, H * dh).T for n in ("W_Q", "W_K", "W_V")]
-        )
-        out[f"model.layers.{layer}.mlp.Wi.weight"] = np.concatenate([b("W_in").T, b("W_gate").T])
-        if cfg.attention_bias:
-            out[f"model.layers.{layer}.attn.Wqkv.bias"] = np.concatenate(
-                [b(n).reshape(-1) for n in ("b_Q", "b_K", "b_V")]
-            )
-        if cfg.mlp_bias:
-            out[f"model.layers.{layer}.mlp.Wi.bias"] = np.concatenate([b("b_in"), b("b_gate")])
-    return out
-
-
-def load_modernbert(path_or_id, *, score_label: int = 0):
-    """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
-    (a `jaxmech.hf.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
-    files. `jaxmech.hf.loading.load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for
-    `run_patching`, the CLI and sweeps); patch the model with `jaxmech.patching.engines.pre_ln.modernbert_patch` or
-    any `Family.run`.
-
-    Raises:
-        ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.
-    """
-    import json
-
-    from jaxmech.hf.loading import ModelNotFoundError, read_state_dict, resolve_model_dir, weight_files
-    from jaxmech.hf.tokenizer import PairTokenizer, has_tokenizer_files
-
-    folder = resolve_model_dir(path_or_id)
-    config_file = folder / "config.json"
-    if not config_file.exists():
-        raise ModelNotFoundError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    cfg = ModernBertConfig.from_hf_config(json.loads(config_file.read_text()), source=str(config_file))
-    files = weight_files(folder)
-    model = from_hf_state_dict(read_state_dict(files), cfg, score_label=score_label,
-                               source=", ".join(str(f) for f in files))
-    tokenizer = PairTokenizer.from_pretrained(folder, max_length=min(cfg.max_length, 512)) \
-        if has_tokenizer_files(folder) else None
-    return model, tokenizer

@@ -32,7 +32,7 @@ _EXPORTS = {
                               "spec_in_axes"),
     "jaxmech.patching.activation": ("activation_patch",),
     "jaxmech.patching.attribution": ("activation_gradients", "attribution_patch", "verify_top_k"),
-    "jaxmech.patching.caches": ("prepare",),
+    "jaxmech.patching.engines": ("ENGINES", "Engine", "engine_of", "prepare"),
     "jaxmech.patching.families": ("FAMILIES", "PATH_FAMILIES", "REGISTRY", "Family", "UnknownFamilyError",
                                   "get_family"),
     "jaxmech.patching.inputs": ("PairBatch", "batch_pairs", "read_pairs", "reverse_batch"),

@@ -19,6 +19,7 @@ from jaxmech import runtime
 from jaxmech.interventions import PatchSpec, one_hot
 from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import RESTART_SITES, SweepData, prepare
+from jaxmech.patching.engines import engine_of
 from jaxmech.patching.engines.post_ln import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment
@@ -125,12 +126,11 @@ def activation_patch(
     Raises:
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
-    if getattr(model.cfg, "model_type", None) == "modernbert":  # own pre-LN blocks
-        score_only(readout, "ModernBERT models")
-        from jaxmech.patching.engines.pre_ln import modernbert_patch
-
-        return modernbert_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                                positions=positions, steps_per_call=steps_per_call)
+    engine = engine_of(model)
+    if engine.patch is not None:  # an engine that runs whole families itself (pre-LN blocks)
+        score_only(readout, engine.label)
+        return engine.patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                            positions=positions, steps_per_call=steps_per_call)
     fam = get_family(family)
     bound = as_bound(readout)
     check_readout(bound.readout, model)
@@ -160,7 +160,7 @@ def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family
         from jaxmech.patching.attribution import attribution_patch
 
         check_readout(as_bound(readout).readout, model, method=method)
-
+        engine_of(model).check_family(family, method)  # refused by name where the engine lacks its sites
         return attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
     return activation_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
                             query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)

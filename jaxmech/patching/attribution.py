@@ -21,8 +21,8 @@ import numpy as np
 
 from jaxmech import runtime
 from jaxmech.interventions import AdditiveDelta, PatchSpec, one_hot
-from jaxmech.models.bert import HookedEncoder
-from jaxmech.patching.caches import prepare
+from jaxmech.models.base import Encoder
+from jaxmech.patching.engines import prepare
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.results import SweepResult, canonical_to_layout
@@ -35,7 +35,7 @@ def _score_one(model, deltas, ids, tt, mask, q_emb):
 
 
 @jax.jit
-def activation_gradients(model: HookedEncoder, ids, tt, mask, zero_deltas: dict, query_embedding):
+def activation_gradients(model: Encoder, ids, tt, mask, zero_deltas: dict, query_embedding):
     """``d score / d activation`` at every site in ``zero_deltas`` (per pair, all layers): one forward and one
     backward per pair, vmapped over pairs."""
     grad = jax.grad(_score_one, argnums=1)
@@ -58,7 +58,7 @@ def _reduce(effect: np.ndarray, site: str, per_pos: bool, per_head: bool) -> np.
 
 
 @runtime.with_precision
-def attribution_patch(model: HookedEncoder, batch: PairBatch, family: str | Family, *, reverse: bool = False,
+def attribution_patch(model: Encoder, batch: PairBatch, family: str | Family, *, reverse: bool = False,
                       query_embedding=None) -> SweepResult:
     """Attribution-patching estimate of a family, shaped like `jaxmech.patching.sweep.activation_patch`.
 
@@ -105,7 +105,7 @@ def _exact_sites(model, ids, tt, mask, source, q_emb, pair, layers, heads, pos_m
 
 
 @runtime.with_precision
-def verify_top_k(model: HookedEncoder, batch: PairBatch, estimate: SweepResult, family: str | Family, k: int = 10,
+def verify_top_k(model: Encoder, batch: PairBatch, estimate: SweepResult, family: str | Family, k: int = 10,
                  *, reverse: bool = False, query_embedding=None) -> list[dict]:
     """Runs exact patches for the ``k`` sites with the largest estimated effect, per pair.
 

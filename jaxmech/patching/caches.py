@@ -33,7 +33,8 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.data.align import AlignmentError
-from jaxmech.models.bert import HookedEncoder, Output
+from jaxmech.models.base import Encoder, Output
+from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.inputs import PairBatch, reverse_batch
 from jaxmech.sites import dim_sizes, get_site
 
@@ -111,7 +112,7 @@ class SweepData:
 
 
 @functools.partial(jax.jit, static_argnames=("capture",))
-def run_cached(model: HookedEncoder, input_ids, token_type_ids, attention_mask, *,
+def run_cached(model: Encoder, input_ids, token_type_ids, attention_mask, *,
                capture: frozenset) -> tuple[Output, dict[str, Array]]:
     """Batched forward returning ``(output, cache)``, the cache holding the ``capture`` sites (jitted;
     ``capture`` static)."""
@@ -127,15 +128,19 @@ def embed_texts(model: HookedEncoder, input_ids: Int[Array, "batch pos"], token_
     return model(input_ids, token_type_ids, attention_mask).embedding
 
 
-def query_embeddings(model: HookedEncoder, tokenizer, queries: Sequence[str], n_pairs: int) -> jax.Array:
-    """``[n_pairs, d_model]`` embeddings of ``queries``, the first query repeated to ``n_pairs`` rows (inert pairs).
+def query_embeddings(model: Encoder, tokenizer, queries: Sequence[str], n_pairs: int) -> jax.Array | None:
+    """``[n_pairs, d_model]`` embeddings of ``queries``, the first query repeated to ``n_pairs`` rows (inert pairs),
+    for a model that scores by comparing embeddings; None for a model that reads the query itself
+    (``pair_input``), whose patched runs need no query embedding.
 
     Args:
-        model: A bi-encoder.
+        model: The encoder.
         tokenizer: Its tokenizer.
         queries: One query per real pair.
         n_pairs: Rows of the batch (at least ``len(queries)``).
     """
+    if model.pair_input:
+        return None
     queries = list(queries)
     enc = tokenizer.encode_texts(queries + queries[:1] * (n_pairs - len(queries)))
     return embed_texts(model, *enc.arrays)
@@ -297,7 +302,9 @@ def _query_embedding(model: HookedEncoder, batch: PairBatch, query_embedding):
 def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str] = (),
             source_sites: Sequence[str] = (), reverse: bool = False, query_embedding=None) -> PreparedBatch:
     """Runs the baseline (with the restart cache plus ``base_sites``) and the perturbed input (capturing
-    ``source_sites``); swaps their roles first if ``reverse``.
+    ``source_sites``); swaps their roles first if ``reverse``. This is the post-LN engine's `prepare`
+    (``"post_ln"`` in `jaxmech.patching.engines.ENGINES`); `jaxmech.patching.engines.prepare` prepares a batch
+    for any model through its engine.
 
     Compiles at most three programs per batch shape: the forward (`run_cached`, one for both runs when their
     captures are shared, see `paired_captures`) and `finish_prepare`; inside `shared_forward`, families share
@@ -307,10 +314,6 @@ def prepare(model: HookedEncoder, batch: PairBatch, *, base_sites: Sequence[str]
         AlignmentError: If the batch is longer than the model's context.
         ValueError: If the model scores by comparing embeddings and ``query_embedding`` is missing.
     """
-    if getattr(model.cfg, "model_type", None) == "modernbert":  # pre-LN blocks: their own restart cache
-        from jaxmech.patching.engines.pre_ln import prepare as prepare_modernbert
-
-        return prepare_modernbert(model, batch, base_sites=base_sites, source_sites=source_sites, reverse=reverse)
     if batch.n_pos > model.cfg.n_ctx:
         raise AlignmentError(f"pairs are padded to {batch.n_pos} positions but the model has n_ctx={model.cfg.n_ctx}")
     if reverse:

@@ -31,6 +31,7 @@ from jaxmech import runtime
 from jaxmech.models.bert import NO_HOOKS, HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.edge_graph import EdgeGraph
+from jaxmech.patching.engines import engine_of
 from jaxmech.patching.inputs import PairBatch
 
 
@@ -77,9 +78,7 @@ class EdgeData:
 
 def check_edge_model(model) -> EdgeGraph:
     """The graph of ``model``; one-line error for models the post-LN edge definition does not cover."""
-    if getattr(model.cfg, "model_type", None) == "modernbert":
-        raise ValueError("edge patching: ModernBERT (pre-LN) is not supported yet; the post-LN engine freezes "
-                         "LayerNorms that ModernBERT does not have between its components")
+    engine_of(model).require("edges")
     if getattr(model.cfg, "has_embed_proj", False):
         raise ValueError("edge patching: models with an embedding projection (ELECTRA-small) are not supported")
     return EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)

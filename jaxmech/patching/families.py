@@ -107,9 +107,7 @@ class Family:
         Returns:
             A `jaxmech.patching.results.SweepResult`.
         """
-        runner = self.runner
-        if getattr(getattr(model, "cfg", None), "model_type", None) == "modernbert":  # own pre-LN blocks
-            runner = "jaxmech.patching.engines.pre_ln:run_modernbert_family"
+        runner = self.runner  # the runners ask the model's engine (`jaxmech.patching.engines.engine_of`)
         module, fn = runner.split(":")
         runner: Callable = getattr(importlib.import_module(module), fn)
         return runner(model, batch, self, **options)

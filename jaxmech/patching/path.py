@@ -35,6 +35,7 @@ from jaxmech import runtime
 from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.models.bert import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
+from jaxmech.patching.engines import engine_of
 from jaxmech.patching.engines.post_ln import frozen_attention_hidden, layer_view, patched_hidden
 from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
@@ -59,13 +60,10 @@ __all__ = ["COMPONENTS", "RECEIVER_INPUTS", "check_receivers", "parse_heads", "p
            "path_to_heads", "path_to_score", "receivers_by_layer"]
 
 
-def _modernbert(model):
-    """`jaxmech.patching.engines.pre_ln.modernbert_patch` if ``model`` is a ModernBERT (own pre-LN), else None."""
-    if getattr(getattr(model, "cfg", None), "model_type", None) != "modernbert":
-        return None
-    from jaxmech.patching.engines.pre_ln import modernbert_patch
-
-    return modernbert_patch
+def _own_engine(model):
+    """``model``'s engine if it runs whole families itself (`jaxmech.patching.engines.Engine.patch`), else None."""
+    engine = engine_of(model)
+    return engine if engine.patch is not None else None
 
 
 def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -229,10 +227,10 @@ def path_to_score(model: HookedEncoder, batch: PairBatch, *, reverse: bool = Fal
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
         readout: What to measure (see `jaxmech.patching.activation.activation_patch`).
     """
-    if _modernbert(model):
-        score_only(readout, "ModernBERT models")
-        return _modernbert(model)(model, batch, "path_to_score", reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                                  steps_per_call=steps_per_call)
+    if own := _own_engine(model):
+        score_only(readout, own.label)
+        return own.patch(model, batch, "path_to_score", reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                         steps_per_call=steps_per_call)
     bound = as_bound(readout)
     check_readout(bound.readout, model)
     prep = prepare(model, batch, base_sites=("z", "attn_out"), source_sites=("z",), reverse=reverse,
@@ -270,10 +268,10 @@ def path_to_heads(model: HookedEncoder, batch: PairBatch, receivers, receiver_in
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, max_receiver_layer, head]``.
     """
-    if _modernbert(model):
-        score_only(readout, "ModernBERT models")
-        return _modernbert(model)(model, batch, "path_to_heads", receivers=receivers, receiver_input=receiver_input,
-                                  reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
+    if own := _own_engine(model):
+        score_only(readout, own.label)
+        return own.patch(model, batch, "path_to_heads", receivers=receivers, receiver_input=receiver_input,
+                         reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     bound = as_bound(readout)
     check_readout(bound.readout, model)
@@ -311,11 +309,11 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
     Returns:
         `SweepResult` with ``patched`` of shape ``[pair, 3, max_receiver_layer, pos]``.
     """
-    if _modernbert(model):
-        score_only(readout, "ModernBERT models")
-        return _modernbert(model)(model, batch, "path_components_to_heads", receivers=receivers,
-                                  receiver_input=receiver_input, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                                  positions=positions, steps_per_call=steps_per_call)
+    if own := _own_engine(model):
+        score_only(readout, own.label)
+        return own.patch(model, batch, "path_components_to_heads", receivers=receivers,
+                         receiver_input=receiver_input, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
+                         positions=positions, steps_per_call=steps_per_call)
     by_layer, r_max = _receiver_setup(model, receivers, receiver_input)
     bound = as_bound(readout)
     check_readout(bound.readout, model)

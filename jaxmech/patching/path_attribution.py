@@ -33,7 +33,7 @@ from jaxmech import runtime
 from jaxmech.interventions import AdditiveDelta, HeadReplacement, PatchSpec, one_hot
 from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
-from jaxmech.patching.engines.pre_ln import check_family, is_modernbert
+from jaxmech.patching.engines import engine_of
 from jaxmech.patching.families import Family, check_receivers, get_family
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.results import SweepResult
@@ -105,8 +105,7 @@ def path_attribution_patch(model: HookedEncoder, batch: PairBatch, family: str |
     Raises:
         ValueError: For another family, or bad receivers.
     """
-    if is_modernbert(model):
-        check_family(family, "attribution")  # refused by name: the gradients below are of the post-LN engine
+    engine_of(model).check_family(family, "attribution")  # refused by name: the gradients below are post-LN's
     fam, by_layer, r_max = _setup(model, family, receivers, receiver_input)
     prep = prepare(model, batch, base_sites=("z",), source_sites=("z",), reverse=reverse,
                    query_embedding=query_embedding)

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 from jaxmech.interventions import PatchSpec, one_hot
-from jaxmech.models.bert import HookedEncoder
+from jaxmech.models.base import Encoder
 from jaxmech.patching.caches import PreparedBatch, SweepData
 from jaxmech.patching.schedule import ItemIndex, auto_chunk_size, enumerate_items, local_mesh
 
@@ -36,11 +36,11 @@ class Kernel(abc.ABC):
     must be hashable (frozen dataclasses); the per-pair arrays come in `SweepData`."""
 
     @abc.abstractmethod
-    def prepare(self, model: HookedEncoder, data: SweepData, layer: Int[Array, ""]):
+    def prepare(self, model: Encoder, data: SweepData, layer: Int[Array, ""]):
         """Per-layer slices of the per-pair data (a pytree), computed once per layer."""
 
     @abc.abstractmethod
-    def item(self, model: HookedEncoder, data: SweepData, prepared, layer: Int[Array, ""], pair: Int[Array, ""],
+    def item(self, model: Encoder, data: SweepData, prepared, layer: Int[Array, ""], pair: Int[Array, ""],
              head: Int[Array, ""], pos: Int[Array, ""]) -> Float[Array, ""]:
         """The patched score of one item at ``layer``."""
 
@@ -60,7 +60,7 @@ class SpecKernel(Kernel):
     per_pos: bool
     per_head: bool
 
-    def item_spec(self, model: HookedEncoder, data, layer: Int[Array, ""], pair: Int[Array, ""],
+    def item_spec(self, model: Encoder, data, layer: Int[Array, ""], pair: Int[Array, ""],
                   head: Int[Array, ""], pos: Int[Array, ""]) -> PatchSpec:
         """The item's patch: ``data.source[pair]`` at ``layer`` (and ``head``/``pos`` where per-item).
 
@@ -76,7 +76,7 @@ class SpecKernel(Kernel):
         )
 
 
-def scan_items(kernel: Kernel, model: HookedEncoder, data: SweepData, items: ItemIndex,
+def scan_items(kernel: Kernel, model: Encoder, data: SweepData, items: ItemIndex,
                layers: Sequence[int] | None = None) -> Float[Array, "layer chunks chunk_size"]:
     """Runs ``kernel`` on every item at every layer (or ``layers``): ``[layer, chunks, chunk_size]`` outputs."""
     layers = np.arange(model.cfg.n_layers, dtype=np.int32) if layers is None else np.asarray(layers, np.int32)
@@ -119,7 +119,7 @@ def _fixed_calls(kernel, model, data, items, layers, *, steps: int, step: int, m
     return np.concatenate(outs, 1) if outs else np.zeros((len(layers), 0), np.float32)
 
 
-def run_kernel(kernel: Kernel, model: HookedEncoder, prep: PreparedBatch, data: SweepData, *, per_pos: bool,
+def run_kernel(kernel: Kernel, model: Encoder, prep: PreparedBatch, data: SweepData, *, per_pos: bool,
                per_head: bool, layers: Sequence[int] | None = None, chunk_size: int | None = None,
                mesh: Mesh | None = None, positions: Sequence[int] | None = None,
                steps_per_call: int | None = None) -> Float[np.ndarray, "pair layer pos_or_1 head_or_1"]:

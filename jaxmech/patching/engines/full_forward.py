@@ -30,6 +30,7 @@ from jaxmech import runtime
 from jaxmech.data.align import AlignmentError
 from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import PreparedBatch
+from jaxmech.patching.engines import engine_of
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment, reverse_batch
 from jaxmech.patching.program import SpecKernel, run_kernel
@@ -82,9 +83,7 @@ class FullForwardKernel(SpecKernel):
 
 def check_supported(model, family: Family, method: str = "exact") -> None:
     """Raises ValueError naming what a background of interventions cannot run with."""
-    if getattr(model.cfg, "model_type", None) == "modernbert":
-        raise ValueError("background interventions (PatchSpec) are not supported for ModernBERT; give head "
-                         "ablations (Ablation) instead")
+    engine_of(model).require("backgrounds")
     if not model.pair_input:
         raise ValueError("background interventions (PatchSpec) need a pair-input (cross-encoder) model; give "
                          "head ablations (Ablation) for bi-encoders")

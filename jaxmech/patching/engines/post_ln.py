@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.interventions import PatchSpec
-from jaxmech.models.bert import NO_HOOKS, Block, HookedEncoder, Hooks, layer_slice
+from jaxmech.models.base import NO_HOOKS, Hooks
+from jaxmech.models.bert import Block, HookedEncoder, layer_slice
 from jaxmech.patching.caches import RestartCache
 from jaxmech.sites import BLOCK_ORDER, get_site
 

@@ -16,9 +16,10 @@ done here: every restarted block runs on every row. Items still run as one compi
 
 Families: every activation family whose sites ModernBERT has (not ``normalized_resid_post_*``, which pre-LN
 blocks do not compute, nor ``*_result``: ModernBERT exposes no per-head output site), exactly; ``path_to_score``,
-``path_to_heads`` and ``path_components_to_heads`` exactly; attribution estimates of the activation families
-(`jaxmech.patching.attribution`, whose `jaxmech.patching.caches.prepare` hands ModernBERT models to `prepare`
-here).
+``path_to_heads`` and ``path_components_to_heads`` exactly. Attribution estimates of the activation families are
+not engine-specific (`jaxmech.patching.attribution`: gradients of the full forward), and read their baseline from
+`prepare` here through the engine registry (`jaxmech.patching.engines.prepare`). This module is the registry's
+``"pre_ln"`` engine (`jaxmech.patching.engines.ENGINES`); models declare it with ``engine = "pre_ln"``.
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ from jaxmech.patching.results import SweepResult, canonical_to_layout
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 
-def is_modernbert(model) -> bool:
-    """Whether ``model`` is a ModernBERT cross-encoder (its families run here)."""
-    return getattr(getattr(model, "cfg", None), "model_type", None) == "modernbert"
-
+UNSUPPORTED = {
+    "edges": "edge patching: ModernBERT (pre-LN) is not supported yet; the post-LN engine freezes LayerNorms that "
+             "ModernBERT does not have between its components",
+    "backgrounds": "background interventions (PatchSpec) are not supported for ModernBERT; give head ablations "
+                   "(Ablation) instead",
+}
+"""What this engine lacks, with the one-line error (`jaxmech.patching.engines.Engine.unsupported`)."""
 
 def check_family(family: str | Family, method: str = "exact") -> Family:
     """The family, if it runs on ModernBERT.
@@ -67,9 +71,13 @@ def check_family(family: str | Family, method: str = "exact") -> Family:
     return fam
 
 
-def prepare(model, batch: PairBatch, *, base_sites=(), source_sites=(), reverse: bool = False) -> PreparedBatch:
+def prepare(model, batch: PairBatch, *, base_sites=(), source_sites=(), reverse: bool = False,
+            query_embedding=None) -> PreparedBatch:
     """Baseline run (capturing ``resid_pre``, ``q``, ``k``, ``v`` and ``base_sites``) and perturbed run
-    (capturing ``source_sites``) of a ModernBERT batch; roles swapped first if ``reverse``.
+    (capturing ``source_sites``) of a ModernBERT batch; roles swapped first if ``reverse``. ``query_embedding``
+    is not used (the model reads the query itself); the prepared batch holds zeros. Compiles the forward
+    (`jaxmech.patching.caches.run_cached`) once per batch shape when both runs capture the same sites
+    (`paired_captures`), else twice.
 
     Raises:
         AlignmentError: If the batch is longer than the model's context.
@@ -148,8 +156,11 @@ class ModernBertKernel(SpecKernel):
 @runtime.with_precision
 def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers=(), receiver_input: str = "k",
                      reverse: bool = False, chunk_size: int | None = None, mesh=None, positions=None,
-                     steps_per_call: int | None = None, method: str = "exact") -> SweepResult:
-    """Runs an activation or path family on a ModernBERT cross-encoder (exact; see the module docstring).
+                     steps_per_call: int | None = None) -> SweepResult:
+    """Runs an activation or path family on a ModernBERT cross-encoder, exactly (see the module docstring): the
+    pre-LN engine's `jaxmech.patching.engines.Engine.patch`. Compiles, per batch shape, the forwards of `prepare`
+    and one scan program (`jaxmech.patching.program.run_kernel`) per site of the family (the three components of
+    ``path_components_to_heads``).
 
     Args:
         model: A `jaxmech.models.modernbert.ModernBertCrossEncoder`.
@@ -162,20 +173,15 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
         mesh: Devices to shard items over.
         positions: For per-position families, only these positions.
         steps_per_call: Fixed-shape calls (see `jaxmech.patching.program.run_kernel`).
-        method: ``"exact"``, or ``"attribution"`` for activation families.
 
     Returns:
         A `SweepResult` laid out as the family says (path families end at the last receiver layer).
 
     Raises:
-        ValueError: For families or methods ModernBERT cannot run (`check_family`), or bad receivers.
+        ValueError: For families ModernBERT cannot run (`check_family`), or bad receivers.
         AlignmentError: If a pattern family is asked for pairs that do not align one to one.
     """
-    fam = check_family(family, method)
-    if method == "attribution":
-        from jaxmech.patching.attribution import attribution_patch
-
-        return attribution_patch(model, batch, fam, reverse=reverse)
+    fam = check_family(family, "exact")
     run = dict(chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call)
     if fam.name in ("path_to_heads", "path_components_to_heads"):
         receivers = check_receivers(receivers, receiver_input, model.cfg.n_layers, model.cfg.n_heads)
@@ -210,11 +216,3 @@ def modernbert_patch(model, batch: PairBatch, family: str | Family, *, receivers
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
     return SweepResult.from_prepared(fam.name, patched, prep)
 
-
-def run_modernbert_family(model, batch: PairBatch, family: Family, *, method: str = "exact", receivers=(),
-                          receiver_input: str = "k", reverse: bool = False, chunk_size=None, mesh=None,
-                          steps_per_call=None, query_embedding=None, **_options) -> SweepResult:
-    """The registry's runner for ModernBERT models (`jaxmech.patching.families.Family.run` dispatches here)."""
-    return modernbert_patch(model, batch, family, receivers=receivers, receiver_input=receiver_input,
-                            reverse=reverse, chunk_size=chunk_size, mesh=mesh, steps_per_call=steps_per_call,
-                            method=method)
