@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from jaxmech.plot.source import ResultsError
+from jaxmech.results.source import ResultsError
 
 from jaxmech.analysis.edge_export import to_eap_ig_json
 from jaxmech.patching.edge_graph import EdgeGraph

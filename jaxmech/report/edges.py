@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from jaxmech.plot.edges import DEFAULT_ROLES, edge_circuit_graph
-from jaxmech.plot.source import ResultsError
+from jaxmech.results.source import ResultsError
 
 TITLE = "Edge circuit"
 SECTION = "Analyses"
@@ -63,7 +63,7 @@ def edge_figures(analyses: dict[str, Any], where: str = "") -> list[tuple[str, s
     """``(id, title, section, caption, figure)`` of the ``edges`` analysis in ``analyses`` (none without one).
 
     Args:
-        analyses: The run's analyses by name (`jaxmech.plot.source.ResultsSource.analyses`).
+        analyses: The run's analyses by name (`jaxmech.results.source.ResultsSource.analyses`).
         where: The run's path, for error messages.
 
     Raises:
