@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from jaxmech.results.source import ResultsError
 
 from jaxmech.analysis.edge_export import to_eap_ig_json
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.report.build import build_report
+from jaxmech.results.source import ResultsError
 
 
 def _edges_json(threshold: bool) -> dict:
