@@ -110,6 +110,9 @@ def test_option_choices_are_the_analyses_own_and_refuse_other_values():
     assert set(opt.LinearBm25Options.choices["bm25_fallback"]) == {*linear_bm25.BM25_FALLBACKS, "none"}
     assert opt.IdfSvdOptions.choices["formula"] == IDF_FORMULAS
     assert opt.EdgesOptions.choices["method"] == ("exact", *METHODS)
+    from jaxmech.analysis.edges import ABLATIONS
+
+    assert opt.EdgesOptions.choices["ablation"] == ABLATIONS
     with pytest.raises(ValueError, match=r"^analysis 'circuit': method='fast'; choose from exact, attribution$"):
         get_analysis("circuit").parse({"method": "fast"})
     with pytest.raises(ValueError, match=r"analysis 'soft_tf': experiments=\['tfc2', 'tfc9'\]"):

@@ -240,10 +240,13 @@ class EdgesOptions(AnalysisOptions):
         eap_ig_json: Also write the 80 % circuit there in EAP-IG's graph JSON.
         seed: Seed of the random verification sample.
         spans: Also the top span-aware edges.
+        ablation: What the edges outside a circuit are patched to: ``perturbed``, ``mean`` or ``both``.
+        prune_threshold: A circuit of every edge with ``|mean effect|`` at least this (instead of top-n).
     """
 
     analysis: ClassVar[str] = "edges"
-    choices: ClassVar[Mapping[str, tuple]] = {"method": ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")}
+    choices: ClassVar[Mapping[str, tuple]] = {"method": ("exact", "eap", "eap-ig-inputs", "eap-ig-activations"),
+                                               "ablation": ("perturbed", "mean", "both")}
     source: Any = None
     dataset: Any = None
     qids: Any = None
@@ -261,6 +264,8 @@ class EdgesOptions(AnalysisOptions):
     eap_ig_json: Any = None
     seed: int = 0
     spans: bool = False
+    ablation: str = "perturbed"
+    prune_threshold: float | None = None
 
 
 __all__ = ["DEFAULT_MAX_HEADS", "AnalysisOptions", "CircuitOptions", "EditIdfOptions", "EdgesOptions",

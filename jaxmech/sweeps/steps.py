@@ -1,8 +1,8 @@
 """Steps that run after a sweep (analyses, the report), resolved by name from one registry.
 
 A step is a name and options (``[[analyses]] name = "summary"`` + ``options = {...}`` in a sweep config, or
-``[report] enabled = true``). `STEPS` maps each name to ``"module:function"``; the function is imported only
-when a config names it and is called as ``function(run_dir, **options)``. It reads the run with
+``[report] enabled = true``). `STEPS` maps each name to a function or ``"module:function"``; the work is
+imported only when a config names it and is called as ``function(run_dir, **options)``. It reads the run with
 `jaxmech.results.open` and writes its output under the run folder (analyses: ``analyses/<name>.json``, read
 back by ``run.analyses``). To add a step, add one line to `STEPS` (or call `register_step`).
 
@@ -26,10 +26,19 @@ from typing import Any
 
 import numpy as np
 
-# name -> "module:function"; called as function(run_dir, **options).
-STEPS: dict[str, str] = {
+
+def report(run_dir: str | Path, **options) -> Any:
+    """The ``report`` step: `jaxmech.report.build_report` (imported here, on use: the report layer sits below
+    sweeps, and importing it loads matplotlib)."""
+    from jaxmech.report import build_report
+
+    return build_report(run_dir, **options)
+
+
+# name -> a function or "module:function" (`register_step`); called as function(run_dir, **options).
+STEPS: dict[str, str | Callable] = {
     "summary": "jaxmech.sweeps.steps:summary",
-    "report": "jaxmech.report:build_report",
+    "report": report,
 }
 
 
@@ -53,6 +62,8 @@ def resolve_step(name: str) -> Callable:
 
             return functools.partial(analyze_run, name)
         raise ValueError(f"name={name!r} is not a step; known: {sorted(STEPS) + sorted(ANALYSES)}")
+    if callable(STEPS[name]):
+        return STEPS[name]
     module, _, func = STEPS[name].partition(":")
     try:
         fn = getattr(importlib.import_module(module), func)
