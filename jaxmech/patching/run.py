@@ -2,7 +2,10 @@
 
 * `run_patching` runs families over any number of aligned pairs (bucketed by length, one compiled program per
   bucket and family), applies the metric, and returns a `jaxmech.patching.results.PatchingResult` with named
-  axes, a per-pair table, per-token-type means and metadata.
+  axes, a per-pair table, per-token-type means and metadata. One request runs all its families on each chunk
+  (the batch, a bi-encoder's query encoding and the readout's binding are made once per chunk); a
+  `FamilyRequest` gives a family its own method, receivers and groups (`run_values` is the step before the
+  run's flags and summaries, which a sweep's chunk calls).
 * `patch` is the one call behind the command: load the model, read the pairs, run, save. Everything the
   command writes is ``patch(...)``'s result saved with ``PatchingResult.save``.
 
