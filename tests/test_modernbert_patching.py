@@ -21,6 +21,7 @@ from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
 from jaxmech.patching.engines.pre_ln import modernbert_patch
 from jaxmech.patching.families import get_family
+from jaxmech.patching.runners import run_family
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -277,7 +278,7 @@ def test_block_every_matches_pytorch_hooks_on_a_sample_of_sites(mb, torch_setup)
 
 def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
     model, _, batch, _ = mb
-    res = get_family("mlp_out_all_pos").run(model, batch)
+    res = run_family("mlp_out_all_pos", model, batch)
     np.testing.assert_allclose(res.patched, modernbert_patch(model, batch, "mlp_out_all_pos").patched,
                                atol=ENGINE_ATOL, rtol=0)
     from jaxmech.patching import activation_patch, path_to_heads, path_to_score
@@ -292,11 +293,11 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
     with pytest.raises(ValueError, match=r"normalized_resid_post_by_pos patches \['normalized_resid_post'\].*pre-LN"):
         modernbert_patch(model, batch, "normalized_resid_post_by_pos")
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):
-        get_family("head_all_pos_result").run(model, batch)
+        run_family("head_all_pos_result", model, batch)
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):  # attribution asks the engine too
-        get_family("head_all_pos_result").run(model, batch, method="attribution")
+        run_family("head_all_pos_result", model, batch, method="attribution")
     with pytest.raises(ValueError, match="method='attribution' is not available"):
-        get_family("path_to_score").run(model, batch, method="attribution")
+        run_family("path_to_score", model, batch, method="attribution")
     with pytest.raises(ValueError, match="receiver head 9.0 is out of range"):
         modernbert_patch(model, batch, "path_to_heads", receivers=["9.0"])
 
@@ -379,7 +380,7 @@ def test_attribution_is_the_derivative_of_the_patch_at_zero(mb):
     model, _, batch, _ = mb
     cfg = model.cfg
     L, H, T = cfg.n_layers, cfg.n_heads, batch.n_pos
-    est = get_family("head_by_pos_z").run(model, batch, method="attribution")
+    est = run_family("head_by_pos_z", model, batch, method="attribution")
     assert est.family == "attribution:head_by_pos_z"
     src = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=frozenset({"z"}))[1]
     @jax.jit

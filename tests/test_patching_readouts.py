@@ -354,6 +354,25 @@ def test_specs_round_trip(tmp_path):
     assert parse_readout(None) is SCORE and parse_readout("score") is SCORE
 
 
+def test_readouts_are_final_kinds_of_one_abstract_class_parsed_without_jax():
+    import subprocess
+    import sys
+
+    from jaxmech.patching.readouts import FinalReadout, LayerReadout, Readout
+
+    with pytest.raises(TypeError):
+        Readout()
+    assert issubclass(LogitMargin, FinalReadout) and issubclass(Projection, LayerReadout) and SCORE.is_score
+    assert [r.kind for r in (SCORE, AttentionWeight(1, 2), LogitMargin(1, 0))] == ["score", "attn", "margin"]
+    SCORE.check_shape(1, 1, 1)  # nothing to check
+    with pytest.raises(ReadoutError, match="head 5 is out of range"):
+        AttentionWeight(1, 5).check_shape(2, 4, 8)
+    code = ("import sys; from jaxmech.patching.readouts import parse_readout; "
+            "parse_readout('attn:1.2:CLS->Q'); print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_run_patching_records_the_readout_and_refuses_bad_combinations(tiny_model, pairs, tmp_path):
 
     from jaxmech.patching.results import PatchingResult

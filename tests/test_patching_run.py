@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from conftest import ENGINE_ATOL, random_pairs, tiny_lm
 
 from jaxmech.patching import REGISTRY, PatchingResult, activation_patch, batch_pairs, run_patching
 from jaxmech.patching.run import check_request
+from jaxmech.patching.runners import runner
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,7 @@ FAMS = ["resid_pre_by_pos", "head_all_pos_z", "path_to_score"]
 
 def test_every_registered_family_declares_axes_and_a_runner():
     for fam in REGISTRY.values():
-        module, fn = fam.runner.split(":")
-        assert callable(getattr(importlib.import_module(module), fn)), fam.name
+        assert callable(runner(fam)), fam.name
         assert len(fam.axes) == len(fam.full_layout) and fam.description
     assert REGISTRY["block_every"].axes == ("component", "layer", "pos")
     assert REGISTRY["path_components_to_heads"].axes == ("component", "layer", "pos")
@@ -157,3 +157,25 @@ def test_on_step_names_each_family_of_each_chunk_and_the_patch_heartbeat_prints_
         time.sleep(0.3)
     err = capsys.readouterr().err
     assert f"patch: computing {steps[4]}, 0s so far" in err
+
+
+def test_one_request_runs_families_with_their_own_options_as_separate_runs_do(lm, pairs):
+    from jaxmech.patching.run import FamilyRequest, run_values
+
+    fams = [FamilyRequest(REGISTRY["path_to_heads"], receivers=("2.1",), receiver_input="v", key="p_v"),
+            FamilyRequest(REGISTRY["path_to_heads"], receivers=((1, 0),), key="p_k"),
+            FamilyRequest(REGISTRY["head_all_pos_z"], method="attribution")]
+    res = run_patching(lm, pairs, fams, pairs_per_chunk=2)
+    assert res.families == ["p_v", "p_k", "head_all_pos_z"] and res.axes["p_v"] == ("pair", "layer", "head")
+    steps = []
+    values = run_values(lm, pairs, check_request(fams), pairs_per_chunk=2, on_step=steps.append)
+    assert len(steps) % 3 == 0 and "family p_k (2/3)" in steps[1]
+    for request, options in zip(fams, [dict(receivers=["2.1"], receiver_input="v"), dict(receivers=["1.0"]),
+                                       dict(method="attribution")], strict=True):
+        alone = run_patching(lm, pairs, [request.family.name], pairs_per_chunk=2, **options)
+        np.testing.assert_array_equal(res.raw[request.key], alone.raw[request.family.name])
+        np.testing.assert_array_equal(values.effects[request.key], alone.effects[request.family.name])
+    with pytest.raises(ValueError, match="two results of one name"):
+        check_request([fams[0], dataclasses.replace(fams[1], key="p_v")])
+    with pytest.raises(ValueError, match="receiver head 9.1 is out of range"):
+        check_request([dataclasses.replace(fams[0], receivers=("9.1",))], model_shape=(3, 4))

@@ -3,7 +3,8 @@
 Find each concern by file name:
 
 * `inputs`: aligned pairs read from files or text, padded to one length bucket (`PairBatch`).
-* `families`: the one registry of families (sites, result axes, description, runner).
+* `families`: the one registry of families (sites, result axes, kind, description, methods; JAX-free);
+  `runners`: the function that runs each family; `receivers`: receiver heads and head groups, parsed once.
 * `caches`: the baseline run with its restart cache, the perturbed run's sources (`prepare`).
 * `engine`: restarted patched forwards that compute only what a single-site patch can change.
 * `schedule`: work items, chunk sizes from free memory, the device mesh.
@@ -13,9 +14,10 @@ Find each concern by file name:
   receiver heads, components to receiver heads), gradient estimates and their exact verification.
 * `metrics`: raw, difference, normalized (with near-zero denominators flagged), rank change.
 * `readouts`: what a patched run measures: the score (default), an attention weight, a logit margin, a
-  projection of a hidden state (declared as data, ``--readout SPEC``).
+  projection of a hidden state (declared as data, ``--readout SPEC``; JAX-free); `reading`: how kernels
+  compute them.
 * `results`: `SweepResult` (one family, one batch) and `PatchingResult` (a run; save/load).
-* `run`: `run_patching` and `patch`, what ``jaxmech patch`` does.
+* `run`: `run_patching` (one request runs all families of each chunk) and `patch`, what ``jaxmech patch`` does.
 
 Interventions (`PatchSpec`, `AdditiveDelta`, `HeadReplacement`) live in `jaxmech.interventions`; the pair
 type and alignment in `jaxmech.data.records` and `jaxmech.data.align`.
@@ -37,7 +39,8 @@ _EXPORTS = {
                                   "get_family"),
     "jaxmech.patching.inputs": ("PairBatch", "batch_pairs", "read_pairs", "reverse_batch"),
     "jaxmech.patching.metrics": ("METRICS", "MetricResult", "apply_metric", "normalized_effect", "rank_change"),
-    "jaxmech.patching.path": ("parse_heads", "path_components_to_heads", "path_to_heads", "path_to_score"),
+    "jaxmech.patching.path": ("path_components_to_heads", "path_to_heads", "path_to_score"),
+    "jaxmech.patching.receivers": ("parse_heads",),
     "jaxmech.patching.readouts": ("AttentionWeight", "LogitMargin", "Projection", "ReadoutError", "Score",
                                   "parse_readout"),
     "jaxmech.patching.results": ("PatchingResult", "SweepResult"),

@@ -24,16 +24,8 @@ from jaxmech.patching.engines.post_ln import layer_view, patched_hidden
 from jaxmech.patching.families import Family, get_family
 from jaxmech.patching.inputs import PairBatch, require_identity_alignment
 from jaxmech.patching.program import Kernel, run_kernel
-from jaxmech.patching.readouts import (
-    SCORE,
-    Readout,
-    as_bound,
-    check_readout,
-    finish_result,
-    layer_value,
-    score_only,
-    with_weights,
-)
+from jaxmech.patching.reading import finish_result, layer_value, with_weights
+from jaxmech.patching.readouts import SCORE, Readout, as_bound, check_readout, score_only
 from jaxmech.patching.results import SweepResult, canonical_to_layout
 
 
@@ -148,19 +140,3 @@ def activation_patch(
         comps.append(canonical_to_layout(canonical, fam.layout))
     patched = np.stack(comps, 1) if len(comps) > 1 else comps[0]
     return finish_result(SweepResult.from_prepared(fam.name, patched, prep), model, prep, bound, reverse)
-
-
-def run_activation_family(model: HookedEncoder, batch: PairBatch, family: Family, *, method: str = "exact",
-                          reverse: bool = False, chunk_size: int | None = None, query_embedding=None,
-                          mesh: Mesh | None = None, steps_per_call: int | None = None, readout=None,
-                          **_path_options) -> SweepResult:
-    """The registry's runner of activation families: exact (`activation_patch`) or attribution estimates
-    (`jaxmech.patching.attribution.attribution_patch`); receiver options of path families are ignored."""
-    if method == "attribution":
-        from jaxmech.patching.attribution import attribution_patch
-
-        check_readout(as_bound(readout).readout, model, method=method)
-        engine_of(model).check_family(family, method)  # refused by name where the engine lacks its sites
-        return attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
-    return activation_patch(model, batch, family, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                            query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmech.patching.families import parse_heads
+from jaxmech.patching.receivers import parse_heads
 
 KINDS = ("zero", "mean")
 """How an ablated head's activation is replaced: zeros, or its dataset mean."""

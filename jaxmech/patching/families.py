@@ -1,8 +1,11 @@
 """The one registry of patching families: activation, path and (through ``method``) attribution patching.
 
-Every family declares the sites it patches, the axes of its result, what it measures and the function that
-runs it; `jaxmech families`, the result layout of `jaxmech.patching.run.run_patching` and the CLI's checks all
-read this table.
+Every family declares the sites it patches, the axes of its result, what it measures, its kind (activation,
+path or head-group patching) and its methods; `jaxmech families`, the result layout of
+`jaxmech.patching.run.run_patching`, the CLI's and configs' checks all read this table. The function that runs
+each family is `jaxmech.patching.runners` 's (this module imports no JAX and none of the modules that patch,
+which all read it). A new activation family is one row here; a new kind of family is a row here, its kernel
+module and its runner in `jaxmech.patching.runners`.
 
 Names and result shapes follow TransformerLens's ``patching`` module (``get_act_patch_block_every`` is
 ``block_every`` with shape ``[3, layer, pos]``, ``get_act_patch_attn_head_out_by_pos`` is ``head_by_pos_z``
@@ -17,15 +20,17 @@ Family names are stable; scripts may rely on them.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable, Sequence
 
+from jaxmech.patching.receivers import RECEIVER_INPUTS, check_groups, check_receivers, parse_heads
 from jaxmech.sites import get_site
 
 AXIS_NAMES = {"c": "component", "l": "layer", "p": "pos", "h": "head", "g": "group"}
-RECEIVER_INPUTS = ("q", "k", "v")
-"""Which input of the receiver heads path families patch."""
 """Result axis letters of `Family.layout` and their names in `Family.axes`."""
+KINDS = ("activation", "path", "group")
+"""Kinds of family (`Family.kind`): single-site activation patching, path patching, head-group patching."""
+
+__all__ = ["AXIS_NAMES", "FAMILIES", "KINDS", "PATH_FAMILIES", "RECEIVER_INPUTS", "REGISTRY", "Family",
+           "UnknownFamilyError", "check_groups", "check_receivers", "describe_families", "get_family", "parse_heads"]
 
 
 class UnknownFamilyError(KeyError):
@@ -37,7 +42,10 @@ class UnknownFamilyError(KeyError):
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One patching sweep: what it patches, the axes of its result, and the function that runs it.
+    """One patching sweep: what it patches, the axes of its result, and how it is run.
+
+    The function that runs a family is `jaxmech.patching.runners.run_family` 's (a callable per family there:
+    the registry stays free of JAX and of the modules that patch, which all read it).
 
     Attributes:
         name: Stable name (CLI ``--family`` and the ``.npz`` key).
@@ -48,11 +56,10 @@ class Family:
         layout: Result axes per component: ``"l"``, ``"lp"``, ``"lh"``, ``"lph"``, ``"lhp"`` or ``"g"`` (one
             value per head group); a leading component axis is added when there are several sites.
         description: What it measures.
-        runner: ``"module:function"`` that runs the family on a `jaxmech.patching.inputs.PairBatch` and
-            returns a `jaxmech.patching.results.SweepResult` (resolved on first use, see `Family.run`).
+        kind: One of `KINDS`: ``"activation"`` (one site, restarted), ``"path"`` (path patching through frozen
+            heads or receiver heads), ``"group"`` (head groups patched together).
         methods: ``"exact"`` and, where available, ``"attribution"``.
         needs_receivers: Path families that read receiver heads' inputs (``receivers`` required).
-        path: A path-patching family.
         needs_groups: Families that patch head groups (``groups`` required).
         sites_label: How ``jaxmech families`` shows the sites (default: ``sites`` joined by ``+``).
     """
@@ -63,12 +70,15 @@ class Family:
     per_head: bool
     layout: str
     description: str
-    runner: str = "jaxmech.patching.activation:run_activation_family"
+    kind: str = "activation"
     methods: tuple[str, ...] = ("exact", "attribution")
     needs_receivers: bool = False
     sites_label: str = ""
-    path: bool = False
     needs_groups: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"family {self.name}: kind {self.kind!r}; choose one of {KINDS}")
 
     @property
     def full_layout(self) -> str:
@@ -83,7 +93,19 @@ class Family:
     @property
     def is_path(self) -> bool:
         """Whether this is a path-patching family."""
-        return self.path
+        return self.kind == "path"
+
+    path = is_path
+    """Alias of `is_path`."""
+
+    def key(self, method: str = "exact", receiver_input: str | None = None) -> str:
+        """The name of this family's result in a store: ``attribution:<name>`` for estimates,
+        ``<name>_<receiver_input>`` for families with receivers, else the name."""
+        if method == "attribution":
+            return f"attribution:{self.name}"
+        if self.needs_receivers and receiver_input:
+            return f"{self.name}_{receiver_input}"
+        return self.name
 
     def shape(self, n_layers: int, n_pos: int, n_heads: int, n_groups: int = 0) -> tuple[int, ...]:
         """Result shape for one pair (activation families; path families end at the last receiver layer)."""
@@ -94,23 +116,6 @@ class Family:
     def needs_identity_alignment(self) -> bool:
         """Pattern/score sites have a key axis too, so the pair must align one to one."""
         return any(s in ("pattern", "attn_scores") for s in self.sites)
-
-    def run(self, model, batch, **options):
-        """Runs the family (``self.runner``) on one batch of pairs.
-
-        Args:
-            model: The encoder.
-            batch: A `jaxmech.patching.inputs.PairBatch`.
-            **options: ``method``, ``reverse``, ``chunk_size``, ``query_embedding``, ``receivers``,
-                ``receiver_input``, ``mesh`` (see `jaxmech.patching.run.run_patching`).
-
-        Returns:
-            A `jaxmech.patching.results.SweepResult`.
-        """
-        runner = self.runner  # the runners ask the model's engine (`jaxmech.patching.engines.engine_of`)
-        module, fn = runner.split(":")
-        runner: Callable = getattr(importlib.import_module(module), fn)
-        return runner(model, batch, self, **options)
 
 
 def _activation_families() -> list[Family]:
@@ -143,16 +148,13 @@ def _path_families() -> list[Family]:
     return [
         Family("path_to_score", ("z",), False, True, "lh",
                "sender heads to the score, every other head's z frozen (paper E4)",
-               runner="jaxmech.patching.path:run_path_to_score", methods=("exact", "attribution"),
-               sites_label="z (frozen attention)", path=True),
+               kind="path", methods=("exact", "attribution"), sites_label="z (frozen attention)"),
         Family("path_to_heads", ("z",), False, True, "lh",
                "sender heads to receiver heads' q/k/v (E5); layers below the last receiver",
-               runner="jaxmech.patching.path:run_path_to_heads", methods=("exact", "attribution"),
-               needs_receivers=True, sites_label="z -> q|k|v", path=True),
+               kind="path", methods=("exact", "attribution"), needs_receivers=True, sites_label="z -> q|k|v"),
         Family("path_components_to_heads", ("resid_pre", "attn_out", "mlp_out"), True, False, "lp",
                "components by layer and position to receiver heads' inputs (E6)",
-               runner="jaxmech.patching.path:run_path_components_to_heads", methods=exact, needs_receivers=True,
-               path=True),
+               kind="path", methods=exact, needs_receivers=True),
     ]
 
 
@@ -160,8 +162,7 @@ def _group_families() -> list[Family]:
     return [
         Family("heads_joint", ("z",), False, True, "g",
                "each group of heads' z patched together at every position (groups: lists of LAYER.HEAD)",
-               runner="jaxmech.patching.joint:run_heads_joint", methods=("exact",), needs_groups=True,
-               sites_label="z (head groups)"),
+               kind="group", methods=("exact",), needs_groups=True, sites_label="z (head groups)"),
     ]
 
 
@@ -194,86 +195,6 @@ def get_family(name: str | Family) -> Family:
     except KeyError:
         raise UnknownFamilyError(f"unknown patching family {name!r}; known: {sorted(FAMILIES) + list(PATH_FAMILIES)}"
                                  ) from None
-
-
-def parse_heads(heads: Sequence[str | tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """``["10.1", (9, 4)]`` to ``((10, 1), (9, 4))``.
-
-    Raises:
-        ValueError: On a malformed head name.
-    """
-    out = []
-    for h in heads:
-        if isinstance(h, str):
-            parts = h.split(".")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"head {h!r} is not LAYER.HEAD (e.g. 4.1)")
-            h = (int(parts[0]), int(parts[1]))
-        out.append((int(h[0]), int(h[1])))
-    return tuple(out)
-
-
-def check_receivers(receivers, receiver_input: str, n_layers: int | None = None,
-                    n_heads: int | None = None) -> tuple[tuple[int, int], ...]:
-    """Parses and checks receiver heads (against the model's shape when ``n_layers``/``n_heads`` are given).
-
-    Args:
-        receivers: ``["4.1", (3, 2)]``.
-        receiver_input: ``"q"``, ``"k"`` or ``"v"``.
-        n_layers: Layers of the model.
-        n_heads: Heads per layer.
-
-    Returns:
-        ``((layer, head), ...)``.
-
-    Raises:
-        ValueError: On a malformed head, an unknown receiver input, no receivers, or a head out of range
-            (receivers need a layer above 0: their senders sit below them).
-    """
-    receivers = parse_heads(receivers or ())
-    if receiver_input not in RECEIVER_INPUTS:
-        raise ValueError(f"receiver input {receiver_input!r}; choose one of {RECEIVER_INPUTS}")
-    if not receivers:
-        raise ValueError("no receiver heads given")
-    for layer, head in receivers:
-        if n_layers is not None and n_heads is not None and not (0 < layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"receiver head {layer}.{head} is out of range (layers 1..{n_layers - 1}, heads "
-                             f"0..{n_heads - 1})")
-    return receivers
-
-
-def check_groups(groups, n_layers: int | None = None, n_heads: int | None = None
-                 ) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Parses and checks head groups (against the model's shape when given).
-
-    Args:
-        groups: ``[["9.1", "9.2"], ["10.1"]]`` (a group may also be one ``"9.1,9.2"`` string).
-        n_layers: Layers of the model.
-        n_heads: Heads per layer.
-
-    Returns:
-        ``(((layer, head), ...), ...)``, one tuple per group.
-
-    Raises:
-        ValueError: On no groups, an empty group, a malformed head, a head twice in a group, or one out of range.
-    """
-    out = []
-    for i, group in enumerate(groups or ()):
-        items = group.split(",") if isinstance(group, str) else list(group)
-        heads = parse_heads([h.strip() if isinstance(h, str) else h for h in items if not isinstance(h, str)
-                             or h.strip()])
-        if not heads:
-            raise ValueError(f"head group {i} is empty")
-        if len(set(heads)) != len(heads):
-            raise ValueError(f"head group {i} lists a head twice: {group}")
-        for layer, head in heads:
-            if n_layers is not None and n_heads is not None and not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise ValueError(f"head {layer}.{head} of group {i} is out of range (layers 0..{n_layers - 1}, "
-                                 f"heads 0..{n_heads - 1})")
-        out.append(heads)
-    if not out:
-        raise ValueError("no head groups given (e.g. groups [['9.1', '9.2'], ['10.1']] or --group 9.1,9.2)")
-    return tuple(out)
 
 
 def describe_families() -> list[dict[str, str]]:

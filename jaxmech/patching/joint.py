@@ -22,9 +22,9 @@ from jaxtyping import Array, Float
 from jaxmech import runtime
 from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
-from jaxmech.patching.families import Family, check_groups
 from jaxmech.patching.head_sets import HeadSetPatch
 from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.receivers import check_groups
 from jaxmech.patching.results import SweepResult
 
 
@@ -83,12 +83,3 @@ def heads_joint(model: HookedEncoder, batch: PairBatch, groups: Sequence, *, rev
     out = joint_scores(model, *map(jnp.asarray, b.baseline), prep.source(site), jnp.asarray(b.patchable),
                        prep.query_embedding, jnp.asarray(masks), site=site)
     return SweepResult.from_prepared("heads_joint", np.asarray(out), prep)
-
-
-def run_heads_joint(model, batch, family: Family, *, groups=(), reverse=False, query_embedding=None, readout=None,
-                    **_options) -> SweepResult:
-    """The registry's runner of ``heads_joint`` (chunking and receiver options are not used; the score only)."""
-    from jaxmech.patching.readouts import score_only
-
-    score_only(readout, "heads_joint")
-    return heads_joint(model, batch, groups, reverse=reverse, query_embedding=query_embedding, site=family.sites[0])

@@ -25,7 +25,6 @@ All results use the normalized metric like activation patching; shapes are ``[pa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,21 +36,11 @@ from jaxmech.models.bert import HookedEncoder, HookPoints, layer_slice
 from jaxmech.patching.caches import SweepData, prepare
 from jaxmech.patching.engines import engine_of
 from jaxmech.patching.engines.post_ln import frozen_attention_hidden, layer_view, patched_hidden
-from jaxmech.patching.families import RECEIVER_INPUTS, Family, check_receivers, parse_heads
 from jaxmech.patching.inputs import PairBatch
 from jaxmech.patching.program import Kernel, run_kernel
-from jaxmech.patching.readouts import (
-    SCORE,
-    Readout,
-    as_bound,
-    check_readout,
-    finish_result,
-    layer_value,
-    read_block,
-    reduce_site,
-    score_only,
-    with_weights,
-)
+from jaxmech.patching.reading import finish_result, layer_value, read_block, with_weights
+from jaxmech.patching.readouts import SCORE, Readout, as_bound, check_readout, score_only
+from jaxmech.patching.receivers import RECEIVER_INPUTS, check_receivers, parse_heads, receivers_by_layer
 from jaxmech.patching.results import SweepResult
 
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
@@ -64,14 +53,6 @@ def _own_engine(model):
     """``model``'s engine if it runs whole families itself (`jaxmech.patching.engines.Engine.patch`), else None."""
     engine = engine_of(model)
     return engine if engine.patch is not None else None
-
-
-def receivers_by_layer(receivers: Sequence[tuple[int, int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """``((layer, (head, ...)), ...)`` sorted by layer."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in receivers:
-        by_layer.setdefault(layer, []).append(head)
-    return tuple((r, tuple(h)) for r, h in sorted(by_layer.items()))
 
 
 def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inputs, readout: Readout = SCORE):
@@ -92,7 +73,7 @@ def _stage2(model, by_layer, receiver_input: str, data: SweepData, pair, new_inp
         hooks = HookPoints(frozenset({readout.site}), patches)
         _, records = model.run_blocks(data.cache.resid_pre[pair, r0], mask.astype(bool), hooks, start_layer=r0,
                                       stop_layer=L + 1)
-        return reduce_site(readout, records[readout.site][L], data.read_weights[pair])
+        return readout.site_value(records[readout.site][L], data.read_weights[pair])
     hooks = HookPoints(frozenset(), patches)
     x = data.cache.resid_pre[pair, r0]
     hidden, _ = model.run_blocks(x, mask.astype(bool), hooks, start_layer=r0)
@@ -328,45 +309,3 @@ def path_components_to_heads(model: HookedEncoder, batch: PairBatch, receivers, 
         comps.append(out[:, :r_max, :, 0])
     res = SweepResult.from_prepared(f"path_components_to_heads_{receiver_input}", np.stack(comps, 1), prep)
     return finish_result(res, model, prep, bound, reverse)
-
-
-# -- the registry's runners (`jaxmech.patching.families`) ---------------------------------------------------------
-
-
-def run_path_to_score(model, batch, family: Family, *, method="exact", reverse=False, chunk_size=None,
-                      query_embedding=None, mesh=None, steps_per_call=None, readout=None, **_options) -> SweepResult:
-    """Runner of ``path_to_score`` (receiver options are not used); ``method="attribution"``:
-    `jaxmech.patching.path_attribution.path_attribution_patch` (the score only)."""
-    if method == "attribution":
-        from jaxmech.patching.path_attribution import path_attribution_patch
-        from jaxmech.patching.readouts import score_only
-
-        score_only(readout, "attribution")
-        return path_attribution_patch(model, batch, family, reverse=reverse, query_embedding=query_embedding)
-    return path_to_score(model, batch, reverse=reverse, chunk_size=chunk_size, mesh=mesh,
-                         query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)
-
-
-def run_path_to_heads(model, batch, family: Family, *, method="exact", receivers=(), receiver_input="k",
-                      reverse=False, chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
-                      readout=None, **_options) -> SweepResult:
-    """Runner of ``path_to_heads``; ``method="attribution"``:
-    `jaxmech.patching.path_attribution.path_attribution_patch`."""
-    if method == "attribution":
-        from jaxmech.patching.path_attribution import path_attribution_patch
-        from jaxmech.patching.readouts import score_only
-
-        score_only(readout, "attribution")
-        return path_attribution_patch(model, batch, family, receivers=receivers, receiver_input=receiver_input,
-                                      reverse=reverse, query_embedding=query_embedding)
-    return path_to_heads(model, batch, receivers, receiver_input, reverse=reverse, chunk_size=chunk_size,
-                         mesh=mesh, query_embedding=query_embedding, steps_per_call=steps_per_call, readout=readout)
-
-
-def run_path_components_to_heads(model, batch, family: Family, *, receivers=(), receiver_input="k", reverse=False,
-                                 chunk_size=None, query_embedding=None, mesh=None, steps_per_call=None,
-                                 readout=None, **_options) -> SweepResult:
-    """Runner of ``path_components_to_heads``."""
-    return path_components_to_heads(model, batch, receivers, receiver_input, reverse=reverse,
-                                    chunk_size=chunk_size, mesh=mesh, query_embedding=query_embedding,
-                                    steps_per_call=steps_per_call, readout=readout)

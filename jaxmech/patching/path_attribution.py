@@ -34,11 +34,12 @@ from jaxmech.interventions import AdditiveDelta, HeadReplacement, PatchSpec, one
 from jaxmech.models.bert import HookedEncoder
 from jaxmech.patching.caches import prepare
 from jaxmech.patching.engines import engine_of
-from jaxmech.patching.families import Family, check_receivers, get_family
+from jaxmech.patching.families import REGISTRY, Family, get_family
 from jaxmech.patching.inputs import PairBatch
+from jaxmech.patching.receivers import ReceiversByLayer, check_receivers, receivers_by_layer
 from jaxmech.patching.results import SweepResult
 
-Receivers = tuple[tuple[int, tuple[int, ...]], ...]
+Receivers = ReceiversByLayer
 
 
 def _stage2_score(model, ids, tt, mask, q_emb, inputs, by_layer: Receivers, receiver_input: str):
@@ -59,6 +60,10 @@ def _frozen_readout(model, ids, tt, mask, q_emb, z_frozen, delta, by_layer: Rece
     return _stage2_score(model, ids, tt, mask, q_emb, out.cache[receiver_input], by_layer, receiver_input)
 
 
+ATTRIBUTION_FAMILIES = tuple(n for n, f in REGISTRY.items() if f.is_path and "attribution" in f.methods)
+"""The path families with an attribution variant here (``path_to_score``, ``path_to_heads``)."""
+
+
 @functools.partial(jax.jit, static_argnames=("by_layer", "receiver_input"))
 def path_gradients(model: HookedEncoder, ids, tt, mask, z_base, q_emb, *, by_layer: Receivers | None = None,
                    receiver_input: str = "k"):
@@ -75,12 +80,10 @@ def path_gradients(model: HookedEncoder, ids, tt, mask, z_base, q_emb, *, by_lay
 
 def _setup(model, family: str | Family, receivers, receiver_input: str):
     fam = get_family(family)
-    if fam.name not in ("path_to_score", "path_to_heads"):
-        raise ValueError(f"no attribution variant for {fam.name}; available: path_to_score, path_to_heads")
-    if fam.name == "path_to_score":
+    if not (fam.is_path and "attribution" in fam.methods):
+        raise ValueError(f"no attribution variant for {fam.name}; available: {', '.join(ATTRIBUTION_FAMILIES)}")
+    if not fam.needs_receivers:  # to the score
         return fam, None, model.cfg.n_layers
-    from jaxmech.patching.path import receivers_by_layer
-
     by_layer = receivers_by_layer(check_receivers(receivers, receiver_input, model.cfg.n_layers, model.cfg.n_heads))
     return fam, by_layer, max(r for r, _ in by_layer)
 

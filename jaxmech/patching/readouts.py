@@ -33,30 +33,37 @@ it)::
     margin:I,J                                             margin:1,0
     proj:SITE:LAYER:POSITION:FILE.npy[:REDUCE]             proj:resid_post:4:CLS:dir.npy
 
+**Classes.** `Readout` is abstract; a `FinalReadout` reads the final hidden states (`Score`, `LogitMargin`), a
+`LayerReadout` reduces a site at one layer over weighted positions (`AttentionWeight`, `Projection`); the four
+kinds are final. A readout's behaviour is its methods (``spec``, ``parse``, ``check``/``check_shape``,
+``final_value`` or ``site_value``, ``run_value``), so no caller tests its type; a new readout is one class here
+(its ``kind`` is its spec's prefix) and its tests. This module imports no JAX (a config's readout is parsed
+without it); what kernels read is in `jaxmech.patching.reading`.
+
 **How the engine computes a layer readout.** A readout at layer ``L`` (attention weight, projection) needs
 the patched run's ``resid_pre[L]`` at *every* row (the attention at ``L`` reads every key), then block ``L``
 itself (with the patch applied when the patch is at ``L``). The kernels therefore stop the restarted engine
-after layer ``L`` (`jaxmech.patching.engines.post_ln.patched_hidden` with ``stop_layer=L``, full rows; the [CLS]-only
-last block is never used), and a patch above ``L`` reads the baseline value. Path to the score with frozen
-attention propagates every row to ``L`` and freezes block ``L``'s ``z`` too; path families through receiver
-heads read the readout in their second stage. Attribution (gradient) estimates are refused for readouts other
-than the score.
+after layer ``L`` (`jaxmech.patching.engines.post_ln.patched_hidden` with ``stop_layer=L``, full rows; the
+[CLS]-only last block is never used; `jaxmech.patching.reading.layer_value`), and a patch above ``L`` reads the
+baseline value. Path to the score with frozen attention propagates every row to ``L`` and freezes block ``L``'s
+``z`` too; path families through receiver heads read the readout in their second stage. Attribution (gradient)
+estimates are refused for readouts other than the score.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, final
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from jaxmech.data.records import TOKEN_TYPES
-from jaxmech.models.bert import NO_HOOKS, Hooks, layer_slice
-from jaxmech.patching.caches import SweepData
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Float
 
 TYPE_GROUPS = {"Q": ("Qplus", "Qsub"), "D": ("Dinj", "Dplus", "Dsub", "Dother"), "SEP": ("SEP1", "SEP2")}
 """Groups of token types a selector may name."""
@@ -108,16 +115,136 @@ def _check_layer(layer: int, n_layers: int, where: str) -> None:
         raise ReadoutError(f"{where}: layer {layer} is out of range (the model has layers 0..{n_layers - 1})")
 
 
-@dataclasses.dataclass(frozen=True)
-class Score:
-    """The model's score (the default; results are bit-identical to patching without a readout)."""
+def _int(text: str, field: str, spec: str) -> int:
+    t = text.strip()
+    if not t.lstrip("-").isdigit():
+        raise ReadoutError(f"readout {spec!r}: {field} {t!r} is not an integer")
+    return int(t)
+
+
+class Readout(abc.ABC):
+    """What a patched run measures: one scalar per run (abstract; see the module docstring).
+
+    Attributes:
+        kind: The spec's prefix (``"score"``, ``"margin"``, ``"attn"``, ``"proj"``); subclasses with a kind are
+            what `parse_readout` reads.
+        layer: The layer a layer readout reads (None: the final hidden states).
+        site: The site a layer readout reads (None for final readouts).
+    """
+
+    kind: ClassVar[str] = ""
+    layer: int | None  # final readouts: None (a class attribute); layer readouts: a field
+    site: str | None
+    _kinds: ClassVar[dict[str, type[Readout]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            Readout._kinds[cls.kind] = cls
+
+    @property
+    def is_score(self) -> bool:
+        """Whether this is the model's score (results then equal those of patching without a readout)."""
+        return False
+
+    @property
+    def selectors(self) -> tuple[tuple[Selector, str], ...]:
+        """The positions it reads, each with its reduction (``()`` for final readouts; see `bind`)."""
+        return ()
+
+    @abc.abstractmethod
+    def spec(self) -> str:
+        """The string form `parse_readout` reads."""
+
+    @classmethod
+    @abc.abstractmethod
+    def parse(cls, rest: str, spec: str, base_dir: str | Path | None) -> Readout:
+        """The readout of a spec ``KIND:REST`` (``spec`` whole, for messages; ``base_dir`` for files).
+
+        Raises:
+            ReadoutError: Naming the malformed field.
+        """
+
+    def check(self, model) -> None:
+        """Refuses what ``model`` cannot produce (default: `check_shape` against its config).
+
+        Raises:
+            ReadoutError: Naming the field.
+        """
+        self.check_shape(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)
+
+    def check_shape(self, n_layers: int, n_heads: int, d_model: int) -> None:
+        """Refuses what a model of this shape cannot produce (layers, heads, vector sizes; default: nothing).
+
+        Raises:
+            ReadoutError: Naming the field.
+        """
+        return None
+
+    @abc.abstractmethod
+    def run_value(self, model, out, cache, weights, query_embedding) -> np.ndarray:
+        """``[pair]`` values of unpatched runs, from a full forward's output and the captured ``cache`` (a
+        `jaxmech.patching.reading.run_values` step).
+
+        Args:
+            model: The encoder.
+            out: The forward's output.
+            cache: ``site -> [pair, layer, ...]`` (the readout's site captured).
+            weights: ``[pair, 2, pos]`` the run's readout weights (layer readouts).
+            query_embedding: ``[pair, d_model]`` (bi-encoders' score).
+        """
+
+
+class FinalReadout(Readout):
+    """A readout of the final hidden states (abstract): the engine runs to the end and calls `final_value`."""
 
     layer = None
     site = None
 
+    @abc.abstractmethod
+    def final_value(self, model, hidden, attention_mask, query_embedding) -> Float[Array, ""]:
+        """The value from one example's final hidden states ``[pos, d_model]``."""
+
+
+class LayerReadout(Readout):
+    """A readout of one site at one layer, reduced over weighted positions (abstract): the engine stops after
+    ``layer`` and calls `site_value` on the site's activation (`jaxmech.patching.reading.read_block`)."""
+
+    @abc.abstractmethod
+    def site_value(self, act: Array, weights: Float[Array, "2 pos"]) -> Float[Array, ""]:
+        """The scalar of one example's activation of ``site`` at ``layer`` (``weights``: `bind` 's rows)."""
+
+    def run_value(self, model, out, cache, weights, query_embedding) -> np.ndarray:
+        """``site_value`` of each pair's activation at ``layer``."""
+        import jax
+        import jax.numpy as jnp
+
+        act = cache[self.site][:, self.layer]
+        return np.asarray(jax.vmap(self.site_value)(act, jnp.asarray(weights)))
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Score(FinalReadout):
+    """The model's score (the default; results are bit-identical to patching without a readout)."""
+
+    kind: ClassVar[str] = "score"
+
+    @property
+    def is_score(self) -> bool:
+        """True."""
+        return True
+
     def spec(self) -> str:
         """``"score"``."""
         return "score"
+
+    @classmethod
+    def parse(cls, rest: str, spec: str, base_dir=None) -> Score:
+        """`SCORE` (``score`` takes no fields)."""
+        if rest:
+            raise ReadoutError(f"readout {spec!r}: score takes no fields")
+        return SCORE
 
     def check(self, model) -> None:
         """Always computable."""
@@ -126,51 +253,14 @@ class Score:
         """The score from one example's final hidden states."""
         return model.score_hidden(hidden, attention_mask, query_embedding)
 
+    def run_value(self, model, out, cache, weights, query_embedding) -> np.ndarray:
+        """The model's relevance scores."""
+        return np.asarray(model.relevance(out, query_embedding))
 
+
+@final
 @dataclasses.dataclass(frozen=True)
-class LogitMargin:
-    """``logits[i] - logits[j]`` of a multi-label cross-encoder head.
-
-    Attributes:
-        i: First label.
-        j: Second label.
-    """
-
-    i: int
-    j: int
-    layer = None
-    site = None
-
-    def __post_init__(self):
-        if self.i == self.j:
-            raise ReadoutError(f"readout {self.spec()!r}: labels i and j must differ")
-        if min(self.i, self.j) < 0:
-            raise ReadoutError(f"readout {self.spec()!r}: labels must be >= 0")
-
-    def spec(self) -> str:
-        """``"margin:I,J"``."""
-        return f"margin:{self.i},{self.j}"
-
-    def check(self, model) -> None:
-        """Refuses models without a multi-label head and labels out of range."""
-        n = getattr(model.cfg, "num_labels", 1)
-        if not model.pair_input or not hasattr(model, "classifier"):
-            raise ReadoutError(f"readout {self.spec()!r}: a logit margin needs a cross-encoder's classification "
-                               "head; this model compares embeddings (no logits)")
-        if n < 2:
-            raise ReadoutError(f"readout {self.spec()!r}: the model's head has num_labels={n}; a logit margin "
-                               "needs num_labels > 1 (use the score)")
-        if max(self.i, self.j) >= n:
-            raise ReadoutError(f"readout {self.spec()!r}: label out of range for num_labels={n}")
-
-    def final_value(self, model, hidden, attention_mask, query_embedding) -> Float[Array, ""]:
-        """``logits[i] - logits[j]`` from one example's final hidden states."""
-        logits = model.readout(hidden, attention_mask, NO_HOOKS).logits
-        return logits[self.i] - logits[self.j]
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionWeight:
+class AttentionWeight(LayerReadout):
     """Head ``layer.head``'s attention from ``from_`` positions to ``to`` positions.
 
     Attributes:
@@ -182,6 +272,7 @@ class AttentionWeight:
         to_reduce: ``"mean"`` (default, the paper's E7) or ``"sum"`` over the to columns.
     """
 
+    kind: ClassVar[str] = "attn"
     layer: int
     head: int
     from_: Selector = "CLS"
@@ -203,26 +294,107 @@ class AttentionWeight:
         """``"attn:L.H:FROM->TO:FROM_REDUCE,TO_REDUCE"``."""
         return f"attn:{self.layer}.{self.head}:{self.from_}->{self.to}:{self.from_reduce},{self.to_reduce}"
 
+    @classmethod
+    def parse(cls, rest: str, spec: str, base_dir=None) -> AttentionWeight:
+        """``LAYER.HEAD:FROM->TO[:FROM_REDUCE,TO_REDUCE]``."""
+        parts = rest.split(":") if rest else []
+        if len(parts) not in (2, 3):
+            raise ReadoutError(f"readout {spec!r}: expected attn:LAYER.HEAD:FROM->TO[:FROM_REDUCE,TO_REDUCE]")
+        lh = parts[0].split(".")
+        if len(lh) != 2:
+            raise ReadoutError(f"readout {spec!r}: head {parts[0]!r} is not LAYER.HEAD (e.g. 10.7)")
+        layer, head = _int(lh[0], "layer", spec), _int(lh[1], "head", spec)
+        if "->" not in parts[1]:
+            raise ReadoutError(f"readout {spec!r}: positions {parts[1]!r} are not FROM->TO (e.g. CLS->Qplus)")
+        src, dst = parts[1].split("->", 1)
+        reduces = ("sum", "mean")
+        if len(parts) == 3:
+            reduces = tuple(r.strip() for r in parts[2].split(","))
+            if len(reduces) != 2:
+                raise ReadoutError(f"readout {spec!r}: reductions {parts[2]!r} are not FROM_REDUCE,TO_REDUCE "
+                                   "(e.g. sum,mean)")
+        try:
+            return cls(layer, head, src, dst, *reduces)
+        except ReadoutError as err:
+            raise ReadoutError(f"{err} (in {spec!r})") from None
+
     @property
     def selectors(self) -> tuple[tuple[Selector, str], tuple[Selector, str]]:
         """``((from, reduce), (to, reduce))``."""
         return (self.from_, self.from_reduce), (self.to, self.to_reduce)
 
-    def check(self, model) -> None:
+    def check_shape(self, n_layers: int, n_heads: int, d_model: int) -> None:
         """Refuses a head outside the model."""
         where = f"readout {self.spec()!r}"
-        _check_layer(self.layer, model.cfg.n_layers, where)
-        if self.head >= model.cfg.n_heads:
-            raise ReadoutError(f"{where}: head {self.head} is out of range (heads 0..{model.cfg.n_heads - 1})")
+        _check_layer(self.layer, n_layers, where)
+        if self.head >= n_heads:
+            raise ReadoutError(f"{where}: head {self.head} is out of range (heads 0..{n_heads - 1})")
 
-    def reduce(self, act: Float[Array, "head_index query_pos key_pos"], weights: Float[Array, "2 pos"]
-               ) -> Float[Array, ""]:
+    def site_value(self, act: Float[Array, "head_index query_pos key_pos"], weights: Float[Array, "2 pos"]
+                   ) -> Float[Array, ""]:
         """``from_weights @ pattern[head] @ to_weights``."""
         return weights[0] @ act[self.head] @ weights[1]
 
 
+@final
 @dataclasses.dataclass(frozen=True)
-class Projection:
+class LogitMargin(FinalReadout):
+    """``logits[i] - logits[j]`` of a multi-label cross-encoder head.
+
+    Attributes:
+        i: First label.
+        j: Second label.
+    """
+
+    kind: ClassVar[str] = "margin"
+    i: int
+    j: int
+
+    def __post_init__(self):
+        if self.i == self.j:
+            raise ReadoutError(f"readout {self.spec()!r}: labels i and j must differ")
+        if min(self.i, self.j) < 0:
+            raise ReadoutError(f"readout {self.spec()!r}: labels must be >= 0")
+
+    def spec(self) -> str:
+        """``"margin:I,J"``."""
+        return f"margin:{self.i},{self.j}"
+
+    @classmethod
+    def parse(cls, rest: str, spec: str, base_dir=None) -> LogitMargin:
+        """``I,J``."""
+        labels = rest.split(",")
+        if ":" in rest or not rest or len(labels) != 2:
+            raise ReadoutError(f"readout {spec!r}: labels must be I,J (e.g. margin:1,0)")
+        return cls(_int(labels[0], "label i", spec), _int(labels[1], "label j", spec))
+
+    def check(self, model) -> None:
+        """Refuses models without a multi-label head and labels out of range."""
+        n = getattr(model.cfg, "num_labels", 1)
+        if not model.pair_input or not hasattr(model, "classifier"):
+            raise ReadoutError(f"readout {self.spec()!r}: a logit margin needs a cross-encoder's classification "
+                               "head; this model compares embeddings (no logits)")
+        if n < 2:
+            raise ReadoutError(f"readout {self.spec()!r}: the model's head has num_labels={n}; a logit margin "
+                               "needs num_labels > 1 (use the score)")
+        if max(self.i, self.j) >= n:
+            raise ReadoutError(f"readout {self.spec()!r}: label out of range for num_labels={n}")
+
+    def final_value(self, model, hidden, attention_mask, query_embedding) -> Float[Array, ""]:
+        """``logits[i] - logits[j]`` from one example's final hidden states."""
+        from jaxmech.models.bert import NO_HOOKS
+
+        logits = model.readout(hidden, attention_mask, NO_HOOKS).logits
+        return logits[self.i] - logits[self.j]
+
+    def run_value(self, model, out, cache, weights, query_embedding) -> np.ndarray:
+        """``logits[:, i] - logits[:, j]``."""
+        return np.asarray(out.logits[:, self.i] - out.logits[:, self.j])
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Projection(LayerReadout):
     """``<site[layer][position], direction>`` (reduced over the positions of a type).
 
     Attributes:
@@ -234,6 +406,7 @@ class Projection:
         source: Where the direction came from (a ``.npy`` file), for the spec; not compared.
     """
 
+    kind: ClassVar[str] = "proj"
     site: str
     layer: int
     position: Selector
@@ -259,86 +432,10 @@ class Projection:
         src = self.source or f"<{len(self.direction)} floats>"
         return f"proj:{self.site}:{self.layer}:{self.position}:{src}:{self.reduce}"
 
-    @property
-    def selectors(self) -> tuple[tuple[Selector, str]]:
-        """``((position, reduce),)``."""
-        return ((self.position, self.reduce),)
-
-    def check(self, model) -> None:
-        """Refuses a layer outside the model and a direction of the wrong size."""
-        where = f"readout {self.spec()!r}"
-        _check_layer(self.layer, model.cfg.n_layers, where)
-        if len(self.direction) != model.cfg.d_model:
-            raise ReadoutError(f"{where}: direction has {len(self.direction)} entries; the model's d_model is "
-                               f"{model.cfg.d_model}")
-
-    def reduce_value(self, act: Float[Array, "pos d_model"], weights: Float[Array, "2 pos"]) -> Float[Array, ""]:
-        """``sum_t w[t] <act[t], direction>``."""
-        return weights[0] @ (act @ jnp.asarray(self.direction, act.dtype))
-
-
-Readout = Score | LogitMargin | AttentionWeight | Projection
-SCORE = Score()
-
-
-def reduce_site(readout, act: Array, weights: Float[Array, "2 pos"]) -> Float[Array, ""]:
-    """The scalar a layer readout makes of its site's activation at its layer (one example)."""
-    if isinstance(readout, AttentionWeight):
-        return readout.reduce(act, weights)
-    return readout.reduce_value(act, weights)
-
-
-# -- parsing ----------------------------------------------------------------------------------------------------
-
-
-def _int(text: str, field: str, spec: str) -> int:
-    t = text.strip()
-    if not t.lstrip("-").isdigit():
-        raise ReadoutError(f"readout {spec!r}: {field} {t!r} is not an integer")
-    return int(t)
-
-
-def parse_readout(spec: str | None, *, base_dir: str | Path | None = None) -> Readout:
-    """A readout from its string form (see the module docstring); ``None``/``""``/``"score"`` is `Score`.
-
-    Args:
-        spec: E.g. ``"attn:10.7:CLS->Qplus"``, ``"margin:1,0"``, ``"proj:resid_post:4:CLS:dir.npy"``.
-        base_dir: Folder that relative ``.npy`` paths are read from (default: the working directory).
-
-    Raises:
-        ReadoutError: Naming the malformed field.
-    """
-    if spec is None or not str(spec).strip() or str(spec).strip() == "score":
-        return SCORE
-    spec = str(spec).strip()
-    kind, _, rest = spec.partition(":")
-    parts = rest.split(":") if rest else []
-    if kind == "margin":
-        labels = rest.split(",")
-        if len(parts) != 1 or len(labels) != 2:
-            raise ReadoutError(f"readout {spec!r}: labels must be I,J (e.g. margin:1,0)")
-        return LogitMargin(_int(labels[0], "label i", spec), _int(labels[1], "label j", spec))
-    if kind == "attn":
-        if len(parts) not in (2, 3):
-            raise ReadoutError(f"readout {spec!r}: expected attn:LAYER.HEAD:FROM->TO[:FROM_REDUCE,TO_REDUCE]")
-        lh = parts[0].split(".")
-        if len(lh) != 2:
-            raise ReadoutError(f"readout {spec!r}: head {parts[0]!r} is not LAYER.HEAD (e.g. 10.7)")
-        layer, head = _int(lh[0], "layer", spec), _int(lh[1], "head", spec)
-        if "->" not in parts[1]:
-            raise ReadoutError(f"readout {spec!r}: positions {parts[1]!r} are not FROM->TO (e.g. CLS->Qplus)")
-        src, dst = parts[1].split("->", 1)
-        reduces = ("sum", "mean")
-        if len(parts) == 3:
-            reduces = tuple(r.strip() for r in parts[2].split(","))
-            if len(reduces) != 2:
-                raise ReadoutError(f"readout {spec!r}: reductions {parts[2]!r} are not FROM_REDUCE,TO_REDUCE "
-                                   "(e.g. sum,mean)")
-        try:
-            return AttentionWeight(layer, head, src, dst, *reduces)
-        except ReadoutError as err:
-            raise ReadoutError(f"{err} (in {spec!r})") from None
-    if kind == "proj":
+    @classmethod
+    def parse(cls, rest: str, spec: str, base_dir: str | Path | None = None) -> Projection:
+        """``SITE:LAYER:POSITION:FILE.npy[:REDUCE]`` (a relative file is read from ``base_dir``)."""
+        parts = rest.split(":") if rest else []
         if len(parts) not in (4, 5):
             raise ReadoutError(f"readout {spec!r}: expected proj:SITE:LAYER:POSITION:FILE.npy[:REDUCE]")
         site, layer, pos, file = parts[0].strip(), _int(parts[1], "layer", spec), parts[2], parts[3].strip()
@@ -355,11 +452,53 @@ def parse_readout(spec: str | None, *, base_dir: str | Path | None = None) -> Re
             raise ReadoutError(f"readout {spec!r}: direction file {file!r} holds shape {direction.shape}; "
                                "expected a vector [d_model]")
         try:
-            return Projection(site, layer, pos, tuple(direction.tolist()),
-                              parts[4].strip() if len(parts) == 5 else "mean", source=file)
+            return cls(site, layer, pos, tuple(direction.tolist()), parts[4].strip() if len(parts) == 5 else "mean",
+                       source=file)
         except ReadoutError as err:
             raise ReadoutError(f"{err} (in {spec!r})") from None
-    raise ReadoutError(f"readout {spec!r}: unknown kind {kind!r}; choose score, attn, margin or proj")
+
+    @property
+    def selectors(self) -> tuple[tuple[Selector, str]]:
+        """``((position, reduce),)``."""
+        return ((self.position, self.reduce),)
+
+    def check_shape(self, n_layers: int, n_heads: int, d_model: int) -> None:
+        """Refuses a layer outside the model and a direction of the wrong size."""
+        where = f"readout {self.spec()!r}"
+        _check_layer(self.layer, n_layers, where)
+        if len(self.direction) != d_model:
+            raise ReadoutError(f"{where}: direction has {len(self.direction)} entries; the model's d_model is "
+                               f"{d_model}")
+
+    def site_value(self, act: Float[Array, "pos d_model"], weights: Float[Array, "2 pos"]) -> Float[Array, ""]:
+        """``sum_t w[t] <act[t], direction>``."""
+        import jax.numpy as jnp
+
+        return weights[0] @ (act @ jnp.asarray(self.direction, act.dtype))
+
+
+SCORE = Score()
+
+
+def parse_readout(spec: str | None, *, base_dir: str | Path | None = None) -> Readout:
+    """A readout from its string form (see the module docstring); ``None``/``""``/``"score"`` is `Score`.
+
+    Args:
+        spec: E.g. ``"attn:10.7:CLS->Qplus"``, ``"margin:1,0"``, ``"proj:resid_post:4:CLS:dir.npy"``.
+        base_dir: Folder that relative ``.npy`` paths are read from (default: the working directory).
+
+    Raises:
+        ReadoutError: Naming the malformed field.
+    """
+    if spec is None or not str(spec).strip() or str(spec).strip() == "score":
+        return SCORE
+    spec = str(spec).strip()
+    kind, _, rest = spec.partition(":")
+    cls = Readout._kinds.get(kind)
+    if cls is None:
+        kinds = list(Readout._kinds)
+        raise ReadoutError(f"readout {spec!r}: unknown kind {kind!r}; choose {', '.join(kinds[:-1])} or {kinds[-1]}")
+    return cls.parse(rest, spec, base_dir)
 
 
 # -- binding to pairs --------------------------------------------------------------------------------------------
@@ -463,133 +602,21 @@ def as_bound(readout) -> BoundReadout:
     return BoundReadout(readout)
 
 
-# -- what the kernels read ---------------------------------------------------------------------------------------
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class ReadoutData(SweepData):
-    """`SweepData` with the patched run's readout weights.
-
-    Attributes:
-        read_weights: ``[pair, 2, pos]`` (see `BoundReadout`).
-    """
-
-    read_weights: Array = None
-
-
-def with_weights(data: SweepData, bound: BoundReadout, reverse: bool) -> SweepData:
-    """``data`` with the patched run's readout weights when the readout reads positions (else unchanged)."""
-    if bound.readout.layer is None:
-        return data
-    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(SweepData)}
-    return ReadoutData(**fields, read_weights=jnp.asarray(bound.oriented(reverse)[0]))
-
-
-class ReadHooks(Hooks):
-    """Block hooks that apply a layer-local patch (when ``active``), optionally freeze ``z`` to a cached value,
-    and record the readout's site.
-
-    Args:
-        read_site: The site to record.
-        spec: A layer-local `jaxmech.interventions.PatchSpec` (source with a length-1 layer axis), or None.
-        active: Traced bool: whether the patch is at this layer.
-        frozen_z: Cached ``z`` of this layer to freeze every head to (the sender's patch then applies on it).
-    """
-
-    def __init__(self, read_site: str, spec=None, active=False, frozen_z=None):
-        self.read_site, self.spec, self.active, self.frozen_z = read_site, spec, active, frozen_z
-        self.value = None
-
-    def wants(self, name: str) -> bool:
-        """The read site, the patched site and a frozen ``z``."""
-        return name == self.read_site or (self.spec is not None and name == self.spec.site) or (
-            name == "z" and self.frozen_z is not None)
-
-    def __call__(self, name: str, x: Array) -> Array:
-        """Freeze, patch, record."""
-        if name == "z" and self.frozen_z is not None:
-            x = self.frozen_z
-        if self.spec is not None and name == self.spec.site:
-            x = jnp.where(self.active, self.spec.apply(x, 0), x)
-        if name == self.read_site:
-            self.value = x
-        return x
-
-
-def read_block(model, readout, x: Float[Array, "pos d_model"], key_mask, weights, *, spec=None, active=False,
-               frozen_z=None) -> Float[Array, ""]:
-    """Runs block ``readout.layer`` on ``x = resid_pre[layer]`` (every row) and reduces its read site.
-
-    Args:
-        model: The encoder.
-        readout: A layer readout.
-        x: The run's ``resid_pre`` at the readout's layer.
-        key_mask: ``[pos]`` real tokens.
-        weights: ``[2, pos]`` the run's readout weights.
-        spec: A layer-local patch applied in this block when ``active``.
-        active: Traced bool (the patch is at the readout's layer).
-        frozen_z: Freeze this block's ``z`` (frozen-attention path patching).
-    """
-    hooks = ReadHooks(readout.site, spec, active, frozen_z)
-    layer_slice(model.blocks, readout.layer)(x, key_mask, hooks)
-    return reduce_site(readout, hooks.value, weights)
-
-
-def layer_value(model, readout, data: SweepData, pair, layer, key_mask, patched_resid, *, spec=None,
-                frozen_z=None) -> Float[Array, ""]:
-    """A layer readout of a run patched at ``layer``: ``patched_resid()`` gives ``resid_pre[readout.layer]``
-    when the patch is below the readout's layer (it is not computed otherwise: the baseline's is read)."""
-    L = readout.layer
-    x = jax.lax.cond(layer < L, patched_resid, lambda: data.cache.resid_pre[pair, L])
-    return read_block(model, readout, x, key_mask, data.read_weights[pair], spec=spec, active=layer == L,
-                      frozen_z=frozen_z)
-
-
-# -- the unpatched runs' values ----------------------------------------------------------------------------------
-
-
-def run_values(model, inputs, readout: Readout, weights: np.ndarray | None, query_embedding) -> np.ndarray:
-    """``[pair]`` readout values of unpatched runs (a full forward capturing the readout's site).
-
-    Args:
-        model: The encoder.
-        inputs: ``(input_ids, token_type_ids, attention_mask)`` ``[pair, pos]``.
-        readout: The readout.
-        weights: ``[pair, 2, pos]`` the run's readout weights (layer readouts).
-        query_embedding: ``[pair, d_model]`` (bi-encoders' score).
-    """
-    from jaxmech.patching.caches import run_cached
-
-    capture = frozenset() if readout.layer is None else frozenset({readout.site})
-    out, cache = run_cached(model, *map(jnp.asarray, inputs), capture=capture)
-    if isinstance(readout, Score):
-        return np.asarray(model.relevance(out, query_embedding))
-    if isinstance(readout, LogitMargin):
-        return np.asarray(out.logits[:, readout.i] - out.logits[:, readout.j])
-    act = cache[readout.site][:, readout.layer]
-    return np.asarray(jax.vmap(lambda a, w: reduce_site(readout, a, w))(act, jnp.asarray(weights)))
-
-
-def finish_result(result, model, prep, bound: BoundReadout, reverse: bool):
-    """A `jaxmech.patching.results.SweepResult` whose baseline and perturbed values are the readout's (the
-    unpatched runs of ``prep``, already swapped when ``reverse``); unchanged for the score."""
-    if isinstance(bound.readout, Score):
-        return result
-    w_patched, w_source = bound.oriented(reverse)
-    base = run_values(model, prep.batch.baseline, bound.readout, w_patched, prep.query_embedding)
-    pert = run_values(model, prep.batch.perturbed, bound.readout, w_source, prep.query_embedding)
-    return dataclasses.replace(result, baseline_score=base.astype(np.float32), perturbed_score=pert.astype(np.float32))
+# -- checks ------------------------------------------------------------------------------------------------------
 
 
 def score_only(readout, where: str) -> None:
     """Refuses a readout other than the score where only the score is implemented (``where`` names it).
 
+    Args:
+        readout: None, a `Readout` or a `BoundReadout`.
+        where: What measures the score only (e.g. ``"attribution"``).
+
     Raises:
         ReadoutError: For a readout other than `Score`.
     """
-    r = as_bound(readout).readout if not isinstance(readout, (AttentionWeight, Projection)) else readout
-    if not isinstance(r, Score):
+    r = readout.readout if isinstance(readout, BoundReadout) else (SCORE if readout is None else readout)
+    if not r.is_score:
         raise ReadoutError(f"readout {r.spec()!r}: {where} measure the score only")
 
 
@@ -600,7 +627,7 @@ def check_readout(readout: Readout, model=None, *, method: str = "exact") -> Non
         ReadoutError: For a readout the model cannot produce (see each readout's ``check``) or a combination
             that is not supported (attribution estimates measure the score only).
     """
-    if isinstance(readout, Score):
+    if readout.is_score:
         return
     if method == "attribution":
         raise ReadoutError(f"readout {readout.spec()!r}: attribution estimates measure the score only; use "
@@ -610,5 +637,5 @@ def check_readout(readout: Readout, model=None, *, method: str = "exact") -> Non
 
 
 __all__ = ["PROJECTION_SITES", "REDUCTIONS", "SCORE", "TYPE_GROUPS", "AttentionWeight", "BoundReadout",
-           "LogitMargin", "Projection", "Readout", "ReadoutError", "Score", "as_bound", "bind", "check_readout",
-           "finish_result", "parse_readout", "run_values"]
+           "FinalReadout", "LayerReadout", "LogitMargin", "Projection", "Readout", "ReadoutError", "Score",
+           "as_bound", "bind", "check_readout", "parse_readout", "score_only"]

@@ -1,13 +1,16 @@
-"""One chunk of a sweep: `jaxmech.patching.run.run_patching` for each declared family, shaped for the store.
+"""One chunk of a sweep: every declared family in one `jaxmech.patching.run.run_values` call, shaped for the store.
 
-``run_patching`` keeps program shapes fixed per length bucket (``pairs_per_chunk`` pairs per batch, the last
-filled with inert pairs; sites in calls of ``steps_per_call x chunk_size`` items), so each family compiles once
-per bucket and a resumed or repeated run reuses the persistent compilation cache. Inside a chunk every family
-captures the sites of all (`jaxmech.patching.caches.shared_forward` with `sweep_sites`), so the families of a
-bucket share one compiled forward. What this module adds: the
-run's position axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution
-estimates (`jaxmech.patching.attribution.verify_top_k`, and `jaxmech.patching.path_attribution.path_verify_top_k`
-for path families, which ``run_patching`` does not run).
+The call batches the chunk's pairs once per length bucket, encodes bi-encoder queries and binds the readout once,
+and runs each family on that batch (`jaxmech.patching.run.FamilyRequest`: each family keeps its method, receivers
+and groups, and its result is named by `jaxmech.sweeps.config.FamilySection.key`). Program shapes are fixed per
+length bucket (``pairs_per_chunk`` pairs per batch, the last filled with inert pairs; sites in calls of
+``steps_per_call x chunk_size`` items), so each family compiles once per bucket and a resumed or repeated run
+reuses the persistent compilation cache. Inside a chunk every family captures the sites of all
+(`jaxmech.patching.caches.shared_forward` with `sweep_sites`), so the families of a bucket share one compiled
+forward. What this module adds: flags per family (as a run of the family alone sets them), the run's position
+axis (``T_max`` of the whole run, not of the chunk) and the exact verification of attribution estimates
+(`jaxmech.patching.attribution.verify_top_k`, and `jaxmech.patching.path_attribution.path_verify_top_k` for path
+families, which the run does not do).
 """
 
 from __future__ import annotations
@@ -148,34 +151,49 @@ def sweep_sites(families: Sequence[FamilySection]) -> tuple[str, ...]:
 
 
 def _compute_chunk(lm, pairs, families, patching, chunking, T_max) -> ChunkResult:
-    from jaxmech.patching.run import run_patching
+    from jaxmech.patching.run import check_request, no_result_pairs, run_values
 
-    n = len(pairs)
     reverse = patching.direction == "baseline_into_perturbed"
-    res = ChunkResult({}, {}, {}, np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, bool))
+    values = run_values(
+        lm,
+        pairs,
+        check_request([request(fam) for fam in families], metric=patching.metric),
+        metric=patching.metric,
+        reverse=reverse,
+        chunk_size=chunking.items_per_step or None,
+        min_denominator=patching.min_denominator,
+        pairs_per_chunk=chunking.pairs_per_chunk,
+        steps_per_call=chunking.steps_per_call,
+        readout=patching.readout or None,
+    )
+    n = len(pairs)
+    res = ChunkResult({}, {}, {}, values.score_baseline, values.score_perturbed, np.zeros(n, bool))
     for fam in families:
-        r = run_patching(
-            lm,
-            pairs,
-            [fam.name],
-            method=fam.method,
-            metric=patching.metric,
-            reverse=reverse,
-            receivers=[str(h) for h in fam.receivers] or None,
-            receiver_input=fam.receiver_input,
-            groups=fam.groups or None,
-            chunk_size=chunking.items_per_step or None,
-            min_denominator=patching.min_denominator,
-            pairs_per_chunk=chunking.pairs_per_chunk,
-            steps_per_call=chunking.steps_per_call,
-            readout=patching.readout or None,
-        )
-        res.effects[fam.key] = _to_store(r.effects[fam.name], fam.layout, T_max)
-        res.raw[fam.key] = _to_store(r.raw[fam.name], fam.layout, T_max)
-        res.score_baseline, res.score_perturbed = r.pairs["score_baseline"], r.pairs["score_perturbed"]
-        res.flagged |= r.pairs["flagged"]
+        effects = values.effects[fam.key]
+        # Flags per family, as a run of that family alone sets them: near-zero denominators, and pairs with
+        # nothing to patch or no value in this family (NaN).
+        no_result = no_result_pairs(pairs, [effects]) & values.done & ~values.flagged[fam.key]
+        effects[no_result] = np.nan
+        res.flagged |= values.flagged[fam.key] | no_result
+        res.effects[fam.key] = _to_store(effects, fam.layout, T_max)
+        res.raw[fam.key] = _to_store(values.raw[fam.key], fam.layout, T_max)
         if fam.verify_top_k:
             res.verify[fam.key] = _verify(
-                lm, pairs, fam, r.raw[fam.name], res.score_baseline, res.score_perturbed, reverse, chunking
+                lm, pairs, fam, values.raw[fam.key], res.score_baseline, res.score_perturbed, reverse, chunking
             )
     return res
+
+
+def request(fam: FamilySection):
+    """The `jaxmech.patching.run.FamilyRequest` of a declared family (its result named by ``fam.key``)."""
+    from jaxmech.patching.families import get_family
+    from jaxmech.patching.run import FamilyRequest
+
+    return FamilyRequest(
+        get_family(fam.name),
+        fam.method,
+        tuple(str(h) for h in fam.receivers),
+        fam.receiver_input,
+        tuple(fam.groups or ()),
+        key=fam.key,
+    )

@@ -38,7 +38,7 @@ def check_against_model(cfg) -> None:
         ValueError: Naming the config file, the section and the value, e.g. ``sweep.toml: [[families]][1]
             (path_to_heads): receiver head 99.99 is out of range (layers 1..5, heads 0..11)``.
     """
-    from jaxmech.patching.families import check_groups, check_receivers
+    from jaxmech.patching.receivers import check_groups, check_receivers
 
     shape = model_shape(cfg.model.path)
     if shape is None:
@@ -65,17 +65,12 @@ def check_against_model(cfg) -> None:
 
 
 def _check_readout(cfg, shape: dict, what: str) -> None:
-    """The readout's layer, head and direction size against the model (the readouts whose check needs only the
-    model's shape)."""
-    from types import SimpleNamespace
-
-    from jaxmech.patching.readouts import AttentionWeight, Projection, ReadoutError, parse_readout
+    """The readout's layer, head and direction size against the model's shape (what each readout can check
+    without the model itself; see `jaxmech.patching.readouts.Readout.check_shape`)."""
+    from jaxmech.patching.readouts import ReadoutError, parse_readout
 
     readout = parse_readout(cfg.patching.readout)
-    if isinstance(readout, AttentionWeight | Projection):
-        stand_in = SimpleNamespace(cfg=SimpleNamespace(n_layers=shape["n_layers"], n_heads=shape["n_heads"],
-                                                       d_model=shape["d_model"]))
-        try:
-            readout.check(stand_in)
-        except ReadoutError as err:
-            raise ValueError(f"{cfg.source}: [patching] {err} ({what})") from None
+    try:
+        readout.check_shape(shape["n_layers"], shape["n_heads"], shape["d_model"])
+    except ReadoutError as err:
+        raise ValueError(f"{cfg.source}: [patching] {err} ({what})") from None
