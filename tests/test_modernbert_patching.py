@@ -296,6 +296,8 @@ def test_the_registry_dispatches_and_refuses_what_modernbert_lacks_by_name(mb):
         run_family("head_all_pos_result", model, batch)
     with pytest.raises(ValueError, match=r"head_all_pos_result .*per-head output"):  # attribution asks the engine too
         run_family("head_all_pos_result", model, batch, method="attribution")
+    with pytest.raises(ValueError, match=r"heads_joint: head-group patching is not available on ModernBERT"):
+        run_family("heads_joint", model, batch, groups=[["0.0"]])
     with pytest.raises(ValueError, match="method='attribution' is not available"):
         run_family("path_to_score", model, batch, method="attribution")
     with pytest.raises(ValueError, match="receiver head 9.0 is out of range"):

@@ -423,7 +423,8 @@ def load_modernbert(path_or_id, *, score_label: int = 0) -> tuple[ModernBertCros
     """Loads a ``ModernBertForSequenceClassification`` folder or hub id: ``(model, tokenizer)``; the tokenizer
     (a `jaxmech.hf.tokenizer.PairTokenizer`, its pair layout read off the post-processor) is None without tokenizer
     files. `load_model` loads ModernBERT folders the same way (in a `LoadedModel`, for `run_patching`, the CLI and
-    sweeps); patch the model with `jaxmech.patching.engines.pre_ln.modernbert_patch` or any `Family.run`.
+    sweeps); patch the model with `jaxmech.patching.engines.pre_ln.modernbert_patch` or
+    `jaxmech.patching.runners.run_family`.
 
     Raises:
         ModelNotFoundError, WeightsError, UnsupportedConfigError, ConversionError: Naming the folder or tensor.

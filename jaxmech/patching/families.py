@@ -95,9 +95,6 @@ class Family:
         """Whether this is a path-patching family."""
         return self.kind == "path"
 
-    path = is_path
-    """Alias of `is_path`."""
-
     def key(self, method: str = "exact", receiver_input: str | None = None) -> str:
         """The name of this family's result in a store: ``attribution:<name>`` for estimates,
         ``<name>_<receiver_input>`` for families with receivers, else the name."""

@@ -88,6 +88,7 @@ def run_heads_joint(model, batch, family: Family, *, groups=(), reverse=False, q
     from jaxmech.patching.readouts import score_only
 
     score_only(readout, "heads_joint")
+    engine_of(model).check_family(family, "exact")  # refused by name where the engine has no group patching
     return heads_joint(model, batch, groups, reverse=reverse, query_embedding=query_embedding, site=family.sites[0])
 
 

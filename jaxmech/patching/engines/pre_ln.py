@@ -65,7 +65,10 @@ def check_family(family: str | Family, method: str = "exact") -> Family:
                          + "; ".join(why.get(s, "not a ModernBERT site") for s in missing) + ")")
     if method not in fam.methods:
         raise ValueError(f"family {fam.name}: method={method!r} is not available (choose from {fam.methods})")
-    if method == "attribution" and fam.path:
+    if fam.kind == "group":
+        raise ValueError(f"family {fam.name}: head-group patching is not available on ModernBERT (it folds groups "
+                         "into the post-LN engine's restarted blocks)")
+    if method == "attribution" and fam.is_path:
         raise ValueError(f"family {fam.name}: method='attribution' is not available on ModernBERT (path attribution "
                          "differentiates the post-LN engine's frozen run); use method='exact'")
     return fam
