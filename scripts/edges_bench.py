@@ -1,6 +1,6 @@
 """Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes, random weights and pairs:
 
-    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512
+    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 --out benchmarks/results/edges/bench_cpu.json
 
 Times (wall clock, each after a warm-up call so compile time is reported apart): `estimate_edges` (EAP and
 EAP-IG over inputs) for every edge of ``--pairs`` pairs; exact patches of ``--sample`` random edges of one pair,
@@ -30,7 +30,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--sample", type=int, default=512)
     p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
+    from jaxmech.runtime import describe_device
     from jaxmech.config import EncoderConfig
     from jaxmech.data.records import AlignedPair
     from jaxmech.hf.convert import build_model
@@ -51,7 +53,8 @@ def main() -> None:
     batch = batch_pairs(pairs, buckets=(args.pos,), max_length=512)
     data = edge_data(model, batch)
     graph = EdgeGraph(cfg.n_layers, cfg.n_heads)
-    res = {"pairs": args.pairs, "pos": args.pos, "layers": args.layers, "n_edges": graph.n_edges}
+    res = {"device": describe_device(), "pairs": args.pairs, "pos": args.pos, "layers": args.layers,
+           "steps": args.steps, "n_edges": graph.n_edges}
     for method in ("eap", "eap-ig-inputs"):
         _, first = _timed(lambda m=method: estimate_edges(model, data, m, steps=args.steps))
         _, again = _timed(lambda m=method: estimate_edges(model, data, m, steps=args.steps))
@@ -66,7 +69,11 @@ def main() -> None:
     _, first = _timed(lambda: exact_edge_scores(model, data, top))
     _, again = _timed(lambda: exact_edge_scores(model, data, top))
     res["verify_top50"] = {"first_call_s": first, "run_s": again}
+    res["eap_ig_vs_exact_all"] = res["exact_sample"]["all_edges_all_pairs_s"] / res["eap-ig-inputs"]["run_s"]
     print(json.dumps(res, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":
