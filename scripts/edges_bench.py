@@ -1,6 +1,7 @@
 """Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes, random weights and pairs:
 
-    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 --out benchmarks/results/edges/bench_cpu.json
+    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 \
+        --out benchmarks/results/edges/bench_cpu.json
 
 Times (wall clock, each after a warm-up call so compile time is reported apart): `estimate_edges` (EAP and
 EAP-IG over inputs) for every edge of ``--pairs`` pairs; exact patches of ``--sample`` random edges of one pair,
@@ -32,7 +33,6 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    from jaxmech.runtime import describe_device
     from jaxmech.config import EncoderConfig
     from jaxmech.data.records import AlignedPair
     from jaxmech.hf.convert import build_model
@@ -40,6 +40,7 @@ def main() -> None:
     from jaxmech.patching.edge_graph import EdgeGraph
     from jaxmech.patching.edges import edge_data, exact_edge_scores
     from jaxmech.patching.inputs import batch_pairs
+    from jaxmech.runtime import describe_device
 
     cfg = EncoderConfig(n_layers=args.layers, d_model=384, n_heads=12, d_head=32, d_mlp=1536, n_ctx=512)
     model = build_model(cfg, "cross", seed=0)
