@@ -1,6 +1,6 @@
 """Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes, random weights and pairs:
 
-    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 \
+    python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 \\
         --out benchmarks/results/edges/bench_cpu.json
 
 Times (wall clock, each after a warm-up call so compile time is reported apart): `estimate_edges` (EAP and
