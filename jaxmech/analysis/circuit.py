@@ -240,7 +240,7 @@ def discover_circuit(
 
     Args:
         lm: A `jaxmech.hf.loading.LoadedModel` or a bare model.
-        pairs: `jaxmech.patching.Pair` list (cross-encoder inputs; bi-encoders get their documents and need
+        pairs: `jaxmech.data.records.AlignedPair` list (cross-encoder inputs; bi-encoders get their documents and need
             ``queries``).
         queries: Query texts per pair (bi-encoders: encoded for the similarity).
         thresholds: Per-role thresholds (`circuit_from_effects`).

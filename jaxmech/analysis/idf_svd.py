@@ -236,7 +236,7 @@ def idf_svd_analysis(
         model: Model label for the JSON.
 
     Returns:
-        The ``idf_svd`` JSON object (see NOTES.md): ``u0_idf_pearson`` (raw, oriented: negative when -U_0
+        The ``idf_svd`` JSON object: ``u0_idf_pearson`` (raw, oriented: negative when -U_0
         ∝ IDF), ``u0_idf_pearson_centered``, ``u0_idf_pearson_sign_free`` (``corr(U_0 * sum(Vt[0]), IDF)``,
         independent of the SVD's sign), ``u0_mean_cosine``, ``components`` [{k, pearson,
         pearson_centered}], ``variants`` {rule: pearson} (raw and ``<rule>_centered``), ``scatter``,

@@ -319,7 +319,7 @@ def linear_bm25(
             ``other_split``, leaks test queries into training).
 
     Returns:
-        The ``linear_bm25`` JSON object (NOTES.md contract plus ``heads``, ``n_pairs``, ``bm25_k1``, ...).
+        The ``linear_bm25`` JSON object (``analysis`` and ``model``, plus ``heads``, ``n_pairs``, ``bm25_k1``, ...).
 
     Raises:
         ValueError: On inconsistent inputs, before running the model.

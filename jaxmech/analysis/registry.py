@@ -30,7 +30,8 @@ class Analysis:
     Attributes:
         name: The name (``idf_svd``; the command spells it ``idf-svd``).
         options: Its `jaxmech.analysis.options.AnalysisOptions` subclass.
-        step: ``step(run_or_model, options) -> dict``, the JSON object of NOTES.md's contract.
+        step: ``step(run_or_model, options) -> dict``, the JSON object the report reads
+            (`jaxmech.analysis.common.write_json`).
         description: One line for help texts.
     """
 

@@ -282,7 +282,7 @@ def soft_tf(
         level: Confidence level of the intervals.
 
     Returns:
-        The ``soft_tf`` JSON object (NOTES.md): per experiment ``{x_label, x, heads: {"L.H": {mean, lo, hi,
+        The ``soft_tf`` JSON object: per experiment ``{x_label, x, heads: {"L.H": {mean, lo, hi,
         n}}, mean_all, n_inputs, ...}``, and ``matching_heads`` with their detector scores.
 
     Raises:

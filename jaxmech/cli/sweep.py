@@ -1,7 +1,7 @@
 """``jaxmech sweep CONFIG``: run (or resume) a declared sweep; see `jaxmech.sweeps.job`.
 
     jaxmech sweep configs/demo.toml
-    jaxmech sweep configs/paper/e1_e6_tfc1.toml --out runs/tfc1 --quiet
+    jaxmech sweep configs/paper/tfc1.toml --out runs/tfc1 --quiet
     jaxmech sweep CONFIG --coordinator HOST:PORT --num-processes N --process-id I    (several hosts)
     jaxmech sweep CONFIG --distributed                                               (TPU pod slice, SLURM)
 

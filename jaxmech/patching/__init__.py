@@ -6,7 +6,9 @@ Find each concern by file name:
 * `families`: the one registry of families (sites, result axes, kind, description, methods; JAX-free);
   `runners`: the function that runs each family; `receivers`: receiver heads and head groups, parsed once.
 * `caches`: the baseline run with its restart cache, the perturbed run's sources (`prepare`).
-* `engine`: restarted patched forwards that compute only what a single-site patch can change.
+* `engines`: the registry from a model's engine key to its engine (`engine_of`); `engines.post_ln`: restarted
+  patched forwards that compute only what a single-site patch can change; `engines.pre_ln`: ModernBERT's;
+  `engines.full_forward`: full forwards, for backgrounds of general interventions.
 * `schedule`: work items, chunk sizes from free memory, the device mesh.
 * `program`: the `Kernel` interface and the one compiled program (scan over layers and chunks, vmap over
   items).

@@ -1,7 +1,7 @@
 """Attribution patching: a first-order estimate of every site's patching effect from one forward and one
 backward pass.
 
-The blend ``x' = (1 - w) x + w s`` of `jaxmech.patching.spec` has ``d score / d w = <grad_x score, s - x>`` at
+The blend ``x' = (1 - w) x + w s`` of `jaxmech.interventions.PatchSpec` has ``d score / d w = <grad_x score, s - x>`` at
 ``w = 0``. With a zero `AdditiveDelta` at each site of a family, ``jax.grad`` gives ``grad_x score`` at every
 layer, position and head at once; the estimate for one patch (one layer, head and/or position) is the sum of
 ``grad * (source - baseline)`` over that patch's elements. The estimated patched score is
@@ -60,7 +60,7 @@ def _reduce(effect: np.ndarray, site: str, per_pos: bool, per_head: bool) -> np.
 @runtime.with_precision
 def attribution_patch(model: Encoder, batch: PairBatch, family: str | Family, *, reverse: bool = False,
                       query_embedding=None) -> SweepResult:
-    """Attribution-patching estimate of a family, shaped like `jaxmech.patching.sweep.activation_patch`.
+    """Attribution-patching estimate of a family, shaped like `jaxmech.patching.activation.activation_patch`.
 
     ``patched`` holds ``baseline_score + estimate`` (NaN at positions that are never patched).
     """

@@ -97,7 +97,7 @@ def check_dataset_tokenizer(header: dict, tokenizer, *, source: str | Path = "da
     """Refuses a dataset whose header names a tokenizer other than the model's.
 
     The header's ``tokenizer`` is the ``name_or_path`` of the tokenizer the dataset was built with
-    (`jaxmech.data.diagnostic.DiagnosticSet.header`). It matches the model's when the two names are equal, resolve to
+    (`jaxmech.data.pairs.BuildResult.header`). It matches the model's when the two names are equal, resolve to
     the same folder, or end in the same folder / hub name; a header without a tokenizer is accepted.
 
     Raises:

@@ -102,8 +102,8 @@ RUNNERS: dict[str, Runner] = {
 
 
 def runner(family: str | Family) -> Runner:
-    """The function that runs ``family``; it asks the model's engine (`jaxmech.patching.engines.engine_of`)
-    whether the engine runs whole families itself."""
+    """The function that runs ``family`` (the entry points it calls ask the model's engine,
+    `jaxmech.patching.engines.engine_of`, whether the engine runs whole families itself)."""
     fam = get_family(family)
     return run_activation if fam.kind == "activation" else RUNNERS[fam.name]
 

@@ -1,5 +1,5 @@
-"""Figures of the analysis JSON (NOTES.md contract): soft-TF / length curves, SVD-IDF bars and scatter,
-IDF-editing curves, the semantic-BM25 regression scatter and the circuit map.
+"""Figures of the analysis JSON (`jaxmech.analysis.registry.ANALYSES`): soft-TF / length curves, SVD-IDF bars
+and scatter, IDF-editing curves, the semantic-BM25 regression scatter and the circuit map.
 
 Each function takes the analysis dict (as in ``<run_dir>/analyses/<name>.json``) or results holding it
 (a run directory, run object or `ResultsSource`) and returns a Figure.

@@ -1,4 +1,4 @@
-"""An in-memory run with planted results, shaped like the results store's run object (NOTES.md contract).
+"""An in-memory run with planted results, shaped like a stored run (`jaxmech.results.open`).
 
 Used by the tests and for trying the figures and the report without a sweep: `synthetic_run()` plants the
 paper's findings (scoring heads 10.1, 10.10, 10.7, 10.4 in path patching; the 13 matching heads; resid_pre
@@ -179,7 +179,7 @@ def _pairs(rng, n_pairs: int, T: int, agree: bool) -> dict:
 
 
 def _meta(model: str, n_pairs: int, L: int, H: int, receivers: list[str]) -> dict:
-    """Laid out as the results store's meta.json (jaxmech.sweeps.job): nested model and datasets entries."""
+    """Laid out as the results store's meta.json (`jaxmech.results.meta.RunMeta`): nested model and datasets entries."""
     return {
         "format": "jaxmech.sweep",
         "model": {

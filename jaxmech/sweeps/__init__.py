@@ -5,7 +5,8 @@ device and host.
 * `plan`: the pairs of a run in run order and the arrays of each family, typed (`plan_sweep`, `Plan`).
 * `job`: `run_sweep` (plan, store, resume, compute, finish), in short steps; the run's `meta.json` is a
   `jaxmech.results.meta.RunMeta`.
-* `compute`: one chunk = `jaxmech.patching.run.run_patching` per family, shaped for the store (`compute_chunk`).
+* `compute`: one chunk = one `jaxmech.patching.run.run_values` call for every family, shaped for the store
+  (`compute_chunk`).
 * `lock`: one writer per run folder.
 * `precheck`: a config checked against its model's ``config.json`` before anything is written.
 * `distributed`: several processes through ``jax.distributed``.
