@@ -1,5 +1,4 @@
-"""The report on a real run directory of the results store (`jaxmech sweep`): skips until the store (branch
-`sweeps`) is part of this checkout."""
+"""The report on a real run directory of the results store (`jaxmech sweep`)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("jaxmech.sweeps", reason="the results store (jaxmech.sweeps, branch sweeps) is not merged yet")
-results = pytest.importorskip("jaxmech.results", reason="jaxmech.results (branch sweeps) is not merged yet")
+from jaxmech import results
 
 CONFIG = """
 [run]
