@@ -10,7 +10,7 @@ from conftest import ENGINE_ATOL, random_pairs, tiny_lm
 
 from jaxmech.patching import REGISTRY, PatchingResult, activation_patch, batch_pairs, run_patching
 from jaxmech.patching.run import check_request
-from jaxmech.patching.runners import runner
+from jaxmech.patching.runners import RUNNER_OPTIONS, run_family, runner
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,12 @@ def test_every_registered_family_declares_axes_and_a_runner():
         assert len(fam.axes) == len(fam.full_layout) and fam.description
     assert REGISTRY["block_every"].axes == ("component", "layer", "pos")
     assert REGISTRY["path_components_to_heads"].axes == ("component", "layer", "pos")
+
+
+def test_run_family_refuses_an_unknown_option_and_knows_every_option_a_run_passes():
+    with pytest.raises(TypeError, match="recievers"):
+        run_family("path_to_heads", None, None, recievers=["1.0"])  # before the model or batch is touched
+    assert set(check_request(["path_to_heads"], receivers=["1.0"])[0].options()) <= RUNNER_OPTIONS
 
 
 def test_run_matches_the_per_batch_sweep(lm, pairs):

@@ -108,6 +108,11 @@ def runner(family: str | Family) -> Runner:
     return run_activation if fam.kind == "activation" else RUNNERS[fam.name]
 
 
+RUNNER_OPTIONS = frozenset({"method", "reverse", "chunk_size", "query_embedding", "receivers", "receiver_input",
+                            "groups", "mesh", "steps_per_call", "readout"})
+"""The options every runner takes (each ignores those its family does not use)."""
+
+
 def run_family(family: str | Family, model, batch, **options):
     """Runs a family on one batch of pairs with the engine the model needs.
 
@@ -121,6 +126,12 @@ def run_family(family: str | Family, model, batch, **options):
 
     Returns:
         A `jaxmech.patching.results.SweepResult`.
+
+    Raises:
+        TypeError: For an option not in `RUNNER_OPTIONS` (a misspelt one would otherwise be dropped unseen).
     """
+    unknown = sorted(set(options) - RUNNER_OPTIONS)
+    if unknown:
+        raise TypeError(f"run_family() got unknown option(s) {unknown}; known: {sorted(RUNNER_OPTIONS)}")
     fam = get_family(family)
     return runner(fam)(model, batch, fam, **options)  # the runners ask the model's engine (`engine_of`)
