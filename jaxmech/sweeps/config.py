@@ -22,7 +22,8 @@ A sweep config declares everything a run computes; ``jaxmech sweep CONFIG`` runs
                      (steps per compiled call), memory_fraction (of the free device memory a chunk may use)
     [background]     heads ablated in both runs (and every patched run): ablate (["1.7", ...]), ablation ("zero" |
                      "mean": over all of the sweep's pairs), site ("z" | "result"); see jaxmech.sweeps.background
-    [[analyses]]     steps run after the sweep: name (from `jaxmech.sweeps.steps.STEPS`) and options
+    [[analyses]]     steps run after the sweep: name (an analysis of `jaxmech.analysis.ANALYSES` or a step of
+                     `jaxmech.sweeps.steps.STEPS`) and options
     [report]         enabled, options: the report step after the analyses
 
 `load_sweep_config` refuses a missing file, TOML syntax errors, unknown tables or keys, wrong types and values
@@ -289,7 +290,7 @@ class StepSection:
     """``[[analyses]]``: one step after the sweep.
 
     Attributes:
-        name: A step of `jaxmech.sweeps.steps.STEPS`.
+        name: An analysis of `jaxmech.analysis.ANALYSES` or a step of `jaxmech.sweeps.steps.STEPS`.
         options: Keyword options of the step.
     """
 
