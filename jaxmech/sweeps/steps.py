@@ -1,8 +1,9 @@
-"""Steps that run after a sweep (analyses, the report), resolved by name from one registry.
+"""Steps that run after a sweep (the summary, the analyses, the report), resolved by name.
 
 A step is a name and options (``[[analyses]] name = "summary"`` + ``options = {...}`` in a sweep config, or
-``[report] enabled = true``). `STEPS` maps each name to a function or ``"module:function"``; the work is
-imported only when a config names it and is called as ``function(run_dir, **options)``. It reads the run with
+``[report] enabled = true``). `STEPS` maps each name to a function (or a ``"module:function"`` string given to
+`register_step`), and every analysis of `jaxmech.analysis.ANALYSES` is a step by its name; heavy work is
+imported only when a step runs, called as ``function(run_dir, **options)``. It reads the run with
 `jaxmech.results.open` and writes its output under the run folder (analyses: ``analyses/<name>.json``, read
 back by ``run.analyses``). To add a step, add one line to `STEPS` (or call `register_step`).
 
@@ -33,13 +34,6 @@ def report(run_dir: str | Path, **options) -> Any:
     from jaxmech.report import build_report
 
     return build_report(run_dir, **options)
-
-
-# name -> a function or "module:function" (`register_step`); called as function(run_dir, **options).
-STEPS: dict[str, str | Callable] = {
-    "summary": "jaxmech.sweeps.steps:summary",
-    "report": report,
-}
 
 
 def register_step(name: str, target: str | Callable) -> None:
@@ -215,3 +209,10 @@ def summary(run_dir: Path, *, top_k: int = 10) -> Path:
     path = Path(run_dir) / "analyses" / "summary.json"
     atomic_write_text(path, json.dumps(out, indent=1))
     return path
+
+
+# name -> a function or "module:function" (`register_step`); called as function(run_dir, **options).
+STEPS: dict[str, str | Callable] = {
+    "summary": summary,
+    "report": report,
+}
