@@ -39,7 +39,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import UnsupportedConfigError
 from jaxmech.models.base import Encoder, HookPoints, Output
-from jaxmech.models.bert import LayerNorm, activation
+from jaxmech.models.bert import LayerNorm, _normal, _zeros, activation
 from jaxmech.sites import MASK_VALUE, Site
 
 _SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
@@ -318,14 +318,6 @@ def validate_capture(names) -> frozenset[str]:
 # --------------------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _normal(rngs, shape, std):
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
-
-
-def _zeros(shape):
-    return nnx.Param(jnp.zeros(shape, jnp.float32))
 
 
 def rotate(
