@@ -5,7 +5,7 @@
     jaxmech dataset build|stats ...      (jaxmech.data: diagnostic.build_dataset_file, records.summarize_dataset)
     jaxmech train [eval] CONFIG ...      (jaxmech.train.run.train_from_config, evaluate_from_config)
     jaxmech sweep CONFIG ...             (jaxmech.sweeps.launch.launch_sweep)
-    jaxmech analyze ...                  (jaxmech.cli.analyze)
+    jaxmech analyze NAME ...             (jaxmech.analysis.registry.analyze)
     jaxmech plot RUN NAME --out F        (jaxmech.plot.dispatch.draw_to_file)
     jaxmech report RUN                   (jaxmech.report.build.build_report)
     jaxmech bench ...                    (benchmarks/bench_patching.py of a source checkout)

@@ -1,4 +1,4 @@
-"""``jaxmech analyze circuit|soft-tf|idf-svd|edit-idf|linear-bm25``: the paper's analyses as JSON files.
+"""``jaxmech analyze circuit|soft-tf|idf-svd|edit-idf|linear-bm25|edges``: the analyses as JSON files.
 
     jaxmech analyze idf-svd --model packaged --source shared --out idf_svd.json
     jaxmech analyze soft-tf --model ../shared/models/minilm6-ce-distilled --source shared --out soft_tf.json
@@ -8,9 +8,10 @@
 
 ``--source`` is ``shared``, ``demo`` or a folder (the paper's files or an MS MARCO-style collection +
 queries + qrels); ``--dataset`` a file of `jaxmech dataset build`; ``--qids`` a file of query ids (one per
-line). The JSON follows the analysis contract of the project notes; the command prints its headline numbers.
-The arguments become the analysis' typed Options (`jaxmech.analysis.options`, `options_from_args`); errors
-are one line naming what was wrong, exit code 2.
+line); ``edges`` takes the arguments of `jaxmech.cli.edges`. The JSON is what the report reads
+(`jaxmech.analysis.registry.analyze`); the command prints its headline numbers. The arguments become the
+analysis' typed Options (`jaxmech.analysis.options`, `options_from_args`); errors are one line naming what was
+wrong, exit code 2.
 """
 
 from __future__ import annotations
