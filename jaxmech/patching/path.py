@@ -4,7 +4,7 @@
   ``z`` (all layers, all positions) frozen to its baseline value except the sender's, which comes from the
   perturbed run. MLPs and LayerNorms are not frozen, so the result is the sender's direct effect plus its
   paths through MLPs. Frozen attention mixes no positions after the sender, so only the rows the readout
-  reads ([CLS] for cross-encoders) are propagated (`engine.frozen_attention_hidden`).
+  reads ([CLS] for cross-encoders) are propagated (`engines.post_ln.frozen_attention_hidden`).
 * `path_to_heads` (E5): stage 1 as above, but read the receiver heads' ``q``, ``k`` or ``v`` (all positions)
   at their layers; stage 2 runs a fresh baseline in which only those receiver inputs are replaced. Senders
   range over layers below the last receiver layer; a sender at or above a receiver's layer leaves it at its

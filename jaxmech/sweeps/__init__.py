@@ -7,6 +7,9 @@ device and host.
   `jaxmech.results.meta.RunMeta`.
 * `compute`: one chunk = one `jaxmech.patching.run.run_values` call for every family, shaped for the store
   (`compute_chunk`).
+* `launch`: what ``jaxmech sweep CONFIG`` runs (`launch_sweep`: the config checked before JAX is imported).
+* `sizing`: chunk sizes from the compiled programs' memory; `roofline`: FLOPs per patched run against a
+  measured matmul rate; `background`: the ``[background]`` section (heads ablated in every run).
 * `lock`: one writer per run folder.
 * `precheck`: a config checked against its model's ``config.json`` before anything is written.
 * `distributed`: several processes through ``jax.distributed``.
