@@ -1,7 +1,7 @@
 """Interventions as data: what a forward applies at a hook point.
 
 An intervention is any object with a static ``site`` name and ``apply(x, layer) -> x`` (the `Intervention`
-protocol); `jaxmech.models.bert.HookPoints` applies those whose site matches, in order. Three are defined here, all
+protocol); `jaxmech.models.base.HookPoints` applies those whose site matches, in order. Three are defined here, all
 registered dataclass pytrees so that they pass through ``jit``, ``vmap`` and ``grad``: `PatchSpec` (a masked
 blend toward a source), `AdditiveDelta` (for gradients) and `HeadReplacement` (replace some heads of one
 layer, used by path patching's second stage).

@@ -1,4 +1,4 @@
-"""Hugging Face BERT / ELECTRA / (XLM-)RoBERTa weights <-> jaxmech parameters, strictly.
+"""Hugging Face BERT / ELECTRA / (XLM-)RoBERTa and ModernBERT weights <-> jaxmech parameters, strictly.
 
 `key_map` is the whole correspondence: one row per Hugging Face tensor (``{l}`` for the layer), the jaxmech
 parameter it fills, and the reshape between torch's ``Linear`` layout ``[out, in]`` and TransformerLens's
