@@ -11,38 +11,16 @@ Every function takes arrays (`Labeled`, or a numpy array with axis names) or res
 
 from __future__ import annotations
 
-import importlib
+from jaxmech.lazy import lazy_exports
 
 # Names are imported on first use, so `jaxmech.cli.plot` (the CLI hook) loads without matplotlib.
 _EXPORTS = {
-    "circuit_map": "analyses",
-    "editing_curves": "analyses",
-    "regression_scatter": "analyses",
-    "soft_tf_curves": "analyses",
-    "svd_correlation_bars": "analyses",
-    "u0_idf_scatter": "analyses",
-    "ANALYSIS_FIGURES": "dispatch",
-    "plot": "dispatch",
-    "save_figure": "dispatch",
-    "draw_to_file": "dispatch",
-    "block_patching": "patching",
-    "head_by_position": "patching",
-    "head_heatmap": "patching",
-    "path_patching": "patching",
-    "Labeled": "jaxmech.results.source",
-    "NpzSource": "jaxmech.results.source",
-    "ResultsError": "jaxmech.results.source",
-    "ResultsSource": "jaxmech.results.source",
-    "StoreSource": "jaxmech.results.source",
-    "open_results": "jaxmech.results.source",
-    "HeatmapCells": "style",
-    "heatmap_cells": "style",
+    "jaxmech.plot.analyses": ("circuit_map", "editing_curves", "regression_scatter", "soft_tf_curves",
+                              "svd_correlation_bars", "u0_idf_scatter"),
+    "jaxmech.plot.dispatch": ("ANALYSIS_FIGURES", "draw_to_file", "plot", "save_figure"),
+    "jaxmech.plot.patching": ("block_patching", "head_by_position", "head_heatmap", "path_patching"),
+    "jaxmech.results.source": ("Labeled", "NpzSource", "ResultsError", "ResultsSource", "StoreSource",
+                               "open_results"),
+    "jaxmech.plot.style": ("HeatmapCells", "heatmap_cells"),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = _EXPORTS[name]  # a module of jaxmech.plot, or a full name (the results sources)
-        return getattr(importlib.import_module(module if "." in module else f"jaxmech.plot.{module}"), name)
-    raise AttributeError(f"module 'jaxmech.plot' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.plot", _EXPORTS, globals())

@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import importlib
+from jaxmech.lazy import lazy_exports
 
-_EXPORTS = {"build_report": "build", "compare_all": "compare", "PAPER": "compare", "synthetic_run": "synthetic"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:  # imported on first use, so `jaxmech.cli.report` loads without matplotlib
-        return getattr(importlib.import_module(f"jaxmech.report.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'jaxmech.report' has no attribute {name!r}")
+# imported on first use, so `jaxmech.cli.report` loads without matplotlib
+_EXPORTS = {
+    "jaxmech.report.build": ("build_report",),
+    "jaxmech.report.compare": ("PAPER", "compare_all"),
+    "jaxmech.report.synthetic": ("synthetic_run",),
+}
+__all__, __getattr__, __dir__ = lazy_exports("jaxmech.report", _EXPORTS, globals())
