@@ -167,7 +167,7 @@ class FamilySection:
     groups: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        from jaxmech.patching.families import FAMILIES, PATH_FAMILIES, parse_heads
+        from jaxmech.patching.families import FAMILIES, PATH_FAMILIES, check_groups, get_family, parse_heads
 
         if self.name not in FAMILIES and self.name not in PATH_FAMILIES:
             raise ValueError(
@@ -175,23 +175,19 @@ class FamilySection:
             )
         check_choice("", "method", self.method, METHODS)
         check_choice("", "receiver_input", self.receiver_input, ("q", "k", "v"))
-        from jaxmech.patching.families import get_family
-
         if self.method not in get_family(self.name).methods:
             raise ValueError(f"method={self.method!r} is not available for {self.name}; use 'exact'")
         if self.verify_top_k and self.method != "attribution":
             raise ValueError("verify_top_k applies to method='attribution' only")
         if self.verify_top_k < 0:
             raise ValueError("verify_top_k must be >= 0")
-        needs = self.name in ("path_to_heads", "path_components_to_heads")
+        needs = get_family(self.name).needs_receivers
         if needs and not self.receivers:
             raise ValueError(f'{self.name} needs receivers, e.g. receivers = ["10.1"]')
         if self.receivers and not needs:
             raise ValueError(f"receivers apply to path_to_heads / path_components_to_heads, not {self.name}")
         # parsed once, here: the plan, the store layout and the FLOP counts read `receiver_heads`
         object.__setattr__(self, "_receiver_heads", parse_heads([str(r) for r in self.receivers]))
-        from jaxmech.patching.families import check_groups, get_family
-
         if get_family(self.name).needs_groups:
             check_groups(self.groups)
         elif self.groups:

@@ -248,7 +248,7 @@ def family_arrays(cfg: SweepConfig, model_cfg, T_max: int) -> dict[str, FamilyAr
         f = get_family(fam.name)
         sizes = {"c": 3 if fam.name == "path_components_to_heads" else None,
                  "l": fam.max_receiver_layer if fam.receivers else L, "p": T_max, "h": H, "g": len(fam.groups)}
-        if fam.name not in ("path_to_score", "path_to_heads", "path_components_to_heads"):
+        if f.kind != "path":
             sizes["c"] = len(f.sites)
         verify = verify_shape = None
         if fam.verify_top_k:
