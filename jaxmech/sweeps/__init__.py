@@ -1,7 +1,8 @@
 """Sweeps as jobs: declared in TOML, streamed to a chunked on-disk store, resumable, with progress, on every
 device and host.
 
-* `config`: the TOML config (`load_sweep_config`, `SweepConfig`), strict like the trainer's.
+* `config`: the TOML config (`load_sweep_config`, `SweepConfig`), read strictly by `jaxmech.tomlconfig` like
+  the trainer's.
 * `plan`: the pairs of a run in run order and the arrays of each family, typed (`plan_sweep`, `Plan`).
 * `job`: `run_sweep` (plan, store, resume, compute, finish), in short steps; the run's `meta.json` is a
   `jaxmech.results.meta.RunMeta`.
