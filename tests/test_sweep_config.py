@@ -52,6 +52,9 @@ def test_a_minimal_config_loads_with_defaults(tmp_path):
         ("[[datasets]]\nkind = 'tfc9'\n", "[[datasets]][1]", "kind='tfc9'"),
         ("[[datasets]]\nkind = 'tfc1'\nfirst = 100\n", "[[datasets]][1] first", "unknown key"),
         ("[[analyses]]\nname = 'no_such_step'\n", "[[analyses]][0]", "not a step"),
+        ("[[analyses]]\nname = 'summary'\noptions = { topk = 3 }\n", "[[analyses]][0]",
+         "step 'summary': unknown option 'topk' (known: top_k)"),
+        ("[report]\noptions = { agregate = 'mean' }\n", "[report]", "step 'report': unknown option 'agregate'"),
         ("[sweep]\nx = 1\n", "[sweep]", "unknown table"),
     ],
 )

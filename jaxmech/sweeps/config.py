@@ -295,10 +295,11 @@ class StepSection:
 
     def __post_init__(self):
         from jaxmech.analysis.registry import check_options
-        from jaxmech.sweeps.steps import check_step
+        from jaxmech.sweeps.steps import check_step, check_step_options
 
         check_step(self.name)
         check_options(self.name, self.options)  # an analysis' misspelt option fails here, before any compute
+        check_step_options(self.name, self.options)  # and another step's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,10 +328,11 @@ class ReportSection:
         floor = self.options.get("relative_floor")
         if floor is not None and not (isinstance(floor, (int, float)) and floor >= 0):
             raise ValueError(f"[report] options relative_floor={floor!r} must be a number >= 0")
-        if self.enabled:
-            from jaxmech.sweeps.steps import check_step
+        if self.enabled or self.options:
+            from jaxmech.sweeps.steps import check_step, check_step_options
 
             check_step("report")
+            check_step_options("report", self.options)  # a misspelt option fails here, not after the sweep
 
 
 _TABLES: dict[str, type] = {

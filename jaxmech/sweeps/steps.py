@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import inspect
 import json
 import time
 import warnings
@@ -71,6 +72,27 @@ def resolve_step(name: str) -> Callable:
 def check_step(name: str) -> None:
     """Raises ValueError if the step cannot run (see `resolve_step`); used by config validation."""
     resolve_step(name)
+
+
+def check_step_options(name: str, options: dict[str, Any]) -> None:
+    """Raises ValueError naming the step and the first unknown option, before any compute (an analysis' options
+    are checked by its Options class, `jaxmech.analysis.registry.check_options`; a step taking ``**options``
+    accepts any). The ``report`` step's options are `jaxmech.report.build_report`'s (imported here: matplotlib,
+    no JAX)."""
+    from jaxmech.analysis import ANALYSES
+
+    if not options or name in ANALYSES:
+        return
+    fn = resolve_step(name)
+    if fn is report:
+        from jaxmech.report import build_report as fn
+    params = list(inspect.signature(fn).parameters.values())[1:]  # the first is the run folder
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"step {name!r}: unknown option {unknown[0]!r} (known: {', '.join(known)})")
 
 
 def run_step(name: str, run_dir: str | Path, options: dict[str, Any] | None = None) -> Any:
