@@ -29,14 +29,6 @@ from typing import Any
 import numpy as np
 
 
-def report(run_dir: str | Path, **options) -> Any:
-    """The ``report`` step: `jaxmech.report.build_report` (imported here, on use: the report layer sits below
-    sweeps, and importing it loads matplotlib)."""
-    from jaxmech.report import build_report
-
-    return build_report(run_dir, **options)
-
-
 def register_step(name: str, target: str | Callable) -> None:
     """Adds a step (``"module:function"`` or a function)."""
     STEPS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
@@ -77,15 +69,12 @@ def check_step(name: str) -> None:
 def check_step_options(name: str, options: dict[str, Any]) -> None:
     """Raises ValueError naming the step and the first unknown option, before any compute (an analysis' options
     are checked by its Options class, `jaxmech.analysis.registry.check_options`; a step taking ``**options``
-    accepts any). The ``report`` step's options are `jaxmech.report.build_report`'s (imported here: matplotlib,
-    no JAX)."""
+    accepts any). Checking the ``report`` step imports `jaxmech.report.build_report` (matplotlib, no JAX)."""
     from jaxmech.analysis import ANALYSES
 
     if not options or name in ANALYSES:
         return
     fn = resolve_step(name)
-    if fn is report:
-        from jaxmech.report import build_report as fn
     params = list(inspect.signature(fn).parameters.values())[1:]  # the first is the run folder
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
@@ -236,5 +225,5 @@ def summary(run_dir: Path, *, top_k: int = 10) -> Path:
 # name -> a function or "module:function" (`register_step`); called as function(run_dir, **options).
 STEPS: dict[str, str | Callable] = {
     "summary": summary,
-    "report": report,
+    "report": "jaxmech.report:build_report",  # imported when a config names it (it loads matplotlib)
 }
