@@ -37,6 +37,12 @@ def _circuit_sentence(result: dict) -> str:
     return f"Circuit: the smallest recovering 80 % of the normalized score, {size}."
 
 
+def _primary_ablation(result: dict) -> str:
+    """The ablation of the headline curve: ``both`` reports the perturbed one first, the mean one apart."""
+    ablation = result.get("ablation", "perturbed")
+    return "perturbed" if ablation == "both" else ablation
+
+
 def edge_caption(result: dict) -> str:
     """The caption of the circuit figure: the analysis's headline numbers (see the module docstring)."""
     method = result["method"] + (f" ({result['steps']} steps)" if result["method"].startswith("eap-ig") else "")
@@ -45,7 +51,7 @@ def edge_caption(result: dict) -> str:
         f"edge patches: Spearman {_num(result.get('verified_spearman'))}, recall of the exact top "
         f"{result.get('recall_n', 'n/a')} {_num(result.get('top_recall'))} ({result.get('top_recall_scope', '')}).",
         _circuit_sentence(result),
-        f"Faithfulness ({result.get('ablation', 'perturbed')} ablation): CPR {_num(result.get('cpr'))}, "
+        f"Faithfulness ({_primary_ablation(result)} ablation): CPR {_num(result.get('cpr'))}, "
         f"CMD {_num(result.get('cmd'))}; scores: full {_num(result.get('baseline_score'), '.3f')}, "
         f"empty circuit {_num(result.get('empty_score'), '.3f')}, perturbed run "
         f"{_num(result.get('perturbed_score'), '.3f')}.",
@@ -54,7 +60,7 @@ def edge_caption(result: dict) -> str:
     if mean:
         small = (mean.get("smallest_80") or {}).get("n_edges")
         parts.append(f"Mean ablation: CPR {_num(mean.get('cpr'))}, CMD {_num(mean.get('cmd'))}, smallest 80 % "
-                     f"circuit {small if small is not None else 'not reached'} edges.")
+                     f"circuit: {f'{small} edges' if small is not None else 'not reached'}.")
     parts.append("Width: |effect|; red raises the score when patched, blue lowers it; q/k/v edges solid/dashed/dotted.")
     return " ".join(parts)
 
