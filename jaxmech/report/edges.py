@@ -61,7 +61,8 @@ def edge_caption(result: dict) -> str:
         small = (mean.get("smallest_80") or {}).get("n_edges")
         parts.append(f"Mean ablation: CPR {_num(mean.get('cpr'))}, CMD {_num(mean.get('cmd'))}, smallest 80 % "
                      f"circuit: {f'{small} edges' if small is not None else 'not reached'}.")
-    parts.append("Width: |effect|; red raises the score when patched, blue lowers it; q/k/v edges solid/dashed/dotted.")
+    parts.append("Width: |effect|; red raises the score when patched, blue lowers it; edges into a query, key or value "
+                 "solid/dashed/dotted, into an MLP or the score dash-dotted (legend below the graph).")
     return " ".join(parts)
 
 

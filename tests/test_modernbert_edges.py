@@ -1,0 +1,181 @@
+"""Edge patching on ModernBERT (pre-LN: no LayerNorm is frozen, each receiver normalises its own changed sum):
+exact single edges against their definition written as hooked full forwards of the model itself (the one
+receiver input replaced: a head's q/k/v by `HeadReplacement`, an MLP's normalised input, the final sum), the
+stack engine against the restarted one (vmap = loop), the anchors (no edge patched is the baseline, every edge
+the run with every sender's output patched), EAP as the derivative of the hooked definition, EAP-IG's
+completeness, and planted answers every method must find or must reject. The independent PyTorch reference is
+`tests/test_modernbert_edges_torch.py`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ENGINE_ATOL
+from conftest import forward_jit as _forward
+from edge_reference import planted_pairs
+from test_archs_patching import random_pairs
+from test_modernbert import TINY, _state, build
+
+from jaxmech.analysis.edges import edge_circuits
+from jaxmech.hf.convert import modernbert_from_hf_state_dict as from_hf_state_dict
+from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
+from jaxmech.models.modernbert import ModernBertConfig
+from jaxmech.patching import batch_pairs
+from jaxmech.patching.caches import run_cached
+from jaxmech.patching.edge_attribution import estimate_edges
+from jaxmech.patching.edge_graph import EdgeGraph
+from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+SITES = frozenset({"resid_pre", "z", "mlp_out", "resid_mid", "resid_post"})
+PICKS = ["input->a0.h1<q>", "a0.h2->a1.h0<k>", "m0->a3.h4<v>", "a1.h3->m1", "input->m0", "a2.h1->logits",
+         "m3->logits", "a0.h0->m2", "m1->a2.h2<q>", "a3.h2->m3"]
+"""One edge of every kind, receivers at layer 0 (no attention LayerNorm), in sliding-window layers (1, 2) and in a
+global one (3), and a head -> MLP edge inside one layer."""
+
+
+@pytest.fixture(scope="module")
+def mb():
+    """(model, batch whose first changed token is not patchable, edge data, baseline captures, perturbed
+    captures, graph)."""
+    hf = build(TINY, bias=True, pooling="cls", seed=11, init=0.2)
+    model = from_hf_state_dict(_state(hf), ModernBertConfig.from_hf_config(hf.config))
+    pairs = random_pairs(2, model.cfg.d_vocab, "bert", seed=1, d_len=(7, 12))
+    batch = batch_pairs(pairs, pad_id=model.cfg.pad_token_id, buckets=(24,), max_length=model.cfg.max_length)
+    assert (batch.baseline[2] == 0).any(), "padding"
+    hole = np.argmax(batch.baseline[0] != batch.perturbed[0], axis=1)  # the first changed token of each pair
+    assert (hole > 0).all() and batch.patchable[np.arange(2), hole].all()
+    position_map = np.array(batch.position_map)
+    position_map[np.arange(2), hole] = -1  # unaligned: not patchable, the baseline's token stays there
+    batch = dataclasses.replace(batch, position_map=position_map, identity=np.zeros(2, bool))
+    _, base = run_cached(model, *map(jnp.asarray, batch.baseline), capture=SITES)
+    _, src = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=SITES)
+    return model, batch, edge_data(model, batch), base, src, EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
+
+
+def _inputs(batch, p):
+    return [jnp.asarray(a[p]) for a in batch.baseline]
+
+
+def sender_change(model, batch, base, src, p, sender: str):
+    """``o' - o`` of ``sender`` in pair ``p`` at its patchable positions, from the two runs' captures."""
+    if sender == "input":
+        d = src["resid_pre"][p, 0] - base["resid_pre"][p, 0]
+    elif sender.startswith("m"):
+        d = src["mlp_out"][p, int(sender[1:])] - base["mlp_out"][p, int(sender[1:])]
+    else:
+        layer, h = (int(t) for t in sender[1:].split(".h"))
+        d = (src["z"][p, layer, :, h] - base["z"][p, layer, :, h]) @ model.blocks.W_O[...][layer, h]
+    return d * jnp.asarray(batch.patchable[p], jnp.float32)[:, None]
+
+
+def reference_edge(model, batch, base, src, p, name: str, eps=1.0):
+    """Edge ``name`` of pair ``p`` by one hooked full forward: the receiver's input sum plus ``eps`` times the
+    sender's change, normalised by the receiver's own LayerNorm, replaces that one input."""
+    sender, receiver = name.split("->")
+    d = eps * sender_change(model, batch, base, src, p, sender)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if receiver == "logits":
+        iv = PatchSpec("resid_post", base["resid_post"][p].at[L - 1].add(d), one_hot(L - 1, L))
+    elif receiver.startswith("m"):
+        layer = int(receiver[1:])
+        new = jax.tree.map(lambda a: a[layer], model.blocks).ln2(base["resid_mid"][p, layer] + d)
+        iv = PatchSpec("normalized_resid_mid", jnp.zeros_like(base["resid_mid"][p]).at[layer].set(new),
+                       one_hot(layer, L))
+    else:
+        head, kind = receiver[1:-1].split("<")
+        layer, h = (int(t) for t in head.split(".h"))
+        iv = HeadReplacement(kind, layer, one_hot(h, H), model.project(base["resid_pre"][p, layer] + d, layer, kind))
+    return _forward(model, *_inputs(batch, p), [iv])[0]
+
+
+def _index(g: EdgeGraph, names):
+    lookup = {g.edge_name(e): e for e in range(g.n_edges)}
+    return [lookup[n] for n in names]
+
+
+def test_anchors_no_edge_is_the_baseline_every_edge_every_sender_patched(mb):
+    model, batch, data, base, src, g = mb
+    kept = edges_patched_scores(model, data, jnp.ones((2, g.n_edges)))
+    np.testing.assert_allclose(kept, data.baseline_score, rtol=0, atol=ENGINE_ATOL)
+    empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
+    for p in range(2):  # nothing frozen: the run whose every sender output is the perturbed one where patchable
+        pm = jnp.asarray(batch.patchable[p], jnp.float32)
+        ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, model.cfg.n_layers), pm),
+               PatchSpec("z", src["z"][p], None, pm), PatchSpec("mlp_out", src["mlp_out"][p], None, pm)]
+        want = _forward(model, *_inputs(batch, p), ivs)[0]
+        assert empty[p] == pytest.approx(float(want), abs=ENGINE_ATOL)
+    # the score pools [CLS], where every sender is patched (the closed position reaches [CLS] only through its
+    # heads, whose outputs are the perturbed ones): the perturbed run's score, nothing frozen
+    np.testing.assert_allclose(empty, data.perturbed_score, rtol=0, atol=ENGINE_ATOL)
+
+
+def test_exact_edges_equal_hooked_full_forwards_and_the_stack_engine(mb):
+    model, batch, data, base, src, g = mb
+    edges = _index(g, PICKS)
+    exact = exact_edge_scores(model, data, edges, chunk_size=4)
+    for p in range(2):
+        want = [float(reference_edge(model, batch, base, src, p, n)) for n in PICKS]
+        np.testing.assert_allclose(exact[p], want, rtol=0, atol=ENGINE_ATOL, err_msg=f"pair {p}")
+    keep = np.ones((len(edges), g.n_edges), np.float32)
+    keep[np.arange(len(edges)), edges] = 0.0
+    for p in range(2):  # vmap = loop: the stack engine with one edge's coefficient 1
+        stack = edges_patched_scores(model, data.pair(np.full(len(edges), p)), jnp.asarray(keep))
+        np.testing.assert_allclose(stack, exact[p], rtol=0, atol=ENGINE_ATOL)
+    assert np.abs(exact - np.asarray(data.baseline_score)[:, None]).min(0).max() > 1e-3
+
+
+def test_eap_is_the_derivative_of_the_hooked_definition_and_ig_is_complete(mb):
+    model, batch, data, base, src, g = mb
+    eap = estimate_edges(model, data, "eap")
+    for p in range(2):
+        for name, e in zip(PICKS, _index(g, PICKS), strict=True):
+            _, slope = jax.jvp(lambda t, p=p, name=name: reference_edge(model, batch, base, src, p, name, t),
+                               (jnp.float32(0.0),), (jnp.float32(1.0),))
+            assert eap[p, e] == pytest.approx(float(slope), abs=ENGINE_ATOL), (p, name)
+    full = np.asarray(data.baseline_score)
+    empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
+    errors = [np.abs(estimate_edges(model, data, "eap-ig-activations", steps=s).sum(1) - (empty - full))
+              for s in (1, 8)]
+    assert np.all(errors[1] < errors[0] / 8), errors  # the midpoint rule converges toward the empty circuit
+
+
+@pytest.fixture(scope="module")
+def planted(mb):
+    """The model with every head's and MLP's output scaled down: the embeddings' direct edge dominates."""
+    model = jax.tree.map(lambda x: x, mb[0])
+    model.blocks.W_O[...] = mb[0].blocks.W_O[...] * 1e-3
+    model.blocks.W_out[...] = mb[0].blocks.W_out[...] * 1e-3
+    return model
+
+
+@pytest.mark.parametrize("at_cls", [True, False])
+def test_planted_direct_edge_is_found_first_or_rejected_by_every_method(planted, at_cls):
+    """[CLS] perturbed: ``input->logits`` must come first under every method. A document token perturbed: the
+    score pools [CLS] alone, so that edge has no effect at all and must not."""
+    data = edge_data(planted, planted_pairs(at_cls))
+    g = EdgeGraph(planted.cfg.n_layers, planted.cfg.n_heads)
+    direct = _index(g, ["input->logits"])[0]
+    effects = {"exact": exact_edge_scores(planted, data) - np.asarray(data.baseline_score)[:, None]}
+    for method in ("eap", "eap-ig-inputs", "eap-ig-activations"):
+        effects[method] = estimate_edges(planted, data, method, steps=2)
+    for method, eff in effects.items():
+        size = np.abs(eff.mean(0))
+        if at_cls:
+            assert int(np.argmax(size)) == direct, method
+        else:
+            assert size[direct] < 1e-6 < size.max(), method
+
+
+def test_edge_circuits_runs_on_modernbert(mb):
+    model, _, data, *_ = mb
+    out = edge_circuits(model, data, method="eap", steps=1, verify_top_k=8, n_random=8, recall_n=8, grid=(0, 40))
+    assert out["n_edges"] == EdgeGraph(model.cfg.n_layers, model.cfg.n_heads).n_edges
+    curve = {c["n_edges"]: c["recovery"] for c in out["faithfulness"]}
+    assert curve[0] == pytest.approx(0.0, abs=1e-4) and curve[out["n_edges"]] == pytest.approx(1.0, abs=1e-4)
+    assert -1.0 <= out["verified_spearman"] <= 1.0 and 0.0 <= out["top_recall"] <= 1.0
