@@ -16,6 +16,7 @@ from test_modernbert import TINY, _state, build
 from jaxmech.hf.convert import modernbert_from_hf_state_dict as from_hf_state_dict
 from jaxmech.models.modernbert import ModernBertConfig
 from jaxmech.patching import batch_pairs
+from jaxmech.patching.edge_graph import EdgeGraph
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -87,6 +88,17 @@ def test_torch_reference_reproduces_the_baseline_the_residual_sum_and_the_score_
         assert patcher.patched_score(base_ids, receiver, zero) == pytest.approx(logit, abs=1e-6), receiver
     assert patcher.edge_score(base_ids, base_ids, "a1.h2", "a2.h3<k>") == pytest.approx(logit, abs=1e-6)
 
+    # every head's q, k and v of layer 2 given one change = attention reading attn_norm(x + delta), the residual not
+    delta = np.random.RandomState(0).randn(*zero.shape).astype(np.float32)
+    heads = [f"a2.h{h}<{c}>" for h in range(patcher.H) for c in "qkv"]
+    handle = patcher.layers[2].attn_norm.register_forward_pre_hook(lambda m, a: (a[0] + torch.as_tensor(delta),))
+    try:
+        whole = float(patcher.score(base_ids))
+    finally:
+        handle.remove()
+    assert patcher.patched_score(base_ids, heads, delta) == pytest.approx(whole, abs=1e-5)
+    assert abs(whole - logit) > 1e-2
+
     # every sender (with the Wo and MLP biases once per layer) sums to the residual stream entering final_norm
     out = patcher.outputs(base_ids)
     total = sum(out.values()) + sum(layer.attn.Wo.bias for layer in patcher.layers)
@@ -103,3 +115,27 @@ def test_torch_reference_reproduces_the_baseline_the_residual_sum_and_the_score_
             assert got == pytest.approx(logit, abs=1e-6)
         else:
             assert abs(got - logit) > 1e-3, f"{sender}->logits moves the score"
+
+
+def test_exact_edges_match_the_torch_reference(mbe):
+    """`PICKS` and 2 random edges on both pairs (padded jax batch, unpadded torch runs at real length)."""
+    from jaxmech.patching.edges import edge_data, exact_edge_scores
+
+    model, patcher, batch = mbe
+    g = EdgeGraph(model.cfg.n_layers, model.cfg.n_heads)
+    index = {g.edge_name(e): e for e in range(g.n_edges)}
+    edges = [index[n] for n in PICKS] + list(np.random.RandomState(0).choice(g.n_edges, 2, replace=False))
+    names = [g.edge_name(e) for e in edges]
+    data = edge_data(model, batch)
+    exact = exact_edge_scores(model, data, edges, chunk_size=4)
+    ref = np.zeros_like(exact)
+    for p in range(batch.n_pairs):
+        base_ids, pert_ids, pmap = _ids(batch, p)
+        assert float(data.baseline_score[p]) == pytest.approx(float(patcher.score(base_ids)), abs=1e-5)
+        for i, name in enumerate(names):
+            sender, receiver = name.split("->")
+            ref[p, i] = patcher.edge_score(base_ids, pert_ids, sender, receiver, position_map=pmap)
+        np.testing.assert_allclose(exact[p], ref[p], atol=1e-5, rtol=0,
+                                   err_msg=f"pair {p}, edges {names}")
+    moved = np.abs(ref - np.asarray(data.baseline_score)[:, None]) > 1e-3
+    assert moved.sum() >= 12, "the edges change the score: the comparison is not between baselines"

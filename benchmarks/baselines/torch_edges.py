@@ -266,9 +266,17 @@ class TorchModernBertEdgePatcher:
         return [norm.register_forward_pre_hook(read), wqkv.register_forward_hook(replace)]
 
     @torch.no_grad()
-    def patched_score(self, ids, receiver: str, delta) -> float:
-        """The score of ``ids`` with ``delta`` ``[T, d]`` added to the residual sum ``receiver`` reads."""
-        handles = self._receiver_hooks(receiver, torch.as_tensor(np.asarray(delta), dtype=torch.float32))
+    def patched_score(self, ids, receiver, delta) -> float:
+        """The score of ``ids`` with ``delta`` ``[T, d]`` added to the residual sum ``receiver`` reads.
+
+        Args:
+            ids: Token ids ``[T]`` (unpadded).
+            receiver: A receiver name, or several (each gets ``delta``; none sees another's change).
+            delta: ``[T, d_model]``.
+        """
+        delta = torch.as_tensor(np.asarray(delta), dtype=torch.float32)
+        receivers = [receiver] if isinstance(receiver, str) else list(receiver)
+        handles = [h for r in receivers for h in self._receiver_hooks(r, delta)]
         try:
             return float(self.score(ids))
         finally:
