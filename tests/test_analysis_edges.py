@@ -171,3 +171,24 @@ def test_circuit_graph_figure(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="eap_ig_graph"):
         edge_circuit_graph({"method": "eap"})
+
+
+def test_circuit_graph_legend_names_the_line_styles_and_roles_below_the_nodes():
+    from jaxmech.plot.edges import QKV_STYLE, edge_circuit_graph
+
+    g = EdgeGraph(2, 2)
+    circuit = np.zeros(g.n_edges, bool)
+    circuit[:3] = True
+    graph = {"eap_ig_graph": to_eap_ig_json(g, np.linspace(-1, 1, g.n_edges), circuit, d_model=8)}
+    fig = edge_circuit_graph(graph, roles={"matching": ["0.1"], "scoring": ["1.0"]})
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "into query (q)", "into key (k)", "into value (v)", "into MLP / score", "raises score", "lowers score",
+        "matching", "scoring"]
+    styles = [h.get_linestyle() for h in legend.legend_handles[:4]]
+    assert styles == ["-", "--", ":", "-."] and len(set(QKV_STYLE.values())) == 4
+    fig.draw_without_rendering()
+    assert legend.get_window_extent().y1 <= ax.get_window_extent().y0  # below the axes: covers no node
+    bare = edge_circuit_graph(graph, roles={}).axes[0].get_legend()
+    assert [t.get_text() for t in bare.get_texts()][-1] == "lowers score"

@@ -286,7 +286,7 @@ def edges_step(run_or_model, options: EdgesOptions) -> dict:
         src, _, dst = heads.partition("->")
         heads = {"sources": [h.strip() for h in src.split(",") if h.strip()],
                  "targets": [h.strip() for h in dst.split(",") if h.strip()]}
-    batch = batch_pairs(pairs, max_length=lm.model.cfg.n_ctx)
+    batch = batch_pairs(pairs, pad_id=getattr(lm.tokenizer, "pad_id", 0), max_length=lm.model.cfg.n_ctx)
     groups = None
     if spans:
         from jaxmech.analysis.edge_spans import span_masks

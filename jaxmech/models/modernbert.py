@@ -38,7 +38,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxmech.config import UnsupportedConfigError
-from jaxmech.models.base import Encoder, HookPoints, Output
+from jaxmech.models.base import NO_HOOKS, Encoder, HookPoints, Output
 from jaxmech.models.bert import LayerNorm, _normal, _zeros, activation
 from jaxmech.sites import MASK_VALUE, Site
 
@@ -351,19 +351,22 @@ class ModernBlock(nnx.Module):
         self.W_out = _normal(rngs, (cfg.d_mlp, d), std)
         self.b_out = _zeros((d,))
 
-    def __call__(self, x, key_mask, layer, is_global, theta, window, act_fn, hooks: HookPoints):
-        T = x.shape[0]
-        x = hooks("resid_pre", x)
+    def norm1(self, x: Float[Array, "... pos d_model"], layer, hooks: HookPoints = NO_HOOKS
+              ) -> Float[Array, "... pos d_model"]:
+        """The attention's input ``normalized_resid_pre``: LN1 of ``x`` (``x`` itself at layer 0, whose HF
+        ``attn_norm`` is the identity); leading axes of ``x`` are independent inputs (the edge engine's receivers)."""
         centered = x - x.mean(-1, keepdims=True)
         scale = jnp.sqrt(jnp.mean(jnp.square(centered), -1, keepdims=True) + self.ln1.eps)
         scale = hooks("ln1_scale", jnp.where(layer == 0, jnp.ones_like(scale), scale))
-        normed = jnp.where(layer == 0, x, centered / scale * self.ln1.w[...] + self.ln1.b[...])
-        normed = hooks("normalized_resid_pre", normed)
-        proj = lambda W, b: jnp.einsum("td,hde->the", normed, W[...]) + b[...]
-        q = hooks("q", proj(self.W_Q, self.b_Q))
-        k = hooks("k", proj(self.W_K, self.b_K))
-        v = hooks("v", proj(self.W_V, self.b_V))
-        positions = jnp.arange(T)
+        normed = centered / scale * self.ln1.w[...] + self.ln1.b[...]
+        return hooks("normalized_resid_pre", jnp.where(layer == 0, x, normed))
+
+    def attend(self, q: Float[Array, "pos head_index d_head"], k: Float[Array, "pos head_index d_head"],
+               v: Float[Array, "pos head_index d_head"], key_mask: Bool[Array, " pos"], is_global, theta, window,
+               hooks: HookPoints = NO_HOOKS) -> Float[Array, "pos head_index d_head"]:
+        """``z`` from (unrotated) queries, keys and values: rotary, scores masked to real keys (and, in a
+        sliding-window layer, to ``|q - k| <= window``), softmax, values mixed."""
+        positions = jnp.arange(q.shape[0])
         rot_q = hooks("rot_q", rotate(q, positions, theta))
         rot_k = hooks("rot_k", rotate(k, positions, theta))
         near = jnp.abs(positions[:, None] - positions[None, :]) <= window
@@ -371,15 +374,28 @@ class ModernBlock(nnx.Module):
         scores = jnp.einsum("qhe,khe->hqk", rot_q, rot_k) * (q.shape[-1] ** -0.5)
         scores = hooks("attn_scores", jnp.where(allowed[None], scores, MASK_VALUE))
         pattern = hooks("pattern", jax.nn.softmax(scores, axis=-1))
-        z = hooks("z", jnp.einsum("hqk,khe->qhe", pattern, v))
-        attn_out = hooks("attn_out", jnp.einsum("the,hem->tm", z, self.W_O[...]) + self.b_O[...])
-        resid_mid = hooks("resid_mid", x + attn_out)
-        normed_mid = hooks("normalized_resid_mid", self.ln2(resid_mid, hooks, "ln2_scale"))
+        return hooks("z", jnp.einsum("hqk,khe->qhe", pattern, v))
+
+    def mlp(self, normed_mid: Float[Array, "pos d_model"], act_fn: str, hooks: HookPoints = NO_HOOKS
+            ) -> Float[Array, "pos d_model"]:
+        """``mlp_out`` of the GeGLU MLP from its normalised input."""
         pre = hooks("mlp_pre", normed_mid @ self.W_in[...] + self.b_in[...])
         gate = hooks("mlp_pre_linear", normed_mid @ self.W_gate[...] + self.b_gate[...])
         post = hooks("mlp_post", activation(act_fn)(pre) * gate)
-        mlp_out = hooks("mlp_out", post @ self.W_out[...] + self.b_out[...])
-        return hooks("resid_post", resid_mid + mlp_out)
+        return hooks("mlp_out", post @ self.W_out[...] + self.b_out[...])
+
+    def __call__(self, x, key_mask, layer, is_global, theta, window, act_fn, hooks: HookPoints):
+        x = hooks("resid_pre", x)
+        normed = self.norm1(x, layer, hooks)
+        proj = lambda W, b: jnp.einsum("td,hde->the", normed, W[...]) + b[...]
+        q = hooks("q", proj(self.W_Q, self.b_Q))
+        k = hooks("k", proj(self.W_K, self.b_K))
+        v = hooks("v", proj(self.W_V, self.b_V))
+        z = self.attend(q, k, v, key_mask, is_global, theta, window, hooks)
+        attn_out = hooks("attn_out", jnp.einsum("the,hem->tm", z, self.W_O[...]) + self.b_O[...])
+        resid_mid = hooks("resid_mid", x + attn_out)
+        normed_mid = hooks("normalized_resid_mid", self.ln2(resid_mid, hooks, "ln2_scale"))
+        return hooks("resid_post", resid_mid + self.mlp(normed_mid, act_fn, hooks))
 
 
 @final
@@ -436,15 +452,11 @@ class ModernBertCrossEncoder(Encoder):
         ``start <= l < stop``, the others skipped by a ``lax.cond``), recording into ``hooks`` (full stack only)."""
         cfg = self.cfg
         key_mask: Bool[Array, " pos"] = attention_mask.astype(bool)
-        is_global = jnp.asarray(cfg.global_layers)
-        thetas = jnp.where(is_global, cfg.global_rope_theta, cfg.local_rope_theta).astype(jnp.float32)
 
         def body(x, xs):
             block, layer = xs
             layer_hooks = hooks.for_layer(layer)
-            run = lambda x: block(
-                x, key_mask, layer, is_global[layer], thetas[layer], cfg.local_attention // 2, cfg.act_fn, layer_hooks
-            )
+            run = lambda x: block(x, key_mask, layer, *self.attention_args(layer), cfg.act_fn, layer_hooks)
             if start is None:
                 x = run(x)
             else:
@@ -455,6 +467,13 @@ class ModernBertCrossEncoder(Encoder):
         x, records = jax.lax.scan(body, x, (self.blocks, jnp.arange(cfg.n_layers)))
         hooks.records.update(records)
         return x
+
+    def attention_args(self, layer) -> tuple[Array, Array, int]:
+        """``(is_global, rope theta, window)`` of block ``layer`` (a traced scalar inside a layer scan)."""
+        cfg = self.cfg
+        is_global = jnp.asarray(cfg.global_layers)
+        thetas = jnp.where(is_global, cfg.global_rope_theta, cfg.local_rope_theta).astype(jnp.float32)
+        return is_global[layer], thetas[layer], cfg.local_attention // 2
 
     def run_from(
         self,

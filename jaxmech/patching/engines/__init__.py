@@ -24,7 +24,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from jaxmech.patching import caches
-from jaxmech.patching.engines import pre_ln
+from jaxmech.patching.edge_data import EdgeOps
+from jaxmech.patching.engines import post_ln_edges, pre_ln, pre_ln_edges
 from jaxmech.patching.families import Family, get_family
 
 
@@ -43,8 +44,10 @@ class Engine:
             mesh=None, positions=None, steps_per_call=None) -> SweepResult``: for an engine that runs every
             exact family itself (measuring the score only); None where the patching package's family kernels
             run on the engine's primitives.
-        unsupported: ``{feature: why}`` for what the engine lacks (``"edges"``: edge patching; ``"backgrounds"``:
-            background interventions), ``why`` being the one-line error.
+        unsupported: ``{feature: why}`` for what the engine lacks (``"backgrounds"``: background interventions),
+            ``why`` being the one-line error.
+        edges: The engine's edge functions (`jaxmech.patching.edge_data.EdgeOps`; the definition of an edge is
+            the engine's, `jaxmech.patching.edge_graph`), or None where it defines no edges.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Engine:
     check_family: Callable[[str | Family, str], Family]
     patch: Callable | None = None
     unsupported: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    edges: EdgeOps | None = None
 
     def require(self, feature: str) -> None:
         """Raises ValueError (the engine's one-line reason) if the engine lacks ``feature``."""
@@ -66,9 +70,9 @@ def _every_family(family: str | Family, method: str = "exact") -> Family:
 
 
 ENGINES: dict[str, Engine] = {
-    "post_ln": Engine("post_ln", "post-LN models", caches.prepare, _every_family),
+    "post_ln": Engine("post_ln", "post-LN models", caches.prepare, _every_family, edges=post_ln_edges.OPS),
     "pre_ln": Engine("pre_ln", "ModernBERT models", pre_ln.prepare, pre_ln.check_family, pre_ln.modernbert_patch,
-                     pre_ln.UNSUPPORTED),
+                     pre_ln.UNSUPPORTED, pre_ln_edges.OPS),
 }
 """Engine key (``model.engine``) to `Engine`."""
 

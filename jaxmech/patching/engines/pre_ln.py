@@ -43,8 +43,6 @@ COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 
 UNSUPPORTED = {
-    "edges": "edge patching: ModernBERT (pre-LN) is not supported yet; the post-LN engine freezes LayerNorms that "
-             "ModernBERT does not have between its components",
     "backgrounds": "background interventions (PatchSpec) are not supported for ModernBERT; give head ablations "
                    "(Ablation) instead",
 }
