@@ -17,6 +17,12 @@ It shares no code with jaxmech (only the inputs and the definition), so agreemen
 
 Batch 1, one input at its real length (no padding), eager attention. Node names are EAP-IG's (``input``,
 ``a{l}.h{h}``, ``m{l}``; receivers ``a{l}.h{h}<q|k|v>``, ``m{l}``, ``logits``).
+
+`TorchModernBertEdgePatcher` does the same on ``ModernBertForSequenceClassification`` (pre-LN): the residual
+stream is a running sum, so no LayerNorm is frozen and an edge's input change is the sender's own change
+``o_s' - o_s``, added to the receiver's input sum (``attn_norm``'s input for a head's query / key / value, only that
+head's columns of ``Wqkv`` taking the changed value; ``mlp_norm``'s for an MLP; ``final_norm``'s for the score),
+normalised live.
 """
 
 from __future__ import annotations
@@ -180,4 +186,124 @@ class TorchEdgePatcher:
             return float(self._score(base_inputs))
 
 
-__all__ = ["TorchEdgePatcher"]
+
+
+class TorchModernBertEdgePatcher:
+    """Exact edge patching on a pre-LN ModernBERT by hooks on transformers' ``ModernBertForSequenceClassification``
+    (eval mode, eager attention, batch 1 at the input's real length).
+
+    Senders: ``input`` (the embeddings' output, after their LayerNorm), ``a{l}.h{h}`` (``z_h @ W_O[h]``: head
+    ``h``'s slice of ``attn.Wo``'s input times the matching columns of its weight, no bias) and ``m{l}`` (the MLP's
+    output, ``mlp.Wo`` with its bias). Patching ``s -> r`` adds ``o_s' - o_s`` (perturbed minus baseline, at the
+    patchable positions) to the residual sum that receiver ``r`` reads: the input of ``layers[l].attn_norm`` (a
+    head's query, key or value; only that head's columns of ``Wqkv(attn_norm(x + delta))`` replace the original
+    ones), of ``layers[l].mlp_norm`` (MLP ``l``) or of ``final_norm`` (``logits``). Each LayerNorm runs live on the
+    changed sum; nothing else sees the change and everything after the receiver is recomputed.
+    """
+
+    def __init__(self, hf_model):
+        self.model = hf_model.eval()
+        self.model.set_attn_implementation("eager")
+        self.trunk = hf_model.model
+        self.layers = self.trunk.layers
+        cfg = hf_model.config
+        self.H = cfg.num_attention_heads
+        self.dh = cfg.hidden_size // cfg.num_attention_heads
+
+    @torch.no_grad()
+    def score(self, ids) -> torch.Tensor:
+        """The raw logit (first label) of one unpadded input ``ids`` ``[pos]`` (under any registered hooks)."""
+        ids = torch.as_tensor(np.asarray(ids)).long()[None]
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0]
+
+    @torch.no_grad()
+    def outputs(self, ids) -> dict:
+        """Every sender's output in the run on ``ids``: ``{"input": [T, d], "a{l}.h{h}": [T, d], "m{l}": [T, d]}``."""
+        out, handles = {}, [self.trunk.embeddings.register_forward_hook(
+            lambda m, a, o: out.__setitem__("input", o[0]))]
+        for l, layer in enumerate(self.layers):
+            handles.append(layer.attn.Wo.register_forward_pre_hook(
+                lambda m, a, l=l: out.__setitem__(f"z{l}", a[0][0])))
+            handles.append(layer.mlp.register_forward_hook(lambda m, a, o, l=l: out.__setitem__(f"m{l}", o[0])))
+        try:
+            self.score(ids)
+        finally:
+            for h in handles:
+                h.remove()
+        for l, layer in enumerate(self.layers):
+            z = out.pop(f"z{l}")
+            w = layer.attn.Wo.weight  # [d_model, H * d_head]
+            for h in range(self.H):
+                cols = slice(h * self.dh, (h + 1) * self.dh)
+                out[f"a{l}.h{h}"] = z[:, cols] @ w[:, cols].T
+        return out
+
+    def _receiver_hooks(self, receiver: str, delta: torch.Tensor) -> list:
+        """Hooks adding ``delta`` ``[T, d]`` to the residual sum that ``receiver`` reads (and only there)."""
+        def add(m, a):
+            return (a[0] + delta[None], *a[1:])
+
+        if receiver == "logits":
+            return [self.trunk.final_norm.register_forward_pre_hook(add)]
+        if receiver.startswith("m"):
+            return [self.layers[int(receiver[1:])].mlp_norm.register_forward_pre_hook(add)]
+        head, kind = receiver[1:-1].split("<")
+        l, h = (int(t) for t in head.split(".h"))
+        norm, wqkv = self.layers[l].attn_norm, self.layers[l].attn.Wqkv
+        cols = slice("qkv".index(kind) * self.H * self.dh + h * self.dh,
+                     "qkv".index(kind) * self.H * self.dh + (h + 1) * self.dh)
+        seen = {}
+
+        def read(m, a):  # the unchanged sum entering block l (attn_norm's input)
+            seen["x"] = a[0]
+
+        def replace(m, a, o):  # this head's q / k / v columns from the changed sum, normalised live
+            changed = torch.nn.functional.linear(norm.forward(seen["x"] + delta[None]), m.weight, m.bias)
+            o = o.clone()
+            o[..., cols] = changed[..., cols]
+            return o
+
+        return [norm.register_forward_pre_hook(read), wqkv.register_forward_hook(replace)]
+
+    @torch.no_grad()
+    def patched_score(self, ids, receiver, delta) -> float:
+        """The score of ``ids`` with ``delta`` ``[T, d]`` added to the residual sum ``receiver`` reads.
+
+        Args:
+            ids: Token ids ``[T]`` (unpadded).
+            receiver: A receiver name, or several (each gets ``delta``; none sees another's change).
+            delta: ``[T, d_model]``.
+        """
+        delta = torch.as_tensor(np.asarray(delta), dtype=torch.float32)
+        receivers = [receiver] if isinstance(receiver, str) else list(receiver)
+        handles = [h for r in receivers for h in self._receiver_hooks(r, delta)]
+        try:
+            return float(self.score(ids))
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def edge_score(self, base_ids, pert_ids, sender: str, receiver: str, position_map=None) -> float:
+        """The baseline's score with edge ``sender -> receiver`` patched to its perturbed value.
+
+        Args:
+            base_ids: The baseline's token ids ``[T]`` (unpadded).
+            pert_ids: The perturbed input's token ids ``[T']`` (unpadded).
+            sender: ``input``, ``a{l}.h{h}`` or ``m{l}``.
+            receiver: ``a{l}.h{h}<q|k|v>``, ``m{l}`` or ``logits`` (after the sender in the forward).
+            position_map: ``[T]``: the perturbed position aligned with each baseline position, -1 where none (not
+                patchable: the baseline's value stays). Default: position by position (``T' == T``).
+        """
+        base, pert = self.outputs(base_ids)[sender], self.outputs(pert_ids)[sender]
+        n = len(base_ids)
+        pos = torch.arange(n) if position_map is None else torch.as_tensor(np.asarray(position_map)).long()
+        if pos.shape != (n,):
+            raise ValueError(f"position_map has shape {tuple(pos.shape)}, expected ({n},)")
+        aligned = pos >= 0
+        delta = torch.zeros_like(base)
+        delta[aligned] = pert[pos[aligned]] - base[aligned]
+        return self.patched_score(base_ids, receiver, delta)
+
+
+__all__ = ["TorchEdgePatcher", "TorchModernBertEdgePatcher"]
