@@ -1,7 +1,10 @@
-"""Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes, random weights and pairs:
+"""Speed of all-edge EAP-IG against exact edge patches (issue 20), MiniLM-L12 shapes (post-LN) or
+gte-reranker-modernbert-base shapes (``--arch modernbert``, pre-LN), random weights and pairs:
 
     python scripts/edges_bench.py --pairs 16 --pos 128 --steps 5 --sample 512 \\
         --out benchmarks/results/edges/bench_cpu.json
+    python scripts/edges_bench.py --arch modernbert --pairs 4 --pos 128 --steps 5 --sample 256 \\
+        --out benchmarks/results/edges/bench_modernbert_cpu.json
 
 Times (wall clock, each after a warm-up call so compile time is reported apart): `estimate_edges` (EAP and
 EAP-IG over inputs) for every edge of ``--pairs`` pairs; exact patches of ``--sample`` random edges of one pair,
@@ -30,20 +33,21 @@ def main() -> None:
     p.add_argument("--pos", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--sample", type=int, default=512)
-    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--layers", type=int, default=None, help="default: 12 (minilm), 22 (modernbert)")
+    p.add_argument("--arch", choices=("minilm", "modernbert"), default="minilm")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    from jaxmech.config import EncoderConfig
+    from edges_memory import random_model
+
     from jaxmech.data.records import AlignedPair
-    from jaxmech.hf.convert import build_model
     from jaxmech.patching.edge_attribution import estimate_edges
     from jaxmech.patching.edge_graph import EdgeGraph
     from jaxmech.patching.edges import edge_data, exact_edge_scores
     from jaxmech.patching.inputs import batch_pairs
     from jaxmech.runtime import describe_device
 
-    cfg = EncoderConfig(n_layers=args.layers, d_model=384, n_heads=12, d_head=32, d_mlp=1536, n_ctx=512)
-    model = build_model(cfg, "cross", seed=0)
+    model = random_model(args.arch, args.layers)
+    cfg = model.cfg
     rng = np.random.RandomState(0)
     pairs = []
     for i in range(args.pairs):
@@ -51,10 +55,10 @@ def main() -> None:
         base, pert = [101, *q, 102, *d, 1037, 1037, 102], [101, *q, 102, *d, *q[:2], 102]
         tt = [0] * 10 + [1] * (len(base) - 10)
         pairs.append(AlignedPair(base, tt, pert, tt, list(range(len(base))), f"b{i}"))
-    batch = batch_pairs(pairs, buckets=(args.pos,), max_length=512)
+    batch = batch_pairs(pairs, buckets=(args.pos,), max_length=512, pad_id=getattr(cfg, "pad_token_id", 0))
     data = edge_data(model, batch)
     graph = EdgeGraph(cfg.n_layers, cfg.n_heads)
-    res = {"device": describe_device(), "pairs": args.pairs, "pos": args.pos, "layers": args.layers,
+    res = {"device": describe_device(), "arch": args.arch, "pairs": args.pairs, "pos": args.pos, "layers": cfg.n_layers,
            "steps": args.steps, "n_edges": graph.n_edges}
     for method in ("eap", "eap-ig-inputs"):
         _, first = _timed(lambda m=method: estimate_edges(model, data, m, steps=args.steps))

@@ -5,7 +5,10 @@ All three are derivatives of `jaxmech.patching.edges.edge_forward` in its edge c
 
 * ``eap``: ``d score / d alpha`` at ``alpha = 0``. Receiver ``r``'s input is ``x_r + alpha D_s`` with ``D_s`` the
   edge's input change, so this is ``<grad_{x_r} score, T_{s->r}(o_s' - o_s)>``: gradient times difference
-  (Syed et al. 2023), the jvp of the exact edge patch (`exact_edge_scores`) in its coefficient.
+  (Syed et al. 2023), the jvp of the exact edge patch (`exact_edge_scores`) in its coefficient. It runs with the
+  baseline's differences fixed (``fixed_delta``): at ``alpha = 0`` the current run is the baseline, and
+  ``d(alpha D(alpha)) / d alpha = D(0)`` whether or not ``D`` follows ``alpha``; an engine whose fixed stack is a
+  constant (pre-LN) then keeps one stack in the backward instead of one per layer.
 * ``eap-ig-inputs`` (Hanna et al. 2024): the same product with the gradient averaged over ``steps`` runs whose
   embeddings' output is ``emb + t (emb' - emb)``, ``t`` the midpoints ``(k + 1/2) / steps``; the differences stay
   the baseline's (``fixed_delta``).
@@ -45,8 +48,8 @@ def _grad_one(model, ex: EdgeData, method: str, steps: int, valid, spans: bool):
     if spans:
         valid = jnp.broadcast_to(valid[..., None], (*valid.shape, ex.spans.shape[0]))
     zero = jnp.zeros(valid.shape, jnp.float32)
-    if method == "eap":
-        return jax.grad(lambda a: edge_forward(model, ex, a))(zero)
+    if method == "eap":  # at alpha = 0 the current run is the baseline: the fixed stack has the same values
+        return jax.grad(lambda a: edge_forward(model, ex, a, fixed_delta=True))(zero)
 
     def step(total, t):
         if method == "eap-ig-inputs":

@@ -24,10 +24,13 @@ class EdgeData:
     Attributes:
         ids: ``[pair, pos]`` baseline token ids. tt: segment ids. mask: attention mask.
         patchable: ``[pair, pos]`` 1 where a perturbed value may replace the baseline's.
-        ln1: ``[pair, layer, pos, 1]`` baseline ``ln1_scale``. ln2: ``ln2_scale``.
-        resid_pre: ``[pair, layer + 1, pos, d_model]`` baseline residual (index ``L``: final hidden state).
+        ln1: ``[pair, layer, pos, 1]`` baseline ``ln1_scale``. ln2: ``ln2_scale`` (frozen by the post-LN engine;
+            the pre-LN engine normalises live and only reports them).
+        resid_pre: ``[pair, layer + 1, pos, d_model]`` baseline block inputs; index ``L``: the final hidden state
+            (post-LN: normalised; pre-LN: the last ``resid_post``, before the final LayerNorm).
         emb_base: ``[pair, pos, d_model]`` embeddings' output (``resid_pre[0]``). emb_pert: perturbed run's.
-        res_base: ``[pair, layer, pos, head_index, d_model]`` per-head ``result``. res_pert: perturbed run's.
+        res_base: ``[pair, layer, pos, head_index, d_model]`` per-head ``result`` (``z_h W_O[h]``). res_pert:
+            perturbed run's.
         mlp_base: ``[pair, layer, pos, d_model]`` ``mlp_out``. mlp_pert: perturbed run's.
         q_emb: ``[pair, d_model]`` query embedding (bi-encoders; zeros otherwise).
         baseline_score: ``[pair]``. perturbed_score: ``[pair]``.

@@ -1,4 +1,4 @@
-"""The computational graph of a post-LayerNorm encoder for edge-level circuit discovery.
+"""The computational graph of an encoder for edge-level circuit discovery, and what an edge is (post-LN and pre-LN).
 
 **Nodes.** Senders: the embeddings (``input``: the embedding LayerNorm's output, ``resid_pre[0]``), every
 attention head (``a{l}.h{h}``: its ``result``, ``z_h @ W_O[h]``) and every MLP (``m{l}``: ``mlp_out``).
@@ -26,7 +26,16 @@ changing the LayerNorm scales it passes through (a global, multiplicative effect
 effect is attributed to no edge. The empty circuit is therefore not the perturbed run: the perturbed run
 normalises with its own scales. Edge effects are exact for the frozen-scale model, approximations of the real
 model's patches, close where a patch moves the residual norms little (checked on MiniLM in the report).
-ModernBERT (pre-LN) needs no freezing and is not covered yet.
+The engine: `jaxmech.patching.engines.post_ln_edges`.
+
+**The edge on a pre-LN model (ModernBERT).** Every block reads ``LN(x)`` of the running sum ``x``, so a
+receiver's input *sum* is exactly ``bias + sum_s o_s`` without any freezing, and edge ``s -> r`` is the term
+``o_s`` in it (the embeddings' output after the embedding LayerNorm, a head's ``z_h W_O[h]``, an MLP's output).
+Patching it replaces ``o_s`` by ``o_s'`` in that one sum; the receiver applies its own LayerNorm live (a head's
+``attn_norm``, the identity at layer 0; an MLP's ``mlp_norm``; the score's ``final_norm``). Nothing is left out:
+the empty circuit is the run in which every sender's output is the perturbed one (the perturbed run when every
+position is patchable). This is the definition EAP-IG and auto-circuit use for pre-LN decoders. The engine:
+`jaxmech.patching.engines.pre_ln_edges`.
 """
 
 from __future__ import annotations
