@@ -35,7 +35,9 @@ VERIFIED = {
                   "(`jaxmech.patching.engines.pre_ln`, restarted from the cached resid_pre): sweep = loop (activation "
                   "and path families, padded batch), PyTorch-hook cross-check (activation, path); attribution = "
                   "derivative; no normalized_resid_post / result families; `load_model` (cross-encoder only), so "
-                  "`jaxmech patch` / `score` / `sweep` (`jaxmech patch` = `run_patching`)",
+                  "`jaxmech patch` / `score` / `sweep` (`jaxmech patch` = `run_patching`); edges "
+                  "(`jaxmech.patching.engines.pre_ln_edges`, live LayerNorms): exact = hooked full forwards = "
+                  "PyTorch hooks, EAP = derivative, `jaxmech analyze edges`",
 }
 
 POST_LN_IDENTITIES = (

@@ -1,4 +1,5 @@
-"""Runtime settings: matmul precision, JAX's persistent compilation cache, and what a run ran on.
+"""Runtime settings: matmul precision, JAX's persistent compilation cache, what a run ran on, and the memory free
+on it (`available_memory`, for chunk sizes from compiled programs' memory).
 
 Precision is an explicit setting with four names, each mapped to a value of JAX's
 ``jax_default_matmul_precision`` (`jax_precision`):
@@ -296,6 +297,23 @@ def quiet_transformers() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Device description
 # --------------------------------------------------------------------------------------------------------------
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes free on the first local device and what they are (``"device"`` or ``"system"``): the device's
+    ``bytes_limit - bytes_in_use`` where it reports them (GPU, TPU), else the system's available memory."""
+    import jax
+
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{dev.device_kind} memory"
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "available system memory"
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free system memory"
 
 
 def cpu_name() -> str:

@@ -28,7 +28,7 @@ from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
 from jaxmech.patching.edge_attribution import estimate_edges
 from jaxmech.patching.edge_graph import EdgeGraph
-from jaxmech.patching.edges import edge_data, edges_patched_scores, exact_edge_scores
+from jaxmech.patching.edges import edge_data, edge_forward, edges_patched_scores, exact_edge_scores
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -179,3 +179,83 @@ def test_edge_circuits_runs_on_modernbert(mb):
     curve = {c["n_edges"]: c["recovery"] for c in out["faithfulness"]}
     assert curve[0] == pytest.approx(0.0, abs=1e-4) and curve[out["n_edges"]] == pytest.approx(1.0, abs=1e-4)
     assert -1.0 <= out["verified_spearman"] <= 1.0 and 0.0 <= out["top_recall"] <= 1.0
+
+
+def test_span_edges_add_up_and_restart_as_the_stack_engine(mb):
+    """Span-aware edges on the pre-LN engine: the groups of a partition of the positions add up to the edge (EAP),
+    and a restarted exact span patch equals the stack engine with a one-hot (receiver, sender, group)."""
+    model, batch, _, _, _, g = mb
+    groups = np.random.RandomState(0).randint(0, 3, batch.patchable.shape)
+    spans = (groups[:, None, :] == np.arange(3)[None, :, None]) & batch.patchable[:, None, :]
+    data = edge_data(model, batch, spans=spans)
+    by_span = estimate_edges(model, data, "eap", spans=True)
+    np.testing.assert_allclose(by_span.sum(-1), estimate_edges(model, data, "eap"), rtol=0, atol=ENGINE_ATOL)
+    picks = [("input->a0.h1<k>", 0), ("a0.h2->a2.h1<v>", 1), ("a1.h3->m1", 2), ("m2->logits", 1)]
+    edges, kinds = _index(g, [n for n, _ in picks]), [k for _, k in picks]
+    exact = exact_edge_scores(model, data, edges, groups=kinds, chunk_size=2)
+    forward = jax.jit(lambda ex, a: edge_forward(model, ex, a))
+    for p in range(2):
+        for i, (e, k) in enumerate(zip(edges, kinds, strict=True)):
+            r, s = g.edges[e]
+            alpha = jnp.zeros((g.n_receivers, g.n_senders, 3)).at[r, s, k].set(1.0)
+            assert exact[p, i] == pytest.approx(float(forward(data.pair(p), alpha)), abs=ENGINE_ATOL), picks[i]
+    assert np.abs(exact_edge_scores(model, data, edges, chunk_size=2) - exact).max() > 1e-4  # a span is not the edge
+
+
+def test_pair_chunk_comes_from_the_compiled_programs_memory(mb, monkeypatch):
+    """`edge_pair_chunk` reads the one-pair program's memory analysis: with memory for one pair's program it
+    picks 1, with plenty every pair; the estimates do not depend on the chunk."""
+    from jaxmech import runtime
+    from jaxmech.patching import edge_attribution
+
+    model, _, data, *_ = mb
+    fixed, per_pair = edge_attribution._program_bytes(model, data, "eap", 1, False)
+    assert per_pair > 0
+    monkeypatch.setattr(runtime, "available_memory", lambda: (2 * (fixed + per_pair), "test memory"))
+    assert edge_attribution.edge_pair_chunk(model, data, "eap") == 1
+    one = estimate_edges(model, data, "eap")
+    monkeypatch.setattr(runtime, "available_memory", lambda: (2 * (fixed + 10 * per_pair), "test memory"))
+    assert edge_attribution.edge_pair_chunk(model, data, "eap") == 2
+    np.testing.assert_allclose(estimate_edges(model, data, "eap"), one, rtol=0, atol=1e-6)
+
+
+def test_analyze_edges_cli_on_a_modernbert_folder(tmp_path):
+    """``jaxmech analyze edges`` end to end on a ModernBERT folder with its own tokenizer (padding id at the end of
+    the vocabulary, mean pooling): the JSON's anchors hold, and with every position patchable the empty circuit
+    is the perturbed run (pre-LN: nothing frozen)."""
+    import json
+
+    from arch_checkpoints import modernbert_tokenizer
+
+    from jaxmech.cli import main
+
+    hf_tok = modernbert_tokenizer(tmp_path / "m")
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    sizes = dict(TINY, vocab_size=len(hf_tok), pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
+                 sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"])
+    build(sizes, bias=True, pooling="mean", seed=8).save_pretrained(tmp_path / "m")
+    out = tmp_path / "edges.json"
+    assert main(["analyze", "edges", "--model", str(tmp_path / "m"), "--source", "demo", "--limit", "2", "--method",
+                 "eap", "--verify-top-k", "5", "--n-random", "5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_edges"] == EdgeGraph(TINY["num_hidden_layers"], TINY["num_attention_heads"]).n_edges
+    assert res["empty_score"] == pytest.approx(res["perturbed_score"], abs=ENGINE_ATOL)
+    assert abs(res["perturbed_score"] - res["baseline_score"]) > 1e-4
+    assert res["faithfulness"][-1]["recovery"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_alpha_gradient_by_receiver_inputs_is_the_gradient_of_the_stack(mb):
+    """The pre-LN engine differentiates the current-run stack as ``<G_r, D[s]>`` (one backward in additions to the
+    receivers' inputs, no stack per layer): equal to ``jax.grad`` of the stack engine, spans included."""
+    from jaxmech.patching.edges import edge_alpha_gradient
+
+    model, _, data, _, _, g = mb
+    ex = data.pair(1)
+    alpha = 0.3 * jnp.asarray(g.valid, jnp.float32)
+    want = jax.jit(jax.grad(lambda a: edge_forward(model, ex, a)))(alpha)
+    got = jax.jit(lambda a: edge_alpha_gradient(model, ex, a))(alpha)
+    np.testing.assert_allclose(np.asarray(got)[g.valid], np.asarray(want)[g.valid], rtol=0, atol=ENGINE_ATOL)
+    assert np.abs(np.asarray(want)[g.valid]).max() > 1e-2 and not np.asarray(got)[~g.valid].any()
+    by_span = jax.jit(lambda a: edge_alpha_gradient(model, ex, a))(alpha[..., None])  # one span: every position
+    np.testing.assert_allclose(np.asarray(by_span)[..., 0][g.valid], np.asarray(want)[g.valid], rtol=0,
+                               atol=ENGINE_ATOL)

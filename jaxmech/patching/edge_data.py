@@ -77,6 +77,8 @@ class EdgeOps:
             ``sender ->`` input ``kind`` (0-2 q/k/v, 3 the MLP) of ``head`` in block ``layer`` (a Python int),
             patched alone, at span ``group`` (-1: every position).
         score_item: ``score_item(model, ex, changes, sender, group) -> score``: edge ``sender -> logits`` alone.
+        alpha_gradient: ``alpha_gradient(model, ex, alpha, *, emb_t, fixed_delta) -> d score / d alpha``, where the
+            engine has a cheaper way than ``jax.grad`` of ``forward`` (None: that).
     """
 
     check: Callable
@@ -85,6 +87,7 @@ class EdgeOps:
     input_changes: Callable
     restart_item: Callable
     score_item: Callable
+    alpha_gradient: Callable | None = None
 
 
 def combine(a, D: Float[Array, "sender pos d"], spans: Float[Array, "group pos"] | None):

@@ -82,6 +82,16 @@ def edge_forward(model, ex: EdgeData, alpha: Float[Array, "receiver sender"], *,
     return _ops(model).forward(model, ex, alpha, emb_t=emb_t, fixed_delta=fixed_delta)
 
 
+def edge_alpha_gradient(model, ex: EdgeData, alpha, *, emb_t: Float[Array, ""] | float = 0.0,
+                        fixed_delta: bool = False):
+    """``d edge_forward / d alpha`` at ``alpha`` (the edge attributions' derivative; not jitted itself): the
+    engine's own (`jaxmech.patching.edge_data.EdgeOps.alpha_gradient`) where it has one, else ``jax.grad``."""
+    ops = _ops(model)
+    if ops.alpha_gradient is not None:
+        return ops.alpha_gradient(model, ex, alpha, emb_t=emb_t, fixed_delta=fixed_delta)
+    return jax.grad(lambda a: ops.forward(model, ex, a, emb_t=emb_t, fixed_delta=fixed_delta))(alpha)
+
+
 def _alpha_of(graph: EdgeGraph, edge_values: Float[Array, "... edge"]) -> Float[Array, "... receiver sender"]:
     """Per-edge coefficients as the dense ``alpha`` (jax; zeros off the edges)."""
     idx = jnp.asarray(graph.edges[:, 0] * graph.n_senders + graph.edges[:, 1])
@@ -174,5 +184,5 @@ def exact_edge_scores(model, data: EdgeData, edges=None, *, groups=None, chunk_s
     return out
 
 
-__all__ = ["EdgeData", "check_edge_model", "combine", "edge_data", "edge_forward", "edge_input_changes",
-           "edges_patched_scores", "exact_edge_scores", "mean_ablated"]
+__all__ = ["EdgeData", "check_edge_model", "combine", "edge_alpha_gradient", "edge_data", "edge_forward",
+           "edge_input_changes", "edges_patched_scores", "exact_edge_scores", "mean_ablated"]

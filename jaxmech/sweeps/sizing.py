@@ -14,7 +14,8 @@ largest that does. The exact kernels' per-step working set is sized separately (
 from __future__ import annotations
 
 import dataclasses
-import os
+
+from jaxmech.runtime import available_memory
 
 MAX_AUTO_PAIRS = 32
 """Largest ``pairs_per_chunk`` chosen automatically (a chunk is also the unit of resume and of progress)."""
@@ -43,23 +44,6 @@ class ChunkMemory:
         if self.per_pair <= 0:
             return MAX_AUTO_PAIRS
         return max(0, (budget - self.fixed) // self.per_pair)
-
-
-def available_memory() -> tuple[int, str]:
-    """Bytes free on the first local device and what they are (``"device"`` or ``"system"``): the device's
-    ``bytes_limit - bytes_in_use`` where it reports them (GPU, TPU), else the system's available memory."""
-    import jax
-
-    dev = jax.local_devices()[0]
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{dev.device_kind} memory"
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024, "available system memory"
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free system memory"
 
 
 def _program_bytes(compiled) -> tuple[int, int]:
