@@ -8,7 +8,7 @@ import pytest
 from jaxmech.models.base import Encoder
 from jaxmech.models.bert import BiEncoder, CrossEncoder
 from jaxmech.models.modernbert import ModernBertCrossEncoder
-from jaxmech.patching.engines import ENGINES, engine_of
+from jaxmech.patching.engines import ENGINES, engine_of, post_ln_edges, pre_ln_edges
 
 
 @pytest.mark.parametrize(("cls", "key"), [(CrossEncoder, "post_ln"), (BiEncoder, "post_ln"),
@@ -22,8 +22,8 @@ def test_the_pre_ln_engine_runs_families_itself_and_refuses_what_it_lacks_by_nam
     assert post.patch is None and pre.patch is not None
     post.require("edges")
     post.require("backgrounds")
-    with pytest.raises(ValueError, match=r"^edge patching: ModernBERT \(pre-LN\) is not supported yet"):
-        pre.require("edges")
+    pre.require("edges")  # both engines define edges: the post-LN one freezes LayerNorm scales, the pre-LN one not
+    assert post.edges is post_ln_edges.OPS and pre.edges is pre_ln_edges.OPS
     with pytest.raises(ValueError, match=r"^background interventions \(PatchSpec\) are not supported for ModernBERT"):
         pre.require("backgrounds")
 

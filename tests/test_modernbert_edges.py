@@ -26,7 +26,7 @@ from jaxmech.interventions import HeadReplacement, PatchSpec, one_hot
 from jaxmech.models.modernbert import ModernBertConfig
 from jaxmech.patching import batch_pairs
 from jaxmech.patching.caches import run_cached
-from jaxmech.patching.edge_attribution import estimate_edges
+from jaxmech.patching.edge_attribution import estimate_edges, midpoints
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.edges import edge_data, edge_forward, edges_patched_scores, exact_edge_scores
 
@@ -74,24 +74,31 @@ def sender_change(model, batch, base, src, p, sender: str):
     return d * jnp.asarray(batch.patchable[p], jnp.float32)[:, None]
 
 
-def reference_edge(model, batch, base, src, p, name: str, eps=1.0):
-    """Edge ``name`` of pair ``p`` by one hooked full forward: the receiver's input sum plus ``eps`` times the
-    sender's change, normalised by the receiver's own LayerNorm, replaces that one input."""
+def reference_edge(model, batch, base, src, p, name: str, eps=1.0, emb_t=None):
+    """Edge ``name`` of pair ``p`` by hooked full forwards: the receiver's input sum plus ``eps`` times the
+    sender's change, normalised by the receiver's own LayerNorm, replaces that one input. ``emb_t``: in the run
+    whose embeddings' output is moved that far toward the perturbed one (the change stays the baseline's: EAP-IG
+    over inputs), read from one more forward."""
     sender, receiver = name.split("->")
     d = eps * sender_change(model, batch, base, src, p, sender)
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    ivs, run = [], {k: v[p] for k, v in base.items()}
+    if emb_t is not None:
+        pm = jnp.asarray(batch.patchable[p], jnp.float32)
+        ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, L), pm, alpha=emb_t)]
+        run = _forward(model, *_inputs(batch, p), ivs, capture=SITES)[1]
     if receiver == "logits":
-        iv = PatchSpec("resid_post", base["resid_post"][p].at[L - 1].add(d), one_hot(L - 1, L))
+        iv = PatchSpec("resid_post", run["resid_post"].at[L - 1].add(d), one_hot(L - 1, L))
     elif receiver.startswith("m"):
         layer = int(receiver[1:])
-        new = jax.tree.map(lambda a: a[layer], model.blocks).ln2(base["resid_mid"][p, layer] + d)
-        iv = PatchSpec("normalized_resid_mid", jnp.zeros_like(base["resid_mid"][p]).at[layer].set(new),
+        new = jax.tree.map(lambda a: a[layer], model.blocks).ln2(run["resid_mid"][layer] + d)
+        iv = PatchSpec("normalized_resid_mid", jnp.zeros_like(run["resid_mid"]).at[layer].set(new),
                        one_hot(layer, L))
     else:
         head, kind = receiver[1:-1].split("<")
         layer, h = (int(t) for t in head.split(".h"))
-        iv = HeadReplacement(kind, layer, one_hot(h, H), model.project(base["resid_pre"][p, layer] + d, layer, kind))
-    return _forward(model, *_inputs(batch, p), [iv])[0]
+        iv = HeadReplacement(kind, layer, one_hot(h, H), model.project(run["resid_pre"][layer] + d, layer, kind))
+    return _forward(model, *_inputs(batch, p), [*ivs, iv])[0]
 
 
 def _index(g: EdgeGraph, names):
@@ -130,19 +137,53 @@ def test_exact_edges_equal_hooked_full_forwards_and_the_stack_engine(mb):
     assert np.abs(exact - np.asarray(data.baseline_score)[:, None]).min(0).max() > 1e-3
 
 
-def test_eap_is_the_derivative_of_the_hooked_definition_and_ig_is_complete(mb):
+def _slope(model, batch, base, src, p, name, emb_t=None):
+    """``d/d eps`` at 0 of the hooked edge patch scaled by ``eps``."""
+    f = lambda t: reference_edge(model, batch, base, src, p, name, t, emb_t)
+    return float(jax.jvp(f, (jnp.float32(0.0),), (jnp.float32(1.0),))[1])
+
+
+def test_eap_and_ig_inputs_are_derivatives_of_the_hooked_definition_and_ig_is_complete(mb):
     model, batch, data, base, src, g = mb
     eap = estimate_edges(model, data, "eap")
+    ig = estimate_edges(model, data, "eap-ig-inputs", steps=2)
     for p in range(2):
-        for name, e in zip(PICKS, _index(g, PICKS), strict=True):
-            _, slope = jax.jvp(lambda t, p=p, name=name: reference_edge(model, batch, base, src, p, name, t),
-                               (jnp.float32(0.0),), (jnp.float32(1.0),))
-            assert eap[p, e] == pytest.approx(float(slope), abs=ENGINE_ATOL), (p, name)
+        for i, (name, e) in enumerate(zip(PICKS, _index(g, PICKS), strict=True)):
+            assert eap[p, e] == pytest.approx(_slope(model, batch, base, src, p, name), abs=ENGINE_ATOL), (p, name)
+            if (i + p) % 2:  # EAP-IG on half of them (each costs two more hooked derivatives)
+                want = np.mean([_slope(model, batch, base, src, p, name, t) for t in midpoints(2)])
+                assert ig[p, e] == pytest.approx(want, abs=ENGINE_ATOL), (p, name)
+    assert np.abs(ig - eap).max() > 1e-3  # the interpolated runs differ from the baseline
     full = np.asarray(data.baseline_score)
     empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
     errors = [np.abs(estimate_edges(model, data, "eap-ig-activations", steps=s).sum(1) - (empty - full))
               for s in (1, 8)]
+    assert np.all(np.abs(empty - full) > 0.01)
+    assert np.all(errors[1] <= 0.05 * np.abs(empty - full).max()), errors
     assert np.all(errors[1] < errors[0] / 8), errors  # the midpoint rule converges toward the empty circuit
+
+
+def test_mean_pooling_without_biases_reads_the_closed_position(mb):
+    """A mean-pooled model without biases: exact edges equal the hooked definition, and the empty circuit is the
+    run with every sender patched where patchable, which is not the perturbed run (the closed position is pooled)."""
+    _, batch, _, _, _, g = mb
+    hf = build(TINY, bias=False, pooling="mean", seed=4, init=0.2)
+    model = from_hf_state_dict(_state(hf), ModernBertConfig.from_hf_config(hf.config))
+    data = edge_data(model, batch)
+    _, base = run_cached(model, *map(jnp.asarray, batch.baseline), capture=SITES)
+    _, src = run_cached(model, *map(jnp.asarray, batch.perturbed), capture=SITES)
+    picks = PICKS[::2]
+    exact = exact_edge_scores(model, data, _index(g, picks), chunk_size=4)
+    for p in range(2):
+        want = [float(reference_edge(model, batch, base, src, p, n)) for n in picks]
+        np.testing.assert_allclose(exact[p], want, rtol=0, atol=ENGINE_ATOL, err_msg=f"pair {p}")
+    empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
+    for p in range(2):
+        pm = jnp.asarray(batch.patchable[p], jnp.float32)
+        ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, model.cfg.n_layers), pm),
+               PatchSpec("z", src["z"][p], None, pm), PatchSpec("mlp_out", src["mlp_out"][p], None, pm)]
+        assert empty[p] == pytest.approx(float(_forward(model, *_inputs(batch, p), ivs)[0]), abs=ENGINE_ATOL)
+    assert np.all(np.abs(empty - np.asarray(data.perturbed_score)) > 1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +245,8 @@ def test_span_edges_add_up_and_restart_as_the_stack_engine(mb):
 
 def test_pair_chunk_comes_from_the_compiled_programs_memory(mb, monkeypatch):
     """`edge_pair_chunk` reads the one-pair program's memory analysis: with memory for one pair's program it
-    picks 1, with plenty every pair; the estimates do not depend on the chunk."""
+    picks 1, with plenty every pair, with less than one pair it refuses; the estimates do not depend on the
+    chunk, and the two-pair program's memory is within the linear estimate."""
     from jaxmech import runtime
     from jaxmech.patching import edge_attribution
 
@@ -217,6 +259,12 @@ def test_pair_chunk_comes_from_the_compiled_programs_memory(mb, monkeypatch):
     monkeypatch.setattr(runtime, "available_memory", lambda: (2 * (fixed + 10 * per_pair), "test memory"))
     assert edge_attribution.edge_pair_chunk(model, data, "eap") == 2
     np.testing.assert_allclose(estimate_edges(model, data, "eap"), one, rtol=0, atol=1e-6)
+    m = edge_attribution.edge_gradients.lower(model, data, method="eap", steps=1).compile().memory_analysis()
+    two = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    assert two <= 1.1 * (fixed + 2 * per_pair), (two, fixed, per_pair)  # the linear estimate holds at 2 pairs
+    monkeypatch.setattr(runtime, "available_memory", lambda: (fixed, "test memory"))
+    with pytest.raises(ValueError, match=r"^edge attribution \(eap\): one pair of 24 tokens needs about"):
+        edge_attribution.edge_pair_chunk(model, data, "eap")
 
 
 def test_analyze_edges_cli_on_a_modernbert_folder(tmp_path):

@@ -1,4 +1,5 @@
-"""Edge-level circuits on post-LN encoders: estimates checked against exact edge patches, and faithfulness.
+"""Edge-level circuits on post-LN and pre-LN (ModernBERT) encoders: estimates checked against exact edge patches,
+and faithfulness (the edge of each: `jaxmech.patching.edge_graph`).
 
 `edge_circuits` runs, on aligned pairs (TFC1 in the paper's setting):
 

@@ -82,7 +82,8 @@ _PER_PAIR: dict[tuple, tuple[int, int]] = {}
 def _program_bytes(model, data: EdgeData, method: str, steps: int, spans: bool) -> tuple[int, int]:
     """``(fixed, per pair)`` bytes of `edge_gradients` from its one-pair program's memory analysis (compiled once
     per model shape, length, method, steps and span groups in a process; not run)."""
-    key = (type(model).__name__, model.cfg, tuple(data.spans.shape[1:]), method, steps, spans)
+    key = (type(model).__name__, model.cfg, tuple(data.spans.shape[1:]), method, steps, spans, jax.default_backend(),
+           runtime.current_precision())
     if key not in _PER_PAIR:
         one = data.pair(np.array([0]))
         m = edge_gradients.lower(model, one, method=method, steps=steps, spans=spans).compile().memory_analysis()
@@ -94,19 +95,39 @@ def _program_bytes(model, data: EdgeData, method: str, steps: int, spans: bool) 
 
 def edge_pair_chunk(model, data: EdgeData, method: str = "eap-ig-inputs", *, steps: int = 5, spans: bool = False,
                     memory_fraction: float = 0.5) -> int:
-    """Pairs per `edge_gradients` call: the most (1 to `MAX_PAIR_CHUNK`, at most the pairs of ``data``) whose
-    compiled program fits ``memory_fraction`` of the memory free on the device (`jaxmech.runtime.available_memory`;
-    on a CPU the system's).
+    """Pairs per `edge_gradients` call: as few calls as fit ``memory_fraction`` of the memory free on the device
+    (`jaxmech.runtime.available_memory`; on a CPU the system's), each at most `MAX_PAIR_CHUNK` pairs, the pairs
+    spread evenly over the calls (the last call is padded to the same shape).
 
-    The one-pair program is compiled ahead of time (one compile per shape, method and steps in a process; XLA's
-    memory analysis, no run): its temporaries and outputs, and each pair's arguments, grow linearly with the
-    pairs (the program vmaps over them: 0.89 GiB per pair for MiniLM-L12 at 128 tokens and 14.2 GiB for 16, EAP),
-    the weights do not.
+    The one-pair program is compiled ahead of time (one compile per shape, method, steps, backend and precision in
+    a process; XLA's memory analysis, no run): its temporaries and outputs, and each pair's arguments, grow
+    linearly with the pairs (the program vmaps over them: 0.89 GiB per pair for MiniLM-L12 at 128 tokens and
+    14.2 GiB for 16, EAP), the weights do not. One pair needs no compile.
+
+    Args:
+        model: An encoder whose engine defines edges.
+        data: `jaxmech.patching.edges.edge_data` of the pairs.
+        method: One of `METHODS`.
+        steps: IG steps.
+        spans: Per span group.
+        memory_fraction: Share of the free memory one call may use.
+
+    Raises:
+        ValueError: If not even one pair's program fits, naming the bytes (before any estimate runs).
     """
+    n = int(data.ids.shape[0])
+    if n == 1:
+        return 1
     fixed, per_pair = _program_bytes(model, data, method, 1 if method == "eap" else steps, spans)
-    free, _ = runtime.available_memory()
-    fit = (memory_fraction * free - fixed) // max(per_pair, 1)
-    return int(max(1, min(int(data.ids.shape[0]), MAX_PAIR_CHUNK, fit)))
+    free, what = runtime.available_memory()
+    fit = int((memory_fraction * free - fixed) // max(per_pair, 1))
+    if fit < 1:
+        gib = lambda b: f"{b / 2**30:.2f} GiB"
+        raise ValueError(f"edge attribution ({method}): one pair of {data.ids.shape[1]} tokens needs about "
+                         f"{gib(fixed + per_pair)}, more than {memory_fraction:g} of the {gib(free)} of {what}; "
+                         "use shorter pairs (max_length), method 'eap', or a larger machine")
+    calls = -(-n // min(fit, MAX_PAIR_CHUNK, n))
+    return -(-n // calls)
 
 
 @runtime.with_precision
@@ -119,8 +140,9 @@ def estimate_edges(model, data: EdgeData, method: str = "eap-ig-inputs", *, step
         data: `jaxmech.patching.edges.edge_data` of the pairs.
         method: One of `METHODS`.
         steps: IG steps (EAP: ignored).
-        pair_chunk: Pairs per call (bounds the backward's memory; the last chunk is padded to it); None: the most
-            that fit half the free memory (`edge_pair_chunk`, from the compiled program's memory analysis).
+        pair_chunk: Pairs per call (bounds the backward's memory; the last chunk is padded to it); None: as few
+            calls as fit half the free memory (`edge_pair_chunk`, from the compiled one-pair program's memory
+            analysis: one extra ahead-of-time compile per shape in a process).
         spans: Per span group of ``data.spans`` too: ``[pair, edge, group]`` (the groups of a partition of the
             positions sum to the edge's estimate for EAP and EAP-IG over inputs).
 

@@ -60,7 +60,6 @@ class EdgeData:
         return jax.tree.map(lambda a: a[p], self)
 
 
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class EdgeOps:
     """What an engine provides for edge patching (`jaxmech.patching.engines.Engine.edges`); every function is
@@ -134,9 +133,6 @@ def mean_ablated(data: EdgeData) -> EdgeData:
         data, patchable=m, emb_pert=mean_of(data.emb_base, 1),
         res_pert=mean_of(data.res_base, 2), mlp_pert=mean_of(data.mlp_base, 2),
         perturbed_score=jnp.full_like(data.perturbed_score, jnp.nan))
-
-
-# -- the frozen-scale forward ------------------------------------------------------------------------------------
 
 
 __all__ = ["EdgeData", "EdgeOps", "blend_patchable", "combine", "mean_ablated", "span_mask"]

@@ -9,6 +9,8 @@ functions (`jaxmech.patching.edge_data.EdgeOps`): post-LN encoders freeze their 
 * `edge_data`: the baseline and perturbed runs of a batch (two forwards), gathered into `EdgeData`.
 * `edge_forward`: one pair's score with edge coefficients ``alpha`` ``[receiver, sender]`` (0 keeps an edge, 1
   patches it; derivatives in ``alpha`` are the edge attributions, `jaxmech.patching.edge_attribution`).
+* `edge_alpha_gradient`: ``d edge_forward / d alpha`` (the engine's own where it has a cheaper one than
+  ``jax.grad``; `jaxmech.patching.edge_attribution` builds EAP / EAP-IG on it).
 * `edges_patched_scores`: scores with a set of edges patched (a circuit: every edge outside it patched).
 * `exact_edge_scores`: each edge patched alone. One input-change run per pair records what every edge changes at
   its receiver, then each edge is a forward restarted at its receiver's layer from the baseline's residual with
