@@ -144,11 +144,34 @@ def test_results_match_the_library_and_read_lazily(reference, tiny_model):
         )
 
 
+PAUSE_AFTER_FIRST_CHUNK = """
+import time
+
+from jaxmech.results import store
+
+_mark_done = store.SweepStore.mark_done
+
+
+def _mark_then_pause(self, chunk, info=None):
+    _mark_done(self, chunk, info)
+    time.sleep(600)
+
+
+store.SweepStore.mark_done = _mark_then_pause
+"""
+
+
 def test_sigkill_mid_run_then_rerun_is_bit_identical(tmp_path, reference, tiny_model, env):
     _, ref_out = reference
     cfg = write_config(tmp_path, tiny_model)
     out = tmp_path / "run"
-    proc = subprocess.Popen(sweep_cmd(cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The killed process sleeps after its first chunk's marker (a sitecustomize of this test only): the kill lands
+    # mid-run whatever the machine's speed (a warm compilation cache runs the other chunks in milliseconds).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PAUSE_AFTER_FIRST_CHUNK)
+    paused = {**env, "PYTHONPATH": f"{hook}{os.pathsep}{env['PYTHONPATH']}"}
+    proc = subprocess.Popen(sweep_cmd(cfg, out), env=paused, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if (out / "done").is_dir() and any(p.name.startswith("chunk-") for p in (out / "done").iterdir()):
@@ -159,6 +182,7 @@ def test_sigkill_mid_run_then_rerun_is_bit_identical(tmp_path, reference, tiny_m
     proc.wait()
     killed = results.open(out)
     assert not killed.complete and 0 < killed.done.sum() < killed.meta["n_pairs"]
+    assert len(list((out / "done").glob("chunk-*"))) == 1  # killed while paused after its first chunk
     rerun = subprocess.run(sweep_cmd(cfg, out), env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed" in rerun.stdout and "resuming" in rerun.stderr and str(out) in rerun.stdout
