@@ -101,6 +101,15 @@ def reference_edge(model, batch, base, src, p, name: str, eps=1.0, emb_t=None):
     return _forward(model, *_inputs(batch, p), [*ivs, iv])[0]
 
 
+def every_sender_patched(model, batch, src, p) -> float:
+    """Pair ``p``'s score by one hooked full forward in which every sender's output (the embeddings', every head's
+    ``z``, every MLP's) is the perturbed run's where patchable: the empty circuit's definition."""
+    pm = jnp.asarray(batch.patchable[p], jnp.float32)
+    ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, model.cfg.n_layers), pm),
+           PatchSpec("z", src["z"][p], None, pm), PatchSpec("mlp_out", src["mlp_out"][p], None, pm)]
+    return float(_forward(model, *_inputs(batch, p), ivs)[0])
+
+
 def _index(g: EdgeGraph, names):
     lookup = {g.edge_name(e): e for e in range(g.n_edges)}
     return [lookup[n] for n in names]
@@ -112,11 +121,7 @@ def test_anchors_no_edge_is_the_baseline_every_edge_every_sender_patched(mb):
     np.testing.assert_allclose(kept, data.baseline_score, rtol=0, atol=ENGINE_ATOL)
     empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
     for p in range(2):  # nothing frozen: the run whose every sender output is the perturbed one where patchable
-        pm = jnp.asarray(batch.patchable[p], jnp.float32)
-        ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, model.cfg.n_layers), pm),
-               PatchSpec("z", src["z"][p], None, pm), PatchSpec("mlp_out", src["mlp_out"][p], None, pm)]
-        want = _forward(model, *_inputs(batch, p), ivs)[0]
-        assert empty[p] == pytest.approx(float(want), abs=ENGINE_ATOL)
+        assert empty[p] == pytest.approx(every_sender_patched(model, batch, src, p), abs=ENGINE_ATOL)
     # the score pools [CLS], where every sender is patched (the closed position reaches [CLS] only through its
     # heads, whose outputs are the perturbed ones): the perturbed run's score, nothing frozen
     np.testing.assert_allclose(empty, data.perturbed_score, rtol=0, atol=ENGINE_ATOL)
@@ -179,10 +184,7 @@ def test_mean_pooling_without_biases_reads_the_closed_position(mb):
         np.testing.assert_allclose(exact[p], want, rtol=0, atol=ENGINE_ATOL, err_msg=f"pair {p}")
     empty = np.asarray(edges_patched_scores(model, data, jnp.zeros((2, g.n_edges))))
     for p in range(2):
-        pm = jnp.asarray(batch.patchable[p], jnp.float32)
-        ivs = [PatchSpec("resid_pre", src["resid_pre"][p], one_hot(0, model.cfg.n_layers), pm),
-               PatchSpec("z", src["z"][p], None, pm), PatchSpec("mlp_out", src["mlp_out"][p], None, pm)]
-        assert empty[p] == pytest.approx(float(_forward(model, *_inputs(batch, p), ivs)[0]), abs=ENGINE_ATOL)
+        assert empty[p] == pytest.approx(every_sender_patched(model, batch, src, p), abs=ENGINE_ATOL)
     assert np.all(np.abs(empty - np.asarray(data.perturbed_score)) > 1e-4)
 
 

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from jaxmech import runtime
-from jaxmech.models.base import NO_HOOKS
 from jaxmech.patching.edge_data import EdgeData, EdgeOps, blend_patchable, combine, span_mask
 from jaxmech.patching.edge_graph import EdgeGraph
 from jaxmech.patching.engines.pre_ln import prepare
@@ -189,7 +188,7 @@ def _block_at(model, layer: int):
 def restart_item(model, ex: EdgeData, changes, layer: int, kind, head, sender, group) -> Float[Array, ""]:
     """Score of edge ``sender ->`` input ``kind`` (0-2 q/k/v, 3 the MLP) of ``head`` in block ``layer``, patched
     alone at the positions of span ``group`` (all for -1), restarted from the baseline's ``resid_pre[layer]``."""
-    H, L = model.cfg.n_heads, model.cfg.n_layers
+    H = model.cfg.n_heads
     blk, x, key_mask = _block_at(model, layer), ex.resid_pre[layer], ex.mask.astype(bool)
     delta = changes[sender] * span_mask(ex, group)
     normed = blk.norm1(x, layer)
@@ -199,14 +198,7 @@ def restart_item(model, ex: EdgeData, changes, layer: int, kind, head, sender, g
                  tuple(change * (kind == c) for c in range(3)))
     x = x + res.sum(1) + blk.b_O[...]
     x = x + blk.mlp(blk.ln2(x + delta * (kind == 3)), model.cfg.act_fn)
-    if layer < L - 1:
-        def body(x, xs):
-            block, lyr = xs
-            return block(x, key_mask, lyr, *model.attention_args(lyr), model.cfg.act_fn, NO_HOOKS), None
-
-        rest = jax.tree.map(lambda p: p[layer + 1:], model.blocks)
-        x, _ = jax.lax.scan(body, x, (rest, jnp.arange(layer + 1, L)))
-    return model.score_hidden(x, ex.mask)
+    return model.score_hidden(model.run_from(x, ex.mask, layer + 1), ex.mask)  # blocks after ``layer``
 
 
 def score_item(model, ex: EdgeData, changes, sender, group) -> Float[Array, ""]:
